@@ -1,0 +1,1 @@
+"""Orchestration: config, placement, the training loop, metrics and the CLI."""

@@ -1,0 +1,211 @@
+"""The one configuration schema. YAML files in configs/ plus `section.key=value` overrides.
+
+Unknown keys and bad values are errors that name the field, raised before anything starts.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class TinyModelConfig(Strict):
+    """Shape of the locally built Qwen2 model used when `model.path` is not set."""
+
+    vocab_size: int = Field(384, ge=300)
+    hidden_size: int = Field(256, ge=32)
+    intermediate_size: int = Field(768, ge=32)
+    num_layers: int = Field(4, ge=1)
+    num_heads: int = Field(4, ge=1)
+    num_kv_heads: int = Field(2, ge=1)
+    max_position_embeddings: int = Field(256, ge=64)
+    tie_word_embeddings: bool = False
+
+    @model_validator(mode="after")
+    def _heads_divide(self) -> "TinyModelConfig":
+        if self.hidden_size % self.num_heads or self.num_heads % self.num_kv_heads:
+            raise ValueError("hidden_size must divide by num_heads, and num_heads by num_kv_heads")
+        return self
+
+
+class WarmupConfig(Strict):
+    """Supervised warm-up that turns the random tiny model into a weak 'base model'."""
+
+    steps: int = Field(300, ge=0)
+    batch_size: int = Field(64, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    boxed_fraction: float = Field(0.3, ge=0, le=1)
+
+
+class ModelConfig(Strict):
+    path: str | None = None  # a Hugging Face model directory; None builds the tiny model
+    cache_dir: str = ".cache/base_models"
+    tiny: TinyModelConfig = TinyModelConfig()
+    warmup: WarmupConfig = WarmupConfig()
+    dtype: Literal["float32", "bfloat16"] = "float32"
+
+
+class DataConfig(Strict):
+    kind: Literal["arithmetic", "jsonl"] = "arithmetic"
+    train_path: str | None = None  # jsonl with problem/answer fields (kind=jsonl)
+    eval_path: str | None = None
+    template: Literal["plain", "qwen_boxed"] = "plain"
+    eval_size: int = Field(256, ge=1)
+
+    @model_validator(mode="after")
+    def _paths_for_jsonl(self) -> "DataConfig":
+        if self.kind == "jsonl" and not self.train_path:
+            raise ValueError("data.train_path is required when data.kind is 'jsonl'")
+        for name in ("train_path", "eval_path"):
+            path = getattr(self, name)
+            if path and not Path(path).is_file():
+                raise ValueError(f"data.{name}: file not found: {path}")
+        return self
+
+
+class RolloutConfig(Strict):
+    num_workers: int = Field(1, ge=1)
+    tensor_parallel_size: int = Field(1, ge=1)
+    samples_per_prompt: int = Field(8, ge=1)
+    temperature: float = Field(1.0, ge=0)
+    top_p: float = Field(1.0, gt=0, le=1)
+    max_new_tokens: int = Field(48, ge=1)
+    max_model_len: int = Field(256, ge=16)
+    kv_cache_gib: float = Field(0.25, gt=0)  # CPU only: KV cache size per engine
+    gpu_memory_utilization: float = Field(0.5, gt=0, le=1)
+    multiprocess_engine: bool = False  # CPU: the in-process engine starts faster and takes tensors directly
+    cpus_per_worker: float = Field(1, gt=0)
+
+
+class LearnerConfig(Strict):
+    num_ranks: int = Field(2, ge=1)
+    zero_stage: Literal[0, 1, 2, 3] = 2
+    lr: float = Field(2e-4, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    grad_clip: float = Field(1.0, gt=0)
+    micro_batch_size: int = Field(32, ge=1)
+    cpus_per_rank: float = Field(0.5, gt=0)
+
+
+class AlgorithmConfig(Strict):
+    advantage: Literal["grpo"] = "grpo"
+    clip_low: float = Field(0.2, ge=0)
+    clip_high: float = Field(0.2, ge=0)
+    kl_coef: float = Field(0.0, ge=0)  # k3 KL loss to a frozen reference; 0 loads no reference model
+    loss_agg: Literal["token_mean"] = "token_mean"
+
+
+class RewardConfig(Strict):
+    num_workers: int = Field(2, ge=1)
+    timeout_s: float = Field(2.0, gt=0)
+
+
+class SyncConfig(Strict):
+    transport: Literal["auto", "shm", "broadcast"] = "auto"
+    bucket_mb: float = Field(64, gt=0)
+    timeout_s: float = Field(120, gt=0)
+
+
+class ClusterConfig(Strict):
+    address: str | None = None  # None: RAY_ADDRESS if set, else a private local Ray
+    device: Literal["cpu", "gpu"] = "cpu"
+
+
+class TrainConfig(Strict):
+    steps: int = Field(40, ge=0)
+    prompts_per_step: int = Field(32, ge=1)
+    seed: int = 0
+    eval_every: int = Field(10, ge=0)  # 0: only at start and end
+    eval_samples: int = Field(4, ge=1)  # sampled completions per held-out prompt
+    samples_to_save: int = Field(4, ge=0)
+
+
+class RunConfig(Strict):
+    name: str = "tiny"
+    output_dir: str = "runs"
+
+
+class Config(Strict):
+    run: RunConfig = RunConfig()
+    cluster: ClusterConfig = ClusterConfig()
+    model: ModelConfig = ModelConfig()
+    data: DataConfig = DataConfig()
+    rollout: RolloutConfig = RolloutConfig()
+    learner: LearnerConfig = LearnerConfig()
+    algorithm: AlgorithmConfig = AlgorithmConfig()
+    reward: RewardConfig = RewardConfig()
+    sync: SyncConfig = SyncConfig()
+    train: TrainConfig = TrainConfig()
+
+    @model_validator(mode="after")
+    def _fits(self) -> "Config":
+        if self.rollout.max_new_tokens >= self.rollout.max_model_len:
+            raise ValueError("rollout.max_new_tokens must be smaller than rollout.max_model_len")
+        return self
+
+
+class ConfigError(ValueError):
+    """A config problem, with the offending field named in the message."""
+
+
+def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    node = tree
+    *parents, leaf = dotted.split(".")
+    for key in parents:
+        child = node.setdefault(key, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"override '{dotted}': '{key}' is a value, not a section")
+        node = child
+    node[leaf] = value
+
+
+def parse_overrides(overrides: list[str]) -> dict[str, Any]:
+    tree: dict[str, Any] = {}
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override '{item}' is not of the form section.key=value")
+        _set_dotted(tree, key.strip(), yaml.safe_load(raw) if raw.strip() else None)
+    return tree
+
+
+def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in extra.items():
+        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def _describe(err: ValidationError) -> str:
+    lines = []
+    for e in err.errors():
+        field = ".".join(str(p) for p in e["loc"]) or "(config)"
+        msg = "unknown key" if e["type"] == "extra_forbidden" else e["msg"]
+        lines.append(f"  {field}: {msg}" + (f" (got {e['input']!r})" if e["type"] != "extra_forbidden" else ""))
+    return "invalid config:\n" + "\n".join(lines)
+
+
+def load_config(path: str | None = None, overrides: list[str] | None = None) -> Config:
+    """Read a YAML file (optional), apply overrides, validate. Raises ConfigError naming the field."""
+    tree: dict[str, Any] = {}
+    if path:
+        if not Path(path).is_file():
+            raise ConfigError(f"config file not found: {path}")
+        tree = yaml.safe_load(Path(path).read_text()) or {}
+        if not isinstance(tree, dict):
+            raise ConfigError(f"{path}: top level must be a mapping of sections")
+    tree = _merge(tree, parse_overrides(overrides or []))
+    try:
+        return Config.model_validate(tree)
+    except ValidationError as err:
+        raise ConfigError(_describe(err)) from None
+
+
+def dump_config(cfg: Config, path: Path) -> None:
+    path.write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))

@@ -1,0 +1,93 @@
+"""Prompts for training and evaluation: the embedded arithmetic task or any JSONL of problem/answer."""
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cluster import arithmetic
+from cluster.config import Config
+from protocol.batch import Prompt
+
+QWEN_BOXED = ("<|im_start|>system\nPlease reason step by step, and put your final answer within \\boxed{{}}."
+              "<|im_end|>\n<|im_start|>user\n{problem}<|im_end|>\n<|im_start|>assistant\n")
+PLAIN = "Question: {problem}\nAnswer: Let's think step by step."
+
+
+@dataclass(frozen=True)
+class Problem:
+    prompt: str
+    answer: str
+
+
+class DataError(ValueError):
+    pass
+
+
+def read_jsonl(path: str, template: str) -> list[Problem]:
+    rows, bad = [], []
+    for number, line in enumerate(Path(path).read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            bad.append(number)
+            continue
+        problem, answer = str(row.get("problem") or "").strip(), str(row.get("answer") or "").strip()
+        if not problem or not answer:
+            bad.append(number)
+            continue
+        rows.append(Problem((QWEN_BOXED if template == "qwen_boxed" else PLAIN).format(problem=problem), answer))
+    if bad:
+        shown = ", ".join(map(str, bad[:10])) + (" ..." if len(bad) > 10 else "")
+        raise DataError(f"{path}: {len(bad)} rows lack a non-empty 'problem' or 'answer' (lines {shown})")
+    return rows
+
+
+def load_problems(cfg: Config) -> tuple[list[Problem], list[Problem]]:
+    """(train, held-out eval) problems."""
+    d = cfg.data
+    if d.kind == "arithmetic":
+        train = [Problem(p.prompt, p.answer) for p in arithmetic.all_problems(held_out=False)]
+        held = arithmetic.sample_problems(d.eval_size, seed=12345, held_out=True)
+        return train, [Problem(p.prompt, p.answer) for p in held]
+    train = read_jsonl(d.train_path, d.template)
+    held = read_jsonl(d.eval_path, d.template) if d.eval_path else []
+    return train, held[: d.eval_size]
+
+
+class PromptSource:
+    """Deterministic prompt order: a fresh seeded shuffle every epoch; step k takes a fixed slice."""
+
+    def __init__(self, problems: list[Problem], tokenizer: Any, max_prompt_tokens: int, seed: int) -> None:
+        self.problems = problems
+        self.ids = [tokenizer(p.prompt, add_special_tokens=False)["input_ids"] for p in problems]
+        too_long = sum(len(i) > max_prompt_tokens for i in self.ids)
+        if too_long:
+            raise DataError(f"{too_long} prompts are longer than {max_prompt_tokens} tokens "
+                            f"(rollout.max_model_len - rollout.max_new_tokens)")
+        self.seed = seed
+        self._orders: dict[int, list[int]] = {}
+
+    def _order(self, epoch: int) -> list[int]:
+        if epoch not in self._orders:
+            order = list(range(len(self.problems)))
+            random.Random(self.seed * 100_003 + epoch).shuffle(order)
+            self._orders[epoch] = order
+        return self._orders[epoch]
+
+    def batch(self, step: int, size: int) -> list[Prompt]:
+        prompts = []
+        for position in range(step * size, (step + 1) * size):
+            epoch, offset = divmod(position, len(self.problems))
+            i = self._order(epoch)[offset]
+            prompts.append(Prompt(index=len(prompts), token_ids=self.ids[i], answer=self.problems[i].answer,
+                                  text=self.problems[i].prompt))
+        return prompts
+
+    def all(self) -> list[Prompt]:
+        return [Prompt(index=i, token_ids=ids, answer=p.answer, text=p.prompt)
+                for i, (ids, p) in enumerate(zip(self.ids, self.problems))]

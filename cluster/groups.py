@@ -1,0 +1,146 @@
+"""Driver-side handles for the three actor groups. Every call here is one RPC per actor."""
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Any
+
+import ray
+
+from cluster.config import Config
+from cluster.placement import Placement
+from learner.worker import LearnerSpec, LearnerWorker
+from protocol.batch import Prompt, Sample, TrainBatch
+from reward.scoring import Verdict
+from reward.worker import RewardWorker
+from rollout.worker import EngineSpec, RolloutWorker
+
+
+def _get(refs: Any, timeout_s: float, what: str) -> Any:
+    try:
+        return ray.get(refs, timeout=timeout_s)
+    except ray.exceptions.GetTimeoutError:
+        raise TimeoutError(f"{what} did not finish within {timeout_s:.0f}s") from None
+
+
+class LearnerGroup:
+    def __init__(self, cfg: Config, model_path: str, placement: Placement, **overrides: Any) -> None:
+        l, a = cfg.learner, cfg.algorithm
+        spec = LearnerSpec(model_path=model_path, device=cfg.cluster.device, dtype=cfg.model.dtype,
+                           zero_stage=l.zero_stage, lr=l.lr, weight_decay=l.weight_decay, grad_clip=l.grad_clip,
+                           micro_batch_size=l.micro_batch_size, clip_low=a.clip_low, clip_high=a.clip_high,
+                           kl_coef=a.kl_coef, seed=cfg.train.seed, timeout_s=cfg.sync.timeout_s)
+        spec = dataclasses.replace(spec, **overrides)
+        remote = ray.remote(LearnerWorker)
+        self.timeout_s = cfg.sync.timeout_s * 5
+        self.actors = [remote.options(**placement.options("learner", i, l.cpus_per_rank),
+                                      runtime_env={"env_vars": {"DS_ACCELERATOR": "cpu"}} if spec.device == "cpu" else None)
+                       .remote(i, l.num_ranks, spec) for i in range(l.num_ranks)]
+        addr, port = ray.get(self.actors[0].address.remote())
+        self.num_params = _get([a.setup.remote(addr, port) for a in self.actors], self.timeout_s, "learner setup")[0]
+
+    def call(self, method: str, *args: Any) -> list[Any]:
+        """Run `method` on every rank at once (ZeRO needs all ranks) and return each rank's result."""
+        return _get([getattr(a, method).remote(*args) for a in self.actors], self.timeout_s, f"learner.{method}")
+
+    def train(self, batch: TrainBatch, loss: str = "policy") -> dict[str, float]:
+        total_tokens = int(sum(sum(m) for m in batch.loss_mask))
+        per_rank = self.call("train_step", batch, total_tokens, loss)
+        sums = {k: sum(r.get(k, 0.0) for r in per_rank) for k in per_rank[0]}
+        tokens = max(sums.pop("tokens"), 1.0)
+        out = {k: v / tokens for k, v in sums.items() if k != "grad_norm"}
+        out["grad_norm"] = per_rank[0]["grad_norm"]
+        return out
+
+    def kill(self) -> None:
+        for a in self.actors:
+            ray.kill(a)
+
+
+class RolloutGroup:
+    def __init__(self, cfg: Config, model_path: str, placement: Placement) -> None:
+        r = cfg.rollout
+        spec = EngineSpec(model_path=model_path, device=cfg.cluster.device, dtype=cfg.model.dtype,
+                          max_model_len=r.max_model_len, kv_cache_gib=r.kv_cache_gib,
+                          gpu_memory_utilization=r.gpu_memory_utilization, tensor_parallel_size=r.tensor_parallel_size,
+                          multiprocess=r.multiprocess_engine, seed=cfg.train.seed)
+        remote = ray.remote(RolloutWorker)
+        self.cfg = r
+        self.timeout_s = cfg.sync.timeout_s * 5
+        self.actors = [remote.options(**placement.options("rollout", i, r.cpus_per_worker)).remote(spec)
+                       for i in range(r.num_workers)]
+        _get([a.__ray_ready__.remote() for a in self.actors], self.timeout_s, "rollout engine start")
+
+    def generate_async(self, prompts: list[Prompt], n: int, temperature: float, seed: int,
+                       max_tokens: int | None = None) -> list[ray.ObjectRef]:
+        """Split prompts evenly over workers; returns one future per worker."""
+        k = len(self.actors)
+        refs = []
+        for i, actor in enumerate(self.actors):
+            part = prompts[i::k]
+            if part:
+                refs.append(actor.generate.remote(part, n, temperature, self.cfg.top_p,
+                                                  max_tokens or self.cfg.max_new_tokens, seed + i))
+        return refs
+
+    def generate(self, prompts: list[Prompt], n: int, temperature: float, seed: int) -> list[Sample]:
+        chunks = _get(self.generate_async(prompts, n, temperature, seed), self.timeout_s, "generation")
+        return sorted((s for c in chunks for s in c), key=lambda s: s.prompt_index)
+
+    def call(self, method: str, *args: Any) -> list[Any]:
+        return _get([getattr(a, method).remote(*args) for a in self.actors], self.timeout_s, f"rollout.{method}")
+
+    def kill(self) -> None:
+        try:
+            ray.get([a.shutdown.remote() for a in self.actors], timeout=30)
+        finally:
+            for a in self.actors:
+                ray.kill(a)
+
+
+class RewardPool:
+    """K reward actors. Work is sent as soon as each generation chunk arrives; a stuck actor is
+    killed and replaced and its items are counted as timeouts (reward 0)."""
+
+    def __init__(self, cfg: Config) -> None:
+        self.cfg = cfg.reward
+        self.remote = ray.remote(RewardWorker).options(num_cpus=0.25, max_concurrency=1)
+        self.actors = [self.remote.remote(self.cfg.timeout_s) for _ in range(self.cfg.num_workers)]
+        self.next = 0
+        self.restarts = 0
+
+    def submit(self, samples: list[Sample], answers: dict[int, str]) -> list[tuple[ray.ObjectRef, int, list[Sample]]]:
+        chunk = max(1, -(-len(samples) // len(self.actors)))
+        jobs = []
+        for lo in range(0, len(samples), chunk):
+            part = samples[lo: lo + chunk]
+            index = self.next % len(self.actors)
+            self.next += 1
+            ref = self.actors[index].score.remote([(s.text, answers[s.prompt_index]) for s in part])
+            jobs.append((ref, index, part))
+        return jobs
+
+    def collect(self, jobs: list[tuple[ray.ObjectRef, int, list[Sample]]]) -> dict[str, float]:
+        """Write verdicts into the samples; returns counts of timeouts and unboxed answers."""
+        counts = {"timeouts": 0.0, "unboxed": 0.0}
+        deadline = time.monotonic() + self.cfg.timeout_s * 2 + 5.0 * 8
+        for ref, index, part in jobs:
+            try:
+                verdicts: list[Verdict] = ray.get(ref, timeout=max(0.1, deadline - time.monotonic()))
+            except (ray.exceptions.GetTimeoutError, ray.exceptions.RayActorError):
+                self._replace(index)
+                verdicts = [Verdict(0.0, False, True, timed_out=True) for _ in part]
+            for sample, verdict in zip(part, verdicts):
+                sample.reward, sample.correct = verdict.reward, verdict.correct
+                counts["timeouts"] += verdict.timed_out
+                counts["unboxed"] += not verdict.boxed
+        return counts
+
+    def _replace(self, index: int) -> None:
+        ray.kill(self.actors[index])
+        self.actors[index] = self.remote.remote(self.cfg.timeout_s)
+        self.restarts += 1
+
+    def kill(self) -> None:
+        for a in self.actors:
+            ray.kill(a)

@@ -1,0 +1,91 @@
+"""Run-directory outputs: per-step metrics (JSONL + TensorBoard), sample completions, plots."""
+from __future__ import annotations
+
+import json
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+from protocol.batch import Sample
+
+
+class PhaseTimer:
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def __call__(self, phase: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[f"time/{phase}_s"] = self.seconds.get(f"time/{phase}_s", 0.0) + time.perf_counter() - start
+
+
+class MetricsLog:
+    def __init__(self, run_dir: Path) -> None:
+        self.run_dir = run_dir
+        self.path = run_dir / "metrics.jsonl"
+        self.samples_path = run_dir / "samples.jsonl"
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tb: Any = SummaryWriter(str(run_dir / "tensorboard"))
+        except ImportError:  # tensorboard is optional at run time
+            self.tb = None
+
+    def log(self, step: int, metrics: dict[str, float]) -> None:
+        with self.path.open("a") as f:
+            f.write(json.dumps({"step": step, **metrics}) + "\n")
+        if self.tb is not None:
+            for key, value in metrics.items():
+                self.tb.add_scalar(key, value, step)
+            self.tb.flush()
+
+    def samples(self, step: int, samples: list[Sample], answers: dict[int, str], keep: int) -> None:
+        with self.samples_path.open("a") as f:
+            for s in samples[:keep]:
+                f.write(json.dumps({"step": step, "answer": answers[s.prompt_index], "response": s.text,
+                                    "reward": s.reward, "finish_reason": s.finish_reason,
+                                    "policy_version": s.policy_version}) + "\n")
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()
+
+
+def read_metrics(run_dir: Path) -> list[dict[str, float]]:
+    path = run_dir / "metrics.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+
+
+def plot_run(run_dir: Path) -> Path:
+    """reward and accuracy per step (left), held-out accuracy (right), saved as PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = read_metrics(run_dir)
+    train = [r for r in rows if "reward/mean" in r]
+    evals = [r for r in rows if "eval/accuracy" in r]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    left.plot([r["step"] for r in train], [r["reward/mean"] for r in train], label="train reward (mean)")
+    left.plot([r["step"] for r in train], [r["train/accuracy"] for r in train], label="train accuracy", alpha=0.7)
+    left.plot([r["step"] for r in train], [r["train/boxed_rate"] for r in train], label="boxed rate", alpha=0.5)
+    left.set_xlabel("step")
+    left.set_ylim(-0.02, 1.02)
+    left.legend()
+    left.set_title("training batches")
+    for key, label in (("eval/accuracy", "sampled (T=1) accuracy"), ("eval/greedy_accuracy", "greedy accuracy")):
+        right.plot([r["step"] for r in evals], [r[key] for r in evals], marker="o", label=label)
+    right.set_xlabel("step")
+    right.set_ylim(-0.02, 1.02)
+    right.legend()
+    right.set_title("held-out evaluation")
+    fig.tight_layout()
+    out = run_dir / "reward_accuracy.png"
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out

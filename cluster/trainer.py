@@ -1,0 +1,135 @@
+"""The synchronous RL loop: sample -> generate -> score -> advantages -> learner step -> weight sync."""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from cluster.base_model import resolve_model
+from cluster.config import Config, dump_config
+from cluster.data import PromptSource, load_problems
+from cluster.evaluate_loop import evaluate, score_prompts
+from cluster.groups import LearnerGroup, RewardPool, RolloutGroup
+from cluster.metrics import MetricsLog, PhaseTimer, plot_run
+from cluster.placement import connect, place
+from cluster.sync import WeightSync
+from learner.core_algos import grpo_advantages
+from protocol.batch import Sample, TrainBatch
+
+
+def mean(xs: list[float]) -> float:
+    return sum(xs) / max(len(xs), 1)
+
+
+class Trainer:
+    def __init__(self, cfg: Config, run_dir: Path) -> None:
+        self.cfg, self.run_dir = cfg, run_dir
+        run_dir.mkdir(parents=True, exist_ok=True)
+        dump_config(cfg, run_dir / "config.yaml")
+        self.log = MetricsLog(run_dir)
+        self.started = time.perf_counter()
+
+    def setup(self) -> None:
+        from transformers import AutoTokenizer
+
+        cfg = self.cfg
+        print(f"ray: {connect(cfg)}")
+        self.placement = place(cfg)
+        print(self.placement.describe())
+        self.model_path = resolve_model(cfg, self.placement)
+        tokenizer = AutoTokenizer.from_pretrained(self.model_path)
+        train, held_out = load_problems(cfg)
+        max_prompt = cfg.rollout.max_model_len - cfg.rollout.max_new_tokens
+        self.train_data = PromptSource(train, tokenizer, max_prompt, cfg.train.seed)
+        self.eval_prompts = PromptSource(held_out, tokenizer, max_prompt, cfg.train.seed).all()
+        self.rollouts = RolloutGroup(cfg, self.model_path, self.placement)
+        self.learners = LearnerGroup(cfg, self.model_path, self.placement)
+        self.rewards = RewardPool(cfg)
+        self.sync = WeightSync(cfg, self.learners, self.rollouts)
+        print(f"model: {self.model_path} ({self.learners.num_params / 1e6:.1f}M parameters), "
+              f"{len(train)} train / {len(self.eval_prompts)} held-out problems, weight sync: {self.sync.transport}")
+
+    def step(self, step: int) -> dict[str, float]:
+        cfg, timer = self.cfg, PhaseTimer()
+        prompts = self.train_data.batch(step, cfg.train.prompts_per_step)
+        with timer("generate_and_score"):
+            samples, counts = score_prompts(self.rollouts, self.rewards, prompts, cfg.rollout.samples_per_prompt,
+                                            cfg.rollout.temperature, seed=cfg.train.seed * 1_000_003 + step)
+        rewards = torch.tensor([s.reward for s in samples])
+        for sample, adv in zip(samples, grpo_advantages(rewards, cfg.rollout.samples_per_prompt).tolist()):
+            sample.advantage = adv
+        with timer("train"):
+            train_metrics = self.learners.train(TrainBatch.from_samples(samples))
+        with timer("sync"):
+            sync_metrics = self.sync.sync()
+        self.log.samples(step, samples, {p.index: p.answer for p in prompts}, cfg.train.samples_to_save)
+        return {**self._sample_metrics(samples, counts), **{f"train/{k}": v for k, v in train_metrics.items()},
+                **sync_metrics, **timer.seconds,
+                "perf/gen_tokens_per_s": sum(len(s.response_ids) for s in samples) / timer.seconds["time/generate_and_score_s"]}
+
+    def _sample_metrics(self, samples: list[Sample], counts: dict[str, float]) -> dict[str, float]:
+        groups = [samples[i: i + self.cfg.rollout.samples_per_prompt]
+                  for i in range(0, len(samples), self.cfg.rollout.samples_per_prompt)]
+        return {
+            "reward/mean": mean([s.reward for s in samples]),
+            "train/accuracy": mean([s.correct for s in samples]),
+            "train/boxed_rate": 1.0 - counts["unboxed"] / max(len(samples), 1),
+            "train/response_len": mean([len(s.response_ids) for s in samples]),
+            "train/truncated_frac": mean([s.truncated for s in samples]),
+            "train/solved_none_frac": mean([all(s.reward == 0 for s in g) for g in groups]),
+            "train/solved_all_frac": mean([all(s.reward > 0 for s in g) for g in groups]),
+            "reward/timeouts": counts["timeouts"],
+        }
+
+    def evaluate(self, step: int) -> dict[str, float]:
+        t = time.perf_counter()
+        metrics = evaluate(self.rollouts, self.rewards, self.eval_prompts, self.cfg.train.eval_samples,
+                           self.cfg.rollout.temperature, seed=777)
+        metrics["time/eval_s"] = time.perf_counter() - t
+        self.log.log(step, metrics)
+        return metrics
+
+    def run(self) -> dict[str, float]:
+        cfg = self.cfg
+        self.setup()
+        first = self.evaluate(0)
+        print(f"step 0: held-out accuracy {first['eval/accuracy']:.3f} (greedy {first['eval/greedy_accuracy']:.3f})")
+        last = first
+        bar = tqdm(range(cfg.train.steps), desc="RL", unit="step")
+        for step in bar:
+            metrics = self.step(step)
+            self.log.log(step + 1, metrics)
+            bar.set_postfix(reward=f"{metrics['reward/mean']:.3f}", boxed=f"{metrics['train/boxed_rate']:.2f}",
+                            step_s=f"{sum(v for k, v in metrics.items() if k.startswith('time/')):.1f}")
+            if cfg.train.eval_every and (step + 1) % cfg.train.eval_every == 0 and step + 1 < cfg.train.steps:
+                last = self.evaluate(step + 1)
+        if cfg.train.steps:
+            last = self.evaluate(cfg.train.steps)
+        return self.finish(first, last)
+
+    def finish(self, first: dict[str, float], last: dict[str, float]) -> dict[str, float]:
+        final_dir = self.run_dir / "final_model"
+        self.learners.call("save_hf", str(final_dir))
+        for name in ("tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt", "chat_template.jinja"):
+            if (Path(self.model_path) / name).exists():
+                (final_dir / name).write_bytes((Path(self.model_path) / name).read_bytes())
+        summary = {
+            "eval_accuracy_start": first["eval/accuracy"], "eval_accuracy_end": last["eval/accuracy"],
+            "eval_greedy_accuracy_start": first["eval/greedy_accuracy"],
+            "eval_greedy_accuracy_end": last["eval/greedy_accuracy"],
+            "steps": self.cfg.train.steps, "wall_seconds": time.perf_counter() - self.started,
+            "policy_version": self.sync.version, "final_model": str(final_dir),
+            "plot": str(plot_run(self.run_dir)),
+        }
+        (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+        return summary
+
+    def close(self) -> None:
+        self.log.close()
+        for name in ("sync", "rewards", "learners", "rollouts"):
+            part = getattr(self, name, None)
+            if part is not None:
+                (part.close if name == "sync" else part.kill)()

@@ -1,0 +1,1 @@
+"""Training: DeepSpeed ZeRO ranks as Ray actors, and the RL losses."""

@@ -1,0 +1,221 @@
+"""A DeepSpeed ZeRO rank. The driver runs `world_size` of these as Ray actors and calls every
+method on all ranks at once (ZeRO collectives need every rank, in the same order).
+"""
+from __future__ import annotations
+
+import math
+import os
+import socket
+from contextlib import nullcontext
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from learner import core_algos as algos
+from learner.batching import PaddedBatch, pad, split
+from protocol.batch import TrainBatch
+from protocol.weight_sync import DTYPES, ShmBuffer, TensorMeta, broadcast_bucket, open_broadcast_group
+
+
+@dataclass
+class LearnerSpec:
+    model_path: str
+    device: str = "cpu"  # "cpu" (gloo) or "gpu" (nccl)
+    dtype: str = "float32"
+    zero_stage: int = 2
+    lr: float = 2e-4
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    micro_batch_size: int = 32
+    clip_low: float = 0.2
+    clip_high: float = 0.2
+    kl_coef: float = 0.0
+    seed: int = 0
+    timeout_s: float = 600.0
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _skip_shm_comm_op() -> None:
+    """DeepSpeed JIT-compiles a shared-memory all-reduce (~80 s on 2 cores) at every init on CPU.
+    It only serves inference all-reduce, which training never calls."""
+    import sys
+
+    import deepspeed.comm  # noqa: F401  (loads deepspeed.comm.torch)
+
+    sys.modules["deepspeed.comm.torch"].build_shm_op = lambda: None
+
+
+class LearnerWorker:
+    def __init__(self, rank: int, world_size: int, spec: LearnerSpec) -> None:
+        self.rank, self.world_size, self.spec = rank, world_size, spec
+        self.engine: Any = None
+        self.ref_model: Any = None
+        self.weight_group: Any = None
+        self.shm: ShmBuffer | None = None
+
+    # ---- setup -------------------------------------------------------------------------------
+    def address(self) -> tuple[str, int]:
+        return socket.gethostbyname(socket.gethostname()), free_port()
+
+    def setup(self, master_addr: str, master_port: int) -> int:
+        """Join the process group and build the DeepSpeed engine; returns the parameter count."""
+        os.environ.update(RANK=str(self.rank), WORLD_SIZE=str(self.world_size), LOCAL_RANK="0",
+                          MASTER_ADDR=master_addr, MASTER_PORT=str(master_port))
+        if self.spec.device == "cpu":
+            os.environ["DS_ACCELERATOR"] = "cpu"
+            torch.set_num_threads(1)
+        import deepspeed
+        from datetime import timedelta
+        from transformers import AutoModelForCausalLM
+
+        if self.spec.device == "cpu":
+            _skip_shm_comm_op()
+        deepspeed.init_distributed(dist_backend="gloo" if self.spec.device == "cpu" else "nccl",
+                                   timeout=timedelta(seconds=self.spec.timeout_s))
+        torch.manual_seed(self.spec.seed)
+        dtype = DTYPES[self.spec.dtype]
+        model = AutoModelForCausalLM.from_pretrained(self.spec.model_path, dtype=dtype)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=self.spec.lr, weight_decay=self.spec.weight_decay)
+        self.engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, config=self._ds_config(1))
+        if self.spec.kl_coef > 0:
+            self.ref_model = AutoModelForCausalLM.from_pretrained(self.spec.model_path, dtype=dtype).eval()
+            self.ref_model.requires_grad_(False).to(self.device)
+        self.pad_id = int(model.config.pad_token_id or model.config.eos_token_id or 0)
+        return sum(p.ds_numel if hasattr(p, "ds_numel") else p.numel() for p in model.parameters())
+
+    @property
+    def device(self) -> torch.device:
+        return self.engine.device if self.engine is not None else torch.device("cpu")
+
+    def _ds_config(self, grad_accum: int) -> dict[str, Any]:
+        micro = self.spec.micro_batch_size
+        return {
+            "train_batch_size": micro * grad_accum * self.world_size,
+            "train_micro_batch_size_per_gpu": micro,
+            "gradient_accumulation_steps": grad_accum,
+            "gradient_clipping": self.spec.grad_clip,
+            "zero_optimization": {"stage": self.spec.zero_stage},
+            "zero_allow_untested_optimizer": True,
+            "bf16": {"enabled": self.spec.dtype == "bfloat16"},
+            "steps_per_print": 10**9,
+            "wall_clock_breakdown": False,
+        }
+
+    # ---- training ----------------------------------------------------------------------------
+    def _forward(self, model: Any, pb: PaddedBatch) -> torch.Tensor:
+        return model(input_ids=pb.input_ids, attention_mask=pb.attention_mask).logits[:, :-1]
+
+    def train_step(self, batch: TrainBatch, total_tokens: int, loss: str = "policy") -> dict[str, float]:
+        """One optimizer step on this rank's shard of `batch`.
+
+        Each micro-batch's summed token loss is scaled so that, after DeepSpeed divides by the
+        accumulation steps and averages over ranks, the gradient is the exact token mean over the
+        whole global batch (`total_tokens` response tokens).
+        """
+        shard = batch.shard(self.rank, self.world_size)
+        steps = max(1, math.ceil(len(batch) / self.world_size / self.spec.micro_batch_size))
+        self.engine.set_train_batch_size(self.spec.micro_batch_size * steps * self.world_size)
+        scale = self.world_size * steps / max(total_tokens, 1)
+        sums: dict[str, float] = {}
+        self.engine.train()
+        for micro in split(shard, steps):
+            if len(micro) == 0:  # keep the same number of collective calls as the other ranks
+                micro = TrainBatch([[self.pad_id]], [[self.pad_id]], [[0.0]], [0.0], [[0.0]])
+            pb = pad(micro, self.pad_id, self.device)
+            logits = self._forward(self.engine, pb)
+            logprobs = algos.token_logprobs(logits, pb.targets)
+            per_token, stats = self._loss(loss, logprobs, pb)
+            self.engine.backward(algos.masked_sum(per_token, pb.mask) * scale)
+            self.engine.step()
+            with torch.no_grad():
+                stats["entropy"] = algos.entropy_from_logits(logits.detach())
+            for key, value in stats.items():
+                sums[key] = sums.get(key, 0.0) + float(algos.masked_sum(value.detach(), pb.mask))
+            sums["tokens"] = sums.get("tokens", 0.0) + float(pb.mask.sum())
+        sums["grad_norm"] = float(self.engine.get_global_grad_norm() or 0.0)
+        return sums
+
+    def _loss(self, kind: str, logprobs: torch.Tensor, pb: PaddedBatch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        if kind == "sft":
+            nll = algos.sft_loss(logprobs, pb.mask)
+            return nll, {"loss": nll}
+        per_token, ratio, clipped = algos.ppo_clip_loss(logprobs, pb.old_logprobs, pb.advantages,
+                                                        self.spec.clip_low, self.spec.clip_high)
+        stats = {"pg_loss": per_token, "ratio": ratio, "clip_frac": clipped}
+        if self.ref_model is not None:
+            with torch.no_grad():
+                ref = algos.token_logprobs(self._forward(self.ref_model, pb), pb.targets)
+            kl = algos.kl_k3(logprobs, ref)
+            per_token = per_token + self.spec.kl_coef * kl
+            stats["kl"] = kl
+        return per_token, stats
+
+    @torch.no_grad()
+    def logprobs(self, batch: TrainBatch) -> list[list[float]]:
+        """Response-token logprobs under the current weights (all ranks must call it under ZeRO-3)."""
+        self.engine.eval()
+        pb = pad(batch, self.pad_id, self.device)
+        return pb.response_values(algos.token_logprobs(self._forward(self.engine, pb), pb.targets))
+
+    # ---- weights out -------------------------------------------------------------------------
+    def weight_layout(self) -> list[tuple[str, tuple[int, ...]]]:
+        """Names and full shapes, in the order every export streams them."""
+        return [(n, tuple(p.ds_shape) if hasattr(p, "ds_shape") else tuple(p.shape))
+                for n, p in self.engine.module.named_parameters()]
+
+    def _gathered(self, names: list[str]):
+        """Full tensors for `names` on every rank (ZeRO-3 gathers; other stages hold them already)."""
+        params = dict(self.engine.module.named_parameters())
+        chosen = [params[n] for n in names]
+        if self.spec.zero_stage == 3:
+            import deepspeed
+
+            return deepspeed.zero.GatheredParameters(chosen, modifier_rank=None), chosen
+        return nullcontext(), chosen
+
+    def export_to_shm(self, path: str, nbytes: int, buckets: list[list[tuple]]) -> float:
+        """Stream the weights bucket by bucket into the shared buffer; only rank 0 writes."""
+        import time
+
+        start = time.perf_counter()
+        if self.rank == 0 and (self.shm is None or self.shm.path != path or self.shm.tensor.numel() < nbytes):
+            self.shm = ShmBuffer(path, nbytes, create=True)
+        for bucket in buckets:
+            metas = [TensorMeta(*m) for m in bucket]
+            context, tensors = self._gathered([m.name for m in metas])
+            with context:
+                if self.rank == 0:
+                    for meta, tensor in zip(metas, tensors):
+                        self.shm.write(meta, tensor.data.to(DTYPES[meta.dtype]))
+        return time.perf_counter() - start
+
+    def open_weight_group(self, host: str, port: int, world_size: int, timeout_s: float) -> None:
+        if self.rank == 0:
+            backend = "gloo" if self.spec.device == "cpu" else "nccl"
+            self.weight_group = open_broadcast_group(host, port, 0, world_size, backend, timeout_s)
+
+    def export_broadcast(self, buckets: list[list[tuple]]) -> None:
+        """Broadcast each bucket from rank 0 to every rollout rank (one collective per bucket)."""
+        for bucket in buckets:
+            metas = [TensorMeta(*m) for m in bucket]
+            context, tensors = self._gathered([m.name for m in metas])
+            with context:
+                if self.rank == 0:
+                    values = [t.data.to(DTYPES[m.dtype]) for m, t in zip(metas, tensors)]
+                    broadcast_bucket(self.weight_group, metas, self.device, values)
+
+    def save_hf(self, path: str) -> None:
+        """Write a Hugging Face model directory (loadable by transformers and vLLM) from rank 0."""
+        layout = self.weight_layout()
+        names = [n for n, _ in layout]
+        context, tensors = self._gathered(names)
+        with context:
+            if self.rank == 0:
+                state = {n: t.data.detach().clone().cpu() for n, t in zip(names, tensors)}
+                self.engine.module.save_pretrained(path, state_dict=state)

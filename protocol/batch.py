@@ -1,0 +1,66 @@
+"""Batch types passed between the driver, the rollout workers, the reward pool and the learner."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class Prompt:
+    """One problem as the driver hands it to rollout workers."""
+
+    index: int  # position in the dataset; identifies the group of samples
+    token_ids: list[int]
+    answer: str  # gold answer, used by the reward only
+    text: str = ""
+
+
+@dataclass
+class Sample:
+    """One generated completion with everything the learner needs to train on it."""
+
+    prompt_index: int
+    prompt_ids: list[int]
+    response_ids: list[int]
+    response_logprobs: list[float]  # sampling logprob of each response token
+    text: str
+    finish_reason: str  # "stop" or "length"
+    policy_version: int  # version of the weights that generated it
+    reward: float = 0.0
+    correct: bool = False
+    advantage: float = 0.0
+
+    @property
+    def truncated(self) -> bool:
+        return self.finish_reason == "length"
+
+
+@dataclass
+class TrainBatch:
+    """The learner's input for one policy step: flat lists, one entry per sample."""
+
+    prompt_ids: list[list[int]]
+    response_ids: list[list[int]]
+    old_logprobs: list[list[float]]
+    advantages: list[float]
+    loss_mask: list[list[float]] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.response_ids)
+
+    @classmethod
+    def from_samples(cls, samples: list[Sample]) -> "TrainBatch":
+        return cls(
+            prompt_ids=[s.prompt_ids for s in samples],
+            response_ids=[s.response_ids for s in samples],
+            old_logprobs=[s.response_logprobs for s in samples],
+            advantages=[s.advantage for s in samples],
+            loss_mask=[[1.0] * len(s.response_ids) for s in samples],
+        )
+
+    def shard(self, rank: int, world_size: int) -> "TrainBatch":
+        """Every world_size-th sample starting at rank: an even split for data-parallel ranks."""
+        pick = lambda xs: xs[rank::world_size]  # noqa: E731
+        return TrainBatch(
+            pick(self.prompt_ids), pick(self.response_ids), pick(self.old_logprobs),
+            pick(self.advantages), pick(self.loss_mask),
+        )

@@ -1,0 +1,24 @@
+"""The reward actor's body: the driver runs K of these as Ray actors (see cluster/)."""
+from __future__ import annotations
+
+import importlib
+from typing import Callable
+
+from reward.scoring import Verdict, score_batch
+
+
+class RewardWorker:
+    def __init__(self, timeout_s: float = 2.0, custom_fn: str | None = None) -> None:
+        self.timeout_s = timeout_s
+        self.custom: Callable[[str, str], float] | None = None
+        if custom_fn:
+            module, _, name = custom_fn.partition(":")
+            self.custom = getattr(importlib.import_module(module), name)
+
+    def score(self, pairs: list[tuple[str, str]]) -> list[Verdict]:
+        if self.custom is not None:
+            return [Verdict(float(self.custom(r, a)), float(self.custom(r, a)) > 0, True) for r, a in pairs]
+        return score_batch(pairs, self.timeout_s)
+
+    def ping(self) -> bool:
+        return True

@@ -1,0 +1,1 @@
+"""Generation: Ray actors that each own a vLLM engine."""

@@ -1,0 +1,87 @@
+"""The rollout actor's body: one vLLM engine that generates samples and takes new weights in place."""
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+
+from protocol.batch import Prompt, Sample
+from protocol.weight_sync import WeightManifest
+
+
+@dataclass
+class EngineSpec:
+    model_path: str
+    device: str = "cpu"
+    dtype: str = "float32"
+    max_model_len: int = 256
+    kv_cache_gib: float = 0.25
+    gpu_memory_utilization: float = 0.5
+    tensor_parallel_size: int = 1
+    multiprocess: bool = False
+    seed: int = 0
+
+
+class RolloutWorker:
+    def __init__(self, spec: EngineSpec) -> None:
+        from rollout import vllm_compat
+
+        if spec.device == "cpu":
+            os.environ.update(vllm_compat.cpu_engine_env(spec.kv_cache_gib, spec.multiprocess))
+        self.vc = vllm_compat
+        self.spec = spec
+        self.engine = vllm_compat.make_engine(spec.model_path, spec.dtype, spec.max_model_len, spec.seed,
+                                              spec.device, spec.kv_cache_gib, spec.gpu_memory_utilization,
+                                              spec.tensor_parallel_size)
+        self.version = 0
+
+    def generate(self, prompts: list[Prompt], n: int, temperature: float, top_p: float, max_tokens: int,
+                 seed: int | None = None) -> list[Sample]:
+        """n completions per prompt, with token ids, sampling logprobs and the policy version."""
+        # One seed per prompt: a shared seed would draw the same random numbers for every prompt and
+        # correlate their samples (measured: identical format choices across a whole batch).
+        params = [self.vc.sampling_params(n, temperature, top_p, max_tokens,
+                                          None if seed is None else (seed * 1_000_003 + p.index) % 2**31)
+                  for p in prompts]
+        outputs = self.engine.generate(self.vc.token_prompts([p.token_ids for p in prompts]), params, use_tqdm=False)
+        samples = []
+        for prompt, out in zip(prompts, outputs):
+            for completion in out.outputs:
+                ids = list(completion.token_ids)
+                samples.append(Sample(
+                    prompt_index=prompt.index, prompt_ids=list(prompt.token_ids), response_ids=ids,
+                    response_logprobs=self.vc.sampled_logprobs(ids, completion.logprobs),
+                    text=completion.text, finish_reason=str(completion.finish_reason), policy_version=self.version,
+                ))
+        return samples
+
+    def sequence_logprobs(self, token_ids: list[list[int]]) -> list[list[float]]:
+        """Logprobs of tokens 1..end of each sequence under the engine's current weights."""
+        params = self.vc.sampling_params(1, 1.0, 1.0, 1, 0, prompt_logprobs=True)
+        outputs = self.engine.generate(self.vc.token_prompts(token_ids), params, use_tqdm=False)
+        return [self.vc.prompt_token_logprobs(o) for o in outputs]
+
+    def load_weights_shm(self, manifest: WeightManifest) -> float:
+        """Load a full weight set from the shared buffer named in the manifest; returns seconds."""
+        start = time.perf_counter()
+        metas = [(m.name, m.dtype, m.shape, m.offset) for m in manifest.tensors]
+        self.vc.load_weights(self.engine, "load_from_shm", manifest.location, metas, manifest.total_bytes)
+        self.version = manifest.version
+        return time.perf_counter() - start
+
+    def open_weight_group(self, host: str, port: int, rank_offset: int, world_size: int, timeout_s: float) -> None:
+        backend = "gloo" if self.spec.device == "cpu" else "nccl"
+        self.engine.collective_rpc("open_weight_group", args=(host, port, rank_offset, world_size, backend, timeout_s))
+
+    def load_weights_broadcast(self, manifest: WeightManifest, bucket_bytes: int) -> float:
+        start = time.perf_counter()
+        buckets = [[(m.name, m.dtype, m.shape, m.offset) for m in b] for b in manifest.buckets(bucket_bytes)]
+        self.vc.load_weights(self.engine, "load_from_broadcast", buckets)
+        self.version = manifest.version
+        return time.perf_counter() - start
+
+    def check_weight_names(self, manifest: WeightManifest) -> None:
+        self.engine.collective_rpc("check_weight_names", args=([(m.name, list(m.shape)) for m in manifest.tensors],))
+
+    def shutdown(self) -> None:
+        self.vc.shutdown(self.engine)

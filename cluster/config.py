@@ -104,6 +104,7 @@ class AlgorithmConfig(Strict):
 class RewardConfig(Strict):
     num_workers: int = Field(2, ge=1)
     timeout_s: float = Field(2.0, gt=0)
+    custom_fn: str | None = Field(None, pattern=r"^[\w.]+:\w+$")  # "module:function(response, answer) -> float"
 
 
 class SyncConfig(Strict):

@@ -105,9 +105,12 @@ class RewardPool:
     def __init__(self, cfg: Config) -> None:
         self.cfg = cfg.reward
         self.remote = ray.remote(RewardWorker).options(num_cpus=0.25, max_concurrency=1)
-        self.actors = [self.remote.remote(self.cfg.timeout_s) for _ in range(self.cfg.num_workers)]
+        self.actors = [self._new_actor() for _ in range(self.cfg.num_workers)]
         self.next = 0
         self.restarts = 0
+
+    def _new_actor(self) -> Any:
+        return self.remote.remote(self.cfg.timeout_s, self.cfg.custom_fn)
 
     def submit(self, samples: list[Sample], answers: dict[int, str]) -> list[tuple[ray.ObjectRef, int, list[Sample]]]:
         chunk = max(1, -(-len(samples) // len(self.actors)))
@@ -138,7 +141,7 @@ class RewardPool:
 
     def _replace(self, index: int) -> None:
         ray.kill(self.actors[index])
-        self.actors[index] = self.remote.remote(self.cfg.timeout_s)
+        self.actors[index] = self._new_actor()
         self.restarts += 1
 
     def kill(self) -> None:

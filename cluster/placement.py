@@ -30,7 +30,7 @@ def connect(cfg: Config) -> str:
     if ray.is_initialized():
         return "existing"
     env = {"env_vars": {"PYTHONPATH": os.pathsep.join(filter(None, [REPO_ROOT, os.environ.get("PYTHONPATH")])),
-                        "TOKENIZERS_PARALLELISM": "false", "RAY_DEDUP_LOGS": "1"}}
+                        **quiet_env()}}
     address = cfg.cluster.address or os.environ.get("RAY_ADDRESS")
     if address:
         ray.init(address=address, runtime_env=None if os.environ.get("RAY_JOB_ID") else env, log_to_driver=True)
@@ -39,6 +39,13 @@ def connect(cfg: Config) -> str:
     ray.init(address="local", num_cpus=max(int(need + 0.999), os.cpu_count() or 1), include_dashboard=False,
              runtime_env=env, log_to_driver=True)
     return "local"
+
+
+def quiet_env() -> dict[str, str]:
+    """Actor environment that keeps the driver's progress readable; any variable the user set wins."""
+    defaults = {"TOKENIZERS_PARALLELISM": "false", "VLLM_LOGGING_LEVEL": "WARNING", "TRANSFORMERS_VERBOSITY": "error",
+                "HF_HUB_DISABLE_PROGRESS_BARS": "1", "PYTHONWARNINGS": "ignore::FutureWarning,ignore::DeprecationWarning"}
+    return {k: os.environ.get(k, v) for k, v in defaults.items()}
 
 
 def required_resources(cfg: Config) -> dict[str, float]:

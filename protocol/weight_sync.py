@@ -132,7 +132,7 @@ def broadcast_bucket(group: torch.distributed.ProcessGroup, bucket: list[TensorM
         flat = torch.cat([v.detach().reshape(-1).view(torch.uint8) for v in values]).to(device)
     else:
         flat = torch.empty(nbytes, dtype=torch.uint8, device=device)
-    group.broadcast([flat], 0).wait()
+    group.broadcast(flat, 0).wait()
     out, offset = [], 0
     for meta in bucket:
         out.append((meta.name, flat[offset: offset + meta.nbytes].view(DTYPES[meta.dtype]).view(meta.shape)))

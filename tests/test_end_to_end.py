@@ -100,3 +100,25 @@ def test_tokenizer_ids_identical_across_stacks(trainer, text):
     raw = Tokenizer.from_file(f"{trainer.model_path}/tokenizer.json").encode(text).ids
     auto = AutoTokenizer.from_pretrained(trainer.model_path)(text, add_special_tokens=False)["input_ids"]
     assert raw == auto
+
+
+def test_broadcast_transport_delivers_learner_weights(trainer):
+    """The collective path (gloo here, NCCL on GPUs): rank 0 broadcasts small buckets to the engine."""
+    from cluster.sync import WeightSync
+
+    cfg = trainer.cfg.model_copy(update={"sync": trainer.cfg.sync.model_copy(update={"transport": "broadcast",
+                                                                                        "bucket_mb": 0.05})})
+    sync = WeightSync(cfg, trainer.learners, trainer.rollouts)
+    sync.version = trainer.sync.version
+    prompt, response = _fixed_sequence(trainer)
+    batch = TrainBatch([prompt], [response], [trainer.rollouts.call("sequence_logprobs", [prompt + response])[0][0][len(prompt) - 1:]],
+                       [1.0], [[1.0] * len(response)])
+    trainer.learners.train(batch)
+    before = _rollout_logprobs(trainer, prompt, response)
+    metrics = sync.sync()
+    after = _rollout_logprobs(trainer, prompt, response)
+    learner = torch.tensor(trainer.learners.call("logprobs", TrainBatch([prompt], [response], [], [0.0], []))[0][0])
+    assert len(sync.manifest(0).buckets(sync.bucket_bytes)) > 1  # really bucketed
+    assert (after - learner).abs().max() < 1e-4 and (after - before).abs().max() > 1e-4
+    assert trainer.rollouts.call("generate", [Prompt(0, prompt, "0")], 1, 1.0, 1.0, 4, 0)[0][0].policy_version == metrics["policy_version"]
+    trainer.sync.version = sync.version

@@ -2,6 +2,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TypeVar
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -44,6 +47,14 @@ def overlong_loss_mask(response_lens: list[int], finish_reasons: list[str], mask
     """
     keep = [not (mask_truncated and reason == "length") for reason in finish_reasons]
     return [[float(k)] * n for n, k in zip(response_lens, keep, strict=True)]
+
+
+def unshard(per_rank: list[list[T]]) -> list[T]:
+    """Inverse of `TrainBatch.shard`: rank r's k-th item is item r + k * world_size of the batch."""
+    out: list[T] = [None] * sum(len(part) for part in per_rank)  # type: ignore[list-item]
+    for rank, part in enumerate(per_rank):
+        out[rank::len(per_rank)] = part
+    return out
 
 
 @dataclass

@@ -233,3 +233,11 @@ def test_token_logprobs_and_entropy():
     assert math.isclose(algos.token_logprobs(logits, torch.tensor([[1]])).item(), math.log(0.75), rel_tol=1e-6)
     expected = -(0.25 * math.log(0.25) + 0.75 * math.log(0.75))
     assert math.isclose(algos.entropy_from_logits(logits).item(), expected, rel_tol=1e-6)
+
+
+def test_unshard_inverts_shard():
+    from protocol.batch import unshard
+
+    batch = TrainBatch([[i] for i in range(7)], [[i] for i in range(7)], [], [float(i) for i in range(7)], [])
+    for world in (1, 2, 3, 8):
+        assert unshard([batch.shard(r, world).advantages for r in range(world)]) == batch.advantages

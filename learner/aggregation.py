@@ -11,8 +11,9 @@ of sequence i, L_max = a fixed length, usually rollout.max_new_tokens):
 | seq_mean_token_sum_norm  | mean_i (sum_t x / L_max)  (Dr. GRPO)    | 1 / (S * L_max)      |
 
 How the gradient scale differs:
-- token_mean (DAPO's choice, our default): every token counts the same; a batch with longer
-  responses gets the same overall scale.
+- token_mean (DAPO's choice, our default): every token counts the same, so a sequence weighs in
+  proportion to its length, and the overall scale does not grow with response length. A token's
+  weight 1/N still depends on how long the *other* responses in the batch are.
 - seq_mean_token_mean (the original GRPO): every sequence counts the same, so a token of a long
   response counts less. With A < 0 long wrong answers are punished less per token, a length bias.
 - seq_mean_token_sum: every token weighs 1/S, so the gradient grows with response length (about

@@ -94,11 +94,19 @@ class LearnerConfig(Strict):
 
 
 class AlgorithmConfig(Strict):
-    advantage: Literal["grpo"] = "grpo"
+    """Names select entries of the registries in learner/core_algos.py (see the docstrings there)."""
+
+    advantage: Literal["grpo", "dr_grpo", "rloo", "reinforce_pp"] = "grpo"
     clip_low: float = Field(0.2, ge=0)
-    clip_high: float = Field(0.2, ge=0)
-    kl_coef: float = Field(0.0, ge=0)  # k3 KL loss to a frozen reference; 0 loads no reference model
-    loss_agg: Literal["token_mean"] = "token_mean"
+    clip_high: float = Field(0.2, ge=0)  # > clip_low: DAPO's clip-higher
+    dual_clip: float | None = Field(None, gt=1)  # c: for A < 0 the per-token loss is capped at -c*A
+    loss_agg: Literal["token_mean", "seq_mean_token_sum", "seq_mean_token_mean",
+                      "seq_mean_token_sum_norm"] = "token_mean"  # _norm divides by rollout.max_new_tokens
+    entropy_coef: float = Field(0.0, ge=0)  # subtracts coef * entropy from the per-token loss
+    kl_coef: float = Field(0.0, ge=0)  # KL to a frozen reference; 0 loads no reference model
+    kl_estimator: Literal["k1", "k2", "k3"] = "k3"
+    kl_in_reward: bool = False  # False: kl_coef * KL is a loss term; True: subtracted from the reward
+    mask_truncated: bool = False  # overlong handling: responses cut at max_new_tokens get no loss
 
 
 class RewardConfig(Strict):
@@ -148,6 +156,8 @@ class Config(Strict):
     def _fits(self) -> "Config":
         if self.rollout.max_new_tokens >= self.rollout.max_model_len:
             raise ValueError("rollout.max_new_tokens must be smaller than rollout.max_model_len")
+        if self.algorithm.advantage == "rloo" and self.rollout.samples_per_prompt < 2:
+            raise ValueError("algorithm.advantage=rloo needs rollout.samples_per_prompt >= 2")
         return self
 
 

@@ -9,8 +9,9 @@ import ray
 
 from cluster.config import Config
 from cluster.placement import Placement
+from learner.core_algos import batch_normalisers
 from learner.worker import LearnerSpec, LearnerWorker
-from protocol.batch import Prompt, Sample, TrainBatch
+from protocol.batch import Prompt, Sample, TrainBatch, unshard
 from reward.scoring import Verdict
 from reward.worker import RewardWorker
 from rollout.worker import EngineSpec, RolloutWorker
@@ -29,7 +30,9 @@ class LearnerGroup:
         spec = LearnerSpec(model_path=model_path, device=cfg.cluster.device, dtype=cfg.model.dtype,
                            zero_stage=l.zero_stage, lr=l.lr, weight_decay=l.weight_decay, grad_clip=l.grad_clip,
                            micro_batch_size=l.micro_batch_size, clip_low=a.clip_low, clip_high=a.clip_high,
-                           kl_coef=a.kl_coef, seed=cfg.train.seed, timeout_s=cfg.sync.timeout_s)
+                           dual_clip=a.dual_clip, loss_agg=a.loss_agg, max_response_len=cfg.rollout.max_new_tokens,
+                           entropy_coef=a.entropy_coef, kl_coef=a.kl_coef, kl_estimator=a.kl_estimator,
+                           kl_in_reward=a.kl_in_reward, seed=cfg.train.seed, timeout_s=cfg.sync.timeout_s)
         spec = dataclasses.replace(spec, **overrides)
         remote = ray.remote(LearnerWorker)
         self.timeout_s = cfg.sync.timeout_s * 5
@@ -44,13 +47,19 @@ class LearnerGroup:
         return _get([getattr(a, method).remote(*args) for a in self.actors], self.timeout_s, f"learner.{method}")
 
     def train(self, batch: TrainBatch, loss: str = "policy") -> dict[str, float]:
-        total_tokens = int(sum(sum(m) for m in batch.loss_mask))
-        per_rank = self.call("train_step", batch, total_tokens, loss)
+        """One optimizer step on the global batch. Returns `loss` (the aggregate that was minimised),
+        `grad_norm`, and every other statistic as a mean over the batch's loss tokens."""
+        total_tokens, num_sequences = batch_normalisers(batch.loss_mask)
+        per_rank = self.call("train_step", batch, total_tokens, num_sequences, loss)
         sums = {k: sum(r.get(k, 0.0) for r in per_rank) for k in per_rank[0]}
         tokens = max(sums.pop("tokens"), 1.0)
-        out = {k: v / tokens for k, v in sums.items() if k != "grad_norm"}
-        out["grad_norm"] = per_rank[0]["grad_norm"]
+        out = {k: v / tokens for k, v in sums.items() if k not in ("grad_norm", "loss")}
+        out["loss"], out["grad_norm"] = sums["loss"], per_rank[0]["grad_norm"]
         return out
+
+    def ref_logprobs(self, batch: TrainBatch) -> list[list[float]]:
+        """Reference-model logprobs of every response, each rank scoring its shard."""
+        return unshard(self.call("ref_logprobs", batch))
 
     def kill(self) -> None:
         for a in self.actors:

@@ -16,7 +16,7 @@ from cluster.groups import LearnerGroup, RewardPool, RolloutGroup
 from cluster.metrics import MetricsLog, PhaseTimer, plot_run
 from cluster.placement import connect, place
 from cluster.sync import WeightSync
-from learner.core_algos import grpo_advantages
+from learner.core_algos import compute_advantages, kl_penalised_rewards, sequence_kl
 from protocol.batch import Sample, TrainBatch
 
 
@@ -58,17 +58,32 @@ class Trainer:
         with timer("generate_and_score"):
             samples, counts = score_prompts(self.rollouts, self.rewards, prompts, cfg.rollout.samples_per_prompt,
                                             cfg.rollout.temperature, seed=cfg.train.seed * 1_000_003 + step)
-        rewards = torch.tensor([s.reward for s in samples])
-        for sample, adv in zip(samples, grpo_advantages(rewards, cfg.rollout.samples_per_prompt).tolist()):
-            sample.advantage = adv
+        with timer("advantages"):
+            kl_metrics = self._set_advantages(samples)
         with timer("train"):
-            train_metrics = self.learners.train(TrainBatch.from_samples(samples))
+            train_metrics = self.learners.train(TrainBatch.from_samples(samples, cfg.algorithm.mask_truncated))
         with timer("sync"):
             sync_metrics = self.sync.sync()
         self.log.samples(step, samples, {p.index: p.answer for p in prompts}, cfg.train.samples_to_save)
         return {**self._sample_metrics(samples, counts), **{f"train/{k}": v for k, v in train_metrics.items()},
-                **sync_metrics, **timer.seconds,
+                **kl_metrics, **sync_metrics, **timer.seconds,
                 "perf/gen_tokens_per_s": sum(len(s.response_ids) for s in samples) / timer.seconds["time/generate_and_score_s"]}
+
+    def _set_advantages(self, samples: list[Sample]) -> dict[str, float]:
+        """Write each sample's advantage with the configured estimator. With the KL in the reward,
+        rewards are first penalised by kl_coef * (the response's summed KL to the reference)."""
+        a = self.cfg.algorithm
+        rewards = torch.tensor([s.reward for s in samples])
+        metrics: dict[str, float] = {}
+        if a.kl_in_reward and a.kl_coef > 0:
+            batch = TrainBatch.from_samples(samples)
+            kl = sequence_kl(batch.old_logprobs, self.learners.ref_logprobs(batch), a.kl_estimator)
+            rewards = kl_penalised_rewards(rewards, kl, a.kl_coef)
+            metrics["train/kl_in_reward"] = float(kl.mean())
+        advantages = compute_advantages(a.advantage, rewards, self.cfg.rollout.samples_per_prompt)
+        for sample, adv in zip(samples, advantages.tolist()):
+            sample.advantage = adv
+        return metrics
 
     def _sample_metrics(self, samples: list[Sample], counts: dict[str, float]) -> dict[str, float]:
         groups = [samples[i: i + self.cfg.rollout.samples_per_prompt]

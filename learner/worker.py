@@ -30,7 +30,13 @@ class LearnerSpec:
     micro_batch_size: int = 32
     clip_low: float = 0.2
     clip_high: float = 0.2
-    kl_coef: float = 0.0
+    dual_clip: float | None = None
+    loss_agg: str = "token_mean"  # a mode of learner/aggregation.py (SFT always uses token_mean)
+    max_response_len: int = 0  # fixed normaliser of loss_agg="seq_mean_token_sum_norm"
+    entropy_coef: float = 0.0
+    kl_coef: float = 0.0  # > 0 loads a frozen reference model
+    kl_estimator: str = "k3"
+    kl_in_reward: bool = False  # the driver penalises rewards (ref_logprobs); no KL loss term here
     seed: int = 0
     timeout_s: float = 600.0
 
@@ -111,57 +117,84 @@ class LearnerWorker:
     def _forward(self, model: Any, pb: PaddedBatch) -> torch.Tensor:
         return model(input_ids=pb.input_ids, attention_mask=pb.attention_mask).logits[:, :-1]
 
-    def train_step(self, batch: TrainBatch, total_tokens: int, loss: str = "policy") -> dict[str, float]:
+    def train_step(self, batch: TrainBatch, total_tokens: int, num_sequences: int,
+                   loss: str = "policy") -> dict[str, float]:
         """One optimizer step on this rank's shard of `batch`.
 
-        Each micro-batch's summed token loss is scaled so that, after DeepSpeed divides by the
-        accumulation steps and averages over ranks, the gradient is the exact token mean over the
-        whole global batch (`total_tokens` response tokens).
+        Every token gets its weight in the aggregate over the whole global batch
+        (`algos.aggregation_weights`, from the global `total_tokens` and `num_sequences`). Each
+        micro-batch's weighted sum is scaled by world * steps so that, after DeepSpeed divides by
+        the accumulation steps and averages over ranks, the gradient is exactly the aggregate's.
+        Returns per-rank sums: masked token sums of each statistic, "tokens", and "loss" (this
+        rank's share of the aggregate, so the ranks' values add up to the global loss).
         """
         shard = batch.shard(self.rank, self.world_size)
         steps = max(1, math.ceil(len(batch) / self.world_size / self.spec.micro_batch_size))
         self.engine.set_train_batch_size(self.spec.micro_batch_size * steps * self.world_size)
-        scale = self.world_size * steps / max(total_tokens, 1)
+        mode = "token_mean" if loss == "sft" else self.spec.loss_agg
         sums: dict[str, float] = {}
         self.engine.train()
         for micro in split(shard, steps):
             if len(micro) == 0:  # keep the same number of collective calls as the other ranks
                 micro = TrainBatch([[self.pad_id]], [[self.pad_id]], [[0.0]], [0.0], [[0.0]])
             pb = pad(micro, self.pad_id, self.device)
-            logits = self._forward(self.engine, pb)
-            logprobs = algos.token_logprobs(logits, pb.targets)
-            per_token, stats = self._loss(loss, logprobs, pb)
-            self.engine.backward(algos.masked_sum(per_token, pb.mask) * scale)
+            per_token, stats = self._loss(loss, self._forward(self.engine, pb), pb)
+            weights = algos.aggregation_weights(pb.mask, mode, num_sequences, total_tokens, self.spec.max_response_len)
+            objective = (per_token * weights).sum()
+            self.engine.backward(objective * self.world_size * steps)
             self.engine.step()
-            with torch.no_grad():
-                stats["entropy"] = algos.entropy_from_logits(logits.detach())
-            for key, value in stats.items():
-                sums[key] = sums.get(key, 0.0) + float(algos.masked_sum(value.detach(), pb.mask))
-            sums["tokens"] = sums.get("tokens", 0.0) + float(pb.mask.sum())
+            self._accumulate(sums, stats, pb.mask, float(objective.detach()))
         sums["grad_norm"] = float(self.engine.get_global_grad_norm() or 0.0)
         return sums
 
-    def _loss(self, kind: str, logprobs: torch.Tensor, pb: PaddedBatch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    @staticmethod
+    def _accumulate(sums: dict[str, float], stats: dict[str, torch.Tensor], mask: torch.Tensor, loss: float) -> None:
+        for key, value in stats.items():
+            sums[key] = sums.get(key, 0.0) + float(algos.masked_sum(value.detach(), mask))
+        sums["tokens"] = sums.get("tokens", 0.0) + float(mask.sum())
+        sums["loss"] = sums.get("loss", 0.0) + loss
+
+    def _loss(self, kind: str, logits: torch.Tensor, pb: PaddedBatch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        logprobs = algos.token_logprobs(logits, pb.targets)
+        bonus = kind == "policy" and self.spec.entropy_coef > 0  # only then does entropy need gradients
+        entropy = algos.entropy_from_logits(logits if bonus else logits.detach())
         if kind == "sft":
-            nll = algos.sft_loss(logprobs, pb.mask)
-            return nll, {"loss": nll}
-        per_token, ratio, clipped = algos.ppo_clip_loss(logprobs, pb.old_logprobs, pb.advantages,
-                                                        self.spec.clip_low, self.spec.clip_high)
-        stats = {"pg_loss": per_token, "ratio": ratio, "clip_frac": clipped}
-        if self.ref_model is not None:
+            return algos.sft_loss(logprobs, pb.mask), {"entropy": entropy}
+        kl = None
+        if self.ref_model is not None and not self.spec.kl_in_reward:
             with torch.no_grad():
                 ref = algos.token_logprobs(self._forward(self.ref_model, pb), pb.targets)
-            kl = algos.kl_k3(logprobs, ref)
-            per_token = per_token + self.spec.kl_coef * kl
-            stats["kl"] = kl
+            kl = algos.kl_estimator(self.spec.kl_estimator)(logprobs, ref)
+        s = self.spec
+        per_token, stats = algos.policy_loss(logprobs, pb.old_logprobs, pb.advantages, clip_low=s.clip_low,
+                                             clip_high=s.clip_high, dual_clip=s.dual_clip, kl=kl, kl_coef=s.kl_coef,
+                                             entropy=entropy, entropy_coef=s.entropy_coef)
+        stats["entropy"] = entropy
         return per_token, stats
 
     @torch.no_grad()
+    def _response_logprobs(self, model: Any, batch: TrainBatch) -> list[list[float]]:
+        """Response-token logprobs under `model`, one micro-batch at a time."""
+        out: list[list[float]] = []
+        for part in split(batch, max(1, math.ceil(len(batch) / self.spec.micro_batch_size))):
+            if len(part):
+                pb = pad(part, self.pad_id, self.device)
+                out += pb.response_values(algos.token_logprobs(self._forward(model, pb), pb.targets))
+        return out
+
     def logprobs(self, batch: TrainBatch) -> list[list[float]]:
         """Response-token logprobs under the current weights (all ranks must call it under ZeRO-3)."""
         self.engine.eval()
-        pb = pad(batch, self.pad_id, self.device)
-        return pb.response_values(algos.token_logprobs(self._forward(self.engine, pb), pb.targets))
+        return self._response_logprobs(self.engine, batch)
+
+    def ref_logprobs(self, batch: TrainBatch) -> list[list[float]]:
+        """Reference-model logprobs of this rank's shard of `batch` (for the KL-in-reward penalty).
+
+        The reference model is a plain per-rank copy (no ZeRO), so each rank scores only its shard.
+        """
+        if self.ref_model is None:
+            raise RuntimeError("no reference model: it is loaded only when kl_coef > 0")
+        return self._response_logprobs(self.ref_model, batch.shard(self.rank, self.world_size))
 
     # ---- weights out -------------------------------------------------------------------------
     def weight_layout(self) -> list[tuple[str, tuple[int, ...]]]:

@@ -2,6 +2,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TypeVar
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -34,6 +37,26 @@ class Sample:
         return self.finish_reason == "length"
 
 
+def overlong_loss_mask(response_lens: list[int], finish_reasons: list[str], mask_truncated: bool) -> list[list[float]]:
+    """Per-token loss masks; with `mask_truncated`, responses cut off at the length limit
+    (finish_reason "length") get an all-zero mask.
+
+    A truncated response never reached an answer, so its reward says little about its tokens
+    (DAPO's overlong filtering). It still counts in its group's advantage baseline; it only stops
+    contributing to the loss, and it does not count as a token or a sequence in the normalisers.
+    """
+    keep = [not (mask_truncated and reason == "length") for reason in finish_reasons]
+    return [[float(k)] * n for n, k in zip(response_lens, keep, strict=True)]
+
+
+def unshard(per_rank: list[list[T]]) -> list[T]:
+    """Inverse of `TrainBatch.shard`: rank r's k-th item is item r + k * world_size of the batch."""
+    out: list[T] = [None] * sum(len(part) for part in per_rank)  # type: ignore[list-item]
+    for rank, part in enumerate(per_rank):
+        out[rank::len(per_rank)] = part
+    return out
+
+
 @dataclass
 class TrainBatch:
     """The learner's input for one policy step: flat lists, one entry per sample."""
@@ -48,13 +71,15 @@ class TrainBatch:
         return len(self.response_ids)
 
     @classmethod
-    def from_samples(cls, samples: list[Sample]) -> "TrainBatch":
+    def from_samples(cls, samples: list[Sample], mask_truncated: bool = False) -> "TrainBatch":
+        """`mask_truncated`: overlong handling, see `overlong_loss_mask`."""
         return cls(
             prompt_ids=[s.prompt_ids for s in samples],
             response_ids=[s.response_ids for s in samples],
             old_logprobs=[s.response_logprobs for s in samples],
             advantages=[s.advantage for s in samples],
-            loss_mask=[[1.0] * len(s.response_ids) for s in samples],
+            loss_mask=overlong_loss_mask([len(s.response_ids) for s in samples],
+                                         [s.finish_reason for s in samples], mask_truncated),
         )
 
     def shard(self, rank: int, world_size: int) -> "TrainBatch":

@@ -18,6 +18,8 @@ def test_overrides_apply_and_parse_types():
     ("learnr.lr=1", "learnr"), ("learner.lrr=1", "learner.lrr"), ("learner.lr=-1", "learner.lr"),
     ("learner.zero_stage=5", "learner.zero_stage"), ("rollout.temperature=hot", "rollout.temperature"),
     ("data.train_path=/no/such.jsonl", "data.train_path"),
+    ("algorithm.advantage=ppo", "algorithm.advantage"), ("algorithm.dual_clip=1.0", "algorithm.dual_clip"),
+    ("algorithm.loss_agg=sum", "algorithm.loss_agg"), ("algorithm.kl_estimator=k4", "algorithm.kl_estimator"),
 ])
 def test_bad_config_names_the_field(override, field):
     with pytest.raises(ConfigError) as err:
@@ -44,3 +46,26 @@ def test_cli_refuses_bad_config_before_starting_anything(tmp_path):
     assert proc.returncode == 2
     assert "learner.zero_stag" in proc.stderr and "unknown key" in proc.stderr
     assert not (tmp_path / "r").exists()  # nothing was started or written
+
+
+def test_algorithm_names_match_the_learner_registries():
+    from typing import get_args
+
+    from cluster.config import AlgorithmConfig
+    from learner import core_algos as algos
+
+    fields = AlgorithmConfig.model_fields
+    assert set(get_args(fields["advantage"].annotation)) == set(algos.ADVANTAGE_ESTIMATORS)
+    assert set(get_args(fields["loss_agg"].annotation)) == set(algos.AGG_MODES)
+    assert set(get_args(fields["kl_estimator"].annotation)) == set(algos.KL_ESTIMATORS)
+
+
+def test_algorithm_defaults_keep_plain_grpo():
+    a = load_config(None).algorithm
+    assert (a.advantage, a.loss_agg, a.dual_clip, a.entropy_coef, a.kl_coef, a.kl_estimator, a.kl_in_reward,
+            a.mask_truncated) == ("grpo", "token_mean", None, 0.0, 0.0, "k3", False, False)
+
+
+def test_rloo_needs_two_samples_per_prompt():
+    with pytest.raises(ConfigError, match="rloo"):
+        load_config(None, ["algorithm.advantage=rloo", "rollout.samples_per_prompt=1"])

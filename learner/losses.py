@@ -1,0 +1,82 @@
+"""Per-token policy losses and the quantities they are built from.
+
+Shapes: per-token tensors are [batch, response_len]; every function here returns a per-token loss
+(to be minimised) and leaves the reduction to `learner.aggregation`.
+"""
+from __future__ import annotations
+
+import torch
+
+
+def token_logprobs(logits: torch.Tensor, token_ids: torch.Tensor) -> torch.Tensor:
+    """log p(token_ids[t]) from logits[t], computed in fp32; logits [B, T, V], ids [B, T]."""
+    logp = torch.log_softmax(logits.float(), dim=-1)
+    return logp.gather(-1, token_ids.unsqueeze(-1)).squeeze(-1)
+
+
+def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
+    """Per-token entropy of the next-token distribution, [B, T]."""
+    logp = torch.log_softmax(logits.float(), dim=-1)
+    return -(logp.exp() * logp).sum(-1)
+
+
+def ppo_clip_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor,
+                  clip_low: float, clip_high: float,
+                  dual_clip: float | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Per-token PPO clipped surrogate, to be minimised: -min(r*A, clip(r, 1-lo, 1+hi)*A).
+
+    Separate `clip_low` / `clip_high` allow DAPO's clip-higher (a larger upper bound keeps
+    low-probability tokens able to grow, which slows entropy collapse).
+
+    `dual_clip` = c > 1 (Dual-clip PPO, Ye et al. 2020): for A < 0 the objective is additionally
+    bounded below by c*A, so the loss is min(PPO loss, -c*A). Without it a token with A < 0 and a
+    huge ratio r contributes an unbounded loss |A|*r; with it, tokens with r > c get zero gradient.
+
+    `old_logprobs` are the sampling logprobs recorded by the rollout engine, so the ratio also
+    corrects for any mismatch between the engine and the learner. `advantages` is [B] or [B, T].
+    Returns (loss per token, stats): per-token 0/1 indicators `clip_frac` (the clipped branch was
+    taken), split into `clip_high_frac` (r > 1+hi, A > 0) and `clip_low_frac` (r < 1-lo, A < 0),
+    `dual_clip_frac` (the dual-clip bound was taken), and the `ratio` itself.
+    """
+    if dual_clip is not None and dual_clip <= 1.0:
+        raise ValueError(f"dual_clip must be > 1, got {dual_clip}")
+    adv = advantages.unsqueeze(-1) if advantages.dim() == 1 else advantages
+    ratio = torch.exp(logprobs - old_logprobs)
+    unclipped = ratio * adv
+    clipped = torch.clamp(ratio, 1.0 - clip_low, 1.0 + clip_high) * adv
+    loss = -torch.minimum(unclipped, clipped)
+    clip_taken = (clipped < unclipped).float()
+    dual_taken = torch.zeros_like(loss)
+    if dual_clip is not None:
+        bound = -dual_clip * adv  # > 0 where A < 0
+        dual_taken = ((adv < 0) & (loss > bound)).float()
+        loss = torch.where(dual_taken.bool(), bound.expand_as(loss), loss)
+    stats = {"ratio": ratio, "clip_frac": clip_taken, "clip_high_frac": clip_taken * (adv > 0),
+             "clip_low_frac": clip_taken * (adv < 0), "dual_clip_frac": dual_taken}
+    return loss, stats
+
+
+def policy_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor, *,
+                clip_low: float, clip_high: float, dual_clip: float | None = None,
+                kl: torch.Tensor | None = None, kl_coef: float = 0.0,
+                entropy: torch.Tensor | None = None,
+                entropy_coef: float = 0.0) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The full per-token policy loss: PPO clip loss + kl_coef * kl - entropy_coef * entropy.
+
+    `kl` is a per-token KL estimate to the reference (pass None when the KL lives in the reward
+    instead); `entropy` must carry gradients when `entropy_coef` > 0, since the bonus rewards a
+    flatter next-token distribution. Stats hold the unweighted per-token terms.
+    """
+    per_token, stats = ppo_clip_loss(logprobs, old_logprobs, advantages, clip_low, clip_high, dual_clip)
+    stats["pg_loss"] = per_token
+    if kl is not None:
+        per_token = per_token + kl_coef * kl
+        stats["kl"] = kl
+    if entropy is not None and entropy_coef:
+        per_token = per_token - entropy_coef * entropy
+    return per_token, stats
+
+
+def sft_loss(logprobs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Per-token negative log-likelihood of the target tokens (supervised warm-up)."""
+    return -logprobs * mask

@@ -1,0 +1,129 @@
+"""LearnerWorker.train_step's gradient scaling, with a fake DeepSpeed engine (pure torch, no Ray).
+
+The fake engine does what DeepSpeed does to gradients: `backward` divides the loss by the
+gradient-accumulation steps, and the ranks' gradients are averaged (here: by the test).
+"""
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from learner import core_algos as algos
+from learner.batching import pad
+from learner.worker import LearnerSpec, LearnerWorker
+from protocol.batch import TrainBatch
+
+VOCAB = 11
+
+
+class TinyLM(torch.nn.Module):
+    def __init__(self, seed: int = 0) -> None:
+        super().__init__()
+        torch.manual_seed(seed)
+        self.embed = torch.nn.Embedding(VOCAB, 8)
+        self.head = torch.nn.Linear(8, VOCAB)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> SimpleNamespace:
+        return SimpleNamespace(logits=self.head(torch.tanh(self.embed(input_ids))))
+
+
+class FakeEngine:
+    def __init__(self, module: torch.nn.Module, micro: int, world: int) -> None:
+        self.module, self.micro, self.world, self.gas = module, micro, world, 1
+        self.device = torch.device("cpu")
+
+    def __call__(self, **kwargs):
+        return self.module(**kwargs)
+
+    def set_train_batch_size(self, size: int) -> None:
+        self.gas = size // (self.micro * self.world)
+
+    def backward(self, loss: torch.Tensor) -> None:
+        (loss / self.gas).backward()
+
+    def train(self) -> None: ...
+    def step(self) -> None: ...
+    def get_global_grad_norm(self) -> float:
+        return 0.0
+
+
+def _batch() -> TrainBatch:
+    gen = torch.Generator().manual_seed(1)
+    lengths = [4, 1, 6, 3, 5]
+    prompts = [[1, 2], [3], [4, 5, 6], [2], [7, 8]]
+    responses = [torch.randint(0, VOCAB, (n,), generator=gen).tolist() for n in lengths]
+    old = [(-torch.rand(n, generator=gen)).tolist() for n in lengths]
+    masks = [[1.0] * n for n in lengths]
+    masks[3] = [0.0] * 3  # a masked (truncated) response
+    return TrainBatch(prompts, responses, old, [1.0, -0.5, 2.0, 0.3, -1.0], masks)
+
+
+def _worker_run(batch: TrainBatch, spec: LearnerSpec, world: int) -> tuple[list[torch.Tensor], float]:
+    """(rank-averaged gradients, summed reported loss) of one train_step on every fake rank."""
+    total_tokens, num_sequences = algos.batch_normalisers(batch.loss_mask)
+    per_rank, loss = [], 0.0
+    for rank in range(world):
+        worker = LearnerWorker(rank, world, spec)
+        worker.engine, worker.pad_id = FakeEngine(TinyLM(), spec.micro_batch_size, world), 0
+        worker.ref_model = TinyLM(seed=1) if spec.kl_coef > 0 else None
+        loss += worker.train_step(batch, total_tokens, num_sequences)["loss"]
+        per_rank.append([p.grad.clone() for p in worker.engine.module.parameters()])
+    return [sum(g) / world for g in zip(*per_rank)], loss  # gradients: the all-reduce average
+
+
+def _reference_run(batch: TrainBatch, spec: LearnerSpec) -> tuple[list[torch.Tensor], float]:
+    """The same loss on the whole batch in one piece."""
+    model = TinyLM()
+    pb = pad(batch, 0, torch.device("cpu"))
+    logits = model(pb.input_ids, pb.attention_mask).logits[:, :-1]
+    logprobs = algos.token_logprobs(logits, pb.targets)
+    kl = None
+    if spec.kl_coef > 0 and not spec.kl_in_reward:
+        ref = algos.token_logprobs(TinyLM(seed=1)(pb.input_ids, pb.attention_mask).logits[:, :-1], pb.targets)
+        kl = algos.KL_ESTIMATORS[spec.kl_estimator](logprobs, ref.detach())
+    per_token, _ = algos.policy_loss(logprobs, pb.old_logprobs, pb.advantages, clip_low=spec.clip_low,
+                                     clip_high=spec.clip_high, dual_clip=spec.dual_clip, kl=kl, kl_coef=spec.kl_coef,
+                                     entropy=algos.entropy_from_logits(logits), entropy_coef=spec.entropy_coef)
+    loss = algos.aggregate(per_token, pb.mask, spec.loss_agg, spec.max_response_len)
+    loss.backward()
+    return [p.grad for p in model.parameters()], loss.item()
+
+
+def _assert_matches_reference(spec: LearnerSpec, world: int) -> None:
+    (grads, loss), (want_grads, want_loss) = _worker_run(_batch(), spec, world), _reference_run(_batch(), spec)
+    assert loss == pytest.approx(want_loss, rel=1e-5)
+    for got, want in zip(grads, want_grads):
+        assert torch.allclose(got, want, atol=1e-6, rtol=1e-4)
+
+
+@pytest.mark.parametrize("mode", list(algos.AGG_MODES))
+@pytest.mark.parametrize("world, micro", [(1, 8), (2, 1), (2, 2), (3, 1)])
+def test_train_step_gradient_equals_global_aggregate(mode, world, micro):
+    spec = LearnerSpec(model_path="", micro_batch_size=micro, loss_agg=mode, max_response_len=6,
+                       dual_clip=2.0, entropy_coef=0.01)
+    _assert_matches_reference(spec, world)
+
+
+@pytest.mark.parametrize("estimator, in_reward", [("k1", False), ("k2", False), ("k3", False), ("k3", True)])
+def test_train_step_kl_term(estimator, in_reward):
+    spec = LearnerSpec(model_path="", micro_batch_size=2, kl_coef=0.5, kl_estimator=estimator, kl_in_reward=in_reward)
+    _assert_matches_reference(spec, world=2)
+
+
+def test_train_step_kl_in_reward_adds_no_loss_term():
+    base = LearnerSpec(model_path="", micro_batch_size=2)
+    in_reward = LearnerSpec(model_path="", micro_batch_size=2, kl_coef=0.5, kl_in_reward=True)
+    assert _worker_run(_batch(), in_reward, 2)[1] == pytest.approx(_worker_run(_batch(), base, 2)[1])
+
+
+def test_sft_step_reports_the_token_mean_nll_whatever_the_policy_aggregation():
+    batch = _batch()
+    spec = LearnerSpec(model_path="", micro_batch_size=2, loss_agg="seq_mean_token_sum")
+    worker = LearnerWorker(0, 1, spec)
+    worker.engine, worker.pad_id = FakeEngine(TinyLM(), 2, 1), 0
+    pb = pad(batch, 0, torch.device("cpu"))
+    with torch.no_grad():
+        nll = -algos.token_logprobs(TinyLM()(pb.input_ids, pb.attention_mask).logits[:, :-1], pb.targets)
+    total_tokens, num_sequences = algos.batch_normalisers(batch.loss_mask)
+    got = worker.train_step(batch, total_tokens, num_sequences, loss="sft")["loss"]
+    assert got == pytest.approx(algos.masked_mean(nll, pb.mask).item(), rel=1e-5)

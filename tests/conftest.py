@@ -19,7 +19,7 @@ def small_overrides(tmp: Path) -> list[str]:
         "model.tiny.num_layers=2", "model.tiny.num_heads=2", "model.tiny.num_kv_heads=1",
         "model.warmup.steps=5", "model.warmup.batch_size=16",
         "rollout.samples_per_prompt=4", "rollout.max_new_tokens=24", "rollout.max_model_len=128",
-        "learner.zero_stage=3", "learner.micro_batch_size=4", "learner.lr=1e-3",
+        "learner.zero_stage=3", "learner.micro_batch_size=4", "learner.lr=1e-3", "algorithm.kl_coef=0.01",
         "train.steps=1", "train.prompts_per_step=4", "train.eval_every=0", "train.eval_samples=1",
         "data.eval_size=8", "reward.num_workers=2", "reward.custom_fn=tests.rewards_fixture:even_length",
     ]

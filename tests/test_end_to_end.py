@@ -34,6 +34,7 @@ def test_one_step_syncs_weights_exactly(trainer):
     assert (after - learner_after).abs().max() < 1e-4, "rollout engine does not serve the learner's weights"
     assert (after - before).abs().max() > 1e-3, "the policy step did not change the weights"
     assert metrics["policy_version"] == 1
+    assert metrics["train/kl"] >= 0.0  # k3 KL loss to the frozen reference model (algorithm.kl_coef > 0)
     for key in ("reward/mean", "train/entropy", "train/clip_frac", "train/response_len", "time/train_s",
                 "time/sync_s", "perf/gen_tokens_per_s", "train/grad_norm"):
         assert key in metrics and metrics[key] == metrics[key], key  # present and not NaN
@@ -122,3 +123,17 @@ def test_broadcast_transport_delivers_learner_weights(trainer):
     assert (after - learner).abs().max() < 1e-4 and (after - before).abs().max() > 1e-4
     assert trainer.rollouts.call("generate", [Prompt(0, prompt, "0")], 1, 1.0, 1.0, 4, 0)[0][0].policy_version == metrics["policy_version"]
     trainer.sync.version = sync.version
+
+
+def test_kl_in_reward_penalises_rewards_with_reference_logprobs(trainer):
+    prompts = trainer.train_data.batch(3, 2)
+    samples = trainer.rollouts.generate(prompts, trainer.cfg.rollout.samples_per_prompt, 1.0, seed=3)
+    for s in samples:
+        s.reward = 1.0  # equal rewards: without the KL penalty every advantage would be 0
+    trainer.cfg.algorithm.kl_in_reward = True
+    try:
+        metrics = trainer._set_advantages(samples)
+    finally:
+        trainer.cfg.algorithm.kl_in_reward = False
+    assert metrics["train/kl_in_reward"] > 0.0  # the policy has moved away from the reference
+    assert any(abs(s.advantage) > 1e-6 for s in samples)

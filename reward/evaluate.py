@@ -22,7 +22,7 @@ import mpmath
 
 from reward.parse import Node
 
-MAX_EXACT_BITS = 20_000  # exact intermediate results larger than this go to the float/mpmath path
+MAX_EXACT_BITS = 50_000  # exact intermediate results larger than this go to the float/mpmath path
 POINTS = 5
 FLOAT_REJECT = 1e-6
 MP_TOLERANCE = mpmath.mpf(10) ** -40
@@ -142,7 +142,7 @@ class _Numeric:
             return self.functions[node[1]](self.value(node[2], env))
         args = [self.value(a, env) for a in node[1:]]
         if kind == "neg":
-            return -args[0]
+            return 0 - args[0]  # not -x: a signed zero would flip sqrt(-1) to -i
         if kind == "add":
             return args[0] + args[1]
         if kind == "mul":

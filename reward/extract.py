@@ -30,7 +30,7 @@ def last_boxed(text: str) -> str | None:
     return None
 
 
-_CODE = re.compile(r"```|\b(?:def|return|import|lambda|print|eval|exec|open|system)\b|__|;|==|=>|\w\.\w+\(")
+_CODE = re.compile(r"```|\b(?:def|return|import|lambda|print|eval|exec|open|system)\b|__|(?<!\\);|==|=>|\w\.\w+\(")
 _FALLBACK = re.compile(r"(?:final answer|the answer)\s*(?:is|=|:)\s*:?\s*\$*(.+?)\$*\s*\.?\s*$",
                        re.IGNORECASE | re.MULTILINE)
 FALLBACK_CHARS = 2_000  # fallback phrases are looked for in the tail only

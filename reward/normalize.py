@@ -2,6 +2,7 @@
 
 Each rewrite is listed here so the rules stay explicit:
   - answers longer than MAX_ANSWER_CHARS or holding control characters normalise to "" (score 0);
+  - invisible format characters (zero-width spaces, bidi overrides) are removed;
   - NFKC (fullwidth digits become ASCII; confusables such as Cyrillic letters stay foreign);
   - spacing commands, \\left/\\right, \\displaystyle, $ and \\$, % and \\%, degree marks are dropped
     (so 10\\% == 10 and 30^\\circ == 30, but 10\\% != 0.1 and 30^\\circ != \\pi/6);
@@ -21,6 +22,7 @@ from functools import lru_cache
 MAX_ANSWER_CHARS = 1000
 
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
+_INVISIBLE = re.compile(r"[\u200b-\u200f\u202a-\u202e\u2060-\u2064\ufeff]")  # zero-width, bidi controls
 _SPACING = re.compile(r"(?<!\\)\\[,;:! ]|\\(?:left|right|displaystyle|big|Big|bigl|bigr|Bigl|Bigr)\b")
 _REPLACE = [
     ("{,}", ""), ("\\dfrac", "\\frac"), ("\\tfrac", "\\frac"), ("^{\\circ}", ""), ("^\\circ", ""),
@@ -46,7 +48,7 @@ _EQUATION = re.compile(r"[a-zA-Z]\s*=\s*[^=<>]+")
 def normalize(answer: str) -> str:
     if len(answer) > MAX_ANSWER_CHARS or _CONTROL.search(answer):
         return ""
-    s = unicodedata.normalize("NFKC", answer).strip()
+    s = unicodedata.normalize("NFKC", _INVISIBLE.sub("", answer)).strip()
     s = re.sub(r",\\!\s*", ",", s)  # 10,\!080 and 11,\! 111,\! 100
     s = _SPACING.sub("", s)
     for old, new in _REPLACE:

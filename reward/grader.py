@@ -10,7 +10,8 @@
      a+b, a-b.
    - single value.
 3. A single value: a "v = ..." prefix is dropped (x=3 equals 3); two equations are equal when
-   (left - right) of one is a nonzero constant multiple of the other's; text answers (a run of
+   (left - right) of one is a nonzero constant multiple of the other's; inequalities need the
+   same operators (x > 3 is read as 3 < x) and equal sides; text answers (a run of
    three or more letters, e.g. "east") compare case-insensitively; everything else is parsed by the
    whitelist grammar (reward.parse) and compared by reward.evaluate: exactly for rational values,
    to 40 significant digits for irrational ones, and at fixed random points for expressions with
@@ -29,6 +30,8 @@ _MATRIX = re.compile(r"^\\begin\{([pbB]?matrix|array)\}(?:\{[lcr|]*\})?(.*)\\end
 _PREFIX = re.compile(r"^[a-zA-Z]\s*=(?!=)\s*")
 _WORD = re.compile(r"(?<![\\a-zA-Z])[a-zA-Z]{3,}")
 _OPEN, _CLOSE = "([{", ")]}"
+_RELATION = re.compile(r"(<=|>=|!=|<|>)")
+_FLIP = {"<": ">", ">": "<", "<=": ">=", ">=": "<=", "!=": "!="}
 
 Shape = tuple[str, list]
 
@@ -148,12 +151,29 @@ def single_equal(pred: str, gold: str) -> bool:
         return True
     if _is_text(p) or _is_text(g):
         return p.lower().replace(" ", "") == g.lower().replace(" ", "")
+    if _RELATION.search(p) or _RELATION.search(g):
+        return _relations_equal(p, g)
     if "=" in p or "=" in g:
         return _equations_equal(p, g)
     a, b = parse_ast(p), parse_ast(g)
     if a is None or b is None:
         return p.replace(" ", "") == g.replace(" ", "")
     return values_equal(a, b)
+
+
+def _relation_chain(s: str) -> tuple[list[str], list[str]]:
+    """Sides and operators of a (chained) relation, written with < / <= where it has any."""
+    parts = _RELATION.split(s)
+    sides, ops = [p.strip() for p in parts[0::2]], parts[1::2]
+    if any(op in (">", ">=") for op in ops):
+        sides, ops = sides[::-1], [_FLIP[op] for op in reversed(ops)]
+    return sides, ops
+
+
+def _relations_equal(p: str, g: str) -> bool:
+    """Inequalities: the same operators (x > 3 is 3 < x) and equal sides in order."""
+    (sp, op), (sg, og) = _relation_chain(p), _relation_chain(g)
+    return op == og and _ordered(sp, sg, single_equal)
 
 
 def _equations_equal(p: str, g: str) -> bool:

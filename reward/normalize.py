@@ -6,8 +6,11 @@ Each rewrite is listed here so the rules stay explicit:
   - NFKC (fullwidth digits become ASCII; confusables such as Cyrillic letters stay foreign);
   - spacing commands, \\left/\\right, \\displaystyle, $ and \\$, % and \\%, degree marks are dropped
     (so 10\\% == 10 and 30^\\circ == 30, but 10\\% != 0.1 and 30^\\circ != \\pi/6);
-  - \\dfrac/\\tfrac become \\frac, \\cdot/\\times become *;
-  - a trailing unit, in \\text{...} or as a bare word from _UNIT_WORDS, is dropped after a value;
+  - \\dfrac/\\tfrac become \\frac, \\cdot/\\times become *; \\le, \\ge, \\ne become <=, >=, !=;
+  - \\mathbb{R} becomes (-\\infty,\\infty); \\varnothing and \\{\\} become \\emptyset;
+  - a trailing unit, in \\text{...}, as a word from _UNIT_WORDS or as words of 3+ letters after a
+    space, is dropped after a value (5 cm, 12 students);
+  - "and"/"or" between answers become a comma (2 \\text{ and } 3 is the list 2, 3);
   - \\text{(C)} and (C) become C; other \\text{...} wrappers are unwrapped;
   - thousands separators go: 1,000 / 1\\,000 / 1{,}000 / 10,\\!080;
   - "x \\in S" becomes S; a numeral's base subscript (2516_8) is dropped;
@@ -27,14 +30,18 @@ _SPACING = re.compile(r"(?<!\\)\\[,;:! ]|\\(?:left|right|displaystyle|big|Big|bi
 _REPLACE = [
     ("{,}", ""), ("\\dfrac", "\\frac"), ("\\tfrac", "\\frac"), ("^{\\circ}", ""), ("^\\circ", ""),
     ("\\circ", ""), ("\u00b0", ""), ("\\%", ""), ("%", ""), ("\\$", ""), ("$", ""), ("\\cdot", "*"),
-    ("\\times", "*"), ("\u2212", "-"), ("\\leq", "<="), ("\\geq", ">="), ("\\lbrace", "\\{"),
+    ("\\times", "*"), ("\u2212", "-"), ("\\leq", "<="), ("\\geq", ">="), ("\\le", "<="),
+    ("\\ge", ">="), ("\\neq", "!="), ("\\ne", "!="), ("\\mathbb{R}", "(-\\infty,\\infty)"),
+    ("\\varnothing", "\\emptyset"), ("\\{\\}", "\\emptyset"), ("\\lbrace", "\\{"),
     ("\\rbrace", "\\}"), ("\\lvert", "|"), ("\\rvert", "|"), ("\\vert", "|"), ("\\mathrm{e}", "e"),
 ]
 _UNIT_WORDS = (r"(?:cm|mm|km|kg|mg|ml|units?|degrees?|dollars?|cents?|inches|inch|feet|foot|ft|"
                r"meters?|metres?|miles?|hours?|hrs?|minutes?|mins?|seconds?|secs?|days?|weeks?|"
-               r"years?|sq|square|mph|liters?|litres?|grams?|pounds?|lbs?|ounces?|oz|radians?)")
+               r"years?|sq|square|mph|liters?|litres?|grams?|pounds?|lbs?|ounces?|oz|radians?|percent)")
 _TEXT_UNIT = re.compile(r"(?<=[\w}).])\s*\\(?:text|mbox|mathrm|textrm)\s*\{\s*[a-zA-Z. ]+\}\s*(?:\^\{?\d\}?)?$")
-_BARE_UNIT = re.compile(r"(?<=[\d}).])\s*(?:" + _UNIT_WORDS + r"\s*)+(?:\^\{?\d\}?)?$")
+_BARE_UNIT = re.compile(r"(?<=[\d}).])\s*(?:" + _UNIT_WORDS + r"\s*)+(?:\^\{?\d\}?)?$"
+                        r"|(?<=[\d}).])(?:\s+[a-zA-Z]{3,})+(?:\^\{?\d\}?)?$")  # "5 cm", "12 students"
+_AND = re.compile(r"\s*(?:\\text\s*\{\s*(?:and|or)\s*\}|\b(?:and|or)\b)\s*")
 _CHOICE = re.compile(r"\\text(?:bf)?\s*\{\s*\(([A-E])\)\s*\}|^\(([A-E])\)$")
 _TEXT = re.compile(r"\\(?:text|textbf|textrm|mathrm|mbox|mathbf|textit|mathit|operatorname)\s*\{([^{}]*)\}")
 _THOUSANDS = re.compile(r"-?\d{1,3}(?:,\d{3})+(?:\.\d+)?")
@@ -53,6 +60,7 @@ def normalize(answer: str) -> str:
     s = _SPACING.sub("", s)
     for old, new in _REPLACE:
         s = s.replace(old, new)
+    s = _AND.sub(", ", s)  # "2 \\text{ and } 3" is the list 2, 3
     s = _CHOICE.sub(lambda m: m.group(1) or m.group(2), s)
     s = _TEXT_UNIT.sub("", s.strip())
     s = _TEXT.sub(r"\1", s)

@@ -12,6 +12,7 @@ AST nodes are hashable tuples (cached freely):
 """
 from __future__ import annotations
 
+import math
 import re
 from fractions import Fraction
 from functools import lru_cache
@@ -28,13 +29,14 @@ MAX_FACTORIAL = 100
 
 Node = tuple
 _NUMBER = r"(\d*\.\d*\\overline\{\d+\}|\d+(?:\.\d*)?[eE][-+]?\d+|\d+\.\d*|\.\d+|\d+)"
-_TOKEN = re.compile(r"\s*(?:" + _NUMBER + r"|(\\[a-zA-Z]+)|([a-zA-Z])|([-+*/^()\[\]{}!|]))")
+_TOKEN = re.compile(r"\s*(?:" + _NUMBER + r"|(\\[a-zA-Z]+)|([a-zA-Z])|([-+*/^()\[\]{}!|_]))")
 _FUNCTIONS = {"\\sin", "\\cos", "\\tan", "\\cot", "\\sec", "\\csc", "\\arcsin", "\\arccos",
               "\\arctan", "\\ln", "\\log", "\\exp", "\\sinh", "\\cosh", "\\tanh"}
 _CONSTANTS = {"\\pi": ("const", "pi"), "\\infty": ("const", "oo"), "\\inf": ("const", "oo"),
               "e": ("const", "e"), "i": ("const", "i")}
-_COMMANDS = _FUNCTIONS | set(_CONSTANTS) | {"\\frac", "\\sqrt"}
-_STARTS_ATOM = {"(", "{", "\\frac", "\\sqrt"} | _FUNCTIONS | set(_CONSTANTS)
+_COMMANDS = _FUNCTIONS | set(_CONSTANTS) | {"\\frac", "\\sqrt", "\\binom"}
+_STARTS_ATOM = {"(", "{", "\\frac", "\\sqrt", "\\binom"} | _FUNCTIONS | set(_CONSTANTS)
+MAX_BINOM = 1000
 
 
 class ParseError(ValueError):
@@ -212,6 +214,11 @@ class _Parser:
             return ("div", self.group(), self.group())
         if tok == "\\sqrt":
             return self.root()
+        if tok == "\\binom":
+            n, k = self.group(), self.group()
+            if any(v[0] != "num" or v[1].denominator != 1 or not 0 <= v[1] <= MAX_BINOM for v in (n, k)):
+                raise ParseError("binomial only of small integer literals")
+            return ("num", Fraction(math.comb(int(n[1]), int(k[1]))))
         if tok in _FUNCTIONS:
             return self.function(tok[1:])
         raise ParseError(f"unexpected token {tok}")
@@ -225,13 +232,23 @@ class _Parser:
         return make_pow(self.group(), ("div", ("num", Fraction(1)), index))
 
     def function(self, name: str) -> Node:
-        """\\sin x, \\sin(x), \\sin{x}, \\sin^2 x (the square of the sine)."""
+        """\\sin x, \\sin(x), \\sin{x}, \\sin 2x (= sin(2x)), \\sin^2 x (the square of the sine),
+        \\log_b x (= ln x / ln b)."""
+        base = None
+        if name == "log" and self.peek() == "_":
+            self.take("_")
+            base = self.group()
         exponent = None
         if self.peek() == "^":
             self.take("^")
             exponent = self.group()
+        bracketed = self.peek() in ("(", "{")
         argument = self.power()
+        while not bracketed and self.peek() is not None and (self.peek()[0].isalnum() or self.peek()[0] == "."):
+            argument = ("mul", argument, self.power())  # \sin 2x: the argument is the product 2x
         value = ("fn", name, argument)
+        if base is not None:
+            value = ("div", ("fn", "ln", argument), ("fn", "ln", base))
         return make_pow(value, exponent) if exponent is not None else value
 
 

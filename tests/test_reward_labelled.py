@@ -18,7 +18,7 @@ ROWS = [json.loads(line) for line in DATA.read_text().splitlines() if line.strip
 KNOWN_MISSES: dict[int, str] = {}  # row index -> why the verifier is allowed to disagree
 CATEGORIES = {"integer", "fraction", "decimal", "mixed_number", "repeating_decimal", "percentage", "scientific",
               "thousands", "radical_pi", "degrees", "units_text", "choice", "equation", "tuple", "set_list",
-              "interval", "matrix", "symbolic", "complex", "extraction", "code_in_box", "adversarial"}
+              "interval", "matrix", "symbolic", "complex", "extraction", "code_in_box", "adversarial", "relation"}
 
 
 def test_the_set_is_large_and_covers_every_category():

@@ -202,11 +202,16 @@ def write_docs(lines: list[str], sets: dict[str, list]) -> None:
     section = "\n".join([
         "## Reward verification", "",
         "Our verifier (reward/) against math-verify 0.9 on the same inputs, one core, one process. "
-        f"Inputs: {len(sets['math500'])} MATH500 gold answers boxed as responses against rewritten "
-        f"equivalent forms (and wrong integers); {len(sets['labelled'])} hand-labelled rows "
+        f"Inputs: {len(sets['math500'])} pairs built from the 500 MATH500 gold answers, each boxed as "
+        "the response and checked against itself, rewritten equivalent forms and (for integers) a wrong "
+        f"value; {len(sets['labelled'])} hand-labelled rows "
         f"(tests/data/reward_labelled.jsonl); {len(sets['adversarial'])} adversarial/code-in-box inputs. "
         "math-verify runs in a child process guarded per call (its 1 s signal timeouts, and a "
-        f"{HARD_LIMIT_S:.0f} s kill). Caches are cleared before each timed run.", "",
+        f"{HARD_LIMIT_S:.0f} s kill). Caches are cleared before each timed run. math-verify is a "
+        "benchmark-only dependency (pip install math-verify). The labelled set was written for this "
+        "verifier's documented rules (e.g. no 6-digit rounding, no percent x100 matching), so "
+        "math-verify's lower agreement partly reflects different conventions, not only errors; "
+        "throughput varies with machine load.", "",
         *lines, "", "Reproduce:", "", "```", COMMAND, "```", ""])
     text = DOCS.read_text() if DOCS.exists() else "# Benchmarks\n\n"
     pattern = re.compile(r"## Reward verification\n.*?(?=\n## |\Z)", re.S)

@@ -113,6 +113,7 @@ class RewardConfig(Strict):
     num_workers: int = Field(2, ge=1)
     timeout_s: float = Field(2.0, gt=0)
     custom_fn: str | None = Field(None, pattern=r"^[\w.]+:\w+$")  # "module:function(response, answer) -> float"
+    shaping: Literal["binary", "simplerl"] = "binary"  # reward.shaping.shaped_reward
 
 
 class SyncConfig(Strict):

@@ -119,7 +119,7 @@ class RewardPool:
         self.restarts = 0
 
     def _new_actor(self) -> Any:
-        return self.remote.remote(self.cfg.timeout_s, self.cfg.custom_fn)
+        return self.remote.remote(self.cfg.timeout_s, self.cfg.custom_fn, self.cfg.shaping)
 
     def submit(self, samples: list[Sample], answers: dict[int, str]) -> list[tuple[ray.ObjectRef, int, list[Sample]]]:
         chunk = max(1, -(-len(samples) // len(self.actors)))

@@ -28,3 +28,28 @@ def last_boxed(text: str) -> str | None:
             return text[start: i - 1].strip()
         return None  # the last box is open: truncated output
     return None
+
+
+_CODE = re.compile(r"```|\b(?:def|return|import|lambda|print|eval|exec|open|system)\b|__|(?<!\\);|==|=>|\w\.\w+\(")
+_FALLBACK = re.compile(r"(?:final answer|the answer)\s*(?:is|=|:)\s*:?\s*\$*(.+?)\$*\s*\.?\s*$",
+                       re.IGNORECASE | re.MULTILINE)
+FALLBACK_CHARS = 2_000  # fallback phrases are looked for in the tail only
+
+
+def looks_like_code(answer: str) -> bool:
+    """A box holding code (a fence, keywords, statements) is not an answer and scores 0."""
+    return bool(_CODE.search(answer))
+
+
+def extract_answer(text: str, fallbacks: bool = False) -> tuple[str | None, bool]:
+    """(answer, boxed). Without a complete box, and with fallbacks on, the last "The answer is X"
+    line of the tail is used (off in training: no box earns no reward)."""
+    boxed = last_boxed(text)
+    if boxed is not None:
+        return (None if looks_like_code(boxed) else boxed), True
+    if not fallbacks or _BOX.search(text[-MAX_RESPONSE_CHARS:]):
+        return None, False  # a truncated box is never rescued by a fallback
+    matches = _FALLBACK.findall(text[-FALLBACK_CHARS:])
+    if not matches or looks_like_code(matches[-1]):
+        return None, False
+    return matches[-1].strip(), False

@@ -1,34 +1,82 @@
-"""A whitelist parser for LaTeX math answers that builds sympy objects directly.
+"""A whitelist parser for LaTeX math answers that builds a small tuple AST.
 
 Model output is hostile: it never reaches eval, exec, sympify or parse_expr. The tokenizer
-accepts only numbers, single-letter variables, a few LaTeX commands and operators; anything else
-makes the answer unparseable (score 0). Size bounds stop huge numbers before sympy sees them.
+accepts only numbers, single-letter variables, a fixed set of LaTeX commands and operators;
+anything else makes the answer unparseable (it can then only match the gold answer as a string).
+Pre-screens (length, bracket nesting, token count, digits, exponent size, factorial argument)
+run before any arithmetic, so no input can make the evaluator build astronomically large numbers.
+
+AST nodes are hashable tuples (cached freely):
+  ("num", Fraction) ("sym", name) ("const", "pi"|"e"|"i"|"oo") ("neg", a) ("add", a, b)
+  ("mul", a, b) ("div", a, b) ("pow", a, b) ("fact", a) ("abs", a) ("fn", name, a)
 """
 from __future__ import annotations
 
 import math
 import re
+from fractions import Fraction
+from functools import lru_cache
 
 import sympy
 
-MAX_CHARS = 300
+MAX_CHARS = 400
 MAX_TOKENS = 200
 MAX_DEPTH = 30
 MAX_DIGITS = 60
-MAX_RESULT_DIGITS = 2000  # base**exponent with more digits than this is refused
+MAX_EXPONENT = 10_000  # a literal exponent larger than this is refused
+MAX_POWER_NESTING = 2  # a^{b^{c}} is allowed, a^{b^{c^{d}}} is not
 MAX_FACTORIAL = 100
 
-_TOKEN = re.compile(r"\s*(?:(\d+\.\d*|\.\d+|\d+)|(\\[a-zA-Z]+)|([a-zA-Z])|(\*\*|[-+*/^()\[\]{}!]))")
-_COMMANDS = {"\\frac", "\\sqrt", "\\pi", "\\infty", "\\inf"}
+Node = tuple
+_NUMBER = r"(\d*\.\d*\\overline\{\d+\}|\d+(?:\.\d*)?[eE][-+]?\d+|\d+\.\d*|\.\d+|\d+)"
+_TOKEN = re.compile(r"\s*(?:" + _NUMBER + r"|(\\[a-zA-Z]+)|([a-zA-Z])|([-+*/^()\[\]{}!|_]))")
+_FUNCTIONS = {"\\sin", "\\cos", "\\tan", "\\cot", "\\sec", "\\csc", "\\arcsin", "\\arccos",
+              "\\arctan", "\\ln", "\\log", "\\exp", "\\sinh", "\\cosh", "\\tanh"}
+_CONSTANTS = {"\\pi": ("const", "pi"), "\\infty": ("const", "oo"), "\\inf": ("const", "oo"),
+              "e": ("const", "e"), "i": ("const", "i")}
+_COMMANDS = _FUNCTIONS | set(_CONSTANTS) | {"\\frac", "\\sqrt", "\\binom"}
+_STARTS_ATOM = {"(", "{", "\\frac", "\\sqrt", "\\binom"} | _FUNCTIONS | set(_CONSTANTS)
+MAX_BINOM = 1000
 
 
 class ParseError(ValueError):
     pass
 
 
+def number_value(tok: str) -> Fraction:
+    """Exact value of a number token: integers, decimals, 1.5e3, and repeating 0.1\\overline{6}."""
+    if len(tok) > MAX_DIGITS:
+        raise ParseError("number too long")
+    if "\\overline" in tok:
+        head, _, rep = tok.partition("\\overline{")
+        rep = rep.rstrip("}")
+        whole, _, frac = head.partition(".")
+        shift = Fraction(1, 10 ** len(frac))
+        return Fraction(whole + "." + frac if frac else whole or "0") + Fraction(int(rep), 10 ** len(rep) - 1) * shift
+    if "e" in tok.lower():
+        mantissa, _, exponent = tok.lower().partition("e")
+        if abs(int(exponent)) > MAX_EXPONENT:
+            raise ParseError("exponent too large")
+        return Fraction(mantissa) * Fraction(10) ** int(exponent)
+    return Fraction(tok)
+
+
+def max_nesting(text: str) -> int:
+    depth = deepest = 0
+    for ch in text:
+        if ch in "([{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif ch in ")]}":
+            depth -= 1
+    return deepest
+
+
 def tokenize(text: str) -> list[str]:
     if len(text) > MAX_CHARS:
         raise ParseError("answer too long")
+    if max_nesting(text) > MAX_DEPTH:
+        raise ParseError("nesting too deep")
     tokens, pos = [], 0
     text = text.rstrip()
     while pos < len(text):
@@ -38,11 +86,17 @@ def tokenize(text: str) -> list[str]:
         tok = next(g for g in m.groups() if g is not None)
         if tok.startswith("\\") and tok not in _COMMANDS:
             raise ParseError(f"unsupported command {tok}")
-        tokens.append("^" if tok == "**" else tok)
+        tokens.append(tok)
         pos = m.end()
-    if len(tokens) > MAX_TOKENS:
-        raise ParseError("too many tokens")
+        if len(tokens) > MAX_TOKENS:
+            raise ParseError("too many tokens")
     return tokens
+
+
+def power_nesting(node: Node) -> int:
+    if node[0] == "pow":
+        return 1 + max(power_nesting(node[1]), power_nesting(node[2]))
+    return max((power_nesting(c) for c in node[1:] if isinstance(c, tuple)), default=0)
 
 
 class _Parser:
@@ -59,70 +113,73 @@ class _Parser:
         self.pos += 1
         return tok
 
-    def parse(self) -> sympy.Expr:
+    def nest(self) -> None:
+        self.depth += 1
+        if self.depth > MAX_DEPTH:
+            raise ParseError("nesting too deep")
+
+    def parse(self) -> Node:
         value = self.expr()
         if self.peek() is not None:
             raise ParseError(f"trailing token {self.peek()}")
         return value
 
-    def expr(self) -> sympy.Expr:
-        self.depth += 1
-        if self.depth > MAX_DEPTH:
-            raise ParseError("nesting too deep")
+    def expr(self) -> Node:
+        self.nest()
         value = self.term()
         while self.peek() in ("+", "-"):
             op = self.take()
             rhs = self.term()
-            value = value + rhs if op == "+" else value - rhs
+            value = ("add", value, rhs if op == "+" else ("neg", rhs))
         self.depth -= 1
         return value
 
-    def term(self) -> sympy.Expr:
+    def term(self) -> Node:
         value = self.unary()
         while True:
             tok = self.peek()
             if tok in ("*", "/"):
                 self.take()
-                rhs = self.unary()
-                if tok == "/" and rhs == 0:
-                    raise ParseError("division by zero")
-                value = value * rhs if tok == "*" else value / rhs
-            elif tok is not None and (tok[0].isalnum() or tok in ("(", "\\frac", "\\sqrt", "\\pi", "{")):
-                value = value * self.power()  # implicit multiplication: 2\pi, 3x, 2(1+x)
+                value = (("mul" if tok == "*" else "div"), value, self.unary())
+            elif tok is not None and (tok[0].isalnum() or tok[0] == "." or tok in _STARTS_ATOM):
+                value = ("mul", value, self.power())  # implicit multiplication: 2\pi, 3x, 2(1+x)
             else:
                 return value
 
-    def unary(self) -> sympy.Expr:
+    def unary(self) -> Node:
         if self.peek() in ("-", "+"):
-            sign = -1 if self.take() == "-" else 1
-            return sign * self.unary()
+            self.nest()
+            sign = self.take()
+            inner = self.unary()
+            self.depth -= 1
+            return ("neg", inner) if sign == "-" else inner
         return self.power()
 
-    def power(self) -> sympy.Expr:
+    def power(self) -> Node:
         base = self.postfix()
         if self.peek() != "^":
             return base
         self.take("^")
-        exponent = self.group() if self.peek() == "{" else self.unary_atom()
-        return bounded_pow(base, exponent)
+        exponent = self.group() if self.peek() == "{" else self.signed_atom()
+        return make_pow(base, exponent)
 
-    def unary_atom(self) -> sympy.Expr:
+    def signed_atom(self) -> Node:
         if self.peek() == "-":
             self.take()
-            return -self.postfix()
+            return ("neg", self.postfix())
         return self.postfix()
 
-    def postfix(self) -> sympy.Expr:
+    def postfix(self) -> Node:
         value = self.atom()
         while self.peek() == "!":
             self.take()
-            if not (value.is_Integer and 0 <= value <= MAX_FACTORIAL):
-                raise ParseError("factorial argument out of range")
-            value = sympy.factorial(value)
+            if value[0] != "num" or value[1].denominator != 1 or not 0 <= value[1] <= MAX_FACTORIAL:
+                raise ParseError("factorial only of small integer literals")
+            value = ("fact", value)
         return value
 
-    def group(self) -> sympy.Expr:
-        """A braced group, or a single digit/letter as in \\frac12."""
+    def group(self) -> Node:
+        """A braced group, or a single digit/letter as in \\frac12 or \\sqrt2."""
         if self.peek() == "{":
             self.take("{")
             value = self.expr()
@@ -130,55 +187,112 @@ class _Parser:
             return value
         tok = self.take()
         if tok.isdigit():
-            self.tokens.insert(self.pos, tok[1:]) if len(tok) > 1 else None
-            return sympy.Integer(tok[0])
+            if len(tok) > 1:
+                self.tokens.insert(self.pos, tok[1:])
+            return ("num", Fraction(int(tok[0])))
         if len(tok) == 1 and tok.isalpha():
-            return sympy.Symbol(tok)
+            return _CONSTANTS.get(tok, ("sym", tok))
         raise ParseError(f"expected a group, got {tok}")
 
-    def atom(self) -> sympy.Expr:
+    def atom(self) -> Node:
         tok = self.take()
         if tok[0].isdigit() or tok[0] == ".":
-            if len(tok) > MAX_DIGITS:
-                raise ParseError("number too long")
-            return sympy.Integer(tok) if tok.isdigit() else sympy.Rational(tok)
+            return ("num", number_value(tok))
+        if tok in _CONSTANTS:
+            return _CONSTANTS[tok]
         if len(tok) == 1 and tok.isalpha():
-            return sympy.Symbol(tok)
-        if tok == "\\pi":
-            return sympy.pi
-        if tok in ("\\infty", "\\inf"):
-            return sympy.oo
-        if tok in ("(", "{"):
+            return ("sym", tok)
+        if tok in ("(", "{", "["):
             value = self.expr()
-            self.take(")" if tok == "(" else "}")
+            self.take({"(": ")", "{": "}", "[": "]"}[tok])
             return value
+        if tok == "|":
+            value = self.expr()
+            self.take("|")
+            return ("abs", value)
         if tok == "\\frac":
-            num, den = self.group(), self.group()
-            if den == 0:
-                raise ParseError("division by zero")
-            return num / den
+            return ("div", self.group(), self.group())
         if tok == "\\sqrt":
-            index = sympy.Integer(2)
-            if self.peek() == "[":
-                self.take("[")
-                index = self.expr()
-                self.take("]")
-            return bounded_pow(self.group(), 1 / index)
+            return self.root()
+        if tok == "\\binom":
+            n, k = self.group(), self.group()
+            if any(v[0] != "num" or v[1].denominator != 1 or not 0 <= v[1] <= MAX_BINOM for v in (n, k)):
+                raise ParseError("binomial only of small integer literals")
+            return ("num", Fraction(math.comb(int(n[1]), int(k[1]))))
+        if tok in _FUNCTIONS:
+            return self.function(tok[1:])
         raise ParseError(f"unexpected token {tok}")
 
+    def root(self) -> Node:
+        index: Node = ("num", Fraction(2))
+        if self.peek() == "[":
+            self.take("[")
+            index = self.expr()
+            self.take("]")
+        return make_pow(self.group(), ("div", ("num", Fraction(1)), index))
 
-def bounded_pow(base: sympy.Expr, exponent: sympy.Expr) -> sympy.Expr:
-    """base**exponent, refused when the result could be astronomically large (e.g. 9^9^9)."""
-    if exponent.is_number:
-        magnitude = abs(float(exponent)) if exponent.is_finite else math.inf
-        base_size = abs(float(base)) if base.is_number and base.is_finite and base.is_real else 10.0
-        if magnitude > 10_000 or magnitude * math.log10(max(base_size, 10.0)) > MAX_RESULT_DIGITS:
-            raise ParseError("exponent too large")
-    elif exponent.free_symbols and base.is_number and abs(complex(base)) > 1e6:
-        raise ParseError("symbolic power of a huge base")
-    return sympy.Pow(base, exponent)
+    def function(self, name: str) -> Node:
+        """\\sin x, \\sin(x), \\sin{x}, \\sin 2x (= sin(2x)), \\sin^2 x (the square of the sine),
+        \\log_b x (= ln x / ln b)."""
+        base = None
+        if name == "log" and self.peek() == "_":
+            self.take("_")
+            base = self.group()
+        exponent = None
+        if self.peek() == "^":
+            self.take("^")
+            exponent = self.group()
+        bracketed = self.peek() in ("(", "{")
+        argument = self.power()
+        while not bracketed and self.peek() is not None and (self.peek()[0].isalnum() or self.peek()[0] == "."):
+            argument = ("mul", argument, self.power())  # \sin 2x: the argument is the product 2x
+        value = ("fn", name, argument)
+        if base is not None:
+            value = ("div", ("fn", "ln", argument), ("fn", "ln", base))
+        return make_pow(value, exponent) if exponent is not None else value
+
+
+def make_pow(base: Node, exponent: Node) -> Node:
+    """base^exponent, refused when a literal exponent is huge or powers are stacked (9^{9^{9^9}})."""
+    literal = exponent[1] if exponent[0] == "num" else (
+        exponent[1][1] if exponent[0] == "neg" and exponent[1][0] == "num" else None)
+    if literal is not None and abs(literal) > MAX_EXPONENT:
+        raise ParseError("exponent too large")
+    node = ("pow", base, exponent)
+    if power_nesting(node) > MAX_POWER_NESTING:
+        raise ParseError("power tower too deep")
+    return node
+
+
+@lru_cache(maxsize=16384)
+def parse_ast(text: str) -> Node | None:
+    """The AST of an answer string, or None when it is outside the grammar (cached)."""
+    try:
+        return _Parser(tokenize(text)).parse()
+    except (ParseError, RecursionError, ValueError, ZeroDivisionError):
+        return None
 
 
 def parse_math(text: str) -> sympy.Expr:
-    """Parse an answer string into a sympy expression, or raise ParseError."""
-    return _Parser(tokenize(text)).parse()
+    """Parse an answer string into a sympy expression, or raise ParseError (not used for grading)."""
+    return to_sympy(_Parser(tokenize(text)).parse())
+
+
+_SYMPY_CONST = {"pi": sympy.pi, "e": sympy.E, "i": sympy.I, "oo": sympy.oo}
+
+
+def to_sympy(node: Node) -> sympy.Expr:
+    kind, args = node[0], node[1:]
+    if kind == "num":
+        return sympy.Rational(args[0].numerator, args[0].denominator)
+    if kind == "sym":
+        return sympy.Symbol(args[0])
+    if kind == "const":
+        return _SYMPY_CONST[args[0]]
+    if kind == "fn":
+        return getattr(sympy, {"ln": "log", "arcsin": "asin", "arccos": "acos", "arctan": "atan"}
+                       .get(args[0], args[0]))(to_sympy(args[1]))
+    values = [to_sympy(a) for a in args]
+    ops = {"neg": lambda a: -a, "add": lambda a, b: a + b, "mul": lambda a, b: a * b,
+           "div": lambda a, b: a / b, "pow": sympy.Pow, "fact": sympy.factorial, "abs": sympy.Abs}
+    return ops[kind](*values)

@@ -76,3 +76,52 @@ def test_parser_refuses_code_and_huge_powers():
         with pytest.raises(ParseError):
             parse_math(text)
     assert parse_math("2^{10}") == 1024
+
+
+def test_shaping_styles():
+    from reward import judge, shaped_reward
+    assert judge("\\boxed{5}", "5", shaping="simplerl").reward == 1.0
+    assert judge("\\boxed{4}", "5", shaping="simplerl").reward == -0.5
+    assert judge("no box", "5", shaping="simplerl").reward == -1.0
+    assert judge("\\boxed{5", "5", shaping="simplerl").reward == -1.0  # truncated box
+    assert judge("\\boxed{4}", "5").reward == 0.0
+    with pytest.raises(ValueError):
+        shaped_reward(judge("\\boxed{5}", "5"), "bogus")
+
+
+def test_fallbacks_are_off_by_default_and_never_rescue_a_truncated_box():
+    from reward import judge
+    assert not judge("The answer is 85.", "85").correct
+    assert judge("The answer is 85.", "85", fallbacks=True).correct
+    assert not judge("The answer is \\boxed{85", "85", fallbacks=True).correct
+
+
+def test_a_timeout_scores_zero_and_is_counted(monkeypatch):
+    import reward.scoring as scoring
+
+    def slow(pred, gold):
+        while True:
+            pass
+
+    monkeypatch.setattr(scoring, "answers_equal", slow)
+    before = scoring.TIMEOUTS["count"]
+    verdict = scoring.judge("\\boxed{1}", "1", timeout_s=0.05)
+    assert verdict.timed_out and verdict.reward == 0.0 and scoring.TIMEOUTS["count"] == before + 1
+
+
+def test_grade_cli(tmp_path, capsys):
+    from reward.grade import main
+    path = tmp_path / "rows.jsonl"
+    path.write_text('{"response": "\\\\boxed{5}", "answer": "5"}\n{"response": "x", "answer": "5"}\n')
+    assert main([str(path), "--rows"]) == 0
+    out = capsys.readouterr().out
+    assert "1\t1\tboxed" in out and "rows=2 correct=1" in out
+    path.write_text('{"response": 1}\nnot json\n')
+    assert main([str(path)]) == 2
+    assert "line 1" in capsys.readouterr().err
+
+
+def test_worker_applies_shaping():
+    from reward.worker import RewardWorker
+    verdicts = RewardWorker(shaping="simplerl").score([("\\boxed{4}", "5"), ("none", "5")])
+    assert [v.reward for v in verdicts] == [-0.5, -1.0]

@@ -81,6 +81,7 @@ class RolloutConfig(Strict):
     gpu_memory_utilization: float = Field(0.5, gt=0, le=1)
     multiprocess_engine: bool = False  # CPU: the in-process engine starts faster and takes tensors directly
     cpus_per_worker: float = Field(1, gt=0)
+    resources: dict[str, float] = {}  # extra Ray resources per worker, e.g. {"rollout_node": 1}
 
 
 class LearnerConfig(Strict):
@@ -91,6 +92,7 @@ class LearnerConfig(Strict):
     grad_clip: float = Field(1.0, gt=0)
     micro_batch_size: int = Field(32, ge=1)
     cpus_per_rank: float = Field(0.5, gt=0)
+    resources: dict[str, float] = {}  # extra Ray resources per rank, e.g. {"learner_node": 1}
 
 
 class AlgorithmConfig(Strict):
@@ -114,6 +116,8 @@ class RewardConfig(Strict):
     timeout_s: float = Field(2.0, gt=0)
     custom_fn: str | None = Field(None, pattern=r"^[\w.]+:\w+$")  # "module:function(response, answer) -> float"
     shaping: Literal["binary", "simplerl"] = "binary"  # reward.shaping.shaped_reward
+    cpus_per_worker: float = Field(0.25, gt=0)
+    resources: dict[str, float] = {}  # extra Ray resources per reward actor
 
 
 class SyncConfig(Strict):
@@ -125,6 +129,8 @@ class SyncConfig(Strict):
 class ClusterConfig(Strict):
     address: str | None = None  # None: RAY_ADDRESS if set, else a private local Ray
     device: Literal["cpu", "gpu"] = "cpu"
+    placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK"] = "PACK"
+    placement_timeout_s: float = Field(60, gt=0)
 
 
 class TrainConfig(Strict):

@@ -36,7 +36,7 @@ class LearnerGroup:
         spec = dataclasses.replace(spec, **overrides)
         remote = ray.remote(LearnerWorker)
         self.timeout_s = cfg.sync.timeout_s * 5
-        self.actors = [remote.options(**placement.options("learner", i, l.cpus_per_rank),
+        self.actors = [remote.options(**placement.options("learner", i),
                                       runtime_env={"env_vars": {"DS_ACCELERATOR": "cpu"}} if spec.device == "cpu" else None)
                        .remote(i, l.num_ranks, spec) for i in range(l.num_ranks)]
         addr, port = ray.get(self.actors[0].address.remote())
@@ -76,7 +76,7 @@ class RolloutGroup:
         remote = ray.remote(RolloutWorker)
         self.cfg = r
         self.timeout_s = cfg.sync.timeout_s * 5
-        self.actors = [remote.options(**placement.options("rollout", i, r.cpus_per_worker)).remote(spec)
+        self.actors = [remote.options(**placement.options("rollout", i)).remote(spec)
                        for i in range(r.num_workers)]
         _get([a.__ray_ready__.remote() for a in self.actors], self.timeout_s, "rollout engine start")
 
@@ -111,15 +111,19 @@ class RewardPool:
     """K reward actors. Work is sent as soon as each generation chunk arrives; a stuck actor is
     killed and replaced and its items are counted as timeouts (reward 0)."""
 
-    def __init__(self, cfg: Config) -> None:
+    def __init__(self, cfg: Config, placement: Placement | None = None) -> None:
         self.cfg = cfg.reward
-        self.remote = ray.remote(RewardWorker).options(num_cpus=0.25, max_concurrency=1)
-        self.actors = [self._new_actor() for _ in range(self.cfg.num_workers)]
+        self.placement = placement
+        self.remote = ray.remote(RewardWorker)
+        self.actors = [self._new_actor(i) for i in range(self.cfg.num_workers)]
         self.next = 0
         self.restarts = 0
 
-    def _new_actor(self) -> Any:
-        return self.remote.remote(self.cfg.timeout_s, self.cfg.custom_fn, self.cfg.shaping)
+    def _new_actor(self, index: int) -> Any:
+        """Actor `index`, in its reserved bundle when the pool was placed (a replacement reuses it)."""
+        where = self.placement.options("reward", index) if self.placement else {"num_cpus": self.cfg.cpus_per_worker}
+        return self.remote.options(max_concurrency=1, **where).remote(self.cfg.timeout_s, self.cfg.custom_fn,
+                                                                      self.cfg.shaping)
 
     def submit(self, samples: list[Sample], answers: dict[int, str]) -> list[tuple[ray.ObjectRef, int, list[Sample]]]:
         chunk = max(1, -(-len(samples) // len(self.actors)))
@@ -150,7 +154,7 @@ class RewardPool:
 
     def _replace(self, index: int) -> None:
         ray.kill(self.actors[index])
-        self.actors[index] = self._new_actor()
+        self.actors[index] = self._new_actor(index)
         self.restarts += 1
 
     def kill(self) -> None:

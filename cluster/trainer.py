@@ -47,7 +47,7 @@ class Trainer:
         self.eval_prompts = PromptSource(held_out, tokenizer, max_prompt, cfg.train.seed).all()
         self.rollouts = RolloutGroup(cfg, self.model_path, self.placement)
         self.learners = LearnerGroup(cfg, self.model_path, self.placement)
-        self.rewards = RewardPool(cfg)
+        self.rewards = RewardPool(cfg, self.placement)
         self.sync = WeightSync(cfg, self.learners, self.rollouts)
         print(f"model: {self.model_path} ({self.learners.num_params / 1e6:.1f}M parameters), "
               f"{len(train)} train / {len(self.eval_prompts)} held-out problems, weight sync: {self.sync.transport}")
@@ -148,3 +148,5 @@ class Trainer:
             part = getattr(self, name, None)
             if part is not None:
                 (part.close if name == "sync" else part.kill)()
+        if getattr(self, "placement", None) is not None:
+            self.placement.release()

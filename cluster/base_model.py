@@ -24,7 +24,7 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "mer
 
 def cache_key(cfg: Config) -> str:
     shape = {"tiny": cfg.model.tiny.model_dump(), "warmup": cfg.model.warmup.model_dump(), "seed": cfg.train.seed,
-             "zero": cfg.learner.zero_stage, "ranks": cfg.learner.num_ranks, "version": 1}
+             "version": 1}
     return hashlib.sha256(json.dumps(shape, sort_keys=True).encode()).hexdigest()[:12]
 
 

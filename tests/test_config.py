@@ -33,10 +33,20 @@ def test_malformed_override_is_refused():
 
 
 def test_every_shipped_config_validates():
+    import yaml
+
+    from cluster.sweep import SweepSpec, grid, point_overrides
+
     files = sorted((ROOT / "configs").glob("*.yaml"))
     assert files
     for path in files:
-        load_config(str(path))
+        tree = yaml.safe_load(path.read_text())
+        if "axes" in tree:  # a sweep file: every point must be a valid config
+            spec = SweepSpec.model_validate(tree)
+            for point in grid(spec):
+                load_config(str(ROOT / spec.base), point_overrides(spec, point))
+        else:
+            load_config(str(path))
 
 
 def test_cli_refuses_bad_config_before_starting_anything(tmp_path):

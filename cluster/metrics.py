@@ -24,14 +24,15 @@ class PhaseTimer:
 
 
 class MetricsLog:
-    def __init__(self, run_dir: Path) -> None:
+    def __init__(self, run_dir: Path, purge_step: int | None = None) -> None:
+        """`purge_step`: on resume, TensorBoard drops the events logged at that step and later."""
         self.run_dir = run_dir
         self.path = run_dir / "metrics.jsonl"
         self.samples_path = run_dir / "samples.jsonl"
         try:
             from torch.utils.tensorboard import SummaryWriter
 
-            self.tb: Any = SummaryWriter(str(run_dir / "tensorboard"))
+            self.tb: Any = SummaryWriter(str(run_dir / "tensorboard"), purge_step=purge_step)
         except ImportError:  # tensorboard is optional at run time
             self.tb = None
 
@@ -49,6 +50,10 @@ class MetricsLog:
                 f.write(json.dumps({"step": step, "answer": answers[s.prompt_index], "response": s.text,
                                     "reward": s.reward, "finish_reason": s.finish_reason,
                                     "policy_version": s.policy_version}) + "\n")
+
+    def sizes(self) -> tuple[int, int]:
+        """Bytes written so far to metrics.jsonl and samples.jsonl (a checkpoint records them)."""
+        return tuple(p.stat().st_size if p.exists() else 0 for p in (self.path, self.samples_path))  # type: ignore[return-value]
 
     def close(self) -> None:
         if self.tb is not None:

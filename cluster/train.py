@@ -65,15 +65,17 @@ def preflight(cfg: Config) -> str | None:
     Only a local run is checked here: against a cluster, placement names what is missing."""
     from cluster.placement import required_resources
 
-    if cfg.cluster.device != "gpu" or cfg.cluster.address or os.environ.get("RAY_ADDRESS"):
-        return None
-    import torch
+    remote = cfg.cluster.address or os.environ.get("RAY_ADDRESS")
+    if cfg.cluster.device == "gpu" and not remote:
+        import torch
 
-    need, have = int(required_resources(cfg)["GPU"]), torch.cuda.device_count()
-    if have < need:
-        return (f"this config needs {need} GPUs (rollout.num_workers x rollout.tensor_parallel_size + "
-                f"learner.num_ranks); the cluster has {have}. Run it on a GPU machine or a Ray cluster "
-                f"(cluster.address=...), or lower those settings")
+        need, have = int(required_resources(cfg)["GPU"]), torch.cuda.device_count()
+        if have < need:
+            return (f"this config needs {need} GPUs (rollout.num_workers x rollout.tensor_parallel_size + "
+                    f"learner.num_ranks); the cluster has {have}. Run it on a GPU machine or a Ray cluster "
+                    f"(cluster.address=...), or lower those settings")
+    if cfg.model.path and not remote and not (Path(cfg.model.path) / "config.json").is_file():
+        return f"model.path: no Hugging Face model (config.json) in {cfg.model.path}"
     return None
 
 

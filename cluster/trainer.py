@@ -15,7 +15,7 @@ from cluster.data import PromptSource, load_problems
 from cluster.export import copy_tokenizer
 from cluster.evaluate_loop import evaluate, score_prompts
 from cluster.groups import LearnerGroup, RewardPool, RolloutGroup
-from cluster.metrics import MetricsLog, PhaseTimer, plot_run, read_metrics
+from cluster.metrics import MetricsLog, PhaseTimer, plot_emergence, plot_run, read_metrics, reflects
 from cluster.placement import connect, place
 from cluster.sync import WeightSync
 from learner.core_algos import compute_advantages, kl_penalised_rewards, sequence_kl
@@ -45,6 +45,7 @@ class Trainer:
         dump_config(cfg, run_dir / "config.yaml")
         self.log = MetricsLog(run_dir, purge_step=self.resume_state.step + 1 if self.resume_state else None)
         self.started = time.perf_counter()
+        self.grader: RewardPool | None = None  # grader-only reward pool for benchmarks, made on first use
 
     def setup(self) -> None:
         from transformers import AutoTokenizer
@@ -54,7 +55,7 @@ class Trainer:
         self.placement = place(cfg)
         print(self.placement.describe())
         self.model_path = resolve_model(cfg, self.placement)
-        tokenizer = AutoTokenizer.from_pretrained(self.model_path)
+        self.tokenizer = tokenizer = AutoTokenizer.from_pretrained(self.model_path)
         train, held_out = load_problems(cfg)
         max_prompt = cfg.rollout.max_model_len - cfg.rollout.max_new_tokens
         self.train_data = PromptSource(train, tokenizer, max_prompt, cfg.train.seed)
@@ -107,6 +108,7 @@ class Trainer:
             "train/accuracy": mean([s.correct for s in samples]),
             "train/boxed_rate": 1.0 - counts["unboxed"] / max(len(samples), 1),
             "train/response_len": mean([len(s.response_ids) for s in samples]),
+            "train/reflection_frac": mean([reflects(s.text) for s in samples]),
             "train/truncated_frac": mean([s.truncated for s in samples]),
             "train/solved_none_frac": mean([all(s.reward == 0 for s in g) for g in groups]),
             "train/solved_all_frac": mean([all(s.reward > 0 for s in g) for g in groups]),
@@ -118,6 +120,21 @@ class Trainer:
         metrics = evaluate(self.rollouts, self.rewards, self.eval_prompts, self.cfg.train.eval_samples,
                            self.cfg.rollout.temperature, seed=777)
         metrics["time/eval_s"] = time.perf_counter() - t
+        self.log.log(step, metrics)
+        return metrics
+
+    def benchmark(self, step: int) -> dict[str, float]:
+        """train.benchmarks (cluster/evaluate.py) on the live engines, scored by the grader alone."""
+        from cluster import evaluate as bench
+
+        t, r = self.cfg.train, self.cfg.rollout
+        if self.grader is None:
+            self.grader = RewardPool(self.cfg.model_copy(update={"reward": self.cfg.reward.model_copy(
+                update={"custom_fn": None})}))
+        results = bench.run_benchmarks(t.benchmarks, self.rollouts, self.grader, self.tokenizer, self.cfg.data.template,
+                                       r.max_model_len - r.max_new_tokens, Path(t.benchmark_dir) if t.benchmark_dir else None,
+                                       t.eval_samples, r.temperature, [1, t.eval_samples], t.benchmark_limit, seed=777)
+        metrics = bench.metrics_of(results)
         self.log.log(step, metrics)
         return metrics
 
@@ -134,6 +151,8 @@ class Trainer:
                             step_s=f"{sum(v for k, v in metrics.items() if k.startswith('time/')):.1f}")
             if self._every(cfg.train.eval_every, step + 1):
                 last = self.evaluate(step + 1)
+            if self._every(cfg.train.benchmark_every, step + 1):
+                self.benchmark(step + 1)
             if self._every(cfg.train.save_every, step + 1) or step + 1 == cfg.train.steps:
                 self.save_checkpoint(step + 1)
         # The final evaluation comes after the last checkpoint unless it is on the cadence: a resume
@@ -150,6 +169,8 @@ class Trainer:
         """(first step to train, the step-0 evaluation): fresh, or restored from a checkpoint."""
         if self.resume_from is None:
             first = self.evaluate(0)
+            if self.cfg.train.benchmark_every:
+                self.benchmark(0)
             print(f"step 0: held-out accuracy {first['eval/accuracy']:.3f} (greedy {first['eval/greedy_accuracy']:.3f})")
             return 0, first
         state = checkpoint.restore(self.resume_from, self.learners)
@@ -175,14 +196,14 @@ class Trainer:
             "eval_greedy_accuracy_end": last["eval/greedy_accuracy"],
             "steps": self.cfg.train.steps, "wall_seconds": time.perf_counter() - self.started,
             "policy_version": self.sync.version, "final_model": str(final_dir),
-            "plot": str(plot_run(self.run_dir)),
+            "plot": str(plot_run(self.run_dir)), "emergence_plot": str(plot_emergence(self.run_dir)),
         }
         (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
         return summary
 
     def close(self) -> None:
         self.log.close()
-        for name in ("sync", "rewards", "learners", "rollouts"):
+        for name in ("sync", "grader", "rewards", "learners", "rollouts"):
             part = getattr(self, name, None)
             if part is not None:
                 (part.close if name == "sync" else part.kill)()

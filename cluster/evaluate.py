@@ -61,6 +61,7 @@ class BenchmarkResult:
     avg_at_n: float | None = None
     pass_at: dict[int, float] = field(default_factory=dict)
     mean_response_len: float = 0.0
+    completions: list[dict[str, Any]] = field(default_factory=list, repr=False)  # greedy, for reading
 
 
 def load_prompts(path: Path, template: str, tokenizer: Any, max_prompt_tokens: int,
@@ -82,7 +83,9 @@ def run_benchmark(name: str, prompts: list[Prompt], skipped: int, rollouts: Any,
                   temperature: float, ks: list[int], seed: int) -> BenchmarkResult:
     greedy, _ = score_prompts(rollouts, rewards, prompts, 1, 0.0, seed)
     result = BenchmarkResult(name, len(prompts), skipped, _mean([s.correct for s in greedy]),
-                             mean_response_len=_mean([len(s.response_ids) for s in greedy]))
+                             mean_response_len=_mean([len(s.response_ids) for s in greedy]),
+                             completions=[{"problem": p.index, "answer": p.answer, "response": s.text,
+                                           "correct": s.correct} for p, s in zip(prompts, greedy)])
     if samples > 0:
         sampled, _ = score_prompts(rollouts, rewards, prompts, samples, temperature, seed)
         correct = [sum(s.correct for s in sampled if s.prompt_index == p.index) for p in prompts]
@@ -162,8 +165,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     results = _evaluate(cfg, args)
     table = markdown_table(results)
-    (args.out / "results.json").write_text(json.dumps({"model": str(model), "results": [asdict(r) for r in results]},
-                                                      indent=2))
+    summary = [{k: v for k, v in asdict(r).items() if k != "completions"} for r in results]
+    (args.out / "results.json").write_text(json.dumps({"model": str(model), "results": summary}, indent=2))
+    for r in results:
+        (args.out / f"{r.name}_greedy.jsonl").write_text("".join(json.dumps(c) + "\n" for c in r.completions))
     (args.out / "results.md").write_text(f"Model: `{model}`\n\n{table}")
     print(table + f"\nresults: {args.out / 'results.json'}, {args.out / 'results.md'}")
     return 0

@@ -45,7 +45,7 @@ def _rows(run_dir: Path) -> list[dict]:
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
+def runs(tmp_path_factory, ray_session):
     tmp = tmp_path_factory.mktemp("resume")
     full, cut = tmp / "full", tmp / "cut"
     _train(_config(tmp, 4), full)
@@ -54,10 +54,7 @@ def runs(tmp_path_factory):
     (cut / "checkpoints" / "step_3").rename(cut / "checkpoints" / "step_3.partial")
     (cut / "checkpoints" / "latest").write_text("step_2")
     resumed = _train(_config(tmp, 4), cut, resume=True)
-    yield full, cut, resumed
-    import ray
-
-    ray.shutdown()
+    return full, cut, resumed
 
 
 def test_resume_uses_last_finished_checkpoint(runs):

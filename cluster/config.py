@@ -57,6 +57,7 @@ class DataConfig(Strict):
     eval_path: str | None = None
     template: Literal["plain", "qwen_boxed"] = "plain"
     eval_size: int = Field(256, ge=1)
+    train_size: int | None = Field(None, ge=1)  # keep only the first N training problems (small epochs)
 
     @model_validator(mode="after")
     def _paths_for_jsonl(self) -> "DataConfig":
@@ -140,6 +141,12 @@ class TrainConfig(Strict):
     eval_every: int = Field(10, ge=0)  # 0: only at start and end
     eval_samples: int = Field(4, ge=1)  # sampled completions per held-out prompt
     samples_to_save: int = Field(4, ge=0)
+    save_every: int = Field(10, ge=0)  # checkpoint every N steps (0: only at the end)
+    keep_checkpoints: int = Field(2, ge=1)  # the newest K checkpoints are kept
+    benchmark_every: int = Field(0, ge=0)  # run `benchmarks` (cluster/evaluate.py) every N steps; 0: never
+    benchmarks: list[str] = []  # names from cluster.evaluate.BENCHMARKS, read from data/ or benchmark_dir
+    benchmark_dir: str | None = None  # where non-shipped benchmark files live (default: ../shared/data)
+    benchmark_limit: int | None = Field(None, ge=1)  # first N problems of each benchmark (quick checks)
 
 
 class RunConfig(Strict):

@@ -53,10 +53,10 @@ def load_problems(cfg: Config) -> tuple[list[Problem], list[Problem]]:
     if d.kind == "arithmetic":
         train = [Problem(p.prompt, p.answer) for p in arithmetic.all_problems(held_out=False)]
         held = arithmetic.sample_problems(d.eval_size, seed=12345, held_out=True)
-        return train, [Problem(p.prompt, p.answer) for p in held]
+        return train[: d.train_size], [Problem(p.prompt, p.answer) for p in held]
     train = read_jsonl(d.train_path, d.template)
     held = read_jsonl(d.eval_path, d.template) if d.eval_path else []
-    return train, held[: d.eval_size]
+    return train[: d.train_size], held[: d.eval_size]
 
 
 class PromptSource:

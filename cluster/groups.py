@@ -39,7 +39,7 @@ class LearnerGroup:
         self.actors = [remote.options(**placement.options("learner", i),
                                       runtime_env={"env_vars": {"DS_ACCELERATOR": "cpu"}} if spec.device == "cpu" else None)
                        .remote(i, l.num_ranks, spec) for i in range(l.num_ranks)]
-        addr, port = ray.get(self.actors[0].address.remote())
+        addr, port = _get(self.actors[0].address.remote(), self.timeout_s, "learner start (enough free CPUs/GPUs?)")
         self.num_params = _get([a.setup.remote(addr, port) for a in self.actors], self.timeout_s, "learner setup")[0]
 
     def call(self, method: str, *args: Any) -> list[Any]:

@@ -2,12 +2,27 @@
 from __future__ import annotations
 
 import json
+import re
 import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
 from protocol.batch import Sample
+
+
+# Words of reflection / self-verification (the "aha moment" of R1-Zero-style training): pausing,
+# re-checking, verifying, re-deriving. Counted per response, as a fraction of a step's responses.
+REFLECTION = re.compile(
+    r"\b(wait|hold on|hmm|let(?:'s| me| us) (?:re-?)?(?:check|verify|re-?examine|reconsider|recompute|recalculate)"
+    r"|double[- ]check\w*|verif(?:y|ied|ies|ying|ication)|re-?examin\w*|re-?evaluat\w*|re-?calculat\w*"
+    r"|re-?comput\w*|re-?deriv\w*|reconsider\w*|on second thought|sanity check|check (?:again|our|my|the) (?:work|answer)"
+    r"|another (?:way|approach)|alternatively)\b", re.IGNORECASE)
+
+
+def reflects(text: str) -> bool:
+    """Whether a response shows reflection or self-verification (see REFLECTION)."""
+    return REFLECTION.search(text) is not None
 
 
 class PhaseTimer:
@@ -24,14 +39,15 @@ class PhaseTimer:
 
 
 class MetricsLog:
-    def __init__(self, run_dir: Path) -> None:
+    def __init__(self, run_dir: Path, purge_step: int | None = None) -> None:
+        """`purge_step`: on resume, TensorBoard drops the events logged at that step and later."""
         self.run_dir = run_dir
         self.path = run_dir / "metrics.jsonl"
         self.samples_path = run_dir / "samples.jsonl"
         try:
             from torch.utils.tensorboard import SummaryWriter
 
-            self.tb: Any = SummaryWriter(str(run_dir / "tensorboard"))
+            self.tb: Any = SummaryWriter(str(run_dir / "tensorboard"), purge_step=purge_step)
         except ImportError:  # tensorboard is optional at run time
             self.tb = None
 
@@ -48,7 +64,12 @@ class MetricsLog:
             for s in samples[:keep]:
                 f.write(json.dumps({"step": step, "answer": answers[s.prompt_index], "response": s.text,
                                     "reward": s.reward, "finish_reason": s.finish_reason,
+                                    "response_len": len(s.response_ids), "reflection": reflects(s.text),
                                     "policy_version": s.policy_version}) + "\n")
+
+    def sizes(self) -> tuple[int, int]:
+        """Bytes written so far to metrics.jsonl and samples.jsonl (a checkpoint records them)."""
+        return tuple(p.stat().st_size if p.exists() else 0 for p in (self.path, self.samples_path))  # type: ignore[return-value]
 
     def close(self) -> None:
         if self.tb is not None:
@@ -86,6 +107,34 @@ def plot_run(run_dir: Path) -> Path:
     right.set_title("held-out evaluation")
     fig.tight_layout()
     out = run_dir / "reward_accuracy.png"
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out
+
+
+def plot_emergence(run_dir: Path) -> Path:
+    """Reward and accuracy beside mean response length and the reflection fraction, per step."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    train = [r for r in read_metrics(run_dir) if "reward/mean" in r]
+    steps = [r["step"] for r in train]
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    series = (("reward/mean", "train reward"), ("train/accuracy", "train accuracy"),
+              ("train/response_len", "mean response length (tokens)"),
+              ("train/reflection_frac", "responses with reflection / verification"))
+    for ax, group in zip(axes, (series[:2], series[2:3], series[3:])):
+        for key, label in group:
+            ax.plot(steps, [r.get(key, float("nan")) for r in train], label=label)
+        ax.set_xlabel("step")
+        ax.legend()
+    axes[0].set_title("reward")
+    axes[1].set_title("response length")
+    axes[2].set_title("reflection (regex over responses)")
+    fig.tight_layout()
+    out = run_dir / "emergence.png"
     fig.savefig(out, dpi=100)
     plt.close(fig)
     return out

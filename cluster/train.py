@@ -1,5 +1,9 @@
 """CLI: python -m cluster.train --config configs/<name>.yaml [section.key=value ...]
 
+Resume: `python -m cluster.train --run-dir runs/<run> --resume [train.steps=N]` continues from the
+newest checkpoint (the config defaults to the run's config.yaml; only fields that do not change
+training may differ). A --run-dir that already holds checkpoints resumes without --resume.
+
 Runs locally (a private Ray), against a `ray start` cluster (cluster.address or RAY_ADDRESS), and
 unchanged under `ray job submit --working-dir . -- python -m cluster.train ...`.
 """
@@ -7,11 +11,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
 
-from cluster.config import ConfigError, load_config
+from cluster.config import Config, ConfigError, load_config
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -19,17 +24,32 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", help="YAML file in configs/")
     parser.add_argument("--run-dir", help="output directory (default: <run.output_dir>/<run.name>-<time>)")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue the run in --run-dir from its newest checkpoint")
     parser.add_argument("overrides", nargs="*", help="section.key=value, e.g. learner.lr=1e-6")
     args = parser.parse_args(argv)
+    if args.resume and not args.run_dir:
+        parser.error("--resume needs --run-dir")
+    from cluster.checkpoint import Checkpoints, ResumeError
+
+    resume = args.resume or bool(args.run_dir and Checkpoints(Path(args.run_dir), 1).latest())
+    saved = Path(args.run_dir) / "config.yaml" if args.run_dir else None
     try:
-        cfg = load_config(args.config, args.overrides)
+        cfg = load_config(args.config or (str(saved) if resume and saved.is_file() else None), args.overrides)
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    if (problem := preflight(cfg)) is not None:
+        print(f"error: {problem}", file=sys.stderr)
+        return 3
     run_dir = Path(args.run_dir or Path(cfg.run.output_dir) / f"{cfg.run.name}-{time.strftime('%Y%m%d-%H%M%S')}")
     from cluster.trainer import Trainer
 
-    trainer = Trainer(cfg, run_dir)
+    try:
+        trainer = Trainer(cfg, run_dir, resume=resume)
+    except ResumeError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     try:
         summary = trainer.run()
     finally:
@@ -37,6 +57,26 @@ def main(argv: list[str] | None = None) -> int:
     print(json.dumps(summary, indent=2))
     print(f"run directory: {run_dir}")
     return 0
+
+
+def preflight(cfg: Config) -> str | None:
+    """What makes the run impossible on this machine, found before anything starts (None: nothing).
+
+    Only a local run is checked here: against a cluster, placement names what is missing."""
+    from cluster.placement import required_resources
+
+    remote = cfg.cluster.address or os.environ.get("RAY_ADDRESS")
+    if cfg.cluster.device == "gpu" and not remote:
+        import torch
+
+        need, have = int(required_resources(cfg)["GPU"]), torch.cuda.device_count()
+        if have < need:
+            return (f"this config needs {need} GPUs (rollout.num_workers x rollout.tensor_parallel_size + "
+                    f"learner.num_ranks); the cluster has {have}. Run it on a GPU machine or a Ray cluster "
+                    f"(cluster.address=...), or lower those settings")
+    if cfg.model.path and not remote and not (Path(cfg.model.path) / "config.json").is_file():
+        return f"model.path: no Hugging Face model (config.json) in {cfg.model.path}"
+    return None
 
 
 if __name__ == "__main__":

@@ -8,12 +8,14 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from cluster import checkpoint
 from cluster.base_model import resolve_model
 from cluster.config import Config, dump_config
 from cluster.data import PromptSource, load_problems
+from cluster.export import copy_tokenizer
 from cluster.evaluate_loop import evaluate, score_prompts
 from cluster.groups import LearnerGroup, RewardPool, RolloutGroup
-from cluster.metrics import MetricsLog, PhaseTimer, plot_run
+from cluster.metrics import MetricsLog, PhaseTimer, plot_emergence, plot_run, read_metrics, reflects
 from cluster.placement import connect, place
 from cluster.sync import WeightSync
 from learner.core_algos import compute_advantages, kl_penalised_rewards, sequence_kl
@@ -25,12 +27,25 @@ def mean(xs: list[float]) -> float:
 
 
 class Trainer:
-    def __init__(self, cfg: Config, run_dir: Path) -> None:
+    def __init__(self, cfg: Config, run_dir: Path, resume: bool = False) -> None:
+        """`resume`: continue from the newest checkpoint in `run_dir` (ResumeError if there is none,
+        or if the config differs from the checkpoint's in a field that changes training)."""
         self.cfg, self.run_dir = cfg, run_dir
+        self.checkpoints = checkpoint.Checkpoints(run_dir, cfg.train.keep_checkpoints)
+        self.resume_from, self.resume_state = None, None
+        if resume:
+            self.resume_from = self.checkpoints.latest()
+            if self.resume_from is None:
+                raise checkpoint.ResumeError(f"--resume: no finished checkpoint in {self.checkpoints.root}")
+            self.resume_state = checkpoint.check_resume(self.resume_from, cfg)
+            self.checkpoints.clean_partial()
+            checkpoint.truncate_to(run_dir / "metrics.jsonl", self.resume_state.metrics_bytes)
+            checkpoint.truncate_to(run_dir / "samples.jsonl", self.resume_state.samples_bytes)
         run_dir.mkdir(parents=True, exist_ok=True)
         dump_config(cfg, run_dir / "config.yaml")
-        self.log = MetricsLog(run_dir)
+        self.log = MetricsLog(run_dir, purge_step=self.resume_state.step + 1 if self.resume_state else None)
         self.started = time.perf_counter()
+        self.grader: RewardPool | None = None  # grader-only reward pool for benchmarks, made on first use
 
     def setup(self) -> None:
         from transformers import AutoTokenizer
@@ -40,7 +55,7 @@ class Trainer:
         self.placement = place(cfg)
         print(self.placement.describe())
         self.model_path = resolve_model(cfg, self.placement)
-        tokenizer = AutoTokenizer.from_pretrained(self.model_path)
+        self.tokenizer = tokenizer = AutoTokenizer.from_pretrained(self.model_path)
         train, held_out = load_problems(cfg)
         max_prompt = cfg.rollout.max_model_len - cfg.rollout.max_new_tokens
         self.train_data = PromptSource(train, tokenizer, max_prompt, cfg.train.seed)
@@ -93,6 +108,7 @@ class Trainer:
             "train/accuracy": mean([s.correct for s in samples]),
             "train/boxed_rate": 1.0 - counts["unboxed"] / max(len(samples), 1),
             "train/response_len": mean([len(s.response_ids) for s in samples]),
+            "train/reflection_frac": mean([reflects(s.text) for s in samples]),
             "train/truncated_frac": mean([s.truncated for s in samples]),
             "train/solved_none_frac": mean([all(s.reward == 0 for s in g) for g in groups]),
             "train/solved_all_frac": mean([all(s.reward > 0 for s in g) for g in groups]),
@@ -107,44 +123,87 @@ class Trainer:
         self.log.log(step, metrics)
         return metrics
 
+    def benchmark(self, step: int) -> dict[str, float]:
+        """train.benchmarks (cluster/evaluate.py) on the live engines, scored by the grader alone."""
+        from cluster import evaluate as bench
+
+        t, r = self.cfg.train, self.cfg.rollout
+        if self.grader is None:
+            self.grader = RewardPool(self.cfg.model_copy(update={"reward": self.cfg.reward.model_copy(
+                update={"custom_fn": None})}))
+        results = bench.run_benchmarks(t.benchmarks, self.rollouts, self.grader, self.tokenizer, self.cfg.data.template,
+                                       r.max_model_len - r.max_new_tokens, Path(t.benchmark_dir) if t.benchmark_dir else None,
+                                       t.eval_samples, r.temperature, [1, t.eval_samples], t.benchmark_limit, seed=777)
+        metrics = bench.metrics_of(results)
+        self.log.log(step, metrics)
+        return metrics
+
     def run(self) -> dict[str, float]:
         cfg = self.cfg
         self.setup()
-        first = self.evaluate(0)
-        print(f"step 0: held-out accuracy {first['eval/accuracy']:.3f} (greedy {first['eval/greedy_accuracy']:.3f})")
+        start, first = self._begin()
         last = first
-        bar = tqdm(range(cfg.train.steps), desc="RL", unit="step")
+        bar = tqdm(range(start, cfg.train.steps), desc="RL", unit="step", initial=start, total=cfg.train.steps)
         for step in bar:
             metrics = self.step(step)
             self.log.log(step + 1, metrics)
             bar.set_postfix(reward=f"{metrics['reward/mean']:.3f}", boxed=f"{metrics['train/boxed_rate']:.2f}",
                             step_s=f"{sum(v for k, v in metrics.items() if k.startswith('time/')):.1f}")
-            if cfg.train.eval_every and (step + 1) % cfg.train.eval_every == 0 and step + 1 < cfg.train.steps:
+            if self._every(cfg.train.eval_every, step + 1):
                 last = self.evaluate(step + 1)
-        if cfg.train.steps:
+            if self._every(cfg.train.benchmark_every, step + 1):
+                self.benchmark(step + 1)
+            if self._every(cfg.train.save_every, step + 1) or step + 1 == cfg.train.steps:
+                self.save_checkpoint(step + 1)
+        # The final evaluation comes after the last checkpoint unless it is on the cadence: a resume
+        # from that checkpoint then drops its row, as an uninterrupted longer run would not have it.
+        if cfg.train.steps and not self._every(cfg.train.eval_every, cfg.train.steps):
             last = self.evaluate(cfg.train.steps)
         return self.finish(first, last)
+
+    @staticmethod
+    def _every(period: int, step: int) -> bool:
+        return period > 0 and step % period == 0
+
+    def _begin(self) -> tuple[int, dict[str, float]]:
+        """(first step to train, the step-0 evaluation): fresh, or restored from a checkpoint."""
+        if self.resume_from is None:
+            first = self.evaluate(0)
+            if self.cfg.train.benchmark_every:
+                self.benchmark(0)
+            print(f"step 0: held-out accuracy {first['eval/accuracy']:.3f} (greedy {first['eval/greedy_accuracy']:.3f})")
+            return 0, first
+        state = checkpoint.restore(self.resume_from, self.learners)
+        # One sync puts the restored weights into the engines under the checkpoint's policy version.
+        self.sync.version = state.policy_version - 1
+        self.sync.sync()
+        first = next(r for r in read_metrics(self.run_dir) if r["step"] == 0 and "eval/accuracy" in r)
+        print(f"resumed from {self.resume_from} at step {state.step} (policy version {state.policy_version})")
+        return state.step, first
+
+    def save_checkpoint(self, step: int) -> Path:
+        metrics_bytes, samples_bytes = self.log.sizes()
+        state = checkpoint.TrainerState(step, self.sync.version, metrics_bytes, samples_bytes, self.model_path)
+        return self.checkpoints.save(step, self.learners, state, self.cfg)
 
     def finish(self, first: dict[str, float], last: dict[str, float]) -> dict[str, float]:
         final_dir = self.run_dir / "final_model"
         self.learners.call("save_hf", str(final_dir))
-        for name in ("tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt", "chat_template.jinja"):
-            if (Path(self.model_path) / name).exists():
-                (final_dir / name).write_bytes((Path(self.model_path) / name).read_bytes())
+        copy_tokenizer(Path(self.model_path), final_dir)
         summary = {
             "eval_accuracy_start": first["eval/accuracy"], "eval_accuracy_end": last["eval/accuracy"],
             "eval_greedy_accuracy_start": first["eval/greedy_accuracy"],
             "eval_greedy_accuracy_end": last["eval/greedy_accuracy"],
             "steps": self.cfg.train.steps, "wall_seconds": time.perf_counter() - self.started,
             "policy_version": self.sync.version, "final_model": str(final_dir),
-            "plot": str(plot_run(self.run_dir)),
+            "plot": str(plot_run(self.run_dir)), "emergence_plot": str(plot_emergence(self.run_dir)),
         }
         (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
         return summary
 
     def close(self) -> None:
         self.log.close()
-        for name in ("sync", "rewards", "learners", "rollouts"):
+        for name in ("sync", "grader", "rewards", "learners", "rollouts"):
             part = getattr(self, name, None)
             if part is not None:
                 (part.close if name == "sync" else part.kill)()

@@ -252,3 +252,42 @@ class LearnerWorker:
             if self.rank == 0:
                 state = {n: t.data.detach().clone().cpu() for n, t in zip(names, tensors)}
                 self.engine.module.save_pretrained(path, state_dict=state)
+
+    # ---- checkpoints -------------------------------------------------------------------------
+    def save_checkpoint(self, path: str) -> None:
+        """DeepSpeed state (weights, ZeRO optimizer partitions, step counters) into `path`/deepspeed,
+        plus this rank's RNG states. Every rank must call it: each writes its own partition."""
+        self.engine.save_checkpoint(path, tag="deepspeed", save_latest=False)
+        torch.save(rng_state(), os.path.join(path, f"rng_rank{self.rank}.pt"))
+
+    def load_checkpoint(self, path: str) -> None:
+        """Restore what `save_checkpoint` wrote (all ranks, same world size and ZeRO stage)."""
+        loaded, _ = self.engine.load_checkpoint(path, tag="deepspeed", load_optimizer_states=True,
+                                                load_lr_scheduler_states=True)
+        if loaded is None:
+            raise FileNotFoundError(f"no DeepSpeed checkpoint in {path}/deepspeed")
+        set_rng_state(torch.load(os.path.join(path, f"rng_rank{self.rank}.pt"), weights_only=False))
+
+
+def rng_state() -> dict[str, Any]:
+    """This process's Python, NumPy and torch (and CUDA) RNG states."""
+    import random
+
+    import numpy as np
+
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    import random
+
+    import numpy as np
+
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])

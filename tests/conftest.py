@@ -26,7 +26,22 @@ def small_overrides(tmp: Path) -> list[str]:
 
 
 @pytest.fixture(scope="session")
-def trainer(tmp_path_factory: pytest.TempPathFactory):
+def ray_session():
+    """One private Ray for the whole session with room (logical CPUs) for the session trainer's
+    actors AND a test's own trainers (tests/test_resume.py): otherwise the later actors never schedule."""
+    import ray
+
+    from cluster.placement import REPO_ROOT, quiet_env
+
+    if not ray.is_initialized():
+        ray.init(address="local", num_cpus=8, include_dashboard=False, log_to_driver=True,
+                 runtime_env={"env_vars": {"PYTHONPATH": REPO_ROOT, **quiet_env()}})
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def trainer(tmp_path_factory: pytest.TempPathFactory, ray_session):
     from cluster.config import load_config
     from cluster.trainer import Trainer
 
@@ -36,6 +51,3 @@ def trainer(tmp_path_factory: pytest.TempPathFactory):
     t.setup()
     yield t
     t.close()
-    import ray
-
-    ray.shutdown()

@@ -79,3 +79,33 @@ def test_algorithm_defaults_keep_plain_grpo():
 def test_rloo_needs_two_samples_per_prompt():
     with pytest.raises(ConfigError, match="rloo"):
         load_config(None, ["algorithm.advantage=rloo", "rollout.samples_per_prompt=1"])
+
+
+def test_gpu_config_stops_before_starting_anything_on_a_cpu_machine(tmp_path):
+    """configs/simplerl_zero_qwen7b.yaml validates here and stops at the preflight, naming the GPU gap."""
+    import torch
+
+    if torch.cuda.device_count() >= 16:
+        pytest.skip("this machine has the GPUs")
+    proc = subprocess.run([sys.executable, "-m", "cluster.train", "--config", "configs/simplerl_zero_qwen7b.yaml",
+                           "--run-dir", str(tmp_path / "r")], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 3, proc.stderr
+    assert "this config needs 16 GPUs" in proc.stderr and f"the cluster has {torch.cuda.device_count()}" in proc.stderr
+    assert not (tmp_path / "r").exists()
+
+
+def test_resume_config_check_allows_only_fields_that_do_not_change_training():
+    from cluster.checkpoint import config_changes
+
+    saved = load_config(str(ROOT / "configs/tiny.yaml")).model_dump(mode="json")
+    same = load_config(str(ROOT / "configs/tiny.yaml"), ["train.steps=80", "train.eval_every=5", "train.save_every=3"])
+    assert config_changes(saved, same) == []
+    changed = load_config(str(ROOT / "configs/tiny.yaml"), ["learner.lr=1e-6", "data.train_size=10", "train.seed=1"])
+    assert [c.split(":")[0] for c in config_changes(saved, changed)] == ["data.train_size", "learner.lr", "train.seed"]
+
+
+def test_train_size_limits_the_training_problems():
+    from cluster.data import load_problems
+
+    train, held = load_problems(load_config(None, ["data.train_size=6", "data.eval_size=3"]))
+    assert len(train) == 6 and len(held) == 3

@@ -182,9 +182,11 @@ class WeightSyncExtension:
 
         self._reload(weights())
 
-    def stash_weight(self, name: str, tensor: Any) -> None:
-        """Per-parameter baseline (benchmarks only): keep one tensor; reload_stashed loads them all."""
-        self._stash = getattr(self, "_stash", [])
+    def stash_weight(self, name: str, tensor: Any, first: bool = False) -> None:
+        """Benchmark references only: keep one tensor in memory (first=True starts a new set);
+        reload_stashed loads the set."""
+        if first or not hasattr(self, "_stash"):
+            self._stash = []
         self._stash.append((name, torch.as_tensor(tensor)))
 
     def reload_stashed(self, keep: bool = False) -> None:

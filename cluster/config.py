@@ -122,7 +122,7 @@ class RewardConfig(Strict):
 
 
 class SyncConfig(Strict):
-    transport: Literal["auto", "shm", "broadcast"] = "auto"
+    transport: Literal["auto", "shm", "broadcast", "ipc"] = "auto"  # see cluster/sync.py for which to choose
     bucket_mb: float = Field(64, gt=0)
     timeout_s: float = Field(120, gt=0)
 

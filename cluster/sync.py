@@ -1,22 +1,65 @@
-"""Driver side of the weight sync: pick a transport, build the manifest once, move weights each step."""
+"""Driver side of the weight sync: pick a transport, build the manifest once, move weights each step.
+
+Choosing a transport (`sync.transport`):
+- ``auto``: ``shm`` on a CPU cluster (one node), ``broadcast`` (NCCL) on GPUs.
+- ``shm``: CPU, learner rank 0 and every rollout worker on one node (they share /dev/shm).
+- ``broadcast``: any placement; GPUs use NCCL, CPU gloo. The default for disaggregated GPUs.
+- ``ipc``: GPUs only, and only when learner rank 0 and every rollout worker share one physical GPU
+  (colocated, e.g. fractional GPU bundles). No bytes move at all: the engine reads learner rank 0's
+  buffer in place. Costs one extra weight copy in GPU memory. A receiver on another GPU fails at the
+  first sync with an error naming it.
+
+Every part of a sync is bounded by `sync.timeout_s`; the first worker that fails, or the workers
+still running at the deadline, are named in a WeightSyncError. A failed sync leaves the group
+unusable (a receiver may be half-loaded): restart the rollout engines.
+"""
 from __future__ import annotations
 
 import os
 import time
 import uuid
+from typing import Any
 
 import ray
 
 from cluster.config import Config
-from cluster.groups import LearnerGroup, RolloutGroup, _get
+from cluster.groups import LearnerGroup, RolloutGroup
 from protocol.weight_sync import DTYPES, WeightManifest, build_manifest
+
+
+class WeightSyncError(RuntimeError):
+    pass
 
 
 def choose_transport(cfg: Config) -> str:
     """auto: shared memory on a single CPU node, a broadcast group (NCCL) on GPUs."""
-    if cfg.sync.transport != "auto":
-        return cfg.sync.transport
+    transport = cfg.sync.transport
+    if transport == "ipc" and cfg.cluster.device != "gpu":
+        raise ValueError("sync.transport=ipc needs cluster.device=gpu (CUDA IPC between colocated processes)")
+    if transport != "auto":
+        return transport
     return "shm" if cfg.cluster.device == "cpu" else "broadcast"
+
+
+def _cause(error: Exception) -> str:
+    cause = getattr(error, "cause", None) or error
+    return f"{type(cause).__name__}: {str(cause).strip().splitlines()[-1] if str(cause).strip() else ''}"
+
+
+def wait_named(named: list[tuple[str, ray.ObjectRef]], timeout_s: float, what: str) -> list[Any]:
+    """Results of every worker's part; the first failure, or the deadline, raises naming the worker(s)."""
+    pending = {ref: name for name, ref in named}
+    deadline = time.monotonic() + timeout_s
+    while pending:
+        ready, _ = ray.wait(list(pending), num_returns=1, timeout=max(0.0, deadline - time.monotonic()))
+        if not ready:
+            raise WeightSyncError(f"{what}: {', '.join(pending.values())} did not finish within {timeout_s:g}s")
+        name = pending.pop(ready[0])
+        try:
+            ray.get(ready[0])
+        except ray.exceptions.RayError as error:
+            raise WeightSyncError(f"{what}: {name} failed: {_cause(error)}") from error
+    return ray.get([ref for _, ref in named])
 
 
 class WeightSync:
@@ -25,43 +68,70 @@ class WeightSync:
         self.transport = choose_transport(cfg)
         self.bucket_bytes = int(cfg.sync.bucket_mb * 2**20)
         self.timeout_s = cfg.sync.timeout_s
+        # The driver waits a little longer than the collectives, so a worker's own timeout error
+        # (which names the missing peer) arrives before the driver's generic one.
+        self.deadline_s = self.timeout_s * 1.25 + 2.0
         self.layout = learners.call("weight_layout")[0]
         self.location = f"/dev/shm/reasonrl-{os.getpid()}-{uuid.uuid4().hex[:8]}.weights"
         self.version = 0
-        probe = self.manifest(0)
-        _get([a.check_weight_names.remote(probe) for a in rollouts.actors], self.timeout_s, "weight name check")
+        self.check(self.manifest(0))
         if self.transport == "broadcast":
-            self._open_groups()
+            self.open_groups()
 
     def manifest(self, version: int) -> WeightManifest:
         return build_manifest(self.layout, DTYPES[self.cfg.model.dtype], version, self.transport, self.location)
 
-    def _open_groups(self) -> None:
+    def _learner_refs(self, method: str, *args: Any) -> list[tuple[str, ray.ObjectRef]]:
+        return [(f"learner[{i}]", getattr(a, method).remote(*args)) for i, a in enumerate(self.learners.actors)]
+
+    def _rollout_refs(self, method: str, *args: Any) -> list[tuple[str, ray.ObjectRef]]:
+        return [(f"rollout[{i}]", getattr(a, method).remote(*args)) for i, a in enumerate(self.rollouts.actors)]
+
+    def check(self, manifest: WeightManifest) -> None:
+        """Every engine validates names and shapes before the first load (a failed load breaks it)."""
+        wait_named(self._rollout_refs("check_weight_names", manifest), self.deadline_s, "weight name/shape check")
+
+    def open_groups(self) -> None:
+        """Form the broadcast group: learner rank 0 plus every rollout rank; a rank that does not join is named."""
         host, port = ray.get(self.learners.actors[0].address.remote())
         tp = self.cfg.rollout.tensor_parallel_size
         world = 1 + len(self.rollouts.actors) * tp
-        refs = [a.open_weight_group.remote(host, port, world, self.timeout_s) for a in self.learners.actors]
-        refs += [a.open_weight_group.remote(host, port, 1 + i * tp, world, self.timeout_s)
+        names = ["learner[0]"] + [f"rollout[{i}]" + (f" tp rank {j}" if tp > 1 else "")
+                                  for i in range(len(self.rollouts.actors)) for j in range(tp)]
+        refs = self._learner_refs("open_weight_group", host, port, world, self.timeout_s, names)
+        refs += [(f"rollout[{i}]", a.open_weight_group.remote(host, port, 1 + i * tp, world, self.timeout_s))
                  for i, a in enumerate(self.rollouts.actors)]
-        _get(refs, self.timeout_s, "opening the weight-sync group")
+        wait_named(refs, self.deadline_s, "opening the weight-sync group")
+
+    def _move(self, manifest: WeightManifest) -> float:
+        """Run the transport; returns the seconds the learner-side export took before receivers started."""
+        start = time.perf_counter()
+        what = f"weight sync v{manifest.version} ({self.transport})"
+        buckets = manifest.bucket_rows(self.bucket_bytes)
+        if self.transport == "broadcast":
+            refs = self._learner_refs("export_broadcast", buckets)
+            wait_named(refs + self._rollout_refs("load_weights_broadcast", manifest, self.bucket_bytes),
+                       self.deadline_s, what)
+            return 0.0
+        if self.transport == "shm":
+            wait_named(self._learner_refs("export_to_shm", manifest.location, manifest.total_bytes, buckets),
+                       self.deadline_s, what)
+            args: tuple = (manifest,)
+        else:
+            handle = wait_named(self._learner_refs("export_ipc", manifest.total_bytes, buckets), self.deadline_s, what)[0]
+            args = (manifest, handle)
+        exported = time.perf_counter() - start
+        wait_named(self._rollout_refs(f"load_weights_{self.transport}", *args), self.deadline_s, what)
+        return exported
 
     def sync(self) -> dict[str, float]:
-        """Push the learner's current weights to every rollout worker; bumps the policy version."""
-        self.version += 1
-        manifest = self.manifest(self.version)
-        buckets = [[(m.name, m.dtype, m.shape, m.offset) for m in b] for b in manifest.buckets(self.bucket_bytes)]
+        """Push the learner's current weights to every rollout worker; bumps the policy version on success."""
+        manifest = self.manifest(self.version + 1)
         start = time.perf_counter()
-        if self.transport == "shm":
-            self.learners.call("export_to_shm", manifest.location, manifest.total_bytes, buckets)
-            exported = time.perf_counter()
-            refs = [a.load_weights_shm.remote(manifest) for a in self.rollouts.actors]
-        else:
-            exported = start
-            refs = [a.export_broadcast.remote(buckets) for a in self.learners.actors]
-            refs += [a.load_weights_broadcast.remote(manifest, self.bucket_bytes) for a in self.rollouts.actors]
-        _get(refs, self.timeout_s, f"weight sync v{self.version} ({self.transport})")
-        end = time.perf_counter()
-        return {"sync/export_s": exported - start, "sync/load_s": end - exported, "sync/total_s": end - start,
+        exported = self._move(manifest)
+        total = time.perf_counter() - start
+        self.version = manifest.version
+        return {"sync/export_s": exported, "sync/load_s": total - exported, "sync/total_s": total,
                 "sync/bytes": float(manifest.total_bytes), "policy_version": float(self.version)}
 
     def close(self) -> None:

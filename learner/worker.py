@@ -8,14 +8,15 @@ import os
 import socket
 from contextlib import nullcontext
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 
 from learner import core_algos as algos
 from learner.batching import PaddedBatch, pad, split
 from protocol.batch import TrainBatch
-from protocol.weight_sync import DTYPES, ShmBuffer, TensorMeta, broadcast_bucket, open_broadcast_group
+from protocol.weight_sync import (DTYPES, FlatBuffer, ShmBuffer, TensorMeta, broadcast_bucket, ipc_handle,
+                                  open_broadcast_group)
 
 
 @dataclass
@@ -64,6 +65,7 @@ class LearnerWorker:
         self.ref_model: Any = None
         self.weight_group: Any = None
         self.shm: ShmBuffer | None = None
+        self.ipc: FlatBuffer | None = None  # colocated GPU export buffer (sync.transport=ipc)
 
     # ---- setup -------------------------------------------------------------------------------
     def address(self) -> tuple[str, int]:
@@ -212,36 +214,53 @@ class LearnerWorker:
             return deepspeed.zero.GatheredParameters(chosen, modifier_rank=None), chosen
         return nullcontext(), chosen
 
+    def _bucket_values(self, buckets: list[list[tuple]]) -> Iterator[tuple[list[TensorMeta], list[torch.Tensor]]]:
+        """Gather bucket by bucket on every rank (ZeRO-3 needs all, in order); yields only on rank 0.
+        Every rank must exhaust the iterator."""
+        for bucket in buckets:
+            metas = [TensorMeta(*m) for m in bucket]
+            context, tensors = self._gathered([m.name for m in metas])
+            with context:
+                if self.rank == 0:
+                    yield metas, [t.data for t in tensors]
+
+    def _export_into(self, buffer: FlatBuffer | None, buckets: list[list[tuple]]) -> None:
+        for metas, values in self._bucket_values(buckets):
+            for meta, value in zip(metas, values):
+                buffer.write(meta, value)  # casts to the rollout dtype inside the copy
+
     def export_to_shm(self, path: str, nbytes: int, buckets: list[list[tuple]]) -> float:
         """Stream the weights bucket by bucket into the shared buffer; only rank 0 writes."""
         import time
 
         start = time.perf_counter()
-        if self.rank == 0 and (self.shm is None or self.shm.path != path or self.shm.tensor.numel() < nbytes):
+        if self.rank == 0 and (self.shm is None or not self.shm.still_valid(path, nbytes)):
             self.shm = ShmBuffer(path, nbytes, create=True)
-        for bucket in buckets:
-            metas = [TensorMeta(*m) for m in bucket]
-            context, tensors = self._gathered([m.name for m in metas])
-            with context:
-                if self.rank == 0:
-                    for meta, tensor in zip(metas, tensors):
-                        self.shm.write(meta, tensor.data.to(DTYPES[meta.dtype]))
+        self._export_into(self.shm, buckets)
         return time.perf_counter() - start
 
-    def open_weight_group(self, host: str, port: int, world_size: int, timeout_s: float) -> None:
+    def export_ipc(self, nbytes: int, buckets: list[list[tuple]]) -> bytes | None:
+        """Colocated GPU: write into one reused GPU buffer; rank 0 returns its CUDA IPC handle."""
+        if self.rank == 0 and (self.ipc is None or self.ipc.tensor.numel() < nbytes):
+            self.ipc = FlatBuffer(torch.empty(nbytes, dtype=torch.uint8, device=self.device))
+            self.ipc_handle = ipc_handle(self.ipc)
+        self._export_into(self.ipc, buckets)
+        if self.rank != 0:
+            return None
+        torch.cuda.synchronize(self.device)  # receivers read on other streams/processes
+        return self.ipc_handle
+
+    def open_weight_group(self, host: str, port: int, world_size: int, timeout_s: float,
+                          rank_names: list[str] | None = None) -> None:
         if self.rank == 0:
             backend = "gloo" if self.spec.device == "cpu" else "nccl"
-            self.weight_group = open_broadcast_group(host, port, 0, world_size, backend, timeout_s)
+            self.weight_group = open_broadcast_group(host, port, 0, world_size, backend, timeout_s, rank_names)
+        self.weight_timeout_s = timeout_s
 
     def export_broadcast(self, buckets: list[list[tuple]]) -> None:
-        """Broadcast each bucket from rank 0 to every rollout rank (one collective per bucket)."""
-        for bucket in buckets:
-            metas = [TensorMeta(*m) for m in bucket]
-            context, tensors = self._gathered([m.name for m in metas])
-            with context:
-                if self.rank == 0:
-                    values = [t.data.to(DTYPES[m.dtype]) for m, t in zip(metas, tensors)]
-                    broadcast_bucket(self.weight_group, metas, self.device, values)
+        """Broadcast each bucket from rank 0 to every rollout rank (one bounded collective per bucket)."""
+        for metas, values in self._bucket_values(buckets):
+            broadcast_bucket(self.weight_group, metas, self.device, self.weight_timeout_s, values)
 
     def save_hf(self, path: str) -> None:
         """Write a Hugging Face model directory (loadable by transformers and vLLM) from rank 0."""

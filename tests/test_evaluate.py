@@ -11,7 +11,7 @@ import pytest
 
 from cluster.evaluate import BenchmarkResult, benchmark_file, markdown_table, pass_at_k
 from cluster.metrics import plot_emergence, reflects
-from conftest import ROOT
+from tests.conftest import ROOT
 
 
 @pytest.mark.parametrize("n, c, k", [(4, 0, 1), (4, 1, 1), (4, 1, 2), (5, 2, 3), (8, 3, 4), (6, 6, 2), (3, 1, 3)])

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import ROOT, small_overrides
+from tests.conftest import ROOT, small_overrides
 
 TIMING = ("time/", "perf/", "sync/export_s", "sync/load_s", "sync/total_s")
 

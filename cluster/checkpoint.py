@@ -8,7 +8,9 @@ is a pure function of (train.seed, step), and vLLM sampling is seeded from (trai
 
 A save writes `step_<k>.partial/`, renames it to `step_<k>/` (atomic) and then replaces the
 `latest` pointer file (temp file + os.replace). A crash mid-save leaves a `.partial` directory that
-is never read, so the previous checkpoint stays the one that resumes.
+is never read, so the previous checkpoint stays the one that resumes. A save that fails with an
+OSError (disk full, quota, I/O error) removes what it wrote before re-raising, leaving the previous
+checkpoint and the `latest` pointer as they were.
 """
 from __future__ import annotations
 
@@ -17,13 +19,16 @@ import os
 import pickle
 import re
 import shutil
+import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from cluster import faults
 from cluster.config import Config, dump_config
+from cluster.metrics import MetricsLog
 from learner.worker import rng_state, set_rng_state
 
 CHECKPOINTS = "checkpoints"
@@ -32,13 +37,17 @@ _STEP_DIR = re.compile(r"^step_(\d+)$")
 
 # Settings that may differ between a run and its resume because they do not change what is trained
 # (only how long, how often it is evaluated or saved, and where things are written).
-RESUME_MAY_CHANGE = ("train.steps", "train.save_every", "train.keep_checkpoints", "train.eval_every",
-                     "train.samples_to_save", "train.benchmark_every", "train.benchmarks", "train.benchmark_dir",
+RESUME_MAY_CHANGE = ("train.steps", "train.save_every", "train.keep_checkpoints", "train.max_checkpoint_failures",
+                     "train.eval_every", "train.samples_to_save", "train.benchmark_every", "train.benchmarks", "train.benchmark_dir",
                      "train.benchmark_limit", "run.name", "run.output_dir", "cluster.address", "sync.timeout_s")
 
 
 class ResumeError(RuntimeError):
     """A run cannot be resumed as asked; the message says why and what to change."""
+
+
+class CheckpointError(RuntimeError):
+    """train.max_checkpoint_failures saves in a row failed: the run stops rather than train unsaved."""
 
 
 @dataclass
@@ -75,9 +84,12 @@ def step_of(path: Path) -> int:
 class Checkpoints:
     """The checkpoints of one run directory."""
 
-    def __init__(self, run_dir: Path, keep: int) -> None:
+    def __init__(self, run_dir: Path, keep: int, max_failures: int = 3) -> None:
         self.root = run_dir / CHECKPOINTS
         self.keep = keep
+        self.max_failures = max_failures
+        self.failures = 0  # failed saves in this process
+        self.in_a_row = 0  # consecutive failed saves, reset by a successful one
 
     def complete(self) -> list[Path]:
         """Finished checkpoints, oldest first (a `.partial` directory never counts)."""
@@ -101,17 +113,53 @@ class Checkpoints:
         final = self.root / f"step_{step}"
         staging = self.root / f"step_{step}.partial"
         shutil.rmtree(staging, ignore_errors=True)
-        staging.mkdir(parents=True)
-        learners.call("save_checkpoint", str(staging))
-        dump_config(cfg, staging / "config.yaml")
-        (staging / "driver_rng.pkl").write_bytes(pickle.dumps(rng_state()))
-        _write_durably(staging / STATE_FILE, json.dumps(asdict(state), indent=2))
-        shutil.rmtree(final, ignore_errors=True)  # a re-save of the same step (e.g. after a resume)
-        staging.rename(final)
-        _write_durably(self.root / "latest.tmp", final.name)
-        os.replace(self.root / "latest.tmp", self.root / "latest")
+        try:
+            staging.mkdir(parents=True)
+            learners.call("save_checkpoint", str(staging))
+            faults.disk_full(step)
+            dump_config(cfg, staging / "config.yaml")
+            (staging / "driver_rng.pkl").write_bytes(pickle.dumps(rng_state()))
+            _write_durably(staging / STATE_FILE, json.dumps(asdict(state), indent=2))
+            shutil.rmtree(final, ignore_errors=True)  # a re-save of the same step (e.g. after a resume)
+            staging.rename(final)
+            _write_durably(self.root / "latest.tmp", final.name)
+            os.replace(self.root / "latest.tmp", self.root / "latest")
+        except OSError:
+            self._discard(final)
+            raise
         self._prune()
         return final
+
+    def save_or_report(self, step: int, learners: Any, state: TrainerState, cfg: Config,
+                       log: MetricsLog) -> Path | None:
+        """save(), but a failed write (OSError: disk full, quota, I/O error) does not end the run: it
+        is reported on stderr and as `checkpoint/failures` in metrics.jsonl, the previous checkpoint
+        stays the one that resumes, and the next save retries. CheckpointError after `max_failures`
+        failures in a row. A learner that died is not a write failure and is not caught here."""
+        try:
+            path = self.save(step, learners, state, cfg)
+        except OSError as err:
+            self.failures += 1
+            self.in_a_row += 1
+            log.log(step, {"checkpoint/failures": float(self.failures), "checkpoint/failures_in_a_row": float(self.in_a_row)})
+            message = (f"checkpoint step_{step} failed ({self.in_a_row} in a row, limit "
+                       f"train.max_checkpoint_failures={self.max_failures}): {type(err).__name__}: {err}; "
+                       f"a resume would start from {self.latest() or 'scratch'}")
+            if self.in_a_row >= self.max_failures:
+                raise CheckpointError(f"{message}. Stopping: free space in {self.root} and resume") from err
+            print(f"warning: {message}; training goes on and the next save retries", file=sys.stderr)
+            return None
+        self.in_a_row = 0
+        return path
+
+    def _discard(self, final: Path) -> None:
+        """After a failed save: drop its partial files, and the step directory too unless `latest`
+        names it, so the checkpoint that resumes stays the previous one (frees the space it took)."""
+        shutil.rmtree(final.with_name(final.name + ".partial"), ignore_errors=True)
+        (self.root / "latest.tmp").unlink(missing_ok=True)
+        pointer = self.root / "latest"
+        if not (pointer.is_file() and pointer.read_text().strip() == final.name):
+            shutil.rmtree(final, ignore_errors=True)
 
     def _prune(self) -> None:
         for old in self.complete()[: -self.keep]:

@@ -24,6 +24,37 @@ def _get(refs: Any, timeout_s: float, what: str) -> Any:
         raise TimeoutError(f"{what} did not finish within {timeout_s:.0f}s") from None
 
 
+class ActorFailure(RuntimeError):
+    """An actor died, failed or did not answer in time; the message names it, e.g. `learner[1]`."""
+
+
+def _cause(error: Exception) -> str:
+    cause = getattr(error, "cause", None) or error
+    return f"{type(cause).__name__}: {str(cause).strip().splitlines()[-1] if str(cause).strip() else ''}"
+
+
+def wait_named(named: list[tuple[str, ray.ObjectRef]], timeout_s: float, what: str,
+               error: type[ActorFailure] = ActorFailure, name_task_errors: bool = True) -> list[Any]:
+    """Results of every actor's part; the first failure, or the deadline, raises `error` naming the
+    actor(s). `name_task_errors=False` lets an exception raised by the method itself through as Ray
+    gives it (an instance of the remote exception's class, so `except OSError` still works); deaths
+    and timeouts are always named."""
+    pending = {ref: name for name, ref in named}
+    deadline = time.monotonic() + timeout_s
+    while pending:
+        ready, _ = ray.wait(list(pending), num_returns=1, timeout=max(0.0, deadline - time.monotonic()))
+        if not ready:
+            raise error(f"{what}: {', '.join(pending.values())} did not finish within {timeout_s:g}s")
+        name = pending.pop(ready[0])
+        try:
+            ray.get(ready[0])
+        except ray.exceptions.RayError as err:
+            if isinstance(err, ray.exceptions.RayTaskError) and not name_task_errors:
+                raise
+            raise error(f"{what}: {name} failed: {_cause(err)}") from err
+    return ray.get([ref for _, ref in named])
+
+
 class LearnerGroup:
     def __init__(self, cfg: Config, model_path: str, placement: Placement, **overrides: Any) -> None:
         l, a = cfg.learner, cfg.algorithm
@@ -39,12 +70,16 @@ class LearnerGroup:
         self.actors = [remote.options(**placement.options("learner", i),
                                       runtime_env={"env_vars": {"DS_ACCELERATOR": "cpu"}} if spec.device == "cpu" else None)
                        .remote(i, l.num_ranks, spec) for i in range(l.num_ranks)]
-        addr, port = _get(self.actors[0].address.remote(), self.timeout_s, "learner start (enough free CPUs/GPUs?)")
-        self.num_params = _get([a.setup.remote(addr, port) for a in self.actors], self.timeout_s, "learner setup")[0]
+        addr, port = wait_named([("learner[0]", self.actors[0].address.remote())], self.timeout_s,
+                                "learner start (enough free CPUs/GPUs?)")[0]
+        self.num_params = self.call("setup", addr, port)[0]
 
     def call(self, method: str, *args: Any) -> list[Any]:
-        """Run `method` on every rank at once (ZeRO needs all ranks) and return each rank's result."""
-        return _get([getattr(a, method).remote(*args) for a in self.actors], self.timeout_s, f"learner.{method}")
+        """Run `method` on every rank at once (ZeRO needs all ranks) and return each rank's result.
+        A rank that dies or hangs raises ActorFailure naming it (`learner[i]`); an exception the
+        method raises comes through as itself."""
+        return wait_named([(f"learner[{i}]", getattr(a, method).remote(*args)) for i, a in enumerate(self.actors)],
+                          self.timeout_s, f"learner.{method}", name_task_errors=False)
 
     def train(self, batch: TrainBatch, loss: str = "policy") -> dict[str, float]:
         """One optimizer step on the global batch. Returns `loss` (the aggregate that was minimised),

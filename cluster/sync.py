@@ -23,11 +23,12 @@ from typing import Any
 import ray
 
 from cluster.config import Config
-from cluster.groups import LearnerGroup, RolloutGroup
+from cluster import groups
+from cluster.groups import ActorFailure, LearnerGroup, RolloutGroup
 from protocol.weight_sync import DTYPES, WeightManifest, build_manifest
 
 
-class WeightSyncError(RuntimeError):
+class WeightSyncError(ActorFailure):
     pass
 
 
@@ -41,25 +42,9 @@ def choose_transport(cfg: Config) -> str:
     return "shm" if cfg.cluster.device == "cpu" else "broadcast"
 
 
-def _cause(error: Exception) -> str:
-    cause = getattr(error, "cause", None) or error
-    return f"{type(cause).__name__}: {str(cause).strip().splitlines()[-1] if str(cause).strip() else ''}"
-
-
 def wait_named(named: list[tuple[str, ray.ObjectRef]], timeout_s: float, what: str) -> list[Any]:
-    """Results of every worker's part; the first failure, or the deadline, raises naming the worker(s)."""
-    pending = {ref: name for name, ref in named}
-    deadline = time.monotonic() + timeout_s
-    while pending:
-        ready, _ = ray.wait(list(pending), num_returns=1, timeout=max(0.0, deadline - time.monotonic()))
-        if not ready:
-            raise WeightSyncError(f"{what}: {', '.join(pending.values())} did not finish within {timeout_s:g}s")
-        name = pending.pop(ready[0])
-        try:
-            ray.get(ready[0])
-        except ray.exceptions.RayError as error:
-            raise WeightSyncError(f"{what}: {name} failed: {_cause(error)}") from error
-    return ray.get([ref for _, ref in named])
+    """groups.wait_named raising WeightSyncError: every failure of a worker's part names the worker."""
+    return groups.wait_named(named, timeout_s, what, error=WeightSyncError)
 
 
 class WeightSync:

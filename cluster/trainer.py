@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from cluster import checkpoint
+from cluster import checkpoint, faults
 from cluster.base_model import resolve_model
 from cluster.config import Config, dump_config
 from cluster.data import PromptSource, load_problems
@@ -31,7 +31,7 @@ class Trainer:
         """`resume`: continue from the newest checkpoint in `run_dir` (ResumeError if there is none,
         or if the config differs from the checkpoint's in a field that changes training)."""
         self.cfg, self.run_dir = cfg, run_dir
-        self.checkpoints = checkpoint.Checkpoints(run_dir, cfg.train.keep_checkpoints)
+        self.checkpoints = checkpoint.Checkpoints(run_dir, cfg.train.keep_checkpoints, cfg.train.max_checkpoint_failures)
         self.resume_from, self.resume_state = None, None
         if resume:
             self.resume_from = self.checkpoints.latest()
@@ -153,6 +153,7 @@ class Trainer:
                 last = self.evaluate(step + 1)
             if self._every(cfg.train.benchmark_every, step + 1):
                 self.benchmark(step + 1)
+            faults.driver_kill(step + 1)
             if self._every(cfg.train.save_every, step + 1) or step + 1 == cfg.train.steps:
                 self.save_checkpoint(step + 1)
         # The final evaluation comes after the last checkpoint unless it is on the cadence: a resume
@@ -181,10 +182,11 @@ class Trainer:
         print(f"resumed from {self.resume_from} at step {state.step} (policy version {state.policy_version})")
         return state.step, first
 
-    def save_checkpoint(self, step: int) -> Path:
+    def save_checkpoint(self, step: int) -> Path | None:
+        """The checkpoint written, or None when the write failed and was reported (see save_or_report)."""
         metrics_bytes, samples_bytes = self.log.sizes()
         state = checkpoint.TrainerState(step, self.sync.version, metrics_bytes, samples_bytes, self.model_path)
-        return self.checkpoints.save(step, self.learners, state, self.cfg)
+        return self.checkpoints.save_or_report(step, self.learners, state, self.cfg, self.log)
 
     def finish(self, first: dict[str, float], last: dict[str, float]) -> dict[str, float]:
         final_dir = self.run_dir / "final_model"

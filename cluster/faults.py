@@ -1,0 +1,46 @@
+"""Fault injection for tests: `REASONRL_FAULT` arms named faults at given steps of the driver.
+
+Format: `name:step[,step...]`, several faults separated by `;`, e.g.
+`REASONRL_FAULT="checkpoint_write_fail:2,3;driver_kill:4"`. Read at every check, so a test in the
+same process can set it with monkeypatch. Faults (each one line at its point in the driver):
+
+- `checkpoint_write_fail:<k>`: the save of step_<k> fails with a real ENOSPC from the kernel (a write
+  to /dev/full) after every learner rank wrote its DeepSpeed partition into `step_<k>.partial/` and
+  before the driver's own files, the rename and the `latest` pointer: a disk that fills mid-save.
+- `driver_kill:<k>`: the driver SIGKILLs itself after step <k>'s metrics and samples are logged and
+  before its checkpoint: a crash between steps (no cleanup, no atexit; its Ray is orphaned).
+
+Nothing here runs unless the variable is set; production runs never set it.
+"""
+from __future__ import annotations
+
+import os
+import signal
+
+ENV = "REASONRL_FAULT"
+FAULTS = ("checkpoint_write_fail", "driver_kill")
+
+
+def armed(name: str, step: int) -> bool:
+    """Whether fault `name` is set for `step` in REASONRL_FAULT (a bad spec raises, naming it)."""
+    for item in filter(None, (part.strip() for part in os.environ.get(ENV, "").split(";"))):
+        fault, _, steps = item.partition(":")
+        if fault not in FAULTS or not steps:
+            raise ValueError(f"{ENV}={os.environ[ENV]!r}: expected name:step[,step] with name in {FAULTS}")
+        if fault == name and step in {int(s) for s in steps.split(",")}:
+            return True
+    return False
+
+
+def disk_full(step: int) -> None:
+    """The checkpoint_write_fail point: raises OSError(ENOSPC) from a real write when armed."""
+    if armed("checkpoint_write_fail", step):
+        with open("/dev/full", "w") as f:
+            f.write("x")
+            f.flush()  # the kernel answers ENOSPC here
+
+
+def driver_kill(step: int) -> None:
+    """The driver_kill point: the process dies at once, as under `kill -9` or the OOM killer."""
+    if armed("driver_kill", step):
+        os.kill(os.getpid(), signal.SIGKILL)

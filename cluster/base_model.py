@@ -28,13 +28,18 @@ def cache_key(cfg: Config) -> str:
     return hashlib.sha256(json.dumps(shape, sort_keys=True).encode()).hexdigest()[:12]
 
 
+def tiny_model_dir(cfg: Config) -> Path:
+    """Where the tiny base model of this config is cached (it may not be built yet)."""
+    return Path(cfg.model.cache_dir) / f"tiny-{cache_key(cfg)}"
+
+
 def resolve_model(cfg: Config, placement: Placement) -> str:
     """The model directory the run starts from: model.path, or the cached tiny base model."""
     if cfg.model.path:
         if not (Path(cfg.model.path) / "config.json").is_file():
             raise FileNotFoundError(f"model.path: no Hugging Face model (config.json) in {cfg.model.path}")
         return cfg.model.path
-    out = Path(cfg.model.cache_dir) / f"tiny-{cache_key(cfg)}"
+    out = tiny_model_dir(cfg)
     if (out / "config.json").is_file():
         print(f"base model: cached at {out}")
         return str(out)

@@ -4,6 +4,7 @@ Unknown keys and bad values are errors that name the field, raised before anythi
 """
 from __future__ import annotations
 
+import difflib
 from pathlib import Path
 from typing import Any, Literal
 
@@ -58,6 +59,7 @@ class DataConfig(Strict):
     template: Literal["plain", "qwen_boxed"] = "plain"
     eval_size: int = Field(256, ge=1)
     train_size: int | None = Field(None, ge=1)  # keep only the first N training problems (small epochs)
+    drop_long_prompts: bool = False  # prompts longer than max_model_len - max_new_tokens: False errors, True drops
 
     @model_validator(mode="after")
     def _paths_for_jsonl(self) -> "DataConfig":
@@ -208,11 +210,28 @@ def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _valid_keys(loc: tuple[Any, ...]) -> list[str]:
+    """The field names of the section that `loc` (a pydantic error location) points into."""
+    model: Any = Config
+    for key in loc[:-1]:
+        field = model.model_fields.get(str(key)) if isinstance(model, type) and issubclass(model, BaseModel) else None
+        if field is None:
+            return []
+        model = field.annotation
+    return list(model.model_fields) if isinstance(model, type) and issubclass(model, BaseModel) else []
+
+
+def _unknown_key(loc: tuple[Any, ...]) -> str:
+    """'unknown key', with the closest valid name of its section when one is close."""
+    close = difflib.get_close_matches(str(loc[-1]), _valid_keys(loc), n=1, cutoff=0.6)
+    return "unknown key" + (f" (did you mean {'.'.join(map(str, (*loc[:-1], close[0])))}?)" if close else "")
+
+
 def _describe(err: ValidationError) -> str:
     lines = []
     for e in err.errors():
         field = ".".join(str(p) for p in e["loc"]) or "(config)"
-        msg = "unknown key" if e["type"] == "extra_forbidden" else e["msg"]
+        msg = _unknown_key(e["loc"]) if e["type"] == "extra_forbidden" else e["msg"]
         lines.append(f"  {field}: {msg}" + (f" (got {e['input']!r})" if e["type"] != "extra_forbidden" else ""))
     return "invalid config:\n" + "\n".join(lines)
 

@@ -20,6 +20,7 @@ PLAIN = "Question: {problem}\nAnswer: Let's think step by step."
 class Problem:
     prompt: str
     answer: str
+    line: int | None = None  # line in the JSONL file it came from, for error messages
 
 
 class DataError(ValueError):
@@ -40,7 +41,7 @@ def read_jsonl(path: str, template: str) -> list[Problem]:
         if not problem or not answer:
             bad.append(number)
             continue
-        rows.append(Problem((QWEN_BOXED if template == "qwen_boxed" else PLAIN).format(problem=problem), answer))
+        rows.append(Problem((QWEN_BOXED if template == "qwen_boxed" else PLAIN).format(problem=problem), answer, number))
     if bad:
         shown = ", ".join(map(str, bad[:10])) + (" ..." if len(bad) > 10 else "")
         raise DataError(f"{path}: {len(bad)} rows lack a non-empty 'problem' or 'answer' (lines {shown})")
@@ -59,16 +60,49 @@ def load_problems(cfg: Config) -> tuple[list[Problem], list[Problem]]:
     return train[: d.train_size], held[: d.eval_size]
 
 
+def _too_long(what: str, long: list[Problem], total: int, limit: int, longest: int) -> str:
+    lines = [p.line for p in long if p.line is not None]
+    where = f" (lines {', '.join(map(str, lines[:10]))}{' ...' if len(lines) > 10 else ''})" if lines else ""
+    return (f"{len(long)} of {total} {what} prompts{where} are longer than {limit} tokens "
+            f"(rollout.max_model_len - rollout.max_new_tokens; the longest has {longest}): raise "
+            f"rollout.max_model_len, lower rollout.max_new_tokens, or set data.drop_long_prompts=true "
+            f"to train without them")
+
+
+def check_data(cfg: Config, model_dir: str | None) -> None:
+    """Refuse bad data before anything starts (DataError naming rows and options): rows without a
+    problem or answer, and (when `model_dir` has the tokenizer) prompts that do not fit the context,
+    unless data.drop_long_prompts is set (then the run drops them and prints the count)."""
+    train, held = load_problems(cfg)
+    if model_dir is None or cfg.data.drop_long_prompts:
+        return
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    limit = cfg.rollout.max_model_len - cfg.rollout.max_new_tokens
+    PromptSource(train, tokenizer, limit, cfg.train.seed)
+    PromptSource(held, tokenizer, limit, cfg.train.seed, what="held-out")
+
+
 class PromptSource:
     """Deterministic prompt order: a fresh seeded shuffle every epoch; step k takes a fixed slice."""
 
-    def __init__(self, problems: list[Problem], tokenizer: Any, max_prompt_tokens: int, seed: int) -> None:
-        self.problems = problems
-        self.ids = [tokenizer(p.prompt, add_special_tokens=False)["input_ids"] for p in problems]
-        too_long = sum(len(i) > max_prompt_tokens for i in self.ids)
-        if too_long:
-            raise DataError(f"{too_long} prompts are longer than {max_prompt_tokens} tokens "
-                            f"(rollout.max_model_len - rollout.max_new_tokens)")
+    def __init__(self, problems: list[Problem], tokenizer: Any, max_prompt_tokens: int, seed: int,
+                 drop_long: bool = False, what: str = "training") -> None:
+        """Prompts longer than `max_prompt_tokens` leave no room to generate: a DataError, or with
+        `drop_long` (data.drop_long_prompts) they are left out and their count printed."""
+        ids = [tokenizer(p.prompt, add_special_tokens=False)["input_ids"] for p in problems]
+        long = [i for i, p in enumerate(ids) if len(p) > max_prompt_tokens]
+        if long and not drop_long:
+            raise DataError(_too_long(what, [problems[i] for i in long], len(problems), max_prompt_tokens,
+                                      max(len(ids[i]) for i in long)))
+        if long:
+            print(f"data.drop_long_prompts: dropped {len(long)} of {len(problems)} {what} prompts longer than "
+                  f"{max_prompt_tokens} tokens")
+        keep = sorted(set(range(len(problems))) - set(long))
+        if problems and not keep:
+            raise DataError(f"every {what} prompt is longer than {max_prompt_tokens} tokens: nothing left to use")
+        self.problems, self.ids = [problems[i] for i in keep], [ids[i] for i in keep]
         self.seed = seed
         self._orders: dict[int, list[int]] = {}
 

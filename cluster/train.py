@@ -42,7 +42,14 @@ def main(argv: list[str] | None = None) -> int:
     if (problem := preflight(cfg)) is not None:
         print(f"error: {problem}", file=sys.stderr)
         return 3
+    if (problem := bad_input(cfg)) is not None:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
     run_dir = Path(args.run_dir or Path(cfg.run.output_dir) / f"{cfg.run.name}-{time.strftime('%Y%m%d-%H%M%S')}")
+    from cluster.checkpoint import CheckpointError
+    from cluster.data import DataError
+    from cluster.groups import ActorFailure
+    from cluster.placement import PlacementError
     from cluster.trainer import Trainer
 
     try:
@@ -52,11 +59,38 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         summary = trainer.run()
+    except DataError as err:  # prompt lengths, when the tokenizer only exists once the base model is built
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except PlacementError as err:  # against a cluster: what it lacks is only known once connected
+        print(f"error: {err}", file=sys.stderr)
+        return 3
+    except (ActorFailure, CheckpointError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
     finally:
         trainer.close()
     print(json.dumps(summary, indent=2))
     print(f"run directory: {run_dir}")
     return 0
+
+
+def bad_input(cfg: Config) -> str | None:
+    """What is wrong with the model or data the config names, found before anything starts (None:
+    nothing). Rows without problem/answer and prompts too long for the context are refused here;
+    the prompt lengths need a tokenizer: model.path's, or the tiny base model's once it is cached."""
+    from cluster.base_model import tiny_model_dir
+    from cluster.data import DataError, check_data
+
+    remote = cfg.cluster.address or os.environ.get("RAY_ADDRESS")
+    if cfg.model.path and not remote and not (Path(cfg.model.path) / "config.json").is_file():
+        return f"model.path: no Hugging Face model (config.json) in {cfg.model.path}"
+    model_dir = Path(cfg.model.path or tiny_model_dir(cfg))
+    try:
+        check_data(cfg, str(model_dir) if (model_dir / "tokenizer_config.json").is_file() else None)
+    except DataError as err:
+        return str(err)
+    return None
 
 
 def preflight(cfg: Config) -> str | None:
@@ -74,8 +108,10 @@ def preflight(cfg: Config) -> str | None:
             return (f"this config needs {need} GPUs (rollout.num_workers x rollout.tensor_parallel_size + "
                     f"learner.num_ranks); the cluster has {have}. Run it on a GPU machine or a Ray cluster "
                     f"(cluster.address=...), or lower those settings")
-    if cfg.model.path and not remote and not (Path(cfg.model.path) / "config.json").is_file():
-        return f"model.path: no Hugging Face model (config.json) in {cfg.model.path}"
+    custom = sorted(set(required_resources(cfg)) - {"CPU", "GPU"})
+    if custom and not remote:
+        return (f"this config asks for the Ray resources {', '.join(custom)} (rollout/learner/reward.resources); "
+                f"a private local Ray has none: run it against a cluster that has them (cluster.address=...)")
     return None
 
 

@@ -58,8 +58,9 @@ class Trainer:
         self.tokenizer = tokenizer = AutoTokenizer.from_pretrained(self.model_path)
         train, held_out = load_problems(cfg)
         max_prompt = cfg.rollout.max_model_len - cfg.rollout.max_new_tokens
-        self.train_data = PromptSource(train, tokenizer, max_prompt, cfg.train.seed)
-        self.eval_prompts = PromptSource(held_out, tokenizer, max_prompt, cfg.train.seed).all()
+        drop = cfg.data.drop_long_prompts
+        self.train_data = PromptSource(train, tokenizer, max_prompt, cfg.train.seed, drop)
+        self.eval_prompts = PromptSource(held_out, tokenizer, max_prompt, cfg.train.seed, drop, "held-out").all()
         self.rollouts = RolloutGroup(cfg, self.model_path, self.placement)
         self.learners = LearnerGroup(cfg, self.model_path, self.placement)
         self.rewards = RewardPool(cfg, self.placement)

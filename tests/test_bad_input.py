@@ -127,3 +127,8 @@ def test_cli_refuses_resources_a_local_ray_cannot_have(tmp_path):
     assert proc.returncode == 3, proc.stderr[-2000:]
     assert "asks for the Ray resources rollout_node" in proc.stderr
     assert not (tmp_path / "run").exists()
+
+
+def test_missing_config_file_is_named(tmp_path):
+    with pytest.raises(ConfigError, match=f"config file not found: {tmp_path / 'nope.yaml'}"):
+        load_config(str(tmp_path / "nope.yaml"))

@@ -44,9 +44,12 @@ class StreamedBatch:
     `result()` consumes the streams, and may run in another thread."""
 
     def __init__(self, rollouts: RolloutGroup, pool: RewardPool, prompts: list[Prompt], n: int,
-                 temperature: float, seed: int, resync: Callable[[int], None] | None = None) -> None:
+                 temperature: float, seed: int, resync: Callable[[int], None] | None = None,
+                 on_chunk: Callable[[int, GeneratedChunk], None] | None = None) -> None:
+        """`resync(i)`: loads the current policy into restarted rollout[i]; `on_chunk(i, chunk)` sees every
+        chunk as it arrives (progress display, fault-injection tests)."""
         self.rollouts, self.pool, self.n = rollouts, pool, n
-        self.temperature, self.seed, self.resync = temperature, seed, resync
+        self.temperature, self.seed, self.resync, self.on_chunk = temperature, seed, resync, on_chunk
         self.answers = {p.index: p.answer for p in prompts}
         self.started = time.perf_counter()
         self.streams: dict[ray.ObjectRefGenerator, tuple[int, list[Prompt]]] = {}
@@ -79,6 +82,8 @@ class StreamedBatch:
                 restarts += 1
                 self._recover(worker, unfinished)
                 continue
+            if self.on_chunk is not None:
+                self.on_chunk(worker, chunk)
             self._mark_finished(unfinished, chunk.samples)
             samples.extend(chunk.samples)
             engine_s[worker] += chunk.engine_s

@@ -175,7 +175,7 @@ class RewardPool:
         A reward actor that hangs past the deadline is killed and replaced, and its items count as
         timeouts (reward 0). One that dies is replaced and its items are scored again, once."""
         counts = {"timeouts": 0.0, "unboxed": 0.0, "restarts": 0.0}
-        deadline = time.monotonic() + self.cfg.timeout_s * 2 + 5.0 * 8
+        deadline = time.monotonic() + self.cfg.timeout_s * 2 + self.cfg.grace_s
         for job in jobs:
             verdicts = self._verdicts(job, deadline, counts)
             for sample, verdict in zip(job.samples, verdicts):
@@ -200,7 +200,7 @@ class RewardPool:
             print(f"reward[{index}] died or was replaced: scoring its {len(part)} items again")
             actor = self.actors[index]
             again = ScoreJob(actor.score.remote(job.pairs), index, actor, part, job.pairs)
-            return self._verdicts(again, time.monotonic() + self.cfg.timeout_s * 2 + 10.0, counts, retry=False)
+            return self._verdicts(again, time.monotonic() + self.cfg.timeout_s * 2 + self.cfg.grace_s, counts, retry=False)
 
     def _replace(self, job: ScoreJob, counts: dict[str, float]) -> None:
         """Kill and replace the job's actor, unless an earlier job already did."""

@@ -59,8 +59,11 @@ class RolloutPipeline:
         prompts, future = self.in_flight.pop(step)
         return prompts, future.result()
 
-    def close(self) -> None:
-        self.executor.shutdown(wait=False, cancel_futures=True)
+    def close(self, wait: bool = True) -> None:
+        """Drop batches not yet started; `wait`: let running ones finish (each wait is bounded by
+        rollout.timeout_s), so no thread still uses the actors after this returns."""
+        self.executor.shutdown(wait=wait, cancel_futures=True)
+        self.in_flight.clear()
 
 
 def split_stale(samples: list[Sample], learner_version: int, max_staleness: int,

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import threading
 from dataclasses import dataclass
 import time
 from typing import Any
@@ -150,6 +151,7 @@ class RewardPool:
         self.actors = [self._new_actor(i) for i in range(self.cfg.num_workers)]
         self.next = 0
         self.restarts = 0
+        self.lock = threading.Lock()  # batches in flight (train.max_staleness > 0) score from their own threads
 
     def _new_actor(self, index: int) -> Any:
         """Actor `index`, in its reserved bundle when the pool was placed (a replacement reuses it)."""
@@ -158,7 +160,12 @@ class RewardPool:
                                                                       self.cfg.shaping)
 
     def submit(self, samples: list[Sample], answers: dict[int, str]) -> list[ScoreJob]:
+        """Spread `samples` over the actors (round robin); verdicts come back through `collect`."""
         chunk = max(1, -(-len(samples) // len(self.actors)))
+        with self.lock:
+            return self._submit(samples, answers, chunk)
+
+    def _submit(self, samples: list[Sample], answers: dict[int, str], chunk: int) -> list[ScoreJob]:
         jobs = []
         for lo in range(0, len(samples), chunk):
             part = samples[lo: lo + chunk]
@@ -204,11 +211,12 @@ class RewardPool:
 
     def _replace(self, job: ScoreJob, counts: dict[str, float]) -> None:
         """Kill and replace the job's actor, unless an earlier job already did."""
-        if self.actors[job.actor_index] is not job.actor:
-            return
-        ray.kill(job.actor)
-        self.actors[job.actor_index] = self._new_actor(job.actor_index)
-        self.restarts += 1
+        with self.lock:
+            if self.actors[job.actor_index] is not job.actor:
+                return
+            ray.kill(job.actor)
+            self.actors[job.actor_index] = self._new_actor(job.actor_index)
+            self.restarts += 1
         counts["restarts"] += 1
 
     def kill(self) -> None:

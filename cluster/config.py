@@ -85,6 +85,8 @@ class RolloutConfig(Strict):
     multiprocess_engine: bool = False  # CPU: the in-process engine starts faster and takes tensors directly
     cpus_per_worker: float = Field(1, gt=0)
     resources: dict[str, float] = {}  # extra Ray resources per worker, e.g. {"rollout_node": 1}
+    max_restarts: int = Field(3, ge=0)  # a worker that dies is restarted, re-synced and its prompts re-issued
+    timeout_s: float = Field(600, gt=0)  # longest a worker may go without finishing a prompt (also engine start)
 
 
 class LearnerConfig(Strict):
@@ -112,11 +114,17 @@ class AlgorithmConfig(Strict):
     kl_estimator: Literal["k1", "k2", "k3"] = "k3"
     kl_in_reward: bool = False  # False: kl_coef * KL is a loss term; True: subtracted from the reward
     mask_truncated: bool = False  # overlong handling: responses cut at max_new_tokens get no loss
+    # Off-policy correction when train.max_staleness > 0: the PPO ratio is taken against the learner's
+    # recomputed logprobs and the PPO term weighted by min(pi_learner / pi_sampling, tis_cap) (TIS).
+    tis_cap: float | None = Field(2.0, ge=1)  # None: uncapped importance weights
 
 
 class RewardConfig(Strict):
     num_workers: int = Field(2, ge=1)
-    timeout_s: float = Field(2.0, gt=0)
+    timeout_s: float = Field(2.0, gt=0)  # per answer, enforced inside the reward actor
+    # A batch's verdicts are awaited at most 2 * timeout_s + grace_s (grace: actor start-up, a
+    # replacement's imports) after generation ends; an actor still busy then is killed and replaced.
+    grace_s: float = Field(40.0, gt=0)
     custom_fn: str | None = Field(None, pattern=r"^[\w.]+:\w+$")  # "module:function(response, answer) -> float"
     shaping: Literal["binary", "simplerl"] = "binary"  # reward.shaping.shaped_reward
     cpus_per_worker: float = Field(0.25, gt=0)
@@ -139,6 +147,9 @@ class ClusterConfig(Strict):
 class TrainConfig(Strict):
     steps: int = Field(40, ge=0)
     prompts_per_step: int = Field(32, ge=1)
+    # Asynchronous rollouts: generation for steps s+1..s+k runs while the learner trains on step s,
+    # and no sample more than k policy versions old is trained on. 0: synchronous (on-policy).
+    max_staleness: int = Field(0, ge=0, le=8)
     seed: int = 0
     eval_every: int = Field(10, ge=0)  # 0: only at start and end
     eval_samples: int = Field(4, ge=1)  # sampled completions per held-out prompt

@@ -55,7 +55,8 @@ def calibrate(rows: list[dict[str, str]], params: float, prompt_tokens: float, r
     decode, train = [], []
     for r in rows:
         samples = float(r["train.prompts_per_step"]) * samples_per_prompt
-        decode.append(float(r["gen_tokens_per_s"]) * float(r["step_s"]) / float(r["generate_and_score_s"]) / rollout_units)
+        generate_s = float(r.get("wait_rollout_s") or r["generate_and_score_s"])  # the latter: sweeps before async mode
+        decode.append(float(r["gen_tokens_per_s"]) * float(r["step_s"]) / generate_s / rollout_units)
         learner_units = float(r["resource_units"]) - rollout_units
         train.append(6 * params * (prompt_tokens + response_tokens) * samples / float(r["train_s"]) / learner_units)
     sync = statistics.median(float(r["sync_s"]) for r in rows)

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import dataclasses
+import threading
+from dataclasses import dataclass
 import time
 from typing import Any
 
@@ -25,7 +27,12 @@ def _get(refs: Any, timeout_s: float, what: str) -> Any:
 
 
 class ActorFailure(RuntimeError):
-    """An actor died, failed or did not answer in time; the message names it, e.g. `learner[1]`."""
+    """An actor died, failed or did not answer in time; the message names it, e.g. `learner[1]`.
+    `worker`: that name (None for a deadline); `lost`: the actor died (it may be restarting)."""
+
+    def __init__(self, message: str, worker: str | None = None, lost: bool = False) -> None:
+        super().__init__(message)
+        self.worker, self.lost = worker, lost
 
 
 def _cause(error: Exception) -> str:
@@ -51,7 +58,8 @@ def wait_named(named: list[tuple[str, ray.ObjectRef]], timeout_s: float, what: s
         except ray.exceptions.RayError as err:
             if isinstance(err, ray.exceptions.RayTaskError) and not name_task_errors:
                 raise
-            raise error(f"{what}: {name} failed: {_cause(err)}") from err
+            lost = isinstance(err, (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError))
+            raise error(f"{what}: {name} failed: {_cause(err)}", name, lost) from err
     return ray.get([ref for _, ref in named])
 
 
@@ -63,7 +71,8 @@ class LearnerGroup:
                            micro_batch_size=l.micro_batch_size, clip_low=a.clip_low, clip_high=a.clip_high,
                            dual_clip=a.dual_clip, loss_agg=a.loss_agg, max_response_len=cfg.rollout.max_new_tokens,
                            entropy_coef=a.entropy_coef, kl_coef=a.kl_coef, kl_estimator=a.kl_estimator,
-                           kl_in_reward=a.kl_in_reward, seed=cfg.train.seed, timeout_s=cfg.sync.timeout_s)
+                           kl_in_reward=a.kl_in_reward, tis_cap=a.tis_cap, seed=cfg.train.seed,
+                           timeout_s=cfg.sync.timeout_s)
         spec = dataclasses.replace(spec, **overrides)
         remote = ray.remote(LearnerWorker)
         self.timeout_s = cfg.sync.timeout_s * 5
@@ -92,6 +101,10 @@ class LearnerGroup:
         out["loss"], out["grad_norm"] = sums["loss"], per_rank[0]["grad_norm"]
         return out
 
+    def logprobs(self, batch: TrainBatch) -> list[list[float]]:
+        """Response logprobs under the learner's current weights, each rank scoring its shard."""
+        return unshard(self.call("logprobs", batch))
+
     def ref_logprobs(self, batch: TrainBatch) -> list[list[float]]:
         """Reference-model logprobs of every response, each rank scoring its shard."""
         return unshard(self.call("ref_logprobs", batch))
@@ -108,28 +121,43 @@ class RolloutGroup:
                           max_model_len=r.max_model_len, kv_cache_gib=r.kv_cache_gib,
                           gpu_memory_utilization=r.gpu_memory_utilization, tensor_parallel_size=r.tensor_parallel_size,
                           multiprocess=r.multiprocess_engine, seed=cfg.train.seed)
-        remote = ray.remote(RolloutWorker)
+        # Ray restarts a dead worker (same bundle, fresh engine from the base model); the driver then
+        # re-syncs its weights and re-issues its prompts (cluster/generation.py). Tasks are not retried
+        # by Ray: a re-issue must carry the current policy version, which only the driver knows.
+        remote = ray.remote(max_restarts=r.max_restarts, max_task_retries=0)(RolloutWorker)
         self.cfg = r
-        self.timeout_s = cfg.sync.timeout_s * 5
+        self.timeout_s = r.timeout_s
         self.actors = [remote.options(**placement.options("rollout", i)).remote(spec)
                        for i in range(r.num_workers)]
         _get([a.__ray_ready__.remote() for a in self.actors], self.timeout_s, "rollout engine start")
 
-    def generate_async(self, prompts: list[Prompt], n: int, temperature: float, seed: int,
-                       max_tokens: int | None = None) -> list[ray.ObjectRef]:
-        """Split prompts evenly over workers; returns one future per worker."""
+    def split(self, prompts: list[Prompt]) -> list[list[Prompt]]:
+        """An even, deterministic split: worker i gets prompts i, i+k, i+2k, ..."""
         k = len(self.actors)
-        refs = []
-        for i, actor in enumerate(self.actors):
-            part = prompts[i::k]
-            if part:
-                refs.append(actor.generate.remote(part, n, temperature, self.cfg.top_p,
-                                                  max_tokens or self.cfg.max_new_tokens, seed + i))
-        return refs
+        return [prompts[i::k] for i in range(k)]
 
     def generate(self, prompts: list[Prompt], n: int, temperature: float, seed: int) -> list[Sample]:
-        chunks = _get(self.generate_async(prompts, n, temperature, seed), self.timeout_s, "generation")
+        """All completions at once (no streaming, no restarts): for tests and quick checks."""
+        refs = [actor.generate.remote(part, n, temperature, self.cfg.top_p, self.cfg.max_new_tokens, seed + i)
+                for i, (actor, part) in enumerate(zip(self.actors, self.split(prompts))) if part]
+        chunks = _get(refs, self.timeout_s, "generation")
         return sorted((s for c in chunks for s in c), key=lambda s: s.prompt_index)
+
+    def wait_alive(self, index: int) -> None:
+        """Block until rollout[index] answers (after a restart its engine is rebuilt: this can take a while)."""
+        deadline = time.monotonic() + self.timeout_s
+        while True:
+            try:
+                ray.get(self.actors[index].__ray_ready__.remote(), timeout=max(1.0, deadline - time.monotonic()))
+                return
+            except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError) as error:
+                if isinstance(error, ray.exceptions.ActorDiedError) or time.monotonic() > deadline:
+                    raise RuntimeError(f"rollout[{index}] died and was not restarted "
+                                       f"(rollout.max_restarts={self.cfg.max_restarts}): {error}") from None
+                time.sleep(0.5)
+            except ray.exceptions.GetTimeoutError:
+                raise TimeoutError(f"rollout[{index}] did not come back within rollout.timeout_s="
+                                   f"{self.timeout_s:g}s after dying") from None
 
     def call(self, method: str, *args: Any) -> list[Any]:
         return _get([getattr(a, method).remote(*args) for a in self.actors], self.timeout_s, f"rollout.{method}")
@@ -140,6 +168,17 @@ class RolloutGroup:
         finally:
             for a in self.actors:
                 ray.kill(a)
+
+
+@dataclass
+class ScoreJob:
+    """Samples sent to one reward actor, with the (response, gold answer) pairs, for a re-send."""
+
+    ref: ray.ObjectRef
+    actor_index: int
+    actor: Any  # the handle it was sent to (the pool's slot may hold a replacement since)
+    samples: list[Sample]
+    pairs: list[tuple[str, str]]
 
 
 class RewardPool:
@@ -153,6 +192,7 @@ class RewardPool:
         self.actors = [self._new_actor(i) for i in range(self.cfg.num_workers)]
         self.next = 0
         self.restarts = 0
+        self.lock = threading.Lock()  # batches in flight (train.max_staleness > 0) score from their own threads
 
     def _new_actor(self, index: int) -> Any:
         """Actor `index`, in its reserved bundle when the pool was placed (a replacement reuses it)."""
@@ -160,37 +200,65 @@ class RewardPool:
         return self.remote.options(max_concurrency=1, **where).remote(self.cfg.timeout_s, self.cfg.custom_fn,
                                                                       self.cfg.shaping)
 
-    def submit(self, samples: list[Sample], answers: dict[int, str]) -> list[tuple[ray.ObjectRef, int, list[Sample]]]:
+    def submit(self, samples: list[Sample], answers: dict[int, str]) -> list[ScoreJob]:
+        """Spread `samples` over the actors (round robin); verdicts come back through `collect`."""
         chunk = max(1, -(-len(samples) // len(self.actors)))
+        with self.lock:
+            return self._submit(samples, answers, chunk)
+
+    def _submit(self, samples: list[Sample], answers: dict[int, str], chunk: int) -> list[ScoreJob]:
         jobs = []
         for lo in range(0, len(samples), chunk):
             part = samples[lo: lo + chunk]
             index = self.next % len(self.actors)
             self.next += 1
-            ref = self.actors[index].score.remote([(s.text, answers[s.prompt_index]) for s in part])
-            jobs.append((ref, index, part))
+            pairs = [(s.text, answers[s.prompt_index]) for s in part]
+            actor = self.actors[index]
+            jobs.append(ScoreJob(actor.score.remote(pairs), index, actor, part, pairs))
         return jobs
 
-    def collect(self, jobs: list[tuple[ray.ObjectRef, int, list[Sample]]]) -> dict[str, float]:
-        """Write verdicts into the samples; returns counts of timeouts and unboxed answers."""
-        counts = {"timeouts": 0.0, "unboxed": 0.0}
-        deadline = time.monotonic() + self.cfg.timeout_s * 2 + 5.0 * 8
-        for ref, index, part in jobs:
-            try:
-                verdicts: list[Verdict] = ray.get(ref, timeout=max(0.1, deadline - time.monotonic()))
-            except (ray.exceptions.GetTimeoutError, ray.exceptions.RayActorError):
-                self._replace(index)
-                verdicts = [Verdict(0.0, False, True, timed_out=True) for _ in part]
-            for sample, verdict in zip(part, verdicts):
+    def collect(self, jobs: list[ScoreJob]) -> dict[str, float]:
+        """Write verdicts into the samples; returns counts of timeouts, unboxed answers and replaced actors.
+
+        A reward actor that hangs past the deadline is killed and replaced, and its items count as
+        timeouts (reward 0). One that dies is replaced and its items are scored again, once."""
+        counts = {"timeouts": 0.0, "unboxed": 0.0, "restarts": 0.0}
+        deadline = time.monotonic() + self.cfg.timeout_s * 2 + self.cfg.grace_s
+        for job in jobs:
+            verdicts = self._verdicts(job, deadline, counts)
+            for sample, verdict in zip(job.samples, verdicts):
                 sample.reward, sample.correct = verdict.reward, verdict.correct
                 counts["timeouts"] += verdict.timed_out
                 counts["unboxed"] += not verdict.boxed
         return counts
 
-    def _replace(self, index: int) -> None:
-        ray.kill(self.actors[index])
-        self.actors[index] = self._new_actor(index)
-        self.restarts += 1
+    def _verdicts(self, job: ScoreJob, deadline: float, counts: dict[str, float], retry: bool = True) -> list[Verdict]:
+        index, part = job.actor_index, job.samples
+        timed_out = [Verdict(0.0, False, True, timed_out=True) for _ in part]
+        try:
+            return ray.get(job.ref, timeout=max(0.1, deadline - time.monotonic()))
+        except ray.exceptions.GetTimeoutError:
+            print(f"reward[{index}] did not answer within its deadline: replaced; {len(part)} items count as timeouts")
+            self._replace(job, counts)
+            return timed_out
+        except ray.exceptions.RayActorError:
+            self._replace(job, counts)
+            if not retry:
+                return timed_out
+            print(f"reward[{index}] died or was replaced: scoring its {len(part)} items again")
+            actor = self.actors[index]
+            again = ScoreJob(actor.score.remote(job.pairs), index, actor, part, job.pairs)
+            return self._verdicts(again, time.monotonic() + self.cfg.timeout_s * 2 + self.cfg.grace_s, counts, retry=False)
+
+    def _replace(self, job: ScoreJob, counts: dict[str, float]) -> None:
+        """Kill and replace the job's actor, unless an earlier job already did."""
+        with self.lock:
+            if self.actors[job.actor_index] is not job.actor:
+                return
+            ray.kill(job.actor)
+            self.actors[job.actor_index] = self._new_actor(job.actor_index)
+            self.restarts += 1
+        counts["restarts"] += 1
 
     def kill(self) -> None:
         for a in self.actors:

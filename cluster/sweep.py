@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from cluster.config import Config, ConfigError, load_config
 from cluster.metrics import read_metrics
 
-PHASES = ("generate_and_score", "advantages", "train", "sync")
+PHASES = ("wait_rollout", "advantages", "old_logprobs", "train", "sync")
 
 
 class SweepSpec(BaseModel):
@@ -59,7 +59,7 @@ def summarize(cfg: Config, run_dir: Path) -> dict[str, float]:
     med = lambda key: statistics.median(r.get(key, 0.0) for r in rows)  # noqa: E731
     phases = {p: med(f"time/{p}_s") for p in PHASES}
     step_s = sum(phases.values())
-    tokens = statistics.median(r["perf/gen_tokens_per_s"] * r["time/generate_and_score_s"] for r in rows)
+    tokens = statistics.median(r["perf/gen_tokens_per_s"] * r["time/generate_s"] for r in rows)
     samples = cfg.train.prompts_per_step * cfg.rollout.samples_per_prompt
     return {"step_s": step_s, "samples_per_s": samples / step_s, "gen_tokens_per_s": tokens / step_s,
             "resource_units": resource_units(cfg), **{f"{p}_s": v for p, v in phases.items()}}

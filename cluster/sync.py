@@ -16,6 +16,7 @@ unusable (a receiver may be half-loaded): restart the rollout engines.
 from __future__ import annotations
 
 import os
+import threading
 import time
 import uuid
 from typing import Any
@@ -29,7 +30,7 @@ from protocol.weight_sync import DTYPES, WeightManifest, build_manifest
 
 
 class WeightSyncError(ActorFailure):
-    pass
+    """A part of a weight sync failed; `worker` and `lost` as in ActorFailure."""
 
 
 def choose_transport(cfg: Config) -> str:
@@ -59,6 +60,9 @@ class WeightSync:
         self.layout = learners.call("weight_layout")[0]
         self.location = f"/dev/shm/reasonrl-{os.getpid()}-{uuid.uuid4().hex[:8]}.weights"
         self.version = 0
+        self.ipc_handle: bytes | None = None  # the learner's buffer handle (transport ipc), kept for re-syncs
+        # Syncs run on the driver's main thread, re-syncs of restarted workers on generation threads.
+        self.lock = threading.Lock()
         self.check(self.manifest(0))
         if self.transport == "broadcast":
             self.open_groups()
@@ -104,20 +108,69 @@ class WeightSync:
             args: tuple = (manifest,)
         else:
             handle = wait_named(self._learner_refs("export_ipc", manifest.total_bytes, buckets), self.deadline_s, what)[0]
+            self.ipc_handle = handle
             args = (manifest, handle)
         exported = time.perf_counter() - start
         wait_named(self._rollout_refs(f"load_weights_{self.transport}", *args), self.deadline_s, what)
         return exported
 
     def sync(self) -> dict[str, float]:
-        """Push the learner's current weights to every rollout worker; bumps the policy version on success."""
+        """Push the learner's current weights to every rollout worker; bumps the policy version on success.
+
+        A rollout worker that dies during the sync is waited for (Ray restarts it) and loaded from the
+        buffer the learner just wrote (shm, ipc); the sync then succeeds and says so in `sync/recovered`."""
         manifest = self.manifest(self.version + 1)
         start = time.perf_counter()
-        exported = self._move(manifest)
+        recovered = 0
+        with self.lock:
+            try:
+                exported = self._move(manifest)
+            except WeightSyncError as error:
+                if not (error.lost and (error.worker or "").startswith("rollout[")):
+                    raise
+                exported, recovered = 0.0, self._recover(manifest, error)
+            self.version = manifest.version
         total = time.perf_counter() - start
-        self.version = manifest.version
         return {"sync/export_s": exported, "sync/load_s": total - exported, "sync/total_s": total,
-                "sync/bytes": float(manifest.total_bytes), "policy_version": float(self.version)}
+                "sync/bytes": float(manifest.total_bytes), "policy_version": float(self.version),
+                "sync/recovered": float(recovered)}
+
+    def _recover(self, manifest: WeightManifest, error: WeightSyncError) -> int:
+        """After a receiver died mid-sync: wait for the learner's export to finish, then load every
+        worker that does not hold `manifest.version` (restarted ones) from the buffer. Returns how many."""
+        if self.transport == "broadcast":
+            raise WeightSyncError(f"{error} (a restarted receiver cannot rejoin a broadcast group yet; "
+                                  "use sync.transport=shm or ipc)", error.worker) from error
+        ray.get(self.learners.actors[0].address.remote(), timeout=self.deadline_s)  # queued behind the export
+        stale = []
+        for i in range(len(self.rollouts.actors)):
+            self.rollouts.wait_alive(i)
+            if ray.get(self.rollouts.actors[i].policy_version.remote(), timeout=self.deadline_s) != manifest.version:
+                stale.append(i)
+        for i in stale:
+            self._load_from_buffer(i, manifest)
+        print(f"weight sync v{manifest.version}: {error.worker} died during the sync; reloaded {len(stale)} restarted worker(s)")
+        return len(stale)
+
+    def _load_from_buffer(self, index: int, manifest: WeightManifest) -> None:
+        """Load the weights the learner last exported into rollout[index] without the learner (which may be
+        training): shm and ipc keep a whole weight set in a buffer until the next sync."""
+        actor = self.rollouts.actors[index]
+        if self.transport == "shm":
+            ref = actor.load_weights_shm.remote(manifest)
+        elif self.transport == "ipc" and self.ipc_handle is not None:
+            ref = actor.load_weights_ipc.remote(manifest, self.ipc_handle)
+        else:
+            raise WeightSyncError(f"rollout[{index}] restarted: its weights cannot be restored with "
+                                  f"sync.transport={self.transport}; use shm or ipc", f"rollout[{index}]")
+        wait_named([(f"rollout[{index}]", ref)], self.deadline_s, f"re-sync of restarted rollout[{index}]")
+
+    def resync(self, index: int) -> None:
+        """Put the current policy version into rollout[index] (restarted with the base model's weights)."""
+        with self.lock:
+            if self.version == 0:  # nothing exported yet: the base model is the current policy
+                return
+            self._load_from_buffer(index, self.manifest(self.version))
 
     def close(self) -> None:
         if os.path.exists(self.location):

@@ -48,6 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     run_dir = Path(args.run_dir or Path(cfg.run.output_dir) / f"{cfg.run.name}-{time.strftime('%Y%m%d-%H%M%S')}")
     from cluster.checkpoint import CheckpointError
     from cluster.data import DataError
+    from cluster.generation import GenerationError
     from cluster.groups import ActorFailure
     from cluster.placement import PlacementError
     from cluster.trainer import Trainer
@@ -65,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     except PlacementError as err:  # against a cluster: what it lacks is only known once connected
         print(f"error: {err}", file=sys.stderr)
         return 3
-    except (ActorFailure, CheckpointError) as err:
+    except (ActorFailure, CheckpointError, GenerationError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     finally:

@@ -13,9 +13,11 @@ from cluster.base_model import resolve_model
 from cluster.config import Config, dump_config
 from cluster.data import PromptSource, load_problems
 from cluster.export import copy_tokenizer
-from cluster.evaluate_loop import evaluate, score_prompts
+from cluster.evaluate_loop import evaluate
+from cluster.generation import Rollout
 from cluster.groups import LearnerGroup, RewardPool, RolloutGroup
 from cluster.metrics import MetricsLog, PhaseTimer, plot_emergence, plot_run, read_metrics, reflects
+from cluster.pipeline import RolloutPipeline, importance_weight_metrics, split_stale, staleness_metrics
 from cluster.placement import connect, place
 from cluster.sync import WeightSync
 from learner.core_algos import compute_advantages, kl_penalised_rewards, sequence_kl
@@ -65,25 +67,46 @@ class Trainer:
         self.learners = LearnerGroup(cfg, self.model_path, self.placement)
         self.rewards = RewardPool(cfg, self.placement)
         self.sync = WeightSync(cfg, self.learners, self.rollouts)
+        self.pipeline = RolloutPipeline(cfg, self.rollouts, self.rewards, self.train_data, self.sync.resync)
         print(f"model: {self.model_path} ({self.learners.num_params / 1e6:.1f}M parameters), "
               f"{len(train)} train / {len(self.eval_prompts)} held-out problems, weight sync: {self.sync.transport}")
 
     def step(self, step: int) -> dict[str, float]:
-        cfg, timer = self.cfg, PhaseTimer()
-        prompts = self.train_data.batch(step, cfg.train.prompts_per_step)
-        with timer("generate_and_score"):
-            samples, counts = score_prompts(self.rollouts, self.rewards, prompts, cfg.rollout.samples_per_prompt,
-                                            cfg.rollout.temperature, seed=cfg.train.seed * 1_000_003 + step)
+        """One policy step: take the step's scored batch (generated ahead when train.max_staleness > 0),
+        compute advantages, train, and sync the new weights into the rollout workers."""
+        cfg, timer, k = self.cfg, PhaseTimer(), self.cfg.train.max_staleness
+        self.pipeline.fill(step)  # batches for steps step..step+k, ordered before this step's sync
+        with timer("wait_rollout"):
+            prompts, rollout = self.pipeline.take(step)
+        samples, dropped = split_stale(rollout.samples, self.sync.version, k, cfg.rollout.samples_per_prompt)
+        async_metrics = {**staleness_metrics(samples, self.sync.version), "async/dropped_stale": float(dropped)}
         with timer("advantages"):
             kl_metrics = self._set_advantages(samples)
+        batch = TrainBatch.from_samples(samples, cfg.algorithm.mask_truncated)
+        if k > 0:
+            with timer("old_logprobs"):
+                batch.behaviour_logprobs, batch.old_logprobs = batch.old_logprobs, self.learners.logprobs(batch)
+            async_metrics.update(importance_weight_metrics(batch, cfg.algorithm.tis_cap))
         with timer("train"):
-            train_metrics = self.learners.train(TrainBatch.from_samples(samples, cfg.algorithm.mask_truncated))
+            train_metrics = self.learners.train(batch)
         with timer("sync"):
             sync_metrics = self.sync.sync()
         self.log.samples(step, samples, {p.index: p.answer for p in prompts}, cfg.train.samples_to_save)
-        return {**self._sample_metrics(samples, counts), **{f"train/{k}": v for k, v in train_metrics.items()},
-                **kl_metrics, **sync_metrics, **timer.seconds,
-                "perf/gen_tokens_per_s": sum(len(s.response_ids) for s in samples) / timer.seconds["time/generate_and_score_s"]}
+        return {**self._sample_metrics(samples, rollout), **{f"train/{k}": v for k, v in train_metrics.items()},
+                **kl_metrics, **sync_metrics, **async_metrics, **timer.seconds, **self._role_times(rollout, timer)}
+
+    def _role_times(self, rollout: Rollout, timer: PhaseTimer) -> dict[str, float]:
+        """Busy and idle seconds of each role in this step (the rollout workers' busy time counts the batch
+        consumed in this step, whenever it was generated)."""
+        t = timer.seconds
+        step_s = sum(t.values())
+        engine_s = sum(rollout.engine_s) / max(len(rollout.engine_s), 1)
+        learner_s = t.get("time/old_logprobs_s", 0.0) + t["time/train_s"] + t["time/sync_s"]
+        return {"time/step_s": step_s, "time/generate_s": engine_s, "time/rollout_wall_s": rollout.wall_s,
+                "time/rollout_idle_s": max(0.0, step_s - engine_s - t["time/sync_s"]),
+                "time/learner_idle_s": max(0.0, step_s - learner_s),
+                "perf/gen_tokens_per_s": sum(len(s.response_ids) for s in rollout.samples) / max(engine_s, 1e-9),
+                "perf/samples_per_s": len(rollout.samples) / max(step_s, 1e-9)}
 
     def _set_advantages(self, samples: list[Sample]) -> dict[str, float]:
         """Write each sample's advantage with the configured estimator. With the KL in the reward,
@@ -101,7 +124,8 @@ class Trainer:
             sample.advantage = adv
         return metrics
 
-    def _sample_metrics(self, samples: list[Sample], counts: dict[str, float]) -> dict[str, float]:
+    def _sample_metrics(self, samples: list[Sample], rollout: Rollout) -> dict[str, float]:
+        counts = rollout.counts
         groups = [samples[i: i + self.cfg.rollout.samples_per_prompt]
                   for i in range(0, len(samples), self.cfg.rollout.samples_per_prompt)]
         return {
@@ -114,12 +138,14 @@ class Trainer:
             "train/solved_none_frac": mean([all(s.reward == 0 for s in g) for g in groups]),
             "train/solved_all_frac": mean([all(s.reward > 0 for s in g) for g in groups]),
             "reward/timeouts": counts["timeouts"],
+            "reward/restarts": counts["restarts"],
+            "rollout/restarts": float(rollout.restarts),
         }
 
     def evaluate(self, step: int) -> dict[str, float]:
         t = time.perf_counter()
         metrics = evaluate(self.rollouts, self.rewards, self.eval_prompts, self.cfg.train.eval_samples,
-                           self.cfg.rollout.temperature, seed=777)
+                           self.cfg.rollout.temperature, seed=777, resync=self.sync.resync)
         metrics["time/eval_s"] = time.perf_counter() - t
         self.log.log(step, metrics)
         return metrics
@@ -149,7 +175,7 @@ class Trainer:
             metrics = self.step(step)
             self.log.log(step + 1, metrics)
             bar.set_postfix(reward=f"{metrics['reward/mean']:.3f}", boxed=f"{metrics['train/boxed_rate']:.2f}",
-                            step_s=f"{sum(v for k, v in metrics.items() if k.startswith('time/')):.1f}")
+                            step_s=f"{metrics['time/step_s']:.1f}")
             if self._every(cfg.train.eval_every, step + 1):
                 last = self.evaluate(step + 1)
             if self._every(cfg.train.benchmark_every, step + 1):
@@ -206,9 +232,9 @@ class Trainer:
 
     def close(self) -> None:
         self.log.close()
-        for name in ("sync", "grader", "rewards", "learners", "rollouts"):
+        for name in ("pipeline", "sync", "grader", "rewards", "learners", "rollouts"):
             part = getattr(self, name, None)
             if part is not None:
-                (part.close if name == "sync" else part.kill)()
+                (part.close if name in ("pipeline", "sync") else part.kill)()
         if getattr(self, "placement", None) is not None:
             self.placement.release()

@@ -19,6 +19,7 @@ class PaddedBatch:
     attention_mask: torch.Tensor  # [B, L]
     targets: torch.Tensor  # [B, L-1]
     old_logprobs: torch.Tensor  # [B, L-1]
+    behaviour_logprobs: torch.Tensor | None  # [B, L-1]; None: on-policy batch (see TrainBatch)
     advantages: torch.Tensor  # [B]
     mask: torch.Tensor  # [B, L-1]
     response_starts: list[int]
@@ -36,6 +37,7 @@ def pad(batch: TrainBatch, pad_id: int, device: torch.device) -> PaddedBatch:
     input_ids = torch.full((size, length), pad_id, dtype=torch.long)
     attention = torch.zeros((size, length), dtype=torch.long)
     old = torch.zeros((size, length - 1))
+    behaviour = torch.zeros((size, length - 1)) if batch.behaviour_logprobs else None
     mask = torch.zeros((size, length - 1))
     starts, lens = [], []
     for i, (prompt, response) in enumerate(zip(batch.prompt_ids, batch.response_ids)):
@@ -48,11 +50,13 @@ def pad(batch: TrainBatch, pad_id: int, device: torch.device) -> PaddedBatch:
         if response:
             if batch.old_logprobs:
                 old[i, start: start + len(response)] = torch.tensor(batch.old_logprobs[i], dtype=torch.float32)
+            if behaviour is not None:
+                behaviour[i, start: start + len(response)] = torch.tensor(batch.behaviour_logprobs[i])
             loss_mask = batch.loss_mask[i] if batch.loss_mask else [1.0] * len(response)
             mask[i, start: start + len(response)] = torch.tensor(loss_mask, dtype=torch.float32)
     adv = torch.tensor(batch.advantages or [0.0] * size, dtype=torch.float32)
     return PaddedBatch(input_ids.to(device), attention.to(device), input_ids[:, 1:].to(device), old.to(device),
-                       adv.to(device), mask.to(device), starts, lens)
+                       None if behaviour is None else behaviour.to(device), adv.to(device), mask.to(device), starts, lens)
 
 
 def split(batch: TrainBatch, parts: int) -> list[TrainBatch]:
@@ -62,5 +66,5 @@ def split(batch: TrainBatch, parts: int) -> list[TrainBatch]:
     out = []
     for lo, hi in zip(bounds, bounds[1:]):
         out.append(TrainBatch(batch.prompt_ids[lo:hi], batch.response_ids[lo:hi], batch.old_logprobs[lo:hi],
-                              batch.advantages[lo:hi], batch.loss_mask[lo:hi]))
+                              batch.advantages[lo:hi], batch.loss_mask[lo:hi], batch.behaviour_logprobs[lo:hi]))
     return out

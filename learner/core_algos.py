@@ -2,7 +2,7 @@
 select them. This module is the public facade; the code lives in:
 
 - learner/advantages.py   advantage estimators (ADVANTAGE_ESTIMATORS) and KL-penalised rewards
-- learner/losses.py       token logprobs, entropy, PPO clip loss (clip-higher, dual clip), SFT loss
+- learner/losses.py       token logprobs, entropy, PPO clip loss (clip-higher, dual clip), TIS weights, SFT loss
 - learner/kl.py           KL estimators k1 / k2 / k3 (KL_ESTIMATORS)
 - learner/aggregation.py  loss aggregation modes and the exact per-token weights for sharded batches
 """
@@ -13,7 +13,8 @@ from learner.advantages import (ADVANTAGE_ESTIMATORS, compute_advantages, dr_grp
 from learner.aggregation import (AGG_MODES, aggregate, aggregation_weights, batch_normalisers, masked_mean,
                                  masked_sum)
 from learner.kl import KL_ESTIMATORS, kl_estimator, kl_k1, kl_k2, kl_k3, sequence_kl
-from learner.losses import entropy_from_logits, policy_loss, ppo_clip_loss, sft_loss, token_logprobs
+from learner.losses import (entropy_from_logits, policy_loss, ppo_clip_loss, sft_loss, token_logprobs,
+                            truncated_importance_weights)
 
 __all__ = [
     "ADVANTAGE_ESTIMATORS", "compute_advantages", "dr_grpo_advantages", "grpo_advantages", "kl_penalised_rewards",
@@ -21,4 +22,5 @@ __all__ = [
     "AGG_MODES", "aggregate", "aggregation_weights", "batch_normalisers", "masked_mean", "masked_sum",
     "KL_ESTIMATORS", "kl_estimator", "kl_k1", "kl_k2", "kl_k3", "sequence_kl",
     "entropy_from_logits", "policy_loss", "ppo_clip_loss", "sft_loss", "token_logprobs",
+    "truncated_importance_weights",
 ]

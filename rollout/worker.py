@@ -4,8 +4,9 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass
+from typing import Any, Iterator
 
-from protocol.batch import Prompt, Sample
+from protocol.batch import GeneratedChunk, Prompt, Sample
 from protocol.weight_sync import WeightManifest
 
 
@@ -35,25 +36,45 @@ class RolloutWorker:
                                               spec.tensor_parallel_size)
         self.version = 0
 
+    def _params(self, prompts: list[Prompt], n: int, temperature: float, top_p: float, max_tokens: int,
+                seed: int | None) -> list[Any]:
+        # One seed per prompt: a shared seed would draw the same random numbers for every prompt and
+        # correlate their samples (measured: identical format choices across a whole batch). It also
+        # makes a prompt's completions independent of which worker or batch generates it.
+        return [self.vc.sampling_params(n, temperature, top_p, max_tokens,
+                                        None if seed is None else (seed * 1_000_003 + p.index) % 2**31)
+                for p in prompts]
+
+    def _samples(self, prompt: Prompt, output: Any) -> list[Sample]:
+        samples = []
+        for completion in output.outputs:
+            ids = list(completion.token_ids)
+            samples.append(Sample(
+                prompt_index=prompt.index, prompt_ids=list(prompt.token_ids), response_ids=ids,
+                response_logprobs=self.vc.sampled_logprobs(ids, completion.logprobs),
+                text=completion.text, finish_reason=str(completion.finish_reason), policy_version=self.version,
+            ))
+        return samples
+
     def generate(self, prompts: list[Prompt], n: int, temperature: float, top_p: float, max_tokens: int,
                  seed: int | None = None) -> list[Sample]:
         """n completions per prompt, with token ids, sampling logprobs and the policy version."""
-        # One seed per prompt: a shared seed would draw the same random numbers for every prompt and
-        # correlate their samples (measured: identical format choices across a whole batch).
-        params = [self.vc.sampling_params(n, temperature, top_p, max_tokens,
-                                          None if seed is None else (seed * 1_000_003 + p.index) % 2**31)
-                  for p in prompts]
+        params = self._params(prompts, n, temperature, top_p, max_tokens, seed)
         outputs = self.engine.generate(self.vc.token_prompts([p.token_ids for p in prompts]), params, use_tqdm=False)
-        samples = []
-        for prompt, out in zip(prompts, outputs):
-            for completion in out.outputs:
-                ids = list(completion.token_ids)
-                samples.append(Sample(
-                    prompt_index=prompt.index, prompt_ids=list(prompt.token_ids), response_ids=ids,
-                    response_logprobs=self.vc.sampled_logprobs(ids, completion.logprobs),
-                    text=completion.text, finish_reason=str(completion.finish_reason), policy_version=self.version,
-                ))
-        return samples
+        return [s for prompt, out in zip(prompts, outputs) for s in self._samples(prompt, out)]
+
+    def generate_stream(self, prompts: list[Prompt], n: int, temperature: float, top_p: float, max_tokens: int,
+                        seed: int | None = None) -> Iterator[GeneratedChunk]:
+        """Like `generate`, but a Ray streaming generator: yields each engine step's finished prompts,
+        so the driver can score them while the rest are still generating, and knows which prompts
+        are unfinished if this worker dies."""
+        params = self._params(prompts, n, temperature, top_p, max_tokens, seed)
+        start = time.perf_counter()
+        for finished in self.vc.stream_generate(self.engine, [p.token_ids for p in prompts], params):
+            samples = [s for i, out in sorted(finished, key=lambda f: f[0]) for s in self._samples(prompts[i], out)]
+            now = time.perf_counter()
+            yield GeneratedChunk(samples, now - start)
+            start = time.perf_counter()
 
     def sequence_logprobs(self, token_ids: list[list[int]]) -> list[list[float]]:
         """Logprobs of tokens 1..end of each sequence under the engine's current weights."""
@@ -88,6 +109,9 @@ class RolloutWorker:
     def check_weight_names(self, manifest: WeightManifest) -> None:
         """Validate names and shapes against the engine's model before any load (raises ValueError)."""
         self.engine.collective_rpc("check_weight_names", args=([(m.name, list(m.shape)) for m in manifest.tensors],))
+
+    def policy_version(self) -> int:
+        return self.version
 
     def shutdown(self) -> None:
         self.vc.shutdown(self.engine)

@@ -16,7 +16,7 @@ def test_grid_is_the_full_product_and_overrides_are_valid():
 
 def _fake_run(path, step_times):
     path.mkdir()
-    rows = [{"step": i + 1, "reward/mean": 0.5, "time/generate_and_score_s": g, "time/advantages_s": 0.0,
+    rows = [{"step": i + 1, "reward/mean": 0.5, "time/wait_rollout_s": g, "time/generate_s": g, "time/advantages_s": 0.0,
              "time/train_s": t, "time/sync_s": 0.1, "perf/gen_tokens_per_s": 1000.0 / g}
             for i, (g, t) in enumerate(step_times)]
     (path / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in rows))

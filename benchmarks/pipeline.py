@@ -1,0 +1,172 @@
+"""Synchronous vs asynchronous rollouts (train.max_staleness 0 / 1 / 2), same config and seed, one run.
+
+Step timing: each setting trains `--steps` policy steps on the embedded tiny config (no evaluation) and
+reports medians after `--skip` warm-up steps: step time, samples/s, generation (engine busy) time,
+learner time (old-logprob recompute + train + sync) and each role's idle time. Goal: the async step
+time within 1.15x of max(generation, training + sync) of the synchronous run, against the sync sum.
+
+Learning (`--learning`): the full default run (40 steps, evaluations) for max_staleness 0 and 1;
+goal: the async accuracy gain within 5 points of the synchronous one after the same samples.
+
+    .venv/bin/python benchmarks/pipeline.py --write-docs [--learning]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+RESULTS = ROOT / "docs" / "pipeline"
+
+from cluster.config import load_config  # noqa: E402
+from cluster.trainer import Trainer  # noqa: E402
+
+KEYS = {"step_s": "time/step_s", "generate_s": "time/generate_s", "wait_rollout_s": "time/wait_rollout_s",
+        "train_s": "time/train_s", "sync_s": "time/sync_s", "old_logprobs_s": "time/old_logprobs_s",
+        "rollout_idle_s": "time/rollout_idle_s", "learner_idle_s": "time/learner_idle_s",
+        "samples_per_s": "perf/samples_per_s", "staleness": "async/staleness_mean"}
+
+
+def time_steps(staleness: int, steps: int, skip: int, overrides: list[str]) -> dict[str, Any]:
+    cfg = load_config(str(ROOT / "configs" / "tiny.yaml"),
+                      [f"train.max_staleness={staleness}", f"train.steps={steps}", *overrides])
+    trainer = Trainer(cfg, Path(tempfile.mkdtemp(prefix=f"pipeline-k{staleness}-")))
+    try:
+        trainer.setup()
+        rows = []
+        for step in range(steps):
+            rows.append(trainer.step(step))
+            print(f"k={staleness} step {step}: {rows[-1]['time/step_s']:.2f}s", flush=True)
+    finally:
+        trainer.close()
+    kept = rows[skip:]
+    out: dict[str, Any] = {name: statistics.median(r.get(key, 0.0) for r in kept) for name, key in KEYS.items()}
+    out["learner_s"] = out["old_logprobs_s"] + out["train_s"] + out["sync_s"]
+    out["max_staleness"] = staleness
+    return out
+
+
+def learning(staleness: int, overrides: list[str]) -> dict[str, Any]:
+    cfg = load_config(str(ROOT / "configs" / "tiny.yaml"), [f"train.max_staleness={staleness}", *overrides])
+    trainer = Trainer(cfg, Path(tempfile.mkdtemp(prefix=f"learning-k{staleness}-")))
+    try:
+        summary = trainer.run()
+    finally:
+        trainer.close()
+    return {"max_staleness": staleness, **{k: summary[k] for k in (
+        "eval_accuracy_start", "eval_accuracy_end", "eval_greedy_accuracy_start", "eval_greedy_accuracy_end",
+        "steps", "wall_seconds")}}
+
+
+def timing_table(rows: list[dict[str, Any]]) -> str:
+    sync = next(r for r in rows if r["max_staleness"] == 0)
+    lines = ["| max_staleness | step s | samples/s | speed-up | generation s | learner s (logprobs+train+sync) | "
+             "rollout idle s | learner idle s | mean staleness |", "|" + "---|" * 9]
+    for r in rows:
+        lines.append(f"| {r['max_staleness']} | {r['step_s']:.2f} | {r['samples_per_s']:.1f} | "
+                     f"{sync['step_s'] / r['step_s']:.2f}x | {r['generate_s']:.2f} | {r['learner_s']:.2f} | "
+                     f"{r['rollout_idle_s']:.2f} | {r['learner_idle_s']:.2f} | {r['staleness']:.2f} |")
+    return "\n".join(lines)
+
+
+def timing_goal(rows: list[dict[str, Any]]) -> list[str]:
+    sync = next(r for r in rows if r["max_staleness"] == 0)
+    bound = max(sync["wait_rollout_s"], sync["train_s"] + sync["sync_s"])
+    out = [f"Synchronous run: generation+scoring {sync['wait_rollout_s']:.2f} s, training + sync "
+           f"{sync['train_s'] + sync['sync_s']:.2f} s per step; their max is {bound:.2f} s, their sum "
+           f"{sync['step_s']:.2f} s."]
+    for r in rows:
+        if r["max_staleness"]:
+            ratio = r["step_s"] / bound
+            out.append(f"- max_staleness {r['max_staleness']}: step {r['step_s']:.2f} s = {ratio:.2f}x the max "
+                       f"({'met' if ratio <= 1.15 else 'MISSED'}, goal <= 1.15x)")
+    return out
+
+
+def learning_table(rows: list[dict[str, Any]]) -> str:
+    lines = ["| max_staleness | held-out accuracy start -> end | gain | greedy start -> end | wall s |",
+             "|---|---|---|---|---|"]
+    for r in rows:
+        gain = r["eval_accuracy_end"] - r["eval_accuracy_start"]
+        lines.append(f"| {r['max_staleness']} | {r['eval_accuracy_start']:.3f} -> {r['eval_accuracy_end']:.3f} | "
+                     f"{gain:+.3f} | {r['eval_greedy_accuracy_start']:.3f} -> {r['eval_greedy_accuracy_end']:.3f} | "
+                     f"{r['wall_seconds']:.0f} |")
+    return "\n".join(lines)
+
+
+def section() -> str:
+    parts = ["## Async pipelining", "",
+             "Same config (configs/tiny.yaml) and seed; `train.max_staleness` k lets generation for steps s+1..s+k run "
+             "while the learner trains on step s (cluster/pipeline.py). Per-step medians after warm-up; generation is "
+             "the engine's busy time; idle = step time minus the role's busy time."]
+    timing = RESULTS / "timing.json"
+    if timing.exists():
+        data = json.loads(timing.read_text())
+        parts += ["", timing_table(data["rows"]), "", *timing_goal(data["rows"]), "", f"Machine: {data['machine']}",
+                  "", "```", data["command"], "```"]
+    learned = RESULTS / "learning.json"
+    if learned.exists():
+        data = json.loads(learned.read_text())
+        rows = data["rows"]
+        gains = {r["max_staleness"]: r["eval_accuracy_end"] - r["eval_accuracy_start"] for r in rows}
+        parts += ["", "Learning, full default run (40 steps x 32 prompts x 8 samples, sampled held-out accuracy):", "",
+                  learning_table(rows), ""]
+        if 0 in gains and 1 in gains:
+            gap = gains[0] - gains[1]
+            parts.append(f"Gain gap sync - async: {gap * 100:+.1f} points ({'met' if gap <= 0.05 else 'MISSED'}, "
+                         "goal: within 5 points)")
+        parts += ["", f"Machine: {data['machine']}", "", "```", data["command"], "```"]
+    return "\n".join(parts) + "\n"
+
+
+def write_docs(text: str, path: Path = ROOT / "docs" / "benchmarks.md") -> None:
+    """Replace (or append) only the '## Async pipelining' section."""
+    doc = path.read_text() if path.exists() else "# Benchmarks\n"
+    start = doc.find("## Async pipelining")
+    if start >= 0:
+        end = doc.find("\n## ", start + 1)
+        doc = doc[:start] + text + (doc[end + 1:] if end >= 0 else "")
+    else:
+        doc = doc.rstrip("\n") + "\n\n" + text
+    path.write_text(doc.rstrip("\n") + "\n")
+
+
+def machine() -> str:
+    return f"{os.cpu_count()} cores; load average at the end {os.getloadavg()[0]:.1f} (shared machine)"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--staleness", default="0,1,2")
+    parser.add_argument("--steps", type=int, default=12)
+    parser.add_argument("--skip", type=int, default=3, help="warm-up steps left out of the medians")
+    parser.add_argument("--learning", action="store_true", help="also the full runs for k=0 and k=1 (long)")
+    parser.add_argument("--no-timing", action="store_true")
+    parser.add_argument("--write-docs", action="store_true")
+    parser.add_argument("overrides", nargs="*", help="config overrides for every run")
+    args = parser.parse_args()
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    command = " ".join([".venv/bin/python benchmarks/pipeline.py", *sys.argv[1:]])
+    if not args.no_timing:
+        started = time.perf_counter()
+        rows = [time_steps(int(k), args.steps, args.skip, args.overrides) for k in args.staleness.split(",")]
+        print(timing_table(rows), *timing_goal(rows), f"wall {time.perf_counter() - started:.0f}s", sep="\n")
+        (RESULTS / "timing.json").write_text(json.dumps({"rows": rows, "machine": machine(), "command": command}, indent=1))
+    if args.learning:
+        rows = [learning(k, args.overrides) for k in (0, 1)]
+        print(learning_table(rows))
+        (RESULTS / "learning.json").write_text(json.dumps({"rows": rows, "machine": machine(), "command": command}, indent=1))
+    if args.write_docs:
+        write_docs(section())
+
+
+if __name__ == "__main__":
+    main()

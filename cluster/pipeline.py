@@ -1,0 +1,101 @@
+"""Asynchronous rollouts (train.max_staleness = k): generation for steps s+1..s+k runs while the learner
+trains on step s.
+
+Ordering is what bounds staleness. A rollout worker is a Ray actor that runs its calls in submission
+order, so a batch generates with the weights of the last sync submitted before it. The trainer asks
+for batches s..s+k at the start of step s, before that step's sync: batch t is therefore submitted
+while the learner holds version t-k (or later, near the start), and is trained on at step t, when
+the learner holds version t. Staleness is at most k by construction; `split_stale` still checks
+every sample, because a re-issued prompt after a worker restart may come from another version.
+
+The weight sync after step s queues on each worker behind the generation already submitted, so
+workers stop only for the load itself; the driver waits for it before the next step's generation
+is submitted (the shared-memory buffer is rewritten by the next export).
+"""
+from __future__ import annotations
+
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Callable
+
+import torch
+
+from cluster.config import Config
+from cluster.data import PromptSource
+from cluster.generation import Rollout, StreamedBatch
+from cluster.groups import RewardPool, RolloutGroup
+from learner.core_algos import truncated_importance_weights
+from protocol.batch import Prompt, Sample, TrainBatch
+
+
+def step_seed(train_seed: int, step: int) -> int:
+    return train_seed * 1_000_003 + step
+
+
+class RolloutPipeline:
+    """Batches in flight, keyed by the step that will train on them."""
+
+    def __init__(self, cfg: Config, rollouts: RolloutGroup, rewards: RewardPool, source: PromptSource,
+                 resync: Callable[[int], None]) -> None:
+        self.cfg, self.rollouts, self.rewards, self.source, self.resync = cfg, rollouts, rewards, source, resync
+        self.ahead = cfg.train.max_staleness
+        # Each batch's streams are consumed (and scored) on its own thread, so scoring keeps pace
+        # with generation while the driver's main thread waits on the learner.
+        self.executor = ThreadPoolExecutor(max_workers=self.ahead + 1, thread_name_prefix="rollout")
+        self.in_flight: dict[int, tuple[list[Prompt], Future[Rollout]]] = {}
+
+    def fill(self, step: int) -> None:
+        """Make sure batches for steps step..step+k are submitted (none past the last step)."""
+        for t in range(step, min(step + self.ahead, self.cfg.train.steps - 1) + 1):
+            if t not in self.in_flight:
+                prompts = self.source.batch(t, self.cfg.train.prompts_per_step)
+                r = self.cfg.rollout
+                batch = StreamedBatch(self.rollouts, self.rewards, prompts, r.samples_per_prompt, r.temperature,
+                                      step_seed(self.cfg.train.seed, t), self.resync)
+                self.in_flight[t] = (prompts, self.executor.submit(batch.result))
+
+    def take(self, step: int) -> tuple[list[Prompt], Rollout]:
+        """The scored batch for `step` (waits for it)."""
+        self.fill(step)
+        prompts, future = self.in_flight.pop(step)
+        return prompts, future.result()
+
+    def close(self, wait: bool = True) -> None:
+        """Drop batches not yet started; `wait`: let running ones finish (each wait is bounded by
+        rollout.timeout_s), so no thread still uses the actors after this returns."""
+        self.executor.shutdown(wait=wait, cancel_futures=True)
+        self.in_flight.clear()
+
+
+def split_stale(samples: list[Sample], learner_version: int, max_staleness: int,
+                samples_per_prompt: int) -> tuple[list[Sample], int]:
+    """Drop every prompt group that holds a sample more than `max_staleness` versions older than the
+    learner (a group is kept or dropped whole, so its advantage baseline stays intact).
+    Returns (kept samples, number of dropped samples)."""
+    kept: list[Sample] = []
+    for lo in range(0, len(samples), samples_per_prompt):
+        group = samples[lo: lo + samples_per_prompt]
+        if all(learner_version - s.policy_version <= max_staleness for s in group):
+            kept.extend(group)
+    return kept, len(samples) - len(kept)
+
+
+def staleness_metrics(samples: list[Sample], learner_version: int) -> dict[str, float]:
+    ages = [learner_version - s.policy_version for s in samples] or [0]
+    versions = [s.policy_version for s in samples] or [learner_version]
+    return {"async/staleness_mean": sum(ages) / len(ages), "async/staleness_max": float(max(ages)),
+            "async/version_min": float(min(versions)), "async/version_max": float(max(versions))}
+
+
+def importance_weight_metrics(batch: TrainBatch, cap: float | None) -> dict[str, float]:
+    """Distribution of the per-token TIS weights pi_learner / pi_sampling over the batch's loss tokens."""
+    old = torch.tensor([x for row in batch.old_logprobs for x in row])
+    behaviour = torch.tensor([x for row in batch.behaviour_logprobs for x in row])
+    mask = torch.tensor([x for row in batch.loss_mask for x in row]) > 0
+    if not mask.any():
+        return {}
+    raw = truncated_importance_weights(old[mask], behaviour[mask], None)[0]
+    capped = (raw > cap).float().mean() if cap is not None else torch.tensor(0.0)
+    q = torch.quantile(raw, torch.tensor([0.01, 0.5, 0.99]))
+    return {"async/is_weight_mean": float(raw.mean()), "async/is_weight_p01": float(q[0]),
+            "async/is_weight_p50": float(q[1]), "async/is_weight_p99": float(q[2]),
+            "async/is_weight_max": float(raw.max()), "async/is_capped_frac": float(capped)}

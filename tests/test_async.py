@@ -1,0 +1,66 @@
+"""Asynchronous rollouts (train.max_staleness): the staleness bound, version records, TIS."""
+from __future__ import annotations
+
+import torch
+
+from cluster.pipeline import RolloutPipeline, split_stale, staleness_metrics
+from learner.core_algos import policy_loss, truncated_importance_weights
+from protocol.batch import Sample
+
+
+def _sample(prompt: int, version: int) -> Sample:
+    return Sample(prompt_index=prompt, prompt_ids=[1], response_ids=[2], response_logprobs=[0.0], text="",
+                  finish_reason="stop", policy_version=version)
+
+
+def test_split_stale_drops_whole_groups_older_than_k():
+    # 3 prompts x 2 samples; prompt 1 has one sample 3 versions old (a re-issue after a restart, say).
+    samples = [_sample(0, 4), _sample(0, 4), _sample(1, 2), _sample(1, 4), _sample(2, 3), _sample(2, 3)]
+    kept, dropped = split_stale(samples, learner_version=5, max_staleness=2, samples_per_prompt=2)
+    assert [s.prompt_index for s in kept] == [0, 0, 2, 2] and dropped == 2
+    kept, dropped = split_stale(samples, learner_version=5, max_staleness=3, samples_per_prompt=2)
+    assert len(kept) == 6 and dropped == 0
+    m = staleness_metrics(kept, 5)
+    assert m["async/staleness_max"] == 3 and abs(m["async/staleness_mean"] - (1 + 1 + 3 + 1 + 2 + 2) / 6) < 1e-9
+
+
+def test_truncated_importance_weights_cap_and_scale_only_the_policy_term():
+    old = torch.tensor([[0.0, -1.0, -0.1]])
+    behaviour = torch.tensor([[0.0, -2.0, -0.2]])  # ratios 1, e, e^0.1
+    w, capped = truncated_importance_weights(old, behaviour, cap=2.0)
+    assert torch.allclose(w, torch.tensor([[1.0, 2.0, float(torch.exp(torch.tensor(0.1)))]]))
+    assert capped.tolist() == [[0.0, 1.0, 0.0]]
+    logprobs = torch.zeros(1, 3, requires_grad=True)
+    kl = torch.full((1, 3), 0.5)
+    weighted, _ = policy_loss(logprobs, old, torch.tensor([1.0]), clip_low=10.0, clip_high=10.0, kl=kl,
+                              kl_coef=1.0, is_weights=w)
+    plain, _ = policy_loss(logprobs, old, torch.tensor([1.0]), clip_low=10.0, clip_high=10.0, kl=kl, kl_coef=1.0)
+    assert torch.allclose(weighted - kl, (plain - kl) * w)  # the KL term is not reweighted
+    weighted.sum().backward()
+    assert logprobs.grad is not None and not w.requires_grad
+
+
+def test_async_steps_bound_staleness_and_record_versions(trainer):
+    """Three real steps with max_staleness=1 on the session trainer: from the second step on, every
+    batch was generated one version behind the learner, never more; versions only grow."""
+    cfg = trainer.cfg
+    async_cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"max_staleness": 1, "steps": 1000})})
+    saved = trainer.cfg, trainer.pipeline
+    trainer.cfg = async_cfg
+    trainer.pipeline = RolloutPipeline(async_cfg, trainer.rollouts, trainer.rewards, trainer.train_data,
+                                       trainer.sync.resync)
+    start = trainer.sync.version
+    try:
+        rows = [trainer.step(step) for step in range(20, 23)]
+    finally:
+        trainer.pipeline.close()
+        trainer.cfg, trainer.pipeline = saved
+    assert trainer.sync.version == start + 3
+    assert [r["async/staleness_max"] for r in rows] == [0.0, 1.0, 1.0]
+    assert [r["async/version_max"] for r in rows] == [start, start, start + 1]
+    assert all(r["async/dropped_stale"] == 0 for r in rows)
+    for r in rows:  # the learner recomputed old logprobs and applied TIS weights
+        assert "async/is_weight_p50" in r and 0 <= r["async/is_capped_frac"] <= 1
+        assert r["train/is_weight"] > 0 and "time/old_logprobs_s" in r
+    # With staleness 1 the learner has moved on: importance weights differ from 1.
+    assert abs(rows[1]["async/is_weight_mean"] - 1.0) > 1e-6 or rows[1]["async/is_weight_max"] != 1.0

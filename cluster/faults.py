@@ -9,6 +9,8 @@ same process can set it with monkeypatch. Faults (each one line at its point in 
   before the driver's own files, the rename and the `latest` pointer: a disk that fills mid-save.
 - `driver_kill:<k>`: the driver SIGKILLs itself after step <k>'s metrics and samples are logged and
   before its checkpoint: a crash between steps (no cleanup, no atexit; its Ray is orphaned).
+- `learner_kill:<k>`: the driver `ray.kill`s the last learner rank just before step <k> starts: a
+  rank lost to the OOM killer or a crashed node.
 
 Nothing here runs unless the variable is set; production runs never set it.
 """
@@ -16,9 +18,10 @@ from __future__ import annotations
 
 import os
 import signal
+from typing import Any
 
 ENV = "REASONRL_FAULT"
-FAULTS = ("checkpoint_write_fail", "driver_kill")
+FAULTS = ("checkpoint_write_fail", "driver_kill", "learner_kill")
 
 
 def armed(name: str, step: int) -> bool:
@@ -44,3 +47,11 @@ def driver_kill(step: int) -> None:
     """The driver_kill point: the process dies at once, as under `kill -9` or the OOM killer."""
     if armed("driver_kill", step):
         os.kill(os.getpid(), signal.SIGKILL)
+
+
+def learner_kill(step: int, learners: Any) -> None:
+    """The learner_kill point: kills the last rank of `learners` (a LearnerGroup) when armed."""
+    if armed("learner_kill", step):
+        import ray
+
+        ray.kill(learners.actors[-1])

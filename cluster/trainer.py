@@ -172,6 +172,7 @@ class Trainer:
         last = first
         bar = tqdm(range(start, cfg.train.steps), desc="RL", unit="step", initial=start, total=cfg.train.steps)
         for step in bar:
+            faults.learner_kill(step + 1, self.learners)
             metrics = self.step(step)
             self.log.log(step + 1, metrics)
             bar.set_postfix(reward=f"{metrics['reward/mean']:.3f}", boxed=f"{metrics['train/boxed_rate']:.2f}",

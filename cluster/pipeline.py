@@ -17,14 +17,11 @@ from __future__ import annotations
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Callable
 
-import torch
-
 from cluster.config import Config
 from cluster.data import PromptSource
 from cluster.generation import Rollout, StreamedBatch
 from cluster.groups import RewardPool, RolloutGroup
-from learner.core_algos import truncated_importance_weights
-from protocol.batch import Prompt, Sample, TrainBatch
+from protocol.batch import Prompt, Sample
 
 
 def step_seed(train_seed: int, step: int) -> int:
@@ -84,18 +81,3 @@ def staleness_metrics(samples: list[Sample], learner_version: int) -> dict[str, 
     versions = [s.policy_version for s in samples] or [learner_version]
     return {"async/staleness_mean": sum(ages) / len(ages), "async/staleness_max": float(max(ages)),
             "async/version_min": float(min(versions)), "async/version_max": float(max(versions))}
-
-
-def importance_weight_metrics(batch: TrainBatch, cap: float | None) -> dict[str, float]:
-    """Distribution of the per-token TIS weights pi_learner / pi_sampling over the batch's loss tokens."""
-    old = torch.tensor([x for row in batch.old_logprobs for x in row])
-    behaviour = torch.tensor([x for row in batch.behaviour_logprobs for x in row])
-    mask = torch.tensor([x for row in batch.loss_mask for x in row]) > 0
-    if not mask.any():
-        return {}
-    raw = truncated_importance_weights(old[mask], behaviour[mask], None)[0]
-    capped = (raw > cap).float().mean() if cap is not None else torch.tensor(0.0)
-    q = torch.quantile(raw, torch.tensor([0.01, 0.5, 0.99]))
-    return {"async/is_weight_mean": float(raw.mean()), "async/is_weight_p01": float(q[0]),
-            "async/is_weight_p50": float(q[1]), "async/is_weight_p99": float(q[2]),
-            "async/is_weight_max": float(raw.max()), "async/is_capped_frac": float(capped)}

@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from cluster.config import Config, ConfigError, load_config
 from cluster.metrics import read_metrics
 
-PHASES = ("wait_rollout", "advantages", "old_logprobs", "train", "sync")
+PHASES = ("wait_rollout", "advantages", "train", "sync")
 
 
 class SweepSpec(BaseModel):

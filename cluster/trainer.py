@@ -17,7 +17,7 @@ from cluster.evaluate_loop import evaluate
 from cluster.generation import Rollout
 from cluster.groups import LearnerGroup, RewardPool, RolloutGroup
 from cluster.metrics import MetricsLog, PhaseTimer, plot_emergence, plot_run, read_metrics, reflects
-from cluster.pipeline import RolloutPipeline, importance_weight_metrics, split_stale, staleness_metrics
+from cluster.pipeline import RolloutPipeline, split_stale, staleness_metrics
 from cluster.placement import connect, place
 from cluster.sync import WeightSync
 from learner.core_algos import compute_advantages, kl_penalised_rewards, sequence_kl
@@ -83,10 +83,8 @@ class Trainer:
         with timer("advantages"):
             kl_metrics = self._set_advantages(samples)
         batch = TrainBatch.from_samples(samples, cfg.algorithm.mask_truncated)
-        if k > 0:
-            with timer("old_logprobs"):
-                batch.behaviour_logprobs, batch.old_logprobs = batch.old_logprobs, self.learners.logprobs(batch)
-            async_metrics.update(importance_weight_metrics(batch, cfg.algorithm.tis_cap))
+        if k > 0:  # off-policy: the sampling logprobs become importance-weight denominators (TIS)
+            batch.behaviour_logprobs = batch.old_logprobs
         with timer("train"):
             train_metrics = self.learners.train(batch)
         with timer("sync"):
@@ -101,7 +99,7 @@ class Trainer:
         t = timer.seconds
         step_s = sum(t.values())
         engine_s = sum(rollout.engine_s) / max(len(rollout.engine_s), 1)
-        learner_s = t.get("time/old_logprobs_s", 0.0) + t["time/train_s"] + t["time/sync_s"]
+        learner_s = t["time/train_s"] + t["time/sync_s"]
         return {"time/step_s": step_s, "time/generate_s": engine_s, "time/rollout_wall_s": rollout.wall_s,
                 "time/rollout_idle_s": max(0.0, step_s - engine_s - t["time/sync_s"]),
                 "time/learner_idle_s": max(0.0, step_s - learner_s),

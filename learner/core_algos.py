@@ -13,8 +13,8 @@ from learner.advantages import (ADVANTAGE_ESTIMATORS, compute_advantages, dr_grp
 from learner.aggregation import (AGG_MODES, aggregate, aggregation_weights, batch_normalisers, masked_mean,
                                  masked_sum)
 from learner.kl import KL_ESTIMATORS, kl_estimator, kl_k1, kl_k2, kl_k3, sequence_kl
-from learner.losses import (entropy_from_logits, policy_loss, ppo_clip_loss, sft_loss, token_logprobs,
-                            truncated_importance_weights)
+from learner.losses import (entropy_from_logits, importance_weight_stats, policy_loss, ppo_clip_loss, sft_loss,
+                            token_logprobs, truncated_importance_weights)
 
 __all__ = [
     "ADVANTAGE_ESTIMATORS", "compute_advantages", "dr_grpo_advantages", "grpo_advantages", "kl_penalised_rewards",
@@ -22,5 +22,5 @@ __all__ = [
     "AGG_MODES", "aggregate", "aggregation_weights", "batch_normalisers", "masked_mean", "masked_sum",
     "KL_ESTIMATORS", "kl_estimator", "kl_k1", "kl_k2", "kl_k3", "sequence_kl",
     "entropy_from_logits", "policy_loss", "ppo_clip_loss", "sft_loss", "token_logprobs",
-    "truncated_importance_weights",
+    "truncated_importance_weights", "importance_weight_stats",
 ]

@@ -72,6 +72,21 @@ def truncated_importance_weights(old_logprobs: torch.Tensor, behaviour_logprobs:
     return torch.clamp(weights, max=cap), (weights > cap).float()
 
 
+IS_BINS = (0.5, 0.8, 1.25, 2.0)  # edges of the importance-weight histogram in the metrics
+
+
+def importance_weight_stats(old_logprobs: torch.Tensor, behaviour_logprobs: torch.Tensor,
+                            capped: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Per-token indicators whose masked means describe the importance-weight distribution: the
+    uncapped weight, the capped fraction, and a histogram over IS_BINS (`is_frac_<lo>_<hi>`)."""
+    raw = torch.exp(old_logprobs - behaviour_logprobs).detach()
+    stats = {"is_weight": raw, "is_capped_frac": capped}
+    edges = (0.0, *IS_BINS, float("inf"))
+    for lo, hi in zip(edges, edges[1:]):
+        stats[f"is_frac_{lo:g}_{hi:g}"] = ((raw >= lo) & (raw < hi)).float()
+    return stats
+
+
 def policy_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor, *,
                 clip_low: float, clip_high: float, dual_clip: float | None = None,
                 kl: torch.Tensor | None = None, kl_coef: float = 0.0,

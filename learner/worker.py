@@ -170,15 +170,18 @@ class LearnerWorker:
                 ref = algos.token_logprobs(self._forward(self.ref_model, pb), pb.targets)
             kl = algos.kl_estimator(self.spec.kl_estimator)(logprobs, ref)
         s = self.spec
-        weights = None
+        old, weights = pb.old_logprobs, None
         if pb.behaviour_logprobs is not None:
-            weights, capped = algos.truncated_importance_weights(pb.old_logprobs, pb.behaviour_logprobs, s.tis_cap)
-        per_token, stats = algos.policy_loss(logprobs, pb.old_logprobs, pb.advantages, clip_low=s.clip_low,
+            # Off-policy batch: one optimizer step per batch, so the proximal ("old") policy of the PPO
+            # ratio is exactly this forward's, before the step; TIS corrects for the older sampler.
+            old = logprobs.detach()
+            weights, capped = algos.truncated_importance_weights(old, pb.behaviour_logprobs, s.tis_cap)
+        per_token, stats = algos.policy_loss(logprobs, old, pb.advantages, clip_low=s.clip_low,
                                              clip_high=s.clip_high, dual_clip=s.dual_clip, kl=kl, kl_coef=s.kl_coef,
                                              entropy=entropy, entropy_coef=s.entropy_coef, is_weights=weights)
         stats["entropy"] = entropy
         if weights is not None:
-            stats["is_weight"], stats["is_capped_frac"] = weights, capped
+            stats.update(algos.importance_weight_stats(old, pb.behaviour_logprobs, capped))
         return per_token, stats
 
     @torch.no_grad()

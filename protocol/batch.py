@@ -74,8 +74,8 @@ class TrainBatch:
     old_logprobs: list[list[float]]
     advantages: list[float]
     loss_mask: list[list[float]] = field(default_factory=list)
-    # Off-policy training (train.max_staleness > 0): the rollout engine's sampling logprobs, while
-    # old_logprobs hold the learner's own recomputed ones; empty when the two are the same thing.
+    # Off-policy training (train.max_staleness > 0): the rollout engine's sampling logprobs, used for
+    # importance weights; the learner then takes the PPO ratio against its own forward, not old_logprobs.
     behaviour_logprobs: list[list[float]] = field(default_factory=list)
 
     def __len__(self) -> int:

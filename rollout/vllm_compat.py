@@ -79,10 +79,12 @@ def prompt_token_logprobs(output: Any) -> list[float]:
     return [float(step[tok].logprob) for tok, step in zip(ids[1:], output.prompt_logprobs[1:])]
 
 
-def load_weights(engine: Any, method: str, *args: Any) -> None:
-    """Run one of WeightSyncExtension's loaders in every worker, then drop the stale prefix cache."""
-    engine.collective_rpc(method, args=args)
+def load_weights(engine: Any, method: str, *args: Any) -> list[Any]:
+    """Run one of WeightSyncExtension's loaders in every worker, then drop the stale prefix cache.
+    Returns each worker's result."""
+    results = engine.collective_rpc(method, args=args)
     engine.reset_prefix_cache()
+    return results
 
 
 def shutdown(engine: Any) -> None:
@@ -151,12 +153,13 @@ class WeightSyncExtension:
         self._validate([TensorMeta(n, "float32", tuple(shape), 0) for n, shape in names_and_shapes])
 
     def load_from_shm(self, path: str, version: int, buckets: list[list[tuple]], nbytes: int,
-                      timeout_s: float) -> None:
+                      timeout_s: float) -> list[tuple[float, float]]:
         """Stream `version` from the learner's segment: reload_weights consumes bucket i as soon as its
         stamp says it is written, while the learner writes bucket i+1 (see protocol/shm_stream.py).
 
         Waits for the segment and bucket 0 before reload_weights starts, so a learner that never
         exports fails without touching the model; a timeout mid-stream leaves the engine half-loaded.
+        Returns the stream's per-bucket (ready, consumed) monotonic times.
         """
         deadline = time.monotonic() + timeout_s
         metas = [[TensorMeta(*m) for m in bucket] for bucket in buckets]
@@ -168,6 +171,7 @@ class WeightSyncExtension:
         segment.wait(0, version, deadline, timeout_s)
         self._reload(segment.stream(version, deadline, timeout_s))
         segment.check_unchanged(version)
+        return segment.trace
 
     def load_from_ipc(self, handle: bytes, metas: list[tuple]) -> None:
         metas_ = [TensorMeta(*m) for m in metas]

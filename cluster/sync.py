@@ -2,7 +2,9 @@
 
 Choosing a transport (`sync.transport`):
 - ``auto``: ``shm`` on a CPU cluster (one node), ``broadcast`` (NCCL) on GPUs.
-- ``shm``: CPU, learner rank 0 and every rollout worker on one node (they share /dev/shm).
+- ``shm``: CPU, learner rank 0 and every rollout worker on one node (they share /dev/shm). Streamed:
+  the export and the loads start together; each bucket is stamped with the version once written and
+  engines load it meanwhile (protocol/shm_stream.py). x86-64 hosts only (store ordering).
 - ``broadcast``: any placement; GPUs use NCCL, CPU gloo. The default for disaggregated GPUs.
 - ``ipc``: GPUs only, and only when learner rank 0 and every rollout worker share one physical GPU
   (colocated, e.g. fractional GPU bundles). No bytes move at all: the engine reads learner rank 0's

@@ -7,7 +7,8 @@ never one call per parameter.
 
 Transports:
 - ``shm``: one pre-allocated file in /dev/shm, reused across steps (CPU, one node). The learner
-  writes every bucket at its offset; each rollout worker maps the same file and reads views.
+  writes every bucket at its offset and stamps it ready; each rollout worker maps the same file and
+  reads views of each bucket as soon as it is stamped (streaming: protocol/shm_stream.py).
 - ``broadcast``: a torch.distributed group (gloo on CPU, NCCL on GPU) between learner rank 0 and
   every rollout rank; rank 0 broadcasts each bucket as one flat tensor.
 - ``ipc``: colocated GPUs only. Like ``shm``, but the reused flat buffer lives in learner rank 0's

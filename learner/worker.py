@@ -67,6 +67,7 @@ class LearnerWorker:
         self.weight_group: Any = None
         self.shm: StreamSegment | None = None
         self.ipc: FlatBuffer | None = None  # colocated GPU export buffer (sync.transport=ipc)
+        self._params: dict[str, torch.nn.Parameter] | None = None  # name -> parameter, built at the first export
 
     # ---- setup -------------------------------------------------------------------------------
     def address(self) -> tuple[str, int]:
@@ -207,7 +208,7 @@ class LearnerWorker:
 
     def _gathered(self, names: list[str]):
         """Full tensors for `names` on every rank (ZeRO-3 gathers; other stages hold them already)."""
-        if getattr(self, "_params", None) is None:  # built once: a per-bucket dict was a per-sync cost
+        if self._params is None:  # built once: a dict per bucket was a per-sync cost
             self._params = dict(self.engine.module.named_parameters())
         chosen = [self._params[n] for n in names]
         if self.spec.zero_stage == 3:

@@ -313,6 +313,10 @@ def main() -> None:
     import ray
 
     WORK.mkdir(parents=True, exist_ok=True)
+    # One thread, as learner ranks run on CPU (LearnerWorker.setup): the export overlaps two engines that
+    # keep both cores busy, and a 2-thread OpenMP copy then spins at its barrier (measured 10x slower
+    # under load). The memcpy reference runs on the same single thread.
+    torch.set_num_threads(1)
     ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False,
              runtime_env={"env_vars": {"PYTHONPATH": str(ROOT)}})
     started, load_at_start = time.perf_counter(), os.getloadavg()[0]

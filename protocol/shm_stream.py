@@ -32,7 +32,7 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from protocol.weight_sync import ShmBuffer, TensorMeta, _flat_view
+from protocol.weight_sync import ShmBuffer, TensorMeta, flat_view
 
 ORDERING_SAFE = platform.machine().lower() in ("x86_64", "amd64")
 
@@ -50,8 +50,8 @@ def segment_layout(data_bytes: int, num_buckets: int) -> tuple[int, int]:
 class StreamSegment:
     """A mapped segment plus the per-bucket stamps; the writer and every reader build the same one.
 
-    Views of every tensor are built once per mapping (not per sync): on a 10M model the per-tensor
-    slicing was a measurable share of the export.
+    Views of every tensor are built once per mapping, not per sync: slicing and re-viewing every
+    tensor is Python work that small models would otherwise pay on both sides at every sync.
     """
 
     def __init__(self, path: str, buckets: list[list[TensorMeta]], data_bytes: int, create: bool) -> None:
@@ -65,7 +65,7 @@ class StreamSegment:
         self.path, self.num_buckets, self.key = path, len(buckets), layout_key(buckets)
         raw = self.shm.tensor
         self.stamps: np.ndarray = raw[stamps_at: size].view(torch.int64).numpy()
-        self.views = [[(m.name, _flat_view(raw, m)) for m in bucket] for bucket in buckets]
+        self.views = [[(m.name, flat_view(raw, m)) for m in bucket] for bucket in buckets]
 
     def matches(self, path: str, buckets: list[list[TensorMeta]]) -> bool:
         """Reusable for this sync: same file (same inode) and the same bucket layout."""

@@ -94,7 +94,7 @@ def build_manifest(named_shapes: Iterable[tuple[str, tuple[int, ...]]], dtype: t
     return WeightManifest(version, tuple(metas), transport, location)
 
 
-def _flat_view(buffer: torch.Tensor, meta: TensorMeta) -> torch.Tensor:
+def flat_view(buffer: torch.Tensor, meta: TensorMeta) -> torch.Tensor:
     raw = buffer[meta.offset: meta.offset + meta.nbytes]
     return raw.view(DTYPES[meta.dtype]).view(meta.shape)
 
@@ -123,11 +123,11 @@ class FlatBuffer:
 
     def write(self, meta: TensorMeta, value: torch.Tensor) -> None:
         """copy_ casts on the fly: no temporary in the rollout dtype, one pass over the bytes."""
-        _flat_view(self.tensor, meta).copy_(value.detach().reshape(meta.shape))
+        flat_view(self.tensor, meta).copy_(value.detach().reshape(meta.shape))
 
     def read(self, metas: Iterable[TensorMeta]) -> Iterator[tuple[str, torch.Tensor]]:
         for meta in metas:
-            yield meta.name, _flat_view(self.tensor, meta)
+            yield meta.name, flat_view(self.tensor, meta)
 
 
 class ShmBuffer(FlatBuffer):

@@ -162,11 +162,19 @@ def measure_size(ray: Any, size: str, reps: int, bucket_bytes: int) -> list[dict
             rows.append(measure_receivers(ray, actors[:receivers], model, learner, manifest, reps, initial))
             rows[-1].update(size=size, params=params, bytes=manifest.total_bytes, buckets=len(learner.buckets))
     finally:
-        for a in actors:
-            ray.get(a.shutdown.remote())
-            ray.kill(a)
+        stop_engines(ray, actors)
         os.remove(manifest.location)
     return rows
+
+
+def stop_engines(ray: Any, actors: list[Any]) -> None:
+    """Shut every engine down (frees its /dev/shm segments), even when one already died."""
+    for a in actors:
+        try:
+            ray.get(a.shutdown.remote())
+        except ray.exceptions.RayError:
+            pass
+        ray.kill(a)
 
 
 def streamed_sync(ray: Any, actors: list[Any], learner: Learner, manifest: WeightManifest,
@@ -270,7 +278,7 @@ def section(rows: list[dict[str, Any]], report: str, where: str, wall: float, ar
         "- memcpy: `torch.Tensor.copy_` of the same number of bytes into a preallocated buffer;",
         "- vLLM reload from memory: `reload_weights` from an in-memory iterator inside the engine (the re-packing floor);",
         "- per-parameter baseline: one Ray call + one collective_rpc per tensor (the anchors' pattern), then one reload.",
-        "", report, "", "Goals:", *goals(rows), "", NOTES, "",
+        "", report, *([args.missing] if args.missing else []), "", "Goals:", *goals(rows), "", NOTES, "",
         f"Machine: {where}. Benchmark wall time {wall:.0f} s.", "", "Reproduce:", "", "```", command, "```", ""])
 
 
@@ -320,10 +328,15 @@ def main() -> None:
     ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False,
              runtime_env={"env_vars": {"PYTHONPATH": str(ROOT)}})
     started, load_at_start = time.perf_counter(), os.getloadavg()[0]
-    rows = []
+    rows, args.missing = [], ""
     try:
         for size in args.sizes.split(","):
-            rows += measure_size(ray, size, args.reps, int(args.bucket_mb * 2**20))
+            try:
+                rows += measure_size(ray, size, args.reps, int(args.bucket_mb * 2**20))
+            except ray.exceptions.RayError as error:  # e.g. Ray's OOM killer on this shared machine
+                args.missing = f"{size} and larger: not measured in this run ({type(error).__name__})."
+                print(args.missing, flush=True)
+                break
             print(table(rows), flush=True)
     finally:
         ray.shutdown()

@@ -133,7 +133,9 @@ class RewardConfig(Strict):
 
 class SyncConfig(Strict):
     transport: Literal["auto", "shm", "broadcast", "ipc"] = "auto"  # see cluster/sync.py for which to choose
-    bucket_mb: float = Field(64, gt=0)
+    # shm streams at this granularity (engines load bucket i while the learner writes i+1), so the
+    # first bucket's export is the exposed part; per bucket it costs one ZeRO-3 gather context / one collective.
+    bucket_mb: float = Field(16, gt=0)
     timeout_s: float = Field(120, gt=0)
 
 

@@ -2,7 +2,9 @@
 
 Choosing a transport (`sync.transport`):
 - ``auto``: ``shm`` on a CPU cluster (one node), ``broadcast`` (NCCL) on GPUs.
-- ``shm``: CPU, learner rank 0 and every rollout worker on one node (they share /dev/shm).
+- ``shm``: CPU, learner rank 0 and every rollout worker on one node (they share /dev/shm). Streamed:
+  the export and the loads start together; each bucket is stamped with the version once written and
+  engines load it meanwhile (protocol/shm_stream.py). x86-64 hosts only (store ordering).
 - ``broadcast``: any placement; GPUs use NCCL, CPU gloo. The default for disaggregated GPUs.
 - ``ipc``: GPUs only, and only when learner rank 0 and every rollout worker share one physical GPU
   (colocated, e.g. fractional GPU bundles). No bytes move at all: the engine reads learner rank 0's
@@ -19,6 +21,7 @@ import os
 import threading
 import time
 import uuid
+from dataclasses import replace
 from typing import Any
 
 import ray
@@ -48,6 +51,11 @@ def wait_named(named: list[tuple[str, ray.ObjectRef]], timeout_s: float, what: s
     return groups.wait_named(named, timeout_s, what, error=WeightSyncError)
 
 
+def _seconds(values: list[Any]) -> float:
+    """The longest of the workers' self-reported durations (a worker that reports none counts 0)."""
+    return max((float(v) for v in values if v is not None), default=0.0)
+
+
 class WeightSync:
     def __init__(self, cfg: Config, learners: LearnerGroup, rollouts: RolloutGroup) -> None:
         self.cfg, self.learners, self.rollouts = cfg, learners, rollouts
@@ -63,12 +71,19 @@ class WeightSync:
         self.ipc_handle: bytes | None = None  # the learner's buffer handle (transport ipc), kept for re-syncs
         # Syncs run on the driver's main thread, re-syncs of restarted workers on generation threads.
         self.lock = threading.Lock()
+        self._layout_manifest: WeightManifest | None = None
+        self._buckets: list[list[tuple]] = []
         self.check(self.manifest(0))
         if self.transport == "broadcast":
             self.open_groups()
 
     def manifest(self, version: int) -> WeightManifest:
-        return build_manifest(self.layout, DTYPES[self.cfg.model.dtype], version, self.transport, self.location)
+        """The layout never changes between syncs: built once, only the version is replaced."""
+        if self._layout_manifest is None:
+            self._layout_manifest = build_manifest(self.layout, DTYPES[self.cfg.model.dtype], 0, self.transport,
+                                                   self.location)
+            self._buckets = self._layout_manifest.bucket_rows(self.bucket_bytes)
+        return replace(self._layout_manifest, version=version)
 
     def _learner_refs(self, method: str, *args: Any) -> list[tuple[str, ray.ObjectRef]]:
         return [(f"learner[{i}]", getattr(a, method).remote(*args)) for i, a in enumerate(self.learners.actors)]
@@ -92,46 +107,54 @@ class WeightSync:
                  for i, a in enumerate(self.rollouts.actors)]
         wait_named(refs, self.deadline_s, "opening the weight-sync group")
 
-    def _move(self, manifest: WeightManifest) -> float:
-        """Run the transport; returns the seconds the learner-side export took before receivers started."""
-        start = time.perf_counter()
+    def _move(self, manifest: WeightManifest) -> tuple[float, float]:
+        """Run the transport; returns (export seconds, load seconds), each measured where it ran.
+
+        shm and broadcast: the learner's export and the engines' loads are submitted together and
+        overlap (engines load bucket i while the learner writes bucket i+1). ipc: export, then loads.
+        """
         what = f"weight sync v{manifest.version} ({self.transport})"
-        buckets = manifest.bucket_rows(self.bucket_bytes)
-        if self.transport == "broadcast":
-            refs = self._learner_refs("export_broadcast", buckets)
-            wait_named(refs + self._rollout_refs("load_weights_broadcast", manifest, self.bucket_bytes),
-                       self.deadline_s, what)
-            return 0.0
-        if self.transport == "shm":
-            wait_named(self._learner_refs("export_to_shm", manifest.location, manifest.total_bytes, buckets),
-                       self.deadline_s, what)
-            args: tuple = (manifest,)
-        else:
-            handle = wait_named(self._learner_refs("export_ipc", manifest.total_bytes, buckets), self.deadline_s, what)[0]
-            self.ipc_handle = handle
-            args = (manifest, handle)
+        buckets = self._buckets
+        if self.transport in ("shm", "broadcast"):
+            if self.transport == "shm":
+                export = self._learner_refs("export_to_shm", manifest.location, manifest.version,
+                                            manifest.total_bytes, buckets)
+                loads = self._rollout_refs("load_weights_shm", manifest, self.bucket_bytes, self.timeout_s)
+            else:
+                export = self._learner_refs("export_broadcast", buckets)
+                loads = self._rollout_refs("load_weights_broadcast", manifest, self.bucket_bytes)
+            results = wait_named(export + loads, self.deadline_s, what)
+            return _seconds(results[:len(export)]), _seconds(results[len(export):])
+        start = time.perf_counter()
+        handle = wait_named(self._learner_refs("export_ipc", manifest.total_bytes, buckets), self.deadline_s, what)[0]
+        self.ipc_handle = handle
         exported = time.perf_counter() - start
-        wait_named(self._rollout_refs(f"load_weights_{self.transport}", *args), self.deadline_s, what)
-        return exported
+        loaded = wait_named(self._rollout_refs("load_weights_ipc", manifest, handle), self.deadline_s, what)
+        return exported, _seconds(loaded)
 
     def sync(self) -> dict[str, float]:
         """Push the learner's current weights to every rollout worker; bumps the policy version on success.
 
         A rollout worker that dies during the sync is waited for (Ray restarts it) and loaded from the
-        buffer the learner just wrote (shm, ipc); the sync then succeeds and says so in `sync/recovered`."""
+        buffer the learner just wrote (shm, ipc); the sync then succeeds and says so in `sync/recovered`.
+
+        Metrics: sync/total_s is the driver's wall time; sync/export_s the learner's export (rank 0's,
+        as timed in the learner) and sync/load_s the slowest engine's load (timed in the engine). With
+        streaming they overlap, so export_s + load_s exceeds total_s by the overlap.
+        """
         manifest = self.manifest(self.version + 1)
         start = time.perf_counter()
         recovered = 0
         with self.lock:
             try:
-                exported = self._move(manifest)
+                exported, loaded = self._move(manifest)
             except WeightSyncError as error:
                 if not (error.lost and (error.worker or "").startswith("rollout[")):
                     raise
-                exported, recovered = 0.0, self._recover(manifest, error)
+                exported, loaded, recovered = 0.0, 0.0, self._recover(manifest, error)
             self.version = manifest.version
         total = time.perf_counter() - start
-        return {"sync/export_s": exported, "sync/load_s": total - exported, "sync/total_s": total,
+        return {"sync/export_s": exported, "sync/load_s": loaded, "sync/total_s": total,
                 "sync/bytes": float(manifest.total_bytes), "policy_version": float(self.version),
                 "sync/recovered": float(recovered)}
 
@@ -157,7 +180,7 @@ class WeightSync:
         training): shm and ipc keep a whole weight set in a buffer until the next sync."""
         actor = self.rollouts.actors[index]
         if self.transport == "shm":
-            ref = actor.load_weights_shm.remote(manifest)
+            ref = actor.load_weights_shm.remote(manifest, self.bucket_bytes, self.timeout_s)
         elif self.transport == "ipc" and self.ipc_handle is not None:
             ref = actor.load_weights_ipc.remote(manifest, self.ipc_handle)
         else:

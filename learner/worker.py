@@ -15,7 +15,8 @@ import torch
 from learner import core_algos as algos
 from learner.batching import PaddedBatch, pad, split
 from protocol.batch import TrainBatch
-from protocol.weight_sync import (DTYPES, FlatBuffer, ShmBuffer, TensorMeta, broadcast_bucket, ipc_handle,
+from protocol.shm_stream import StreamSegment
+from protocol.weight_sync import (DTYPES, FlatBuffer, TensorMeta, broadcast_bucket, ipc_handle,
                                   open_broadcast_group)
 
 
@@ -65,8 +66,9 @@ class LearnerWorker:
         self.engine: Any = None
         self.ref_model: Any = None
         self.weight_group: Any = None
-        self.shm: ShmBuffer | None = None
+        self.shm: StreamSegment | None = None
         self.ipc: FlatBuffer | None = None  # colocated GPU export buffer (sync.transport=ipc)
+        self._params: dict[str, torch.nn.Parameter] | None = None  # name -> parameter, built at the first export
 
     # ---- setup -------------------------------------------------------------------------------
     def address(self) -> tuple[str, int]:
@@ -222,8 +224,9 @@ class LearnerWorker:
 
     def _gathered(self, names: list[str]):
         """Full tensors for `names` on every rank (ZeRO-3 gathers; other stages hold them already)."""
-        params = dict(self.engine.module.named_parameters())
-        chosen = [params[n] for n in names]
+        if self._params is None:  # built once: a dict per bucket was a per-sync cost
+            self._params = dict(self.engine.module.named_parameters())
+        chosen = [self._params[n] for n in names]
         if self.spec.zero_stage == 3:
             import deepspeed
 
@@ -245,14 +248,19 @@ class LearnerWorker:
             for meta, value in zip(metas, values):
                 buffer.write(meta, value)  # casts to the rollout dtype inside the copy
 
-    def export_to_shm(self, path: str, nbytes: int, buckets: list[list[tuple]]) -> float:
-        """Stream the weights bucket by bucket into the shared buffer; only rank 0 writes."""
+    def export_to_shm(self, path: str, version: int, nbytes: int, buckets: list[list[tuple]]) -> float:
+        """Write the weights bucket by bucket into the shared segment and stamp each bucket ready, so
+        engines load bucket i while this writes bucket i+1. Every rank gathers (ZeRO-3, same order);
+        only rank 0 writes. Never waits for a reader. Returns seconds."""
         import time
 
         start = time.perf_counter()
-        if self.rank == 0 and (self.shm is None or not self.shm.still_valid(path, nbytes)):
-            self.shm = ShmBuffer(path, nbytes, create=True)
-        self._export_into(self.shm, buckets)
+        if self.rank == 0:
+            metas = [[TensorMeta(*m) for m in bucket] for bucket in buckets]
+            if self.shm is None or not self.shm.matches(path, metas):
+                self.shm = StreamSegment(path, metas, nbytes, create=True)
+        for index, (_, values) in enumerate(self._bucket_values(buckets)):
+            self.shm.publish(index, version, values)  # casts to the rollout dtype inside the copy
         return time.perf_counter() - start
 
     def export_ipc(self, nbytes: int, buckets: list[list[tuple]]) -> bytes | None:

@@ -7,7 +7,8 @@ never one call per parameter.
 
 Transports:
 - ``shm``: one pre-allocated file in /dev/shm, reused across steps (CPU, one node). The learner
-  writes every bucket at its offset; each rollout worker maps the same file and reads views.
+  writes every bucket at its offset and stamps it ready; each rollout worker maps the same file and
+  reads views of each bucket as soon as it is stamped (streaming: protocol/shm_stream.py).
 - ``broadcast``: a torch.distributed group (gloo on CPU, NCCL on GPU) between learner rank 0 and
   every rollout rank; rank 0 broadcasts each bucket as one flat tensor.
 - ``ipc``: colocated GPUs only. Like ``shm``, but the reused flat buffer lives in learner rank 0's
@@ -93,7 +94,7 @@ def build_manifest(named_shapes: Iterable[tuple[str, tuple[int, ...]]], dtype: t
     return WeightManifest(version, tuple(metas), transport, location)
 
 
-def _flat_view(buffer: torch.Tensor, meta: TensorMeta) -> torch.Tensor:
+def flat_view(buffer: torch.Tensor, meta: TensorMeta) -> torch.Tensor:
     raw = buffer[meta.offset: meta.offset + meta.nbytes]
     return raw.view(DTYPES[meta.dtype]).view(meta.shape)
 
@@ -122,11 +123,11 @@ class FlatBuffer:
 
     def write(self, meta: TensorMeta, value: torch.Tensor) -> None:
         """copy_ casts on the fly: no temporary in the rollout dtype, one pass over the bytes."""
-        _flat_view(self.tensor, meta).copy_(value.detach().reshape(meta.shape))
+        flat_view(self.tensor, meta).copy_(value.detach().reshape(meta.shape))
 
     def read(self, metas: Iterable[TensorMeta]) -> Iterator[tuple[str, torch.Tensor]]:
         for meta in metas:
-            yield meta.name, _flat_view(self.tensor, meta)
+            yield meta.name, flat_view(self.tensor, meta)
 
 
 class ShmBuffer(FlatBuffer):

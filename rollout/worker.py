@@ -35,6 +35,7 @@ class RolloutWorker:
                                               spec.device, spec.kv_cache_gib, spec.gpu_memory_utilization,
                                               spec.tensor_parallel_size)
         self.version = 0
+        self.stream_trace: list[list[tuple[float, float]]] = []  # last shm load, per engine worker
 
     def _params(self, prompts: list[Prompt], n: int, temperature: float, top_p: float, max_tokens: int,
                 seed: int | None) -> list[Any]:
@@ -82,10 +83,13 @@ class RolloutWorker:
         outputs = self.engine.generate(self.vc.token_prompts(token_ids), params, use_tqdm=False)
         return [self.vc.prompt_token_logprobs(o) for o in outputs]
 
-    def load_weights_shm(self, manifest: WeightManifest) -> float:
-        """Load a full weight set from the shared buffer named in the manifest; returns seconds."""
+    def load_weights_shm(self, manifest: WeightManifest, bucket_bytes: int, timeout_s: float) -> float:
+        """Load a full weight set from the shared segment named in the manifest, bucket by bucket as the
+        learner publishes them (it may still be writing); returns seconds. Keeps each engine worker's
+        per-bucket (ready, consumed) times in `stream_trace`."""
         start = time.perf_counter()
-        self.vc.load_weights(self.engine, "load_from_shm", manifest.location, manifest.rows(), manifest.total_bytes)
+        self.stream_trace = self.vc.load_weights(self.engine, "load_from_shm", manifest.location, manifest.version,
+                                                 manifest.bucket_rows(bucket_bytes), manifest.total_bytes, timeout_s)
         self.version = manifest.version
         return time.perf_counter() - start
 

@@ -5,14 +5,20 @@ The extra actors run outside the session's placement group (its bundles are all 
 num_cpus=0; everything else is the real Ray + vLLM + DeepSpeed stack."""
 from __future__ import annotations
 
+import os
 import time
+import uuid
+from dataclasses import replace
 
 import pytest
 import ray
 import torch
 
 from protocol.batch import Prompt, TrainBatch
-from protocol.weight_sync import DTYPES, build_manifest
+from protocol.shm_stream import StreamError, StreamSegment
+from protocol.weight_sync import DTYPES, WeightManifest, build_manifest
+
+SMALL_BUCKET_MB = 0.02  # ~20 KB: the tiny test model spans dozens of buckets
 
 
 class Unplaced:
@@ -109,6 +115,135 @@ def test_receiver_that_never_joins_is_named_within_the_timeout(trainer, two_engi
         sync.open_groups()
     assert time.perf_counter() - start < 3.0 * 1.25 + 2.0 + 1.0
     ray.get(busy)
+
+
+# ---- shm streaming ------------------------------------------------------------------------
+class Writer:
+    """Publishes weights into a stream segment bucket by bucket, as learner rank 0 does, with the
+    test in control of when each bucket is stamped. The values are the session learner's (ZeRO-3)
+    weights, exported by the learner's own code into a scratch segment and read back."""
+
+    def __init__(self, trainer, bucket_mb: float = SMALL_BUCKET_MB) -> None:
+        self.bucket_bytes = int(bucket_mb * 2**20)
+        path = f"/dev/shm/reasonrl-test-{uuid.uuid4().hex[:8]}.weights"
+        self.manifest: WeightManifest = build_manifest(trainer.sync.layout, DTYPES[trainer.cfg.model.dtype], 0,
+                                                       "shm", path)
+        self.buckets = self.manifest.buckets(self.bucket_bytes)
+        rows, total = self.manifest.bucket_rows(self.bucket_bytes), self.manifest.total_bytes
+        trainer.learners.call("export_to_shm", path + ".src", 1, total, rows)
+        source = StreamSegment(path + ".src", self.buckets, total, create=False)
+        self.values = [[view.clone() for _, view in bucket] for bucket in source.views]
+        os.remove(path + ".src")
+        self.segment = StreamSegment(path, self.buckets, total, create=True)
+
+    def publish_all(self, version: int, scale: float = 1.0) -> None:
+        for index, values in enumerate(self.values):
+            self.segment.publish(index, version, [v * scale for v in values])
+
+    def load(self, engines, version: int, timeout_s: float = 30.0) -> list[ray.ObjectRef]:
+        return [a.load_weights_shm.remote(replace(self.manifest, version=version), self.bucket_bytes, timeout_s)
+                for a in engines.actors]
+
+    def close(self) -> None:
+        os.remove(self.manifest.location)
+
+
+@pytest.fixture
+def writer(trainer):
+    w = Writer(trainer)
+    yield w
+    w.close()
+
+
+def test_shm_stream_loads_bucket_by_bucket_while_the_learner_writes(trainer, two_engines, writer):
+    """The engines take bucket i while later buckets are not written yet, and end up serving exactly
+    the learner's weights (fp32, 1e-4) after a perturbed version was loaded first."""
+    assert len(writer.buckets) >= 8, "the test model must span many buckets"
+    prompt, response = _sequence(trainer)
+    writer.publish_all(1, scale=0.5)
+    ray.get(writer.load(two_engines, 1))
+    perturbed = _engine_logprobs(two_engines, prompt, response)[0]
+
+    refs, started = writer.load(two_engines, 2), []
+    time.sleep(0.5)  # the loads are waiting on bucket 0's stamp
+    for index, values in enumerate(writer.values):
+        if index == len(writer.values) - 1:
+            assert not ray.wait(refs, num_returns=len(refs), timeout=0.2)[0], "a load finished before the last bucket"
+        started.append(time.monotonic())
+        writer.segment.publish(index, 2, values)
+        time.sleep(0.03)
+    ray.get(refs)
+    for trace in (ray.get(a.__ray_call__.remote(lambda self: self.stream_trace))[0] for a in two_engines.actors):
+        assert len(trace) == len(writer.buckets)
+        assert all(ready >= start for (ready, _), start in zip(trace, started)), "a bucket was read before its stamp"
+        assert trace[0][1] < started[-1], "vLLM did not take bucket 0 before the last bucket was written"
+    first, second = _engine_logprobs(two_engines, prompt, response)
+    learner = _learner_logprobs(trainer.learners, prompt, response)
+    assert torch.equal(first, second)
+    assert (first - learner).abs().max() < 1e-4, "streamed weights differ from the learner's"
+    assert (perturbed - learner).abs().max() > 1e-3, "the perturbed version changed nothing: the test proves nothing"
+
+
+def test_driver_sync_streams_many_buckets_from_zero3(trainer, two_engines, writer):
+    """WeightSync submits the ZeRO-3 export (every rank gathers, rank 0 writes) and the loads together."""
+    from cluster.sync import WeightSync
+
+    prompt, response = _sequence(trainer)
+    writer.publish_all(1, scale=0.5)
+    ray.get(writer.load(two_engines, 1))
+    perturbed = _engine_logprobs(two_engines, prompt, response)[0]
+    sync = WeightSync(_with(trainer.cfg, sync={"transport": "shm", "bucket_mb": SMALL_BUCKET_MB}),
+                      trainer.learners, two_engines)
+    try:
+        metrics = [sync.sync() for _ in range(2)][-1]  # the second reuses the segment and stamps
+    finally:
+        sync.close()
+    first, second = _engine_logprobs(two_engines, prompt, response)
+    learner = _learner_logprobs(trainer.learners, prompt, response)
+    traces = ray.get([a.__ray_call__.remote(lambda self: self.stream_trace) for a in two_engines.actors])
+    assert torch.equal(first, second) and (first - learner).abs().max() < 1e-4
+    assert (perturbed - learner).abs().max() > 1e-3
+    assert all(len(t[0]) == len(writer.buckets) for t in traces)
+    assert metrics["policy_version"] == 2 and metrics["sync/total_s"] > 0 and metrics["sync/load_s"] > 0
+
+
+def test_bucket_never_stamped_fails_naming_worker_bucket_and_version(trainer, two_engines, writer):
+    """Bucket 0 of version 7 is never stamped: the load fails within the timeout, names the worker,
+    the bucket and the version, and the engine, untouched, still serves its weights."""
+    from cluster.sync import WeightSyncError, wait_named
+
+    prompt, response = _sequence(trainer)
+    before = _engine_logprobs(two_engines, prompt, response)[0]
+    start = time.perf_counter()
+    ref = writer.load(two_engines, 7, timeout_s=2.0)[0]
+    with pytest.raises(WeightSyncError, match=r"rollout\[0\] failed: StreamError: .*bucket 0/\d+ of weight version 7 "
+                                              r"was not published within 2s"):
+        wait_named([("rollout[0]", ref)], 10.0, "weight sync v7 (shm)")
+    assert time.perf_counter() - start < 2.0 + 3.0
+    assert torch.equal(_engine_logprobs(two_engines, prompt, response)[0], before)
+
+
+def test_stream_reader_names_the_missing_bucket_mid_stream() -> None:
+    """Protocol level, no engine: buckets 0-1 stamped, bucket 2 never: the reader stops at bucket 2
+    within its timeout; a bucket overwritten by a newer version is refused, never read torn."""
+    metas = build_manifest([(f"w{i}", (64, 64)) for i in range(6)], torch.float32, 0, "shm").buckets(2 * 64 * 64 * 4)
+    path = f"/dev/shm/reasonrl-test-{uuid.uuid4().hex[:8]}.weights"
+    total = max(m.offset + m.nbytes for b in metas for m in b)
+    writer = StreamSegment(path, metas, total, create=True)
+    try:
+        reader = StreamSegment(path, metas, total, create=False)
+        for index in (0, 1):
+            writer.publish(index, 1, [torch.ones(64, 64)] * len(metas[index]))
+        got, start = [], time.monotonic()
+        with pytest.raises(StreamError, match=r"bucket 2/3 of weight version 1 was not published within 0.5s"):
+            for name, _ in reader.stream(1, start + 0.5, 0.5):
+                got.append(name)
+        assert got == ["w0", "w1", "w2", "w3"] and time.monotonic() - start < 1.5
+        writer.publish(0, 2, [torch.zeros(64, 64)] * 2)
+        with pytest.raises(StreamError, match=r"bucket 0/3 was overwritten by version 2 while version 1"):
+            reader.wait(0, 1, time.monotonic() + 1, 1)
+    finally:
+        os.remove(path)
 
 
 # ---- GPU transports (run where CUDA is available) ------------------------------------------

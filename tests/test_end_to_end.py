@@ -122,7 +122,10 @@ def test_broadcast_transport_delivers_learner_weights(trainer):
     assert len(sync.manifest(0).buckets(sync.bucket_bytes)) > 1  # really bucketed
     assert (after - learner).abs().max() < 1e-4 and (after - before).abs().max() > 1e-4
     assert trainer.rollouts.call("generate", [Prompt(0, prompt, "0")], 1, 1.0, 1.0, 4, 0)[0][0].policy_version == metrics["policy_version"]
-    trainer.sync.version = sync.version
+    # Publish the same weights, same version, through the session's own transport too, so its buffer
+    # (from which restarted workers are re-synced) holds what the engines serve.
+    trainer.sync.version = sync.version - 1
+    trainer.sync.sync()
 
 
 def test_kl_in_reward_penalises_rewards_with_reference_logprobs(trainer):

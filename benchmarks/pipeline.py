@@ -26,12 +26,14 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 RESULTS = ROOT / "docs" / "pipeline"
 
+from benchmarks.doc_sections import replace_section  # noqa: E402
 from cluster.config import load_config  # noqa: E402
 from cluster.trainer import Trainer  # noqa: E402
 
 KEYS = {"step_s": "time/step_s", "generate_s": "time/generate_s", "wait_rollout_s": "time/wait_rollout_s",
         "train_s": "time/train_s", "sync_s": "time/sync_s",
         "rollout_idle_s": "time/rollout_idle_s", "learner_idle_s": "time/learner_idle_s",
+        "rollout_busy_s": "time/rollout_busy_s", "learner_busy_s": "time/learner_busy_s",
         "samples_per_s": "perf/samples_per_s", "staleness": "async/staleness_mean"}
 
 
@@ -68,12 +70,12 @@ def learning(staleness: int, overrides: list[str]) -> dict[str, Any]:
 
 def timing_table(rows: list[dict[str, Any]]) -> str:
     sync = next(r for r in rows if r["max_staleness"] == 0)
-    lines = ["| max_staleness | step s | samples/s | speed-up | generation s | learner s (train+sync) | "
-             "rollout idle s | learner idle s | mean staleness |", "|" + "---|" * 9]
+    lines = ["| max_staleness | step s | samples/s | speed-up | rollout busy s (generate + load) | rollout idle s | "
+             "learner busy s (train + export) | learner idle s | mean staleness |", "|" + "---|" * 9]
     for r in rows:
         lines.append(f"| {r['max_staleness']} | {r['step_s']:.2f} | {r['samples_per_s']:.1f} | "
-                     f"{sync['step_s'] / r['step_s']:.2f}x | {r['generate_s']:.2f} | {r['learner_s']:.2f} | "
-                     f"{r['rollout_idle_s']:.2f} | {r['learner_idle_s']:.2f} | {r['staleness']:.2f} |")
+                     f"{sync['step_s'] / r['step_s']:.2f}x | {r['rollout_busy_s']:.2f} | {r['rollout_idle_s']:.2f} | "
+                     f"{r['learner_busy_s']:.2f} | {r['learner_idle_s']:.2f} | {r['staleness']:.2f} |")
     return "\n".join(lines)
 
 
@@ -106,7 +108,8 @@ def section() -> str:
     parts = ["## Async pipelining", "",
              "Same config (configs/tiny.yaml) and seed; `train.max_staleness` k lets generation for steps s+1..s+k run "
              "while the learner trains on step s (cluster/pipeline.py). Per-step medians after warm-up; generation is "
-             "the engine's busy time; idle = step time minus the role's busy time."]
+             "the engine's busy time; busy times are measured inside the role (engine, learner); idle = step time "
+             "minus the role's busy time. Scoring runs in reward actors, overlapped with generation."]
     timing = RESULTS / "timing.json"
     if timing.exists():
         data = json.loads(timing.read_text())
@@ -125,18 +128,6 @@ def section() -> str:
                          "goal: within 5 points)")
         parts += ["", f"Machine: {data['machine']}", "", "```", data["command"], "```"]
     return "\n".join(parts) + "\n"
-
-
-def write_docs(text: str, path: Path = ROOT / "docs" / "benchmarks.md") -> None:
-    """Replace (or append) only the '## Async pipelining' section."""
-    doc = path.read_text() if path.exists() else "# Benchmarks\n"
-    start = doc.find("## Async pipelining")
-    if start >= 0:
-        end = doc.find("\n## ", start + 1)
-        doc = doc[:start] + text + (doc[end + 1:] if end >= 0 else "")
-    else:
-        doc = doc.rstrip("\n") + "\n\n" + text
-    path.write_text(doc.rstrip("\n") + "\n")
 
 
 def machine() -> str:
@@ -165,7 +156,7 @@ def main() -> None:
         print(learning_table(rows))
         (RESULTS / "learning.json").write_text(json.dumps({"rows": rows, "machine": machine(), "command": command}, indent=1))
     if args.write_docs:
-        write_docs(section())
+        replace_section(section())
 
 
 if __name__ == "__main__":

@@ -29,6 +29,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.doc_sections import replace_section  # noqa: E402
 from reward.normalize import normalize  # noqa: E402
 from reward.parse import parse_ast  # noqa: E402
 from reward.scoring import judge  # noqa: E402
@@ -213,11 +214,7 @@ def write_docs(lines: list[str], sets: dict[str, list]) -> None:
         "math-verify's lower agreement partly reflects different conventions, not only errors; "
         "throughput varies with machine load.", "",
         *lines, "", "Reproduce:", "", "```", COMMAND, "```", ""])
-    text = DOCS.read_text() if DOCS.exists() else "# Benchmarks\n\n"
-    pattern = re.compile(r"## Reward verification\n.*?(?=\n## |\Z)", re.S)
-    text = pattern.sub(lambda _: section.rstrip("\n") + "\n", text) if pattern.search(text) else text.rstrip("\n") + "\n\n" + section
-    DOCS.parent.mkdir(parents=True, exist_ok=True)
-    DOCS.write_text(text)
+    replace_section(section, DOCS)
 
 
 def main() -> None:

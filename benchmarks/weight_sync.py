@@ -25,6 +25,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.doc_sections import replace_section  # noqa: E402
 from cluster.config import SyncConfig  # noqa: E402
 from protocol.shm_stream import StreamSegment  # noqa: E402
 from protocol.weight_sync import ShmBuffer, WeightManifest, build_manifest  # noqa: E402
@@ -299,18 +300,6 @@ NOTES = ("Reading the numbers: end-to-end ~ the first bucket's export + the load
          " The per-parameter baseline runs once per row (not best-of) and is mostly Ray's per-call latency, which shrinks on a quieter machine: at 400M it took 2.5-3.7 s in the 2026-11-27 streaming run against 4.0-7.2 s in the sequential run before it, while our end-to-end time stayed the same (0.75 s vs 0.73 s, 1 receiver) and sits at vLLM's re-packing floor (1.03x); the 5x margin over it is a property of the baseline's Ray latency, not of the sync.")
 
 
-def write_docs(text: str, path: Path = ROOT / "docs" / "benchmarks.md") -> None:
-    """Replace (or append) only the '## Weight sync' section; other sections stay as they are."""
-    doc = path.read_text() if path.exists() else "# Benchmarks\n"
-    start = doc.find("## Weight sync")
-    if start >= 0:
-        end = doc.find("\n## ", start + 1)
-        doc = doc[:start] + text + (doc[end + 1:] if end >= 0 else "")
-    else:
-        doc = doc.rstrip("\n") + "\n\n" + text
-    path.write_text(doc.rstrip("\n") + "\n")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="10M,50M,150M,400M")
@@ -344,7 +333,7 @@ def main() -> None:
     report = table(rows)
     print(f"{report}\n{machine(load_at_start)}\nbenchmark wall time {time.perf_counter() - started:.0f}s")
     if args.write_docs:
-        write_docs(section(rows, report, machine(load_at_start), time.perf_counter() - started, args))
+        replace_section(section(rows, report, machine(load_at_start), time.perf_counter() - started, args))
 
 
 if __name__ == "__main__":

@@ -91,18 +91,21 @@ class Trainer:
             sync_metrics = self.sync.sync()
         self.log.samples(step, samples, {p.index: p.answer for p in prompts}, cfg.train.samples_to_save)
         return {**self._sample_metrics(samples, rollout), **{f"train/{k}": v for k, v in train_metrics.items()},
-                **kl_metrics, **sync_metrics, **async_metrics, **timer.seconds, **self._role_times(rollout, timer)}
+                **kl_metrics, **sync_metrics, **async_metrics, **timer.seconds, **self._role_times(rollout, timer, sync_metrics)}
 
-    def _role_times(self, rollout: Rollout, timer: PhaseTimer) -> dict[str, float]:
-        """Busy and idle seconds of each role in this step (the rollout workers' busy time counts the batch
-        consumed in this step, whenever it was generated)."""
+    def _role_times(self, rollout: Rollout, timer: PhaseTimer, sync: dict[str, float]) -> dict[str, float]:
+        """Busy and idle seconds of each role in this step. Rollout: its engines' generation of the batch
+        consumed in this step (whenever it ran) + the weight load, as timed in the engine; learner: the
+        train step + its weight export, as timed in the learner."""
         t = timer.seconds
         step_s = sum(t.values())
         engine_s = sum(rollout.engine_s) / max(len(rollout.engine_s), 1)
-        learner_s = t["time/train_s"] + t["time/sync_s"]
+        rollout_busy = engine_s + sync["sync/load_s"]
+        learner_busy = t["time/train_s"] + sync["sync/export_s"]
         return {"time/step_s": step_s, "time/generate_s": engine_s, "time/rollout_wall_s": rollout.wall_s,
-                "time/rollout_idle_s": max(0.0, step_s - engine_s - t["time/sync_s"]),
-                "time/learner_idle_s": max(0.0, step_s - learner_s),
+                "time/rollout_busy_s": rollout_busy, "time/learner_busy_s": learner_busy,
+                "time/rollout_idle_s": max(0.0, step_s - rollout_busy),
+                "time/learner_idle_s": max(0.0, step_s - learner_busy),
                 "perf/gen_tokens_per_s": sum(len(s.response_ids) for s in rollout.samples) / max(engine_s, 1e-9),
                 "perf/samples_per_s": len(rollout.samples) / max(step_s, 1e-9)}
 

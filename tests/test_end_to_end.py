@@ -26,6 +26,7 @@ def test_one_step_syncs_weights_exactly(trainer):
     learner_before = torch.tensor(trainer.learners.call("logprobs", TrainBatch([prompt], [response], [], [0.0], []))[0][0])
     assert torch.allclose(before, learner_before, atol=1e-4), "engine and learner disagree before training"
 
+    version = trainer.sync.version  # other tests may have stepped the shared trainer already
     metrics = trainer.step(0)
     trainer.log.log(1, metrics)
 
@@ -33,7 +34,7 @@ def test_one_step_syncs_weights_exactly(trainer):
     learner_after = torch.tensor(trainer.learners.call("logprobs", TrainBatch([prompt], [response], [], [0.0], []))[0][0])
     assert (after - learner_after).abs().max() < 1e-4, "rollout engine does not serve the learner's weights"
     assert (after - before).abs().max() > 1e-3, "the policy step did not change the weights"
-    assert metrics["policy_version"] == 1
+    assert metrics["policy_version"] == version + 1
     assert metrics["train/kl"] >= 0.0  # k3 KL loss to the frozen reference model (algorithm.kl_coef > 0)
     for key in ("reward/mean", "train/entropy", "train/clip_frac", "train/response_len", "time/train_s",
                 "time/sync_s", "perf/gen_tokens_per_s", "train/grad_norm"):

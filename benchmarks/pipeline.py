@@ -104,17 +104,25 @@ def learning_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+TIMINGS = {
+    "timing": "Each role on its own core, as on a GPU cluster each role has its own GPUs (`learner.num_ranks=1`: "
+              "the vLLM engine is pinned to one core, the learner rank runs on the other):",
+    "timing-shared-cores": "The default config (2 learner ranks on the 2 cores): when the roles overlap they compete "
+                           "for the same 2 cores, so each phase slows down and the max() bound cannot be reached:",
+}
+
+
 def section() -> str:
     parts = ["## Async pipelining", "",
              "Same config (configs/tiny.yaml) and seed; `train.max_staleness` k lets generation for steps s+1..s+k run "
              "while the learner trains on step s (cluster/pipeline.py). Per-step medians after warm-up; generation is "
              "the engine's busy time; busy times are measured inside the role (engine, learner); idle = step time "
              "minus the role's busy time. Scoring runs in reward actors, overlapped with generation."]
-    timing = RESULTS / "timing.json"
-    if timing.exists():
-        data = json.loads(timing.read_text())
-        parts += ["", timing_table(data["rows"]), "", *timing_goal(data["rows"]), "", f"Machine: {data['machine']}",
-                  "", "```", data["command"], "```"]
+    for name, caption in TIMINGS.items():
+        if (RESULTS / f"{name}.json").exists():
+            data = json.loads((RESULTS / f"{name}.json").read_text())
+            parts += ["", caption, "", timing_table(data["rows"]), "", *timing_goal(data["rows"]), "",
+                      f"Machine: {data['machine']}", "", "```", data["command"], "```"]
     learned = RESULTS / "learning.json"
     if learned.exists():
         data = json.loads(learned.read_text())
@@ -142,6 +150,7 @@ def main() -> None:
     parser.add_argument("--learning", action="store_true", help="also the full runs for k=0 and k=1 (long)")
     parser.add_argument("--no-timing", action="store_true")
     parser.add_argument("--write-docs", action="store_true")
+    parser.add_argument("--name", default="timing", choices=sorted(TIMINGS), help="which timing result this is")
     parser.add_argument("overrides", nargs="*", help="config overrides for every run")
     args = parser.parse_args()
     RESULTS.mkdir(parents=True, exist_ok=True)
@@ -150,7 +159,7 @@ def main() -> None:
         started = time.perf_counter()
         rows = [time_steps(int(k), args.steps, args.skip, args.overrides) for k in args.staleness.split(",")]
         print(timing_table(rows), *timing_goal(rows), f"wall {time.perf_counter() - started:.0f}s", sep="\n")
-        (RESULTS / "timing.json").write_text(json.dumps({"rows": rows, "machine": machine(), "command": command}, indent=1))
+        (RESULTS / f"{args.name}.json").write_text(json.dumps({"rows": rows, "machine": machine(), "command": command}, indent=1))
     if args.learning:
         rows = [learning(k, args.overrides) for k in (0, 1)]
         print(learning_table(rows))

@@ -297,7 +297,13 @@ NOTES = ("Reading the numbers: end-to-end ~ the first bucket's export + the load
          "MB); later syncs reuse the mapping, and the best-of-N hides that one-off. Before streaming (sequential "
          "export then load, same benchmark, load average 4.8) the worst ratios were e2e/reload 1.92 (150M, 2 receivers) "
          "and transport/memcpy 4.35 (10M, 2 receivers; the export then also carried per-tensor view building)."
-         " The per-parameter baseline runs once per row (not best-of) and is mostly Ray's per-call latency, which shrinks on a quieter machine: at 400M it took 2.5-3.7 s in the 2026-11-27 streaming run against 4.0-7.2 s in the sequential run before it, while our end-to-end time stayed the same (0.75 s vs 0.73 s, 1 receiver) and sits at vLLM's re-packing floor (1.03x); the 5x margin over it is a property of the baseline's Ray latency, not of the sync.")
+         " The per-parameter baseline runs once per row (not best-of) and is mostly Ray's per-call latency, which "
+         "shrinks on a quieter machine: at 400M it took 2.3-3.7 s in the streaming runs against 4.0-7.2 s in the "
+         "sequential run before them, while our end-to-end time stayed the same (0.67-0.75 s, 1 receiver) and sits at "
+         "vLLM's re-packing floor (1.03-1.09x). Why 5x cannot hold at 400M: the baseline ends with the same single "
+         "re-pack as our path, so baseline / e2e is at most baseline / reload (2.34 / 0.61 = 3.8 at 400M, quiet "
+         "machine): 5x there would need a sync faster than vLLM's own reload from memory. The goal holds from 10M to "
+         "150M, where per-call latency dominates.")
 
 
 def main() -> None:

@@ -22,6 +22,7 @@ import threading
 import time
 import uuid
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import ray
@@ -56,6 +57,28 @@ def _seconds(values: list[Any]) -> float:
     return max((float(v) for v in values if v is not None), default=0.0)
 
 
+def remove_orphaned_segments(directory: str = "/dev/shm") -> list[str]:
+    """Delete weight segments left by drivers that no longer run (a SIGKILLed driver cannot remove its
+    own, and each holds a whole model in RAM-backed /dev/shm). The driver's pid is in the name."""
+    removed = []
+    for path in Path(directory).glob("reasonrl-*-*.weights"):
+        pid = path.name.split("-")[1]
+        if pid.isdigit() and not _alive(int(pid)):
+            path.unlink(missing_ok=True)
+            removed.append(str(path))
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
+
+
 class WeightSync:
     def __init__(self, cfg: Config, learners: LearnerGroup, rollouts: RolloutGroup) -> None:
         self.cfg, self.learners, self.rollouts = cfg, learners, rollouts
@@ -67,6 +90,8 @@ class WeightSync:
         self.deadline_s = self.timeout_s * 1.25 + 2.0
         self.layout = learners.call("weight_layout")[0]
         self.location = f"/dev/shm/reasonrl-{os.getpid()}-{uuid.uuid4().hex[:8]}.weights"
+        if self.transport == "shm":
+            remove_orphaned_segments()
         self.version = 0
         self.ipc_handle: bytes | None = None  # the learner's buffer handle (transport ipc), kept for re-syncs
         # Syncs run on the driver's main thread, re-syncs of restarted workers on generation threads.

@@ -219,3 +219,19 @@ def test_an_error_raised_by_the_method_keeps_its_class_unless_named(ray_session)
         wait_named([("learner[0]", _sleep_then.remote(0, "No space left"))], 30, "save", name_task_errors=False)
     with pytest.raises(ActorFailure, match=r"^save: learner\[0\] failed: OSError: \[Errno 28\] No space left$"):
         wait_named([("learner[0]", _sleep_then.remote(0, "No space left"))], 30, "save")
+
+
+def test_weight_segments_of_dead_drivers_are_removed(tmp_path):
+    """A SIGKILLed driver leaves its /dev/shm weight segment; the next driver on the node deletes it,
+    and only it (a live driver's segment stays)."""
+    from cluster.sync import remove_orphaned_segments
+
+    gone = subprocess.Popen(["true"])  # a pid that has exited
+    gone.wait()
+    orphan = tmp_path / f"reasonrl-{gone.pid}-deadbeef.weights"
+    live = tmp_path / f"reasonrl-{os.getpid()}-cafecafe.weights"
+    other = tmp_path / "unrelated.weights"
+    for path in (orphan, live, other):
+        path.write_bytes(b"x")
+    assert remove_orphaned_segments(str(tmp_path)) == [str(orphan)]
+    assert not orphan.exists() and live.exists() and other.exists()

@@ -95,3 +95,25 @@ def test_dead_reward_actor_is_replaced_and_its_items_scored_again(trainer):
         assert [s.reward for s in samples] == [float(len(s.text) % 2 == 0) for s in samples]
     finally:
         pool.kill()
+
+
+def test_a_worker_that_finishes_nothing_in_time_is_named(trainer):
+    """A stuck (or far too slow) rollout worker: the wait ends at rollout.timeout_s with its name."""
+    from cluster.generation import GenerationError
+
+    saved = trainer.rollouts.cfg
+    trainer.rollouts.cfg = saved.model_copy(update={"timeout_s": 0.01})
+    try:
+        batch = StreamedBatch(trainer.rollouts, trainer.rewards, _prompts(trainer, 16), 4, 1.0, seed=5)
+        started = time.monotonic()
+        try:
+            batch.result()
+            raise AssertionError("no GenerationError")
+        except GenerationError as error:
+            assert "rollout[0] (16 prompts left)" in str(error) and "rollout.timeout_s=0.01" in str(error)
+        assert time.monotonic() - started < 5.0
+    finally:
+        trainer.rollouts.cfg = saved
+        for stream in batch.streams:  # let the worker finish, so later tests find it idle
+            for ref in stream:
+                ray.get(ref)

@@ -11,7 +11,7 @@ same seeds, so the batch completes with every prompt exactly once. Every wait is
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable
 
 import ray
@@ -36,7 +36,6 @@ class Rollout:
     engine_s: list[float]  # seconds each rollout worker's engine worked on this batch
     wall_s: float  # from submission to the last verdict
     restarts: int = 0  # rollout workers that died and were restarted during the batch
-    versions: list[int] = field(default_factory=list)  # distinct policy versions that generated it
 
 
 class StreamedBatch:
@@ -90,8 +89,7 @@ class StreamedBatch:
             jobs.extend(self.pool.submit(chunk.samples, self.answers))
         counts = self.pool.collect(jobs)
         samples.sort(key=lambda s: s.prompt_index)  # stable: a prompt's completions keep their order
-        return Rollout(samples, counts, engine_s, time.perf_counter() - self.started, restarts,
-                       sorted({s.policy_version for s in samples}))
+        return Rollout(samples, counts, engine_s, time.perf_counter() - self.started, restarts)
 
     def _next_ready(self) -> tuple[ray.ObjectRefGenerator, int, list[Prompt]]:
         timeout = self.rollouts.cfg.timeout_s

@@ -75,8 +75,7 @@ class Trainer:
         """One policy step: take the step's scored batch (generated ahead when train.max_staleness > 0),
         compute advantages, train, and sync the new weights into the rollout workers."""
         cfg, timer, k = self.cfg, PhaseTimer(), self.cfg.train.max_staleness
-        self.pipeline.fill(step)  # batches for steps step..step+k, ordered before this step's sync
-        with timer("wait_rollout"):
+        with timer("wait_rollout"):  # take() first submits steps step..step+k, before this step's sync
             prompts, rollout = self.pipeline.take(step)
         samples, dropped = split_stale(rollout.samples, self.sync.version, k, cfg.rollout.samples_per_prompt)
         async_metrics = {**staleness_metrics(samples, self.sync.version), "async/dropped_stale": float(dropped)}

@@ -8,7 +8,7 @@ same process can set it with monkeypatch. Faults (each one line at its point in 
   to /dev/full) after every learner rank wrote its DeepSpeed partition into `step_<k>.partial/` and
   before the driver's own files, the rename and the `latest` pointer: a disk that fills mid-save.
 - `driver_kill:<k>`: the driver SIGKILLs itself after step <k>'s metrics and samples are logged and
-  before its checkpoint: a crash between steps (no cleanup, no atexit; its Ray is orphaned).
+  before its checkpoint: a crash between steps (no cleanup, no atexit).
 - `learner_kill:<k>`: the driver `ray.kill`s the last learner rank just before step <k> starts: a
   rank lost to the OOM killer or a crashed node.
 

@@ -29,7 +29,7 @@ import yaml
 from cluster import faults
 from cluster.config import Config, dump_config
 from cluster.metrics import MetricsLog
-from learner.worker import rng_state, set_rng_state
+from protocol.rng import rng_state, set_rng_state
 
 CHECKPOINTS = "checkpoints"
 STATE_FILE = "trainer_state.json"

@@ -21,7 +21,7 @@ from math import comb
 from pathlib import Path
 from typing import Any
 
-from cluster.evaluate_loop import score_prompts
+from cluster.heldout import score_prompts
 from cluster.placement import REPO_ROOT
 from protocol.batch import Prompt
 

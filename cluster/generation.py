@@ -28,7 +28,7 @@ class GenerationError(RuntimeError):
 
 
 @dataclass
-class Rollout:
+class ScoredBatch:
     """A finished batch: scored samples sorted by prompt, and what it cost."""
 
     samples: list[Sample]
@@ -62,7 +62,7 @@ class StreamedBatch:
             prompts, self.n, self.temperature, r.top_p, r.max_new_tokens, self.seed + worker)
         self.streams[stream] = (worker, list(prompts))
 
-    def result(self) -> Rollout:
+    def result(self) -> ScoredBatch:
         samples: list[Sample] = []
         jobs: list = []
         engine_s = [0.0] * len(self.rollouts.actors)
@@ -89,7 +89,7 @@ class StreamedBatch:
             jobs.extend(self.pool.submit(chunk.samples, self.answers))
         counts = self.pool.collect(jobs)
         samples.sort(key=lambda s: s.prompt_index)  # stable: a prompt's completions keep their order
-        return Rollout(samples, counts, engine_s, time.perf_counter() - self.started, restarts)
+        return ScoredBatch(samples, counts, engine_s, time.perf_counter() - self.started, restarts)
 
     def _next_ready(self) -> tuple[ray.ObjectRefGenerator, int, list[Prompt]]:
         timeout = self.rollouts.cfg.timeout_s
@@ -114,6 +114,6 @@ class StreamedBatch:
 
 
 def generate_and_score(rollouts: RolloutGroup, pool: RewardPool, prompts: list[Prompt], n: int, temperature: float,
-                       seed: int, resync: Callable[[int], None] | None = None) -> Rollout:
+                       seed: int, resync: Callable[[int], None] | None = None) -> ScoredBatch:
     """Generate n completions per prompt and score them, streaming finished prompts to the pool."""
     return StreamedBatch(rollouts, pool, prompts, n, temperature, seed, resync).result()

@@ -19,7 +19,7 @@ from typing import Callable
 
 from cluster.config import Config
 from cluster.data import PromptSource
-from cluster.generation import Rollout, StreamedBatch
+from cluster.generation import ScoredBatch, StreamedBatch
 from cluster.groups import RewardPool, RolloutGroup
 from protocol.batch import Prompt, Sample
 
@@ -38,7 +38,7 @@ class RolloutPipeline:
         # Each batch's streams are consumed (and scored) on its own thread, so scoring keeps pace
         # with generation while the driver's main thread waits on the learner.
         self.executor = ThreadPoolExecutor(max_workers=self.ahead + 1, thread_name_prefix="rollout")
-        self.in_flight: dict[int, tuple[list[Prompt], Future[Rollout]]] = {}
+        self.in_flight: dict[int, tuple[list[Prompt], Future[ScoredBatch]]] = {}
 
     def fill(self, step: int) -> None:
         """Make sure batches for steps step..step+k are submitted (none past the last step)."""
@@ -50,7 +50,7 @@ class RolloutPipeline:
                                       step_seed(self.cfg.train.seed, t), self.resync)
                 self.in_flight[t] = (prompts, self.executor.submit(batch.result))
 
-    def take(self, step: int) -> tuple[list[Prompt], Rollout]:
+    def take(self, step: int) -> tuple[list[Prompt], ScoredBatch]:
         """The scored batch for `step` (waits for it)."""
         self.fill(step)
         prompts, future = self.in_flight.pop(step)

@@ -1,4 +1,5 @@
-"""The synchronous RL loop: sample -> generate -> score -> advantages -> learner step -> weight sync."""
+"""The RL loop: sample -> generate -> score -> advantages -> learner step -> weight sync, synchronous or with
+asynchronous rollouts (train.max_staleness > 0: cluster/pipeline.py generates ahead while the learner trains)."""
 from __future__ import annotations
 
 import json
@@ -13,8 +14,8 @@ from cluster.base_model import resolve_model
 from cluster.config import Config, dump_config
 from cluster.data import PromptSource, load_problems
 from cluster.export import copy_tokenizer
-from cluster.evaluate_loop import evaluate
-from cluster.generation import Rollout
+from cluster.heldout import held_out_metrics
+from cluster.generation import ScoredBatch
 from cluster.groups import LearnerGroup, RewardPool, RolloutGroup
 from cluster.metrics import MetricsLog, PhaseTimer, plot_emergence, plot_run, read_metrics, reflects
 from cluster.pipeline import RolloutPipeline, split_stale, staleness_metrics
@@ -92,7 +93,7 @@ class Trainer:
         return {**self._sample_metrics(samples, rollout), **{f"train/{k}": v for k, v in train_metrics.items()},
                 **kl_metrics, **sync_metrics, **async_metrics, **timer.seconds, **self._role_times(rollout, timer, sync_metrics)}
 
-    def _role_times(self, rollout: Rollout, timer: PhaseTimer, sync: dict[str, float]) -> dict[str, float]:
+    def _role_times(self, rollout: ScoredBatch, timer: PhaseTimer, sync: dict[str, float]) -> dict[str, float]:
         """Busy and idle seconds of each role in this step. Rollout: its engines' generation of the batch
         consumed in this step (whenever it ran) + the weight load, as timed in the engine; learner: the
         train step + its weight export, as timed in the learner."""
@@ -124,7 +125,7 @@ class Trainer:
             sample.advantage = adv
         return metrics
 
-    def _sample_metrics(self, samples: list[Sample], rollout: Rollout) -> dict[str, float]:
+    def _sample_metrics(self, samples: list[Sample], rollout: ScoredBatch) -> dict[str, float]:
         counts = rollout.counts
         groups = [samples[i: i + self.cfg.rollout.samples_per_prompt]
                   for i in range(0, len(samples), self.cfg.rollout.samples_per_prompt)]
@@ -144,7 +145,7 @@ class Trainer:
 
     def evaluate(self, step: int) -> dict[str, float]:
         t = time.perf_counter()
-        metrics = evaluate(self.rollouts, self.rewards, self.eval_prompts, self.cfg.train.eval_samples,
+        metrics = held_out_metrics(self.rollouts, self.rewards, self.eval_prompts, self.cfg.train.eval_samples,
                            self.cfg.rollout.temperature, seed=777, resync=self.sync.resync)
         metrics["time/eval_s"] = time.perf_counter() - t
         self.log.log(step, metrics)

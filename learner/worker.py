@@ -15,6 +15,7 @@ import torch
 from learner import core_algos as algos
 from learner.batching import PaddedBatch, pad, split
 from protocol.batch import TrainBatch
+from protocol.rng import rng_state, set_rng_state
 from protocol.shm_stream import StreamSegment
 from protocol.weight_sync import (DTYPES, FlatBuffer, TensorMeta, broadcast_bucket, ipc_handle,
                                   open_broadcast_group)
@@ -311,26 +312,3 @@ class LearnerWorker:
             raise FileNotFoundError(f"no DeepSpeed checkpoint in {path}/deepspeed")
         set_rng_state(torch.load(os.path.join(path, f"rng_rank{self.rank}.pt"), weights_only=False))
 
-
-def rng_state() -> dict[str, Any]:
-    """This process's Python, NumPy and torch (and CUDA) RNG states."""
-    import random
-
-    import numpy as np
-
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    import random
-
-    import numpy as np
-
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])

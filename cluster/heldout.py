@@ -15,7 +15,7 @@ def score_prompts(rollouts: RolloutGroup, pool: RewardPool, prompts: list[Prompt
     return rollout.samples, rollout.counts
 
 
-def evaluate(rollouts: RolloutGroup, pool: RewardPool, prompts: list[Prompt], samples_per_prompt: int,
+def held_out_metrics(rollouts: RolloutGroup, pool: RewardPool, prompts: list[Prompt], samples_per_prompt: int,
              temperature: float, seed: int, resync: Callable[[int], None] | None = None) -> dict[str, float]:
     """Sampled accuracy (mean over samples_per_prompt draws at `temperature`) and greedy accuracy."""
     sampled, _ = score_prompts(rollouts, pool, prompts, samples_per_prompt, temperature, seed, resync)

@@ -165,6 +165,16 @@ class TrainConfig(Strict):
     benchmark_limit: int | None = Field(None, ge=1)  # first N problems of each benchmark (quick checks)
 
 
+class LoggingConfig(Strict):
+    """Metrics always go to <run>/metrics.jsonl and TensorBoard; optionally also to Weights & Biases."""
+
+    wandb: bool = False  # same metric names as TensorBoard (cluster/wandb_log.py)
+    wandb_project: str = "reasonrl"
+    wandb_entity: str | None = None  # W&B team or user; None: the API key's default
+    wandb_run_name: str | None = None  # None: the run directory's name (also the W&B group)
+    wandb_mode: Literal["online", "offline"] = "online"  # offline: written to <run>/wandb, `wandb sync` later
+
+
 class RunConfig(Strict):
     name: str = "tiny"
     output_dir: str = "runs"
@@ -181,6 +191,7 @@ class Config(Strict):
     reward: RewardConfig = RewardConfig()
     sync: SyncConfig = SyncConfig()
     train: TrainConfig = TrainConfig()
+    logging: LoggingConfig = LoggingConfig()
 
     @model_validator(mode="after")
     def _fits(self) -> "Config":

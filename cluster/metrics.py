@@ -39,9 +39,11 @@ class PhaseTimer:
 
 
 class MetricsLog:
-    def __init__(self, run_dir: Path, purge_step: int | None = None) -> None:
-        """`purge_step`: on resume, TensorBoard drops the events logged at that step and later."""
+    def __init__(self, run_dir: Path, purge_step: int | None = None, sinks: list[Any] | None = None) -> None:
+        """`purge_step`: on resume, TensorBoard drops the events logged at that step and later.
+        `sinks`: more destinations of every row, each with `log(step, metrics)` and `close()` (W&B)."""
         self.run_dir = run_dir
+        self.sinks = sinks or []
         self.path = run_dir / "metrics.jsonl"
         self.samples_path = run_dir / "samples.jsonl"
         try:
@@ -58,6 +60,8 @@ class MetricsLog:
             for key, value in metrics.items():
                 self.tb.add_scalar(key, value, step)
             self.tb.flush()
+        for sink in self.sinks:
+            sink.log(step, metrics)
 
     def samples(self, step: int, samples: list[Sample], answers: dict[int, str], keep: int) -> None:
         with self.samples_path.open("a") as f:
@@ -74,6 +78,9 @@ class MetricsLog:
     def close(self) -> None:
         if self.tb is not None:
             self.tb.close()
+        for sink in self.sinks:
+            sink.close()
+        self.sinks = []
 
 
 def read_metrics(run_dir: Path) -> list[dict[str, float]]:

@@ -82,7 +82,12 @@ def bad_input(cfg: Config) -> str | None:
     the prompt lengths need a tokenizer: model.path's, or the tiny base model's once it is cached."""
     from cluster.base_model import tiny_model_dir
     from cluster.data import DataError, check_data
+    from cluster.wandb_log import WandbError, check_wandb
 
+    try:
+        check_wandb(cfg)
+    except WandbError as err:
+        return str(err)
     remote = cfg.cluster.address or os.environ.get("RAY_ADDRESS")
     if cfg.model.path and not remote and not (Path(cfg.model.path) / "config.json").is_file():
         return f"model.path: no Hugging Face model (config.json) in {cfg.model.path}"

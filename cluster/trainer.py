@@ -21,6 +21,7 @@ from cluster.metrics import MetricsLog, PhaseTimer, plot_emergence, plot_run, re
 from cluster.pipeline import RolloutPipeline, split_stale, staleness_metrics
 from cluster.placement import connect, place
 from cluster.sync import WeightSync
+from cluster.wandb_log import WandbSink
 from learner.core_algos import compute_advantages, kl_penalised_rewards, sequence_kl
 from protocol.batch import Sample, TrainBatch
 
@@ -46,7 +47,9 @@ class Trainer:
             checkpoint.truncate_to(run_dir / "samples.jsonl", self.resume_state.samples_bytes)
         run_dir.mkdir(parents=True, exist_ok=True)
         dump_config(cfg, run_dir / "config.yaml")
-        self.log = MetricsLog(run_dir, purge_step=self.resume_state.step + 1 if self.resume_state else None)
+        first_step = self.resume_state.step + 1 if self.resume_state else None
+        sinks = [WandbSink(cfg, run_dir, first_step or 0)] if cfg.logging.wandb else []
+        self.log = MetricsLog(run_dir, purge_step=first_step, sinks=sinks)
         self.started = time.perf_counter()
         self.grader: RewardPool | None = None  # grader-only reward pool for benchmarks, made on first use
 

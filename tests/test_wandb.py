@@ -6,6 +6,7 @@ import json
 import struct
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -14,10 +15,20 @@ from cluster.config import load_config
 from tests.conftest import ROOT
 
 
-def read_offline_run(run_dir: Path) -> tuple[dict[str, str], list[dict[str, float]]]:
-    """(run facts, history rows) of the one offline W&B run under `run_dir`/wandb. The .wandb file is a
+def read_offline_run(run_dir: Path, wait_s: float = 30.0) -> tuple[dict[str, str], list[dict[str, float]]]:
+    """(run facts, history rows) of the one offline W&B run under `run_dir`/wandb, once its exit record is
+    written (wandb's service process may still be flushing after `finish()` returns). The .wandb file is a
     LevelDB-style log (32 KiB blocks; records with a 7-byte header: crc, length, type full/first/middle/last)
     of wandb's protobuf Records."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        facts, history, finished = _parse_offline_run(run_dir)
+        if finished or time.monotonic() > deadline:
+            return facts, history
+        time.sleep(0.2)
+
+
+def _parse_offline_run(run_dir: Path) -> tuple[dict[str, str], list[dict[str, float]], bool]:
     from wandb.proto import wandb_internal_pb2 as pb
 
     (path,) = run_dir.glob("wandb/offline-run-*/run-*.wandb")
@@ -34,16 +45,17 @@ def read_offline_run(run_dir: Path) -> tuple[dict[str, str], list[dict[str, floa
             partial = (partial if kind == 3 else b"") + data
         elif kind == 4:
             records.append(partial + data)
-    facts, history = {}, []
+    facts, history, finished = {}, [], False
     for data in records:
         record = pb.Record()
         record.ParseFromString(data)
+        finished |= record.WhichOneof("record_type") == "exit"
         if record.WhichOneof("record_type") == "run":
             facts = {"project": record.run.project, "group": record.run.run_group, "name": record.run.display_name}
         elif record.WhichOneof("record_type") == "history":
             row = {item.key or "/".join(item.nested_key): json.loads(item.value_json) for item in record.history.item}
             history.append({k: v for k, v in row.items() if not k.startswith("_") or k == "_step"})
-    return facts, history
+    return facts, history, finished
 
 
 @pytest.fixture

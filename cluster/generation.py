@@ -36,6 +36,7 @@ class ScoredBatch:
     engine_s: list[float]  # seconds each rollout worker's engine worked on this batch
     wall_s: float  # from submission to the last verdict
     restarts: int = 0  # rollout workers that died and were restarted during the batch
+    reissued: int = 0  # prompts given again to restarted workers (unfinished when their worker died)
 
 
 class StreamedBatch:
@@ -66,7 +67,7 @@ class StreamedBatch:
         samples: list[Sample] = []
         jobs: list = []
         engine_s = [0.0] * len(self.rollouts.actors)
-        restarts = 0
+        restarts = reissued = 0
         while self.streams:
             stream, worker, unfinished = self._next_ready()
             try:
@@ -79,6 +80,7 @@ class StreamedBatch:
             except ACTOR_LOST:
                 del self.streams[stream]
                 restarts += 1
+                reissued += len(unfinished)
                 self._recover(worker, unfinished)
                 continue
             if self.on_chunk is not None:
@@ -89,7 +91,7 @@ class StreamedBatch:
             jobs.extend(self.pool.submit(chunk.samples, self.answers))
         counts = self.pool.collect(jobs)
         samples.sort(key=lambda s: s.prompt_index)  # stable: a prompt's completions keep their order
-        return ScoredBatch(samples, counts, engine_s, time.perf_counter() - self.started, restarts)
+        return ScoredBatch(samples, counts, engine_s, time.perf_counter() - self.started, restarts, reissued)
 
     def _next_ready(self) -> tuple[ray.ObjectRefGenerator, int, list[Prompt]]:
         timeout = self.rollouts.cfg.timeout_s

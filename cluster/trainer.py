@@ -144,6 +144,7 @@ class Trainer:
             "reward/timeouts": counts["timeouts"],
             "reward/restarts": counts["restarts"],
             "rollout/restarts": float(rollout.restarts),
+            "rollout/reissued_prompts": float(rollout.reissued),
         }
 
     def evaluate(self, step: int) -> dict[str, float]:

@@ -29,16 +29,21 @@ def test_rollout_worker_killed_mid_batch_is_restarted_resynced_and_reissued(trai
         trainer.step(0)
     prompts, n = _prompts(trainer, 16), 4
     reference = generate_and_score(trainer.rollouts, trainer.rewards, prompts, n, 1.0, seed=99)
-    chunks_before_kill: list[int] = []
+    chunk_sizes: list[int] = []  # samples per streamed chunk, in arrival order (the dead stream's first)
     started = time.monotonic()
     batch = StreamedBatch(trainer.rollouts, trainer.rewards, prompts, n, 1.0, seed=99, resync=trainer.sync.resync,
-                          on_chunk=lambda worker, chunk: chunks_before_kill.append(len(chunk.samples)))
+                          on_chunk=lambda worker, chunk: chunk_sizes.append(len(chunk.samples)))
     # The batch takes the engine ~0.1-1 s; the kill reaches it within milliseconds, mid-generation.
     ray.kill(trainer.rollouts.actors[0], no_restart=False)
     rollout = batch.result()
     print(f"kill + restart + re-issue took {time.monotonic() - started:.1f}s")
 
     assert rollout.restarts == 1
+    # The kill landed mid-batch: some prompts were unfinished and issued again; the chunks that arrived
+    # before the death hold exactly the other prompts' samples.
+    assert 0 < rollout.reissued <= len(prompts)
+    prefix_sums = [sum(chunk_sizes[:i]) for i in range(len(chunk_sizes) + 1)]
+    assert n * (len(prompts) - rollout.reissued) in prefix_sums and prefix_sums[-1] == n * len(prompts)
     # Nothing lost, nothing duplicated: every prompt exactly n completions.
     per_prompt = {p.index: sum(s.prompt_index == p.index for s in rollout.samples) for p in prompts}
     assert set(per_prompt.values()) == {n} and len(rollout.samples) == n * len(prompts)

@@ -69,12 +69,12 @@ def _samples(run: Path) -> list[dict]:
 
 
 @pytest.fixture(scope="module")
-def crashed_and_rerun(tmp_path_factory, trainer):
+def crashed_and_rerun(tmp_path_factory, session_trainer):
     """The session trainer only lends its cached base model (same shape): the runs skip the warm-up."""
     tmp = tmp_path_factory.mktemp("crash")
     run, mark = tmp / "run", uuid.uuid4().hex
     overrides = [o for o in small_overrides(tmp) if not o.startswith(("train.steps", "model.cache_dir"))]
-    overrides.append(f"model.cache_dir={trainer.cfg.model.cache_dir}")
+    overrides.append(f"model.cache_dir={session_trainer.cfg.model.cache_dir}")
     cmd = [sys.executable, "-m", "cluster.train", "--config", "configs/tiny.yaml", "--run-dir", str(run),
            *overrides, "train.steps=4", "train.save_every=1", "train.keep_checkpoints=3", "data.train_size=6"]
     env = {**os.environ, MARK: mark}

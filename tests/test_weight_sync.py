@@ -52,11 +52,11 @@ def _learner_logprobs(learners, prompt, response) -> torch.Tensor:
 
 
 @pytest.fixture(scope="module")
-def two_engines(trainer):
+def two_engines(session_trainer):
     from cluster.groups import RolloutGroup
 
-    cfg = _with(trainer.cfg, rollout={"num_workers": 2, "kv_cache_gib": 0.05})
-    group = RolloutGroup(cfg, trainer.model_path, Unplaced())
+    cfg = _with(session_trainer.cfg, rollout={"num_workers": 2, "kv_cache_gib": 0.05})
+    group = RolloutGroup(cfg, session_trainer.model_path, Unplaced())
     yield group
     group.kill()
 

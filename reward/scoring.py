@@ -8,7 +8,7 @@ from dataclasses import dataclass, replace
 from typing import Iterator
 
 from reward.extract import extract_answer
-from reward.grader import answers_equal
+from reward.equivalence import answers_equal
 from reward.shaping import shaped_reward
 
 

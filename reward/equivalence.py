@@ -13,7 +13,7 @@
    (left - right) of one is a nonzero constant multiple of the other's; inequalities need the
    same operators (x > 3 is read as 3 < x) and equal sides; text answers (a run of
    three or more letters, e.g. "east") compare case-insensitively; everything else is parsed by the
-   whitelist grammar (reward.parse) and compared by reward.evaluate: exactly for rational values,
+   whitelist grammar (reward.parse) and compared by reward.numeric: exactly for rational values,
    to 40 significant digits for irrational ones, and at fixed random points for expressions with
    variables. Unparseable answers match only as identical strings (spaces ignored).
 """
@@ -22,7 +22,7 @@ from __future__ import annotations
 import re
 from typing import Callable
 
-from reward.evaluate import proportional, values_equal
+from reward.numeric import proportional, values_equal
 from reward.normalize import normalize
 from reward.parse import parse_ast
 

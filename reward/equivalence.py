@@ -1,33 +1,46 @@
 """Is a predicted final answer equivalent to the gold answer? Each rule is explicit.
 
-1. Both answers are normalised (reward.normalize lists every rewrite); equal strings match.
-2. The shape of each answer is read, and shapes must agree:
-   - matrix (\\begin{pmatrix}/bmatrix/matrix): same size, entries equal in place. A one-row or
-     one-column matrix also equals a tuple with the same entries in order (a vector).
+1. Both answers are normalised (reward.normalize lists every rewrite); equal strings match. When
+   both name a known unit, the units must agree (5 m is not 5 cm; reward.units). A percentage and a
+   plain number match when the number equals the percentage or its ratio: a gold of 25% accepts
+   25%, 25 and 0.25, and a gold of 0.25 accepts 25% (and a gold of 25 accepts 25%, never 0.25).
+2. Equations: two equations are equal when (left - right) of one is a nonzero constant multiple of
+   the other's (y = 2x + 1 is 2x - y + 1 = 0). Otherwise a named left-hand side (one with no digits
+   outside subscripts and function arguments: x, a+b, f(3), \\frac{a}{b}, (x, y)) is dropped,
+   and every remaining side must equal the other answer: x = 3 and a+b = 3 equal 3, a chain
+   x = 6/8 = 3/4 equals 3/4, but x = 5+5+1 = 7 = 11 does not equal 11 and x+1 = 5 does not equal 5.
+3. The shape of each answer is read, and shapes must agree:
+   - matrix (\\begin{pmatrix}/bmatrix/matrix/array, also inside ( ) or [ ]): same size, entries
+     equal in place. A one-row or one-column matrix also equals a tuple with the same entries.
    - union of intervals (A \\cup B): the pieces match one to one, in any order.
    - tuple or interval, (a, b) / [a, b) / ...: the same bracket types, entries equal in order.
    - set \\{a, b\\} or bare list "a, b": equal as multisets (order free); a \\pm b is the list
-     a+b, a-b.
+     a+b, a-b. A set of one element equals that element.
+   - named values "x = 4, y = 7" (distinct names): equal to the same names with equal values, to
+     the tuple of the values ordered by name ((4, 7)), or to a list of the values in any order.
    - single value.
-3. A single value: a "v = ..." prefix is dropped (x=3 equals 3); two equations are equal when
-   (left - right) of one is a nonzero constant multiple of the other's; inequalities need the
-   same operators (x > 3 is read as 3 < x) and equal sides; text answers (a run of
-   three or more letters, e.g. "east") compare case-insensitively; everything else is parsed by the
-   whitelist grammar (reward.parse) and compared by reward.numeric: exactly for rational values,
-   to 40 significant digits for irrational ones, and at fixed random points for expressions with
-   variables. Unparseable answers match only as identical strings (spaces ignored).
+4. A single value: inequalities need the same operators (x > 3 is read as 3 < x) and equal sides;
+   text answers (a run of three or more letters, e.g. "east") compare case-insensitively;
+   everything else is parsed by the whitelist grammar (reward.parse) and compared by
+   reward.numeric: exactly for rational values, to 40 significant digits for irrational ones, and
+   at fixed random points for expressions with variables. Unparseable answers match only as
+   identical strings (spaces ignored).
 """
 from __future__ import annotations
 
 import re
+from fractions import Fraction
 from typing import Callable
 
+from reward.normalize import Normalized, normalize, normalize_answer
 from reward.numeric import proportional, values_equal
-from reward.normalize import normalize
 from reward.parse import parse_ast
+from reward.units import units_conflict
 
-_MATRIX = re.compile(r"^\\begin\{([pbB]?matrix|array)\}(?:\{[lcr|]*\})?(.*)\\end\{\1\}$", re.S)
-_PREFIX = re.compile(r"^[a-zA-Z]\s*=(?!=)\s*")
+_MATRIX = re.compile(r"^[(\[]?\s*\\begin\{([pbB]?matrix|array)\}(?:\{[lcr| ]*\})?(.*)\\end\{\1\}\s*[)\]]?$", re.S)
+_NAMED_ITEM = re.compile(r"^([a-zA-Z]+(?:_\{?\w+\}?)?)\s*=(?!=)\s*(.+)$", re.S)
+_SUBSCRIPT = re.compile(r"_\{[^{}]*\}|_\w")
+_CALL = re.compile(r"(?<=[a-zA-Z])\([^()]*\)")
 _WORD = re.compile(r"(?<![\\a-zA-Z])[a-zA-Z]{3,}")
 _OPEN, _CLOSE = "([{", ")]}"
 _RELATION = re.compile(r"(<=|>=|!=|<|>)")
@@ -77,7 +90,20 @@ def _expand_pm(items: list[str]) -> list[str]:
     return out
 
 
+def _unbrace(s: str) -> str:
+    """Braces around the whole answer only group: {1,3} is the list 1,3."""
+    while len(s) >= 2 and s[0] == "{" and s[-1] == "}":
+        depth = 0
+        for i, ch in enumerate(s):
+            depth += (ch in _OPEN) - (ch in _CLOSE)
+            if depth == 0 and i < len(s) - 1:
+                return s
+        s = s[1:-1].strip()
+    return s
+
+
 def shape(s: str) -> Shape:
+    s = _unbrace(s)
     matrix = _MATRIX.match(s)
     if matrix:
         rows = [r for r in matrix.group(2).split("\\\\") if r.strip()]
@@ -121,16 +147,53 @@ def _unordered(xs: list[str], ys: list[str], eq: Callable[[str, str], bool]) -> 
     return True
 
 
+def _named_values(sh: Shape) -> dict[str, str] | None:
+    """{name: value} of a list of assignments to distinct names ("x = 4, y = 7"), else None."""
+    kind, items = sh
+    if kind != "set":
+        return None
+    matches = [_NAMED_ITEM.match(item) for item in items]
+    if not all(matches):
+        return None
+    named = {m.group(1): m.group(2).strip() for m in matches if m}
+    return named if len(named) == len(items) else None
+
+
+def _named_equal(pn: dict[str, str] | None, gn: dict[str, str] | None, psh: Shape, gsh: Shape) -> bool:
+    """Named values against named values (by name), a tuple (ordered by name) or a list (any order)."""
+    if pn is not None and gn is not None:
+        return pn.keys() == gn.keys() and all(single_equal(pn[k], gn[k]) for k in pn)
+    if pn is not None:
+        values, (kind, items) = [pn[k] for k in sorted(pn)], gsh
+        if kind == "()":
+            return _ordered(values, items, single_equal)
+        return kind == "set" and _unordered(values, items, single_equal)
+    assert gn is not None
+    values, (kind, items) = [gn[k] for k in sorted(gn)], psh
+    if kind == "()":
+        return _ordered(items, values, single_equal)
+    return kind == "set" and _unordered(items, values, single_equal)
+
+
 def _shapes_equal(p: str, g: str) -> bool:
     if p == g:
         return True
-    (pk, pi), (gk, gi) = shape(p), shape(g)
+    equation = _equation_equal(p, g)
+    if equation is not None:
+        return equation
+    psh, gsh = shape(p), shape(g)
+    (pk, pi), (gk, gi) = psh, gsh
+    pn, gn = _named_values(psh), _named_values(gsh)
+    if pn is not None or gn is not None:
+        return _named_equal(pn, gn, psh, gsh)
     if pk == gk == "single":
+        return single_equal(pi[0], gi[0])
+    if {pk, gk} == {"set", "single"} and len(pi) == len(gi) == 1:  # \{5\} is 5
         return single_equal(pi[0], gi[0])
     if pk == gk == "matrix":
         return len(pi) == len(gi) and all(_ordered(x, y, single_equal) for x, y in zip(pi, gi))
     if "matrix" in (pk, gk):
-        pv, gv = _as_vector((pk, pi)), _as_vector((gk, gi))
+        pv, gv = _as_vector(psh), _as_vector(gsh)
         return pv is not None and gv is not None and _ordered(pv, gv, single_equal)
     if pk == gk == "union":
         return _unordered(pi, gi, _shapes_equal)
@@ -146,15 +209,16 @@ def _is_text(s: str) -> bool:
 
 
 def single_equal(pred: str, gold: str) -> bool:
-    p, g = _PREFIX.sub("", pred), _PREFIX.sub("", gold)
+    p, g = pred.strip(), gold.strip()
     if p == g:
         return True
+    equation = _equation_equal(p, g)
+    if equation is not None:
+        return equation
     if _is_text(p) or _is_text(g):
         return p.lower().replace(" ", "") == g.lower().replace(" ", "")
     if _RELATION.search(p) or _RELATION.search(g):
         return _relations_equal(p, g)
-    if "=" in p or "=" in g:
-        return _equations_equal(p, g)
     a, b = parse_ast(p), parse_ast(g)
     if a is None or b is None:
         return p.replace(" ", "") == g.replace(" ", "")
@@ -176,19 +240,61 @@ def _relations_equal(p: str, g: str) -> bool:
     return op == og and _ordered(sp, sg, single_equal)
 
 
-def _equations_equal(p: str, g: str) -> bool:
-    sides_p, sides_g = p.split("="), g.split("=")
-    if len(sides_p) != 2 or len(sides_g) != 2:
-        return p.replace(" ", "") == g.replace(" ", "")
-    asts = [parse_ast(s.strip()) for s in sides_p + sides_g]
-    if any(a is None for a in asts):
+def is_name(side: str) -> bool:
+    """A left-hand side that names the answer rather than computes it: letters, but no digits
+    outside subscripts and function arguments (x, a+b, x_1, f(3), \\frac{a}{b}, (x, y), |AB|)."""
+    core = _CALL.sub("", _SUBSCRIPT.sub("", side))
+    return bool(re.search(r"[a-zA-Z]", core)) and not re.search(r"\d", core)
+
+
+def _is_equation(s: str) -> bool:
+    """One equation or a chain (a top-level "="), not a list of assignments (x = 1, y = 2)."""
+    if "=" not in s or _RELATION.search(s) or "==" in s:
         return False
-    lp, rp, lg, rg = asts
-    return proportional(("add", lp, ("neg", rp)), ("add", lg, ("neg", rg)))
+    items = split_top_level(s)
+    return not (len(items) > 1 and all("=" in item for item in items)) and len(split_top_level(s, "=")) > 1
+
+
+def _values(s: str) -> list[str]:
+    """The sides of an equation that carry its value: all but a named left-hand side."""
+    if not _is_equation(s):
+        return [s]
+    sides = split_top_level(s, "=")
+    if is_name(sides[0]):
+        sides = sides[1:]
+    return [normalize(side) for side in sides]
+
+
+def _equation_equal(p: str, g: str) -> bool | None:
+    """None when neither answer is an equation; else rule 2 of the module docstring."""
+    if not (_is_equation(p) or _is_equation(g)):
+        return None
+    ps, gs = split_top_level(p, "="), split_top_level(g, "=")
+    if _is_equation(p) and _is_equation(g) and len(ps) == len(gs) == 2:
+        asts = [parse_ast(side) for side in ps + gs]
+        if all(a is not None for a in asts):
+            lp, rp, lg, rg = asts
+            if proportional(("add", lp, ("neg", rp)), ("add", lg, ("neg", rg))):
+                return True
+    pv, gv = _values(p), _values(g)
+    return all(x and y and _shapes_equal(x, y) for x in pv for y in gv)
+
+
+def _scaled_equal(plain: str, percent: str) -> bool:
+    """plain == percent / 100, for single values."""
+    a, b = parse_ast(plain), parse_ast(percent)
+    return a is not None and b is not None and values_equal(a, ("div", b, ("num", Fraction(100))))
+
+
+def equal_normalized(p: Normalized, g: Normalized) -> bool:
+    if not p.text or not g.text or units_conflict(p.unit, g.unit):
+        return False
+    if _shapes_equal(p.text, g.text):
+        return True
+    if p.percent == g.percent:
+        return False
+    return _scaled_equal(g.text, p.text) if p.percent else _scaled_equal(p.text, g.text)
 
 
 def answers_equal(pred: str, gold: str) -> bool:
-    p, g = normalize(pred), normalize(gold)
-    if not p or not g:
-        return False
-    return _shapes_equal(p, g)
+    return equal_normalized(normalize_answer(pred), normalize_answer(gold))

@@ -1,4 +1,11 @@
-"""Final-answer extraction: the content of the last brace-matched \\boxed{...} or \\fbox{...}."""
+"""Final-answer extraction.
+
+`boxed` (training's default): the content of the last brace-matched \\boxed{...} or \\fbox{...};
+no box, no answer. `boxed_or_phrase` (evaluation of Minerva-style or instruct models): without a
+complete box, the last answer phrase of the response's tail counts: "The final answer is $15$. I
+hope it is correct.", "Answer: 8", "**Final Answer**\\n100", "the answer is \\(42\\)." A truncated
+box is never rescued by a phrase, and a box or phrase holding code scores nothing.
+"""
 from __future__ import annotations
 
 import re
@@ -30,10 +37,15 @@ def last_boxed(text: str) -> str | None:
     return None
 
 
+EXTRACT_MODES: tuple[str, ...] = ("boxed", "boxed_or_phrase")
 _CODE = re.compile(r"```|\b(?:def|return|import|lambda|print|eval|exec|open|system)\b|__|(?<!\\);|==|=>|\w\.\w+\(")
-_FALLBACK = re.compile(r"(?:final answer|the answer)\s*(?:is|=|:)\s*:?\s*\$*(.+?)\$*\s*\.?\s*$",
-                       re.IGNORECASE | re.MULTILINE)
-FALLBACK_CHARS = 2_000  # fallback phrases are looked for in the tail only
+_PHRASE = re.compile(r"final\s+answer(?:\s*\*\*)?\s*(?:is\b|:|=)?|the\s+answer\s+is\b\s*:?"
+                     r"|^[ \t]*(?:\*\*|#{1,6}[ \t]*)?answer(?:[ \t]*\*\*)?[ \t]*(?::|is\b|(?=[ \t]*(?:\$|\\\(|\\\[)))",
+                     re.IGNORECASE | re.MULTILINE)
+_SPANS = (("$$", "$$"), ("\\[", "\\]"), ("\\(", "\\)"), ("$", "$"))
+_SENTENCE_END = re.compile(r"\.(?=\s|$)|\n")
+PHRASE_TAIL_CHARS = 2_000  # answer phrases are looked for in the tail only
+MAX_PHRASE_ANSWER = 200
 
 
 def looks_like_code(answer: str) -> bool:
@@ -41,15 +53,44 @@ def looks_like_code(answer: str) -> bool:
     return bool(_CODE.search(answer))
 
 
-def extract_answer(text: str, fallbacks: bool = False) -> tuple[str | None, bool]:
-    """(answer, boxed). Without a complete box, and with fallbacks on, the last "The answer is X"
-    line of the tail is used (off in training: no box earns no reward)."""
+def _phrase_value(text: str) -> str | None:
+    """The answer written right after a phrase: a math span, or the rest of the sentence."""
+    rest = text.lstrip(" \t*:")
+    if rest.startswith("\n"):  # "**Final Answer**\n100": the next non-empty line
+        rest = rest.lstrip(" \t\n*:")
+    for open_, close in _SPANS:
+        if rest.startswith(open_):
+            end = rest.find(close, len(open_))
+            if end < 0 or (open_ in ("$", "\\(") and "\n" in rest[:end]):
+                return None
+            return rest[len(open_): end].strip() or None
+    end = _SENTENCE_END.search(rest)
+    value = rest[: end.start() if end else len(rest)].strip().rstrip("*").strip()
+    if " is " in value:  # "The largest $n$ is 34"
+        return _phrase_value(value.rsplit(" is ", 1)[1])
+    return value.strip("$ ") or None
+
+
+def last_phrase(text: str) -> str | None:
+    """The answer of the last answer phrase in the response's tail that is followed by one."""
+    tail = text[-PHRASE_TAIL_CHARS:]
+    for match in reversed(list(_PHRASE.finditer(tail))):
+        value = _phrase_value(tail[match.end(): match.end() + MAX_PHRASE_ANSWER * 2])
+        if value is not None and len(value) <= MAX_PHRASE_ANSWER:
+            return value
+    return None
+
+
+def extract_answer(text: str, mode: str = "boxed") -> tuple[str | None, bool]:
+    """(answer, boxed) under an extraction mode (EXTRACT_MODES)."""
+    if mode not in EXTRACT_MODES:
+        raise ValueError(f"unknown extraction mode {mode!r}; expected one of {EXTRACT_MODES}")
     boxed = last_boxed(text)
     if boxed is not None:
         return (None if looks_like_code(boxed) else boxed), True
-    if not fallbacks or _BOX.search(text[-MAX_RESPONSE_CHARS:]):
-        return None, False  # a truncated box is never rescued by a fallback
-    matches = _FALLBACK.findall(text[-FALLBACK_CHARS:])
-    if not matches or looks_like_code(matches[-1]):
+    if mode == "boxed" or _BOX.search(text[-MAX_RESPONSE_CHARS:]):
+        return None, False  # a truncated box is never rescued by a phrase
+    phrase = last_phrase(text)
+    if phrase is None or looks_like_code(phrase):
         return None, False
-    return matches[-1].strip(), False
+    return phrase, False

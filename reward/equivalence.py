@@ -18,8 +18,11 @@
      a+b, a-b. A set of one element equals that element.
    - named values "x = 4, y = 7" (distinct names): equal to the same names with equal values, to
      the tuple of the values ordered by name ((4, 7)), or to a list of the values in any order.
+   - a relation on one named quantity and an interval: a < x <= b is (a, b], x >= a is [a, \\infty).
    - single value.
-4. A single value: inequalities need the same operators (x > 3 is read as 3 < x) and equal sides;
+4. A single value: inequalities need the same operators (x > 3 is read as 3 < x) and equal sides,
+   or, for one operator, (right - left) of one a positive constant multiple of the other's
+   (-x > -1 is x < 1);
    text answers (a run of three or more letters, e.g. "east") compare case-insensitively;
    everything else is parsed by the whitelist grammar (reward.parse) and compared by
    reward.numeric: exactly for rational values, to 40 significant digits for irrational ones, and
@@ -41,6 +44,7 @@ _MATRIX = re.compile(r"^[(\[]?\s*\\begin\{([pbB]?matrix|array)\}(?:\{[lcr| ]*\})
 _NAMED_ITEM = re.compile(r"^([a-zA-Z]+(?:_\{?\w+\}?)?)\s*=(?!=)\s*(.+)$", re.S)
 _SUBSCRIPT = re.compile(r"_\{[^{}]*\}|_\w")
 _CALL = re.compile(r"(?<=[a-zA-Z])\([^()]*\)")
+_SPACES = re.compile(r"(?<![\d.])\s+|\s+(?![\d.])")
 _WORD = re.compile(r"(?<![\\a-zA-Z])[a-zA-Z]{3,}")
 _OPEN, _CLOSE = "([{", ")]}"
 _RELATION = re.compile(r"(<=|>=|!=|<|>)")
@@ -181,6 +185,10 @@ def _shapes_equal(p: str, g: str) -> bool:
     equation = _equation_equal(p, g)
     if equation is not None:
         return equation
+    if bool(_RELATION.search(p)) != bool(_RELATION.search(g)):  # -2 <= x < 7 is [-2, 7)
+        p2, g2 = relation_interval(p) or p, relation_interval(g) or g
+        if (p2, g2) != (p, g):
+            return _shapes_equal(p2, g2)
     psh, gsh = shape(p), shape(g)
     (pk, pi), (gk, gi) = psh, gsh
     pn, gn = _named_values(psh), _named_values(gsh)
@@ -221,8 +229,13 @@ def single_equal(pred: str, gold: str) -> bool:
         return _relations_equal(p, g)
     a, b = parse_ast(p), parse_ast(g)
     if a is None or b is None:
-        return p.replace(" ", "") == g.replace(" ", "")
+        return _squash(p) == _squash(g)
     return values_equal(a, b)
+
+
+def _squash(s: str) -> str:
+    """Spaces dropped, except between two digits ("2 3" is not "23")."""
+    return " ".join(_SPACES.sub("", s).split())
 
 
 def _relation_chain(s: str) -> tuple[list[str], list[str]]:
@@ -237,7 +250,33 @@ def _relation_chain(s: str) -> tuple[list[str], list[str]]:
 def _relations_equal(p: str, g: str) -> bool:
     """Inequalities: the same operators (x > 3 is 3 < x) and equal sides in order."""
     (sp, op), (sg, og) = _relation_chain(p), _relation_chain(g)
-    return op == og and _ordered(sp, sg, single_equal)
+    if op != og:
+        return False
+    if _ordered(sp, sg, single_equal):
+        return True
+    if len(op) != 1:
+        return False
+    asts = [parse_ast(side) for side in sp + sg]  # -x > -1 is x < 1: (right - left) a positive multiple
+    if any(a is None for a in asts):
+        return False
+    lp, rp, lg, rg = asts
+    return proportional(("add", rp, ("neg", lp)), ("add", rg, ("neg", lg)), positive=op[0] != "!=")
+
+
+def relation_interval(s: str) -> str | None:
+    """The interval a relation on one named quantity describes (a < x <= b is (a, b], x >= a is
+    [a, \\infty)), or None."""
+    if "!=" in s or "," in s:
+        return None
+    sides, ops = _relation_chain(s)
+    bracket = {"<": ("(", ")"), "<=": ("[", "]")}
+    if len(ops) == 2 and is_name(sides[1]) and not (is_name(sides[0]) or is_name(sides[2])):
+        return f"{bracket[ops[0]][0]}{sides[0]}, {sides[2]}{bracket[ops[1]][1]}"
+    if len(ops) == 1 and is_name(sides[0]) != is_name(sides[1]):
+        if is_name(sides[0]):
+            return f"(-\\infty, {sides[1]}{bracket[ops[0]][1]}"
+        return f"{bracket[ops[0]][0]}{sides[0]}, \\infty)"
+    return None
 
 
 def is_name(side: str) -> bool:

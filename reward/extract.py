@@ -1,10 +1,10 @@
 """Final-answer extraction.
 
 `boxed` (training's default): the content of the last brace-matched \\boxed{...} or \\fbox{...};
-no box, no answer. `boxed_or_phrase` (evaluation of Minerva-style or instruct models): without a
-complete box, the last answer phrase of the response's tail counts: "The final answer is $15$. I
-hope it is correct.", "Answer: 8", "**Final Answer**\\n100", "the answer is \\(42\\)." A truncated
-box is never rescued by a phrase, and a box or phrase holding code scores nothing.
+no box, no answer. `boxed_or_phrase` (evaluation of Minerva-style or instruct models): an
+answer phrase counts too, when it comes after the last box: "The final answer is $15$. I hope it is
+correct.", "Answer: 8", "**Final Answer**\\n100", "the answer is \\(42\\)."; the last one wins. A
+truncated box is never rescued by a phrase, and a box or phrase holding code scores nothing.
 """
 from __future__ import annotations
 
@@ -14,27 +14,36 @@ MAX_RESPONSE_CHARS = 200_000  # longer responses are judged on their tail only
 _BOX = re.compile(r"\\(?:boxed|fbox)\s*\{")
 
 
+def _box_end(text: str, start: int) -> int | None:
+    """Index just past the brace that closes a box whose content starts at `start` (None: never)."""
+    depth, i = 1, start
+    while i < len(text) and depth:
+        ch = text[i]
+        if ch == "\\" and i + 1 < len(text):
+            i += 2
+            continue
+        depth += (ch == "{") - (ch == "}")
+        i += 1
+    return i if depth == 0 else None
+
+
+def _last_box(text: str) -> tuple[int, str | None]:
+    """(where the last box starts, its content); content None when that box never closes;
+    (-1, None) without a box."""
+    matches = list(_BOX.finditer(text))
+    if not matches:
+        return -1, None
+    end = _box_end(text, matches[-1].end())
+    return matches[-1].start(), (None if end is None else text[matches[-1].end(): end - 1].strip())
+
+
 def last_boxed(text: str) -> str | None:
     """Return the last complete boxed answer, or None if there is none or it is truncated.
 
     Only the last box counts (several boxes never merge), and an unclosed brace means the
     response was cut off, which scores nothing.
     """
-    text = text[-MAX_RESPONSE_CHARS:]
-    starts = [m.end() for m in _BOX.finditer(text)]
-    for start in reversed(starts):
-        depth, i = 1, start
-        while i < len(text) and depth:
-            ch = text[i]
-            if ch == "\\" and i + 1 < len(text):
-                i += 2
-                continue
-            depth += (ch == "{") - (ch == "}")
-            i += 1
-        if depth == 0:
-            return text[start: i - 1].strip()
-        return None  # the last box is open: truncated output
-    return None
+    return _last_box(text[-MAX_RESPONSE_CHARS:])[1]
 
 
 EXTRACT_MODES: tuple[str, ...] = ("boxed", "boxed_or_phrase")
@@ -44,7 +53,6 @@ _PHRASE = re.compile(r"final\s+answer(?:\s*\*\*)?\s*(?:is\b|:|=)?|the\s+answer\s
                      re.IGNORECASE | re.MULTILINE)
 _SPANS = (("$$", "$$"), ("\\[", "\\]"), ("\\(", "\\)"), ("$", "$"))
 _SENTENCE_END = re.compile(r"\.(?=\s|$)|\n")
-PHRASE_TAIL_CHARS = 2_000  # answer phrases are looked for in the tail only
 MAX_PHRASE_ANSWER = 200
 
 
@@ -71,26 +79,29 @@ def _phrase_value(text: str) -> str | None:
     return value.strip("$ ") or None
 
 
-def last_phrase(text: str) -> str | None:
-    """The answer of the last answer phrase in the response's tail that is followed by one."""
-    tail = text[-PHRASE_TAIL_CHARS:]
-    for match in reversed(list(_PHRASE.finditer(tail))):
-        value = _phrase_value(tail[match.end(): match.end() + MAX_PHRASE_ANSWER * 2])
+def last_phrase(text: str) -> tuple[int, str | None]:
+    """(where the last answer phrase followed by an answer starts, that answer); (-1, None) if none."""
+    for match in reversed(list(_PHRASE.finditer(text))):
+        value = _phrase_value(text[match.end(): match.end() + MAX_PHRASE_ANSWER * 2])
         if value is not None and len(value) <= MAX_PHRASE_ANSWER:
-            return value
-    return None
+            return match.start(), value
+    return -1, None
 
 
 def extract_answer(text: str, mode: str = "boxed") -> tuple[str | None, bool]:
-    """(answer, boxed) under an extraction mode (EXTRACT_MODES)."""
+    """(answer, boxed) under an extraction mode (EXTRACT_MODES). With boxed_or_phrase, whichever of
+    the last complete box and the last answer phrase starts later wins ("... \\boxed{255} ... Final
+    Answer: The final answer is $10,455$." answers 10,455; "The final answer is $\\boxed{5}$" is 5)."""
     if mode not in EXTRACT_MODES:
         raise ValueError(f"unknown extraction mode {mode!r}; expected one of {EXTRACT_MODES}")
-    boxed = last_boxed(text)
-    if boxed is not None:
-        return (None if looks_like_code(boxed) else boxed), True
-    if mode == "boxed" or _BOX.search(text[-MAX_RESPONSE_CHARS:]):
-        return None, False  # a truncated box is never rescued by a phrase
-    phrase = last_phrase(text)
-    if phrase is None or looks_like_code(phrase):
+    text = text[-MAX_RESPONSE_CHARS:]
+    box_at, boxed = _last_box(text)
+    if box_at >= 0 and boxed is None:
+        return None, False  # the last box is open: truncated output, never rescued by a phrase
+    if mode == "boxed_or_phrase":
+        phrase_at, phrase = last_phrase(text)
+        if phrase is not None and phrase_at > box_at:
+            return (None if looks_like_code(phrase) else phrase), False
+    if boxed is None:
         return None, False
-    return phrase, False
+    return (None if looks_like_code(boxed) else boxed), True

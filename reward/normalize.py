@@ -115,7 +115,7 @@ def normalize_answer(answer: str) -> Normalized:
     s = _PERCENT.sub("", s)
     for old, new in _REPLACE:
         s = s.replace(old, new)
-    s = _AND.sub(", ", s)  # "2 \\text{ and } 3" is the list 2, 3
+    s = re.sub(r",(?:\s*,)+", ",", _AND.sub(", ", s))  # "2 \\text{ and } 3" is the list 2, 3; "1, and 2" too
     s = _CHOICE.sub(lambda m: m.group(1) or m.group(2), s)
     s, unit = _strip_unit(s.strip())
     s = _IN_SET.sub("", s)

@@ -23,6 +23,7 @@ MAX_DEPTH = 30
 MAX_DIGITS = 60
 MAX_EXPONENT = 10_000  # a literal exponent larger than this is refused
 MAX_POWER_NESTING = 2  # a^{b^{c}} is allowed, a^{b^{c^{d}}} is not
+MAX_POWER_DEPTH = 6  # powers nested in any position, ((x^2)^3)^4 is 3
 MAX_FACTORIAL = 100
 
 Node = tuple
@@ -87,7 +88,11 @@ def tokenize(text: str) -> list[str]:
             raise ParseError(f"unexpected character {text[pos]!r}")
         tok = next(g for g in m.groups() if g is not None)
         if tok.startswith("\\") and tok not in _COMMANDS:
-            raise ParseError(f"unsupported command {tok}")
+            head = next((c for c in ("\\frac", "\\sqrt") if tok.startswith(c)), None)
+            if head is None:
+                raise ParseError(f"unsupported command {tok}")
+            tokens += [head, *tok[len(head):-1]]  # \fracab is \frac a b (Minerva's reading)
+            tok = tok[-1]
         if m.group(1) is not None and tokens and _is_number(tokens[-1]) and tokens[-2:-1] not in (["_"], ["^"]):
             raise ParseError("two numbers in a row")  # "2 3", "5 2/3": never a product (\log_2 8 is fine)
         tokens.append(tok)
@@ -98,9 +103,17 @@ def tokenize(text: str) -> list[str]:
 
 
 def power_nesting(node: Node) -> int:
+    """Height of the tallest power tower: exponents of exponents (a^{b^{c}} is 2). A power of a power,
+    ((x^2-2)^{1/3})^2, is no taller than its parts: literal exponents are bounded (MAX_EXPONENT)."""
     if node[0] == "pow":
-        return 1 + max(power_nesting(node[1]), power_nesting(node[2]))
+        return max(power_nesting(node[1]), 1 + power_nesting(node[2]))
     return max((power_nesting(c) for c in node[1:] if isinstance(c, tuple)), default=0)
+
+
+def power_depth(node: Node) -> int:
+    """Powers nested in any position."""
+    inner = max((power_depth(c) for c in node[1:] if isinstance(c, tuple)), default=0)
+    return inner + (node[0] == "pow")
 
 
 class _Parser:
@@ -263,7 +276,7 @@ def make_pow(base: Node, exponent: Node) -> Node:
     if literal is not None and abs(literal) > MAX_EXPONENT:
         raise ParseError("exponent too large")
     node = ("pow", base, exponent)
-    if power_nesting(node) > MAX_POWER_NESTING:
+    if power_nesting(node) > MAX_POWER_NESTING or power_depth(node) > MAX_POWER_DEPTH:
         raise ParseError("power tower too deep")
     return node
 

@@ -203,7 +203,8 @@ class RewardPool:
     def _new_actor(self, index: int) -> Any:
         """Actor `index`, in its reserved bundle when the pool was placed (a replacement reuses it)."""
         where = self.placement.options("reward", index) if self.placement else {"num_cpus": self.cfg.cpus_per_worker}
-        settings = {name: getattr(self.cfg, name) for name in inspect.signature(RewardWorker).parameters}
+        fields = type(self.cfg).model_fields  # every reward.* setting the actor's constructor takes, by name
+        settings = {name: getattr(self.cfg, name) for name in inspect.signature(RewardWorker).parameters if name in fields}
         return self.remote.options(max_concurrency=1, **where).remote(**settings)
 
     def submit(self, samples: list[Sample], answers: dict[int, str]) -> list[ScoreJob]:

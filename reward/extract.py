@@ -69,6 +69,8 @@ def _phrase_value(text: str) -> str | None:
     for open_, close in _SPANS:
         if rest.startswith(open_):
             end = rest.find(close, len(open_))
+            while end > 0 and close == "$" and rest[end - 1] == "\\":  # \$ is a dollar sign
+                end = rest.find(close, end + 1)
             if end < 0 or (open_ in ("$", "\\(") and "\n" in rest[:end]):
                 return None
             return rest[len(open_): end].strip() or None

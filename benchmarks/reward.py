@@ -47,7 +47,9 @@ DOCS = ROOT / "docs" / "benchmarks.md"
 HARD_LIMIT_S = 10.0
 COMMAND = "/work/main/.venv/bin/python benchmarks/reward.py --write-docs"
 EXTRA_HOSTILE = ["9^{9^{9}}", "10^{10^{10^{10}}}", "(" * 500 + "1" + ")" * 500, "2^{2^{2^{2^{2^{2}}}}}",
-                 "x" * 1_000_000, "\\frac{1}{" * 200 + "1" + "}" * 200, "1" * 100_000 + "!", "\x00" * 100_000]
+                 "x" * 1_000_000, "\\frac{1}{" * 200 + "1" + "}" * 200, "1" * 100_000 + "!", "\x00" * 100_000,
+                 "1 \\over " * 100 + "2", "1=" * 300 + "5", "\u221a" * 300 + "2", "x=1, " * 150, "<".join(["x"] * 300),
+                 "{" * 30 + "5 \\over 2" + "}" * 30, "5\u200b" * 200]
 
 
 def rewrites(gold: str) -> list[tuple[str, bool]]:

@@ -1,6 +1,6 @@
 """Reward verification benchmark: ours vs math-verify on one core, side by side.
 
-    /work/main/.venv/bin/python benchmarks/reward.py [--write-docs]
+    PYTHONPATH=<math-verify 0.9.0 install> /work/main/.venv/bin/python benchmarks/reward.py [--write-docs]
 
 Inputs (the same for both verifiers):
   - MATH500 gold answers as boxed responses, checked against rewritten equivalent forms
@@ -45,7 +45,9 @@ PUBLIC = ROOT / "tests" / "data" / "reward_public.jsonl"
 CONVENTIONS = ROOT / "tests" / "data" / "reward_public_conventions.json"
 DOCS = ROOT / "docs" / "benchmarks.md"
 HARD_LIMIT_S = 10.0
-COMMAND = "/work/main/.venv/bin/python benchmarks/reward.py --write-docs"
+COMMAND = ("/work/main/.venv/bin/pip install --target /tmp/reasonrl-mv --no-deps math-verify==0.9.0 "
+           "latex2sympy2_extended==1.11.0 antlr4-python3-runtime==4.13.2   # once\n"
+           "PYTHONPATH=/tmp/reasonrl-mv /work/main/.venv/bin/python benchmarks/reward.py --write-docs")
 EXTRA_HOSTILE = ["9^{9^{9}}", "10^{10^{10^{10}}}", "(" * 500 + "1" + ")" * 500, "2^{2^{2^{2^{2^{2}}}}}",
                  "x" * 1_000_000, "\\frac{1}{" * 200 + "1" + "}" * 200, "1" * 100_000 + "!", "\x00" * 100_000,
                  "1 \\over " * 100 + "2", "1=" * 300 + "5", "\u221a" * 300 + "2", "x=1, " * 150, "<".join(["x"] * 300),
@@ -271,6 +273,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--write-docs", action="store_true", help="update docs/benchmarks.md")
     args = parser.parse_args()
+    try:
+        import math_verify  # noqa: F401 - checked here so a missing install fails at once, not per call
+    except ImportError:
+        sys.exit("error: math-verify is not importable; install it as in the Reproduce block of "
+                 "docs/benchmarks.md (Reward verification):\n" + COMMAND)
     if hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})  # one core, children inherit
     rows, public = labelled_rows(), labelled_rows(PUBLIC)

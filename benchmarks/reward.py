@@ -210,12 +210,8 @@ def table(results: dict[str, dict[str, dict[str, Any]]], sets: dict[str, list]) 
                         ("adversarial", "adversarial: agreement (score 0 unless labelled equal)")):
         lines.append(f"| {label} | {_agreement_cell(ours[name]['verdicts'], sets[name])} | "
                      f"{_agreement_cell(mv[name]['verdicts'], sets[name])} |")
-    sources = sorted({row["source"].split("@")[0] for row in sets["public_rows"]})
-    for repo in sources:
-        keep = [i for i, row in enumerate(sets["public_rows"]) if row["source"].startswith(repo + "@")]
-        pairs = [sets["public"][i] for i in keep]
-        cells = [_agreement_cell([who["public"]["verdicts"][i] for i in keep], pairs) for who in (ours, mv)]
-        lines.append(f"| &nbsp;&nbsp;of which {repo} | {cells[0]} | {cells[1]} |")
+        if name == "public":
+            lines += _per_source(results, sets)
     for name in ("adversarial", "labelled", "public"):
         lines.append(f"| {name}: slowest single call (s) | {max(ours[name]['times']):.3f} | "
                      f"{max(mv[name]['times']):.3f} |")
@@ -224,6 +220,17 @@ def table(results: dict[str, dict[str, dict[str, Any]]], sets: dict[str, list]) 
     timed = [k for k in sets if k in ours]
     lines.append(f"| timeouts (ours: 2 s check limit; math-verify: killed at {HARD_LIMIT_S:.0f} s) | "
                  f"{sum(ours[k]['timeouts'] for k in timed)} | {sum(mv[k]['timeouts'] for k in timed)} |")
+    return lines
+
+
+def _per_source(results: dict[str, dict[str, dict[str, Any]]], sets: dict[str, list]) -> list[str]:
+    lines = []
+    for repo in sorted({row["source"].split("@")[0] for row in sets["public_rows"]}):
+        keep = [i for i, row in enumerate(sets["public_rows"]) if row["source"].startswith(repo + "@")]
+        pairs = [sets["public"][i] for i in keep]
+        cells = [_agreement_cell([results[who]["public"]["verdicts"][i] for i in keep], pairs)
+                 for who in ("ours", "math-verify")]
+        lines.append(f"| &nbsp;&nbsp;of which {repo} | {cells[0]} | {cells[1]} |")
     return lines
 
 

@@ -162,3 +162,12 @@ def test_scoring_imports_no_sympy():
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
+
+
+def test_reward_extract_is_a_checked_config_field():
+    from cluster.config import ConfigError, load_config
+
+    assert load_config(None, []).reward.extract == "boxed"  # training's default
+    assert load_config(None, ["reward.extract=boxed_or_phrase"]).reward.extract == "boxed_or_phrase"
+    with pytest.raises(ConfigError, match="reward.extract"):
+        load_config(None, ["reward.extract=phrase"])

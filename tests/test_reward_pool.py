@@ -62,14 +62,17 @@ def test_a_generation_batch_completes_when_the_custom_reward_raises(trainer):
         pool.kill()
 
 
-def test_grader_actors_do_not_import_sympy(trainer):
-    pool = _pool(trainer, custom_fn=None, num_workers=1)
+def test_grader_actors_take_reward_extract_and_do_not_import_sympy(trainer):
+    pool = _pool(trainer, custom_fn=None, num_workers=1, extract="boxed_or_phrase")
     try:
-        samples = _samples(["\\frac{1}{2}", "2\\sqrt{3}", "(1, 2)", "x^2+1"])
-        for s, text in zip(samples, ["\\boxed{0.5}", "\\boxed{\\sqrt{12}}", "\\boxed{(1,2)}", "\\boxed{1+x^2}"]):
-            s.text = text
-        pool.collect(pool.submit(samples, {s.prompt_index: a for s, a in zip(samples, ["\\frac{1}{2}", "2\\sqrt{3}", "(1, 2)", "x^2+1"])}))
-        assert [s.reward for s in samples] == [1.0] * 4
+        golds = ["\\frac{1}{2}", "2\\sqrt{3}", "(1, 2)", "x^2+1", "15"]
+        samples = _samples(golds)
+        texts = ["\\boxed{0.5}", "\\boxed{\\sqrt{12}}", "\\boxed{(1,2)}", "\\boxed{1+x^2}",
+                 "The final answer is $15$. I hope it is correct."]  # an answer phrase: 0 under the default
+        for sample, text in zip(samples, texts):
+            sample.text = text
+        pool.collect(pool.submit(samples, dict(enumerate(golds))))
+        assert [s.reward for s in samples] == [1.0] * 5
         loaded = ray.get(pool.actors[0].__ray_call__.remote(lambda worker: sorted(m for m in sys.modules if m.startswith("sympy"))))
         assert loaded == [], loaded[:5]
     finally:

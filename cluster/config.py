@@ -121,12 +121,15 @@ class AlgorithmConfig(Strict):
 
 class RewardConfig(Strict):
     num_workers: int = Field(2, ge=1)
-    timeout_s: float = Field(2.0, gt=0)  # per answer, enforced inside the reward actor
+    timeout_s: float = Field(2.0, gt=0)  # per answer (grader or custom_fn), enforced inside the reward actor
     # A batch's verdicts are awaited at most 2 * timeout_s + grace_s (grace: actor start-up, a
     # replacement's imports) after generation ends; an actor still busy then is killed and replaced.
     grace_s: float = Field(40.0, gt=0)
     custom_fn: str | None = Field(None, pattern=r"^[\w.]+:\w+$")  # "module:function(response, answer) -> float"
     shaping: Literal["binary", "simplerl"] = "binary"  # reward.shaping.shaped_reward
+    # Final-answer extraction (reward/extract.py): "boxed" scores only the last \boxed{} (training);
+    # "boxed_or_phrase" also reads "The final answer is X" / "Answer: X" (Minerva-style or instruct models).
+    extract: Literal["boxed", "boxed_or_phrase"] = "boxed"
     cpus_per_worker: float = Field(0.25, gt=0)
     resources: dict[str, float] = {}  # extra Ray resources per reward actor
 

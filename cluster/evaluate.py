@@ -1,7 +1,9 @@
 """CLI: python -m cluster.evaluate --model <HF dir | checkpoint | run dir> --benchmarks math500,gsm8k,...
 
 Benchmark evaluation with the training stack's own rollout workers (vLLM) and reward pool (the
-grader; reward.custom_fn is ignored here). Per benchmark: greedy pass@1, and with --samples n > 0,
+grader; reward.custom_fn is ignored here). --extract boxed_or_phrase (reward.extract) also accepts
+unboxed final answers ("The final answer is $15$. I hope it is correct.", "Answer: 8"), as
+Minerva-style few-shot and instruct models write them; the default scores boxed answers only. Per benchmark: greedy pass@1, and with --samples n > 0,
 avg@n (mean correctness of n samples at --temperature) and pass@k for each k in --pass-k, with the
 unbiased estimator 1 - C(n-c, k) / C(n, k) (Chen et al. 2021). Results are printed as a table and
 written to <out>/results.json and <out>/results.md.
@@ -152,6 +154,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--pass-k", default="1", help="comma-separated k values for pass@k (k <= --samples)")
     p.add_argument("--temperature", type=float, help="sampling temperature (default rollout.temperature)")
     p.add_argument("--limit", type=int, help="first N problems of each benchmark")
+    p.add_argument("--extract", choices=["boxed", "boxed_or_phrase"],
+                   help="final-answer extraction (default reward.extract: boxed)")
     p.add_argument("overrides", nargs="*", help="section.key=value, e.g. rollout.max_new_tokens=3000")
     args = p.parse_args(argv)
     from cluster.config import ConfigError, load_config
@@ -159,17 +163,19 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     model = _model_dir(Path(args.model), args.out)
     try:
-        cfg = load_config(args.config, args.overrides + [f"model.path={model}", "reward.custom_fn=null"])
+        extract = [f"reward.extract={args.extract}"] if args.extract else []
+        cfg = load_config(args.config, args.overrides + extract + [f"model.path={model}", "reward.custom_fn=null"])
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     results = _evaluate(cfg, args)
     table = markdown_table(results)
     summary = [{k: v for k, v in asdict(r).items() if k != "completions"} for r in results]
-    (args.out / "results.json").write_text(json.dumps({"model": str(model), "results": summary}, indent=2))
+    (args.out / "results.json").write_text(json.dumps({"model": str(model), "extract": cfg.reward.extract,
+                                                       "results": summary}, indent=2))
     for r in results:
         (args.out / f"{r.name}_greedy.jsonl").write_text("".join(json.dumps(c) + "\n" for c in r.completions))
-    (args.out / "results.md").write_text(f"Model: `{model}`\n\n{table}")
+    (args.out / "results.md").write_text(f"Model: `{model}` (answer extraction: {cfg.reward.extract})\n\n{table}")
     print(table + f"\nresults: {args.out / 'results.json'}, {args.out / 'results.md'}")
     return 0
 

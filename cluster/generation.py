@@ -32,7 +32,7 @@ class ScoredBatch:
     """A finished batch: scored samples sorted by prompt, and what it cost."""
 
     samples: list[Sample]
-    counts: dict[str, float]  # reward timeouts and unboxed answers
+    counts: dict[str, float]  # reward timeouts, errors, unboxed answers, replaced reward actors
     engine_s: list[float]  # seconds each rollout worker's engine worked on this batch
     wall_s: float  # from submission to the last verdict
     restarts: int = 0  # rollout workers that died and were restarted during the batch

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import dataclasses
+import inspect
+import sys
 import threading
 from dataclasses import dataclass
 import time
@@ -14,7 +16,7 @@ from cluster.placement import Placement
 from learner.core_algos import batch_normalisers
 from learner.worker import LearnerSpec, LearnerWorker
 from protocol.batch import Prompt, Sample, TrainBatch, unshard
-from reward.scoring import Verdict
+from reward.scoring import Verdict, describe_error, error_kind
 from reward.worker import RewardWorker
 from rollout.worker import EngineSpec, RolloutWorker
 
@@ -184,7 +186,9 @@ class ScoreJob:
 
 class RewardPool:
     """K reward actors. Work is sent as soon as each generation chunk arrives; a stuck actor is
-    killed and replaced and its items are counted as timeouts (reward 0)."""
+    killed and replaced and its items are counted as timeouts (reward 0). An item whose scoring
+    raised (the grader or reward.custom_fn) scores as a wrong answer and counts in `errors`; each
+    kind of error (where + exception type) is printed once per pool."""
 
     def __init__(self, cfg: Config, placement: Placement | None = None) -> None:
         self.cfg = cfg.reward
@@ -194,12 +198,14 @@ class RewardPool:
         self.next = 0
         self.restarts = 0
         self.lock = threading.Lock()  # batches in flight (train.max_staleness > 0) score from their own threads
+        self.error_kinds: set[str] = set()
 
     def _new_actor(self, index: int) -> Any:
         """Actor `index`, in its reserved bundle when the pool was placed (a replacement reuses it)."""
         where = self.placement.options("reward", index) if self.placement else {"num_cpus": self.cfg.cpus_per_worker}
-        return self.remote.options(max_concurrency=1, **where).remote(self.cfg.timeout_s, self.cfg.custom_fn,
-                                                                      self.cfg.shaping)
+        fields = type(self.cfg).model_fields  # every reward.* setting the actor's constructor takes, by name
+        settings = {name: getattr(self.cfg, name) for name in inspect.signature(RewardWorker).parameters if name in fields}
+        return self.remote.options(max_concurrency=1, **where).remote(**settings)
 
     def submit(self, samples: list[Sample], answers: dict[int, str]) -> list[ScoreJob]:
         """Spread `samples` over the actors (round robin); verdicts come back through `collect`."""
@@ -219,11 +225,13 @@ class RewardPool:
         return jobs
 
     def collect(self, jobs: list[ScoreJob]) -> dict[str, float]:
-        """Write verdicts into the samples; returns counts of timeouts, unboxed answers and replaced actors.
+        """Write verdicts into the samples; returns counts of timeouts, errors, unboxed answers and
+        replaced actors.
 
         A reward actor that hangs past the deadline is killed and replaced, and its items count as
-        timeouts (reward 0). One that dies is replaced and its items are scored again, once."""
-        counts = {"timeouts": 0.0, "unboxed": 0.0, "restarts": 0.0}
+        timeouts (reward 0). One that dies is replaced and its items are scored again, once. Items
+        whose scoring raised count as errors (scored as wrong answers: reward.scoring)."""
+        counts = {"timeouts": 0.0, "errors": 0.0, "unboxed": 0.0, "restarts": 0.0}
         deadline = time.monotonic() + self.cfg.timeout_s * 2 + self.cfg.grace_s
         for job in jobs:
             verdicts = self._verdicts(job, deadline, counts)
@@ -231,13 +239,29 @@ class RewardPool:
                 sample.reward, sample.correct = verdict.reward, verdict.correct
                 counts["timeouts"] += verdict.timed_out
                 counts["unboxed"] += not verdict.boxed
+                if verdict.error is not None:
+                    counts["errors"] += 1
+                    self._report(job.actor_index, verdict.error)
         return counts
+
+    def _report(self, index: int, error: str) -> None:
+        """Print an error the first time its kind (where + exception type) is seen by this pool."""
+        kind = error_kind(error)
+        with self.lock:
+            if kind in self.error_kinds:
+                return
+            self.error_kinds.add(kind)
+        print(f"reward[{index}]: {error} (scored as a wrong answer and counted in reward/errors; "
+              f"later errors of this kind are counted, not printed)", file=sys.stderr, flush=True)
 
     def _verdicts(self, job: ScoreJob, deadline: float, counts: dict[str, float], retry: bool = True) -> list[Verdict]:
         index, part = job.actor_index, job.samples
         timed_out = [Verdict(0.0, False, True, timed_out=True) for _ in part]
         try:
             return ray.get(job.ref, timeout=max(0.1, deadline - time.monotonic()))
+        except ray.exceptions.RayTaskError as error:  # raised outside the per-item guards: the job's items fail
+            cause = describe_error(f"reward[{index}].score", getattr(error, "cause", None) or error)
+            return [Verdict(0.0, False, True, error=cause) for _ in part]
         except ray.exceptions.GetTimeoutError:
             print(f"reward[{index}] did not answer within its deadline: replaced; {len(part)} items count as timeouts")
             self._replace(job, counts)

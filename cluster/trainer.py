@@ -142,6 +142,7 @@ class Trainer:
             "train/solved_none_frac": mean([all(s.reward == 0 for s in g) for g in groups]),
             "train/solved_all_frac": mean([all(s.reward > 0 for s in g) for g in groups]),
             "reward/timeouts": counts["timeouts"],
+            "reward/errors": counts["errors"],
             "reward/restarts": counts["restarts"],
             "rollout/restarts": float(rollout.restarts),
             "rollout/reissued_prompts": float(rollout.reissued),

@@ -1,4 +1,11 @@
-"""Final-answer extraction: the content of the last brace-matched \\boxed{...} or \\fbox{...}."""
+"""Final-answer extraction.
+
+`boxed` (training's default): the content of the last brace-matched \\boxed{...} or \\fbox{...};
+no box, no answer. `boxed_or_phrase` (evaluation of Minerva-style or instruct models): an
+answer phrase counts too, when it comes after the last box: "The final answer is $15$. I hope it is
+correct.", "Answer: 8", "**Final Answer**\\n100", "the answer is \\(42\\)."; the last one wins. A
+truncated box is never rescued by a phrase, and a box or phrase holding code scores nothing.
+"""
 from __future__ import annotations
 
 import re
@@ -7,33 +14,46 @@ MAX_RESPONSE_CHARS = 200_000  # longer responses are judged on their tail only
 _BOX = re.compile(r"\\(?:boxed|fbox)\s*\{")
 
 
+def _box_end(text: str, start: int) -> int | None:
+    """Index just past the brace that closes a box whose content starts at `start` (None: never)."""
+    depth, i = 1, start
+    while i < len(text) and depth:
+        ch = text[i]
+        if ch == "\\" and i + 1 < len(text):
+            i += 2
+            continue
+        depth += (ch == "{") - (ch == "}")
+        i += 1
+    return i if depth == 0 else None
+
+
+def _last_box(text: str) -> tuple[int, str | None]:
+    """(where the last box starts, its content); content None when that box never closes;
+    (-1, None) without a box."""
+    matches = list(_BOX.finditer(text))
+    if not matches:
+        return -1, None
+    end = _box_end(text, matches[-1].end())
+    return matches[-1].start(), (None if end is None else text[matches[-1].end(): end - 1].strip())
+
+
 def last_boxed(text: str) -> str | None:
     """Return the last complete boxed answer, or None if there is none or it is truncated.
 
     Only the last box counts (several boxes never merge), and an unclosed brace means the
     response was cut off, which scores nothing.
     """
-    text = text[-MAX_RESPONSE_CHARS:]
-    starts = [m.end() for m in _BOX.finditer(text)]
-    for start in reversed(starts):
-        depth, i = 1, start
-        while i < len(text) and depth:
-            ch = text[i]
-            if ch == "\\" and i + 1 < len(text):
-                i += 2
-                continue
-            depth += (ch == "{") - (ch == "}")
-            i += 1
-        if depth == 0:
-            return text[start: i - 1].strip()
-        return None  # the last box is open: truncated output
-    return None
+    return _last_box(text[-MAX_RESPONSE_CHARS:])[1]
 
 
+EXTRACT_MODES: tuple[str, ...] = ("boxed", "boxed_or_phrase")
 _CODE = re.compile(r"```|\b(?:def|return|import|lambda|print|eval|exec|open|system)\b|__|(?<!\\);|==|=>|\w\.\w+\(")
-_FALLBACK = re.compile(r"(?:final answer|the answer)\s*(?:is|=|:)\s*:?\s*\$*(.+?)\$*\s*\.?\s*$",
-                       re.IGNORECASE | re.MULTILINE)
-FALLBACK_CHARS = 2_000  # fallback phrases are looked for in the tail only
+_PHRASE = re.compile(r"final\s+answer(?:\s*\*\*)?\s*(?:is\b|:|=)?|the\s+answer\s+is\b\s*:?"
+                     r"|^[ \t]*(?:\*\*|#{1,6}[ \t]*)?answer(?:[ \t]*\*\*)?[ \t]*(?::|is\b|(?=[ \t]*(?:\$|\\\(|\\\[)))",
+                     re.IGNORECASE | re.MULTILINE)
+_SPANS = (("$$", "$$"), ("\\[", "\\]"), ("\\(", "\\)"), ("$", "$"))
+_SENTENCE_END = re.compile(r"\.(?=\s|$)|\n")
+MAX_PHRASE_ANSWER = 200
 
 
 def looks_like_code(answer: str) -> bool:
@@ -41,15 +61,49 @@ def looks_like_code(answer: str) -> bool:
     return bool(_CODE.search(answer))
 
 
-def extract_answer(text: str, fallbacks: bool = False) -> tuple[str | None, bool]:
-    """(answer, boxed). Without a complete box, and with fallbacks on, the last "The answer is X"
-    line of the tail is used (off in training: no box earns no reward)."""
-    boxed = last_boxed(text)
-    if boxed is not None:
-        return (None if looks_like_code(boxed) else boxed), True
-    if not fallbacks or _BOX.search(text[-MAX_RESPONSE_CHARS:]):
-        return None, False  # a truncated box is never rescued by a fallback
-    matches = _FALLBACK.findall(text[-FALLBACK_CHARS:])
-    if not matches or looks_like_code(matches[-1]):
+def _phrase_value(text: str) -> str | None:
+    """The answer written right after a phrase: a math span, or the rest of the sentence."""
+    rest = text.lstrip(" \t*:")
+    if rest.startswith("\n"):  # "**Final Answer**\n100": the next non-empty line
+        rest = rest.lstrip(" \t\n*:")
+    for open_, close in _SPANS:
+        if rest.startswith(open_):
+            end = rest.find(close, len(open_))
+            while end > 0 and close == "$" and rest[end - 1] == "\\":  # \$ is a dollar sign
+                end = rest.find(close, end + 1)
+            if end < 0 or (open_ in ("$", "\\(") and "\n" in rest[:end]):
+                return None
+            return rest[len(open_): end].strip() or None
+    end = _SENTENCE_END.search(rest)
+    value = rest[: end.start() if end else len(rest)].strip().rstrip("*").strip()
+    if " is " in value:  # "The largest $n$ is 34"
+        return _phrase_value(value.rsplit(" is ", 1)[1])
+    return value.strip("$ ") or None
+
+
+def last_phrase(text: str) -> tuple[int, str | None]:
+    """(where the last answer phrase followed by an answer starts, that answer); (-1, None) if none."""
+    for match in reversed(list(_PHRASE.finditer(text))):
+        value = _phrase_value(text[match.end(): match.end() + MAX_PHRASE_ANSWER * 2])
+        if value is not None and len(value) <= MAX_PHRASE_ANSWER:
+            return match.start(), value
+    return -1, None
+
+
+def extract_answer(text: str, mode: str = "boxed") -> tuple[str | None, bool]:
+    """(answer, boxed) under an extraction mode (EXTRACT_MODES). With boxed_or_phrase, whichever of
+    the last complete box and the last answer phrase starts later wins ("... \\boxed{255} ... Final
+    Answer: The final answer is $10,455$." answers 10,455; "The final answer is $\\boxed{5}$" is 5)."""
+    if mode not in EXTRACT_MODES:
+        raise ValueError(f"unknown extraction mode {mode!r}; expected one of {EXTRACT_MODES}")
+    text = text[-MAX_RESPONSE_CHARS:]
+    box_at, boxed = _last_box(text)
+    if box_at >= 0 and boxed is None:
+        return None, False  # the last box is open: truncated output, never rescued by a phrase
+    if mode == "boxed_or_phrase":
+        phrase_at, phrase = last_phrase(text)
+        if phrase is not None and phrase_at > box_at:
+            return (None if looks_like_code(phrase) else phrase), False
+    if boxed is None:
         return None, False
-    return matches[-1].strip(), False
+    return (None if looks_like_code(boxed) else boxed), True

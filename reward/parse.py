@@ -17,19 +17,18 @@ import re
 from fractions import Fraction
 from functools import lru_cache
 
-import sympy
-
 MAX_CHARS = 400
 MAX_TOKENS = 200
 MAX_DEPTH = 30
 MAX_DIGITS = 60
 MAX_EXPONENT = 10_000  # a literal exponent larger than this is refused
 MAX_POWER_NESTING = 2  # a^{b^{c}} is allowed, a^{b^{c^{d}}} is not
+MAX_POWER_DEPTH = 6  # powers nested in any position, ((x^2)^3)^4 is 3
 MAX_FACTORIAL = 100
 
 Node = tuple
 _NUMBER = r"(\d*\.\d*\\overline\{\d+\}|\d+(?:\.\d*)?[eE][-+]?\d+|\d+\.\d*|\.\d+|\d+)"
-_TOKEN = re.compile(r"\s*(?:" + _NUMBER + r"|(\\[a-zA-Z]+)|([a-zA-Z])|([-+*/^()\[\]{}!|_]))")
+_TOKEN = re.compile(r"\s*(?:" + _NUMBER + r"|(\\[a-zA-Z]+)|([a-zA-Z])|([-+*/^()\[\]{}!|_]))", re.ASCII)
 _FUNCTIONS = {"\\sin", "\\cos", "\\tan", "\\cot", "\\sec", "\\csc", "\\arcsin", "\\arccos",
               "\\arctan", "\\ln", "\\log", "\\exp", "\\sinh", "\\cosh", "\\tanh"}
 _CONSTANTS = {"\\pi": ("const", "pi"), "\\infty": ("const", "oo"), "\\inf": ("const", "oo"),
@@ -61,6 +60,10 @@ def number_value(tok: str) -> Fraction:
     return Fraction(tok)
 
 
+def _is_number(tok: str) -> bool:
+    return tok[0].isdigit() or tok[0] == "."
+
+
 def max_nesting(text: str) -> int:
     depth = deepest = 0
     for ch in text:
@@ -85,7 +88,13 @@ def tokenize(text: str) -> list[str]:
             raise ParseError(f"unexpected character {text[pos]!r}")
         tok = next(g for g in m.groups() if g is not None)
         if tok.startswith("\\") and tok not in _COMMANDS:
-            raise ParseError(f"unsupported command {tok}")
+            head = next((c for c in ("\\frac", "\\sqrt") if tok.startswith(c)), None)
+            if head is None:
+                raise ParseError(f"unsupported command {tok}")
+            tokens += [head, *tok[len(head):-1]]  # \fracab is \frac a b (Minerva's reading)
+            tok = tok[-1]
+        if m.group(1) is not None and tokens and _is_number(tokens[-1]) and tokens[-2:-1] not in (["_"], ["^"]):
+            raise ParseError("two numbers in a row")  # "2 3", "5 2/3": never a product (\log_2 8 is fine)
         tokens.append(tok)
         pos = m.end()
         if len(tokens) > MAX_TOKENS:
@@ -94,9 +103,17 @@ def tokenize(text: str) -> list[str]:
 
 
 def power_nesting(node: Node) -> int:
+    """Height of the tallest power tower: exponents of exponents (a^{b^{c}} is 2). A power of a power,
+    ((x^2-2)^{1/3})^2, is no taller than its parts: literal exponents are bounded (MAX_EXPONENT)."""
     if node[0] == "pow":
-        return 1 + max(power_nesting(node[1]), power_nesting(node[2]))
+        return max(power_nesting(node[1]), 1 + power_nesting(node[2]))
     return max((power_nesting(c) for c in node[1:] if isinstance(c, tuple)), default=0)
+
+
+def power_depth(node: Node) -> int:
+    """Powers nested in any position."""
+    inner = max((power_depth(c) for c in node[1:] if isinstance(c, tuple)), default=0)
+    return inner + (node[0] == "pow")
 
 
 class _Parser:
@@ -259,7 +276,7 @@ def make_pow(base: Node, exponent: Node) -> Node:
     if literal is not None and abs(literal) > MAX_EXPONENT:
         raise ParseError("exponent too large")
     node = ("pow", base, exponent)
-    if power_nesting(node) > MAX_POWER_NESTING:
+    if power_nesting(node) > MAX_POWER_NESTING or power_depth(node) > MAX_POWER_DEPTH:
         raise ParseError("power tower too deep")
     return node
 
@@ -273,26 +290,6 @@ def parse_ast(text: str) -> Node | None:
         return None
 
 
-def parse_math(text: str) -> sympy.Expr:
-    """Parse an answer string into a sympy expression, or raise ParseError (not used for grading)."""
-    return to_sympy(_Parser(tokenize(text)).parse())
-
-
-_SYMPY_CONST = {"pi": sympy.pi, "e": sympy.E, "i": sympy.I, "oo": sympy.oo}
-
-
-def to_sympy(node: Node) -> sympy.Expr:
-    kind, args = node[0], node[1:]
-    if kind == "num":
-        return sympy.Rational(args[0].numerator, args[0].denominator)
-    if kind == "sym":
-        return sympy.Symbol(args[0])
-    if kind == "const":
-        return _SYMPY_CONST[args[0]]
-    if kind == "fn":
-        return getattr(sympy, {"ln": "log", "arcsin": "asin", "arccos": "acos", "arctan": "atan"}
-                       .get(args[0], args[0]))(to_sympy(args[1]))
-    values = [to_sympy(a) for a in args]
-    ops = {"neg": lambda a: -a, "add": lambda a, b: a + b, "mul": lambda a, b: a * b,
-           "div": lambda a, b: a / b, "pow": sympy.Pow, "fact": sympy.factorial, "abs": sympy.Abs}
-    return ops[kind](*values)
+def parse(text: str) -> Node:
+    """The AST of an answer string; raises ParseError when it is outside the grammar (uncached)."""
+    return _Parser(tokenize(text)).parse()

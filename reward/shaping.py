@@ -2,8 +2,9 @@
 
 - "binary" (default): 1.0 correct, 0.0 otherwise.
 - "simplerl": +1.0 correct, -0.5 a boxed wrong answer, -1.0 no box (none, or a truncated one),
-  which also pushes the policy to finish and box its answer. A check that timed out counts as a
-  wrong boxed answer. With extraction fallbacks on, a correct unboxed answer still earns +1.0.
+  which also pushes the policy to finish and box its answer. A check that timed out or raised
+  (its `error`) counts as a wrong boxed answer: an error never pays better than a wrong answer.
+  With reward.extract=boxed_or_phrase, a correct unboxed answer earns +1.0.
 """
 from __future__ import annotations
 

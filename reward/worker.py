@@ -1,29 +1,57 @@
-"""The reward actor's body: the driver runs K of these as Ray actors (see cluster/)."""
+"""The reward actor's body: the driver runs K of these as Ray actors (see cluster/).
+
+One item never fails a batch: the grader turns any exception into that item's `error`
+(reward.scoring), and so does this actor for a `custom_fn` (`reward.custom_fn`), which runs under
+the grader's per-answer time limit (a SIGALRM in the actor's main thread: an overrun scores 0 as a
+timeout). A custom function stuck where the alarm cannot reach it (C code, blocked signals) holds
+the actor past the pool's deadline, and the pool kills and replaces the actor.
+
+This module imports no sympy, and neither does the grader: only a custom function may bring it in.
+"""
 from __future__ import annotations
 
 import importlib
+import math
 from typing import Callable
 
-from reward.scoring import Verdict, score_batch
+from reward.extract import EXTRACT_MODES
+from reward.scoring import CheckTimeout, Verdict, describe_error, score_batch, time_limit
 from reward.shaping import STYLES
 
 
 class RewardWorker:
-    def __init__(self, timeout_s: float = 2.0, custom_fn: str | None = None, shaping: str = "binary") -> None:
+    def __init__(self, timeout_s: float = 2.0, custom_fn: str | None = None, shaping: str = "binary",
+                 extract: str = "boxed") -> None:
         if shaping not in STYLES:
             raise ValueError(f"unknown reward shaping {shaping!r}")
-        self.timeout_s = timeout_s
-        self.shaping = shaping
+        if extract not in EXTRACT_MODES:
+            raise ValueError(f"unknown reward.extract {extract!r}; expected one of {EXTRACT_MODES}")
+        self.timeout_s, self.shaping, self.extract = timeout_s, shaping, extract
         self.custom: Callable[[str, str], float] | None = None
+        self.custom_name = custom_fn or ""
         if custom_fn:
             module, _, name = custom_fn.partition(":")
             self.custom = getattr(importlib.import_module(module), name)
 
     def score(self, pairs: list[tuple[str, str]]) -> list[Verdict]:
         if self.custom is not None:
-            rewards = [float(self.custom(r, a)) for r, a in pairs]
-            return [Verdict(x, x > 0, True) for x in rewards]
-        return score_batch(pairs, self.timeout_s, self.shaping)
+            return [self._custom_verdict(response, answer) for response, answer in pairs]
+        return score_batch(pairs, self.timeout_s, self.shaping, self.extract)
+
+    def _custom_verdict(self, response: str, answer: str) -> Verdict:
+        """The custom function's reward, bounded like the grader; an exception or a non-number
+        scores 0 with the error named."""
+        where = f"reward.custom_fn {self.custom_name}"
+        try:
+            with time_limit(self.timeout_s):
+                value = float(self.custom(response, answer))  # type: ignore[misc]
+        except CheckTimeout:
+            return Verdict(0.0, False, True, timed_out=True)
+        except Exception as e:  # noqa: BLE001 - a user's function may raise anything
+            return Verdict(0.0, False, True, error=describe_error(where, e))
+        if not math.isfinite(value):
+            return Verdict(0.0, False, True, error=f"{where}: ValueError: returned {value}")
+        return Verdict(value, value > 0, True)
 
     def ping(self) -> bool:
         return True

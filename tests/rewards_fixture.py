@@ -16,3 +16,24 @@ def hang_on_marker(response: str, answer: str) -> float:
         signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGALRM})
         time.sleep(3600)
     return even_length(response, answer)
+
+
+def raise_on_marker(response: str, answer: str) -> float:
+    """Fault injection: raises ValueError for the gold answer "bad", ZeroDivisionError for "zero",
+    and sleeps (interruptibly: the actor's time limit stops it) for "slow"; otherwise `even_length`."""
+    if answer == "bad":
+        raise ValueError(f"cannot score {response[:10]!r}")
+    if answer == "zero":
+        return 1 / 0
+    if answer == "slow":
+        import time
+
+        time.sleep(3600)
+    return even_length(response, answer)
+
+
+def raise_on_odd_length(response: str, answer: str) -> float:
+    """A user function with a bug: it raises on every response of odd length."""
+    if len(response) % 2:
+        raise KeyError("odd")
+    return 1.0

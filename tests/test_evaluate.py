@@ -87,12 +87,14 @@ def test_cli_on_a_checkpoint_matches_the_live_engines(trainer, arith_dir, tmp_pa
         grader.kill()
     out = tmp_path / "out"
     proc = subprocess.run([sys.executable, "-m", "cluster.evaluate", "--model", str(ckpt), "--benchmarks", "arith",
-                           "--data-dir", str(arith_dir), "--samples", "4", "--pass-k", "1,4", "--out", str(out),
+                           "--data-dir", str(arith_dir), "--samples", "4", "--pass-k", "1,4", "--out", str(out), "--extract", "boxed",
                            "--config", "configs/tiny.yaml", f"rollout.max_new_tokens={r.max_new_tokens}",
                            f"rollout.max_model_len={r.max_model_len}", "reward.num_workers=1", "learner.num_ranks=1"],
                           cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    saved = json.loads((out / "results.json").read_text())["results"][0]
+    results = json.loads((out / "results.json").read_text())
+    saved = results["results"][0]
+    assert results["extract"] == "boxed"
     assert (saved["problems"], saved["skipped"], saved["samples"]) == (4, 1, 4)
     assert set(saved["pass_at"]) == {"1", "4"} and saved["pass_at"]["1"] == pytest.approx(saved["avg_at_n"])
     greedy = [json.loads(line) for line in (out / "arith_greedy.jsonl").read_text().splitlines()]

@@ -5,7 +5,8 @@ import pytest
 
 from reward import score
 from reward.extract import last_boxed
-from reward.parse import ParseError, parse_math
+from reward.numeric import exact
+from reward.parse import ParseError, parse
 
 B = "\\boxed"
 
@@ -74,8 +75,8 @@ def test_megabyte_response_without_box():
 def test_parser_refuses_code_and_huge_powers():
     for text in ("__import__('os')", "9^9^9", "a.b", "1;2"):
         with pytest.raises(ParseError):
-            parse_math(text)
-    assert parse_math("2^{10}") == 1024
+            parse(text)
+    assert exact(parse("2^{10}"), {}) == 1024
 
 
 def test_shaping_styles():
@@ -89,11 +90,13 @@ def test_shaping_styles():
         shaped_reward(judge("\\boxed{5}", "5"), "bogus")
 
 
-def test_fallbacks_are_off_by_default_and_never_rescue_a_truncated_box():
+def test_phrases_are_off_by_default_and_never_rescue_a_truncated_box():
     from reward import judge
     assert not judge("The answer is 85.", "85").correct
-    assert judge("The answer is 85.", "85", fallbacks=True).correct
-    assert not judge("The answer is \\boxed{85", "85", fallbacks=True).correct
+    assert judge("The answer is 85.", "85", extract="boxed_or_phrase").correct
+    assert not judge("The answer is \\boxed{85", "85", extract="boxed_or_phrase").correct
+    with pytest.raises(ValueError):
+        judge("\\boxed{1}", "1", extract="phrase")
 
 
 def test_a_timeout_scores_zero_and_is_counted(monkeypatch):

@@ -225,8 +225,12 @@ def values_equal(a: Node, b: Node) -> bool:
     return all(agree_at(a, b, env) for env in points(a, b))
 
 
-def proportional(a: Node, b: Node) -> bool:
-    """a = k*b for one nonzero constant k (the sides of two equations, moved to one side)."""
+def proportional(a: Node, b: Node, positive: bool = False) -> bool:
+    """a = k*b for one nonzero constant k (the sides of two equations, moved to one side); with
+    `positive`, k > 0 (two inequalities). Only for expressions with variables: for numbers alone
+    any two nonzero values would be "proportional"."""
+    if not (symbols(a) | symbols(b)):
+        return False
     ratio = ("div", a, b)
     try:
         values = [_value(ratio, env) for env in points(a, b)]
@@ -234,6 +238,9 @@ def proportional(a: Node, b: Node) -> bool:
         return False
     first = values[0]
     if first == 0:
+        return False
+    if positive and not (first > 0 if isinstance(first, Fraction) else (abs(first.imag) <= MP_TOLERANCE * abs(first)
+                                                                          and first.real > 0)):
         return False
     return all(v == first if isinstance(v, Fraction) and isinstance(first, Fraction)
                else _close(MP.number(v) if isinstance(v, Fraction) else v,

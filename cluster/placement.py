@@ -52,6 +52,9 @@ def connect(cfg: Config) -> str:
         ray.init(address=address, runtime_env=guard if os.environ.get("RAY_JOB_ID") else env, log_to_driver=True)
         return address
     need = sum(b.get("CPU", 0.0) for role in ROLES for b in role_bundles(cfg, role))
+    # A private Ray's own processes (gcs, raylet, per-node agents) inherit the driver's environment:
+    # named as this driver's too, the next driver's sweep removes any that outlive it.
+    os.environ.update(guard["env_vars"])
     ray.init(address="local", num_cpus=max(int(need + 0.999), os.cpu_count() or 1), include_dashboard=False,
              runtime_env=env, log_to_driver=True)
     return "local"

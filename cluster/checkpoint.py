@@ -68,8 +68,13 @@ def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def config_changes(saved: dict[str, Any], cfg: Config) -> list[str]:
-    """Fields (dotted) whose value differs from the saved config and that change training."""
+    """Fields (dotted) whose value differs from the saved config and that change training. Model paths
+    are compared as absolute paths: runs saved before the driver made them absolute (cluster/paths.py)
+    hold them relative to the directory the run started in, taken to be the current one."""
     old, new = _flatten(saved), _flatten(cfg.model_dump(mode="json"))
+    for key in ("model.path", "model.cache_dir"):
+        if old.get(key) and new.get(key) and os.path.abspath(old[key]) == os.path.abspath(new[key]):
+            old[key] = new[key]
     return [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(set(old) | set(new))
             if old.get(k) != new.get(k) and k not in RESUME_MAY_CHANGE]
 

@@ -142,7 +142,11 @@ def check_nodes(cfg: Config, placement: Any, tokens: dict[Path, str]) -> None:
     probe = ray.remote(num_cpus=0)(_probe)
     refs = {node: probe.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False))
             .remote({str(p): t for p, t in tokens.items()}, cfg.model.path) for node in sorted(nodes)}
-    results = ray.get(list(refs.values()), timeout=cfg.cluster.placement_timeout_s)
+    try:
+        results = ray.get(list(refs.values()), timeout=cfg.cluster.placement_timeout_s)
+    except ray.exceptions.GetTimeoutError:
+        raise SharedPathError(f"the file check on nodes {', '.join(ips.get(n, n) for n in refs)} did not finish "
+                              f"within cluster.placement_timeout_s={cfg.cluster.placement_timeout_s:g}s") from None
     problems = [f"node {ips.get(node, node)} {p}" for node, found in zip(refs, results) for p in found]
     if problems:
         raise SharedPathError("the run's files are not shared with every node: " + "; ".join(problems)

@@ -2,7 +2,8 @@
 
 Reduced mode (torch + DeepSpeed only: no vLLM, no Ray), with the project's own learner code
 (learner.worker.LearnerWorker) in spawned processes:
-  1. a ~1B random Qwen2 built locally; 3 ZeRO-3 bf16 policy steps (loss and grad norm finite);
+  1. a ~1B random Qwen2 built locally; 3 ZeRO-3 bf16 policy steps (loss and grad norm finite, grad
+     norm > 0, the responses' mean logprob moves: the weights changed);
   2. weights to a stand-in receiver process (what a rollout worker does, without vLLM) over the
      broadcast group (NCCL: needs a second GPU for the receiver; gloo with --device cpu) and over
      CUDA IPC on the learner's GPU; the receiver fingerprints what arrived, which must equal the
@@ -202,8 +203,8 @@ def random_batch(vocab: int, n: int, prompt: int, response: int) -> TrainBatch:
     g = torch.Generator().manual_seed(1)
     ids = lambda k: torch.randint(1, vocab, (k,), generator=g).tolist()  # noqa: E731
     responses = [ids(response) for _ in range(n)]
-    return TrainBatch([ids(prompt) for _ in range(n)], responses, [], [1.0 if i % 2 else -1.0 for i in range(n)],
-                      [[1.0] * response for _ in range(n)])
+    advantages = torch.randn(n, generator=g).tolist()
+    return TrainBatch([ids(prompt) for _ in range(n)], responses, [], advantages, [[1.0] * response for _ in range(n)])
 
 
 def start_learners(spec: LearnerSpec, world: int, device: str) -> list[Hosted]:
@@ -214,14 +215,16 @@ def start_learners(spec: LearnerSpec, world: int, device: str) -> list[Hosted]:
 
 
 def learner_steps(ranks: list[Hosted], batch: TrainBatch, steps: int) -> list[dict[str, float]]:
-    """`steps` on-policy GRPO-style steps on a fixed batch: old logprobs from the learner, then a step."""
+    """`steps` on-policy GRPO-style steps on a fixed batch: old logprobs from the learner, then a step.
+    `mean_logprob` (of the batch's responses before each step) moves when the steps change the weights."""
     out = []
     for _ in range(steps):
         batch.old_logprobs = unshard(call_all(ranks, "logprobs", batch))
+        tokens = [lp for row in batch.old_logprobs for lp in row]
         start = time.perf_counter()
         sums = call_all(ranks, "train_step", batch, *batch_normalisers(batch.loss_mask))
         out.append({"loss": sum(s["loss"] for s in sums), "grad_norm": sums[0]["grad_norm"],
-                    "seconds": time.perf_counter() - start})
+                    "mean_logprob": sum(tokens) / len(tokens), "seconds": time.perf_counter() - start})
     return out
 
 
@@ -311,6 +314,7 @@ def reduced(args: argparse.Namespace, report: dict[str, Any]) -> dict[str, bool]
     steps, sync = report["learner"]["steps"], report["sync"]
     return {"learner_steps_finite": all(torch.isfinite(torch.tensor([s["loss"], s["grad_norm"]])).all() for s in steps),
             "learner_grad_nonzero": all(s["grad_norm"] > 0 for s in steps),
+            "learner_weights_moved": steps[0]["mean_logprob"] != steps[-1]["mean_logprob"],
             **{f"{name}_exact": sync[name]["exact"] for name in ("broadcast", "ipc") if "exact" in sync[name]}}
 
 

@@ -30,9 +30,10 @@ def test_reduced_mode_on_cpu(tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "gpu smoke (reduced, cpu): all checks passed" in proc.stdout
     report = json.loads((tmp_path / "report.json").read_text())
-    assert report["checks"] == {"learner_steps_finite": True, "learner_grad_nonzero": True, "broadcast_exact": True}
+    assert report["checks"] == {"learner_steps_finite": True, "learner_grad_nonzero": True,
+                                "learner_weights_moved": True, "broadcast_exact": True}
     steps = report["learner"]["steps"]
-    assert len(steps) == 3 and report["learner"]["ranks"] == 2 and steps[0]["loss"] != steps[2]["loss"]
+    assert len(steps) == 3 and report["learner"]["ranks"] == 2 and steps[0]["grad_norm"] != steps[2]["grad_norm"]
     assert report["sync"]["broadcast"]["backend"] == "gloo" and report["sync"]["bytes"] > 0
     assert report["sync"]["ipc"] == {"skipped": "CUDA IPC needs a GPU"}
     runs = report["layers_7b_shaped"]["runs"]

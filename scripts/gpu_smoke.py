@@ -70,7 +70,11 @@ def build_model(out: Path, shape: dict[str, int], layers: int | None = None, dev
     with torch.device(device):
         model = Qwen2ForCausalLM(config).to(torch.bfloat16)
     model.save_pretrained(out)
-    return str(out), sum(p.numel() for p in model.parameters())
+    params = sum(p.numel() for p in model.parameters())
+    del model
+    if device == "cuda":
+        torch.cuda.empty_cache()  # the learner processes need the GPU memory this process used
+    return str(out), params
 
 
 def peak_memory_gib() -> float:

@@ -44,6 +44,7 @@ def tokenized_model(out: Path, shape: dict[str, int]) -> str:
     torch.manual_seed(0)
     with torch.device("cuda"):
         Qwen2ForCausalLM(config).to(torch.bfloat16).save_pretrained(out)
+    torch.cuda.empty_cache()  # the engine and learner processes need the GPU memory this process used
     return str(out)
 
 

@@ -127,10 +127,10 @@ def _probe(tokens: dict[str, str], model_dir: str | None) -> list[str]:
     return problems
 
 
-def check_nodes(cfg: Config, placement: Any, tokens: dict[Path, str]) -> None:
-    """Every node that holds a bundle of the run reads each token the driver wrote (run directory,
-    base-model cache) and sees model.path; else SharedPathError naming the nodes. A run placed
-    entirely on the driver's node needs no check."""
+def check_nodes(cfg: Config, placement: Any, token_file: Path, token: str) -> None:
+    """Every node that holds a bundle of the run, other than the driver's, reads the run directory's
+    token and one the driver writes into the base-model cache for the check, and sees model.path;
+    else SharedPathError naming the nodes. A run placed entirely on the driver's node writes nothing."""
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
@@ -139,14 +139,21 @@ def check_nodes(cfg: Config, placement: Any, tokens: dict[Path, str]) -> None:
     if not nodes:
         return
     ips = {n["NodeID"]: n["NodeManagerAddress"] for n in ray.nodes()}
-    probe = ray.remote(num_cpus=0)(_probe)
-    refs = {node: probe.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False))
-            .remote({str(p): t for p, t in tokens.items()}, cfg.model.path) for node in sorted(nodes)}
+    tokens = {token_file: token}
+    if not cfg.model.path:
+        probe, probe_token = write_token(Path(cfg.model.cache_dir), f".reasonrl-probe-{uuid.uuid4().hex[:8]}")
+        tokens[probe] = probe_token
+    probe_task = ray.remote(num_cpus=0)(_probe)
     try:
+        refs = {node: probe_task.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False))
+                .remote({str(p): t for p, t in tokens.items()}, cfg.model.path) for node in sorted(nodes)}
         results = ray.get(list(refs.values()), timeout=cfg.cluster.placement_timeout_s)
     except ray.exceptions.GetTimeoutError:
-        raise SharedPathError(f"the file check on nodes {', '.join(ips.get(n, n) for n in refs)} did not finish "
-                              f"within cluster.placement_timeout_s={cfg.cluster.placement_timeout_s:g}s") from None
+        raise SharedPathError(f"the file check on nodes {', '.join(ips.get(n, n) for n in sorted(nodes))} did not "
+                              f"finish within cluster.placement_timeout_s={cfg.cluster.placement_timeout_s:g}s") from None
+    finally:
+        for path in list(tokens)[1:]:
+            path.unlink(missing_ok=True)
     problems = [f"node {ips.get(node, node)} {p}" for node, found in zip(refs, results) for p in found]
     if problems:
         raise SharedPathError("the run's files are not shared with every node: " + "; ".join(problems)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import time
-import uuid
 from pathlib import Path
 
 import torch
@@ -63,7 +62,7 @@ class Trainer:
             print(f"ray: {where}")
         self.placement = place(cfg)
         print(self.placement.describe())
-        self._check_shared_paths()
+        paths.check_nodes(cfg, self.placement, self.token_file, self.token)  # other nodes see the run's files
         self.model_path = resolve_model(cfg, self.placement)
         self.tokenizer = tokenizer = AutoTokenizer.from_pretrained(self.model_path)
         train, held_out = load_problems(cfg)
@@ -79,18 +78,6 @@ class Trainer:
         self.pipeline = RolloutPipeline(cfg, self.rollouts, self.rewards, self.train_data, self.sync.resync)
         print(f"model: {self.model_path} ({self.learners.num_params / 1e6:.1f}M parameters), "
               f"{len(train)} train / {len(self.eval_prompts)} held-out problems, weight sync: {self.sync.transport}")
-
-    def _check_shared_paths(self) -> None:
-        """Nodes other than the driver's must see the run directory, the base-model cache and model.path."""
-        tokens = {self.token_file: self.token}
-        if not self.cfg.model.path:
-            probe, token = paths.write_token(Path(self.cfg.model.cache_dir), f".reasonrl-probe-{uuid.uuid4().hex[:8]}")
-            tokens[probe] = token
-        try:
-            paths.check_nodes(self.cfg, self.placement, tokens)
-        finally:
-            for probe in list(tokens)[1:]:
-                probe.unlink(missing_ok=True)
 
     def step(self, step: int) -> dict[str, float]:
         """One policy step: take the step's scored batch (generated ahead when train.max_staleness > 0),

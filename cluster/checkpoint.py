@@ -39,7 +39,7 @@ _STEP_DIR = re.compile(r"^step_(\d+)$")
 # (only how long, how often it is evaluated or saved, and where things are written).
 RESUME_MAY_CHANGE = ("train.steps", "train.save_every", "train.keep_checkpoints", "train.max_checkpoint_failures",
                      "train.eval_every", "train.samples_to_save", "train.benchmark_every", "train.benchmarks", "train.benchmark_dir",
-                     "train.benchmark_limit", "run.name", "run.output_dir", "cluster.address", "sync.timeout_s")
+                     "train.benchmark_limit", "run.name", "run.output_dir", "cluster.address", "cluster.shared_dir", "sync.timeout_s")
 
 
 class ResumeError(RuntimeError):
@@ -68,8 +68,13 @@ def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def config_changes(saved: dict[str, Any], cfg: Config) -> list[str]:
-    """Fields (dotted) whose value differs from the saved config and that change training."""
+    """Fields (dotted) whose value differs from the saved config and that change training. Model paths
+    are compared as absolute paths: runs saved before the driver made them absolute (cluster/paths.py)
+    hold them relative to the directory the run started in, taken to be the current one."""
     old, new = _flatten(saved), _flatten(cfg.model_dump(mode="json"))
+    for key in ("model.path", "model.cache_dir"):
+        if old.get(key) and new.get(key) and os.path.abspath(old[key]) == os.path.abspath(new[key]):
+            old[key] = new[key]
     return [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(set(old) | set(new))
             if old.get(k) != new.get(k) and k not in RESUME_MAY_CHANGE]
 
@@ -115,7 +120,7 @@ class Checkpoints:
         shutil.rmtree(staging, ignore_errors=True)
         try:
             staging.mkdir(parents=True)
-            learners.call("save_checkpoint", str(staging))
+            check_visible(staging, learners.call("save_checkpoint", str(staging)))
             faults.disk_full(step)
             dump_config(cfg, staging / "config.yaml")
             (staging / "driver_rng.pkl").write_bytes(pickle.dumps(rng_state()))
@@ -124,7 +129,7 @@ class Checkpoints:
             staging.rename(final)
             _write_durably(self.root / "latest.tmp", final.name)
             os.replace(self.root / "latest.tmp", self.root / "latest")
-        except OSError:
+        except (OSError, CheckpointError):
             self._discard(final)
             raise
         self._prune()
@@ -170,6 +175,23 @@ class Checkpoints:
         if self.root.is_dir():
             for p in self.root.glob("step_*.partial"):
                 shutil.rmtree(p, ignore_errors=True)
+
+
+def check_visible(staging: Path, views: list[dict[str, Any]]) -> None:
+    """Every file a learner rank saw in the checkpoint after its save must be visible to the driver,
+    with the same size: otherwise partitions landed on a node-local disk and the checkpoint would be
+    marked complete without them. `views`: each rank's {"node", "files"} (LearnerWorker.save_checkpoint)."""
+    problems = []
+    for rank, view in enumerate(views):
+        missing = sorted(name for name, size in view["files"].items()
+                         if not (staging / name).is_file() or (staging / name).stat().st_size != size)
+        if missing:
+            shown = ", ".join(missing[:4]) + (f" and {len(missing) - 4} more" if len(missing) > 4 else "")
+            problems.append(f"learner[{rank}] on node {view['node']} wrote {shown}")
+    if problems:
+        raise CheckpointError(f"checkpoint {staging.name.removesuffix('.partial')}: files the driver cannot see in {staging}: "
+                              + "; ".join(problems) + ". The run directory must be on a file system that "
+                              "the driver and every learner node share (see cluster.shared_dir)")
 
 
 def read_state(path: Path) -> TrainerState:

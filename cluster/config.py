@@ -144,6 +144,16 @@ class SyncConfig(Strict):
 
 class ClusterConfig(Strict):
     address: str | None = None  # None: RAY_ADDRESS if set, else a private local Ray
+    # Against a Ray cluster, relative model.path, model.cache_dir, run.output_dir and --run-dir resolve
+    # under this absolute directory, which every node must mount at the same path (cluster/paths.py).
+    # None: $REASONRL_SHARED_DIR, else ~/reasonrl on a one-node cluster; a multi-node cluster refuses.
+    shared_dir: str | None = None
+
+    @model_validator(mode="after")
+    def _shared_dir_absolute(self) -> "ClusterConfig":
+        if self.shared_dir and not Path(self.shared_dir).expanduser().is_absolute():
+            raise ValueError(f"cluster.shared_dir must be an absolute path, got {self.shared_dir!r}")
+        return self
     device: Literal["cpu", "gpu"] = "cpu"
     placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK"] = "PACK"
     placement_timeout_s: float = Field(60, gt=0)

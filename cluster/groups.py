@@ -83,6 +83,7 @@ class LearnerGroup:
                        .remote(i, l.num_ranks, spec) for i in range(l.num_ranks)]
         addr, port = wait_named([("learner[0]", self.actors[0].address.remote())], self.timeout_s,
                                 "learner start (enough free CPUs/GPUs?)")[0]
+        print(f"learner rendezvous: {addr}:{port} (learner[0]'s node)")
         self.num_params = self.call("setup", addr, port)[0]
 
     def call(self, method: str, *args: Any) -> list[Any]:

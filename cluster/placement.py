@@ -17,6 +17,7 @@ import ray
 from ray.util.placement_group import PlacementGroup, placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
+from cluster import lifeline
 from cluster.config import Config
 
 REPO_ROOT = str(Path(__file__).resolve().parent.parent)
@@ -35,16 +36,25 @@ def quiet_env() -> dict[str, str]:
 
 
 def connect(cfg: Config) -> str:
-    """Attach to cluster.address or RAY_ADDRESS when given, else start a private local Ray."""
+    """Attach to cluster.address or RAY_ADDRESS when given, else start a private local Ray.
+
+    Every worker of the run gets the driver's lifeline (cluster/lifeline.py: it exits when this
+    process is gone); workers that dead drivers left on this node are killed first."""
     if ray.is_initialized():
         return "existing"
+    if orphans := lifeline.sweep_orphans():
+        print(f"killed {len(orphans)} process(es) left by dead ReasonRL drivers on this node: {orphans}")
+    guard = {"env_vars": lifeline.runtime_env_vars(), "worker_process_setup_hook": lifeline.HOOK}
     env = {"env_vars": {"PYTHONPATH": os.pathsep.join(filter(None, [REPO_ROOT, os.environ.get("PYTHONPATH")])),
-                        **quiet_env()}}
+                        **quiet_env(), **guard["env_vars"]}, "worker_process_setup_hook": lifeline.HOOK}
     address = cfg.cluster.address or os.environ.get("RAY_ADDRESS")
-    if address:  # under `ray job submit` the job's working_dir already ships the code
-        ray.init(address=address, runtime_env=None if os.environ.get("RAY_JOB_ID") else env, log_to_driver=True)
+    if address:  # under `ray job submit` the job's working_dir already ships the code (Ray merges the two)
+        ray.init(address=address, runtime_env=guard if os.environ.get("RAY_JOB_ID") else env, log_to_driver=True)
         return address
     need = sum(b.get("CPU", 0.0) for role in ROLES for b in role_bundles(cfg, role))
+    # A private Ray's own processes (gcs, raylet, per-node agents) inherit the driver's environment:
+    # named as this driver's too, the next driver's sweep removes any that outlive it.
+    os.environ.update(guard["env_vars"])
     ray.init(address="local", num_cpus=max(int(need + 0.999), os.cpu_count() or 1), include_dashboard=False,
              runtime_env=env, log_to_driver=True)
     return "local"

@@ -5,15 +5,15 @@ newest checkpoint (the config defaults to the run's config.yaml; only fields tha
 training may differ). A --run-dir that already holds checkpoints resumes without --resume.
 
 Runs locally (a private Ray), against a `ray start` cluster (cluster.address or RAY_ADDRESS), and
-unchanged under `ray job submit --working-dir . -- python -m cluster.train ...`.
+under `ray job submit --working-dir . -- python -m cluster.train ...`. Relative model and output
+paths resolve against the current directory locally and under the shared directory on a cluster
+(cluster/paths.py: cluster.shared_dir, $REASONRL_SHARED_DIR, ~/reasonrl on a one-node cluster).
 """
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-import time
 from pathlib import Path
 
 from cluster.config import Config, ConfigError, load_config
@@ -31,21 +31,27 @@ def main(argv: list[str] | None = None) -> int:
     if args.resume and not args.run_dir:
         parser.error("--resume needs --run-dir")
     from cluster.checkpoint import Checkpoints, ResumeError
+    from cluster.paths import Resolver, SharedPathError
 
-    resume = args.resume or bool(args.run_dir and Checkpoints(Path(args.run_dir), 1).latest())
-    saved = Path(args.run_dir) / "config.yaml" if args.run_dir else None
     try:
-        cfg = load_config(args.config or (str(saved) if resume and saved.is_file() else None), args.overrides)
-    except ConfigError as err:
+        cfg = load_config(args.config, args.overrides)
+        resolver = Resolver(cfg, attach(cfg))  # where relative paths go (cluster/paths.py)
+        run_dir = resolver.run_dir(args.run_dir)
+        resume = args.resume or bool(run_dir and Checkpoints(run_dir, 1).latest())
+        if not args.config and resume and (run_dir / "config.yaml").is_file():
+            cfg = load_config(str(run_dir / "config.yaml"), args.overrides)
+        cfg, run_dir = resolver.config(cfg, run_dir)
+    except (ConfigError, SharedPathError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    if resolver.nodes is not None:
+        print(f"run directory: {run_dir} (relative paths resolve under {resolver.base}: {resolver.why})")
     if (problem := preflight(cfg)) is not None:
         print(f"error: {problem}", file=sys.stderr)
         return 3
     if (problem := bad_input(cfg)) is not None:
         print(f"error: {problem}", file=sys.stderr)
         return 2
-    run_dir = Path(args.run_dir or Path(cfg.run.output_dir) / f"{cfg.run.name}-{time.strftime('%Y%m%d-%H%M%S')}")
     from cluster.checkpoint import CheckpointError
     from cluster.data import DataError
     from cluster.generation import GenerationError
@@ -63,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     except DataError as err:  # prompt lengths, when the tokenizer only exists once the base model is built
         print(f"error: {err}", file=sys.stderr)
         return 2
-    except PlacementError as err:  # against a cluster: what it lacks is only known once connected
+    except (PlacementError, SharedPathError) as err:  # against a cluster: only known once connected
         print(f"error: {err}", file=sys.stderr)
         return 3
     except (ActorFailure, CheckpointError, GenerationError) as err:
@@ -76,19 +82,31 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def attach(cfg: Config) -> int | None:
+    """Against a Ray cluster: connect now (nothing starts yet) and return its alive nodes; None for a local run."""
+    from cluster.paths import against_cluster, alive_nodes
+    from cluster.placement import connect
+
+    if not against_cluster(cfg):
+        return None
+    print(f"ray: {connect(cfg)}")
+    return alive_nodes()
+
+
 def bad_input(cfg: Config) -> str | None:
     """What is wrong with the model or data the config names, found before anything starts (None:
     nothing). Rows without problem/answer and prompts too long for the context are refused here;
     the prompt lengths need a tokenizer: model.path's, or the tiny base model's once it is cached."""
     from cluster.base_model import tiny_model_dir
     from cluster.data import DataError, check_data
+    from cluster.paths import against_cluster
     from cluster.wandb_log import WandbError, check_wandb
 
     try:
         check_wandb(cfg)
     except WandbError as err:
         return str(err)
-    remote = cfg.cluster.address or os.environ.get("RAY_ADDRESS")
+    remote = against_cluster(cfg)
     if cfg.model.path and not remote and not (Path(cfg.model.path) / "config.json").is_file():
         return f"model.path: no Hugging Face model (config.json) in {cfg.model.path}"
     model_dir = Path(cfg.model.path or tiny_model_dir(cfg))
@@ -103,9 +121,10 @@ def preflight(cfg: Config) -> str | None:
     """What makes the run impossible on this machine, found before anything starts (None: nothing).
 
     Only a local run is checked here: against a cluster, placement names what is missing."""
+    from cluster.paths import against_cluster
     from cluster.placement import required_resources
 
-    remote = cfg.cluster.address or os.environ.get("RAY_ADDRESS")
+    remote = against_cluster(cfg)
     if cfg.cluster.device == "gpu" and not remote:
         import torch
 

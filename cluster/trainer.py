@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from cluster import checkpoint, faults
+from cluster import checkpoint, faults, paths
 from cluster.base_model import resolve_model
 from cluster.config import Config, dump_config
 from cluster.data import PromptSource, load_problems
@@ -46,6 +46,7 @@ class Trainer:
             checkpoint.truncate_to(run_dir / "metrics.jsonl", self.resume_state.metrics_bytes)
             checkpoint.truncate_to(run_dir / "samples.jsonl", self.resume_state.samples_bytes)
         run_dir.mkdir(parents=True, exist_ok=True)
+        self.token_file, self.token = paths.write_token(run_dir)  # nodes and ranks prove they see run_dir
         dump_config(cfg, run_dir / "config.yaml")
         first_step = self.resume_state.step + 1 if self.resume_state else None
         sinks = [WandbSink(cfg, run_dir, first_step or 0)] if cfg.logging.wandb else []
@@ -57,9 +58,11 @@ class Trainer:
         from transformers import AutoTokenizer
 
         cfg = self.cfg
-        print(f"ray: {connect(cfg)}")
+        if (where := connect(cfg)) != "existing":
+            print(f"ray: {where}")
         self.placement = place(cfg)
         print(self.placement.describe())
+        paths.check_nodes(cfg, self.placement, self.token_file, self.token)  # other nodes see the run's files
         self.model_path = resolve_model(cfg, self.placement)
         self.tokenizer = tokenizer = AutoTokenizer.from_pretrained(self.model_path)
         train, held_out = load_problems(cfg)
@@ -69,6 +72,7 @@ class Trainer:
         self.eval_prompts = PromptSource(held_out, tokenizer, max_prompt, cfg.train.seed, drop, "held-out").all()
         self.rollouts = RolloutGroup(cfg, self.model_path, self.placement)
         self.learners = LearnerGroup(cfg, self.model_path, self.placement)
+        paths.check_learners(self.learners, self.token_file, self.token)
         self.rewards = RewardPool(cfg, self.placement)
         self.sync = WeightSync(cfg, self.learners, self.rollouts)
         self.pipeline = RolloutPipeline(cfg, self.rollouts, self.rewards, self.train_data, self.sync.resync)
@@ -225,6 +229,9 @@ class Trainer:
     def finish(self, first: dict[str, float], last: dict[str, float]) -> dict[str, float]:
         final_dir = self.run_dir / "final_model"
         self.learners.call("save_hf", str(final_dir))
+        if not (final_dir / "config.json").is_file():
+            raise paths.SharedPathError(f"learner[0] wrote final_model on its node, the driver does not see it in "
+                                        f"{final_dir}: the run directory is not shared")
         copy_tokenizer(Path(self.model_path), final_dir)
         summary = {
             "eval_accuracy_start": first["eval/accuracy"], "eval_accuracy_end": last["eval/accuracy"],

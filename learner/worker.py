@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import math
 import os
-import socket
 from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any, Iterator
@@ -15,6 +14,7 @@ import torch
 from learner import core_algos as algos
 from learner.batching import PaddedBatch, pad, split
 from protocol.batch import TrainBatch
+from protocol.endpoints import free_port, node_ip, pin_gloo_interface
 from protocol.rng import rng_state, set_rng_state
 from protocol.shm_stream import StreamSegment
 from protocol.weight_sync import (DTYPES, FlatBuffer, TensorMeta, broadcast_bucket, ipc_handle,
@@ -45,12 +45,6 @@ class LearnerSpec:
     timeout_s: float = 600.0
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _skip_shm_comm_op() -> None:
     """DeepSpeed JIT-compiles a shared-memory all-reduce (~80 s on 2 cores) at every init on CPU.
     It only serves inference all-reduce, which training never calls."""
@@ -73,7 +67,8 @@ class LearnerWorker:
 
     # ---- setup -------------------------------------------------------------------------------
     def address(self) -> tuple[str, int]:
-        return socket.gethostbyname(socket.gethostname()), free_port()
+        """A rendezvous address on this rank's node: Ray's node IP and a port free on every interface."""
+        return node_ip(), free_port()
 
     def setup(self, master_addr: str, master_port: int) -> int:
         """Join the process group and build the DeepSpeed engine; returns the parameter count."""
@@ -88,6 +83,7 @@ class LearnerWorker:
 
         if self.spec.device == "cpu":
             _skip_shm_comm_op()
+            pin_gloo_interface()
         deepspeed.init_distributed(dist_backend="gloo" if self.spec.device == "cpu" else "nccl",
                                    timeout=timedelta(seconds=self.spec.timeout_s))
         torch.manual_seed(self.spec.seed)
@@ -298,11 +294,30 @@ class LearnerWorker:
                 self.engine.module.save_pretrained(path, state_dict=state)
 
     # ---- checkpoints -------------------------------------------------------------------------
-    def save_checkpoint(self, path: str) -> None:
+    def save_checkpoint(self, path: str) -> dict[str, Any]:
         """DeepSpeed state (weights, ZeRO optimizer partitions, step counters) into `path`/deepspeed,
-        plus this rank's RNG states. Every rank must call it: each writes its own partition."""
+        plus this rank's RNG states. Every rank must call it: each writes its own partition.
+
+        Returns what this rank sees in `path` afterwards ({"node": ip, "files": {relative path: bytes}}),
+        so the driver can check that every partition landed where it can read it (a run directory
+        that is not shared between nodes). DeepSpeed's save ends with a barrier, so its files are
+        complete when listed; other ranks' RNG files may still be in writing and are left out."""
         self.engine.save_checkpoint(path, tag="deepspeed", save_latest=False)
         torch.save(rng_state(), os.path.join(path, f"rng_rank{self.rank}.pt"))
+        others = {f"rng_rank{r}.pt" for r in range(self.world_size) if r != self.rank}
+        files = {os.path.relpath(os.path.join(root, name), path): os.path.getsize(os.path.join(root, name))
+                 for root, _, names in os.walk(path) for name in names if name not in others}
+        return {"node": node_ip(), "files": files}
+
+    def check_run_dir(self, token_file: str, token: str) -> str | None:
+        """None when this rank reads `token` from `token_file` (the driver's, in the run directory);
+        otherwise what it sees instead, naming its node."""
+        try:
+            with open(token_file) as f:
+                seen = f.read().strip()
+        except OSError as err:
+            seen = f"nothing ({type(err).__name__})"
+        return None if seen == token else f"learner[{self.rank}] on node {node_ip()} reads {seen!r} in {token_file}"
 
     def load_checkpoint(self, path: str) -> None:
         """Restore what `save_checkpoint` wrote (all ranks, same world size and ZeRO stage)."""

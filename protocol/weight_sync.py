@@ -28,6 +28,8 @@ from typing import Iterable, Iterator
 
 import torch
 
+from protocol.endpoints import gloo_device
+
 DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -189,7 +191,7 @@ def open_broadcast_group(host: str, port: int, rank: int, world_size: int, backe
     if backend == "gloo":
         opts = dist.ProcessGroupGloo._Options()
         opts._timeout = timeout
-        opts._devices = [dist.ProcessGroupGloo.create_default_device()]
+        opts._devices = [gloo_device()]  # bound to the node IP, not the hostname's address
         return dist.ProcessGroupGloo(store, rank, world_size, opts)
     opts = dist.ProcessGroupNCCL.Options()
     opts._timeout = timeout

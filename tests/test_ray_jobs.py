@@ -1,58 +1,41 @@
 """The three ways users run ReasonRL against a real Ray head started by the test (own ports, own
-temp dir, stopped by PID — never a bare `ray stop`): `ray job submit` that succeeds, one that must
-fail and is reported FAILED with the reason, and a driver attached through RAY_ADDRESS."""
+temp dir, stopped by PID — never a bare `ray stop`): README's `ray job submit` command, which must
+leave its run and the base-model cache where the user finds them and reuse the cache in the next job;
+one that must fail and is reported FAILED with the reason; and a driver attached through RAY_ADDRESS.
+The head's environment names the shared directory (REASONRL_SHARED_DIR, as an operator would set
+it), so that the jobs' relative paths land in the test's temporary directory rather than ~/reasonrl."""
 import json
-import os
-import shutil
-import signal
-import socket
+import re
 import subprocess
 import sys
 import tempfile
-import time
+import shutil
 from pathlib import Path
 
 import pytest
 
+from tests import ray_nodes
 from tests.conftest import small_overrides
 
 ROOT = Path(__file__).resolve().parent.parent
-BIN = Path(sys.executable).parent
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+BIN = ray_nodes.BIN
 
 
 @pytest.fixture(scope="module")
 def head():
     temp = tempfile.mkdtemp(prefix="rrhead", dir="/tmp")  # short: Ray's unix socket paths are length-limited
-    gcs, dash = _free_port(), _free_port()
-    env = {**os.environ, "RAY_AUTH_MODE": "token", "PATH": f"{BIN}:{os.environ['PATH']}"}
-    env.pop("RAY_ADDRESS", None)
-    cmd = [str(BIN / "ray"), "start", "--head", "--block", f"--port={gcs}", "--dashboard-host=127.0.0.1",
-           f"--dashboard-port={dash}", f"--ray-client-server-port={_free_port()}", f"--temp-dir={temp}",
-           f"--dashboard-agent-listen-port={_free_port()}", "--min-worker-port=24000", "--max-worker-port=24400",
-           "--num-cpus=4", "--include-dashboard=true"]
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    shared = Path(temp) / "shared"
+    env = ray_nodes.ray_env(REASONRL_SHARED_DIR=str(shared))
+    gcs, dash = ray_nodes.free_port(), ray_nodes.free_port()
+    proc = ray_nodes.start_node(env, "--head", f"--port={gcs}", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}",
+                                f"--ray-client-server-port={ray_nodes.free_port()}", f"--temp-dir={temp}/t",
+                                "--num-cpus=4", "--include-dashboard=true")
+    env.pop("REASONRL_SHARED_DIR")  # the jobs get it from the head, not from the submitting shell
     env["RAY_API_SERVER_ADDRESS"] = f"http://127.0.0.1:{dash}"
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        ok = subprocess.run([str(BIN / "ray"), "job", "list"], env=env, capture_output=True, text=True)
-        if ok.returncode == 0:
-            break
-        time.sleep(2)
-    else:
-        os.killpg(proc.pid, signal.SIGTERM)
-        pytest.fail("the Ray head did not come up within 120 s")
-    yield {"env": env, "gcs": f"127.0.0.1:{gcs}"}
-    os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(timeout=60)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
+    ray_nodes.wait_for(lambda: subprocess.run([str(BIN / "ray"), "job", "list"], env=env, capture_output=True).returncode == 0,
+                       120, "the Ray head", [proc])
+    yield {"env": env, "gcs": f"127.0.0.1:{gcs}", "shared": shared}
+    ray_nodes.stop(proc)
     shutil.rmtree(temp, ignore_errors=True)
 
 
@@ -72,14 +55,22 @@ def _status(head: dict, output: str) -> str:
     return proc.stdout + proc.stderr  # e.g. "Job 'raysubmit_...' succeeded" / "... failed"
 
 
-def test_job_submit_runs_training(head, tmp_path):
-    run = tmp_path / "run"
-    proc = _submit(head, _train_args(tmp_path, run))
-    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
-    assert "succeeded" in _status(head, proc.stdout + proc.stderr).lower()
-    summary = json.loads((run / "summary.json").read_text())
-    assert summary["steps"] == 2 and summary["policy_version"] == 2
-    assert (run / "final_model" / "config.json").is_file()
+def test_readme_job_command_keeps_its_run_and_reuses_the_cache(head):
+    """README's command as written (`--config configs/tiny.yaml`, no path given), twice; only
+    overrides that shrink the model and the run are added (no path among them)."""
+    size = [o for o in small_overrides(Path("/unused")) if not o.startswith(("model.cache_dir", "train.steps"))]
+    args = ["python", "-m", "cluster.train", "--config", "configs/tiny.yaml", *size, "train.steps=1"]
+    first, second = _submit(head, args), _submit(head, args)
+    for proc in (first, second):
+        assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
+        assert "succeeded" in _status(head, proc.stdout + proc.stderr).lower()
+    runs = sorted((head["shared"] / "runs").glob("tiny-*"))
+    assert len(runs) == 2 and all(json.loads((r / "summary.json").read_text())["steps"] == 1 for r in runs)
+    assert f"run directory: {runs[0]}" in first.stdout and f"run directory: {runs[1]}" in second.stdout
+    cache = head["shared"] / ".cache" / "base_models"
+    assert re.search(rf"base model: built in \d+s -> {cache}/tiny-", first.stdout)
+    assert f"base model: cached at {cache}/tiny-" in second.stdout  # the second job did not rebuild it
+    assert not re.search(r"base model: built", second.stdout)
 
 
 def test_job_with_bad_config_is_reported_failed_with_reason(head, tmp_path):

@@ -7,7 +7,6 @@ import json
 import time
 from pathlib import Path
 
-import torch
 from tqdm import tqdm
 
 from cluster import checkpoint, faults

@@ -10,10 +10,11 @@ from tests.test_weight_sync import Unplaced, _with
 
 
 @pytest.fixture(scope="module")
-def ppo(trainer):
+def ppo(session_trainer):
     from cluster.groups import CriticGroup
     from cluster.update import PolicyUpdate
 
+    trainer = session_trainer
     cfg = _with(trainer.cfg, algorithm={"advantage": "gae", "ppo_mini_batches": 2},
                 critic={"lr": 5e-4, "micro_batch_size": 4, "warmup_steps": 1})
     critic = CriticGroup(cfg, trainer.model_path, Unplaced())

@@ -25,7 +25,8 @@ from protocol.rng import rng_state, set_rng_state
 from protocol.weight_sync import DTYPES
 
 LossFn = Callable[[PaddedBatch], tuple[torch.Tensor, dict[str, torch.Tensor]]]
-MAX_STATS = ("ratio", "is_weight")  # statistics also reported as their maximum over tokens ("<name>_max")
+# Statistics also reported as their maximum over tokens, under this name.
+MAX_STATS = {"ratio_mean": "ratio_max", "is_weight": "is_weight_max"}
 
 
 @dataclass
@@ -174,8 +175,8 @@ class DeepSpeedRank:
         for key, value in stats.items():
             sums[key] = sums.get(key, 0.0) + float(algos.masked_sum(value.detach(), mask))
             if key in MAX_STATS and mask.sum() > 0:
-                peak = float(value.detach()[mask > 0].max())
-                sums[f"{key}_max"] = max(sums.get(f"{key}_max", peak), peak)
+                name, peak = MAX_STATS[key], float(value.detach()[mask > 0].max())
+                sums[name] = max(sums.get(name, peak), peak)
         sums["tokens"] += float(mask.sum())
         sums["loss"] += loss
 

@@ -101,7 +101,7 @@ class LearnerWorker(DeepSpeedRank):
         per_token, stats = algos.policy_loss(logprobs, pb.old_logprobs, pb.advantages, clip_low=s.clip_low,
                                              clip_high=s.clip_high, dual_clip=s.dual_clip, kl=kl, kl_coef=s.kl_coef,
                                              entropy=entropy, entropy_coef=s.entropy_coef, is_weights=weights)
-        stats["entropy"] = entropy
+        stats["entropy"], stats["ratio_mean"] = entropy, stats.pop("ratio")
         if weights is not None:
             stats.update(algos.importance_weight_stats(pb.old_logprobs, pb.behaviour_logprobs, capped, s.tis))
         return per_token, stats

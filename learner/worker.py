@@ -35,12 +35,13 @@ class LearnerSpec(RankSpec):
     tis_cap: float | None
 
 
-def forward_logprobs(model: Any, pb: PaddedBatch, entropy_grad: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-    """The one forward of the policy: log-probs of the target tokens and the next-token entropy, both
-    [B, L-1] (entropy carries gradients only with `entropy_grad`). Memory work on the forward
-    (chunked log-probs over response positions, activation checkpointing) belongs here."""
+def forward_logprobs(model: Any, pb: PaddedBatch, entropy: str | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The one forward of the policy: log-probs of the target tokens, [B, L-1], and the next-token
+    entropy when asked ("detached", or "grad" for the entropy bonus; None: not computed). Memory work
+    on the forward (chunked log-probs over response positions, activation checkpointing) belongs here."""
     logits = model(input_ids=pb.input_ids, attention_mask=pb.attention_mask).logits[:, :-1]
-    return algos.token_logprobs(logits, pb.targets), algos.entropy_from_logits(logits if entropy_grad else logits.detach())
+    ent = None if entropy is None else algos.entropy_from_logits(logits if entropy == "grad" else logits.detach())
+    return algos.token_logprobs(logits, pb.targets), ent
 
 
 class LearnerWorker(DeepSpeedRank):
@@ -84,12 +85,12 @@ class LearnerWorker(DeepSpeedRank):
         return self._optimise(batch, seed, self._policy_loss, self.spec.loss_agg, self.spec.max_response_len)
 
     def _sft_loss(self, pb: PaddedBatch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        logprobs, entropy = forward_logprobs(self.engine, pb)
+        logprobs, entropy = forward_logprobs(self.engine, pb, entropy="detached")
         return algos.sft_loss(logprobs, pb.mask), {"entropy": entropy}
 
     def _policy_loss(self, pb: PaddedBatch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         s = self.spec
-        logprobs, entropy = forward_logprobs(self.engine, pb, entropy_grad=s.entropy_coef > 0)
+        logprobs, entropy = forward_logprobs(self.engine, pb, entropy="grad" if s.entropy_coef > 0 else "detached")
         kl = None
         if s.kl_coef > 0 and not s.kl_in_reward:
             if pb.ref_logprobs is None:

@@ -1,7 +1,8 @@
 """Exact, atomic checkpoints of a run and the checks that make a resume safe.
 
 Layout: `<run>/checkpoints/step_<k>/` holds the learners' DeepSpeed state (`deepspeed/`: weights,
-ZeRO optimizer partitions, scheduler, step counters), one RNG file per learner rank, the driver's
+ZeRO optimizer partitions, scheduler, step counters), one RNG file per learner rank, the critic's
+(algorithm.advantage=gae) in `critic/` the same way, the driver's
 RNG state, the config that produced it and `trainer_state.json` (step, policy version, byte sizes
 of metrics.jsonl and samples.jsonl at save time). The prompt order needs nothing more: PromptSource
 is a pure function of (train.seed, step), and vLLM sampling is seeded from (train.seed, step, prompt).
@@ -113,14 +114,17 @@ class Checkpoints:
         done = self.complete()
         return done[-1] if done else None
 
-    def save(self, step: int, learners: Any, state: TrainerState, cfg: Config) -> Path:
-        """Write step_<step> atomically; all learner ranks write their DeepSpeed partitions."""
+    def save(self, step: int, learners: Any, state: TrainerState, cfg: Config, critic: Any = None) -> Path:
+        """Write step_<step> atomically; all learner (and critic) ranks write their DeepSpeed partitions."""
         final = self.root / f"step_{step}"
         staging = self.root / f"step_{step}.partial"
         shutil.rmtree(staging, ignore_errors=True)
         try:
             staging.mkdir(parents=True)
             check_visible(staging, learners.call("save_checkpoint", str(staging)))
+            if critic is not None:
+                (staging / "critic").mkdir()
+                check_visible(staging / "critic", critic.call("save_checkpoint", str(staging / "critic")))
             faults.disk_full(step)
             dump_config(cfg, staging / "config.yaml")
             (staging / "driver_rng.pkl").write_bytes(pickle.dumps(rng_state()))
@@ -136,13 +140,13 @@ class Checkpoints:
         return final
 
     def save_or_report(self, step: int, learners: Any, state: TrainerState, cfg: Config,
-                       log: MetricsLog) -> Path | None:
+                       log: MetricsLog, critic: Any = None) -> Path | None:
         """save(), but a failed write (OSError: disk full, quota, I/O error) does not end the run: it
         is reported on stderr and as `checkpoint/failures` in metrics.jsonl, the previous checkpoint
         stays the one that resumes, and the next save retries. CheckpointError after `max_failures`
         failures in a row. A learner that died is not a write failure and is not caught here."""
         try:
-            path = self.save(step, learners, state, cfg)
+            path = self.save(step, learners, state, cfg, critic)
         except OSError as err:
             self.failures += 1
             self.in_a_row += 1
@@ -213,9 +217,11 @@ def check_resume(path: Path, cfg: Config) -> TrainerState:
     return state
 
 
-def restore(path: Path, learners: Any) -> TrainerState:
-    """Load the learners' DeepSpeed state and the driver's RNG; returns the saved trainer state."""
+def restore(path: Path, learners: Any, critic: Any = None) -> TrainerState:
+    """Load the learners' (and critic's) DeepSpeed state and the driver's RNG; returns the saved trainer state."""
     learners.call("load_checkpoint", str(path))
+    if critic is not None:
+        critic.call("load_checkpoint", str(path / "critic"))
     set_rng_state(pickle.loads((path / "driver_rng.pkl").read_bytes()))
     return read_state(path)
 

@@ -89,21 +89,35 @@ class RolloutConfig(Strict):
     timeout_s: float = Field(600, gt=0)  # longest a worker may go without finishing a prompt (also engine start)
 
 
-class LearnerConfig(Strict):
+class DeepSpeedGroupConfig(Strict):
+    """A group of DeepSpeed ZeRO ranks (Ray actors): the policy's `learner`, the value model's `critic`."""
+
     num_ranks: int = Field(2, ge=1)
     zero_stage: Literal[0, 1, 2, 3] = 2
     lr: float = Field(2e-4, gt=0)
     weight_decay: float = Field(0.0, ge=0)
     grad_clip: float = Field(1.0, gt=0)
-    micro_batch_size: int = Field(32, ge=1)
+    micro_batch_size: int = Field(32, ge=1)  # per rank and forward
     cpus_per_rank: float = Field(0.5, gt=0)
     resources: dict[str, float] = {}  # extra Ray resources per rank, e.g. {"learner_node": 1}
 
 
-class AlgorithmConfig(Strict):
-    """Names select entries of the registries in learner/core_algos.py (see the docstrings there)."""
+class LearnerConfig(DeepSpeedGroupConfig):
+    pass
 
-    advantage: Literal["grpo", "dr_grpo", "rloo", "reinforce_pp"] = "grpo"
+
+class AlgorithmConfig(Strict):
+    """Names select entries of the registries in learner/core_algos.py (see the docstrings there).
+
+    The update of one rollout batch: the learner computes the PPO old log-probs once, before the first
+    step; then `ppo_epochs` passes, each shuffling the batch (from train.seed and the step) and cutting
+    it into `ppo_mini_batches` mini-batches, one optimizer step each (the ratio is exactly 1 on the
+    first mini-batch; clipping acts from the second on).
+    """
+
+    advantage: Literal["grpo", "dr_grpo", "rloo", "reinforce_pp", "gae"] = "grpo"  # gae: PPO with the critic section
+    ppo_epochs: int = Field(1, ge=1)
+    ppo_mini_batches: int = Field(1, ge=1)  # optimizer steps per epoch; each mini-batch = batch / this
     clip_low: float = Field(0.2, ge=0)
     clip_high: float = Field(0.2, ge=0)  # > clip_low: DAPO's clip-higher
     dual_clip: float | None = Field(None, gt=1)  # c: for A < 0 the per-token loss is capped at -c*A
@@ -114,9 +128,25 @@ class AlgorithmConfig(Strict):
     kl_estimator: Literal["k1", "k2", "k3"] = "k3"
     kl_in_reward: bool = False  # False: kl_coef * KL is a loss term; True: subtracted from the reward
     mask_truncated: bool = False  # overlong handling: responses cut at max_new_tokens get no loss
-    # Off-policy correction when train.max_staleness > 0: the PPO ratio is taken against the learner's
-    # recomputed logprobs and the PPO term weighted by min(pi_learner / pi_sampling, tis_cap) (TIS).
+    # Importance correction for the gap between the rollout engine that sampled (its log-probs, older
+    # weights when train.max_staleness > 0, other kernels and dtypes always) and the learner's old
+    # policy (its own recomputed log-probs): the PPO term is weighted by min(pi_old / pi_rollout, tis_cap)
+    # per token ("token") or per response ("sequence"; the product over its tokens), in sync and async
+    # modes alike. "off": vLLM's log-probs only feed train/rollout_logprob_diff.
+    tis: Literal["off", "token", "sequence"] = "token"
     tis_cap: float | None = Field(2.0, ge=1)  # None: uncapped importance weights
+
+
+class CriticConfig(DeepSpeedGroupConfig):
+    """The value model for `algorithm.advantage=gae`: the policy's architecture (initialised from the same
+    model) with a scalar head, trained by its own group of DeepSpeed ranks on the GAE returns, with the
+    same PPO epochs and mini-batches as the policy."""
+
+    lr: float = Field(5e-4, gt=0)
+    value_clip: float | None = Field(0.2, gt=0)  # a value moves at most this far from its pre-update value; None: off
+    gamma: float = Field(1.0, ge=0, le=1)  # GAE discount
+    lam: float = Field(0.95, ge=0, le=1)  # GAE lambda
+    warmup_steps: int = Field(0, ge=0)  # the first N steps train only the critic (the policy stays as it is)
 
 
 class RewardConfig(Strict):
@@ -201,6 +231,7 @@ class Config(Strict):
     rollout: RolloutConfig = RolloutConfig()
     learner: LearnerConfig = LearnerConfig()
     algorithm: AlgorithmConfig = AlgorithmConfig()
+    critic: CriticConfig = CriticConfig()
     reward: RewardConfig = RewardConfig()
     sync: SyncConfig = SyncConfig()
     train: TrainConfig = TrainConfig()

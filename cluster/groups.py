@@ -1,4 +1,5 @@
-"""Driver-side handles for the three actor groups. Every call here is one RPC per actor."""
+"""Driver-side handles for the actor groups (learner, critic, rollout, reward). Every call here is one
+RPC per actor."""
 from __future__ import annotations
 
 import dataclasses
@@ -7,18 +8,21 @@ import sys
 import threading
 from dataclasses import dataclass
 import time
-from typing import Any
+from typing import Any, TypeVar
 
 import ray
+from pydantic import BaseModel
 
 from cluster.config import Config
 from cluster.placement import Placement
-from learner.core_algos import batch_normalisers
+from learner.critic import CriticSpec, CriticWorker
 from learner.worker import LearnerSpec, LearnerWorker
 from protocol.batch import Prompt, Sample, TrainBatch, unshard
 from reward.scoring import Verdict, describe_error, error_kind
 from reward.worker import RewardWorker
 from rollout.worker import EngineSpec, RolloutWorker
+
+T = TypeVar("T")
 
 
 def _get(refs: Any, timeout_s: float, what: str) -> Any:
@@ -43,11 +47,13 @@ def _cause(error: Exception) -> str:
 
 
 def wait_named(named: list[tuple[str, ray.ObjectRef]], timeout_s: float, what: str,
-               error: type[ActorFailure] = ActorFailure, name_task_errors: bool = True) -> list[Any]:
+               error: type[ActorFailure] = ActorFailure, name_task_errors: bool = True,
+               grace_s: float = 10.0) -> list[Any]:
     """Results of every actor's part; the first failure, or the deadline, raises `error` naming the
     actor(s). `name_task_errors=False` lets an exception raised by the method itself through as Ray
-    gives it (an instance of the remote exception's class, so `except OSError` still works); deaths
-    and timeouts are always named."""
+    gives it (an instance of the remote exception's class, so `except OSError` still works), unless
+    other actors are still running `grace_s` after it: a rank that hangs leaves the others failing in a
+    collective (gloo's timeout), so then the error names both. Deaths and timeouts are always named."""
     pending = {ref: name for name, ref in named}
     deadline = time.monotonic() + timeout_s
     while pending:
@@ -59,71 +65,157 @@ def wait_named(named: list[tuple[str, ray.ObjectRef]], timeout_s: float, what: s
             ray.get(ready[0])
         except ray.exceptions.RayError as err:
             if isinstance(err, ray.exceptions.RayTaskError) and not name_task_errors:
-                raise
+                ray.wait(list(pending), num_returns=len(pending), timeout=min(grace_s, max(0.0, deadline - time.monotonic())))
+                stuck = [n for ref, n in pending.items() if not ray.wait([ref], timeout=0)[0]]
+                if not stuck:
+                    raise
+                raise error(f"{what}: {', '.join(stuck)} did not finish, and {name} failed meanwhile "
+                            f"({_cause(err)}): {' and '.join(stuck)} hangs, or waits for {name} in a collective",
+                            stuck[0]) from err
             lost = isinstance(err, (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError))
             raise error(f"{what}: {name} failed: {_cause(err)}", name, lost) from err
     return ray.get([ref for _, ref in named])
 
 
-class LearnerGroup:
-    def __init__(self, cfg: Config, model_path: str, placement: Placement, **overrides: Any) -> None:
-        l, a = cfg.learner, cfg.algorithm
-        spec = LearnerSpec(model_path=model_path, device=cfg.cluster.device, dtype=cfg.model.dtype,
-                           zero_stage=l.zero_stage, lr=l.lr, weight_decay=l.weight_decay, grad_clip=l.grad_clip,
-                           micro_batch_size=l.micro_batch_size, clip_low=a.clip_low, clip_high=a.clip_high,
-                           dual_clip=a.dual_clip, loss_agg=a.loss_agg, max_response_len=cfg.rollout.max_new_tokens,
-                           entropy_coef=a.entropy_coef, kl_coef=a.kl_coef, kl_estimator=a.kl_estimator,
-                           kl_in_reward=a.kl_in_reward, tis_cap=a.tis_cap, seed=cfg.train.seed,
-                           timeout_s=cfg.sync.timeout_s)
-        spec = dataclasses.replace(spec, **overrides)
-        remote = ray.remote(LearnerWorker)
-        self.timeout_s = cfg.sync.timeout_s * 5
-        self.actors = [remote.options(**placement.options("learner", i),
-                                      runtime_env={"env_vars": {"DS_ACCELERATOR": "cpu"}} if spec.device == "cpu" else None)
-                       .remote(i, l.num_ranks, spec) for i in range(l.num_ranks)]
-        addr, port = wait_named([("learner[0]", self.actors[0].address.remote())], self.timeout_s,
-                                "learner start (enough free CPUs/GPUs?)")[0]
-        print(f"learner rendezvous: {addr}:{port} (learner[0]'s node)")
+def spec_from(spec_cls: type[T], *sections: BaseModel, **derived: Any) -> T:
+    """An actor spec (a dataclass) filled from config sections: each field takes the same-named field
+    of the one section that has it, or a `derived` value (a field no section names, or one computed
+    from several). A field found nowhere, or in two places, is an error: every value an actor gets has
+    one source, the config (tests/test_specs.py checks every spec against it)."""
+    values: dict[str, Any] = {}
+    for f in dataclasses.fields(spec_cls):  # type: ignore[arg-type]
+        found = [sec for sec in sections if f.name in type(sec).model_fields]
+        if len(found) + (f.name in derived) != 1:
+            where = [type(sec).__name__ for sec in found] + (["derived"] if f.name in derived else [])
+            raise TypeError(f"{spec_cls.__name__}.{f.name}: needs exactly one source, found {where or 'none'}")
+        values[f.name] = derived[f.name] if f.name in derived else getattr(found[0], f.name)
+    unused = set(derived) - set(values)
+    if unused:
+        raise TypeError(f"{spec_cls.__name__} has no field(s) {sorted(unused)}")
+    return spec_cls(**values)
+
+
+def learner_spec(cfg: Config, model_path: str) -> LearnerSpec:
+    return spec_from(LearnerSpec, cfg.learner, cfg.algorithm, model_path=model_path, device=cfg.cluster.device,
+                     dtype=cfg.model.dtype, max_response_len=cfg.rollout.max_new_tokens, seed=cfg.train.seed,
+                     timeout_s=cfg.sync.timeout_s)
+
+
+def critic_spec(cfg: Config, model_path: str) -> CriticSpec:
+    a = cfg.algorithm
+    return spec_from(CriticSpec, cfg.critic, model_path=model_path, device=cfg.cluster.device, dtype=cfg.model.dtype,
+                     ppo_epochs=a.ppo_epochs, ppo_mini_batches=a.ppo_mini_batches, seed=cfg.train.seed,
+                     timeout_s=cfg.sync.timeout_s)
+
+
+def engine_spec(cfg: Config, model_path: str) -> EngineSpec:
+    return spec_from(EngineSpec, cfg.rollout, model_path=model_path, device=cfg.cluster.device, dtype=cfg.model.dtype,
+                     multiprocess=cfg.rollout.multiprocess_engine, seed=cfg.train.seed)
+
+
+def merge_indexed(per_rank: list[list[tuple[int, T]]], size: int) -> list[T]:
+    """The ranks' (sample index, value) pairs as one list in batch order; every index exactly once."""
+    out: list[Any] = [None] * size
+    for index, value in (pair for part in per_rank for pair in part):
+        out[index] = value
+    missing = [i for i, v in enumerate(out) if v is None]
+    if missing:
+        raise RuntimeError(f"no rank returned samples {missing[:5]}")
+    return out
+
+
+class RankGroup:
+    """`num_ranks` DeepSpeed ranks of one role (`learner`, `critic`) as Ray actors in their bundles."""
+
+    def __init__(self, role: str, worker: type, spec: Any, num_ranks: int, placement: Placement) -> None:
+        remote = ray.remote(worker)
+        self.role, self.spec = role, spec
+        self.timeout_s = spec.timeout_s * 5
+        env = {"env_vars": {"DS_ACCELERATOR": "cpu"}} if spec.device == "cpu" else None
+        self.actors = [remote.options(**placement.options(role, i), runtime_env=env).remote(i, num_ranks, spec)
+                       for i in range(num_ranks)]
+        addr, port = wait_named([(f"{role}[0]", self.actors[0].address.remote())], self.timeout_s,
+                                f"{role} start (enough free CPUs/GPUs?)")[0]
+        print(f"{role} rendezvous: {addr}:{port} ({role}[0]'s node)")
         self.num_params = self.call("setup", addr, port)[0]
 
     def call(self, method: str, *args: Any) -> list[Any]:
         """Run `method` on every rank at once (ZeRO needs all ranks) and return each rank's result.
         A rank that dies or hangs raises ActorFailure naming it (`learner[i]`); an exception the
-        method raises comes through as itself."""
-        return wait_named([(f"learner[{i}]", getattr(a, method).remote(*args)) for i, a in enumerate(self.actors)],
-                          self.timeout_s, f"learner.{method}", name_task_errors=False)
+        method raises comes through as itself, unless other ranks are still running after it: then
+        they are the ones named (a rank that hangs leaves the others failing in a collective)."""
+        # A rank waiting in a collective for a failed peer fails itself within the process group's
+        # timeout (spec.timeout_s): one still running after that is the one that hangs.
+        return wait_named([(f"{self.role}[{i}]", getattr(a, method).remote(*args)) for i, a in enumerate(self.actors)],
+                          self.timeout_s, f"{self.role}.{method}", name_task_errors=False, grace_s=self.spec.timeout_s)
 
-    def train(self, batch: TrainBatch, loss: str = "policy") -> dict[str, float]:
-        """One optimizer step on the global batch. Returns `loss` (the aggregate that was minimised),
-        `grad_norm`, and every other statistic as a mean over the batch's loss tokens."""
-        total_tokens, num_sequences = batch_normalisers(batch.loss_mask)
-        per_rank = self.call("train_step", batch, total_tokens, num_sequences, loss)
-        sums = {k: sum(r.get(k, 0.0) for r in per_rank) for k in per_rank[0]}
-        tokens = max(sums.pop("tokens"), 1.0)
-        out = {k: v / tokens for k, v in sums.items() if k not in ("grad_norm", "loss")}
-        out["loss"], out["grad_norm"] = sums["loss"], per_rank[0]["grad_norm"]
+    def scored(self, method: str, batch: TrainBatch, seed: int | None) -> list[list[float]]:
+        """Per-token values of every sample from a scoring `method` (old_logprobs, ref_logprobs, values)."""
+        return merge_indexed(self.call(method, batch, seed), len(batch))
+
+    def train(self, batch: TrainBatch, seed: int | None = None, *args: Any) -> dict[str, float]:
+        """The update on the global batch. Returns `loss` (the mean over mini-batches of the aggregate
+        that was minimised), `grad_norm` (mean over optimizer steps), `optimizer_steps`, every `<x>_max`
+        as a maximum and every other statistic as a mean over the batch's loss tokens (all epochs)."""
+        per_rank = self.call("train_step", batch, seed, *args)
+        sums = {k: sum(r.get(k, 0.0) for r in per_rank) for k in per_rank[0] if not k.endswith("_max")}
+        steps = per_rank[0]["optimizer_steps"]
+        out = {k: v / max(sums["tokens"], 1.0) for k, v in sums.items()
+               if k not in ("tokens", "loss", "grad_norm", "mini_batches", "optimizer_steps")}
+        out.update({k: max(r[k] for r in per_rank if k in r) for k in {k for r in per_rank for k in r if k.endswith("_max")}})
+        out["loss"] = sums["loss"] / max(per_rank[0]["mini_batches"], 1.0)
+        out["grad_norm"], out["optimizer_steps"] = per_rank[0]["grad_norm"] / max(steps, 1.0), steps
         return out
-
-    def logprobs(self, batch: TrainBatch) -> list[list[float]]:
-        """Response logprobs under the learner's current weights, each rank scoring its shard."""
-        return unshard(self.call("logprobs", batch))
-
-    def ref_logprobs(self, batch: TrainBatch) -> list[list[float]]:
-        """Reference-model logprobs of every response, each rank scoring its shard."""
-        return unshard(self.call("ref_logprobs", batch))
 
     def kill(self) -> None:
         for a in self.actors:
             ray.kill(a)
 
 
+class LearnerGroup(RankGroup):
+    """The policy's ranks. `overrides` replace spec fields (the base-model warm-up: lr, kl_coef)."""
+
+    def __init__(self, cfg: Config, model_path: str, placement: Placement, **overrides: Any) -> None:
+        spec = dataclasses.replace(learner_spec(cfg, model_path), **overrides)
+        super().__init__("learner", LearnerWorker, spec, cfg.learner.num_ranks, placement)
+
+    def train(self, batch: TrainBatch, seed: int | None = None, loss: str = "policy") -> dict[str, float]:
+        """The policy update (`loss="sft"`: one supervised step, the base-model warm-up). The step's batch
+        (cluster/update.py) carries its old and reference log-probs; a bare batch gets them here first."""
+        if loss == "policy" and len(batch) and not batch.old_logprobs:
+            batch = dataclasses.replace(batch, old_logprobs=self.old_logprobs(batch, seed))
+        if loss == "policy" and len(batch) and not batch.ref_logprobs and self.spec.kl_coef > 0 and not self.spec.kl_in_reward:
+            batch = dataclasses.replace(batch, ref_logprobs=self.ref_logprobs(batch, seed))
+        return super().train(batch, seed, loss)
+
+    def old_logprobs(self, batch: TrainBatch, seed: int | None) -> list[list[float]]:
+        """The PPO old log-probs: the current weights' log-probs of every response, computed in the
+        micro-batches that `train(batch, seed)` will train on first."""
+        return self.scored("old_logprobs", batch, seed)
+
+    def ref_logprobs(self, batch: TrainBatch, seed: int | None = None) -> list[list[float]]:
+        """Reference-model logprobs of every response, each rank scoring its share."""
+        return self.scored("ref_logprobs", batch, seed)
+
+    def logprobs(self, batch: TrainBatch) -> list[list[float]]:
+        """Response logprobs under the learner's current weights, each rank scoring its shard."""
+        return unshard(self.call("logprobs", batch))
+
+
+class CriticGroup(RankGroup):
+    """The value model's ranks (`algorithm.advantage=gae`), placed in the `critic` bundles."""
+
+    def __init__(self, cfg: Config, model_path: str, placement: Placement) -> None:
+        super().__init__("critic", CriticWorker, critic_spec(cfg, model_path), cfg.critic.num_ranks, placement)
+
+    def values(self, batch: TrainBatch, seed: int | None) -> list[list[float]]:
+        return self.scored("values", batch, seed)
+
+
 class RolloutGroup:
     def __init__(self, cfg: Config, model_path: str, placement: Placement) -> None:
         r = cfg.rollout
-        spec = EngineSpec(model_path=model_path, device=cfg.cluster.device, dtype=cfg.model.dtype,
-                          max_model_len=r.max_model_len, kv_cache_gib=r.kv_cache_gib,
-                          gpu_memory_utilization=r.gpu_memory_utilization, tensor_parallel_size=r.tensor_parallel_size,
-                          multiprocess=r.multiprocess_engine, seed=cfg.train.seed)
+        spec = engine_spec(cfg, model_path)
         # Ray restarts a dead worker (same bundle, fresh engine from the base model); the driver then
         # re-syncs its weights and re-issues its prompts (cluster/generation.py). Tasks are not retried
         # by Ray: a re-issue must carry the current policy version, which only the driver knows.

@@ -1,10 +1,11 @@
-"""Where actors run: connecting to Ray, checking resources, and placing the three actor groups.
+"""Where actors run: connecting to Ray, checking resources, and placing the actor groups.
 
 One placement group holds a bundle per rollout engine ({GPU: tensor_parallel_size} on GPUs), per
-learner rank ({GPU: 1}) and per reward actor (CPU), each plus the role's custom Ray resources from
-the config (e.g. {"rollout_node": 1} to pin a role to tagged nodes). Rollout and learner never share
-a GPU (disaggregated). The driver fails fast, naming what is missing, when the cluster cannot hold
-the group, and prints the placement it got.
+learner rank ({GPU: 1}), per reward actor (CPU) and, with algorithm.advantage=gae, per critic rank
+({GPU: 1}), each plus the role's custom Ray resources from the config (e.g. {"rollout_node": 1} to
+pin a role to tagged nodes). Rollout, learner and critic never share a GPU (disaggregated). The
+driver fails fast, naming what is missing, when the cluster cannot hold the group, and prints the
+placement it got.
 """
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ from cluster import lifeline
 from cluster.config import Config
 
 REPO_ROOT = str(Path(__file__).resolve().parent.parent)
-ROLES = ("rollout", "learner", "reward")
+ROLES = ("rollout", "learner", "reward", "critic")
 
 
 class PlacementError(RuntimeError):
@@ -71,6 +72,10 @@ def role_bundles(cfg: Config, role: str) -> list[dict[str, float]]:
         l = cfg.learner
         one = {"CPU": l.cpus_per_rank, **({"GPU": 1.0} if gpu else {}), **l.resources}
         return [dict(one) for _ in range(l.num_ranks)]
+    if role == "critic":  # only PPO with a value model has one
+        c = cfg.critic
+        one = {"CPU": c.cpus_per_rank, **({"GPU": 1.0} if gpu else {}), **c.resources}
+        return [dict(one) for _ in range(c.num_ranks)] if cfg.algorithm.advantage == "gae" else []
     w = cfg.reward
     return [{"CPU": w.cpus_per_worker, **w.resources} for _ in range(w.num_workers)]
 
@@ -90,7 +95,8 @@ def check_resources(cfg: Config, have: dict[str, float] | None = None) -> None:
     if missing:
         text = ", ".join(f"{k}: need {need:g}, cluster has {got:g}" for k, (need, got) in sorted(missing.items()))
         raise PlacementError(f"the cluster cannot hold this run ({text}); lower rollout.num_workers, "
-                             f"rollout.tensor_parallel_size, learner.num_ranks or reward.num_workers, or add nodes")
+                             f"rollout.tensor_parallel_size, learner.num_ranks, critic.num_ranks or reward.num_workers, "
+                             f"or add nodes")
 
 
 @dataclass

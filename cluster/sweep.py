@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from cluster.config import Config, ConfigError, load_config
 from cluster.metrics import read_metrics
 
-PHASES = ("wait_rollout", "advantages", "train", "sync")
+PHASES = ("wait_rollout", "logprobs", "advantages", "train", "sync")
 
 
 class SweepSpec(BaseModel):

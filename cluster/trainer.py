@@ -1,12 +1,12 @@
-"""The RL loop: sample -> generate -> score -> advantages -> learner step -> weight sync, synchronous or with
-asynchronous rollouts (train.max_staleness > 0: cluster/pipeline.py generates ahead while the learner trains)."""
+"""The RL loop: sample -> generate -> score -> the step's TrainBatch (old log-probs, advantages) -> update
+-> weight sync, synchronous or with asynchronous rollouts (train.max_staleness > 0: cluster/pipeline.py
+generates ahead while the learner trains)."""
 from __future__ import annotations
 
 import json
 import time
 from pathlib import Path
 
-import torch
 from tqdm import tqdm
 
 from cluster import checkpoint, faults, paths
@@ -16,14 +16,14 @@ from cluster.data import PromptSource, load_problems
 from cluster.export import copy_tokenizer
 from cluster.heldout import held_out_metrics
 from cluster.generation import ScoredBatch
-from cluster.groups import LearnerGroup, RewardPool, RolloutGroup
+from cluster.groups import CriticGroup, LearnerGroup, RewardPool, RolloutGroup
 from cluster.metrics import MetricsLog, PhaseTimer, plot_emergence, plot_run, read_metrics, reflects
-from cluster.pipeline import RolloutPipeline, split_stale, staleness_metrics
+from cluster.pipeline import RolloutPipeline, split_stale, staleness_metrics, step_seed
 from cluster.placement import connect, place
 from cluster.sync import WeightSync
 from cluster.wandb_log import WandbSink
-from learner.core_algos import compute_advantages, kl_penalised_rewards, sequence_kl
-from protocol.batch import Sample, TrainBatch
+from cluster.update import PolicyUpdate
+from protocol.batch import Sample
 
 
 def mean(xs: list[float]) -> float:
@@ -73,6 +73,8 @@ class Trainer:
         self.rollouts = RolloutGroup(cfg, self.model_path, self.placement)
         self.learners = LearnerGroup(cfg, self.model_path, self.placement)
         paths.check_learners(self.learners, self.token_file, self.token)
+        self.critic = CriticGroup(cfg, self.model_path, self.placement) if cfg.algorithm.advantage == "gae" else None
+        self.update = PolicyUpdate(cfg, self.learners, self.critic)
         self.rewards = RewardPool(cfg, self.placement)
         self.sync = WeightSync(cfg, self.learners, self.rollouts)
         self.pipeline = RolloutPipeline(cfg, self.rollouts, self.rewards, self.train_data, self.sync.resync)
@@ -81,56 +83,37 @@ class Trainer:
 
     def step(self, step: int) -> dict[str, float]:
         """One policy step: take the step's scored batch (generated ahead when train.max_staleness > 0),
-        compute advantages, train, and sync the new weights into the rollout workers."""
+        build its TrainBatch (old log-probs, values, advantages), update, and sync the new weights."""
         cfg, timer, k = self.cfg, PhaseTimer(), self.cfg.train.max_staleness
         with timer("wait_rollout"):  # take() first submits steps step..step+k, before this step's sync
             prompts, rollout = self.pipeline.take(step)
         samples, dropped = split_stale(rollout.samples, self.sync.version, k, cfg.rollout.samples_per_prompt)
         async_metrics = {**staleness_metrics(samples, self.sync.version), "async/dropped_stale": float(dropped)}
-        with timer("advantages"):
-            kl_metrics = self._set_advantages(samples)
-        batch = TrainBatch.from_samples(samples, cfg.algorithm.mask_truncated)
-        if k > 0:  # off-policy: the sampling logprobs become importance-weight denominators (TIS)
-            batch.behaviour_logprobs = batch.old_logprobs
+        seed = step_seed(cfg.train.seed, step)  # the mini-batch shuffle: a pure function of the step
+        batch, batch_metrics = self.update.build(samples, seed, timer)
         with timer("train"):
-            train_metrics = self.learners.train(batch)
+            train_metrics = self.update.train(batch, seed, step)
         with timer("sync"):
             sync_metrics = self.sync.sync()
         self.log.samples(step, samples, {p.index: p.answer for p in prompts}, cfg.train.samples_to_save)
-        return {**self._sample_metrics(samples, rollout), **{f"train/{k}": v for k, v in train_metrics.items()},
-                **kl_metrics, **sync_metrics, **async_metrics, **timer.seconds, **self._role_times(rollout, timer, sync_metrics)}
+        return {**self._sample_metrics(samples, rollout), **batch_metrics, **train_metrics, **sync_metrics,
+                **async_metrics, **timer.seconds, **self._role_times(rollout, timer, sync_metrics)}
 
     def _role_times(self, rollout: ScoredBatch, timer: PhaseTimer, sync: dict[str, float]) -> dict[str, float]:
         """Busy and idle seconds of each role in this step. Rollout: its engines' generation of the batch
-        consumed in this step (whenever it ran) + the weight load, as timed in the engine; learner: the
-        train step + its weight export, as timed in the learner."""
+        consumed in this step (whenever it ran) + the weight load, as timed in the engine; learner: its
+        forward passes for the batch, the update + its weight export, as timed in the learner."""
         t = timer.seconds
         step_s = sum(t.values())
         engine_s = sum(rollout.engine_s) / max(len(rollout.engine_s), 1)
         rollout_busy = engine_s + sync["sync/load_s"]
-        learner_busy = t["time/train_s"] + sync["sync/export_s"]
+        learner_busy = t["time/logprobs_s"] + t["time/train_s"] + sync["sync/export_s"]
         return {"time/step_s": step_s, "time/generate_s": engine_s, "time/rollout_wall_s": rollout.wall_s,
                 "time/rollout_busy_s": rollout_busy, "time/learner_busy_s": learner_busy,
                 "time/rollout_idle_s": max(0.0, step_s - rollout_busy),
                 "time/learner_idle_s": max(0.0, step_s - learner_busy),
                 "perf/gen_tokens_per_s": sum(len(s.response_ids) for s in rollout.samples) / max(engine_s, 1e-9),
                 "perf/samples_per_s": len(rollout.samples) / max(step_s, 1e-9)}
-
-    def _set_advantages(self, samples: list[Sample]) -> dict[str, float]:
-        """Write each sample's advantage with the configured estimator. With the KL in the reward,
-        rewards are first penalised by kl_coef * (the response's summed KL to the reference)."""
-        a = self.cfg.algorithm
-        rewards = torch.tensor([s.reward for s in samples])
-        metrics: dict[str, float] = {}
-        if a.kl_in_reward and a.kl_coef > 0:
-            batch = TrainBatch.from_samples(samples)
-            kl = sequence_kl(batch.old_logprobs, self.learners.ref_logprobs(batch), a.kl_estimator)
-            rewards = kl_penalised_rewards(rewards, kl, a.kl_coef)
-            metrics["train/kl_in_reward"] = float(kl.mean())
-        advantages = compute_advantages(a.advantage, rewards, self.cfg.rollout.samples_per_prompt)
-        for sample, adv in zip(samples, advantages.tolist()):
-            sample.advantage = adv
-        return metrics
 
     def _sample_metrics(self, samples: list[Sample], rollout: ScoredBatch) -> dict[str, float]:
         counts = rollout.counts
@@ -212,7 +195,7 @@ class Trainer:
                 self.benchmark(0)
             print(f"step 0: held-out accuracy {first['eval/accuracy']:.3f} (greedy {first['eval/greedy_accuracy']:.3f})")
             return 0, first
-        state = checkpoint.restore(self.resume_from, self.learners)
+        state = checkpoint.restore(self.resume_from, self.learners, self.critic)
         # One sync puts the restored weights into the engines under the checkpoint's policy version.
         self.sync.version = state.policy_version - 1
         self.sync.sync()
@@ -224,7 +207,7 @@ class Trainer:
         """The checkpoint written, or None when the write failed and was reported (see save_or_report)."""
         metrics_bytes, samples_bytes = self.log.sizes()
         state = checkpoint.TrainerState(step, self.sync.version, metrics_bytes, samples_bytes, self.model_path)
-        return self.checkpoints.save_or_report(step, self.learners, state, self.cfg, self.log)
+        return self.checkpoints.save_or_report(step, self.learners, state, self.cfg, self.log, self.critic)
 
     def finish(self, first: dict[str, float], last: dict[str, float]) -> dict[str, float]:
         final_dir = self.run_dir / "final_model"
@@ -246,7 +229,7 @@ class Trainer:
 
     def close(self) -> None:
         self.log.close()
-        for name in ("pipeline", "sync", "grader", "rewards", "learners", "rollouts"):
+        for name in ("pipeline", "sync", "grader", "rewards", "critic", "learners", "rollouts"):
             part = getattr(self, name, None)
             if part is not None:
                 (part.close if name in ("pipeline", "sync") else part.kill)()

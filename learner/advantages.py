@@ -1,8 +1,9 @@
-"""Advantage estimators for outcome rewards: one small function each, selected by name.
+"""Advantage estimators: one small function each, selected by name (`algorithm.advantage`).
 
-Every estimator takes flat `rewards` [B], ordered so that each consecutive `group_size` entries are
-samples of the same prompt, and returns one advantage per sample [B] that the learner broadcasts to
-every response token.
+Outcome estimators (OUTCOME_ESTIMATORS) take flat `rewards` [B], ordered so that each consecutive
+`group_size` entries are samples of the same prompt, and return one advantage per sample [B] that
+the learner broadcasts to every response token. GAE (`gae_advantages`) needs a critic: it turns
+per-token rewards and the critic's per-token values into per-token advantages and value targets.
 """
 from __future__ import annotations
 
@@ -71,18 +72,72 @@ def reinforce_pp_baseline_advantages(rewards: torch.Tensor, group_size: int, eps
     return centred / (std + eps)
 
 
-ADVANTAGE_ESTIMATORS: dict[str, AdvantageFn] = {
+def gae_advantages(token_rewards: list[torch.Tensor], values: list[torch.Tensor], gamma: float,
+                   lam: float) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Generalised advantage estimation (Schulman et al. 2016), per response, from the end back:
+
+        delta_t = r_t + gamma * V_{t+1} - V_t   (V after the last token is 0: the episode ends)
+        A_t = delta_t + gamma * lam * A_{t+1},  return_t = A_t + V_t (the critic's target)
+
+    `token_rewards[i]` and `values[i]` hold one entry per response token of sample i (V_t: the
+    critic's value of the state before token t). Outcome rewards sit on the last token
+    (`outcome_token_rewards`). gamma = lam = 1 gives A_t = R - V_t.
+    """
+    advantages, returns = [], []
+    for rewards, vals in zip(token_rewards, values, strict=True):
+        adv = torch.zeros_like(rewards)
+        running = torch.zeros(())
+        for t in reversed(range(rewards.numel())):
+            next_value = vals[t + 1] if t + 1 < vals.numel() else 0.0
+            running = rewards[t] + gamma * next_value - vals[t] + gamma * lam * running
+            adv[t] = running
+        advantages.append(adv)
+        returns.append(adv + vals)
+    return advantages, returns
+
+
+def outcome_token_rewards(rewards: torch.Tensor, lengths: list[int],
+                          token_kl: list[torch.Tensor] | None = None, kl_coef: float = 0.0) -> list[torch.Tensor]:
+    """Per-token rewards for GAE: the outcome reward on each response's last token, minus
+    kl_coef * KL_t on every token when the KL is in the reward (PPO-style shaping, as OpenRLHF's
+    compute_reward). An empty response gets no rewards."""
+    out = []
+    for i, n in enumerate(lengths):
+        r = -kl_coef * token_kl[i].float() if token_kl is not None else torch.zeros(n)
+        if n:
+            r[-1] += rewards[i]
+        out.append(r)
+    return out
+
+
+def whiten(per_token: list[torch.Tensor], mask: list[torch.Tensor], eps: float = 1e-8) -> list[torch.Tensor]:
+    """(x - mean) / std over every token of the batch where `mask` is 1 (OpenRLHF normalises GAE
+    advantages over the rollout batch this way before PPO). Unchanged when no token counts."""
+    flat, keep = torch.cat(per_token) if per_token else torch.zeros(0), torch.cat(mask) if mask else torch.zeros(0)
+    count = keep.sum()
+    if count < 1:
+        return per_token
+    mean = (flat * keep).sum() / count
+    std = (((flat - mean) ** 2 * keep).sum() / count).sqrt()
+    return [(x - mean) / (std + eps) for x in per_token]
+
+
+OUTCOME_ESTIMATORS: dict[str, AdvantageFn] = {
     "grpo": grpo_advantages,
     "dr_grpo": dr_grpo_advantages,
     "rloo": rloo_advantages,
     "reinforce_pp": reinforce_pp_baseline_advantages,
 }
+# Every name `algorithm.advantage` accepts; "gae" has its own signature (token rewards + critic values).
+ADVANTAGE_ESTIMATORS: dict[str, Callable] = {**OUTCOME_ESTIMATORS, "gae": gae_advantages}
 
 
 def compute_advantages(name: str, rewards: torch.Tensor, group_size: int) -> torch.Tensor:
-    """Look up the estimator `name` in ADVANTAGE_ESTIMATORS and apply it."""
+    """Look up the outcome estimator `name` in OUTCOME_ESTIMATORS and apply it."""
+    if name == "gae":
+        raise ValueError("gae needs per-token rewards and critic values: call gae_advantages")
     try:
-        estimator = ADVANTAGE_ESTIMATORS[name]
+        estimator = OUTCOME_ESTIMATORS[name]
     except KeyError:
         raise ValueError(f"unknown advantage estimator {name!r}; known: {sorted(ADVANTAGE_ESTIMATORS)}") from None
     return estimator(rewards, group_size)

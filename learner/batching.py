@@ -1,8 +1,11 @@
-"""Turn ragged (prompt, response) lists into padded tensors aligned with next-token logits."""
+"""Turn ragged (prompt, response) lists into padded tensors aligned with next-token logits, and lay a
+batch out into PPO epochs, mini-batches and per-rank micro-batches."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from protocol.batch import TrainBatch
@@ -10,25 +13,37 @@ from protocol.batch import TrainBatch
 
 @dataclass
 class PaddedBatch:
-    """Row i holds prompt+response; column t of the *_tok tensors refers to the token at t+1.
+    """Row i holds prompt+response; column t of the [B, L-1] tensors refers to the token at t+1.
 
-    `mask[i, t]` is 1 where token t+1 is a response token that counts in the loss.
+    `mask[i, t]` is 1 where token t+1 is a response token that counts in the loss. Per-token fields
+    the batch does not carry are None (`old_logprobs`, `advantages` and `mask` are always present).
     """
 
     input_ids: torch.Tensor  # [B, L]
     attention_mask: torch.Tensor  # [B, L]
     targets: torch.Tensor  # [B, L-1]
-    old_logprobs: torch.Tensor  # [B, L-1]
-    behaviour_logprobs: torch.Tensor | None  # [B, L-1]; None: on-policy batch (see TrainBatch)
-    advantages: torch.Tensor  # [B]
+    old_logprobs: torch.Tensor  # [B, L-1] (zeros when the batch has none)
+    behaviour_logprobs: torch.Tensor | None  # [B, L-1]: the rollout engine's
+    ref_logprobs: torch.Tensor | None  # [B, L-1]
+    values: torch.Tensor | None  # [B, L-1]: the critic's, before the update
+    returns: torch.Tensor | None  # [B, L-1]
+    advantages: torch.Tensor  # [B, L-1] (a per-sample advantage is repeated over its response)
     mask: torch.Tensor  # [B, L-1]
     response_starts: list[int]
     response_lens: list[int]
 
     def response_values(self, per_token: torch.Tensor) -> list[list[float]]:
         """Cut a [B, L-1] tensor back into per-sample response lists."""
-        rows = per_token.detach().cpu()
+        rows = per_token.detach().float().cpu()
         return [rows[i, s: s + n].tolist() for i, (s, n) in enumerate(zip(self.response_starts, self.response_lens))]
+
+
+def _per_token(rows: list[list[float]], starts: list[int], shape: tuple[int, int]) -> torch.Tensor:
+    out = torch.zeros(shape)
+    for i, (start, row) in enumerate(zip(starts, rows)):
+        if row:
+            out[i, start: start + len(row)] = torch.tensor(row, dtype=torch.float32)
+    return out
 
 
 def pad(batch: TrainBatch, pad_id: int, device: torch.device) -> PaddedBatch:
@@ -36,35 +51,53 @@ def pad(batch: TrainBatch, pad_id: int, device: torch.device) -> PaddedBatch:
     size, length = len(seqs), max(len(s) for s in seqs)
     input_ids = torch.full((size, length), pad_id, dtype=torch.long)
     attention = torch.zeros((size, length), dtype=torch.long)
-    old = torch.zeros((size, length - 1))
-    behaviour = torch.zeros((size, length - 1)) if batch.behaviour_logprobs else None
-    mask = torch.zeros((size, length - 1))
-    starts, lens = [], []
-    for i, (prompt, response) in enumerate(zip(batch.prompt_ids, batch.response_ids)):
-        seq = prompt + response
+    for i, seq in enumerate(seqs):
         input_ids[i, : len(seq)] = torch.tensor(seq)
         attention[i, : len(seq)] = 1
-        start = len(prompt) - 1
-        starts.append(start)
-        lens.append(len(response))
-        if response:
-            if batch.old_logprobs:
-                old[i, start: start + len(response)] = torch.tensor(batch.old_logprobs[i], dtype=torch.float32)
-            if behaviour is not None:
-                behaviour[i, start: start + len(response)] = torch.tensor(batch.behaviour_logprobs[i])
-            loss_mask = batch.loss_mask[i] if batch.loss_mask else [1.0] * len(response)
-            mask[i, start: start + len(response)] = torch.tensor(loss_mask, dtype=torch.float32)
-    adv = torch.tensor(batch.advantages or [0.0] * size, dtype=torch.float32)
-    return PaddedBatch(input_ids.to(device), attention.to(device), input_ids[:, 1:].to(device), old.to(device),
-                       None if behaviour is None else behaviour.to(device), adv.to(device), mask.to(device), starts, lens)
+    starts = [len(p) - 1 for p in batch.prompt_ids]
+    lens = [len(r) for r in batch.response_ids]
+    shape = (size, length - 1)
+    mask_rows = batch.loss_mask or [[1.0] * n for n in lens]
+    adv = batch.advantages or [0.0] * size
+    adv_rows = [a if isinstance(a, list) else [float(a)] * n for a, n in zip(adv, lens)]
+    optional = {name: _per_token(getattr(batch, name), starts, shape).to(device) if getattr(batch, name) else None
+                for name in ("behaviour_logprobs", "ref_logprobs", "values", "returns")}
+    return PaddedBatch(input_ids.to(device), attention.to(device), input_ids[:, 1:].to(device),
+                       _per_token(batch.old_logprobs, starts, shape).to(device), **optional,
+                       advantages=_per_token(adv_rows, starts, shape).to(device),
+                       mask=_per_token(mask_rows, starts, shape).to(device), response_starts=starts, response_lens=lens)
 
 
 def split(batch: TrainBatch, parts: int) -> list[TrainBatch]:
     """Exactly `parts` consecutive, near-equal micro-batches (every rank must run the same count)."""
-    size = len(batch)
-    bounds = [size * k // parts for k in range(parts + 1)]
-    out = []
-    for lo, hi in zip(bounds, bounds[1:]):
-        out.append(TrainBatch(batch.prompt_ids[lo:hi], batch.response_ids[lo:hi], batch.old_logprobs[lo:hi],
-                              batch.advantages[lo:hi], batch.loss_mask[lo:hi], batch.behaviour_logprobs[lo:hi]))
-    return out
+    return [batch.select(part) for part in split_indices(list(range(len(batch))), parts)]
+
+
+def split_indices(indices: list[int], parts: int) -> list[list[int]]:
+    """`indices` cut into exactly `parts` consecutive, near-equal pieces (some may be empty)."""
+    bounds = [len(indices) * k // parts for k in range(parts + 1)]
+    return [indices[lo:hi] for lo, hi in zip(bounds, bounds[1:])]
+
+
+def epoch_order(size: int, epoch: int, seed: int | None) -> list[int]:
+    """The sample order of one PPO epoch: a permutation drawn from (seed, epoch), identity for None."""
+    if seed is None:
+        return list(range(size))
+    return np.random.default_rng([seed, epoch]).permutation(size).tolist()
+
+
+def mini_batches(size: int, epochs: int, count: int, seed: int | None) -> list[list[list[int]]]:
+    """[epoch][mini-batch] -> global sample indices. Each epoch shuffles the batch (`epoch_order`) and
+    cuts it into `count` near-equal mini-batches (fewer when the batch has fewer samples; none when
+    it is empty). Each mini-batch is one optimizer step. A pure function of its arguments, so every
+    rank, and a resumed run, lays the batch out the same way."""
+    count = min(count, size)
+    return [split_indices(epoch_order(size, epoch, seed), count) if count else [] for epoch in range(epochs)]
+
+
+def rank_micro_batches(indices: list[int], rank: int, world_size: int, micro_batch_size: int) -> list[list[int]]:
+    """This rank's share of one mini-batch (every world_size-th sample), cut into micro-batches of at
+    most `micro_batch_size`. The count depends only on the mini-batch size, so every rank runs the same
+    number of forwards (ZeRO-3 gathers weights collectively); a rank with fewer samples gets empty ones."""
+    parts = max(1, math.ceil(len(indices) / world_size / micro_batch_size))
+    return split_indices(indices[rank::world_size], parts)

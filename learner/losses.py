@@ -32,11 +32,13 @@ def ppo_clip_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages
     bounded below by c*A, so the loss is min(PPO loss, -c*A). Without it a token with A < 0 and a
     huge ratio r contributes an unbounded loss |A|*r; with it, tokens with r > c get zero gradient.
 
-    `old_logprobs` are the sampling logprobs recorded by the rollout engine, so the ratio also
-    corrects for any mismatch between the engine and the learner. `advantages` is [B] or [B, T].
-    Returns (loss per token, stats): per-token 0/1 indicators `clip_frac` (the clipped branch was
-    taken), split into `clip_high_frac` (r > 1+hi, A > 0) and `clip_low_frac` (r < 1-lo, A < 0),
-    `dual_clip_frac` (the dual-clip bound was taken), and the `ratio` itself.
+    `old_logprobs` are the learner's own log-probs before the first update of this batch (the
+    proximal policy): the ratio is exactly 1 on the first mini-batch and moves from the second on.
+    `advantages` is [B] or [B, T]. Returns (loss per token, stats): per-token 0/1 indicators
+    `clip_frac` (the clipped branch was taken), split into `clip_high_frac` (r > 1+hi, A > 0) and
+    `clip_low_frac` (r < 1-lo, A < 0), `dual_clip_frac` (the dual-clip bound was taken), the `ratio`
+    itself and `approx_kl`, log pi_old - log pi per token (its mean estimates KL(pi_old || pi), verl's
+    ppo_kl).
     """
     if dual_clip is not None and dual_clip <= 1.0:
         raise ValueError(f"dual_clip must be > 1, got {dual_clip}")
@@ -51,22 +53,41 @@ def ppo_clip_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages
         bound = -dual_clip * adv  # > 0 where A < 0
         dual_taken = ((adv < 0) & (loss > bound)).float()
         loss = torch.where(dual_taken.bool(), bound.expand_as(loss), loss)
-    stats = {"ratio": ratio, "clip_frac": clip_taken, "clip_high_frac": clip_taken * (adv > 0),
+    stats = {"ratio": ratio, "approx_kl": (old_logprobs - logprobs).detach(), "clip_frac": clip_taken, "clip_high_frac": clip_taken * (adv > 0),
              "clip_low_frac": clip_taken * (adv < 0), "dual_clip_frac": dual_taken}
     return loss, stats
 
 
+TIS_LEVELS = ("off", "token", "sequence")
+MAX_LOG_RATIO = 20.0  # importance log-ratios are clamped to +-this before exp (a long sequence can overflow)
+
+
+def importance_log_ratio(old_logprobs: torch.Tensor, behaviour_logprobs: torch.Tensor,
+                         level: str = "token") -> torch.Tensor:
+    """log(pi_old / pi_behaviour) per token [B, T]: the token's own ("token"), or the sum over its
+    row, i.e. the whole response's ("sequence"; padded positions hold 0 in both inputs), repeated."""
+    delta = (old_logprobs - behaviour_logprobs).detach()
+    if level == "sequence":
+        delta = delta.sum(dim=-1, keepdim=True).expand_as(delta)
+    elif level != "token":
+        raise ValueError(f"unknown importance-sampling level {level!r}; known: token, sequence")
+    return delta.clamp(-MAX_LOG_RATIO, MAX_LOG_RATIO)
+
+
 def truncated_importance_weights(old_logprobs: torch.Tensor, behaviour_logprobs: torch.Tensor,
-                                 cap: float | None) -> tuple[torch.Tensor, torch.Tensor]:
+                                 cap: float | None, level: str = "token") -> tuple[torch.Tensor, torch.Tensor]:
     """Truncated importance sampling (TIS) weights min(pi_old / pi_behaviour, cap) per token, and the
     0/1 indicator of tokens whose weight was capped.
 
-    With asynchronous rollouts the samples come from an older policy (pi_behaviour, as recorded by
-    the engine) than the one the PPO ratio is taken against (pi_old, the learner's weights before
-    this step). Weighting the PPO term by their ratio corrects that; capping it bounds the variance
-    a few very unlikely tokens would add. `cap` None: no cap. No gradient flows through the weights.
+    The samples come from the rollout engine (pi_behaviour, its recorded log-probs): an older policy
+    with asynchronous rollouts, and in any mode a numerically different one (bf16, other kernels).
+    The PPO ratio is taken against pi_old, the learner's weights before this batch's first update;
+    weighting the PPO term by pi_old / pi_behaviour corrects the gap. `level` "token" weighs each
+    token by its own ratio, "sequence" every token of a response by the product over the response.
+    Capping bounds the variance a few very unlikely tokens would add. `cap` None: no cap. No gradient
+    flows through the weights.
     """
-    weights = torch.exp(old_logprobs - behaviour_logprobs).detach()
+    weights = torch.exp(importance_log_ratio(old_logprobs, behaviour_logprobs, level))
     if cap is None:
         return weights, torch.zeros_like(weights)
     return torch.clamp(weights, max=cap), (weights > cap).float()
@@ -76,10 +97,10 @@ IS_BINS = (0.5, 0.8, 1.25, 2.0)  # edges of the importance-weight histogram in t
 
 
 def importance_weight_stats(old_logprobs: torch.Tensor, behaviour_logprobs: torch.Tensor,
-                            capped: torch.Tensor) -> dict[str, torch.Tensor]:
+                            capped: torch.Tensor, level: str = "token") -> dict[str, torch.Tensor]:
     """Per-token indicators whose masked means describe the importance-weight distribution: the
     uncapped weight, the capped fraction, and a histogram over IS_BINS (`is_frac_<lo>_<hi>`)."""
-    raw = torch.exp(old_logprobs - behaviour_logprobs).detach()
+    raw = torch.exp(importance_log_ratio(old_logprobs, behaviour_logprobs, level))
     stats = {"is_weight": raw, "is_capped_frac": capped}
     edges = (0.0, *IS_BINS, float("inf"))
     for lo, hi in zip(edges, edges[1:]):
@@ -109,6 +130,24 @@ def policy_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: 
     if entropy is not None and entropy_coef:
         per_token = per_token - entropy_coef * entropy
     return per_token, stats
+
+
+def value_loss(values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor,
+               clip: float | None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Per-token critic loss 0.5 * (V - R)^2, with PPO value clipping when `clip` is set:
+    0.5 * max((V - R)^2, (V_clip - R)^2), V_clip = V_old + clamp(V - V_old, -clip, clip), so one update
+    cannot move a value further than `clip` from the value it had when the batch was collected
+    (OpenRLHF's ValueLoss, verl's cliprange_value). Stats: `value_clip_frac` (the clipped branch was
+    larger), `values`, `returns`, `value_error` (V - R)."""
+    error = (values - returns) ** 2
+    stats = {"values": values.detach(), "returns": returns, "value_error": (values - returns).detach()}
+    if clip is None:
+        stats["value_clip_frac"] = torch.zeros_like(error)
+        return 0.5 * error, stats
+    clipped = old_values + (values - old_values).clamp(-clip, clip)
+    clipped_error = (clipped - returns) ** 2
+    stats["value_clip_frac"] = (clipped_error > error).float()
+    return 0.5 * torch.maximum(error, clipped_error), stats
 
 
 def sft_loss(logprobs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

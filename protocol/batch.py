@@ -1,7 +1,7 @@
 """Batch types passed between the driver, the rollout workers, the reward pool and the learner."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import TypeVar
 
 T = TypeVar("T")
@@ -67,36 +67,52 @@ def unshard(per_rank: list[list[T]]) -> list[T]:
 
 @dataclass
 class TrainBatch:
-    """The learner's input for one policy step: flat lists, one entry per sample."""
+    """The learner's (and critic's) input for one policy step: flat lists, one entry per sample, every
+    per-token list as long as the sample's response. The driver builds it once per step, before the
+    update (cluster/experience.py), so the learner ranks only read it.
+    """
 
     prompt_ids: list[list[int]]
     response_ids: list[list[int]]
+    # The PPO "old" policy: the learner's own log-probs, computed once before the first update in the
+    # same micro-batching as training (LearnerWorker.old_logprobs). Never the rollout engine's.
     old_logprobs: list[list[float]]
-    advantages: list[float]
+    # One float per sample (outcome estimators: every response token gets it) or one list per sample
+    # with a float per response token (GAE).
+    advantages: list[float] | list[list[float]]
     loss_mask: list[list[float]] = field(default_factory=list)
-    # Off-policy training (train.max_staleness > 0): the rollout engine's sampling logprobs, used for
-    # importance weights; the learner then takes the PPO ratio against its own forward, not old_logprobs.
+    # The rollout engine's sampling log-probs (pi_behaviour), in sync and async modes alike: only for
+    # the train/inference mismatch metric and importance correction (algorithm.tis).
     behaviour_logprobs: list[list[float]] = field(default_factory=list)
+    ref_logprobs: list[list[float]] = field(default_factory=list)  # reference model, when algorithm.kl_coef > 0
+    values: list[list[float]] = field(default_factory=list)  # critic values before the update (value clipping)
+    returns: list[list[float]] = field(default_factory=list)  # critic targets (GAE)
 
     def __len__(self) -> int:
         return len(self.response_ids)
 
     @classmethod
     def from_samples(cls, samples: list[Sample], mask_truncated: bool = False) -> "TrainBatch":
-        """`mask_truncated`: overlong handling, see `overlong_loss_mask`."""
+        """Tokens, the engine's sampling log-probs as `behaviour_logprobs`, each sample's advantage and
+        the loss mask (`mask_truncated`: overlong handling, see `overlong_loss_mask`). The learner's
+        old log-probs, reference log-probs, values and returns are filled in by the driver."""
         return cls(
             prompt_ids=[s.prompt_ids for s in samples],
             response_ids=[s.response_ids for s in samples],
-            old_logprobs=[s.response_logprobs for s in samples],
+            old_logprobs=[],
             advantages=[s.advantage for s in samples],
             loss_mask=overlong_loss_mask([len(s.response_ids) for s in samples],
                                          [s.finish_reason for s in samples], mask_truncated),
+            behaviour_logprobs=[s.response_logprobs for s in samples],
         )
+
+    def select(self, indices: list[int]) -> "TrainBatch":
+        """The samples at `indices`, in that order (a field left empty stays empty)."""
+        def pick(xs: list) -> list:
+            return [xs[i] for i in indices] if xs else []
+
+        return TrainBatch(**{f.name: pick(getattr(self, f.name)) for f in fields(self)})
 
     def shard(self, rank: int, world_size: int) -> "TrainBatch":
         """Every world_size-th sample starting at rank: an even split for data-parallel ranks."""
-        pick = lambda xs: xs[rank::world_size]  # noqa: E731
-        return TrainBatch(
-            pick(self.prompt_ids), pick(self.response_ids), pick(self.old_logprobs),
-            pick(self.advantages), pick(self.loss_mask), pick(self.behaviour_logprobs),
-        )
+        return self.select(list(range(rank, len(self), world_size)))

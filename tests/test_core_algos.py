@@ -48,11 +48,68 @@ def test_reinforce_pp_baseline_hand_computed():
 
 
 def test_registry_selects_estimators_by_config_name():
-    assert set(algos.ADVANTAGE_ESTIMATORS) == {"grpo", "dr_grpo", "rloo", "reinforce_pp"}
+    assert set(algos.ADVANTAGE_ESTIMATORS) == {"grpo", "dr_grpo", "rloo", "reinforce_pp", "gae"}
     rewards = torch.tensor([1.0, 0.0])
     assert torch.allclose(algos.compute_advantages("dr_grpo", rewards, 2), torch.tensor([0.5, -0.5]))
     with pytest.raises(ValueError, match="unknown advantage estimator"):
         algos.compute_advantages("ppo", rewards, 2)
+    with pytest.raises(ValueError, match="gae needs"):
+        algos.compute_advantages("gae", rewards, 2)
+
+
+@pytest.mark.parametrize("gamma, lam, advantages, returns", [
+    # delta_2 = 1 - 0.8 = 0.2; delta_1 = 0.8 - 0.6 = 0.2; delta_0 = 0.6 - 0.5 = 0.1
+    # A_2 = 0.2; A_1 = 0.2 + 0.5 * 0.2 = 0.3; A_0 = 0.1 + 0.5 * 0.3 = 0.25; returns = A + V
+    (1.0, 0.5, [0.25, 0.3, 0.2], [0.75, 0.9, 1.0]),
+    # lam = 1: the returns are the discounted Monte-Carlo returns 0.81, 0.9, 1
+    # delta_1 = 0.9 * 0.8 - 0.6 = 0.12 -> A_1 = 0.12 + 0.9 * 0.2 = 0.30; delta_0 = 0.54 - 0.5 -> A_0 = 0.04 + 0.27
+    (0.9, 1.0, [0.31, 0.30, 0.2], [0.81, 0.9, 1.0]),
+])
+def test_gae_hand_computed(gamma, lam, advantages, returns):
+    rewards = algos.outcome_token_rewards(torch.tensor([1.0, -1.0]), [3, 0])
+    assert rewards[0].tolist() == [0.0, 0.0, 1.0] and rewards[1].numel() == 0  # an empty response has no reward
+    adv, ret = algos.gae_advantages(rewards, [torch.tensor([0.5, 0.6, 0.8]), torch.zeros(0)], gamma, lam)
+    assert torch.allclose(adv[0], torch.tensor(advantages), atol=1e-6)
+    assert torch.allclose(ret[0], torch.tensor(returns), atol=1e-6)
+    assert adv[1].numel() == ret[1].numel() == 0
+
+
+def test_gae_token_rewards_carry_the_kl_penalty_on_every_token():
+    kl = [torch.tensor([0.1, 0.2, 0.3])]
+    rewards = algos.outcome_token_rewards(torch.tensor([1.0]), [3], kl, kl_coef=0.5)
+    assert torch.allclose(rewards[0], torch.tensor([-0.05, -0.1, 1.0 - 0.15]))
+
+
+def test_whiten_uses_only_tokens_in_the_mask():
+    x = [torch.tensor([1.0, 2.0]), torch.tensor([3.0, 100.0])]
+    mask = [torch.tensor([1.0, 1.0]), torch.tensor([1.0, 0.0])]
+    out = algos.whiten(x, mask)
+    std = (2.0 / 3.0) ** 0.5  # of 1, 2, 3 (population std, as OpenRLHF's replay-buffer normalisation)
+    assert torch.allclose(torch.cat(out), torch.tensor([-1.0, 0.0, 1.0, 98.0]) / std, atol=1e-5)
+    assert algos.whiten(x, [torch.zeros(2), torch.zeros(2)]) is x  # nothing counts: unchanged
+
+
+def test_value_loss_clipping_hand_computed():
+    values = torch.tensor([[1.0, 0.0, 0.6]])
+    old = torch.tensor([[0.5, 0.5, 0.5]])
+    returns = torch.tensor([[2.0, 0.0, 1.0]])
+    loss, stats = algos.value_loss(values, old, returns, clip=0.2)
+    # V_clip = 0.7, 0.3, 0.6: 0.5 * max((V-R)^2, (V_clip-R)^2) = 0.5*max(1, 1.69), 0.5*max(0, 0.09), 0.5*0.16
+    assert torch.allclose(loss, torch.tensor([[0.845, 0.045, 0.08]]), atol=1e-6)
+    assert stats["value_clip_frac"].tolist() == [[1.0, 1.0, 0.0]]
+    unclipped, _ = algos.value_loss(values, old, returns, clip=None)
+    assert torch.allclose(unclipped, torch.tensor([[0.5, 0.0, 0.08]]), atol=1e-6)
+
+
+def test_sequence_level_importance_weights_use_the_response_product():
+    old = torch.tensor([[-1.0, -1.0, 0.0]])  # the last column is padding: 0 in both
+    behaviour = torch.tensor([[-1.5, -1.2, 0.0]])
+    token, _ = algos.truncated_importance_weights(old, behaviour, cap=None, level="token")
+    assert torch.allclose(token[0, :2], torch.exp(torch.tensor([0.5, 0.2])))
+    seq, capped = algos.truncated_importance_weights(old, behaviour, cap=None, level="sequence")
+    assert torch.allclose(seq, torch.full((1, 3), float(torch.exp(torch.tensor(0.7)))))  # e^(0.5 + 0.2) = 2.01
+    seq, capped = algos.truncated_importance_weights(old, behaviour, cap=2.0, level="sequence")
+    assert seq.tolist() == [[2.0, 2.0, 2.0]] and capped.tolist() == [[1.0, 1.0, 1.0]]
 
 
 def test_kl_penalised_rewards_hand_computed():
@@ -241,3 +298,29 @@ def test_unshard_inverts_shard():
     batch = TrainBatch([[i] for i in range(7)], [[i] for i in range(7)], [], [float(i) for i in range(7)], [])
     for world in (1, 2, 3, 8):
         assert unshard([batch.shard(r, world).advantages for r in range(world)]) == batch.advantages
+
+
+# ---- PPO epochs, mini-batches, micro-batches ----------------------------------------------------
+
+
+def test_mini_batches_cover_every_sample_once_per_epoch_and_reshuffle():
+    from learner.batching import mini_batches
+
+    plan = mini_batches(10, epochs=2, count=3, seed=5)
+    assert [len(mb) for epoch in plan for mb in epoch] == [3, 3, 4, 3, 3, 4]
+    for epoch in plan:
+        assert sorted(i for mb in epoch for i in mb) == list(range(10))
+    assert plan[0] != plan[1]  # each epoch draws its own order
+    assert plan == mini_batches(10, 2, 3, 5) and plan != mini_batches(10, 2, 3, 6)  # a pure function of the seed
+    assert mini_batches(10, 1, 3, None) == [[[0, 1, 2], [3, 4, 5], [6, 7, 8, 9]]]  # no seed: batch order
+    assert [len(mb) for mb in mini_batches(2, 1, 4, 0)[0]] == [1, 1]  # never an empty mini-batch (no empty step)
+    assert mini_batches(0, 2, 3, 0) == [[], []]
+
+
+def test_rank_micro_batches_give_every_rank_the_same_count():
+    from learner.batching import rank_micro_batches
+
+    indices = [9, 3, 7, 1, 0, 5, 2]  # a shuffled mini-batch of 7 samples, 2 ranks, micro-batches of 2
+    assert rank_micro_batches(indices, 0, 2, 2) == [[9, 7], [0, 2]]
+    assert rank_micro_batches(indices, 1, 2, 2) == [[3], [1, 5]]
+    assert rank_micro_batches([4], 1, 2, 2) == [[]]  # an empty share still runs one (placeholder) forward

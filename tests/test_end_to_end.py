@@ -133,14 +133,29 @@ def test_broadcast_transport_delivers_learner_weights(trainer):
 
 
 def test_kl_in_reward_penalises_rewards_with_reference_logprobs(trainer):
+    """The KL-in-reward path of the step's batch: the learner's old log-probs against the reference model's,
+    k1 summed per response, subtracted x kl_coef from equal rewards, then GRPO: checked against the same
+    quantities recomputed here from the learner ranks (after one real step, so the policy has moved)."""
+    from cluster.metrics import PhaseTimer
+    from learner.core_algos import grpo_advantages
+
+    trainer.step(0)  # the policy moves away from the reference (and the engines get its weights)
     prompts = trainer.train_data.batch(3, 2)
     samples = trainer.rollouts.generate(prompts, trainer.cfg.rollout.samples_per_prompt, 1.0, seed=3)
     for s in samples:
         s.reward = 1.0  # equal rewards: without the KL penalty every advantage would be 0
-    trainer.cfg.algorithm.kl_in_reward = True
+    a = trainer.cfg.algorithm
+    a.kl_in_reward, a.kl_estimator = True, "k1"
     try:
-        metrics = trainer._set_advantages(samples)
+        batch, metrics = trainer.update.build(samples, seed=4, timer=PhaseTimer())
     finally:
-        trainer.cfg.algorithm.kl_in_reward = False
-    assert metrics["train/kl_in_reward"] > 0.0  # the policy has moved away from the reference
-    assert any(abs(s.advantage) > 1e-6 for s in samples)
+        a.kl_in_reward, a.kl_estimator = False, "k3"
+    old = trainer.learners.old_logprobs(batch, 4)
+    ref = trainer.learners.ref_logprobs(batch, 4)
+    kl = torch.tensor([float((torch.tensor(lo) - torch.tensor(lr)).sum()) for lo, lr in zip(old, ref)])
+    assert kl.abs().max() > 1e-3  # the policy really differs from the reference
+    assert metrics["train/kl_in_reward"] == pytest.approx(float(kl.mean()), abs=1e-5)
+    expected = grpo_advantages(1.0 - a.kl_coef * kl, trainer.cfg.rollout.samples_per_prompt)
+    assert torch.allclose(torch.tensor(batch.advantages), expected, atol=1e-4)
+    assert [s.advantage for s in samples] == batch.advantages
+    assert batch.old_logprobs == old  # computed once, before the update, as the learner computes them

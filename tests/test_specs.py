@@ -1,0 +1,96 @@
+"""One source of truth for every config field that travels to an actor (pure Python, no Ray).
+
+The actor specs (LearnerSpec, CriticSpec, EngineSpec) are built by `cluster.groups.spec_from`: each
+field is the same-named field of one config section, or an explicitly derived value. These tests
+fail when a spec grows a default of its own, when a spec field and a config field drift apart, or
+when a config field of an actor's section reaches no actor at all.
+"""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+
+from cluster.config import load_config
+from cluster.groups import critic_spec, engine_spec, learner_spec, spec_from
+from learner.critic import CriticSpec
+from learner.worker import LearnerSpec
+
+ROOT = Path(__file__).resolve().parent.parent
+# A config far from the defaults, so that a value taken from the wrong place shows.
+OVERRIDES = ["learner.lr=3e-5", "learner.zero_stage=1", "learner.weight_decay=0.05", "learner.grad_clip=0.7",
+             "learner.micro_batch_size=5", "algorithm.ppo_epochs=3", "algorithm.ppo_mini_batches=4",
+             "algorithm.clip_low=0.1", "algorithm.clip_high=0.28", "algorithm.dual_clip=3.0",
+             "algorithm.loss_agg=seq_mean_token_sum_norm", "algorithm.entropy_coef=0.002", "algorithm.kl_coef=0.03",
+             "algorithm.kl_estimator=k2", "algorithm.kl_in_reward=true", "algorithm.tis=sequence",
+             "algorithm.tis_cap=3.0", "critic.lr=7e-4", "critic.zero_stage=3", "critic.weight_decay=0.2",
+             "critic.grad_clip=0.3", "critic.micro_batch_size=3", "critic.value_clip=0.4",
+             "rollout.max_model_len=200", "rollout.kv_cache_gib=0.5", "rollout.gpu_memory_utilization=0.3",
+             "rollout.tensor_parallel_size=2", "rollout.multiprocess_engine=true", "rollout.max_new_tokens=40",
+             "model.dtype=bfloat16", "train.seed=9", "sync.timeout_s=77", "cluster.device=gpu",
+             "algorithm.advantage=gae"]
+# Fields of an actor's config section that stay with the driver (placement, the loop), by design.
+DRIVER_ONLY = {
+    "learner": {"num_ranks", "cpus_per_rank", "resources"},
+    "critic": {"num_ranks", "cpus_per_rank", "resources", "gamma", "lam", "warmup_steps"},
+    "algorithm": {"advantage", "mask_truncated"},
+    "rollout": {"num_workers", "samples_per_prompt", "temperature", "top_p", "max_new_tokens", "cpus_per_worker",
+                "resources", "max_restarts", "timeout_s", "multiprocess_engine"},
+}
+
+
+@pytest.fixture(scope="module")
+def cfg():
+    return load_config(str(ROOT / "configs" / "tiny.yaml"), OVERRIDES)
+
+
+def _built(cfg):
+    return {"learner": (learner_spec(cfg, "/m"), ("learner", "algorithm")),
+            "critic": (critic_spec(cfg, "/m"), ("critic",)),
+            "rollout": (engine_spec(cfg, "/m"), ("rollout",))}
+
+
+@pytest.mark.parametrize("spec_cls", [LearnerSpec, CriticSpec])
+def test_trained_role_specs_have_no_defaults_of_their_own(spec_cls):
+    with_default = [f.name for f in dataclasses.fields(spec_cls)
+                    if f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING]
+    assert with_default == []
+
+
+def test_every_spec_field_equals_its_config_field(cfg):
+    for role, (spec, sections) in _built(cfg).items():
+        for f in dataclasses.fields(spec):
+            owners = [s for s in sections if f.name in type(getattr(cfg, s)).model_fields]
+            if owners:
+                assert getattr(spec, f.name) == getattr(getattr(cfg, owners[0]), f.name), (role, f.name)
+    learner, critic, engine = (spec for spec, _ in _built(cfg).values())
+    # The derived fields, each from the one place it lives in the config.
+    assert (learner.max_response_len, learner.seed, learner.timeout_s, learner.dtype, learner.device) == \
+        (40, 9, 77.0, "bfloat16", "gpu")
+    assert (critic.ppo_epochs, critic.ppo_mini_batches, critic.seed, critic.lr) == (3, 4, 9, 7e-4)
+    assert (engine.multiprocess, engine.seed, engine.dtype) == (True, 9, "bfloat16")
+
+
+def test_every_field_of_an_actor_section_reaches_an_actor_or_is_driver_only(cfg):
+    reached = {role: {f.name for f in dataclasses.fields(spec)} for role, (spec, _) in _built(cfg).items()}
+    reached["algorithm"] = reached["learner"]
+    for section, driver in DRIVER_ONLY.items():
+        fields = set(type(getattr(cfg, section)).model_fields)
+        assert fields - reached[section] == driver, section
+
+
+def test_spec_from_refuses_a_field_with_no_source_or_two():
+    @dataclasses.dataclass
+    class Spec:
+        lr: float
+        seed: int
+
+    c = load_config(None)
+    assert spec_from(Spec, c.learner, seed=3) == Spec(lr=c.learner.lr, seed=3)
+    with pytest.raises(TypeError, match=r"Spec\.seed: needs exactly one source, found none"):
+        spec_from(Spec, c.learner)
+    with pytest.raises(TypeError, match=r"Spec\.lr: needs exactly one source, found \['LearnerConfig', 'CriticConfig'\]"):
+        spec_from(Spec, c.learner, c.critic, seed=1)
+    with pytest.raises(TypeError, match="no field"):
+        spec_from(Spec, c.learner, seed=1, colour="red")

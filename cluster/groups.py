@@ -10,6 +10,7 @@ from typing import Any
 import ray
 
 from cluster.config import Config
+from cluster.memory import engine_sequences
 from cluster.placement import Placement
 from learner.core_algos import batch_normalisers
 from learner.worker import LearnerSpec, LearnerWorker
@@ -35,9 +36,12 @@ class ActorFailure(RuntimeError):
         self.worker, self.lost = worker, lost
 
 
-def _cause(error: Exception) -> str:
+def describe_error(error: Exception) -> str:
+    """'ExceptionClass: last line of its message', of the remote cause when Ray wrapped it."""
     cause = getattr(error, "cause", None) or error
     return f"{type(cause).__name__}: {str(cause).strip().splitlines()[-1] if str(cause).strip() else ''}"
+
+
 
 
 def wait_named(named: list[tuple[str, ray.ObjectRef]], timeout_s: float, what: str,
@@ -59,7 +63,7 @@ def wait_named(named: list[tuple[str, ray.ObjectRef]], timeout_s: float, what: s
             if isinstance(err, ray.exceptions.RayTaskError) and not name_task_errors:
                 raise
             lost = isinstance(err, (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError))
-            raise error(f"{what}: {name} failed: {_cause(err)}", name, lost) from err
+            raise error(f"{what}: {name} failed: {describe_error(err)}", name, lost) from err
     return ray.get([ref for _, ref in named])
 
 
@@ -118,7 +122,8 @@ class RolloutGroup:
     def __init__(self, cfg: Config, model_path: str, placement: Placement) -> None:
         r = cfg.rollout
         spec = EngineSpec(model_path=model_path, device=cfg.cluster.device, dtype=cfg.model.dtype,
-                          max_model_len=r.max_model_len, kv_cache_gib=r.kv_cache_gib,
+                          max_model_len=r.max_model_len, kv_cache_gib=r.kv_cache_gib, max_num_seqs=r.max_num_seqs,
+                          max_num_batched_tokens=r.max_num_batched_tokens, sequences=engine_sequences(cfg),
                           gpu_memory_utilization=r.gpu_memory_utilization, tensor_parallel_size=r.tensor_parallel_size,
                           multiprocess=r.multiprocess_engine, seed=cfg.train.seed)
         # Ray restarts a dead worker (same bundle, fresh engine from the base model); the driver then
@@ -153,12 +158,21 @@ class RolloutGroup:
             except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError) as error:
                 if isinstance(error, ray.exceptions.ActorDiedError) or time.monotonic() > deadline:
                     raise ActorFailure(f"rollout[{index}] died and was not restarted "
-                                       f"(rollout.max_restarts={self.cfg.max_restarts}): {_cause(error)}",
+                                       f"(rollout.max_restarts={self.cfg.max_restarts}): {describe_error(error)}",
                                        f"rollout[{index}]", lost=True) from None
                 time.sleep(0.5)
             except ray.exceptions.GetTimeoutError:
                 raise ActorFailure(f"rollout[{index}] did not come back within rollout.timeout_s="
                                    f"{self.timeout_s:g}s after dying", f"rollout[{index}]") from None
+
+    def restart(self, index: int) -> None:
+        """Make rollout[index] exit (its engine failed) so that Ray restarts it; returns once it is gone."""
+        try:
+            ray.get(self.actors[index].restart.remote(), timeout=self.timeout_s)
+        except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError):
+            return  # exited, as asked
+        except ray.exceptions.GetTimeoutError:
+            ray.kill(self.actors[index], no_restart=False)
 
     def call(self, method: str, *args: Any) -> list[Any]:
         return _get([getattr(a, method).remote(*args) for a in self.actors], self.timeout_s, f"rollout.{method}")

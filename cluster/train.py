@@ -118,7 +118,24 @@ def preflight(cfg: Config) -> str | None:
     if custom and not remote:
         return (f"this config asks for the Ray resources {', '.join(custom)} (rollout/learner/reward.resources); "
                 f"a private local Ray has none: run it against a cluster that has them (cluster.address=...)")
-    return None
+    return memory_problem(cfg, remote=bool(remote))
+
+
+def memory_problem(cfg: Config, remote: bool) -> str | None:
+    """GPU: a learner rank or engine predicted not to fit cluster.gpu_memory_gib (cluster/memory.py).
+    CPU, local: a KV cache that cannot hold one sequence or exceeds this machine's memory."""
+    from cluster import memory
+    from rollout.kv_cache import KVCacheError
+
+    if cfg.cluster.device == "cpu" and remote:  # the engines' nodes decide (rollout/worker.py checks there)
+        return None
+    try:
+        return memory.does_not_fit(cfg) if cfg.cluster.device == "gpu" else (memory.predict(cfg) and None)
+    except KVCacheError as err:
+        return str(err)
+    except FileNotFoundError as err:  # model.path only on the cluster, with an architecture we do not know
+        print(f"warning: memory not checked before start: {err}", file=sys.stderr)
+        return None
 
 
 if __name__ == "__main__":

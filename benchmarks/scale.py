@@ -41,7 +41,9 @@ def peak_rss(worker: Any) -> float:
 
 
 def engine_arguments(worker: Any) -> dict[str, Any]:
-    return dict(worker.engine_args)
+    import torch
+
+    return {"kwargs": dict(worker.engine_args), "threads": torch.get_num_threads()}
 
 
 def vllm_reload_seconds(worker: Any, reps: int) -> float:
@@ -83,6 +85,7 @@ def measure_training_path(cfg: Any, reps: int) -> dict[str, Any]:
                                      seed=cfg.train.seed, resync=None)
         tokens = sum(len(s.response_ids) for s in rollout.samples)
         out["gen_tokens"], out["gen_wall_s"], out["gen_engine_s"] = tokens, rollout.wall_s, sum(rollout.engine_s)
+        out["answers"] = len(rollout.samples)
         out["samples"] = [(s.prompt_index, s.prompt_ids, s.response_ids) for s in rollout.samples]
         trainer._set_advantages(rollout.samples)
         batch = TrainBatch.from_samples(rollout.samples)
@@ -93,15 +96,15 @@ def measure_training_path(cfg: Any, reps: int) -> dict[str, Any]:
         out["train_s"] = time.perf_counter() - start
         out["sync_s"] = min(_timed(trainer.sync.sync) for _ in range(reps))
         actor = trainer.rollouts.actors[0]
-        out["engine_args"] = ray.get(actor.__ray_call__.remote(engine_arguments))
-        out["reload_s"] = ray.get(actor.__ray_call__.remote(vllm_reload_seconds, reps))
-        trainer.sync.resync(0)
-        out["rss"] = {
+        out["rss"] = {  # before the reload reference below, which stashes a copy of the weights in the engine
             "learner": max(ray.get([a.__ray_call__.remote(peak_rss) for a in trainer.learners.actors])),
             "rollout": ray.get(actor.__ray_call__.remote(peak_rss)),
             "reward": max(ray.get([a.__ray_call__.remote(peak_rss) for a in trainer.rewards.actors])),
             "driver": peak_rss(None),
         }
+        out["engine_args"] = ray.get(actor.__ray_call__.remote(engine_arguments))
+        out["reload_s"] = ray.get(actor.__ray_call__.remote(vllm_reload_seconds, reps))
+        trainer.sync.resync(0)
         out["predicted"] = {role.role: role.total for role in memory.predict(cfg)}
         out["params"] = trainer.learners.num_params
     finally:
@@ -134,8 +137,11 @@ def child_vllm(payload: dict[str, Any]) -> dict[str, Any]:
     from rollout import vllm_compat as vc
 
     vc.set_cpu_engine_env(payload["multiprocess"])
+    os.environ["OMP_NUM_THREADS"] = str(payload["threads"])  # vLLM then keeps torch's thread count
+    import torch
     from vllm import LLM
 
+    torch.set_num_threads(payload["threads"])
     llm = LLM(**payload["engine_args"])
     prompts, r = payload["prompts"], payload["rollout"]
     params = [vc.sampling_params(r["n"], r["temperature"], r["top_p"], r["max_tokens"], seed) for seed in payload["seeds"]]
@@ -289,16 +295,20 @@ def measure(cfg: Any, reps: int) -> dict[str, Any]:
     # the seeds RolloutWorker._params gives each prompt (worker 0, the batch seed)
     seeds = [(cfg.train.seed * 1_000_003 + i) % 2**31 for i in indices]
     env = {"TOKENIZERS_PARALLELISM": "false"}
-    bare = run_child("vllm", {"engine_args": ours["engine_args"], "multiprocess": r.multiprocess_engine,
-                              "prompts": [by_prompt[i] for i in indices],
-                              "seeds": seeds, "rollout": {"n": r.samples_per_prompt, "temperature": r.temperature,
-                                                          "top_p": r.top_p, "max_tokens": r.max_new_tokens}}, env)
+    job = {"engine_args": ours["engine_args"]["kwargs"], "multiprocess": r.multiprocess_engine,
+           "prompts": [by_prompt[i] for i in indices], "seeds": seeds, "threads": ours["engine_args"]["threads"],
+           "rollout": {"n": r.samples_per_prompt, "temperature": r.temperature, "top_p": r.top_p,
+                       "max_tokens": r.max_new_tokens}}
+    bare = run_child("vllm", job, env)
+    cores = os.cpu_count() or 1
+    bare_all = run_child("vllm", {**job, "threads": cores}, env) if cores != job["threads"] else bare
     ours_responses = [resp for _, _, resp in ours["samples"]]
-    plain = run_child("torch", {"model_path": ours["engine_args"]["model"], "dtype": cfg.model.dtype,
+    plain = run_child("torch", {"model_path": ours["engine_args"]["kwargs"]["model"], "dtype": cfg.model.dtype,
                                 "threads": l.num_ranks, "batch": ours["batch"], "micro_batch_size": l.micro_batch_size,
                                 "kl_coef": cfg.algorithm.kl_coef, "entropy_coef": cfg.algorithm.entropy_coef}, {})
     return {"ours": {k: v for k, v in ours.items() if k not in ("samples", "batch")}, "bare": bare, "plain": plain,
-            "same_completions": bare["responses"] == ours_responses}
+            "bare_all_cores": bare_all, "same_completions": bare["responses"] == ours_responses,
+            "padding_waste": padded_tokens(ours["batch"], l.num_ranks, l.micro_batch_size) / ours["train_tokens"] - 1}
 
 
 def section(cfg: Any, m: dict[str, Any], command: str, wall: float) -> str:
@@ -310,9 +320,10 @@ def section(cfg: Any, m: dict[str, Any], command: str, wall: float) -> str:
     predicted, measured = o["predicted"][learner_role], o["rss"]["learner"]
     gib = 2**30
     r, l = cfg.rollout, cfg.learner
+    threads = o["engine_args"]["threads"]
     rows = [
         ("generation tokens/s (one batch)", f"{gen_ours:,.0f} (engine busy: {engine_ours:,.0f})",
-         f"{gen_bare:,.0f} (bare LLM.generate)", gen_ours / gen_bare, f">= {GOAL}"),
+         f"{gen_bare:,.0f} (bare LLM.generate, {threads} thread{'s' * (threads > 1)})", gen_ours / gen_bare, f">= {GOAL}"),
         ("learner training tokens/s (one step)", f"{train_ours:,.0f}", f"{train_plain:,.0f} (plain PyTorch, "
          f"{l.num_ranks} threads)", train_ours / train_plain, f">= {GOAL}"),
         ("weight sync (s)", f"{o['sync_s']:.3f}", f"{o['reload_s']:.3f} (vLLM reload from memory)",
@@ -323,6 +334,8 @@ def section(cfg: Any, m: dict[str, Any], command: str, wall: float) -> str:
     table = ["| measure | ours | limit / reference | ratio | goal |", "|---|---|---|---|---|"]
     table += [f"| {a} | {b} | {c} | {ratio:.2f} | {goal} |" for a, b, c, ratio, goal in rows]
     rss = ", ".join(f"{role} {v / gib:.2f} GiB" for role, v in o["rss"].items())
+    rollout_role = next(k for k in o["predicted"] if k.startswith("rollout"))
+    rss += f" (cluster.memory predicts the rollout engine at {o['predicted'][rollout_role] / gib:.2f} GiB)"
     load = os.getloadavg()[0]
     return "\n".join([
         "## Beyond the toy (cpu_scale)",
@@ -337,8 +350,12 @@ def section(cfg: Any, m: dict[str, Any], command: str, wall: float) -> str:
         "",
         f"- generation: {o['gen_tokens']:,} tokens; ours is timed at the driver from submission to the last "
         "verdict (streaming and scoring included); bare is `LLM.generate` with the actor's own engine arguments, "
-        f"prompts, seeds and sampling parameters (same completions: {m['same_completions']}).",
-        f"- learner: {o['train_tokens']:,} tokens (prompt + response) in one optimizer step.",
+        f"prompts, seeds, sampling parameters and torch threads (same completions: {m['same_completions']}); "
+        f"the same bare run with all {os.cpu_count()} cores: "
+        f"{m['bare_all_cores']['tokens'] / m['bare_all_cores']['seconds']:,.0f} tokens/s. Mean answer "
+        f"{o['gen_tokens'] / o['answers']:.0f} tokens (a random model stops at its EOS token now and then).",
+        f"- learner: {o['train_tokens']:,} tokens (prompt + response) in one optimizer step; padding waste "
+        f"{m['padding_waste']:.0%} (padded tokens computed beyond the real ones). Where the time goes: next section.",
         f"- peak RSS (VmHWM) per process: {rss}; bare vLLM process {bare['rss'] / gib:.2f} GiB, plain PyTorch "
         f"{plain['rss'] / gib:.2f} GiB.",
         "",

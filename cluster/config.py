@@ -104,7 +104,7 @@ class RolloutConfig(Strict):
     max_num_batched_tokens: int | None = Field(None, ge=1)  # tokens per engine step; None: vLLM's default
     gpu_memory_utilization: float = Field(0.5, gt=0, le=1)
     multiprocess_engine: bool = False  # CPU: the in-process engine starts faster and takes tensors directly
-    cpus_per_worker: float = Field(1, gt=0)
+    cpus_per_worker: float = Field(1, gt=0)  # CPU, in-process engine: also its torch threads (at least 1)
     resources: dict[str, float] = {}  # extra Ray resources per worker, e.g. {"rollout_node": 1}
     max_restarts: int = Field(3, ge=0)  # a worker that dies is restarted, re-synced and its prompts re-issued
     timeout_s: float = Field(600, gt=0)  # longest a worker may go without finishing a prompt (also engine start)

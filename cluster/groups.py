@@ -124,6 +124,7 @@ class RolloutGroup:
         spec = EngineSpec(model_path=model_path, device=cfg.cluster.device, dtype=cfg.model.dtype,
                           max_model_len=r.max_model_len, kv_cache_gib=r.kv_cache_gib, max_num_seqs=r.max_num_seqs,
                           max_num_batched_tokens=r.max_num_batched_tokens, sequences=engine_sequences(cfg),
+                          threads=max(1, int(r.cpus_per_worker)),
                           gpu_memory_utilization=r.gpu_memory_utilization, tensor_parallel_size=r.tensor_parallel_size,
                           multiprocess=r.multiprocess_engine, seed=cfg.train.seed)
         # Ray restarts a dead worker (same bundle, fresh engine from the base model); the driver then

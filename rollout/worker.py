@@ -21,6 +21,7 @@ class EngineSpec:
     max_num_seqs: int | None = None  # None: CPU, what the cache holds without preemption; GPU, vLLM's default
     sequences: int = 256  # sequences of one batch on this engine (prompts x samples)
     max_num_batched_tokens: int | None = None  # None: vLLM's default
+    threads: int = 1  # CPU, in-process engine: torch threads of the model (the worker's reserved CPUs)
     gpu_memory_utilization: float = 0.5
     tensor_parallel_size: int = 1
     multiprocess: bool = False
@@ -44,6 +45,10 @@ class RolloutWorker:
         max_num_seqs = spec.max_num_seqs
         if spec.device == "cpu":
             vllm_compat.set_cpu_engine_env(spec.multiprocess)
+            if not spec.multiprocess:  # Ray set OMP_NUM_THREADS=1 here; vLLM then keeps torch's count
+                import torch
+
+                torch.set_num_threads(spec.threads)
             self.kv_plan = cpu_kv_plan(spec)
             print(f"rollout engine: {self.kv_plan.how}")
             max_num_seqs = self.kv_plan.max_num_seqs

@@ -19,7 +19,6 @@ import argparse
 import json
 import os
 import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -29,15 +28,11 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.doc_sections import replace_section  # noqa: E402
+from benchmarks.scale_baselines import (WORK, padded_tokens, peak_rss, run_child, run_children,  # noqa: E402
+                                        sorted_by_length)
 
-WORK = Path(os.environ.get("BENCH_DIR", "/tmp/reasonrl-bench-scale"))
 GOAL = 0.9
-
-
-def peak_rss(worker: Any) -> float:
-    """VmHWM of the calling process (run inside an actor via __ray_call__), in bytes."""
-    status = Path("/proc/self/status").read_text()
-    return float(status.split("VmHWM:")[1].split()[0]) * 1024
+TRAIN_STEPS = 2  # learner steps timed on each side (the best counts: the first one also allocates Adam's state)
 
 
 def engine_arguments(worker: Any) -> dict[str, Any]:
@@ -91,9 +86,7 @@ def measure_training_path(cfg: Any, reps: int) -> dict[str, Any]:
         batch = TrainBatch.from_samples(rollout.samples)
         out["batch"] = batch
         out["train_tokens"] = sum(len(p) + len(q) for p, q in zip(batch.prompt_ids, batch.response_ids))
-        start = time.perf_counter()
-        trainer.learners.train(batch)
-        out["train_s"] = time.perf_counter() - start
+        out["train_s"] = min(_timed(lambda: trainer.learners.train(batch)) for _ in range(TRAIN_STEPS))
         out["sync_s"] = min(_timed(trainer.sync.sync) for _ in range(reps))
         actor = trainer.rollouts.actors[0]
         out["rss"] = {  # before the reload reference below, which stashes a copy of the weights in the engine
@@ -118,134 +111,12 @@ def _timed(fn: Any) -> float:
     return time.perf_counter() - start
 
 
-def run_child(mode: str, payload: dict[str, Any], env: dict[str, str]) -> dict[str, Any]:
-    """A baseline in a fresh plain process (no Ray): `python benchmarks/scale.py --child <mode> <file>`."""
-    import pickle
-
-    WORK.mkdir(parents=True, exist_ok=True)
-    path = WORK / f"{mode}.pkl"
-    path.write_bytes(pickle.dumps(payload))
-    proc = subprocess.run([sys.executable, __file__, "--child", mode, str(path)], cwd=ROOT, env={**os.environ, **env},
-                          capture_output=True, text=True, timeout=1800)
-    if proc.returncode != 0:
-        raise RuntimeError(f"{mode} baseline failed:\n{proc.stderr[-3000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
-
-
-def child_vllm(payload: dict[str, Any]) -> dict[str, Any]:
-    """Bare LLM.generate with the actor's engine arguments, prompts and sampling parameters."""
-    from rollout import vllm_compat as vc
-
-    vc.set_cpu_engine_env(payload["multiprocess"])
-    os.environ["OMP_NUM_THREADS"] = str(payload["threads"])  # vLLM then keeps torch's thread count
-    import torch
-    from vllm import LLM
-
-    torch.set_num_threads(payload["threads"])
-    llm = LLM(**payload["engine_args"])
-    prompts, r = payload["prompts"], payload["rollout"]
-    params = [vc.sampling_params(r["n"], r["temperature"], r["top_p"], r["max_tokens"], seed) for seed in payload["seeds"]]
-    llm.generate(vc.token_prompts(prompts[:1]), params[:1], use_tqdm=False)  # warm, as the actor was
-    start = time.perf_counter()
-    outputs = llm.generate(vc.token_prompts(prompts), params, use_tqdm=False)
-    seconds = time.perf_counter() - start
-    responses = [list(c.token_ids) for o in outputs for c in o.outputs]
-    return {"tokens": sum(map(len, responses)), "seconds": seconds, "responses": responses, "rss": peak_rss(None)}
-
-
-def child_torch(payload: dict[str, Any]) -> dict[str, Any]:
-    """Plain PyTorch: forward, the learner's loss functions, backward, one AdamW step, same batch."""
-    import math
-
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    from learner import core_algos as algos
-    from learner.batching import pad, split
-    from protocol.weight_sync import DTYPES
-
-    torch.set_num_threads(payload["threads"])
-    torch.manual_seed(0)
-    dtype = DTYPES[payload["dtype"]]
-    model = AutoModelForCausalLM.from_pretrained(payload["model_path"], dtype=dtype)
-    ref = AutoModelForCausalLM.from_pretrained(payload["model_path"], dtype=dtype).eval() if payload["kl_coef"] else None
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
-    batch, micro = payload["batch"], payload["micro_batch_size"]
-    pad_id = int(model.config.pad_token_id or model.config.eos_token_id or 0)
-    start = time.perf_counter()
-    model.train()
-    for part in split(batch, max(1, math.ceil(len(batch) / micro))):
-        pb = pad(part, pad_id, torch.device("cpu"))
-        logits = model(input_ids=pb.input_ids, attention_mask=pb.attention_mask).logits[:, :-1]
-        logprobs = algos.token_logprobs(logits, pb.targets)
-        entropy = algos.entropy_from_logits(logits if payload["entropy_coef"] > 0 else logits.detach())
-        kl = None
-        if ref is not None:
-            with torch.no_grad():
-                ref_lp = algos.token_logprobs(ref(input_ids=pb.input_ids, attention_mask=pb.attention_mask).logits[:, :-1],
-                                              pb.targets)
-            kl = algos.kl_estimator("k3")(logprobs, ref_lp)
-        per_token, _ = algos.policy_loss(logprobs, pb.old_logprobs, pb.advantages, clip_low=0.2, clip_high=0.2,
-                                         kl=kl, kl_coef=payload["kl_coef"], entropy=entropy,
-                                         entropy_coef=payload["entropy_coef"])
-        ((per_token * pb.mask).sum() / max(float(pb.mask.sum()), 1.0)).backward()
-    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-    optimizer.step()
-    optimizer.zero_grad()
-    return {"seconds": time.perf_counter() - start, "rss": peak_rss(None)}
-
-
-def padded_tokens(batch: Any, ranks: int, micro: int) -> int:
-    """Tokens the forward really computes: each rank's shard in micro-batches padded to their longest."""
-    import math
-
-    from learner.batching import split
-
-    total = 0
-    for rank in range(ranks):
-        shard = batch.shard(rank, ranks)
-        for part in split(shard, max(1, math.ceil(len(shard) / micro))):
-            lengths = [len(p) + len(r) for p, r in zip(part.prompt_ids, part.response_ids)]
-            total += len(lengths) * max(lengths, default=0)
-    return total
-
-
-def sorted_by_length(batch: Any) -> Any:
-    """The same samples, longest first: consecutive micro-batches then hold similar lengths."""
-    from protocol.batch import TrainBatch
-
-    order = sorted(range(len(batch)), key=lambda i: -(len(batch.prompt_ids[i]) + len(batch.response_ids[i])))
-    pick = lambda xs: [xs[i] for i in order] if xs else xs  # noqa: E731
-    return TrainBatch(pick(batch.prompt_ids), pick(batch.response_ids), pick(batch.old_logprobs),
-                      pick(batch.advantages), pick(batch.loss_mask), pick(batch.behaviour_logprobs))
-
-
-def run_children(payloads: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Plain-PyTorch children at the same time (one per simulated rank); each result as run_child's."""
-    import pickle
-
-    WORK.mkdir(parents=True, exist_ok=True)
-    procs = []
-    for i, payload in enumerate(payloads):
-        path = WORK / f"torch-{i}.pkl"
-        path.write_bytes(pickle.dumps(payload))
-        procs.append(subprocess.Popen([sys.executable, __file__, "--child", "torch", str(path)], cwd=ROOT,
-                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
-    results = []
-    for proc in procs:
-        out, err = proc.communicate(timeout=1800)
-        if proc.returncode != 0:
-            raise RuntimeError(f"torch baseline failed:\n{err[-3000:]}")
-        results.append(json.loads(out.strip().splitlines()[-1]))
-    return results
-
-
 def learner_profile(command: str) -> str:
     """Where the learner's time goes, from the batch of the last main run (WORK/torch.pkl): the plain
     loop with the threads split as our ranks split them, bf16, other micro-batch sizes; padding waste."""
     import pickle
 
-    base = pickle.loads((WORK / "torch.pkl").read_bytes())
+    base = {**pickle.loads((WORK / "torch.pkl").read_bytes()), "steps": 1}
     batch, micro = base["batch"], base["micro_batch_size"]
     real = sum(len(p) + len(r) for p, r in zip(batch.prompt_ids, batch.response_ids))
     variants = [
@@ -291,14 +162,6 @@ def learner_profile(command: str) -> str:
     ]) + "\n"
 
 
-def child_main(mode: str, path: str) -> None:
-    import pickle
-
-    payload = pickle.loads(Path(path).read_bytes())
-    result = child_vllm(payload) if mode == "vllm" else child_torch(payload)
-    print(json.dumps(result))
-
-
 def measure(cfg: Any, reps: int) -> dict[str, Any]:
     ours = measure_training_path(cfg, reps)
     r, l = cfg.rollout, cfg.learner
@@ -319,7 +182,8 @@ def measure(cfg: Any, reps: int) -> dict[str, Any]:
     ours_responses = [resp for _, _, resp in ours["samples"]]
     plain = run_child("torch", {"model_path": ours["engine_args"]["kwargs"]["model"], "dtype": cfg.model.dtype,
                                 "threads": l.num_ranks, "batch": ours["batch"], "micro_batch_size": l.micro_batch_size,
-                                "kl_coef": cfg.algorithm.kl_coef, "entropy_coef": cfg.algorithm.entropy_coef}, {})
+                                "kl_coef": cfg.algorithm.kl_coef, "entropy_coef": cfg.algorithm.entropy_coef,
+                                "steps": TRAIN_STEPS}, {})
     return {"ours": {k: v for k, v in ours.items() if k not in ("samples", "batch")}, "bare": bare, "plain": plain,
             "bare_all_cores": bare_all, "same_completions": bare["responses"] == ours_responses,
             "padding_waste": padded_tokens(ours["batch"], l.num_ranks, l.micro_batch_size) / ours["train_tokens"] - 1}
@@ -368,7 +232,8 @@ def section(cfg: Any, m: dict[str, Any], command: str, wall: float) -> str:
         f"the same bare run with all {os.cpu_count()} cores: "
         f"{m['bare_all_cores']['tokens'] / m['bare_all_cores']['seconds']:,.0f} tokens/s. Mean answer "
         f"{o['gen_tokens'] / o['answers']:.0f} tokens (a random model stops at its EOS token now and then).",
-        f"- learner: {o['train_tokens']:,} tokens (prompt + response) in one optimizer step; padding waste "
+        f"- learner: {o['train_tokens']:,} tokens (prompt + response) per optimizer step, best of {TRAIN_STEPS} "
+        "steps on each side; padding waste "
         f"{m['padding_waste']:.0%} (padded tokens computed beyond the real ones). Where the time goes: next section.",
         f"- peak RSS (VmHWM) per process: {rss}; bare vLLM process {bare['rss'] / gib:.2f} GiB, plain PyTorch "
         f"{plain['rss'] / gib:.2f} GiB.",
@@ -387,14 +252,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", default=str(ROOT / "configs" / "cpu_scale.yaml"))
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--write-docs", action="store_true")
-    parser.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
     parser.add_argument("--learner-profile", action="store_true",
                         help="profile the plain learner loop on the last main run's batch (no Ray)")
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args(argv)
-    if args.child:
-        child_main(*args.child)
-        return 0
     if args.learner_profile:
         text = learner_profile(".venv/bin/python benchmarks/scale.py --learner-profile"
                                + (" --write-docs" if args.write_docs else ""))

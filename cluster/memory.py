@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cluster.config import Config, ConfigError, load_config
-from rollout.kv_cache import (CPU_BLOCK_TOKENS, DTYPE_BYTES, GIB, KVCacheError, blocks_per_sequence,
+from rollout.kv_cache import (DTYPE_BYTES, GIB, KVCacheError, blocks_per_sequence,
                               kv_bytes_per_token, plan_kv_cache)
 
 # Published architectures, for a model.path that is not on this machine (values of their config.json).

@@ -113,17 +113,18 @@ def _timed(fn: Any) -> float:
 
 def learner_profile(command: str) -> str:
     """Where the learner's time goes, from the batch of the last main run (WORK/torch.pkl): the plain
-    loop with the threads split as our ranks split them, bf16, other micro-batch sizes; padding waste."""
+    loop with the threads split as our ranks split them, the other dtype, other micro-batch sizes; padding waste."""
     import pickle
 
     base = {**pickle.loads((WORK / "torch.pkl").read_bytes()), "steps": 1}
     batch, micro = base["batch"], base["micro_batch_size"]
+    other = "float32" if base["dtype"] == "bfloat16" else "bfloat16"
     real = sum(len(p) + len(r) for p, r in zip(batch.prompt_ids, batch.response_ids))
     variants = [
         (f"1 process x {base['threads']} threads, {base['dtype']}, micro-batch {micro} (the main table's baseline)", [base]),
         (f"{base['threads']} processes x 1 thread, each its shard (our ranks' layout, without DeepSpeed)",
          [{**base, "threads": 1, "batch": batch.shard(r, base["threads"])} for r in range(base["threads"])]),
-        ("bfloat16 weights and activations", [{**base, "dtype": "bfloat16"}]),
+        (f"{other} weights and activations", [{**base, "dtype": other}]),
         (f"micro-batch {micro // 2}", [{**base, "micro_batch_size": max(1, micro // 2)}]),
         (f"micro-batch {micro * 2}", [{**base, "micro_batch_size": micro * 2}]),
         ("no reference forward (kl_coef 0)", [{**base, "kl_coef": 0.0}]),

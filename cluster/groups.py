@@ -42,8 +42,6 @@ def describe_error(error: Exception) -> str:
     return f"{type(cause).__name__}: {str(cause).strip().splitlines()[-1] if str(cause).strip() else ''}"
 
 
-
-
 def wait_named(named: list[tuple[str, ray.ObjectRef]], timeout_s: float, what: str,
                error: type[ActorFailure] = ActorFailure, name_task_errors: bool = True) -> list[Any]:
     """Results of every actor's part; the first failure, or the deadline, raises `error` naming the

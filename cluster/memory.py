@@ -48,6 +48,7 @@ GPU_RUNTIME = int(1.5 * GIB)  # assumed: CUDA context, NCCL communicators, alloc
 ZERO_REDUCE_BUCKET, ZERO_ALLGATHER_BUCKET = 5e8, 5e8  # DeepSpeed defaults (values), not overridden here
 ZERO3_LIVE_PARAMETERS, ZERO3_PREFETCH = 1e9, 5e7
 GPU_BLOCK_TOKENS = 16  # vLLM's default KV block on GPUs
+LOGITS_CHUNK_TOKENS = 1024  # the "what if" line of chunked log-probs
 
 
 def engine_sequences(cfg: Config) -> int:
@@ -158,8 +159,13 @@ def learner_memory(cfg: Config, arch: Architecture) -> RoleMemory:
         Term("reference model", P * b if cfg.algorithm.kl_coef > 0 else 0, "full copy per rank" if cfg.algorithm.kl_coef else "kl_coef 0"),
         Term("runtime", GPU_RUNTIME if gpu else CPU_LEARNER_RUNTIME, "CUDA context, NCCL" if gpu else "measured"),
     ]
+    chunk = min(tokens, LOGITS_CHUNK_TOKENS)
     extra = [f"activations with checkpointing {'off' if ckpt else 'on'}: {act[not ckpt] / GIB:.2f} GiB "
-             f"(learner.gradient_checkpointing={str(not ckpt).lower()})"]
+             f"(learner.gradient_checkpointing={str(not ckpt).lower()})",
+             f"logits computed in chunks of {chunk} tokens (not in today's learner): "
+             f"{chunk * arch.vocab * (b + 4 * copies) / GIB:.2f} GiB",
+             f"reference model sharded over the {n} ranks (ZeRO-3; not in today's learner): "
+             f"{(P * b / n if cfg.algorithm.kl_coef > 0 else 0) / GIB:.2f} GiB"]
     return RoleMemory(f"learner rank (ZeRO-{z}, {n} ranks)", terms, cfg.cluster.gpu_memory_gib * GIB if gpu else None, extra)
 
 

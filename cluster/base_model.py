@@ -23,7 +23,8 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "mer
 
 
 def cache_key(cfg: Config) -> str:
-    shape = {"tiny": cfg.model.tiny.model_dump(), "warmup": cfg.model.warmup.model_dump(), "seed": cfg.train.seed,
+    # The preset only names a shape: the fields decide the model (and keep the key of older caches).
+    shape = {"tiny": cfg.model.tiny.model_dump(exclude={"preset"}), "warmup": cfg.model.warmup.model_dump(), "seed": cfg.train.seed,
              "version": 1}
     return hashlib.sha256(json.dumps(shape, sort_keys=True).encode()).hexdigest()[:12]
 
@@ -66,6 +67,8 @@ def build_base_model(cfg: Config, placement: Placement, out: Path) -> Path:
     staging = out.with_name(out.name + ".partial")
     shutil.rmtree(staging, ignore_errors=True)
     random_dir = build_random_model(cfg.model.tiny, arithmetic.tokenizer_corpus(), staging / "random", cfg.train.seed)
+    if cfg.model.warmup.steps == 0:  # the random model is the base model (no learner needed)
+        return _publish(random_dir, out, start)
     tokenizer = AutoTokenizer.from_pretrained(random_dir)
     batches = sft_batches(cfg, tokenizer, tokenizer.convert_tokens_to_ids(EOS))
     learners = LearnerGroup(cfg, str(random_dir), placement, kl_coef=0.0, lr=cfg.model.warmup.lr)
@@ -78,9 +81,14 @@ def build_base_model(cfg: Config, placement: Placement, out: Path) -> Path:
         learners.kill()
     for name in TOKENIZER_FILES:
         shutil.copy(random_dir / name, staging / "model" / name)
+    return _publish(staging / "model", out, start)
+
+
+def _publish(model_dir: Path, out: Path, start: float) -> Path:
+    """Move the finished model into the cache (atomic: a crash mid-build never leaves a half model)."""
     out.parent.mkdir(parents=True, exist_ok=True)
     shutil.rmtree(out, ignore_errors=True)
-    (staging / "model").rename(out)  # atomic: a crash mid-build never leaves a half model in the cache
-    shutil.rmtree(staging, ignore_errors=True)
+    model_dir.rename(out)
+    shutil.rmtree(out.with_name(out.name + ".partial"), ignore_errors=True)
     print(f"base model: built in {time.perf_counter() - start:.0f}s -> {out}")
     return out

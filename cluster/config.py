@@ -16,9 +16,19 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+# Size presets of the locally built model (`model.tiny.preset`); fields set beside a preset win.
+MODEL_PRESETS: dict[str, dict[str, Any]] = {
+    "tiny": {},  # the embedded default: 3.3M parameters
+    # ~106M parameters (vocab 384): a realistic-shaped CPU workload (configs/cpu_scale.yaml), Qwen2-style GQA
+    "qwen2-100m": {"hidden_size": 768, "intermediate_size": 3072, "num_layers": 12, "num_heads": 12,
+                   "num_kv_heads": 4, "max_position_embeddings": 1024},
+}
+
+
 class TinyModelConfig(Strict):
     """Shape of the locally built Qwen2 model used when `model.path` is not set."""
 
+    preset: Literal["tiny", "qwen2-100m"] = "tiny"  # a named shape (MODEL_PRESETS); explicit fields override it
     vocab_size: int = Field(384, ge=300)
     hidden_size: int = Field(256, ge=32)
     intermediate_size: int = Field(768, ge=32)
@@ -27,6 +37,13 @@ class TinyModelConfig(Strict):
     num_kv_heads: int = Field(2, ge=1)
     max_position_embeddings: int = Field(256, ge=64)
     tie_word_embeddings: bool = False
+
+    @model_validator(mode="before")
+    @classmethod
+    def _apply_preset(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("preset") in MODEL_PRESETS:
+            return {**MODEL_PRESETS[data["preset"]], **data}
+        return data
 
     @model_validator(mode="after")
     def _heads_divide(self) -> "TinyModelConfig":
@@ -80,10 +97,14 @@ class RolloutConfig(Strict):
     top_p: float = Field(1.0, gt=0, le=1)
     max_new_tokens: int = Field(48, ge=1)
     max_model_len: int = Field(256, ge=16)
-    kv_cache_gib: float = Field(0.25, gt=0)  # CPU only: KV cache size per engine
+    # CPU: KV cache per engine. None: sized for a training batch's sequences at full length (at most half
+    # the node's available memory); when it cannot hold them all, fewer run at once and the rest queue.
+    kv_cache_gib: float | None = Field(None, gt=0)
+    max_num_seqs: int | None = Field(None, ge=1)  # sequences an engine runs at once; None: what its KV cache holds
+    max_num_batched_tokens: int | None = Field(None, ge=1)  # tokens per engine step; None: vLLM's default
     gpu_memory_utilization: float = Field(0.5, gt=0, le=1)
     multiprocess_engine: bool = False  # CPU: the in-process engine starts faster and takes tensors directly
-    cpus_per_worker: float = Field(1, gt=0)
+    cpus_per_worker: float = Field(1, gt=0)  # CPU, in-process engine: also its torch threads (at least 1)
     resources: dict[str, float] = {}  # extra Ray resources per worker, e.g. {"rollout_node": 1}
     max_restarts: int = Field(3, ge=0)  # a worker that dies is restarted, re-synced and its prompts re-issued
     timeout_s: float = Field(600, gt=0)  # longest a worker may go without finishing a prompt (also engine start)
@@ -98,6 +119,9 @@ class DeepSpeedGroupConfig(Strict):
     weight_decay: float = Field(0.0, ge=0)
     grad_clip: float = Field(1.0, gt=0)
     micro_batch_size: int = Field(32, ge=1)  # per rank and forward
+    # Read by the memory model (cluster/memory.py); the learner applies them once its issue-12 part lands.
+    gradient_checkpointing: bool = False
+    max_tokens_per_micro_batch: int | None = Field(None, ge=1)
     cpus_per_rank: float = Field(0.5, gt=0)
     resources: dict[str, float] = {}  # extra Ray resources per rank, e.g. {"learner_node": 1}
 
@@ -187,6 +211,7 @@ class ClusterConfig(Strict):
     device: Literal["cpu", "gpu"] = "cpu"
     placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK"] = "PACK"
     placement_timeout_s: float = Field(60, gt=0)
+    gpu_memory_gib: float = Field(80, gt=0)  # memory of each GPU: cluster.train refuses configs predicted not to fit
 
 
 class TrainConfig(Strict):

@@ -11,6 +11,9 @@ same process can set it with monkeypatch. Faults (each one line at its point in 
   before its checkpoint: a crash between steps (no cleanup, no atexit).
 - `learner_kill:<k>`: the driver `ray.kill`s the last learner rank just before step <k> starts: a
   rank lost to the OOM killer or a crashed node.
+- `rollout_engine_error:<k>`: rollout[0]'s engine raises RuntimeError inside vLLM at its first model
+  step of step <k>'s batch (an error inside the engine, not an actor death); the re-issue after its
+  restart runs clean. `rollout_engine_error_repeat:<k>`: the re-issued prompts fail again.
 
 Nothing here runs unless the variable is set; production runs never set it.
 """
@@ -21,7 +24,7 @@ import signal
 from typing import Any
 
 ENV = "REASONRL_FAULT"
-FAULTS = ("checkpoint_write_fail", "driver_kill", "learner_kill")
+FAULTS = ("checkpoint_write_fail", "driver_kill", "learner_kill", "rollout_engine_error", "rollout_engine_error_repeat")
 
 
 def armed(name: str, step: int) -> bool:
@@ -55,3 +58,13 @@ def learner_kill(step: int, learners: Any) -> None:
         import ray
 
         ray.kill(learners.actors[-1])
+
+
+def engine_error(step: int | None, worker: int, actor: Any, reissue: bool) -> None:
+    """The rollout_engine_error point, before a batch's prompts are issued to rollout[worker]."""
+    if step is None or worker != 0:
+        return
+    if (armed("rollout_engine_error", step) and not reissue) or armed("rollout_engine_error_repeat", step):
+        import ray
+
+        ray.get(actor.arm_engine_error.remote(f"injected engine error (REASONRL_FAULT, step {step})"))

@@ -5,18 +5,23 @@ prompt (all n completions) in the engine step it finishes, so scoring overlaps g
 
 A worker that dies mid-batch is restarted by Ray (`rollout.max_restarts`); `resync(i)` loads the
 current policy into the new engine and the worker's unfinished prompts are issued to it again with the
-same seeds, so the batch completes with every prompt exactly once. Every wait is bounded by
+same seeds, so the batch completes with every prompt exactly once. An error raised inside the engine
+(a RayTaskError: the actor lives, its engine may not) is handled the same way: the worker is told to
+exit, Ray restarts it, and its prompts are re-issued. The cause is printed and kept in
+`Rollout.restart_causes`. A worker that fails a second time in the same batch stops it (ActorFailure
+naming the worker and both causes): the failure repeats on the same prompts. Every wait is bounded by
 `rollout.timeout_s`: a worker that finishes no prompt for that long is named in a GenerationError.
 """
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 import ray
 
-from cluster.groups import RewardPool, RolloutGroup
+from cluster import faults
+from cluster.groups import ActorFailure, RewardPool, RolloutGroup, describe_error
 from protocol.batch import GeneratedChunk, Prompt, Sample
 
 # What a stream raises when its actor died or lost its connection (the actor may be restarting).
@@ -35,8 +40,9 @@ class ScoredBatch:
     counts: dict[str, float]  # reward timeouts, errors, unboxed answers, replaced reward actors
     engine_s: list[float]  # seconds each rollout worker's engine worked on this batch
     wall_s: float  # from submission to the last verdict
-    restarts: int = 0  # rollout workers that died and were restarted during the batch
+    restarts: int = 0  # rollout workers that died or failed and were restarted during the batch
     reissued: int = 0  # prompts given again to restarted workers (unfinished when their worker died)
+    restart_causes: list[str] = field(default_factory=list)  # "rollout[i] <what happened>: <error>" each
 
 
 class StreamedBatch:
@@ -45,10 +51,12 @@ class StreamedBatch:
 
     def __init__(self, rollouts: RolloutGroup, pool: RewardPool, prompts: list[Prompt], n: int,
                  temperature: float, seed: int, resync: Callable[[int], None] | None = None,
-                 on_chunk: Callable[[int, GeneratedChunk], None] | None = None) -> None:
+                 on_chunk: Callable[[int, GeneratedChunk], None] | None = None, step: int | None = None) -> None:
         """`resync(i)`: loads the current policy into restarted rollout[i]; `on_chunk(i, chunk)` sees every
-        chunk as it arrives (progress display, fault-injection tests)."""
-        self.rollouts, self.pool, self.n = rollouts, pool, n
+        chunk as it arrives (progress display, fault-injection tests); `step`: the training step (from 1)
+        this batch is for, None for evaluation (messages, fault injection)."""
+        self.rollouts, self.pool, self.n, self.step = rollouts, pool, n, step
+        self.causes: dict[int, list[str]] = {}  # worker -> what made it restart during this batch
         self.temperature, self.seed, self.resync, self.on_chunk = temperature, seed, resync, on_chunk
         self.answers = {p.index: p.answer for p in prompts}
         self.started = time.perf_counter()
@@ -59,6 +67,7 @@ class StreamedBatch:
 
     def _issue(self, worker: int, prompts: list[Prompt]) -> None:
         r = self.rollouts.cfg
+        faults.engine_error(self.step, worker, self.rollouts.actors[worker], reissue=worker in self.causes)
         stream = self.rollouts.actors[worker].generate_stream.remote(
             prompts, self.n, self.temperature, r.top_p, r.max_new_tokens, self.seed + worker)
         self.streams[stream] = (worker, list(prompts))
@@ -77,11 +86,17 @@ class StreamedBatch:
                 if unfinished:
                     raise GenerationError(f"rollout[{worker}] ended its stream with {len(unfinished)} prompts unfinished")
                 continue
-            except ACTOR_LOST:
+            except ACTOR_LOST as error:
                 del self.streams[stream]
                 restarts += 1
                 reissued += len(unfinished)
-                self._recover(worker, unfinished)
+                self._recover(worker, unfinished, "died", error)
+                continue
+            except ray.exceptions.RayTaskError as error:  # raised inside the engine: the actor is alive
+                del self.streams[stream]
+                restarts += 1
+                reissued += len(unfinished)
+                self._recover(worker, unfinished, "failed inside its engine", error, restart=True)
                 continue
             if self.on_chunk is not None:
                 self.on_chunk(worker, chunk)
@@ -91,7 +106,8 @@ class StreamedBatch:
             jobs.extend(self.pool.submit(chunk.samples, self.answers))
         counts = self.pool.collect(jobs)
         samples.sort(key=lambda s: s.prompt_index)  # stable: a prompt's completions keep their order
-        return ScoredBatch(samples, counts, engine_s, time.perf_counter() - self.started, restarts, reissued)
+        causes = [c for w in sorted(self.causes) for c in self.causes[w]]
+        return ScoredBatch(samples, counts, engine_s, time.perf_counter() - self.started, restarts, reissued, causes)
 
     def _next_ready(self) -> tuple[ray.ObjectRefGenerator, int, list[Prompt]]:
         timeout = self.rollouts.cfg.timeout_s
@@ -105,12 +121,23 @@ class StreamedBatch:
         done = {s.prompt_index for s in samples}
         unfinished[:] = [p for p in unfinished if p.index not in done]
 
-    def _recover(self, worker: int, unfinished: list[Prompt]) -> None:
-        """The worker died: wait for Ray to restart it, load the current weights, re-issue its prompts."""
+    def _recover(self, worker: int, unfinished: list[Prompt], what: str, error: Exception,
+                 restart: bool = False) -> None:
+        """The worker died or its engine failed: (`restart`: make it exit,) wait for Ray to restart it,
+        load the current weights, re-issue its prompts. A second failure in this batch raises."""
+        name, where = f"rollout[{worker}]", "" if self.step is None else f" (step {self.step})"
+        cause = f"{name} {what}{where}: {describe_error(error)}"
+        earlier = self.causes.setdefault(worker, [])
+        earlier.append(cause)
+        if len(earlier) > 1:
+            raise ActorFailure(f"{name} failed again after a restart, on the same prompts: {'; then '.join(earlier)}",
+                               name)
+        print(f"{cause}; restarting it and re-issuing its {len(unfinished)} unfinished prompts", flush=True)
+        if restart:
+            self.rollouts.restart(worker)
         self.rollouts.wait_alive(worker)
         if self.resync is not None:
             self.resync(worker)
-        print(f"rollout[{worker}] died and was restarted; re-issuing its {len(unfinished)} unfinished prompts")
         if unfinished:
             self._issue(worker, unfinished)
 

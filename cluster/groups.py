@@ -14,6 +14,7 @@ import ray
 from pydantic import BaseModel
 
 from cluster.config import Config
+from cluster.memory import engine_sequences
 from cluster.placement import Placement
 from learner.critic import CriticSpec, CriticWorker
 from learner.worker import LearnerSpec, LearnerWorker
@@ -41,7 +42,8 @@ class ActorFailure(RuntimeError):
         self.worker, self.lost = worker, lost
 
 
-def _cause(error: Exception) -> str:
+def describe_error(error: Exception) -> str:
+    """'ExceptionClass: last line of its message', of the remote cause when Ray wrapped it."""
     cause = getattr(error, "cause", None) or error
     return f"{type(cause).__name__}: {str(cause).strip().splitlines()[-1] if str(cause).strip() else ''}"
 
@@ -73,7 +75,7 @@ def wait_named(named: list[tuple[str, ray.ObjectRef]], timeout_s: float, what: s
                             f"({_cause(err)}): {' and '.join(stuck)} hangs, or waits for {name} in a collective",
                             stuck[0]) from err
             lost = isinstance(err, (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError))
-            raise error(f"{what}: {name} failed: {_cause(err)}", name, lost) from err
+            raise error(f"{what}: {name} failed: {describe_error(err)}", name, lost) from err
     return ray.get([ref for _, ref in named])
 
 
@@ -110,7 +112,8 @@ def critic_spec(cfg: Config, model_path: str) -> CriticSpec:
 
 def engine_spec(cfg: Config, model_path: str) -> EngineSpec:
     return spec_from(EngineSpec, cfg.rollout, model_path=model_path, device=cfg.cluster.device, dtype=cfg.model.dtype,
-                     multiprocess=cfg.rollout.multiprocess_engine, seed=cfg.train.seed)
+                     multiprocess=cfg.rollout.multiprocess_engine, seed=cfg.train.seed,
+                     sequences=engine_sequences(cfg), threads=max(1, int(cfg.rollout.cpus_per_worker)))
 
 
 def merge_indexed(per_rank: list[list[tuple[int, T]]], size: int) -> list[T]:
@@ -248,12 +251,21 @@ class RolloutGroup:
             except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError) as error:
                 if isinstance(error, ray.exceptions.ActorDiedError) or time.monotonic() > deadline:
                     raise ActorFailure(f"rollout[{index}] died and was not restarted "
-                                       f"(rollout.max_restarts={self.cfg.max_restarts}): {_cause(error)}",
+                                       f"(rollout.max_restarts={self.cfg.max_restarts}): {describe_error(error)}",
                                        f"rollout[{index}]", lost=True) from None
                 time.sleep(0.5)
             except ray.exceptions.GetTimeoutError:
                 raise ActorFailure(f"rollout[{index}] did not come back within rollout.timeout_s="
                                    f"{self.timeout_s:g}s after dying", f"rollout[{index}]") from None
+
+    def restart(self, index: int) -> None:
+        """Make rollout[index] exit (its engine failed) so that Ray restarts it; returns once it is gone."""
+        try:
+            ray.get(self.actors[index].restart.remote(), timeout=self.timeout_s)
+        except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError):
+            return  # exited, as asked
+        except ray.exceptions.GetTimeoutError:
+            ray.kill(self.actors[index], no_restart=False)
 
     def call(self, method: str, *args: Any) -> list[Any]:
         return _get([getattr(a, method).remote(*args) for a in self.actors], self.timeout_s, f"rollout.{method}")

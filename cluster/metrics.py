@@ -53,12 +53,13 @@ class MetricsLog:
         except ImportError:  # tensorboard is optional at run time
             self.tb = None
 
-    def log(self, step: int, metrics: dict[str, float]) -> None:
+    def log(self, step: int, metrics: dict[str, Any]) -> None:
         with self.path.open("a") as f:
             f.write(json.dumps({"step": step, **metrics}) + "\n")
         if self.tb is not None:
             for key, value in metrics.items():
-                self.tb.add_scalar(key, value, step)
+                if isinstance(value, (int, float)):  # texts (e.g. rollout/restart_causes) stay in the JSONL
+                    self.tb.add_scalar(key, value, step)
             self.tb.flush()
         for sink in self.sinks:
             sink.log(step, metrics)

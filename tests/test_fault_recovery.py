@@ -122,3 +122,20 @@ def test_a_worker_that_finishes_nothing_in_time_is_named(trainer):
         for stream in batch.streams:  # let the worker finish, so later tests find it idle
             for ref in stream:
                 ray.get(ref)
+
+
+def test_an_error_inside_the_engine_is_handled_like_a_death(trainer):
+    """The engine raises inside vLLM's model step (a RayTaskError; the actor itself lives): the worker
+    is restarted, re-synced and its prompts re-issued; the cause is named; completions are unchanged."""
+    if trainer.sync.version == 0:
+        trainer.step(0)
+    prompts, n = _prompts(trainer, 16), 4
+    reference = generate_and_score(trainer.rollouts, trainer.rewards, prompts, n, 1.0, seed=98)
+    ray.get(trainer.rollouts.actors[0].arm_engine_error.remote("injected for the test"))
+    rollout = generate_and_score(trainer.rollouts, trainer.rewards, prompts, n, 1.0, seed=98, resync=trainer.sync.resync)
+
+    assert rollout.restarts == 1
+    assert rollout.restart_causes == ["rollout[0] failed inside its engine: RuntimeError: injected for the test"]
+    assert [s.response_ids for s in rollout.samples] == [s.response_ids for s in reference.samples]
+    assert {s.policy_version for s in rollout.samples} == {trainer.sync.version}
+    assert _engine_matches_learner(trainer, 0) < 1e-4  # a fresh engine, loaded with the current weights

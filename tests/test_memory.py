@@ -1,0 +1,112 @@
+"""KV-cache sizing (rollout/kv_cache.py) and the memory model (cluster/memory.py): pure arithmetic on
+model configs, no Ray, vLLM or DeepSpeed. The engine-side check that vLLM really gets these sizes is in
+tests/test_preemption.py; the CPU learner prediction is checked against measured RSS by
+benchmarks/scale.py."""
+from __future__ import annotations
+
+import pytest
+
+from cluster import memory
+from cluster.config import load_config
+from cluster.train import main as train_main
+from rollout.kv_cache import GIB, KVCacheError, kv_bytes_per_token, plan_kv_cache
+from tests.conftest import ROOT
+
+QWEN7B = str(ROOT / "configs" / "simplerl_zero_v0_ppo_qwen7b.yaml")
+SCALE = str(ROOT / "configs" / "cpu_scale.yaml")
+
+
+def test_kv_bytes_per_token_counts_k_and_v_of_every_layer_and_kv_head():
+    qwen7b = memory.KNOWN_ARCHITECTURES["Qwen2.5-Math-7B"]
+    assert kv_bytes_per_token(qwen7b, "bfloat16") == 2 * 28 * 4 * 128 * 2  # 56 KiB: GQA with 4 KV heads
+    assert kv_bytes_per_token({**qwen7b, "num_key_value_heads": None}, "float32") == 2 * 28 * 28 * 128 * 4
+
+
+def test_auto_size_holds_the_whole_batch_when_memory_allows():
+    plan = plan_kv_cache(per_token_bytes=1000, max_model_len=300, sequences=64, available_bytes=10 * GIB)
+    assert plan.sequence_bytes == 384 * 1000  # 3 blocks of 128 tokens
+    assert plan.cache_bytes == 64 * 384 * 1000 and plan.max_num_seqs == 64
+    assert plan.fits_batch and not plan.may_preempt
+
+
+def test_auto_size_capped_by_memory_admits_fewer_sequences_instead_of_preempting():
+    plan = plan_kv_cache(per_token_bytes=1000, max_model_len=300, sequences=64, available_bytes=20 * 384 * 1000)
+    assert plan.cache_bytes == 10 * 384 * 1000  # half the available memory
+    assert plan.max_num_seqs == 10 and not plan.may_preempt and not plan.fits_batch
+    assert "the batch's other 54 queue" in plan.how
+
+
+def test_explicit_size_too_small_for_one_sequence_names_the_fields():
+    with pytest.raises(KVCacheError, match=r"rollout.kv_cache_gib=0.0001\).*rollout.max_model_len=256"):
+        plan_kv_cache(per_token_bytes=4096, max_model_len=256, sequences=8, available_bytes=GIB, kv_cache_gib=0.0001)
+    with pytest.raises(KVCacheError, match=r"rollout.kv_cache_gib=64 is more than the 1.0 GiB"):
+        plan_kv_cache(per_token_bytes=4096, max_model_len=256, sequences=8, available_bytes=GIB, kv_cache_gib=64)
+
+
+def test_explicit_max_num_seqs_beyond_the_cache_is_kept_and_flagged():
+    plan = plan_kv_cache(per_token_bytes=512, max_model_len=128, sequences=32, available_bytes=GIB,
+                         kv_cache_gib=4 * 128 * 512 / GIB, max_num_seqs=32)
+    assert plan.max_num_seqs == 32 and plan.may_preempt and "vLLM will preempt" in plan.how
+
+
+def test_model_presets_fill_the_shape_and_explicit_fields_win():
+    cfg = load_config(SCALE)
+    arch = memory.architecture(cfg)
+    assert 100e6 < arch.params < 150e6 and (arch.hidden, arch.layers, arch.kv_heads) == (768, 12, 4)
+    assert load_config(SCALE, ["model.tiny.num_layers=2"]).model.tiny.num_layers == 2
+    assert cfg.rollout.max_new_tokens >= 256
+
+
+def test_parameter_count_matches_transformers():
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    cfg = load_config(None, ["model.tiny.hidden_size=64", "model.tiny.intermediate_size=96", "model.tiny.num_layers=3",
+                             "model.tiny.num_heads=4", "model.tiny.num_kv_heads=2"])
+    t = cfg.model.tiny
+    model = Qwen2ForCausalLM(Qwen2Config(vocab_size=t.vocab_size, hidden_size=t.hidden_size,
+                                         intermediate_size=t.intermediate_size, num_hidden_layers=t.num_layers,
+                                         num_attention_heads=t.num_heads, num_key_value_heads=t.num_kv_heads,
+                                         tie_word_embeddings=False))
+    assert memory.architecture(cfg).params == sum(p.numel() for p in model.parameters())
+
+
+def test_7b_learner_does_not_fit_80gb_without_checkpointing_and_fits_with_it():
+    cfg = load_config(QWEN7B)
+    problem = memory.does_not_fit(cfg)
+    assert problem is not None and "largest term: activations" in problem and "learner rank" in problem
+    fixed = load_config(QWEN7B, ["learner.gradient_checkpointing=true"])
+    assert memory.does_not_fit(fixed) is None
+    learner, engine = memory.predict(fixed)
+    margin = learner.budget - learner.total
+    assert 5 * GIB < margin < 40 * GIB  # fits with room, and the terms are not trivially small
+    assert {t.name for t in learner.terms} >= {"parameters", "optimizer state (Adam m, v)", "activations", "logits",
+                                               "reference model"}
+    kv = next(t for t in engine.terms if t.name == "KV cache")
+    assert "holds" in kv.note and kv.bytes > 10 * GIB
+    assert memory.does_not_fit(load_config(QWEN7B, ["learner.gradient_checkpointing=true",
+                                                    "cluster.gpu_memory_gib=40"])) is not None
+
+
+def test_train_refuses_a_gpu_config_predicted_not_to_fit_before_anything_starts(capsys):
+    """With a cluster address the GPU-count check is left to placement; the memory check still runs
+    first and nothing connects to the (unreachable) address."""
+    code = train_main(["--config", QWEN7B, "cluster.address=ray://127.0.0.1:1"])
+    assert code == 3
+    err = capsys.readouterr().err
+    assert "learner rank" in err and "largest term: activations" in err and "cluster.gpu_memory_gib=80" in err
+
+
+def test_train_refuses_a_kv_cache_that_cannot_hold_one_sequence(capsys):
+    assert train_main(["--config", str(ROOT / "configs" / "tiny.yaml"), "rollout.kv_cache_gib=0.0001"]) == 3
+    assert "rollout.kv_cache_gib=0.0001" in capsys.readouterr().err
+
+
+def test_memory_cli_prints_every_term_and_the_margin(capsys):
+    assert memory.main(["--config", QWEN7B, "learner.gradient_checkpointing=true"]) == 0
+    out = capsys.readouterr().out
+    for term in ("parameters", "master weights", "gradients", "optimizer state", "ZeRO buffers", "activations",
+                 "logits", "reference model", "weights", "KV cache"):
+        assert term in out, term
+    assert "fits, margin" in out and "activations with checkpointing off" in out
+    assert memory.main(["--config", QWEN7B]) == 1
+    assert "DOES NOT FIT" in capsys.readouterr().out

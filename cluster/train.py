@@ -35,8 +35,8 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         cfg = load_config(args.config, args.overrides)
-        if cfg.cluster.device == "gpu" and (problem := memory_problem(cfg, remote=True)) is not None:
-            print(f"error: {problem}", file=sys.stderr)  # before connecting to any cluster
+        if cfg.cluster.device == "gpu" and (problem := preflight(cfg) or memory_problem(cfg, remote=True)):
+            print(f"error: {problem}", file=sys.stderr)  # GPU count (local run), then memory: before connecting
             return 3
         resolver = Resolver(cfg, attach(cfg))  # where relative paths go (cluster/paths.py)
         run_dir = resolver.run_dir(args.run_dir)

@@ -38,7 +38,6 @@ def test_one_step_syncs_weights_exactly(trainer):
     assert (after - learner_after).abs().max() < 1e-4, "rollout engine does not serve the learner's weights"
     assert (after - before).abs().max() > 1e-3, "the policy step did not change the weights"
     assert metrics["policy_version"] == version + 1
-    assert metrics["train/kl"] >= 0.0  # k3 KL loss to the frozen reference model (algorithm.kl_coef > 0)
     for key in ("reward/mean", "train/entropy", "train/clip_frac", "train/response_len", "time/train_s",
                 "time/sync_s", "perf/gen_tokens_per_s", "train/grad_norm"):
         assert key in metrics and metrics[key] == metrics[key], key  # present and not NaN
@@ -50,9 +49,33 @@ def test_samples_carry_tokens_logprobs_and_version(trainer):
     assert len(samples) == 6
     for s in samples:
         assert len(s.response_ids) == len(s.response_logprobs) > 0
-        assert all(lp <= 0.0 for lp in s.response_logprobs)
         assert s.finish_reason in ("stop", "length")
         assert s.policy_version == trainer.sync.version
+    # The recorded sampling log-probs (T=1, raw mode) are the policy's: the learner's forward gives them too.
+    learner = trainer.learners.logprobs(TrainBatch([s.prompt_ids for s in samples], [s.response_ids for s in samples],
+                                                   [], [0.0] * len(samples), []))
+    for s, lp in zip(samples, learner):
+        assert torch.allclose(torch.tensor(s.response_logprobs), torch.tensor(lp), atol=1e-4)
+
+
+def test_kl_loss_metric_is_k3_of_the_policy_against_the_reference(trainer):
+    """`train/kl` of an update (algorithm.kl_coef > 0, KL as a loss term) equals k3 computed here from the
+    step batch's old and reference log-probs: with one mini-batch the training forward is the old
+    policy's. After one real step, so that the policy differs from the reference."""
+    from cluster.metrics import PhaseTimer
+
+    trainer.step(0)
+    samples = trainer.rollouts.generate(trainer.train_data.batch(5, 2), trainer.cfg.rollout.samples_per_prompt, 1.0, seed=5)
+    for i, s in enumerate(samples):
+        s.reward = float(i % 2)
+    batch, _ = trainer.update.build(samples, seed=6, timer=PhaseTimer())
+    d = torch.cat([torch.tensor(r) - torch.tensor(o) for o, r in zip(batch.old_logprobs, batch.ref_logprobs)])
+    mask = torch.cat([torch.tensor(m) for m in batch.loss_mask])
+    expected = float(((torch.exp(d) - d - 1) * mask).sum() / mask.sum())
+    assert expected > 1e-7  # the policy really differs from the reference
+    metrics = trainer.learners.train(batch, 6)
+    trainer.sync.sync()  # the engines serve the learner's weights again, as the other tests expect
+    assert metrics["kl"] == pytest.approx(expected, rel=1e-3, abs=1e-9)
 
 
 def test_reward_pool_scores_in_ray_actors(trainer):

@@ -37,9 +37,8 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-from learner.aggregation import batch_normalisers  # noqa: E402
 from learner.worker import LearnerSpec, LearnerWorker  # noqa: E402
-from protocol.batch import TrainBatch, unshard  # noqa: E402
+from protocol.batch import TrainBatch  # noqa: E402
 from protocol.endpoints import free_port  # noqa: E402
 from protocol.weight_sync import (DTYPES, TensorMeta, broadcast_bucket, build_manifest, open_broadcast_group,  # noqa: E402
                                   open_ipc_handle)
@@ -223,10 +222,11 @@ def learner_steps(ranks: list[Hosted], batch: TrainBatch, steps: int) -> list[di
     `mean_logprob` (of the batch's responses before each step) moves when the steps change the weights."""
     out = []
     for _ in range(steps):
-        batch.old_logprobs = unshard(call_all(ranks, "logprobs", batch))
+        pairs = sorted(pair for part in call_all(ranks, "old_logprobs", batch, 0) for pair in part)
+        batch.old_logprobs = [values for _, values in pairs]
         tokens = [lp for row in batch.old_logprobs for lp in row]
         start = time.perf_counter()
-        sums = call_all(ranks, "train_step", batch, *batch_normalisers(batch.loss_mask))
+        sums = call_all(ranks, "train_step", batch, 0, "policy")
         out.append({"loss": sum(s["loss"] for s in sums), "grad_norm": sums[0]["grad_norm"],
                     "mean_logprob": sum(tokens) / len(tokens), "seconds": time.perf_counter() - start})
     return out
@@ -299,8 +299,10 @@ def reduced(args: argparse.Namespace, report: dict[str, Any]) -> dict[str, bool]
     t = time.perf_counter()
     path, params = build_model(work / "model", SHAPES["1b" if device == "gpu" else "cpu"], device="cuda" if device == "gpu" else "cpu")
     report["model"] = {"path": path, "parameters": params, "build_seconds": time.perf_counter() - t}
-    spec = LearnerSpec(model_path=path, device=device, dtype="bfloat16", zero_stage=3, lr=1e-4, micro_batch_size=4,
-                       timeout_s=TIMEOUT_S)
+    spec = LearnerSpec(model_path=path, device=device, dtype="bfloat16", zero_stage=3, lr=1e-4, weight_decay=0.0,
+                       grad_clip=1.0, micro_batch_size=4, ppo_epochs=1, ppo_mini_batches=1, seed=0, timeout_s=TIMEOUT_S,
+                       clip_low=0.2, clip_high=0.2, dual_clip=None, loss_agg="token_mean", max_response_len=0,
+                       entropy_coef=0.0, kl_coef=0.0, kl_estimator="k3", kl_in_reward=False, tis="off", tis_cap=None)
     world = 1 if device == "gpu" else 2
     ranks = start_learners(spec, world, device)
     try:

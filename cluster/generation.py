@@ -21,7 +21,7 @@ from typing import Callable
 import ray
 
 from cluster import faults
-from cluster.groups import ActorFailure, RewardPool, RolloutGroup, describe_error
+from cluster.groups import ActorFailure, RewardPool, RolloutGroup, actor_error_text
 from protocol.batch import GeneratedChunk, Prompt, Sample
 
 # What a stream raises when its actor died or lost its connection (the actor may be restarting).
@@ -126,7 +126,7 @@ class StreamedBatch:
         """The worker died or its engine failed: (`restart`: make it exit,) wait for Ray to restart it,
         load the current weights, re-issue its prompts. A second failure in this batch raises."""
         name, where = f"rollout[{worker}]", "" if self.step is None else f" (step {self.step})"
-        cause = f"{name} {what}{where}: {describe_error(error)}"
+        cause = f"{name} {what}{where}: {actor_error_text(error)}"
         earlier = self.causes.setdefault(worker, [])
         earlier.append(cause)
         if len(earlier) > 1:

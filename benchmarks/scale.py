@@ -291,8 +291,9 @@ def section(cfg: Any, m: dict[str, Any], command: str, wall: float) -> str:
         f"{m['padding_waste']:.0%} ({micro_batching}), the plain loop {m['padding_waste_plain']:.0%} (micro-batches of "
         f"{l.micro_batch_size} in batch order). The first learner row is what a user gains over a plain loop, and "
         "it comes mostly from computing less padding; the like-for-like row runs the plain loop on exactly our "
-        "ranks' micro-batches (the same padding), so it prices our machinery alone (Ray, DeepSpeed ZeRO's gradient "
-        "reduce and partitioned optimizer, the chunked response-only head). Where the time goes: next section.",
+        "ranks' micro-batches (the same padding), so it prices our machinery (Ray, DeepSpeed ZeRO's gradient reduce "
+        "and partitioned optimizer; our head runs on response positions only, in chunks recomputed in backward, the "
+        "plain loop's on every position). Where the time goes: next section.",
         f"- peak RSS (VmHWM) per process: {rss}; bare vLLM process {bare['rss'] / gib:.2f} GiB, plain PyTorch "
         f"{plain['rss'] / gib:.2f} GiB.",
         "",

@@ -127,6 +127,7 @@ def learner_profile(command: str) -> str:
     import pickle
 
     base = {**pickle.loads((WORK / "torch.pkl").read_bytes()), "steps": 1}
+    base.pop("parts", None)  # the main run's last plain job was the like-for-like one: start from the plain loop
     batch, micro = base["batch"], base["micro_batch_size"]
     other = "float32" if base["dtype"] == "bfloat16" else "bfloat16"
     real = sum(len(p) + len(r) for p, r in zip(batch.prompt_ids, batch.response_ids))

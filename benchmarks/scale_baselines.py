@@ -63,13 +63,11 @@ def child_vllm(payload: dict[str, Any]) -> dict[str, Any]:
 def child_torch(payload: dict[str, Any]) -> dict[str, Any]:
     """Plain PyTorch: forward, the learner's loss functions, backward, one AdamW step, same batch; the best
     of payload["steps"] such steps."""
-    import math
-
     import torch
     from transformers import AutoModelForCausalLM
 
     from learner import core_algos as algos
-    from learner.batching import pad, split
+    from learner.batching import pad, rank_micro_batches
     from protocol.weight_sync import DTYPES
 
     torch.set_num_threads(payload["threads"])
@@ -79,13 +77,18 @@ def child_torch(payload: dict[str, Any]) -> dict[str, Any]:
     ref = AutoModelForCausalLM.from_pretrained(payload["model_path"], dtype=dtype).eval() if payload["kl_coef"] else None
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
     batch, micro = payload["batch"], payload["micro_batch_size"]
+    lengths = [len(p) + len(r) for p, r in zip(batch.prompt_ids, batch.response_ids)]
+    # given micro-batches ("parts": our ranks' own, like for like), or by count in batch order (a plain
+    # loop), or by our token budget ("max_tokens": sorted, packed)
+    parts = payload.get("parts") or rank_micro_batches(list(range(len(batch))), 0, 1, micro, lengths,
+                                                       payload.get("max_tokens"))
     pad_id = int(model.config.pad_token_id or model.config.eos_token_id or 0)
     model.train()
 
     def step() -> float:
         start = time.perf_counter()
-        for part in split(batch, max(1, math.ceil(len(batch) / micro))):
-            pb = pad(part, pad_id, torch.device("cpu"))
+        for part in parts:
+            pb = pad(batch.select(part), pad_id, torch.device("cpu"))
             logits = model(input_ids=pb.input_ids, attention_mask=pb.attention_mask).logits[:, :-1]
             logprobs = algos.token_logprobs(logits, pb.targets)
             entropy = algos.entropy_from_logits(logits if payload["entropy_coef"] > 0 else logits.detach())
@@ -106,19 +109,25 @@ def child_torch(payload: dict[str, Any]) -> dict[str, Any]:
     return {"seconds": min(step() for _ in range(payload.get("steps", 1))), "rss": peak_rss(None)}
 
 
-def padded_tokens(batch: Any, ranks: int, micro: int) -> int:
-    """Tokens the forward really computes: each rank's shard in micro-batches padded to their longest."""
-    import math
+def padded_tokens(batch: Any, ranks: int, micro: int, max_tokens: int | None = None, mini_batches: int = 1) -> int:
+    """Tokens the forwards really compute: each rank's micro-batches (learner/batching.py, as our ranks cut
+    them: by count, or by token budget) padded to their longest, over the unshuffled mini-batches."""
+    from learner.batching import mini_batches as plan, padded_tokens as padded, rank_micro_batches
 
-    from learner.batching import split
+    lengths = [len(p) + len(r) for p, r in zip(batch.prompt_ids, batch.response_ids)]
+    return sum(padded(lengths, rank_micro_batches(indices, rank, ranks, micro, lengths, max_tokens))
+               for indices in plan(len(batch), 1, mini_batches, None)[0] for rank in range(ranks))
 
-    total = 0
-    for rank in range(ranks):
-        shard = batch.shard(rank, ranks)
-        for part in split(shard, max(1, math.ceil(len(shard) / micro))):
-            lengths = [len(p) + len(r) for p, r in zip(part.prompt_ids, part.response_ids)]
-            total += len(lengths) * max(lengths, default=0)
-    return total
+
+def our_micro_batches(batch: Any, ranks: int, micro: int, max_tokens: int | None, mini_batches: int,
+                      seed: int | None) -> list[list[int]]:
+    """Every non-empty micro-batch our ranks compute in the first epoch of `batch` (learner/batching.py,
+    as DeepSpeedRank lays it out with this seed), all ranks' one after another."""
+    from learner.batching import mini_batches as plan, rank_micro_batches
+
+    lengths = [len(p) + len(r) for p, r in zip(batch.prompt_ids, batch.response_ids)]
+    return [m for indices in plan(len(batch), 1, mini_batches, seed)[0] for rank in range(ranks)
+            for m in rank_micro_batches(indices, rank, ranks, micro, lengths, max_tokens) if m]
 
 
 def sorted_by_length(batch: Any) -> Any:

@@ -118,16 +118,20 @@ class DeepSpeedGroupConfig(Strict):
     lr: float = Field(2e-4, gt=0)
     weight_decay: float = Field(0.0, ge=0)
     grad_clip: float = Field(1.0, gt=0)
-    micro_batch_size: int = Field(32, ge=1)  # per rank and forward
-    # Read by the memory model (cluster/memory.py); the learner applies them once its issue-12 part lands.
-    gradient_checkpointing: bool = False
+    micro_batch_size: int = Field(32, ge=1)  # per rank and forward (unless max_tokens_per_micro_batch is set)
+    # Token-budget micro-batches: each mini-batch sorted by length, dealt to the ranks and packed so that a
+    # micro-batch's padded tokens (samples x its longest) stay within this; replaces micro_batch_size.
+    # At least rollout.max_model_len (a sequence is never split). None: micro_batch_size samples each.
     max_tokens_per_micro_batch: int | None = Field(None, ge=1)
+    gradient_checkpointing: bool = False  # each layer keeps its input only and recomputes during backward
     cpus_per_rank: float = Field(0.5, gt=0)
     resources: dict[str, float] = {}  # extra Ray resources per rank, e.g. {"learner_node": 1}
 
 
 class LearnerConfig(DeepSpeedGroupConfig):
-    pass
+    # Log-probs and entropy are computed at response positions only, this many at a time through the
+    # language-model head (learner/policy_model.py): the most full-vocabulary fp32 logits held at once.
+    logprob_chunk_tokens: int = Field(1024, ge=1)
 
 
 class AlgorithmConfig(Strict):
@@ -268,6 +272,11 @@ class Config(Strict):
             raise ValueError("rollout.max_new_tokens must be smaller than rollout.max_model_len")
         if self.algorithm.advantage == "rloo" and self.rollout.samples_per_prompt < 2:
             raise ValueError("algorithm.advantage=rloo needs rollout.samples_per_prompt >= 2")
+        for name in ("learner", "critic"):
+            budget = getattr(self, name).max_tokens_per_micro_batch
+            if budget is not None and budget < self.rollout.max_model_len:
+                raise ValueError(f"{name}.max_tokens_per_micro_batch={budget} is below rollout.max_model_len="
+                                 f"{self.rollout.max_model_len}: a full-length sequence would not fit one micro-batch")
         return self
 
 

@@ -18,7 +18,7 @@ from cluster.memory import engine_sequences
 from cluster.placement import Placement
 from learner.critic import CriticSpec, CriticWorker
 from learner.worker import LearnerSpec, LearnerWorker
-from protocol.batch import Prompt, Sample, TrainBatch, unshard
+from protocol.batch import Prompt, Sample, TrainBatch
 from reward.scoring import Verdict, describe_error, error_kind
 from reward.worker import RewardWorker
 from rollout.worker import EngineSpec, RolloutWorker
@@ -201,8 +201,8 @@ class LearnerGroup(RankGroup):
         return self.scored("ref_logprobs", batch, seed)
 
     def logprobs(self, batch: TrainBatch) -> list[list[float]]:
-        """Response logprobs under the learner's current weights, each rank scoring its shard."""
-        return unshard(self.call("logprobs", batch))
+        """Response logprobs under the learner's current weights, each rank scoring its share."""
+        return merge_indexed(self.call("logprobs", batch), len(batch))
 
 
 class CriticGroup(RankGroup):

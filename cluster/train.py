@@ -151,10 +151,6 @@ def memory_problem(cfg: Config, remote: bool) -> str | None:
     from cluster import memory
     from rollout.kv_cache import KVCacheError
 
-    l = cfg.learner
-    if l.gradient_checkpointing or l.max_tokens_per_micro_batch:
-        print("warning: learner.gradient_checkpointing / learner.max_tokens_per_micro_batch are read by the memory "
-              "model only: the learner does not apply them yet", file=sys.stderr)
     if cfg.cluster.device == "cpu" and remote:  # the engines' nodes decide (rollout/worker.py checks there)
         return None
     try:

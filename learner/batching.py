@@ -32,6 +32,18 @@ class PaddedBatch:
     response_starts: list[int]
     response_lens: list[int]
 
+    def response_index(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(rows, columns) of every response position of the [B, L-1] tensors, sample by sample."""
+        rows = [i for i, n in enumerate(self.response_lens) for _ in range(n)]
+        cols = [s + j for s, n in zip(self.response_starts, self.response_lens) for j in range(n)]
+        device = self.targets.device
+        return torch.tensor(rows, dtype=torch.long, device=device), torch.tensor(cols, dtype=torch.long, device=device)
+
+    def scatter(self, rows: torch.Tensor, cols: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+        """A [B, L-1] fp32 tensor holding `values` at (rows, cols) and 0 elsewhere (differentiable)."""
+        out = torch.zeros(self.targets.shape, dtype=torch.float32, device=values.device)
+        return out.index_put((rows, cols), values.float())
+
     def response_values(self, per_token: torch.Tensor) -> list[list[float]]:
         """Cut a [B, L-1] tensor back into per-sample response lists."""
         rows = per_token.detach().float().cpu()
@@ -95,9 +107,42 @@ def mini_batches(size: int, epochs: int, count: int, seed: int | None) -> list[l
     return [split_indices(epoch_order(size, epoch, seed), count) if count else [] for epoch in range(epochs)]
 
 
-def rank_micro_batches(indices: list[int], rank: int, world_size: int, micro_batch_size: int) -> list[list[int]]:
-    """This rank's share of one mini-batch (every world_size-th sample), cut into micro-batches of at
-    most `micro_batch_size`. The count depends only on the mini-batch size, so every rank runs the same
-    number of forwards (ZeRO-3 gathers weights collectively); a rank with fewer samples gets empty ones."""
-    parts = max(1, math.ceil(len(indices) / world_size / micro_batch_size))
-    return split_indices(indices[rank::world_size], parts)
+def rank_micro_batches(indices: list[int], rank: int, world_size: int, micro_batch_size: int,
+                       lengths: list[int] | None = None, max_tokens: int | None = None) -> list[list[int]]:
+    """This rank's share of one mini-batch, cut into micro-batches. Every rank gets the same number of
+    micro-batches (ZeRO-3 gathers weights collectively in every forward); a rank with fewer samples
+    gets empty ones. A pure function of its arguments: the scoring forwards before an update and the
+    first mini-batch's training forwards lay the samples out identically.
+
+    Without `max_tokens`: every world_size-th sample, in micro-batches of at most `micro_batch_size`.
+    With `max_tokens` (needs `lengths`, each sample's prompt + response tokens): the mini-batch sorted
+    longest first and dealt to the ranks in turn (similar token counts per rank), each share packed
+    in order into micro-batches whose padded size (samples x the longest) stays within `max_tokens`;
+    sorting keeps similar lengths together, so little padding is computed. A sample longer than the
+    budget gets a micro-batch of its own (cluster/config.py refuses such budgets)."""
+    if max_tokens is None:
+        parts = max(1, math.ceil(len(indices) / world_size / micro_batch_size))
+        return split_indices(indices[rank::world_size], parts)
+    if lengths is None:
+        raise ValueError("rank_micro_batches: a token budget needs the sample lengths")
+    order = sorted(indices, key=lambda i: (-lengths[i], i))
+    plans = [pack_by_tokens(order[r::world_size], lengths, max_tokens) for r in range(world_size)]
+    count = max(1, max(len(plan) for plan in plans))
+    return plans[rank] + [[] for _ in range(count - len(plans[rank]))]
+
+
+def pack_by_tokens(longest_first: list[int], lengths: list[int], max_tokens: int) -> list[list[int]]:
+    """Consecutive micro-batches of `longest_first` (sorted by length, longest first) whose padded size,
+    samples x the first (longest) sample's length, stays within `max_tokens`."""
+    out: list[list[int]] = []
+    for i in longest_first:
+        if out and (len(out[-1]) + 1) * lengths[out[-1][0]] <= max_tokens:
+            out[-1].append(i)
+        else:
+            out.append([i])
+    return out
+
+
+def padded_tokens(lengths: list[int], micro_batches: list[list[int]]) -> int:
+    """Tokens a forward computes over these micro-batches: each padded to its longest sample."""
+    return sum(len(m) * max(lengths[i] for i in m) for m in micro_batches if m)

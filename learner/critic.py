@@ -33,7 +33,7 @@ class ValueModel(torch.nn.Module):
         torch.nn.init.normal_(self.value_head.weight, std=1.0 / (hidden_size + 1))
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        hidden = self.body(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        hidden = self.body(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
         return self.value_head(hidden).squeeze(-1)
 
 
@@ -51,6 +51,7 @@ class CriticWorker(DeepSpeedRank):
         config = AutoConfig.from_pretrained(self.spec.model_path)
         self.pad_id = int(config.pad_token_id or config.eos_token_id or 0)
         body = AutoModel.from_pretrained(self.spec.model_path, dtype=dtype)  # the causal LM minus its head
+        self._checkpointing(body)
         return ValueModel(body, config.hidden_size)
 
     def values(self, batch: TrainBatch, seed: int | None = None) -> list[tuple[int, list[float]]]:

@@ -42,6 +42,8 @@ class RankSpec:
     weight_decay: float
     grad_clip: float
     micro_batch_size: int
+    max_tokens_per_micro_batch: int | None  # token-budget micro-batches (learner/batching.py rank_micro_batches)
+    gradient_checkpointing: bool
     ppo_epochs: int
     ppo_mini_batches: int
     seed: int
@@ -96,8 +98,32 @@ class DeepSpeedRank:
     def _build_model(self, dtype: torch.dtype) -> torch.nn.Module:
         raise NotImplementedError
 
+    def _checkpointing(self, model: Any) -> None:
+        """Activation checkpointing of a transformers model's layers when the spec asks for it: each
+        layer keeps only its input and recomputes the rest during backward (non-reentrant, which is
+        what DeepSpeed ZeRO-3 expects)."""
+        if self.spec.gradient_checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
     def _after_setup(self) -> None:
         """Hook for what a role loads once the engine exists (the policy's reference model)."""
+
+    def _frozen_engine(self, model: torch.nn.Module) -> Any:
+        """A DeepSpeed ZeRO-3 engine without optimizer around a frozen model: each rank keeps 1/world_size
+        of its parameters, and every forward gathers them layer by layer (all ranks must run it)."""
+        import deepspeed
+
+        config = {key: value for key, value in self._ds_config().items() if key != "gradient_clipping"}
+        engine, *_ = deepspeed.initialize(model=model, config={**config, "zero_optimization": {"stage": 3}})
+        return engine
+
+    def _max_over_ranks(self, value: int) -> int:
+        """The largest `value` of all ranks (every rank must call it)."""
+        import torch.distributed as dist
+
+        tensor = torch.tensor([value], dtype=torch.long, device=self.device)
+        dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+        return int(tensor.item())
 
     @property
     def device(self) -> torch.device:
@@ -130,6 +156,15 @@ class DeepSpeedRank:
                      for name in ("old_logprobs", "behaviour_logprobs", "ref_logprobs", "values", "returns")}
         return pad(TrainBatch(one, one, advantages=[0.0], loss_mask=[[0.0]], **per_token), self.pad_id, self.device)
 
+    def _micro_batches(self, batch: TrainBatch) -> Callable[[list[int]], list[list[int]]]:
+        """This rank's micro-batches of a mini-batch of `batch` (learner/batching.py rank_micro_batches):
+        by sample count, or by the spec's token budget with the samples sorted by length."""
+        s = self.spec
+        lengths = ([len(p) + len(r) for p, r in zip(batch.prompt_ids, batch.response_ids)]
+                   if s.max_tokens_per_micro_batch else None)
+        return lambda indices: rank_micro_batches(indices, self.rank, self.world_size, s.micro_batch_size, lengths,
+                                                  s.max_tokens_per_micro_batch)
+
     def _optimise(self, batch: TrainBatch, seed: int | None, loss_fn: LossFn, mode: str, max_len: int = 0,
                   epochs: int | None = None, count: int | None = None) -> dict[str, float]:
         """`epochs` x `count` mini-batches (default: the spec's ppo_epochs and ppo_mini_batches), each one
@@ -147,11 +182,12 @@ class DeepSpeedRank:
         sums: dict[str, float] = {"tokens": 0.0, "loss": 0.0, "grad_norm": 0.0}
         start = self.engine.global_steps
         plan = mini_batches(len(batch), epochs or s.ppo_epochs, count or s.ppo_mini_batches, seed)
+        micro_batches = self._micro_batches(batch)
         self.engine.train()
         for epoch in plan:
             for indices in epoch:
                 total_tokens, num_sequences = algos.batch_normalisers(batch.select(indices).loss_mask)
-                micros = rank_micro_batches(indices, self.rank, self.world_size, s.micro_batch_size)
+                micros = micro_batches(indices)
                 for i, micro in enumerate(micros):
                     self.engine.set_gradient_accumulation_boundary(i == len(micros) - 1)
                     pb = self._pad(batch, micro)
@@ -185,8 +221,9 @@ class DeepSpeedRank:
         training sees before its first step. Every rank must call it (ZeRO-3 gathers in each forward)."""
         out: list[tuple[int, list[float]]] = []
         plan = mini_batches(len(batch), 1, self.spec.ppo_mini_batches, seed)
+        micro_batches = self._micro_batches(batch)
         for indices in plan[0] if plan else []:
-            for micro in rank_micro_batches(indices, self.rank, self.world_size, self.spec.micro_batch_size):
+            for micro in micro_batches(indices):
                 pb = self._pad(batch, micro)
                 out += list(zip(micro, pb.response_values(per_token(pb))))
         return out

@@ -11,8 +11,9 @@ from typing import Any, Iterator
 import torch
 
 from learner import core_algos as algos
-from learner.batching import PaddedBatch, split
+from learner.batching import PaddedBatch
 from learner.ds_rank import DeepSpeedRank, RankSpec
+from learner.policy_model import PolicyModel
 from protocol.batch import TrainBatch
 from protocol.shm_stream import StreamSegment
 from protocol.weight_sync import FlatBuffer, TensorMeta, broadcast_bucket, ipc_handle, open_broadcast_group
@@ -33,15 +34,18 @@ class LearnerSpec(RankSpec):
     kl_in_reward: bool  # the driver penalises rewards (ref_logprobs); no KL loss term here
     tis: str  # importance correction against the rollout engine's log-probs: "off", "token", "sequence"
     tis_cap: float | None
+    logprob_chunk_tokens: int  # response positions whose full-vocabulary logits exist at once (policy_model.py)
 
 
 def forward_logprobs(model: Any, pb: PaddedBatch, entropy: str | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """The one forward of the policy: log-probs of the target tokens, [B, L-1], and the next-token
-    entropy when asked ("detached", or "grad" for the entropy bonus; None: not computed). Memory work
-    on the forward (chunked log-probs over response positions, activation checkpointing) belongs here."""
-    logits = model(input_ids=pb.input_ids, attention_mask=pb.attention_mask).logits[:, :-1]
-    ent = None if entropy is None else algos.entropy_from_logits(logits if entropy == "grad" else logits.detach())
-    return algos.token_logprobs(logits, pb.targets), ent
+    """The one forward of the policy (a PolicyModel, or the DeepSpeed engine around one): log-probs of the
+    target tokens, [B, L-1], and the next-token entropy when asked ("detached", or "grad" for the
+    entropy bonus; None: not computed). Both are computed at the response positions only, in chunks
+    (learner/policy_model.py), and hold 0 elsewhere; the losses weigh only response tokens."""
+    rows, cols = pb.response_index()
+    logprobs, ent = model(input_ids=pb.input_ids, attention_mask=pb.attention_mask, rows=rows, cols=cols,
+                          targets=pb.targets[rows, cols], entropy=entropy)
+    return pb.scatter(rows, cols, logprobs), None if ent is None else pb.scatter(rows, cols, ent)
 
 
 class LearnerWorker(DeepSpeedRank):
@@ -58,18 +62,30 @@ class LearnerWorker(DeepSpeedRank):
     def _build_model(self, dtype: torch.dtype) -> torch.nn.Module:
         from transformers import AutoModelForCausalLM
 
-        model = AutoModelForCausalLM.from_pretrained(self.spec.model_path, dtype=dtype)
-        self.pad_id = int(model.config.pad_token_id or model.config.eos_token_id or 0)
-        return model
+        lm = AutoModelForCausalLM.from_pretrained(self.spec.model_path, dtype=dtype)
+        self.pad_id = int(lm.config.pad_token_id or lm.config.eos_token_id or 0)
+        self._checkpointing(lm)
+        return PolicyModel(lm, self.spec.logprob_chunk_tokens)
 
     def _after_setup(self) -> None:
+        """Under ZeRO-3 the head's chunk count is agreed over the ranks. With kl_coef > 0, the frozen
+        reference model: under ZeRO-3 an inference engine of its own (its parameters partitioned over
+        the ranks like the policy's, gathered layer by layer in each forward, OpenRLHF's layout with
+        --colocate_actor_ref), otherwise a plain copy per rank (ZeRO 0-2 hold the full policy anyway)."""
+        if self.spec.zero_stage == 3:
+            self.engine.module.same_chunk_count = self._max_over_ranks
         if self.spec.kl_coef > 0:
             from transformers import AutoModelForCausalLM
 
             from protocol.weight_sync import DTYPES
 
-            self.ref_model = AutoModelForCausalLM.from_pretrained(self.spec.model_path, dtype=DTYPES[self.spec.dtype]).eval()
-            self.ref_model.requires_grad_(False).to(self.device)
+            lm = AutoModelForCausalLM.from_pretrained(self.spec.model_path, dtype=DTYPES[self.spec.dtype])
+            ref = PolicyModel(lm, self.spec.logprob_chunk_tokens).requires_grad_(False).eval()
+            if self.spec.zero_stage == 3:
+                self.ref_model = self._frozen_engine(ref)
+                ref.same_chunk_count = self._max_over_ranks
+            else:
+                self.ref_model = ref.to(self.device)
 
     # ---- training ----------------------------------------------------------------------------
     def train_step(self, batch: TrainBatch, seed: int | None = None, loss: str = "policy") -> dict[str, float]:
@@ -115,24 +131,16 @@ class LearnerWorker(DeepSpeedRank):
 
     def ref_logprobs(self, batch: TrainBatch, seed: int | None = None) -> list[tuple[int, list[float]]]:
         """(sample index, reference-model log-probs) of this rank's samples (the KL term or penalty).
-        The reference model is a plain per-rank copy (no ZeRO), loaded only when kl_coef > 0."""
+        The reference model is loaded only when kl_coef > 0 (sharded under ZeRO-3: `_after_setup`)."""
         if self.ref_model is None:
             raise RuntimeError("no reference model: it is loaded only when kl_coef > 0")
         return self._score(batch, seed, lambda pb: forward_logprobs(self.ref_model, pb)[0])
 
-    def logprobs(self, batch: TrainBatch) -> list[list[float]]:
-        """Response-token logprobs of this rank's shard of `batch` (`TrainBatch.shard`) under the current
-        weights, in shard order; all ranks must call it (`protocol.batch.unshard` restores batch order)."""
+    def logprobs(self, batch: TrainBatch) -> list[tuple[int, list[float]]]:
+        """(sample index, response log-probs) of this rank's samples under the current weights, in the
+        learner's micro-batches; all ranks must call it (cluster/groups.py merges them)."""
         self.engine.eval()
-        shard = batch.shard(self.rank, self.world_size)
-        parts = max(1, -(-len(batch) // (self.world_size * self.spec.micro_batch_size)))
-        out: list[list[float]] = []
-        with torch.no_grad():
-            for part in split(shard, parts):
-                pb = self._pad(part, list(range(len(part))))
-                values = pb.response_values(forward_logprobs(self.engine, pb)[0])  # always: ZeRO-3 gathers in it
-                out += values if len(part) else []
-        return out
+        return self._score(batch, None, lambda pb: forward_logprobs(self.engine, pb)[0])
 
     # ---- weights out -------------------------------------------------------------------------
     def weight_layout(self) -> list[tuple[str, tuple[int, ...]]]:
@@ -212,4 +220,4 @@ class LearnerWorker(DeepSpeedRank):
         with context:
             if self.rank == 0:
                 state = {n: t.data.detach().clone().cpu() for n, t in zip(names, tensors)}
-                self.engine.module.save_pretrained(path, state_dict=state)
+                self.engine.module.lm.save_pretrained(path, state_dict=state)

@@ -324,3 +324,26 @@ def test_rank_micro_batches_give_every_rank_the_same_count():
     assert rank_micro_batches(indices, 0, 2, 2) == [[9, 7], [0, 2]]
     assert rank_micro_batches(indices, 1, 2, 2) == [[3], [1, 5]]
     assert rank_micro_batches([4], 1, 2, 2) == [[]]  # an empty share still runs one (placeholder) forward
+
+
+def test_token_budget_micro_batches_pack_by_length_within_the_budget_with_the_same_count_on_every_rank():
+    import random
+
+    from learner.batching import padded_tokens, rank_micro_batches
+
+    rng = random.Random(3)
+    lengths = [rng.randint(20, 320) for _ in range(64)]
+    indices = rng.sample(range(64), 40)  # a shuffled mini-batch of 40 of the 64 samples
+    for world, budget in ((1, 320), (2, 640), (3, 1000), (2, 2560)):
+        plans = [rank_micro_batches(indices, r, world, 8, lengths, budget) for r in range(world)]
+        assert len({len(plan) for plan in plans}) == 1, (world, budget)  # ZeRO-3: the same forwards everywhere
+        assert sorted(i for plan in plans for micro in plan for i in micro) == sorted(indices)  # each sample once
+        for micro in (m for plan in plans for m in plan if m):
+            assert len(micro) * max(lengths[i] for i in micro) <= budget
+        assert plans == [rank_micro_batches(list(indices), r, world, 8, lengths, budget) for r in range(world)]
+        by_count = [rank_micro_batches(indices, r, world, 8) for r in range(world)]
+        packed, plain = (sum(padded_tokens(lengths, plan) for plan in p) for p in (plans, by_count))
+        assert packed < plain, (world, budget)  # sorting by length computes less padding
+    assert rank_micro_batches([5, 6], 3, 4, 8, lengths, 320) == [[]]  # a rank without samples: one placeholder
+    with pytest.raises(ValueError, match="needs the sample lengths"):
+        rank_micro_batches(indices, 0, 2, 8, None, 640)

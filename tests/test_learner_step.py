@@ -11,21 +11,33 @@ import torch
 
 from learner import core_algos as algos
 from learner.batching import pad
+from learner.policy_model import PolicyModel
 from learner.worker import LearnerSpec, LearnerWorker
 from protocol.batch import TrainBatch
 
 VOCAB = 11
 
 
+class TinyBody(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = torch.nn.Embedding(VOCAB, 8)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, use_cache: bool = False) -> SimpleNamespace:
+        return SimpleNamespace(last_hidden_state=torch.tanh(self.embed(input_ids)))
+
+
 class TinyLM(torch.nn.Module):
+    """The layout of a transformers causal LM (`model` body, `lm_head`); called, it gives full logits."""
+
     def __init__(self, seed: int = 0) -> None:
         super().__init__()
         torch.manual_seed(seed)
-        self.embed = torch.nn.Embedding(VOCAB, 8)
-        self.head = torch.nn.Linear(8, VOCAB)
+        self.model = TinyBody()
+        self.lm_head = torch.nn.Linear(8, VOCAB)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> SimpleNamespace:
-        return SimpleNamespace(logits=self.head(torch.tanh(self.embed(input_ids))))
+        return SimpleNamespace(logits=self.lm_head(self.model(input_ids, attention_mask).last_hidden_state))
 
 
 class FakeEngine:
@@ -54,7 +66,8 @@ class FakeEngine:
 
 def _spec(**fields) -> LearnerSpec:
     base = dict(model_path="", device="cpu", dtype="float32", zero_stage=0, lr=1.0, weight_decay=0.0, grad_clip=1.0,
-                micro_batch_size=2, ppo_epochs=1, ppo_mini_batches=1, seed=0, timeout_s=60.0, clip_low=0.2,
+                micro_batch_size=2, max_tokens_per_micro_batch=None, gradient_checkpointing=False,
+                logprob_chunk_tokens=3, ppo_epochs=1, ppo_mini_batches=1, seed=0, timeout_s=60.0, clip_low=0.2,
                 clip_high=0.2, dual_clip=None, loss_agg="token_mean", max_response_len=6, entropy_coef=0.0,
                 kl_coef=0.0, kl_estimator="k3", kl_in_reward=False, tis="off", tis_cap=None)
     return LearnerSpec(**{**base, **fields})
@@ -80,7 +93,7 @@ def _worker_run(batch: TrainBatch, spec: LearnerSpec, world: int) -> tuple[list[
     per_rank, loss = [], 0.0
     for rank in range(world):
         worker = LearnerWorker(rank, world, spec)
-        worker.engine = FakeEngine(TinyLM())
+        worker.engine = FakeEngine(PolicyModel(TinyLM(), spec.logprob_chunk_tokens))
         out = worker.train_step(batch)
         assert out["optimizer_steps"] == 1.0
         loss += out["loss"]
@@ -127,6 +140,14 @@ def test_train_step_gradient_equals_global_aggregate(mode, world, micro):
     _assert_matches_reference(spec, world)
 
 
+@pytest.mark.parametrize("world, budget", [(1, 9), (2, 12), (3, 9), (2, 1000)])
+def test_token_budget_micro_batches_give_the_global_aggregate(world, budget):
+    """Micro-batches by padded-token budget (sorted by length, dealt to the ranks): the same gradient."""
+    spec = _spec(micro_batch_size=1, max_tokens_per_micro_batch=budget, loss_agg="seq_mean_token_mean",
+                 entropy_coef=0.01, kl_coef=0.5)
+    _assert_matches_reference(spec, world)
+
+
 @pytest.mark.parametrize("level", ["token", "sequence"])
 def test_train_step_weights_the_ppo_term_by_truncated_importance_ratios(level):
     """pi_old (the batch's old log-probs) over pi_behaviour (the rollout's), capped, per token or per response."""
@@ -151,7 +172,7 @@ def test_sft_step_reports_the_token_mean_nll_whatever_the_policy_aggregation():
     batch = _batch()
     spec = _spec(micro_batch_size=2, loss_agg="seq_mean_token_sum")
     worker = LearnerWorker(0, 1, spec)
-    worker.engine = FakeEngine(TinyLM())
+    worker.engine = FakeEngine(PolicyModel(TinyLM(), spec.logprob_chunk_tokens))
     pb = pad(batch, 0, torch.device("cpu"))
     with torch.no_grad():
         nll = -algos.token_logprobs(TinyLM()(pb.input_ids, pb.attention_mask).logits[:, :-1], pb.targets)

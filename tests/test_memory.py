@@ -12,7 +12,9 @@ from cluster.train import main as train_main
 from rollout.kv_cache import GIB, KVCacheError, kv_bytes_per_token, plan_kv_cache
 from tests.conftest import ROOT
 
-QWEN7B = str(ROOT / "configs" / "simplerl_zero_v0_ppo_qwen7b.yaml")
+QWEN7B = str(ROOT / "configs" / "simplerl_zero_v0_ppo_qwen7b.yaml")  # PPO with a critic, 4024-token sequences
+ZOO7B = str(ROOT / "configs" / "simplerl_zoo_grpo_qwen7b.yaml")  # GRPO, 9216-token sequences
+NO_CKPT = ["learner.gradient_checkpointing=false"]
 SCALE = str(ROOT / "configs" / "cpu_scale.yaml")
 
 
@@ -71,26 +73,47 @@ def test_parameter_count_matches_transformers():
 
 
 def test_7b_learner_does_not_fit_80gb_without_checkpointing_and_fits_with_it():
-    cfg = load_config(QWEN7B)
+    cfg = load_config(ZOO7B, NO_CKPT)
     problem = memory.does_not_fit(cfg)
     assert problem is not None and "largest term: activations" in problem and "learner rank" in problem
-    fixed = load_config(QWEN7B, ["learner.gradient_checkpointing=true"])
-    assert memory.does_not_fit(fixed) is None
+    fixed = load_config(ZOO7B)  # the published launcher's gradient checkpointing
+    assert fixed.learner.gradient_checkpointing and memory.does_not_fit(fixed) is None
     learner, engine = memory.predict(fixed)
     margin = learner.budget - learner.total
-    assert 5 * GIB < margin < 40 * GIB  # fits with room, and the terms are not trivially small
-    assert {t.name for t in learner.terms} >= {"parameters", "optimizer state (Adam m, v)", "activations", "logits",
-                                               "reference model"}
+    assert 20 * GIB < margin < 60 * GIB  # fits with room, and the terms are not trivially small
+    terms = {t.name: t.bytes for t in learner.terms}
+    assert set(terms) >= {"parameters", "optimizer state (Adam m, v)", "activations", "logits chunk", "reference model"}
+    arch = memory.architecture(fixed)
+    assert arch.source.startswith("published config.json of Qwen2.5-7B") and 7.6e9 < arch.params < 7.7e9
+    # one chunk of 1024 response positions, never the whole micro-batch's 18432 positions
+    assert terms["logits chunk"] == 1024 * arch.vocab * (2 + 4 * 5)
+    assert terms["reference model"] == arch.params * 2 / 8  # ZeRO-3: 1/8 of it per rank
+    full = memory.predict(load_config(ZOO7B, ["learner.zero_stage=2"]))[0].terms
+    assert next(t.bytes for t in full if t.name == "reference model") == arch.params * 2  # a full copy per rank
     kv = next(t for t in engine.terms if t.name == "KV cache")
     assert "holds" in kv.note and kv.bytes > 10 * GIB
-    assert memory.does_not_fit(load_config(QWEN7B, ["learner.gradient_checkpointing=true",
-                                                    "cluster.gpu_memory_gib=40"])) is not None
+    assert memory.does_not_fit(load_config(ZOO7B, ["cluster.gpu_memory_gib=24"])) is not None
+
+
+def test_7b_ppo_config_predicts_the_critic_group_and_fits():
+    cfg = load_config(QWEN7B)
+    assert cfg.learner.gradient_checkpointing and cfg.critic.gradient_checkpointing  # the published launcher's
+    roles = memory.predict(cfg)
+    assert [r.role.split(" (")[0] for r in roles] == ["learner rank", "critic rank", "rollout engine"]
+    learner, critic = roles[0], roles[1]
+    critic_terms = {t.name: t.bytes for t in critic.terms}
+    assert "logits chunk" not in critic_terms and "reference model" not in critic_terms
+    arch = memory.architecture(cfg)
+    assert critic_terms["parameters"] == (arch.params - arch.vocab * arch.hidden + arch.hidden) * 2 / 8
+    assert memory.does_not_fit(cfg) is None and critic.total < learner.total
+    tight = load_config(QWEN7B, ["critic.gradient_checkpointing=false", "critic.micro_batch_size=4"])
+    assert "critic rank" in memory.does_not_fit(tight)
 
 
 def test_train_refuses_a_gpu_config_predicted_not_to_fit_before_anything_starts(capsys):
     """With a cluster address the GPU-count check is left to placement; the memory check still runs
     first and nothing connects to the (unreachable) address."""
-    code = train_main(["--config", QWEN7B, "cluster.address=ray://127.0.0.1:1"])
+    code = train_main(["--config", ZOO7B, "cluster.address=ray://127.0.0.1:1", *NO_CKPT])
     assert code == 3
     err = capsys.readouterr().err
     assert "learner rank" in err and "largest term: activations" in err and "cluster.gpu_memory_gib=80" in err
@@ -102,11 +125,11 @@ def test_train_refuses_a_kv_cache_that_cannot_hold_one_sequence(capsys):
 
 
 def test_memory_cli_prints_every_term_and_the_margin(capsys):
-    assert memory.main(["--config", QWEN7B, "learner.gradient_checkpointing=true"]) == 0
+    assert memory.main(["--config", QWEN7B]) == 0
     out = capsys.readouterr().out
     for term in ("parameters", "master weights", "gradients", "optimizer state", "ZeRO buffers", "activations",
-                 "logits", "reference model", "weights", "KV cache"):
+                 "logits chunk", "reference model", "critic rank", "weights", "KV cache"):
         assert term in out, term
     assert "fits, margin" in out and "activations with checkpointing off" in out
-    assert memory.main(["--config", QWEN7B]) == 1
+    assert memory.main(["--config", ZOO7B, *NO_CKPT]) == 1
     assert "DOES NOT FIT" in capsys.readouterr().out

@@ -20,7 +20,9 @@ from learner.worker import LearnerSpec
 ROOT = Path(__file__).resolve().parent.parent
 # A config far from the defaults, so that a value taken from the wrong place shows.
 OVERRIDES = ["learner.lr=3e-5", "learner.zero_stage=1", "learner.weight_decay=0.05", "learner.grad_clip=0.7",
-             "learner.micro_batch_size=5", "algorithm.ppo_epochs=3", "algorithm.ppo_mini_batches=4",
+             "learner.micro_batch_size=5", "learner.max_tokens_per_micro_batch=300",
+             "learner.gradient_checkpointing=true", "learner.logprob_chunk_tokens=77",
+             "critic.max_tokens_per_micro_batch=250", "algorithm.ppo_epochs=3", "algorithm.ppo_mini_batches=4",
              "algorithm.clip_low=0.1", "algorithm.clip_high=0.28", "algorithm.dual_clip=3.0",
              "algorithm.loss_agg=seq_mean_token_sum_norm", "algorithm.entropy_coef=0.002", "algorithm.kl_coef=0.03",
              "algorithm.kl_estimator=k2", "algorithm.kl_in_reward=true", "algorithm.tis=sequence",
@@ -32,11 +34,8 @@ OVERRIDES = ["learner.lr=3e-5", "learner.zero_stage=1", "learner.weight_decay=0.
              "algorithm.advantage=gae"]
 # Fields of an actor's config section that stay with the driver (placement, the loop), by design.
 DRIVER_ONLY = {
-    # gradient_checkpointing / max_tokens_per_micro_batch: read by the memory model only, until the learner
-    # applies them (issue 12's learner part); then they move into LearnerSpec.
-    "learner": {"num_ranks", "cpus_per_rank", "resources", "gradient_checkpointing", "max_tokens_per_micro_batch"},
-    "critic": {"num_ranks", "cpus_per_rank", "resources", "gamma", "lam", "warmup_steps", "gradient_checkpointing",
-               "max_tokens_per_micro_batch"},
+    "learner": {"num_ranks", "cpus_per_rank", "resources"},
+    "critic": {"num_ranks", "cpus_per_rank", "resources", "gamma", "lam", "warmup_steps"},
     "algorithm": {"advantage", "mask_truncated"},
     "rollout": {"num_workers", "samples_per_prompt", "temperature", "top_p", "max_new_tokens", "cpus_per_worker",
                 "resources", "max_restarts", "timeout_s", "multiprocess_engine"},

@@ -98,6 +98,7 @@ class StreamedBatch:
                 reissued += len(unfinished)
                 self._recover(worker, unfinished, "failed inside its engine", error, restart=True)
                 continue
+            self.rollouts.note_progress(worker)
             if self.on_chunk is not None:
                 self.on_chunk(worker, chunk)
             self._mark_finished(unfinished, chunk.samples)

@@ -113,7 +113,8 @@ def critic_spec(cfg: Config, model_path: str) -> CriticSpec:
 def engine_spec(cfg: Config, model_path: str) -> EngineSpec:
     return spec_from(EngineSpec, cfg.rollout, model_path=model_path, device=cfg.cluster.device, dtype=cfg.model.dtype,
                      multiprocess=cfg.rollout.multiprocess_engine, seed=cfg.train.seed,
-                     sequences=engine_sequences(cfg), threads=max(1, int(cfg.rollout.cpus_per_worker)))
+                     sequences=engine_sequences(cfg), threads=max(1, int(cfg.rollout.cpus_per_worker)),
+                     sleep_mode=cfg.cluster.colocate, ray_bundles=(), gpus_per_rank=1.0)  # per engine: RolloutGroup
 
 
 def merge_indexed(per_rank: list[list[tuple[int, T]]], size: int) -> list[T]:
@@ -216,18 +217,35 @@ class CriticGroup(RankGroup):
 
 
 class RolloutGroup:
-    def __init__(self, cfg: Config, model_path: str, placement: Placement) -> None:
+    def __init__(self, cfg: Config, model_path: str, placement: Placement, **overrides: Any) -> None:
+        """`overrides`: EngineSpec fields that differ from what the config gives (tests)."""
         r = cfg.rollout
-        spec = engine_spec(cfg, model_path)
+        spec = dataclasses.replace(engine_spec(cfg, model_path), **overrides)
         # Ray restarts a dead worker (same bundle, fresh engine from the base model); the driver then
         # re-syncs its weights and re-issues its prompts (cluster/generation.py). Tasks are not retried
         # by Ray: a re-issue must carry the current policy version, which only the driver knows.
         remote = ray.remote(max_restarts=r.max_restarts, max_task_retries=0)(RolloutWorker)
         self.cfg = r
         self.timeout_s = r.timeout_s
-        self.actors = [remote.options(**placement.options("rollout", i)).remote(spec)
-                       for i in range(r.num_workers)]
+        self.sleeps = spec.sleep_mode  # colocated: engines sleep while the learner trains
+        self.actors = []
+        for i in range(r.num_workers):
+            bundles, share = placement.engine_ranks(i)  # a GPU engine's TP ranks: their bundles and GPU share
+            self.actors.append(remote.options(**placement.options("rollout", i)).remote(
+                dataclasses.replace(spec, ray_bundles=bundles, gpus_per_rank=share)))
+        # When each worker last showed progress (started, or finished a prompt): a call queued behind its
+        # generation (a weight load) is judged by the same rule as generation itself (cluster/sync.py).
+        self.progress = [time.monotonic()] * r.num_workers
         _get([a.__ray_ready__.remote() for a in self.actors], self.timeout_s, "rollout engine start")
+
+    def note_progress(self, index: int) -> None:
+        self.progress[index] = time.monotonic()
+
+    def sleep(self) -> None:
+        """Colocated: every engine frees its GPU memory for the learner; the next weight load wakes it."""
+        if self.sleeps:
+            wait_named([(f"rollout[{i}]", a.sleep.remote()) for i, a in enumerate(self.actors)], self.timeout_s,
+                       "rollout engines going to sleep")
 
     def split(self, prompts: list[Prompt]) -> list[list[Prompt]]:
         """An even, deterministic split: worker i gets prompts i, i+k, i+2k, ..."""

@@ -4,10 +4,10 @@ Reduced mode (torch + DeepSpeed only: no vLLM, no Ray), with the project's own l
 (learner.worker.LearnerWorker) in spawned processes:
   1. a ~1B random Qwen2 built locally; 3 ZeRO-3 bf16 policy steps (loss and grad norm finite, grad
      norm > 0, the responses' mean logprob moves: the weights changed);
-  2. weights to a stand-in receiver process (what a rollout worker does, without vLLM) over the
-     broadcast group (NCCL: needs a second GPU for the receiver; gloo with --device cpu) and over
-     CUDA IPC on the learner's GPU; the receiver fingerprints what arrived, which must equal the
-     learner's weights bit for bit; sync times;
+  2. weights to a stand-in receiver process (what a rollout worker does, without vLLM: the engine
+     side of the same protocol/transports/ modules) over the broadcast group (NCCL: needs a second
+     GPU for the receiver; gloo with --device cpu) and over CUDA IPC on the learner's GPU; the
+     receiver fingerprints what arrived, which must equal the learner's weights bit for bit; sync times;
   3. peak memory of Qwen2.5-7B-shaped models of 1 and 2 layers (one ZeRO-3 bf16 step of 2048 tokens),
      the per-layer increment and its linear extrapolation to 28 layers on one rank.
 Full mode (scripts/gpu_smoke_full.py; needs vLLM and Ray as well): the reduced checks, then the
@@ -29,6 +29,7 @@ import resource
 import sys
 import time
 import traceback
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -39,9 +40,9 @@ import torch  # noqa: E402
 
 from learner.worker import LearnerSpec, LearnerWorker  # noqa: E402
 from protocol.batch import TrainBatch  # noqa: E402
+from protocol import transports as weight_transports  # noqa: E402
 from protocol.endpoints import free_port  # noqa: E402
-from protocol.weight_sync import (DTYPES, TensorMeta, broadcast_bucket, build_manifest, open_broadcast_group,  # noqa: E402
-                                  open_ipc_handle)
+from protocol.weight_sync import DTYPES, TensorMeta, build_manifest  # noqa: E402
 
 # ~0.9B parameters with a 32k vocabulary; Qwen2.5-7B's layer shapes (its config.json); CPU: tiny, same code.
 SHAPES = {
@@ -102,7 +103,7 @@ class SmokeLearner(LearnerWorker):
     def fingerprints(self, buckets: list[list[tuple]], dtype: str) -> dict[str, tuple[int, int]] | None:
         """Every weight as the transports send it (gathered, cast to `dtype`); rank 0 answers."""
         out = {}
-        for metas, values in self._bucket_values(buckets):
+        for metas, values in self._bucket_values([[TensorMeta(*m) for m in bucket] for bucket in buckets]):
             out.update({m.name: fingerprint(v.to(DTYPES[dtype])) for m, v in zip(metas, values)})
         return out if self.rank == 0 else None
 
@@ -111,29 +112,22 @@ class SmokeLearner(LearnerWorker):
 
 
 class StandInReceiver:
-    """Stands in for a rollout engine on the receiving side of a transport: it joins the same
-    broadcast group or maps the same CUDA IPC buffer that rollout workers do, and fingerprints
-    what arrives instead of loading it into vLLM."""
+    """Stands in for a rollout engine on the receiving side of a transport: it opens the engine side of
+    the same transport module (protocol/transports/) that every vLLM worker opens, and fingerprints
+    what arrives instead of reloading it into vLLM."""
 
     def __init__(self, device: str) -> None:
         self.device = torch.device("cuda", 0) if device == "gpu" else torch.device("cpu")
-        self.group = None
+        self.transport: weight_transports.Transport | None = None
 
-    def open_group(self, host: str, port: int, rank: int, world: int, backend: str) -> None:
-        self.group = open_broadcast_group(host, port, rank, world, backend, TIMEOUT_S)
+    def open(self, name: str, setup: dict[str, Any], rank: int) -> None:
+        self.transport = weight_transports.get(name)(weight_transports.SyncSetup.from_dict(setup))
+        self.transport.open_receiver(rank, self.device)
 
-    def receive_broadcast(self, buckets: list[list[tuple]]) -> tuple[float, dict[str, tuple[int, int]]]:
-        start, out = time.perf_counter(), {}
-        for bucket in buckets:
-            pairs = broadcast_bucket(self.group, [TensorMeta(*m) for m in bucket], self.device, TIMEOUT_S)
-            out.update({name: fingerprint(t) for name, t in pairs})
-        return time.perf_counter() - start, out
-
-    def receive_ipc(self, handle: bytes, rows: list[tuple]) -> tuple[float, dict[str, tuple[int, int]]]:
+    def receive(self, version: int, payload: Any) -> tuple[float, dict[str, tuple[int, int]]]:
         start = time.perf_counter()
-        buffer = open_ipc_handle(handle, self.device)
-        out = {name: fingerprint(t) for name, t in buffer.read([TensorMeta(*r) for r in rows])}
-        torch.cuda.synchronize(self.device)
+        out = {name: fingerprint(t) for name, t in self.transport.receive(version, payload)}
+        self.transport.finish(version)
         return time.perf_counter() - start, out
 
     def peak_memory(self) -> float:
@@ -240,17 +234,19 @@ def transports(ranks: list[Hosted], device: str, gpus: int, report: dict[str, An
     expected = call_all(ranks, "fingerprints", buckets, "bfloat16")[0]
     sync: dict[str, Any] = {"bytes": manifest.total_bytes}
     report["sync"], peaks = sync, report["peak_memory_gib"]
+    setup = weight_transports.SyncSetup(buckets, manifest.total_bytes, TIMEOUT_S, device=device)
     if device == "cpu" or gpus >= 2:  # NCCL refuses two ranks on one GPU: the receiver takes GPU 1
         receiver = Hosted("broadcast receiver", StandInReceiver, (device,),
                           {"CUDA_VISIBLE_DEVICES": "1"} if device == "gpu" else {})
         try:
-            backend, port = ("gloo" if device == "cpu" else "nccl"), free_port()
-            receiver.submit("open_group", "127.0.0.1", port, 1, 2, backend)
-            call_all(ranks, "open_weight_group", "127.0.0.1", port, 2, TIMEOUT_S, ["learner[0]", "receiver"])
+            backend = "gloo" if device == "cpu" else "nccl"
+            group = replace(setup, host="127.0.0.1", port=free_port(), world_size=2, rank_names=["learner[0]", "receiver"])
+            receiver.submit("open", "broadcast", group.as_dict(), 1)
+            call_all(ranks, "open_weight_transport", "smoke", "broadcast", group.as_dict())
             receiver.result()
             start = time.perf_counter()
-            receiver.submit("receive_broadcast", buckets)
-            call_all(ranks, "export_broadcast", buckets)
+            receiver.submit("receive", 1, None)
+            call_all(ranks, "export_weights", "smoke", 1)
             seconds, got = receiver.result()
             sync["broadcast"] = {"backend": backend, "seconds": time.perf_counter() - start, "receiver_seconds": seconds,
                                  "gbit_s": manifest.total_bytes * 8 / 1e9 / max(seconds, 1e-9), "exact": got == expected}
@@ -264,10 +260,12 @@ def transports(ranks: list[Hosted], device: str, gpus: int, report: dict[str, An
         return
     receiver = Hosted("ipc receiver", StandInReceiver, (device,), {"CUDA_VISIBLE_DEVICES": "0"})  # the learner's GPU
     try:
+        call_all(ranks, "open_weight_transport", "smoke", "ipc", setup.as_dict())
+        receiver.call("open", "ipc", setup.as_dict(), 1)
         start = time.perf_counter()
-        handle = call_all(ranks, "export_ipc", manifest.total_bytes, buckets)[0]
+        payload = weight_transports.get("ipc").merge_payloads([p for _, p in call_all(ranks, "export_weights", "smoke", 1)])
         exported = time.perf_counter() - start
-        seconds, got = receiver.call("receive_ipc", handle, manifest.rows())
+        seconds, got = receiver.call("receive", 1, payload)
         sync["ipc"] = {"export_seconds": exported, "receiver_seconds": seconds, "exact": got == expected}
         peaks["ipc_receiver"] = receiver.call("peak_memory")
     finally:

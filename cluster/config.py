@@ -103,7 +103,7 @@ class RolloutConfig(Strict):
     max_num_seqs: int | None = Field(None, ge=1)  # sequences an engine runs at once; None: what its KV cache holds
     max_num_batched_tokens: int | None = Field(None, ge=1)  # tokens per engine step; None: vLLM's default
     gpu_memory_utilization: float = Field(0.5, gt=0, le=1)
-    multiprocess_engine: bool = False  # CPU: the in-process engine starts faster (vLLM's GPU default is multiprocess)
+    multiprocess_engine: bool = False  # CPU only: in-process starts faster; GPU engines keep vLLM's default (multiprocess)
     sleep_level: Literal[1, 2] = 1  # cluster.colocate: vLLM sleep while the learner trains (1: weights to CPU, 2: dropped)
     cpus_per_worker: float = Field(1, gt=0)  # CPU, in-process engine: also its torch threads (at least 1)
     resources: dict[str, float] = {}  # extra Ray resources per worker, e.g. {"rollout_node": 1}

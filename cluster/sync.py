@@ -110,7 +110,7 @@ class WeightSync:
         return [(f"rollout[{i}]", getattr(a, method).remote(*args)) for i, a in enumerate(self.rollouts.actors)]
 
     def _rank_offset(self, index: int) -> int:
-        return 1 + index * self.cfg.rollout.tensor_parallel_size
+        return 1 + index * self.rollouts.cfg.tensor_parallel_size  # the group's own engines
 
     def check(self, manifest: WeightManifest) -> None:
         """Every engine validates names and shapes before the first load (a failed load breaks it)."""
@@ -121,7 +121,7 @@ class WeightSync:
         (learner rank 0 plus every engine worker; one that does not join is named)."""
         if self.kind.needs_rendezvous:
             host, port = ray.get(self.learners.actors[0].address.remote())
-            tp = self.cfg.rollout.tensor_parallel_size
+            tp = self.rollouts.cfg.tensor_parallel_size
             names = ["learner[0]"] + [f"rollout[{i}]" + (f" tp rank {j}" if tp > 1 else "")
                                       for i in range(len(self.rollouts.actors)) for j in range(tp)]
             self.setup = replace(self.setup, host=host, port=port, world_size=len(names), rank_names=names)

@@ -12,7 +12,8 @@ import ray
 import torch
 
 from protocol.batch import Prompt
-from tests.test_weight_sync import (Unplaced, Writer, _engine_logprobs, _learner_logprobs, _sequence, _with)
+from tests.test_weight_sync import (SMALL_BUCKET_MB, Unplaced, Writer, _engine_logprobs, _learner_logprobs, _sequence,
+                                    _with)
 
 MODES = {  # rollout config of each engine under test
     "tp2-multiprocess": {"tensor_parallel_size": 2, "multiprocess_engine": True},
@@ -63,7 +64,8 @@ def test_sync_reaches_every_rank_and_logprobs_equal_the_learners(session_trainer
     learner = _learner_logprobs(t.learners, prompt, response)
     _perturb(module_writer, engine, 1)
     perturbed = _engine_logprobs(engine, prompt, response)[0]
-    sync = WeightSync(_with(t.cfg, sync={"transport": transport, "timeout_s": 60.0}), t.learners, engine)
+    sync = WeightSync(_with(t.cfg, sync={"transport": transport, "timeout_s": 60.0, "bucket_mb": SMALL_BUCKET_MB}),
+                      t.learners, engine)
     try:
         metrics = sync.sync()
     finally:
@@ -73,8 +75,8 @@ def test_sync_reaches_every_rank_and_logprobs_equal_the_learners(session_trainer
     assert (perturbed - learner).abs().max() > 1e-3, "the perturbed weights changed nothing: the test proves nothing"
     assert (served - learner).abs().max() < 1e-4, f"{transport} into TP={tp}: engine logprobs differ from the learner's"
     assert len(reports) == tp and metrics["policy_version"] == 1
-    if transport == "shm":  # each rank streamed every bucket
-        assert all(len(trace) == len(module_writer.buckets) for trace in reports)
+    if transport == "shm":  # each rank streamed every bucket, one at a time
+        assert len(sync.setup.buckets) > 1 and all(len(trace) == len(sync.setup.buckets) for trace in reports)
     sample = engine.generate([Prompt(0, prompt, "0")], 1, 1.0, seed=5)[0]
     assert sample.response_ids, "the engine no longer generates"
     sampled = torch.tensor(sample.response_logprobs)

@@ -21,7 +21,7 @@ from protocol.weight_sync import TensorMeta
 
 @dataclass
 class LearnerSpec(RankSpec):
-    """The policy rank's settings; every field comes from the config (cluster/groups.py `spec_from`)."""
+    """The policy rank's settings; every field comes from the config (cluster/specs.py `spec_from`)."""
 
     clip_low: float
     clip_high: float

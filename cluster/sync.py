@@ -39,6 +39,7 @@ from cluster.config import Config, auto_transport
 from cluster.groups import ActorFailure, LearnerGroup, RolloutGroup
 from protocol import transports
 from protocol.weight_sync import DTYPES, WeightManifest, build_manifest
+from rollout.worker import EngineRestarted
 
 
 class WeightSyncError(ActorFailure):
@@ -205,9 +206,9 @@ class WeightSync:
     def sync(self) -> dict[str, float]:
         """Push the learner's current weights to every rollout worker; bumps the policy version on success.
 
-        A rollout worker that dies during the sync is waited for (Ray restarts it) and loaded from the
-        buffer the learner just wrote (transports that keep it: shm, ipc); the sync then succeeds and says
-        so in `sync/recovered`.
+        A rollout worker that dies during the sync, or died before it (Ray restarted it while idle), is
+        waited for and loaded from the buffer the learner just wrote (transports that keep it: shm, ipc);
+        the sync then succeeds and says so in `sync/recovered`.
 
         Metrics: sync/total_s is the driver's wall time; sync/export_s the learner's export (the slowest
         rank, as timed in the learner) and sync/load_s the slowest engine's load (timed in the engine,
@@ -220,7 +221,9 @@ class WeightSync:
             try:
                 exported, loaded = self._move(version)
             except WeightSyncError as error:
-                if not (error.lost and (error.worker or "").startswith("rollout[")):
+                # Died during the sync, or before it (idle, restarted by Ray with no transport open).
+                gone = error.lost or isinstance(error.__cause__, EngineRestarted)
+                if not (gone and (error.worker or "").startswith("rollout[")):
                     raise
                 exported, loaded, recovered = 0.0, 0.0, self._recover(version, error)
             self.version = version
@@ -244,7 +247,8 @@ class WeightSync:
                 stale.append(i)
         for i in stale:
             self._load_from_buffer(i, version)
-        print(f"weight sync v{version}: {error.worker} died during the sync; reloaded {len(stale)} restarted worker(s)")
+        print(f"weight sync v{version}: {error.worker} died before or during the sync; reloaded {len(stale)} "
+              "restarted worker(s)")
         return len(stale)
 
     def _load_from_buffer(self, index: int, version: int) -> None:
@@ -264,6 +268,9 @@ class WeightSync:
         """Put the current policy version into rollout[index] (restarted with the base model's weights)."""
         with self.lock:
             if self.version == 0:  # nothing exported yet: the base model is the current policy
+                name = f"rollout[{index}]"
+                wait_named([(name, self.rollouts.actors[index].adopt_base_weights.remote())], self.deadline_s,
+                           f"re-sync of restarted {name}")
                 return
             self._load_from_buffer(index, self.version)
 

@@ -16,6 +16,21 @@ class EngineAsleep(RuntimeError):
     loaded the current weights since: it would hang, or serve stale or discarded weights."""
 
 
+class EngineRestarted(RuntimeError):
+    """Generation was asked of an engine that Ray restarted (the worker died between batches: a fresh
+    engine from the base model) before the driver loaded the current weights into it: it would serve
+    the base model's weights under a stale policy version."""
+
+
+def _restarted_by_ray() -> bool:
+    """Whether this process is a Ray actor that Ray restarted after a death (False outside Ray)."""
+    import ray
+
+    if not ray.is_initialized() or ray.get_runtime_context().get_actor_id() is None:
+        return False
+    return bool(ray.get_runtime_context().was_current_actor_reconstructed)
+
+
 @dataclass
 class EngineSpec:
     model_path: str
@@ -72,6 +87,9 @@ class RolloutWorker:
         self.engine = vllm_compat.make_engine(*args, ray_bundles=spec.ray_bundles, gpus_per_rank=spec.gpus_per_rank)
         self.version = 0
         self.asleep = False  # set by sleep(); only a weight load wakes the engine again
+        # Restarted by Ray: the driver must load the current weights (or confirm the base model's) first.
+        self.needs_weights = _restarted_by_ray()
+        self.open_transports: set[str] = set()  # weight syncs (keys) opened in this instance
         self.last_load: list[Any] = []  # the transport's report of the last load, per engine worker (shm: bucket times)
 
     def _params(self, prompts: list[Prompt], n: int, temperature: float, top_p: float, max_tokens: int,
@@ -127,13 +145,18 @@ class RolloutWorker:
         """Open the engine side of transport `name` for the weight sync `key` in every engine worker (TP
         rank r is weight rank `rank_offset` + r); validates the layout's names and shapes first."""
         self.engine.collective_rpc("open_transport", args=(key, name, setup, rank_offset))
+        self.open_transports.add(key)
 
     def close_weight_transport(self, key: str) -> None:
         self.engine.collective_rpc("close_transport", args=(key,))
+        self.open_transports.discard(key)
 
     def load_weights(self, key: str, version: int, payload: Any = None) -> float:
         """Load weight `version` through sync `key`'s transport into every engine worker and drop the prefix
         cache; a sleeping engine wakes its weights first and its KV cache after. Returns seconds."""
+        if self.needs_weights and key not in self.open_transports:  # its previous instance had it open
+            raise EngineRestarted(f"rollout engine was restarted by Ray and has not opened weight sync {key!r}: "
+                                  "the driver re-opens it and loads the kept export")
         start = time.perf_counter()
         if self.asleep:
             self.vc.wake_up(self.engine, ["weights"])
@@ -142,7 +165,13 @@ class RolloutWorker:
             self.vc.wake_up(self.engine, ["kv_cache"])
             self.asleep = False
         self.version = version
+        self.needs_weights = False
         return time.perf_counter() - start
+
+    def adopt_base_weights(self) -> None:
+        """The driver confirms that the base model this (restarted) engine holds is the current policy
+        (nothing was synced yet), so it may generate."""
+        self.needs_weights = False
 
     def sleep(self) -> None:
         """Colocated: free the engine's GPU memory for the learner (spec.sleep_level). The engine stays
@@ -158,6 +187,9 @@ class RolloutWorker:
         return self.vc.is_sleeping(self.engine)
 
     def _check_awake(self) -> None:
+        if self.needs_weights:
+            raise EngineRestarted("rollout engine was restarted by Ray (a fresh engine from the base model) and has "
+                                  "loaded no weights since: the driver re-syncs it before it generates")
         if self.asleep:
             raise EngineAsleep(f"rollout engine (policy version {self.version}) is asleep: it woke for no weight load "
                                "since the learner trained; sync the weights first (WeightSync.sync wakes it)")

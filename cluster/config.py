@@ -103,7 +103,8 @@ class RolloutConfig(Strict):
     max_num_seqs: int | None = Field(None, ge=1)  # sequences an engine runs at once; None: what its KV cache holds
     max_num_batched_tokens: int | None = Field(None, ge=1)  # tokens per engine step; None: vLLM's default
     gpu_memory_utilization: float = Field(0.5, gt=0, le=1)
-    multiprocess_engine: bool = False  # CPU: the in-process engine starts faster and takes tensors directly
+    multiprocess_engine: bool = False  # CPU only: in-process starts faster; GPU engines keep vLLM's default (multiprocess)
+    sleep_level: Literal[1, 2] = 1  # cluster.colocate: vLLM sleep while the learner trains (1: weights to CPU, 2: dropped)
     cpus_per_worker: float = Field(1, gt=0)  # CPU, in-process engine: also its torch threads (at least 1)
     resources: dict[str, float] = {}  # extra Ray resources per worker, e.g. {"rollout_node": 1}
     max_restarts: int = Field(3, ge=0)  # a worker that dies is restarted, re-synced and its prompts re-issued
@@ -193,7 +194,7 @@ class RewardConfig(Strict):
 
 
 class SyncConfig(Strict):
-    transport: Literal["auto", "shm", "broadcast", "ipc"] = "auto"  # see cluster/sync.py for which to choose
+    transport: str = "auto"  # auto or a module of protocol/transports/ (shm, broadcast, ipc); see cluster/sync.py
     # shm streams at this granularity (engines load bucket i while the learner writes i+1), so the
     # first bucket's export is the exposed part; per bucket it costs one ZeRO-3 gather context / one collective.
     bucket_mb: float = Field(16, gt=0)
@@ -213,6 +214,9 @@ class ClusterConfig(Strict):
             raise ValueError(f"cluster.shared_dir must be an absolute path, got {self.shared_dir!r}")
         return self
     device: Literal["cpu", "gpu"] = "cpu"
+    # GPU: each rollout engine's GPU(s) shared with learner ranks (fractional bundles, CUDA IPC sync, vLLM
+    # sleeps while the learner trains); needs rollout.num_workers x tensor_parallel_size == learner.num_ranks.
+    colocate: bool = False
     placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK"] = "PACK"
     placement_timeout_s: float = Field(60, gt=0)
     gpu_memory_gib: float = Field(80, gt=0)  # memory of each GPU: cluster.train refuses configs predicted not to fit
@@ -277,7 +281,46 @@ class Config(Strict):
             if budget is not None and budget < self.rollout.max_model_len:
                 raise ValueError(f"{name}.max_tokens_per_micro_batch={budget} is below rollout.max_model_len="
                                  f"{self.rollout.max_model_len}: a full-length sequence would not fit one micro-batch")
+        if self.cluster.colocate:
+            _check_colocation(self)
+        if self.sync.transport != "auto" or self.cluster.colocate:
+            _check_transport(self)
         return self
+
+
+def _check_colocation(cfg: "Config") -> None:
+    """cluster.colocate puts every engine worker on the GPU of one learner rank; vLLM sleeps while the
+    learner trains, so generation and training take turns."""
+    r, engine_gpus = cfg.rollout, cfg.rollout.num_workers * cfg.rollout.tensor_parallel_size
+    if cfg.cluster.device != "gpu":
+        raise ValueError("cluster.colocate needs cluster.device=gpu (engines share GPUs with learner ranks)")
+    if engine_gpus != cfg.learner.num_ranks:
+        raise ValueError(f"cluster.colocate: rollout.num_workers x rollout.tensor_parallel_size ({r.num_workers} x "
+                         f"{r.tensor_parallel_size} = {engine_gpus}) must equal learner.num_ranks "
+                         f"({cfg.learner.num_ranks}): one engine worker and one learner rank per GPU")
+    if cfg.train.max_staleness > 0:
+        raise ValueError("cluster.colocate needs train.max_staleness=0: the engines sleep while the learner trains")
+
+
+def _check_transport(cfg: "Config") -> None:
+    """sync.transport names a registered transport that can run where the config places things."""
+    from protocol import transports
+
+    name = cfg.sync.transport
+    if name == "auto":
+        name = auto_transport(cfg.cluster.device, cfg.cluster.colocate)
+    if name not in transports.names():
+        raise ValueError(f"sync.transport: unknown transport {name!r} (auto, {', '.join(transports.names())})")
+    problem = transports.get(name).refusal(cfg.cluster.device, cfg.cluster.colocate)
+    if problem:
+        raise ValueError(problem)
+
+
+def auto_transport(device: str, colocate: bool) -> str:
+    """sync.transport=auto: CUDA IPC when colocated, shared memory on a CPU node, NCCL broadcast on GPUs."""
+    if colocate:
+        return "ipc"
+    return "shm" if device == "cpu" else "broadcast"
 
 
 class ConfigError(ValueError):
@@ -333,8 +376,10 @@ def _describe(err: ValidationError) -> str:
     lines = []
     for e in err.errors():
         field = ".".join(str(p) for p in e["loc"]) or "(config)"
-        msg = _unknown_key(e["loc"]) if e["type"] == "extra_forbidden" else e["msg"]
-        lines.append(f"  {field}: {msg}" + (f" (got {e['input']!r})" if e["type"] != "extra_forbidden" else ""))
+        msg = _unknown_key(e["loc"]) if e["type"] == "extra_forbidden" else e["msg"].removeprefix("Value error, ")
+        # A whole-config check names its fields in the message; echoing the whole tree would bury it.
+        shown = e["type"] != "extra_forbidden" and bool(e["loc"])
+        lines.append(f"  {field}: {msg}" + (f" (got {e['input']!r})" if shown else ""))
     return "invalid config:\n" + "\n".join(lines)
 
 

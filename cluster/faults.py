@@ -14,6 +14,8 @@ same process can set it with monkeypatch. Faults (each one line at its point in 
 - `rollout_engine_error:<k>`: rollout[0]'s engine raises RuntimeError inside vLLM at its first model
   step of step <k>'s batch (an error inside the engine, not an actor death); the re-issue after its
   restart runs clean. `rollout_engine_error_repeat:<k>`: the re-issued prompts fail again.
+- `rollout_kill:<k>`: the driver kills rollout[0] just before step <k> starts, as a crash would (Ray
+  restarts it while `rollout.max_restarts` allows).
 
 Nothing here runs unless the variable is set; production runs never set it.
 """
@@ -24,7 +26,8 @@ import signal
 from typing import Any
 
 ENV = "REASONRL_FAULT"
-FAULTS = ("checkpoint_write_fail", "driver_kill", "learner_kill", "rollout_engine_error", "rollout_engine_error_repeat")
+FAULTS = ("checkpoint_write_fail", "driver_kill", "learner_kill", "rollout_engine_error", "rollout_engine_error_repeat",
+          "rollout_kill")
 
 
 def armed(name: str, step: int) -> bool:
@@ -68,3 +71,12 @@ def engine_error(step: int | None, worker: int, actor: Any, reissue: bool) -> No
         import ray
 
         ray.get(actor.arm_engine_error.remote(f"injected engine error (REASONRL_FAULT, step {step})"))
+
+
+def rollout_kill(step: int, rollouts: Any) -> None:
+    """The rollout_kill point: kills rollout[0] of `rollouts` (a RolloutGroup) when armed; Ray restarts
+    it if its restarts are not used up."""
+    if armed("rollout_kill", step):
+        import ray
+
+        ray.kill(rollouts.actors[0], no_restart=False)

@@ -7,8 +7,10 @@ A worker that dies mid-batch is restarted by Ray (`rollout.max_restarts`); `resy
 current policy into the new engine and the worker's unfinished prompts are issued to it again with the
 same seeds, so the batch completes with every prompt exactly once. An error raised inside the engine
 (a RayTaskError: the actor lives, its engine may not) is handled the same way: the worker is told to
-exit, Ray restarts it, and its prompts are re-issued. The cause is printed and kept in
-`Rollout.restart_causes`. A worker that fails a second time in the same batch stops it (ActorFailure
+exit, Ray restarts it, and its prompts are re-issued. A worker that died between batches (Ray restarted
+it before this batch reached it) refuses to generate until re-synced (EngineRestarted): it is re-synced
+and its prompts re-issued the same way, instead of serving the base model's weights. The cause is
+printed and kept in `Rollout.restart_causes`. A worker that fails a second time in the same batch stops it (ActorFailure
 naming the worker and both causes): the failure repeats on the same prompts. Every wait is bounded by
 `rollout.timeout_s`: a worker that finishes no prompt for that long is named in a GenerationError.
 """
@@ -23,6 +25,7 @@ import ray
 from cluster import faults
 from cluster.groups import ActorFailure, RewardPool, RolloutGroup, actor_error_text
 from protocol.batch import GeneratedChunk, Prompt, Sample
+from rollout.worker import EngineRestarted
 
 # What a stream raises when its actor died or lost its connection (the actor may be restarting).
 ACTOR_LOST = (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError)
@@ -92,12 +95,19 @@ class StreamedBatch:
                 reissued += len(unfinished)
                 self._recover(worker, unfinished, "died", error)
                 continue
+            except EngineRestarted as error:  # died between batches: Ray restarted it before this batch came
+                del self.streams[stream]
+                restarts += 1
+                reissued += len(unfinished)
+                self._recover(worker, unfinished, "was restarted by Ray with the base model's weights", error)
+                continue
             except ray.exceptions.RayTaskError as error:  # raised inside the engine: the actor is alive
                 del self.streams[stream]
                 restarts += 1
                 reissued += len(unfinished)
                 self._recover(worker, unfinished, "failed inside its engine", error, restart=True)
                 continue
+            self.rollouts.note_progress(worker)
             if self.on_chunk is not None:
                 self.on_chunk(worker, chunk)
             self._mark_finished(unfinished, chunk.samples)

@@ -11,17 +11,16 @@ import time
 from typing import Any, TypeVar
 
 import ray
-from pydantic import BaseModel
 
 from cluster.config import Config
-from cluster.memory import engine_sequences
 from cluster.placement import Placement
-from learner.critic import CriticSpec, CriticWorker
-from learner.worker import LearnerSpec, LearnerWorker
+from cluster.specs import critic_spec, engine_spec, learner_spec
+from learner.critic import CriticWorker
+from learner.worker import LearnerWorker
 from protocol.batch import Prompt, Sample, TrainBatch
 from reward.scoring import Verdict, describe_error, error_kind
 from reward.worker import RewardWorker
-from rollout.worker import EngineSpec, RolloutWorker
+from rollout.worker import RolloutWorker
 
 T = TypeVar("T")
 
@@ -77,43 +76,6 @@ def wait_named(named: list[tuple[str, ray.ObjectRef]], timeout_s: float, what: s
             lost = isinstance(err, (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError))
             raise error(f"{what}: {name} failed: {actor_error_text(err)}", name, lost) from err
     return ray.get([ref for _, ref in named])
-
-
-def spec_from(spec_cls: type[T], *sections: BaseModel, **derived: Any) -> T:
-    """An actor spec (a dataclass) filled from config sections: each field takes the same-named field
-    of the one section that has it, or a `derived` value (a field no section names, or one computed
-    from several). A field found nowhere, or in two places, is an error: every value an actor gets has
-    one source, the config (tests/test_specs.py checks every spec against it)."""
-    values: dict[str, Any] = {}
-    for f in dataclasses.fields(spec_cls):  # type: ignore[arg-type]
-        found = [sec for sec in sections if f.name in type(sec).model_fields]
-        if len(found) + (f.name in derived) != 1:
-            where = [type(sec).__name__ for sec in found] + (["derived"] if f.name in derived else [])
-            raise TypeError(f"{spec_cls.__name__}.{f.name}: needs exactly one source, found {where or 'none'}")
-        values[f.name] = derived[f.name] if f.name in derived else getattr(found[0], f.name)
-    unused = set(derived) - set(values)
-    if unused:
-        raise TypeError(f"{spec_cls.__name__} has no field(s) {sorted(unused)}")
-    return spec_cls(**values)
-
-
-def learner_spec(cfg: Config, model_path: str) -> LearnerSpec:
-    return spec_from(LearnerSpec, cfg.learner, cfg.algorithm, model_path=model_path, device=cfg.cluster.device,
-                     dtype=cfg.model.dtype, max_response_len=cfg.rollout.max_new_tokens, seed=cfg.train.seed,
-                     timeout_s=cfg.sync.timeout_s)
-
-
-def critic_spec(cfg: Config, model_path: str) -> CriticSpec:
-    a = cfg.algorithm
-    return spec_from(CriticSpec, cfg.critic, model_path=model_path, device=cfg.cluster.device, dtype=cfg.model.dtype,
-                     ppo_epochs=a.ppo_epochs, ppo_mini_batches=a.ppo_mini_batches, seed=cfg.train.seed,
-                     timeout_s=cfg.sync.timeout_s)
-
-
-def engine_spec(cfg: Config, model_path: str) -> EngineSpec:
-    return spec_from(EngineSpec, cfg.rollout, model_path=model_path, device=cfg.cluster.device, dtype=cfg.model.dtype,
-                     multiprocess=cfg.rollout.multiprocess_engine, seed=cfg.train.seed,
-                     sequences=engine_sequences(cfg), threads=max(1, int(cfg.rollout.cpus_per_worker)))
 
 
 def merge_indexed(per_rank: list[list[tuple[int, T]]], size: int) -> list[T]:
@@ -216,18 +178,35 @@ class CriticGroup(RankGroup):
 
 
 class RolloutGroup:
-    def __init__(self, cfg: Config, model_path: str, placement: Placement) -> None:
+    def __init__(self, cfg: Config, model_path: str, placement: Placement, **overrides: Any) -> None:
+        """`overrides`: EngineSpec fields that differ from what the config gives (tests)."""
         r = cfg.rollout
-        spec = engine_spec(cfg, model_path)
+        spec = dataclasses.replace(engine_spec(cfg, model_path), **overrides)
         # Ray restarts a dead worker (same bundle, fresh engine from the base model); the driver then
         # re-syncs its weights and re-issues its prompts (cluster/generation.py). Tasks are not retried
         # by Ray: a re-issue must carry the current policy version, which only the driver knows.
         remote = ray.remote(max_restarts=r.max_restarts, max_task_retries=0)(RolloutWorker)
         self.cfg = r
         self.timeout_s = r.timeout_s
-        self.actors = [remote.options(**placement.options("rollout", i)).remote(spec)
-                       for i in range(r.num_workers)]
+        self.sleeps = spec.sleep_mode  # colocated: engines sleep while the learner trains
+        self.actors = []
+        for i in range(r.num_workers):
+            bundles, share = placement.engine_ranks(i)  # a GPU engine's TP ranks: their bundles and GPU share
+            self.actors.append(remote.options(**placement.options("rollout", i)).remote(
+                dataclasses.replace(spec, ray_bundles=bundles, gpus_per_rank=share)))
+        # When each worker last showed progress (started, or finished a prompt): a call queued behind its
+        # generation (a weight load) is judged by the same rule as generation itself (cluster/sync.py).
+        self.progress = [time.monotonic()] * r.num_workers
         _get([a.__ray_ready__.remote() for a in self.actors], self.timeout_s, "rollout engine start")
+
+    def note_progress(self, index: int) -> None:
+        self.progress[index] = time.monotonic()
+
+    def sleep(self) -> None:
+        """Colocated: every engine frees its GPU memory for the learner; the next weight load wakes it."""
+        if self.sleeps:
+            wait_named([(f"rollout[{i}]", a.sleep.remote()) for i, a in enumerate(self.actors)], self.timeout_s,
+                       "rollout engines going to sleep")
 
     def split(self, prompts: list[Prompt]) -> list[list[Prompt]]:
         """An even, deterministic split: worker i gets prompts i, i+k, i+2k, ..."""

@@ -1,36 +1,45 @@
-"""Driver side of the weight sync: pick a transport, build the manifest once, move weights each step.
+"""Driver side of the weight sync: pick a transport, open it on both sides, move the weights after each step.
 
-Choosing a transport (`sync.transport`):
-- ``auto``: ``shm`` on a CPU cluster (one node), ``broadcast`` (NCCL) on GPUs.
-- ``shm``: CPU, learner rank 0 and every rollout worker on one node (they share /dev/shm). Streamed:
-  the export and the loads start together; each bucket is stamped with the version once written and
-  engines load it meanwhile (protocol/shm_stream.py). x86-64 hosts only (store ordering).
-- ``broadcast``: any placement; GPUs use NCCL, CPU gloo. The default for disaggregated GPUs.
-- ``ipc``: GPUs only, and only when learner rank 0 and every rollout worker share one physical GPU
-  (colocated, e.g. fractional GPU bundles). No bytes move at all: the engine reads learner rank 0's
-  buffer in place. Costs one extra weight copy in GPU memory. A receiver on another GPU fails at the
-  first sync with an error naming it.
+Choosing a transport (`sync.transport`; one module per transport in protocol/transports/):
+- ``auto``: ``ipc`` with cluster.colocate, ``shm`` on a CPU cluster (one node), ``broadcast`` (NCCL) on GPUs.
+- ``shm``: learner rank 0 and every engine on one node (they share /dev/shm). Streamed: the export and
+  the loads start together; each bucket is stamped with the version once written and engines load it
+  meanwhile (protocol/shm_stream.py). x86-64 hosts only (store ordering).
+- ``broadcast``: disaggregated placements; GPUs use NCCL, CPU gloo. The default for GPUs.
+- ``ipc``: cluster.colocate only (each engine worker on a learner rank's GPU); no bytes cross a link:
+  each engine worker reads its GPU's learner buffer in place. Costs one extra weight copy per GPU.
 
-Every part of a sync is bounded by `sync.timeout_s`; the first worker that fails, or the workers
-still running at the deadline, are named in a WeightSyncError. A failed sync leaves the group
-unusable (a receiver may be half-loaded): restart the rollout engines.
+The driver schedules every transport from the facts it declares (protocol/transports/base.py): whether
+its loads stream beside the export, whether export and loads are one collective, whether an engine that
+restarts can reload the last export without the learner.
+
+Deadlines: every part is bounded by `sync.timeout_s`, counted from when that part can start. An engine
+runs its calls in order, so its load queues behind generation already submitted to it
+(train.max_staleness > 0); its deadline starts when the engine reaches the load (a marker call
+submitted just before the load returns then). Until then the wait follows generation's own progress
+rule: the engine must finish a prompt at least every `rollout.timeout_s`. A collective transport starts
+the learner's export only once every engine is at its load. A worker that fails, or is still running
+at its deadline, is named in a WeightSyncError. A failed sync may leave a receiver half-loaded.
+
+Colocated engines sleep while the learner trains (RolloutGroup.sleep); a load wakes the engine's
+weights, loads, then wakes its KV cache, so an engine never generates with the weights it slept with.
 """
 from __future__ import annotations
 
-import os
 import threading
 import time
 import uuid
-from dataclasses import replace
-from pathlib import Path
+from dataclasses import dataclass, replace
 from typing import Any
 
 import ray
 
-from cluster.config import Config
 from cluster import groups
+from cluster.config import Config, auto_transport
 from cluster.groups import ActorFailure, LearnerGroup, RolloutGroup
+from protocol import transports
 from protocol.weight_sync import DTYPES, WeightManifest, build_manifest
+from rollout.worker import EngineRestarted
 
 
 class WeightSyncError(ActorFailure):
@@ -38,13 +47,9 @@ class WeightSyncError(ActorFailure):
 
 
 def choose_transport(cfg: Config) -> str:
-    """auto: shared memory on a single CPU node, a broadcast group (NCCL) on GPUs."""
-    transport = cfg.sync.transport
-    if transport == "ipc" and cfg.cluster.device != "gpu":
-        raise ValueError("sync.transport=ipc needs cluster.device=gpu (CUDA IPC between colocated processes)")
-    if transport != "auto":
-        return transport
-    return "shm" if cfg.cluster.device == "cpu" else "broadcast"
+    """The transport `sync.transport` names (auto: see auto_transport); the config validated it."""
+    name = cfg.sync.transport
+    return auto_transport(cfg.cluster.device, cfg.cluster.colocate) if name == "auto" else name
 
 
 def wait_named(named: list[tuple[str, ray.ObjectRef]], timeout_s: float, what: str) -> list[Any]:
@@ -52,63 +57,52 @@ def wait_named(named: list[tuple[str, ray.ObjectRef]], timeout_s: float, what: s
     return groups.wait_named(named, timeout_s, what, error=WeightSyncError)
 
 
-def _seconds(values: list[Any]) -> float:
-    """The longest of the workers' self-reported durations (a worker that reports none counts 0)."""
-    return max((float(v) for v in values if v is not None), default=0.0)
+@dataclass(eq=False)
+class Part:
+    """One actor's call in a sync. An engine's call waits behind `marker` (its queue) before its
+    deadline starts; `started` is when it could start running."""
 
-
-def remove_orphaned_segments(directory: str = "/dev/shm") -> list[str]:
-    """Delete weight segments left by drivers that no longer run (a SIGKILLed driver cannot remove its
-    own, and each holds a whole model in RAM-backed /dev/shm). The driver's pid is in the name."""
-    removed = []
-    for path in Path(directory).glob("reasonrl-*-*.weights"):
-        pid = path.name.split("-")[1]
-        if pid.isdigit() and not _alive(int(pid)):
-            path.unlink(missing_ok=True)
-            removed.append(str(path))
-    return removed
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's live process
-        return True
-    return True
+    name: str
+    ref: ray.ObjectRef
+    marker: ray.ObjectRef | None = None
+    index: int = -1  # rollout index (for the progress rule)
+    submitted: float = 0.0
+    started: float | None = None
 
 
 class WeightSync:
     def __init__(self, cfg: Config, learners: LearnerGroup, rollouts: RolloutGroup) -> None:
         self.cfg, self.learners, self.rollouts = cfg, learners, rollouts
         self.transport = choose_transport(cfg)
+        self.kind = transports.get(self.transport)
+        self.key = uuid.uuid4().hex[:8]  # this sync's transport on the actors (tests run several side by side)
         self.bucket_bytes = int(cfg.sync.bucket_mb * 2**20)
         self.timeout_s = cfg.sync.timeout_s
         # The driver waits a little longer than the collectives, so a worker's own timeout error
         # (which names the missing peer) arrives before the driver's generic one.
         self.deadline_s = self.timeout_s * 1.25 + 2.0
         self.layout = learners.call("weight_layout")[0]
-        self.location = f"/dev/shm/reasonrl-{os.getpid()}-{uuid.uuid4().hex[:8]}.weights"
-        if self.transport == "shm":
-            remove_orphaned_segments()
+        self._manifest = build_manifest(self.layout, DTYPES[cfg.model.dtype], 0, self.transport,
+                                        self.kind.scratch_location())
+        self.setup = transports.SyncSetup(buckets=self._manifest.bucket_rows(self.bucket_bytes),
+                                          total_bytes=self._manifest.total_bytes, timeout_s=self.timeout_s,
+                                          device=cfg.cluster.device, location=self._manifest.location)
         self.version = 0
-        self.ipc_handle: bytes | None = None  # the learner's buffer handle (transport ipc), kept for re-syncs
+        self.payload: Any = None  # what the last export handed the engines (ipc: handles), kept for re-syncs
+        self._exporting: list[Part] = []  # the learner ranks' parts of the sync in flight
         # Syncs run on the driver's main thread, re-syncs of restarted workers on generation threads.
         self.lock = threading.Lock()
-        self._layout_manifest: WeightManifest | None = None
-        self._buckets: list[list[tuple]] = []
         self.check(self.manifest(0))
-        if self.transport == "broadcast":
-            self.open_groups()
+        self.kind.driver_open(self.setup)
+        self.open()
+
+    @property
+    def location(self) -> str:
+        return self.setup.location
 
     def manifest(self, version: int) -> WeightManifest:
         """The layout never changes between syncs: built once, only the version is replaced."""
-        if self._layout_manifest is None:
-            self._layout_manifest = build_manifest(self.layout, DTYPES[self.cfg.model.dtype], 0, self.transport,
-                                                   self.location)
-            self._buckets = self._layout_manifest.bucket_rows(self.bucket_bytes)
-        return replace(self._layout_manifest, version=version)
+        return replace(self._manifest, version=version)
 
     def _learner_refs(self, method: str, *args: Any) -> list[tuple[str, ray.ObjectRef]]:
         return [(f"learner[{i}]", getattr(a, method).remote(*args)) for i, a in enumerate(self.learners.actors)]
@@ -116,110 +110,172 @@ class WeightSync:
     def _rollout_refs(self, method: str, *args: Any) -> list[tuple[str, ray.ObjectRef]]:
         return [(f"rollout[{i}]", getattr(a, method).remote(*args)) for i, a in enumerate(self.rollouts.actors)]
 
+    def _rank_offset(self, index: int) -> int:
+        return 1 + index * self.rollouts.cfg.tensor_parallel_size  # the group's own engines
+
     def check(self, manifest: WeightManifest) -> None:
         """Every engine validates names and shapes before the first load (a failed load breaks it)."""
         wait_named(self._rollout_refs("check_weight_names", manifest), self.deadline_s, "weight name/shape check")
 
-    def open_groups(self) -> None:
-        """Form the broadcast group: learner rank 0 plus every rollout rank; a rank that does not join is named."""
-        host, port = ray.get(self.learners.actors[0].address.remote())
-        tp = self.cfg.rollout.tensor_parallel_size
-        world = 1 + len(self.rollouts.actors) * tp
-        names = ["learner[0]"] + [f"rollout[{i}]" + (f" tp rank {j}" if tp > 1 else "")
-                                  for i in range(len(self.rollouts.actors)) for j in range(tp)]
-        refs = self._learner_refs("open_weight_group", host, port, world, self.timeout_s, names)
-        refs += [(f"rollout[{i}]", a.open_weight_group.remote(host, port, 1 + i * tp, world, self.timeout_s))
+    def open(self) -> None:
+        """Open the transport on every learner rank and engine; a rendezvous transport forms its group now
+        (learner rank 0 plus every engine worker; one that does not join is named)."""
+        if self.kind.needs_rendezvous:
+            host, port = ray.get(self.learners.actors[0].address.remote())
+            tp = self.rollouts.cfg.tensor_parallel_size
+            names = ["learner[0]"] + [f"rollout[{i}]" + (f" tp rank {j}" if tp > 1 else "")
+                                      for i in range(len(self.rollouts.actors)) for j in range(tp)]
+            self.setup = replace(self.setup, host=host, port=port, world_size=len(names), rank_names=names)
+        setup = self.setup.as_dict()
+        refs = self._learner_refs("open_weight_transport", self.key, self.transport, setup)
+        refs += [(f"rollout[{i}]", a.open_weight_transport.remote(self.key, self.transport, setup, self._rank_offset(i)))
                  for i, a in enumerate(self.rollouts.actors)]
-        wait_named(refs, self.deadline_s, "opening the weight-sync group")
+        wait_named(refs, self.deadline_s, f"opening the weight transport ({self.transport})")
 
-    def _move(self, manifest: WeightManifest) -> tuple[float, float]:
+    # ---- one sync ------------------------------------------------------------------------------
+    def _markers(self) -> list[Part]:
+        """A cheap call per engine, queued behind whatever it runs now: it returns when the engine
+        reaches the load submitted right after it."""
+        now, parts = time.monotonic(), []
+        for i, actor in enumerate(self.rollouts.actors):
+            ref = actor.policy_version.remote()
+            parts.append(Part(f"rollout[{i}]", ref, marker=ref, index=i, submitted=now))
+        return parts
+
+    def _loads(self, markers: list[Part], version: int, payload: Any) -> list[Part]:
+        return [replace(m, ref=self.rollouts.actors[m.index].load_weights.remote(self.key, version, payload),
+                        started=None) for m in markers]
+
+    def _export(self, version: int) -> list[Part]:
+        now = time.monotonic()
+        return [Part(name, ref, submitted=now, started=now) for name, ref in self._learner_refs("export_weights", self.key, version)]
+
+    def _move(self, version: int) -> tuple[float, float]:
         """Run the transport; returns (export seconds, load seconds), each measured where it ran.
 
-        shm and broadcast: the learner's export and the engines' loads are submitted together and
-        overlap (engines load bucket i while the learner writes bucket i+1). ipc: export, then loads.
+        Streaming transports: the learner's export and the engines' loads run together (engines load
+        bucket i while the learner writes bucket i+1); a collective one first waits for every engine to
+        reach its load. Otherwise (ipc): export, then the loads with what the export returned.
         """
-        what = f"weight sync v{manifest.version} ({self.transport})"
-        buckets = self._buckets
-        if self.transport in ("shm", "broadcast"):
-            if self.transport == "shm":
-                export = self._learner_refs("export_to_shm", manifest.location, manifest.version,
-                                            manifest.total_bytes, buckets)
-                loads = self._rollout_refs("load_weights_shm", manifest, self.bucket_bytes, self.timeout_s)
-            else:
-                export = self._learner_refs("export_broadcast", buckets)
-                loads = self._rollout_refs("load_weights_broadcast", manifest, self.bucket_bytes)
-            results = wait_named(export + loads, self.deadline_s, what)
-            return _seconds(results[:len(export)]), _seconds(results[len(export):])
-        start = time.perf_counter()
-        handle = wait_named(self._learner_refs("export_ipc", manifest.total_bytes, buckets), self.deadline_s, what)[0]
-        self.ipc_handle = handle
-        exported = time.perf_counter() - start
-        loaded = wait_named(self._rollout_refs("load_weights_ipc", manifest, handle), self.deadline_s, what)
-        return exported, _seconds(loaded)
+        what = f"weight sync v{version} ({self.transport})"
+        markers = self._markers()
+        if self.kind.collective:
+            self._wait(markers, what)  # every engine is at its load (whose deadline then starts at once)
+        if self.kind.streams:
+            self._exporting = self._export(version)
+            loads = self._loads(markers, version, None)
+            results = self._wait(self._exporting + loads, what)
+            exported, loaded = results[:len(self._exporting)], results[len(self._exporting):]
+        else:
+            self._exporting = self._export(version)
+            exported = self._wait(self._exporting, what)
+            self.payload = self.kind.merge_payloads([payload for _, payload in exported])
+            loaded = self._wait(self._loads(markers, version, self.payload), what)
+        return max(s for s, _ in exported), max(loaded, default=0.0)
+
+    def _wait(self, parts: list[Part], what: str) -> list[Any]:
+        """Every part's result, in order. A part's deadline (deadline_s) runs from `started`; an engine's
+        part waits for its marker first, bounded by the progress rule (see the module docstring)."""
+        progress_s = self.cfg.rollout.timeout_s
+        results: dict[int, Any] = {}
+        pending = {id(p): p for p in parts}
+        while pending:
+            now = time.monotonic()
+            waiting = [p for p in pending.values() if p.started is None]
+            for p in waiting:  # queued behind generation
+                if p.marker is None:
+                    p.started = now
+                elif now - max(p.submitted, self.rollouts.progress[p.index]) > progress_s:
+                    raise WeightSyncError(f"{what}: {p.name} did not reach its load: the generation queued ahead of it "
+                                          f"finished no prompt within rollout.timeout_s={progress_s:g}s", p.name)
+            late = [p.name for p in pending.values() if p.started is not None and now > p.started + self.deadline_s]
+            if late:
+                raise WeightSyncError(f"{what}: {', '.join(late)} did not finish within {self.deadline_s:g}s")
+            watch = {(p.marker if p.started is None else p.ref): p for p in pending.values()}
+            ready, _ = ray.wait(list(watch), num_returns=1, timeout=1.0)
+            for ref in ready:
+                p = watch[ref]
+                result = wait_named([(p.name, ref)], self.deadline_s, what)[0]  # ready: raises its error, named
+                if p.started is None:  # the marker: the engine reached the call behind it
+                    p.started = time.monotonic()
+                else:
+                    results[id(p)] = result
+                    del pending[id(p)]
+        return [results[id(p)] for p in parts]
 
     def sync(self) -> dict[str, float]:
         """Push the learner's current weights to every rollout worker; bumps the policy version on success.
 
-        A rollout worker that dies during the sync is waited for (Ray restarts it) and loaded from the
-        buffer the learner just wrote (shm, ipc); the sync then succeeds and says so in `sync/recovered`.
+        A rollout worker that dies during the sync, or died before it (Ray restarted it while idle), is
+        waited for and loaded from the buffer the learner just wrote (transports that keep it: shm, ipc);
+        the sync then succeeds and says so in `sync/recovered`.
 
-        Metrics: sync/total_s is the driver's wall time; sync/export_s the learner's export (rank 0's,
-        as timed in the learner) and sync/load_s the slowest engine's load (timed in the engine). With
-        streaming they overlap, so export_s + load_s exceeds total_s by the overlap.
+        Metrics: sync/total_s is the driver's wall time; sync/export_s the learner's export (the slowest
+        rank, as timed in the learner) and sync/load_s the slowest engine's load (timed in the engine,
+        wake-up included). With streaming they overlap, so export_s + load_s exceeds total_s by the overlap.
         """
-        manifest = self.manifest(self.version + 1)
+        version = self.version + 1
         start = time.perf_counter()
         recovered = 0
         with self.lock:
             try:
-                exported, loaded = self._move(manifest)
+                exported, loaded = self._move(version)
             except WeightSyncError as error:
-                if not (error.lost and (error.worker or "").startswith("rollout[")):
+                # Died during the sync, or before it (idle, restarted by Ray with no transport open).
+                gone = error.lost or isinstance(error.__cause__, EngineRestarted)
+                if not (gone and (error.worker or "").startswith("rollout[")):
                     raise
-                exported, loaded, recovered = 0.0, 0.0, self._recover(manifest, error)
-            self.version = manifest.version
+                exported, loaded, recovered = 0.0, 0.0, self._recover(version, error)
+            self.version = version
         total = time.perf_counter() - start
         return {"sync/export_s": exported, "sync/load_s": loaded, "sync/total_s": total,
-                "sync/bytes": float(manifest.total_bytes), "policy_version": float(self.version),
+                "sync/bytes": float(self._manifest.total_bytes), "policy_version": float(self.version),
                 "sync/recovered": float(recovered)}
 
-    def _recover(self, manifest: WeightManifest, error: WeightSyncError) -> int:
-        """After a receiver died mid-sync: wait for the learner's export to finish, then load every
-        worker that does not hold `manifest.version` (restarted ones) from the buffer. Returns how many."""
-        if self.transport == "broadcast":
-            raise WeightSyncError(f"{error} (a restarted receiver cannot rejoin a broadcast group yet; "
-                                  "use sync.transport=shm or ipc)", error.worker) from error
-        ray.get(self.learners.actors[0].address.remote(), timeout=self.deadline_s)  # queued behind the export
+    def _recover(self, version: int, error: WeightSyncError) -> int:
+        """After a receiver died mid-sync: let the learner's export finish, then load every worker that does
+        not hold `version` (restarted ones) from the kept buffer. Returns how many."""
+        if not self.kind.keeps_last_export:
+            raise WeightSyncError(f"{error} (a restarted receiver cannot rejoin a {self.transport} group; "
+                                  f"use a transport that keeps the last export, e.g. shm or ipc)", error.worker) from error
+        exported = wait_named([(p.name, p.ref) for p in self._exporting], self.deadline_s, f"weight sync v{version} export")
+        self.payload = self.kind.merge_payloads([payload for _, payload in exported])
         stale = []
         for i in range(len(self.rollouts.actors)):
             self.rollouts.wait_alive(i)
-            if ray.get(self.rollouts.actors[i].policy_version.remote(), timeout=self.deadline_s) != manifest.version:
+            if ray.get(self.rollouts.actors[i].policy_version.remote(), timeout=self.deadline_s) != version:
                 stale.append(i)
         for i in stale:
-            self._load_from_buffer(i, manifest)
-        print(f"weight sync v{manifest.version}: {error.worker} died during the sync; reloaded {len(stale)} restarted worker(s)")
+            self._load_from_buffer(i, version)
+        print(f"weight sync v{version}: {error.worker} died before or during the sync; reloaded {len(stale)} "
+              "restarted worker(s)")
         return len(stale)
 
-    def _load_from_buffer(self, index: int, manifest: WeightManifest) -> None:
-        """Load the weights the learner last exported into rollout[index] without the learner (which may be
-        training): shm and ipc keep a whole weight set in a buffer until the next sync."""
+    def _load_from_buffer(self, index: int, version: int) -> None:
+        """Load the weights the learner last exported into rollout[index] (restarted: a fresh engine) without
+        the learner, which may be training: open the transport on it, then load."""
+        name = f"rollout[{index}]"
+        if not self.kind.keeps_last_export:
+            raise WeightSyncError(f"{name} restarted: its weights cannot be restored with sync.transport={self.transport} "
+                                  "(nothing is kept to reload from); use shm or ipc", name)
         actor = self.rollouts.actors[index]
-        if self.transport == "shm":
-            ref = actor.load_weights_shm.remote(manifest, self.bucket_bytes, self.timeout_s)
-        elif self.transport == "ipc" and self.ipc_handle is not None:
-            ref = actor.load_weights_ipc.remote(manifest, self.ipc_handle)
-        else:
-            raise WeightSyncError(f"rollout[{index}] restarted: its weights cannot be restored with "
-                                  f"sync.transport={self.transport}; use shm or ipc", f"rollout[{index}]")
-        wait_named([(f"rollout[{index}]", ref)], self.deadline_s, f"re-sync of restarted rollout[{index}]")
+        refs = [(name, actor.open_weight_transport.remote(self.key, self.transport, self.setup.as_dict(),
+                                                          self._rank_offset(index))),
+                (name, actor.load_weights.remote(self.key, version, self.payload))]
+        wait_named(refs, self.deadline_s, f"re-sync of restarted {name}")
 
     def resync(self, index: int) -> None:
         """Put the current policy version into rollout[index] (restarted with the base model's weights)."""
         with self.lock:
             if self.version == 0:  # nothing exported yet: the base model is the current policy
+                name = f"rollout[{index}]"
+                wait_named([(name, self.rollouts.actors[index].adopt_base_weights.remote())], self.deadline_s,
+                           f"re-sync of restarted {name}")
                 return
-            self._load_from_buffer(index, self.manifest(self.version))
+            self._load_from_buffer(index, self.version)
 
     def close(self) -> None:
-        if os.path.exists(self.location):
-            os.remove(self.location)
+        """Release the transport's buffers on every actor (best effort: some may be gone), then the driver's."""
+        refs = [a.close_weight_transport.remote(self.key) for a in self.learners.actors + self.rollouts.actors]
+        ray.wait(refs, num_returns=len(refs), timeout=10)
+        self.kind.driver_close(self.setup)

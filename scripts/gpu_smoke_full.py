@@ -8,8 +8,8 @@ BPE tokenizer, on this machine's GPUs.
 - disaggregated, where two GPUs exist: engine on one GPU, learner on the other, weights over the
   NCCL broadcast group; one step and the same logprob check.
 
-Written against the colocation config (`cluster.colocate`) of issue 14's engine work; where that
-field is not in cluster/config.py yet, the colocated run reports the config error as its failure.
+The colocated run uses `cluster.colocate` (docs/cluster.md, "Colocation"): the engine sleeps while the
+learner trains and each sync wakes it.
 """
 from __future__ import annotations
 

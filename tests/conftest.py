@@ -46,7 +46,9 @@ def session_trainer(tmp_path_factory: pytest.TempPathFactory, ray_session):
     from cluster.trainer import Trainer
 
     tmp = tmp_path_factory.mktemp("run")
-    cfg = load_config(str(ROOT / "configs" / "tiny.yaml"), small_overrides(tmp))
+    # Fault tests kill or fail the session's rollout[0] several times (tests/test_fault_recovery.py):
+    # a budget of restarts that the whole session cannot use up.
+    cfg = load_config(str(ROOT / "configs" / "tiny.yaml"), small_overrides(tmp) + ["rollout.max_restarts=10"])
     t = Trainer(cfg, tmp / "run")
     t.setup()
     yield t

@@ -27,21 +27,29 @@ def _engine_matches_learner(trainer, worker: int) -> float:
 def test_rollout_worker_killed_mid_batch_is_restarted_resynced_and_reissued(trainer):
     if trainer.sync.version == 0:  # make the restart matter: the new engine starts from the base weights
         trainer.step(0)
-    prompts, n = _prompts(trainer, 16), 4
+    # 64 prompts x 4 samples: the engine runs them in waves of max_num_seqs (16 sequences), ~16 engine
+    # waves. The kill is sent when the first wave's prompts arrive, so it lands mid-batch even when a busy
+    # machine delays it by a second (the batch takes ~1 s): a kill sent before the first chunk raced a
+    # 0.2 s batch and could land after it, leaving a silently restarted engine to the next tests.
+    prompts, n = _prompts(trainer, 64), 4
     reference = generate_and_score(trainer.rollouts, trainer.rewards, prompts, n, 1.0, seed=99)
     chunk_sizes: list[int] = []  # samples per streamed chunk, in arrival order (the dead stream's first)
+
+    def kill_at_first_chunk(worker: int, chunk) -> None:
+        if not chunk_sizes:
+            ray.kill(trainer.rollouts.actors[0], no_restart=False)
+        chunk_sizes.append(len(chunk.samples))
+
     started = time.monotonic()
     batch = StreamedBatch(trainer.rollouts, trainer.rewards, prompts, n, 1.0, seed=99, resync=trainer.sync.resync,
-                          on_chunk=lambda worker, chunk: chunk_sizes.append(len(chunk.samples)))
-    # The batch takes the engine ~0.1-1 s; the kill reaches it within milliseconds, mid-generation.
-    ray.kill(trainer.rollouts.actors[0], no_restart=False)
+                          on_chunk=kill_at_first_chunk)
     rollout = batch.result()
     print(f"kill + restart + re-issue took {time.monotonic() - started:.1f}s")
 
     assert rollout.restarts == 1
     # The kill landed mid-batch: some prompts were unfinished and issued again; the chunks that arrived
     # before the death hold exactly the other prompts' samples.
-    assert 0 < rollout.reissued <= len(prompts)
+    assert 0 < rollout.reissued < len(prompts)
     prefix_sums = [sum(chunk_sizes[:i]) for i in range(len(chunk_sizes) + 1)]
     assert n * (len(prompts) - rollout.reissued) in prefix_sums and prefix_sums[-1] == n * len(prompts)
     # Nothing lost, nothing duplicated: every prompt exactly n completions.
@@ -54,6 +62,55 @@ def test_rollout_worker_killed_mid_batch_is_restarted_resynced_and_reissued(trai
     assert _engine_matches_learner(trainer, 0) < 1e-4
     # Same seeds and weights: the re-issued prompts give the same completions as without the kill.
     assert [s.response_ids for s in rollout.samples] == [s.response_ids for s in reference.samples]
+
+
+def _kill_idle_and_wait_for_restart(actor) -> None:
+    """ray.kill an idle rollout worker and return once Ray's restarted instance answers (at version 0)."""
+    ray.kill(actor, no_restart=False)
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            if ray.get(actor.policy_version.remote(), timeout=5) == 0:
+                return
+        except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError, ray.exceptions.GetTimeoutError):
+            pass
+        assert time.monotonic() < deadline, "the worker was not restarted"
+        time.sleep(0.5)
+
+
+def test_a_worker_restarted_between_batches_is_resynced_before_it_generates(trainer):
+    """rollout[0] dies while idle, between batches (real ray.kill; Ray restarts it with the base model's
+    weights before the next batch reaches it): the restarted engine refuses to generate (EngineRestarted)
+    until the driver re-syncs it, and the batch re-issues its prompts. Without that, it would serve the
+    base weights under policy version 0 and the step would drop or mis-train on them."""
+    if trainer.sync.version == 0:
+        trainer.step(0)
+    prompts, n = _prompts(trainer, 16), 4
+    reference = generate_and_score(trainer.rollouts, trainer.rewards, prompts, n, 1.0, seed=97)
+    _kill_idle_and_wait_for_restart(trainer.rollouts.actors[0])
+    rollout = generate_and_score(trainer.rollouts, trainer.rewards, prompts, n, 1.0, seed=97, resync=trainer.sync.resync)
+
+    assert rollout.restarts == 1 and rollout.reissued == len(prompts)
+    assert len(rollout.restart_causes) == 1
+    assert rollout.restart_causes[0].startswith("rollout[0] was restarted by Ray with the base model's weights: "
+                                                "EngineRestarted: "), rollout.restart_causes
+    assert {s.policy_version for s in rollout.samples} == {trainer.sync.version}
+    assert [s.response_ids for s in rollout.samples] == [s.response_ids for s in reference.samples]
+    assert _engine_matches_learner(trainer, 0) < 1e-4
+
+
+def test_a_worker_restarted_before_a_weight_sync_is_reloaded_by_it(trainer):
+    """rollout[0] dies while idle (e.g. while the learner trains) and Ray restarts it before the step's weight
+    sync reaches it: the restarted engine has no transport open and says so (EngineRestarted); the sync
+    lets the export finish, reloads it from the kept buffer (sync/recovered) and bumps the version."""
+    if trainer.sync.version == 0:
+        trainer.step(0)
+    _kill_idle_and_wait_for_restart(trainer.rollouts.actors[0])
+    before = trainer.sync.version
+    metrics = trainer.sync.sync()
+    assert metrics["sync/recovered"] == 1 and metrics["policy_version"] == before + 1
+    assert ray.get(trainer.rollouts.actors[0].policy_version.remote()) == before + 1
+    assert _engine_matches_learner(trainer, 0) < 1e-4
 
 
 def _fake_samples(answers: list[str]) -> list[Sample]:

@@ -272,7 +272,7 @@ def test_an_error_raised_by_the_method_keeps_its_class_unless_named(ray_session)
 def test_weight_segments_of_dead_drivers_are_removed(tmp_path):
     """A SIGKILLed driver leaves its /dev/shm weight segment; the next driver on the node deletes it,
     and only it (a live driver's segment stays)."""
-    from cluster.sync import remove_orphaned_segments
+    from protocol.transports.shm import remove_orphaned_segments
 
     gone = subprocess.Popen(["true"])  # a pid that has exited
     gone.wait()
@@ -283,3 +283,49 @@ def test_weight_segments_of_dead_drivers_are_removed(tmp_path):
         path.write_bytes(b"x")
     assert remove_orphaned_segments(str(tmp_path)) == [str(orphan)]
     assert not orphan.exists() and live.exists() and other.exists()
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("setpriv"),
+                    reason="needs root (to own files as another user) and setpriv (to drop the privilege to delete them)")
+def test_orphaned_segments_of_another_user_are_skipped(tmp_path):
+    """/dev/shm is sticky: a segment another user left can be neither removed nor ignored by a crash. Here a
+    real sticky directory holds two orphans of dead drivers: one owned by uid 65534, one by us. The cleanup
+    runs in a process that really lacks the privilege to delete another user's file (root without
+    CAP_FOWNER / CAP_DAC_OVERRIDE): it removes ours, leaves theirs, says so on stderr and does not fail."""
+    shm = tmp_path / "shm"
+    shm.mkdir()
+    os.chown(shm, 65534, 65534)
+    shm.chmod(0o1777)
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    theirs, ours = shm / f"reasonrl-{gone.pid}-0ther0ne.weights", shm / f"reasonrl-{gone.pid}-0ur0wn00.weights"
+    for path in (theirs, ours):
+        path.write_bytes(b"x")
+    os.chown(theirs, 65534, 65534)
+    drop = "-fowner,-dac_override,-dac_read_search"
+    code = f"from protocol.transports.shm import remove_orphaned_segments; print(remove_orphaned_segments({str(shm)!r}))"
+    proc = subprocess.run(["setpriv", "--bounding-set", drop, "--inh-caps", drop, "--", sys.executable, "-c", code],
+                          cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip() == repr([str(ours)])
+    assert theirs.exists() and not ours.exists()
+    assert f"left orphaned weight segment {theirs} in place (PermissionError" in proc.stderr
+
+
+def test_rollout_restarts_exhausted_stop_the_cli_naming_the_worker(session_trainer, tmp_path):
+    """rollout.max_restarts=0 and rollout[0] killed before step 1 (REASONRL_FAULT=rollout_kill:1): the
+    training CLI (real Ray, vLLM, DeepSpeed; the session's cached base model) stops with exit 1 and an
+    error naming the worker and the exhausted restarts, instead of hanging or training on a short batch."""
+    overrides = [o for o in small_overrides(tmp_path) if not o.startswith(("train.steps", "model.cache_dir"))]
+    cmd = [sys.executable, "-m", "cluster.train", "--config", "configs/tiny.yaml", "--run-dir", str(tmp_path / "run"),
+           *overrides, f"model.cache_dir={session_trainer.cfg.model.cache_dir}", "train.steps=2",
+           "rollout.max_restarts=0"]
+    env = {**os.environ, "REASONRL_FAULT": "rollout_kill:1"}
+    env.pop("RAY_ADDRESS", None)
+    start = time.monotonic()
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=400)
+    assert proc.returncode == 1, proc.stdout[-2000:] + proc.stderr[-3000:]
+    assert re.search(r"^error: rollout\[0\] died and was not restarted \(rollout\.max_restarts=0\)", proc.stderr, re.M), \
+        proc.stderr[-3000:]
+    assert not (tmp_path / "run" / "summary.json").exists()
+    assert time.monotonic() - start < 300

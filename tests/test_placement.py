@@ -65,7 +65,8 @@ def test_roles_land_on_the_nodes_the_config_names():
 def test_required_resources_and_missing_message():
     cfg = load_config(str(ROOT / "configs/tiny.yaml"), GPU_SPLIT + ["rollout.tensor_parallel_size=2"])
     need = required_resources(cfg)
-    assert need["GPU"] == 2 * 2 + 2 and need["rollout_node"] == 2 and need["learner_node"] == 2
+    # every GPU bundle of an engine carries the role's resources: 2 engines x 2 TP ranks
+    assert need["GPU"] == 2 * 2 + 2 and need["rollout_node"] == 2 * 2 and need["learner_node"] == 2
     with pytest.raises(PlacementError, match="GPU: need 6, cluster has 4.*learner_node: need 2, cluster has 0"):
         check_resources(cfg, have={"CPU": 64, "GPU": 4, "rollout_node": 2})
-    check_resources(cfg, have={"CPU": 64, "GPU": 8, "rollout_node": 2, "learner_node": 2})
+    check_resources(cfg, have={"CPU": 64, "GPU": 8, "rollout_node": 4, "learner_node": 2})

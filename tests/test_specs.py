@@ -1,6 +1,6 @@
 """One source of truth for every config field that travels to an actor (pure Python, no Ray).
 
-The actor specs (LearnerSpec, CriticSpec, EngineSpec) are built by `cluster.groups.spec_from`: each
+The actor specs (LearnerSpec, CriticSpec, EngineSpec) are built by `cluster.specs.spec_from`: each
 field is the same-named field of one config section, or an explicitly derived value. These tests
 fail when a spec grows a default of its own, when a spec field and a config field drift apart, or
 when a config field of an actor's section reaches no actor at all.
@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from cluster.config import load_config
-from cluster.groups import critic_spec, engine_spec, learner_spec, spec_from
+from cluster.specs import critic_spec, engine_spec, learner_spec, spec_from
 from learner.critic import CriticSpec
 from learner.worker import LearnerSpec
 

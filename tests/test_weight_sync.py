@@ -16,6 +16,7 @@ import torch
 
 from protocol.batch import Prompt, TrainBatch
 from protocol.shm_stream import StreamError, StreamSegment
+from protocol.transports import SyncSetup
 from protocol.weight_sync import DTYPES, WeightManifest, build_manifest
 
 SMALL_BUCKET_MB = 0.02  # ~20 KB: the tiny test model spans dozens of buckets
@@ -29,6 +30,9 @@ class Unplaced:
 
     def options(self, role: str, index: int) -> dict[str, float]:
         return {"num_cpus": 0, "num_gpus": self.gpus}
+
+    def engine_ranks(self, index: int) -> tuple[tuple[int, ...], float]:
+        return (), 1.0
 
 
 def _with(cfg, **sections):
@@ -105,14 +109,16 @@ def test_bad_manifest_is_refused_before_loading(trainer, broken):
 
 
 def test_receiver_that_never_joins_is_named_within_the_timeout(trainer, two_engines):
-    """rollout[1] is busy and never joins the broadcast group: the sync fails fast and names it."""
+    """The broadcast group forms; then rollout[1] is busy and never joins a new one: opening fails fast
+    and names it."""
     from cluster.sync import WeightSync, WeightSyncError
 
-    sync = WeightSync(_with(trainer.cfg, sync={"transport": "shm", "timeout_s": 3.0}), trainer.learners, two_engines)
+    sync = WeightSync(_with(trainer.cfg, sync={"transport": "broadcast", "timeout_s": 3.0}), trainer.learners,
+                      two_engines)
     busy = two_engines.actors[1].__ray_call__.remote(lambda self: time.sleep(6))
     start = time.perf_counter()
     with pytest.raises(WeightSyncError, match=r"learner\[0\] failed: TimeoutError: .*rollout\[1\] did not join within 3s"):
-        sync.open_groups()
+        sync.open()
     assert time.perf_counter() - start < 3.0 * 1.25 + 2.0 + 1.0
     ray.get(busy)
 
@@ -121,7 +127,8 @@ def test_receiver_that_never_joins_is_named_within_the_timeout(trainer, two_engi
 class Writer:
     """Publishes weights into a stream segment bucket by bucket, as learner rank 0 does, with the
     test in control of when each bucket is stamped. The values are the session learner's (ZeRO-3)
-    weights, exported by the learner's own code into a scratch segment and read back."""
+    weights, exported by the learner's own code (the shm transport) into a scratch segment and read back.
+    `load` opens the shm transport on the engines, pointed at this segment, and loads a version."""
 
     def __init__(self, trainer, bucket_mb: float = SMALL_BUCKET_MB) -> None:
         self.bucket_bytes = int(bucket_mb * 2**20)
@@ -130,19 +137,24 @@ class Writer:
                                                        "shm", path)
         self.buckets = self.manifest.buckets(self.bucket_bytes)
         rows, total = self.manifest.bucket_rows(self.bucket_bytes), self.manifest.total_bytes
-        trainer.learners.call("export_to_shm", path + ".src", 1, total, rows)
+        source_setup = SyncSetup(rows, total, 30.0, location=path + ".src")
+        trainer.learners.call("open_weight_transport", "test-writer", "shm", source_setup.as_dict())
+        trainer.learners.call("export_weights", "test-writer", 1)
+        trainer.learners.call("close_weight_transport", "test-writer")
         source = StreamSegment(path + ".src", self.buckets, total, create=False)
         self.values = [[view.clone() for _, view in bucket] for bucket in source.views]
         os.remove(path + ".src")
         self.segment = StreamSegment(path, self.buckets, total, create=True)
+        self.setup = SyncSetup(rows, total, 30.0, location=path)
 
     def publish_all(self, version: int, scale: float = 1.0) -> None:
         for index, values in enumerate(self.values):
             self.segment.publish(index, version, [v * scale for v in values])
 
     def load(self, engines, version: int, timeout_s: float = 30.0) -> list[ray.ObjectRef]:
-        return [a.load_weights_shm.remote(replace(self.manifest, version=version), self.bucket_bytes, timeout_s)
-                for a in engines.actors]
+        setup = replace(self.setup, timeout_s=timeout_s).as_dict()
+        ray.get([a.open_weight_transport.remote("test-writer", "shm", setup, 1) for a in engines.actors])
+        return [a.load_weights.remote("test-writer", version) for a in engines.actors]
 
     def close(self) -> None:
         os.remove(self.manifest.location)
@@ -173,7 +185,7 @@ def test_shm_stream_loads_bucket_by_bucket_while_the_learner_writes(trainer, two
         writer.segment.publish(index, 2, values)
         time.sleep(0.03)
     ray.get(refs)
-    for trace in (ray.get(a.__ray_call__.remote(lambda self: self.stream_trace))[0] for a in two_engines.actors):
+    for trace in (ray.get(a.__ray_call__.remote(lambda self: self.last_load))[0] for a in two_engines.actors):
         assert len(trace) == len(writer.buckets)
         assert all(ready >= start for (ready, _), start in zip(trace, started)), "a bucket was read before its stamp"
         assert trace[0][1] < started[-1], "vLLM did not take bucket 0 before the last bucket was written"
@@ -200,7 +212,7 @@ def test_driver_sync_streams_many_buckets_from_zero3(trainer, two_engines, write
         sync.close()
     first, second = _engine_logprobs(two_engines, prompt, response)
     learner = _learner_logprobs(trainer.learners, prompt, response)
-    traces = ray.get([a.__ray_call__.remote(lambda self: self.stream_trace) for a in two_engines.actors])
+    traces = ray.get([a.__ray_call__.remote(lambda self: self.last_load) for a in two_engines.actors])
     assert torch.equal(first, second) and (first - learner).abs().max() < 1e-4
     assert (perturbed - learner).abs().max() > 1e-3
     assert all(len(t[0]) == len(writer.buckets) for t in traces)
@@ -246,6 +258,79 @@ def test_stream_reader_names_the_missing_bucket_mid_stream() -> None:
         os.remove(path)
 
 
+# ---- syncs behind generation, and a receiver that dies --------------------------------------
+def test_sync_deadline_counts_the_load_not_the_generation_queued_ahead(trainer, two_engines):
+    """With train.max_staleness > 0 a sync's loads queue behind generation on each engine. rollout[1] is
+    busy for 8 s (a call ahead of the load in its queue, standing in for a long generation) while
+    sync.timeout_s=2 gives each load 4.5 s: the sync waits for the queue, then the load meets its deadline.
+    The loads started from the session weights, so both engines then serve the learner's weights."""
+    from cluster.sync import WeightSync
+
+    sync = WeightSync(_with(trainer.cfg, sync={"transport": "shm", "timeout_s": 2.0}), trainer.learners, two_engines)
+    try:
+        busy = two_engines.actors[1].__ray_call__.remote(lambda self: time.sleep(8))
+        start = time.perf_counter()
+        metrics = sync.sync()
+        elapsed = time.perf_counter() - start
+    finally:
+        sync.close()
+    ray.get(busy)
+    assert elapsed > 7.0, "the sync did not wait for the engine's queue: the test proves nothing"
+    assert elapsed > sync.deadline_s and metrics["sync/load_s"] < sync.deadline_s
+    prompt, response = _sequence(trainer)
+    learner = _learner_logprobs(trainer.learners, prompt, response)
+    assert all((e - learner).abs().max() < 1e-4 for e in _engine_logprobs(two_engines, prompt, response))
+
+
+def test_a_queue_that_makes_no_progress_is_named_by_the_generation_rule(trainer, two_engines):
+    """The wait for the queue is not unbounded: an engine that finishes no prompt for rollout.timeout_s
+    (here 2 s; rollout[1] is stuck for 8 s) is named, and the sync gives up long before the stuck call ends."""
+    from cluster.sync import WeightSync, WeightSyncError
+
+    cfg = _with(trainer.cfg, sync={"transport": "shm", "timeout_s": 30.0}, rollout={"timeout_s": 2.0})
+    sync = WeightSync(cfg, trainer.learners, two_engines)
+    busy = two_engines.actors[1].__ray_call__.remote(lambda self: time.sleep(8))
+    start = time.perf_counter()
+    try:
+        with pytest.raises(WeightSyncError, match=r"rollout\[1\] did not reach its load: the generation queued ahead "
+                                                  r"of it finished no prompt within rollout.timeout_s=2s"):
+            sync.sync()
+        assert time.perf_counter() - start < 6.0
+    finally:
+        ray.get(busy)
+        ray.wait([a.policy_version.remote() for a in two_engines.actors], num_returns=2, timeout=60)  # loads drained
+        sync.close()
+
+
+def test_a_receiver_that_dies_during_a_sync_is_restarted_and_reloaded(trainer, two_engines, writer):
+    """rollout[0] is killed while the sync's load waits in its queue (Ray restarts it with the base model's
+    weights): the sync still succeeds, reloads the restarted engine from the kept shm segment without the
+    learner, and says so in sync/recovered; both engines then serve the learner's weights."""
+    import threading
+
+    from cluster.sync import WeightSync
+
+    prompt, response = _sequence(trainer)
+    writer.publish_all(1, scale=0.5)
+    ray.get(writer.load(two_engines, 1))  # both engines differ from the learner before the sync
+    sync = WeightSync(_with(trainer.cfg, sync={"transport": "shm", "timeout_s": 60.0}), trainer.learners, two_engines)
+    victim = two_engines.actors[0]
+    busy = victim.__ray_call__.remote(lambda self: time.sleep(5))
+    killer = threading.Timer(1.0, lambda: ray.kill(victim, no_restart=False))
+    killer.start()
+    try:
+        metrics = sync.sync()
+    finally:
+        killer.join()
+        sync.close()
+    with pytest.raises(ray.exceptions.RayActorError):
+        ray.get(busy)  # the kill really landed while the sync waited on rollout[0]
+    assert metrics["sync/recovered"] == 1 and metrics["policy_version"] == 1
+    assert ray.get(victim.policy_version.remote()) == sync.version
+    learner = _learner_logprobs(trainer.learners, prompt, response)
+    assert all((e - learner).abs().max() < 1e-4 for e in _engine_logprobs(two_engines, prompt, response))
+
+
 # ---- GPU transports (run where CUDA is available) ------------------------------------------
 def _gpu_roundtrip(tmp_path, transport: str, gpus_each: float) -> None:
     """A 1-rank learner and a 1-engine rollout group on GPUs: train one step, sync, compare logprobs."""
@@ -258,13 +343,16 @@ def _gpu_roundtrip(tmp_path, transport: str, gpus_each: float) -> None:
         ray.init(address="local", include_dashboard=False)
     tiny = TinyModelConfig(hidden_size=64, intermediate_size=128, num_layers=2, num_heads=2, num_kv_heads=1)
     model = str(build_random_model(tiny, ["12 + 34 = 46"] * 200, tmp_path / "model", seed=0))
+    colocate = transport == "ipc"
     cfg = load_config(None, ["cluster.device=gpu", f"sync.transport={transport}", "learner.num_ranks=1",
-                             "learner.zero_stage=2", "rollout.gpu_memory_utilization=0.3", "rollout.max_model_len=128"])
+                             "learner.zero_stage=2", "rollout.gpu_memory_utilization=0.3", "rollout.max_model_len=128",
+                             f"cluster.colocate={str(colocate).lower()}"])
     rollouts = RolloutGroup(cfg, model, Unplaced(gpus_each))
     learners = LearnerGroup(cfg, model, Unplaced(gpus_each))
     try:
         prompt, response = [1, 2, 3, 4, 5], [6, 7, 8, 9]
         old = _engine_logprobs(rollouts, prompt, response)[0]
+        rollouts.sleep()  # colocated: vLLM frees its memory while the learner trains (no-op otherwise)
         learners.train(TrainBatch([prompt], [response], [old.tolist()], [1.0], [[1.0] * len(response)]))
         sync = WeightSync(cfg, learners, rollouts)
         assert sync.transport == transport

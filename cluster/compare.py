@@ -92,11 +92,11 @@ class MethodRun(Trainer):
                        "rft/kept": float(len(kept))}
 
     def evaluate_rephrased(self, step: int) -> dict[str, float]:
-        from cluster.evaluate_loop import evaluate
+        from cluster.heldout import held_out_metrics
 
-        metrics = evaluate(self.rollouts, self.rewards, self.rephrased, self.cfg.train.eval_samples,
-                           self.cfg.rollout.temperature, seed=777, resync=self.sync.resync, worked=self.worked,
-                           prefix="rephrased")
+        metrics = held_out_metrics(self.rollouts, self.rewards, self.rephrased, self.cfg.train.eval_samples,
+                                   self.cfg.rollout.temperature, seed=777, resync=self.sync.resync,
+                                   worked=self.worked, prefix="rephrased")
         self.log.log(step, metrics)
         return metrics
 

@@ -75,20 +75,3 @@ def test_the_base_model_cache_key_follows_the_task(monkeypatch):
     monkeypatch.setattr(TASKS["column_addition"], "VERSION", task.VERSION + 1)
     assert cache_key(cfg) != key
 
-
-def test_tasks_import_none_of_the_service_packages():
-    """tasks/ is imported by cluster/ only and imports none of the project's packages (no Ray in a task)."""
-    import ast
-    from pathlib import Path
-
-    from tests.conftest import ROOT
-
-    for path in (ROOT / "tasks").glob("*.py"):
-        for node in ast.walk(ast.parse(path.read_text())):
-            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
-                [node.module or ""] if isinstance(node, ast.ImportFrom) else []
-            for name in names:
-                assert name.split(".")[0] not in {"cluster", "rollout", "learner", "reward", "protocol", "benchmarks"}, \
-                    f"{path.name} imports {name}"
-    users = {p.parent.name for p in ROOT.glob("*/*.py") if "from tasks" in p.read_text() or "import tasks" in p.read_text()}
-    assert users <= {"cluster", "tasks", "tests", "benchmarks"}, users

@@ -5,7 +5,7 @@ actors running the grader, and a base model fine-tuned through the learner's SFT
 
 The case: repeat a digit ("Question: Repeat 7. ..."). The base model is fine-tuned to answer the right
 digit, boxed half of the time and bare ("7.") otherwise. The grader rewards only a boxed correct answer,
-so the only way up for the policy is to box: reward and boxed rate must both rise within a few steps.
+so the only way up for the policy is to box: reward and boxed rate must both rise within 12 steps.
 The evaluation prompts are the training prompts (there are only ten digits): it measures the policy, not
 generalisation.
 """
@@ -29,7 +29,7 @@ def _case(tmp: Path) -> tuple[Path, list[tuple[str, str]], list[str]]:
     problems = read_jsonl(str(data), "plain")
     rng = random.Random(0)
     pairs = []
-    for _ in range(1600):
+    for _ in range(6400):  # 400 warm-up steps of 16: the 2-layer model learns to repeat the digit
         p = rng.choice(problems)
         pairs.append((p.prompt, f" \\boxed{{{p.answer}}}." if rng.random() < 0.5 else f" {p.answer}."))
     corpus = [p.prompt + f" \\boxed{{{p.answer}}}. {p.answer}." for p in problems] * 20
@@ -46,7 +46,7 @@ def test_grpo_with_the_grader_raises_reward_and_boxed_rate(tmp_path, ray_session
     overrides = small_overrides(tmp_path) + [
         "data.kind=jsonl", f"data.train_path={data}", f"data.eval_path={data}", "data.eval_size=10",
         "reward.custom_fn=", "algorithm.kl_coef=0", "learner.lr=2e-3", "rollout.samples_per_prompt=8",
-        "train.prompts_per_step=8", "train.steps=6", "train.eval_every=0", "train.eval_samples=16",
+        "train.prompts_per_step=8", "train.steps=12", "train.eval_every=0", "train.eval_samples=16",
         "train.save_every=0", "rollout.max_new_tokens=8"]
     cfg = load_config(str(ROOT / "configs" / "tiny.yaml"), overrides)
     base = tmp_path / "base"
@@ -67,4 +67,4 @@ def test_grpo_with_the_grader_raises_reward_and_boxed_rate(tmp_path, ray_session
     assert 0.2 < start_boxed < 0.8, f"the base model should box about half its answers, boxes {start_boxed:.2f}"
     assert end_boxed > start_boxed + 0.15, (start_boxed, end_boxed)
     assert summary["eval_accuracy_end"] > summary["eval_accuracy_start"] + 0.15, summary
-    assert sum(rewards[-2:]) / 2 > sum(rewards[:2]) / 2 + 0.1, rewards
+    assert sum(rewards[-3:]) / 3 > rewards[0] + 0.1, rewards  # rewards[0]: the base policy's batch

@@ -45,15 +45,12 @@ class MethodRun(Trainer):
         self.method, self.tokens, self.seconds = method, 0.0, 0.0
 
     def setup(self) -> None:
-        from cluster.data import EMBEDDED_EVAL_SEED, EMBEDDED_TRAIN_POOL, Problem, PromptSource
-        from tasks import TASKS
+        from cluster.data import Problem, PromptSource, embedded_problems
 
         super().setup()
         cfg = self.cfg
-        task = TASKS[cfg.data.kind]
-        train = task.sample_problems(cfg.data.train_size or EMBEDDED_TRAIN_POOL, seed=cfg.train.seed, held_out=False)
-        self.teacher = {p.prompt: p.worked() for p in train}  # the training problems (cluster.data.load_problems)
-        held = task.sample_problems(cfg.data.eval_size, seed=EMBEDDED_EVAL_SEED, held_out=True)
+        train, held = embedded_problems(cfg)  # the very problems the trainer's prompt sources serve
+        self.teacher = {p.prompt: p.worked() for p in train}
         limit = cfg.rollout.max_model_len - cfg.rollout.max_new_tokens
         self.rephrased = PromptSource([Problem(p.rephrased, p.answer) for p in held], self.tokenizer, limit,
                                       cfg.train.seed, what="rephrased held-out").all()

@@ -54,13 +54,19 @@ def load_problems(cfg: Config) -> tuple[list[Problem], list[Problem]]:
     """(train, held-out eval) problems."""
     d = cfg.data
     if d.kind in TASKS:
-        task = TASKS[d.kind]
-        train = task.sample_problems(d.train_size or EMBEDDED_TRAIN_POOL, seed=cfg.train.seed, held_out=False)
-        held = task.sample_problems(d.eval_size, seed=EMBEDDED_EVAL_SEED, held_out=True)
+        train, held = embedded_problems(cfg)
         return [Problem(p.prompt, p.answer) for p in train], [Problem(p.prompt, p.answer) for p in held]
     train = read_jsonl(d.train_path, d.template)
     held = read_jsonl(d.eval_path, d.template) if d.eval_path else []
     return train[: d.train_size], held[: d.eval_size]
+
+
+def embedded_problems(cfg: Config) -> tuple[list[Any], list[Any]]:
+    """The embedded task's own (train, held-out) problems, which know their worked solution and their
+    rephrased wording: what `load_problems` serves, and the distillation teacher's pool (cluster/compare.py)."""
+    d, task = cfg.data, TASKS[cfg.data.kind]
+    return (task.sample_problems(d.train_size or EMBEDDED_TRAIN_POOL, seed=cfg.train.seed, held_out=False),
+            task.sample_problems(d.eval_size, seed=EMBEDDED_EVAL_SEED, held_out=True))
 
 
 def worked_predicate(cfg: Config) -> Callable[[str], bool] | None:

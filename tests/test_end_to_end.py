@@ -111,6 +111,9 @@ def test_run_outputs_and_hf_export(trainer):
     saved = json.loads((run / "summary.json").read_text())
     for key in ("eval_accuracy_start", "eval_accuracy_end", "steps", "wall_seconds"):
         assert key in saved
+    # the emergence figures of issue 15, read from the evaluations (here the same one at start and end)
+    for name, key in (("boxed_rate", "boxed_rate"), ("response_tokens", "response_len"), ("worked_frac", "worked_frac")):
+        assert saved[f"eval_{name}_start"] == saved[f"eval_{name}_end"] == first[f"eval/{key}"], name
     model = AutoModelForCausalLM.from_pretrained(summary["final_model"], dtype=torch.float32)
     prompt, response = trainer.eval_prompts[1].token_ids, [5, 6, 7]
     with torch.no_grad():

@@ -6,7 +6,8 @@ base model (its warm-up data and initialisation follow the seed). Every finished
 docs/learning/runs.jsonl, so runs can be made one at a time (each ~5-8 min) and the table written from
 what is recorded: mean and sd (n-1) of each summary.json figure. Goal: sd of the accuracy gain <= 5 points.
 
-Comparison (`--compare`): `python -m cluster.compare` into docs/compare/ (plot, table, results.json).
+Comparison (`--compare`): `python -m cluster.compare` into runs/compare/, its plot, table and results.json
+copied to docs/compare/.
 
     .venv/bin/python benchmarks/learning.py --seeds 0 --staleness 0        # one run, recorded
     .venv/bin/python benchmarks/learning.py --seeds 0,1,2 --staleness 0,1 --write-docs
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import statistics
 import sys
 from pathlib import Path
@@ -25,7 +27,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 RUNS = ROOT / "docs" / "learning" / "runs.jsonl"
-COMPARE = ROOT / "docs" / "compare"
+COMPARE = ROOT / "docs" / "compare"  # what the docs show: compare.png, compare.md, results.json
+COMPARE_RUNS = ROOT / "runs" / "compare"  # the method runs themselves
 
 from benchmarks.doc_sections import replace_section  # noqa: E402
 
@@ -133,8 +136,8 @@ def compare_section() -> str:
     cfg = results["config"]
     return f"""## RL vs SFT distillation vs rejection-sampling fine-tuning
 
-`python -m cluster.compare --config configs/tiny.yaml --out docs/compare` (or `benchmarks/learning.py
---compare --write-docs`): from the same base model and through the same learner code path, {cfg['train']['steps']}
+`benchmarks/learning.py --compare --write-docs` (`python -m cluster.compare --config configs/tiny.yaml
+--out runs/compare`, then the plot, table and results.json copied to docs/compare/): from the same base model and through the same learner code path, {cfg['train']['steps']}
 optimizer steps each with the learner's settings (lr {cfg['learner']['lr']}), a budget of
 {cfg['train']['prompts_per_step']} x {cfg['rollout']['samples_per_prompt']} sequences per step: RL (GRPO on the
 answer reward), SFT on the task generator's worked solutions (a perfect teacher), and rejection-sampling
@@ -153,7 +156,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", default="", help="comma-separated train.seed values to run (none: run nothing)")
     parser.add_argument("--staleness", default="0", help="comma-separated train.max_staleness values")
-    parser.add_argument("--compare", action="store_true", help="run cluster.compare into docs/compare/")
+    parser.add_argument("--compare", action="store_true", help="run cluster.compare into runs/compare/ (plot, table, results to docs/compare/)")
     parser.add_argument("--write-docs", action="store_true")
     parser.add_argument("overrides", nargs="*", help="config overrides (runs with overrides are not tabled)")
     args = parser.parse_args()
@@ -163,9 +166,12 @@ def main() -> int:
     if args.compare:
         from cluster.compare import main as compare_main
 
-        code = compare_main(["--config", str(ROOT / "configs" / "tiny.yaml"), "--out", str(COMPARE), *args.overrides])
+        code = compare_main(["--config", str(ROOT / "configs" / "tiny.yaml"), "--out", str(COMPARE_RUNS), *args.overrides])
         if code:
             return code
+        COMPARE.mkdir(parents=True, exist_ok=True)
+        for name in ("compare.png", "compare.md", "results.json"):  # the method runs stay in runs/compare
+            shutil.copy(COMPARE_RUNS / name, COMPARE / name)
     if args.write_docs:
         rows = recorded()
         if rows:

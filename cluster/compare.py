@@ -194,22 +194,23 @@ def main(argv: list[str] | None = None) -> int:
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     if unknown := sorted(set(methods) - set(METHODS)):
         parser.error(f"--methods: unknown {', '.join(unknown)} (choose from {', '.join(METHODS)})")
-    try:
-        cfg = load_config(args.config, args.overrides)
-    except ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    from cluster.paths import Resolver, SharedPathError
+    from cluster.train import attach
     from tasks import TASKS
 
-    if cfg.data.kind not in TASKS:
-        print(f"error: data.kind={cfg.data.kind}: the comparison needs an embedded task ({', '.join(TASKS)}), "
-              f"whose generator is the distillation teacher", file=sys.stderr)
+    try:
+        cfg = load_config(args.config, args.overrides)
+        if cfg.data.kind not in TASKS:
+            raise ConfigError(f"data.kind={cfg.data.kind}: the comparison needs an embedded task ({', '.join(TASKS)}), "
+                              f"whose generator is the distillation teacher")
+        if cfg.train.max_staleness:
+            raise ConfigError("train.max_staleness must be 0 for the comparison (every method trains on-policy data)")
+        resolver = Resolver(cfg, attach(cfg))  # relative paths resolve as for cluster.train (cluster/paths.py)
+        cfg, _ = resolver.config(cfg, None)
+        out = resolver.run_dir(args.out) or Path(cfg.run.output_dir) / f"compare-{time.strftime('%Y%m%d-%H%M%S')}"
+    except (ConfigError, SharedPathError) as err:
+        print(f"error: {err}", file=sys.stderr)
         return 2
-    if cfg.train.max_staleness:
-        print("error: train.max_staleness must be 0 for the comparison (every method trains on-policy data)",
-              file=sys.stderr)
-        return 2
-    out = Path(args.out or Path(cfg.run.output_dir) / f"compare-{time.strftime('%Y%m%d-%H%M%S')}")
     results = compare(cfg, out, methods)
     print(table(results))
     print(f"results: {out}")

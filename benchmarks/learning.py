@@ -29,6 +29,8 @@ sys.path.insert(0, str(ROOT))
 RUNS = ROOT / "docs" / "learning" / "runs.jsonl"
 COMPARE = ROOT / "docs" / "compare"  # what the docs show: compare.png, compare.md, results.json
 COMPARE_RUNS = ROOT / "runs" / "compare"  # the method runs themselves
+EMERGENCE_RUN = ROOT / "runs" / "learning" / "seed0-k0"
+EMERGENCE_PNG = ROOT / "docs" / "learning" / "emergence.png"
 
 from benchmarks.doc_sections import replace_section  # noqa: E402
 
@@ -128,6 +130,10 @@ warm-up data and initialisation follow the seed), synchronous and with `train.ma
 Every run:
 
 {runs_table(rows)}
+
+`emergence.png` of seed 0, synchronous (per held-out evaluation; thin lines: the same per training batch):
+
+![emergence, seed 0](learning/emergence.png)
 """
 
 
@@ -174,6 +180,9 @@ def main() -> int:
             shutil.copy(COMPARE_RUNS / name, COMPARE / name)
     if args.write_docs:
         rows = recorded()
+        if (EMERGENCE_RUN / "emergence.png").exists():  # one run's emergence plot, shown in the section
+            EMERGENCE_PNG.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(EMERGENCE_RUN / "emergence.png", EMERGENCE_PNG)
         if rows:
             print(seeds_section(rows))
             replace_section(seeds_section(rows))

@@ -1,5 +1,6 @@
-"""cluster/compare.py without Ray: the cost curves it plots, its table, and what the CLI refuses. (The
-comparison itself runs the real stack: `benchmarks/learning.py --compare`, docs/benchmarks.md.)"""
+"""cluster/compare.py without Ray: the cost curves it plots, its table, and what the CLI refuses; the seeds
+table of benchmarks/learning.py. (The comparison and the seeds run the real stack: `benchmarks/learning.py`,
+docs/benchmarks.md.)"""
 from __future__ import annotations
 
 import json
@@ -41,3 +42,23 @@ def test_cli_refuses_file_data_and_unknown_methods(tmp_path):
     proc = run("--methods", "rl,dpo")
     assert proc.returncode == 2 and "unknown dpo" in proc.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_seeds_table_gives_mean_and_sd_per_staleness():
+    """benchmarks/learning.py's table: mean ± sd (n-1) of each figure over the seeds of each max_staleness,
+    and the gain-sd verdict against the issue's 5-point goal."""
+    from benchmarks.learning import derived, seeds_section, seeds_table
+
+    def row(seed: int, k: int, start: float, end: float) -> dict:
+        return derived({"seed": seed, "max_staleness": k, "eval_accuracy_start": start, "eval_accuracy_end": end,
+                        "eval_greedy_accuracy_start": 0.1, "eval_greedy_accuracy_end": 0.9,
+                        "eval_boxed_rate_start": 1.0, "eval_boxed_rate_end": 1.0,
+                        "eval_response_tokens_start": 10.0, "eval_response_tokens_end": 30.0 + seed,
+                        "eval_worked_frac_start": 0.1, "eval_worked_frac_end": 1.0,
+                        "eval_reflection_frac_start": 0.0, "eval_reflection_frac_end": 0.0, "wall_seconds": 200.0})
+
+    rows = [row(0, 0, 0.1, 0.8), row(1, 0, 0.1, 0.9), row(2, 0, 0.1, 0.7), row(0, 1, 0.1, 0.6)]
+    text = seeds_table(rows)
+    assert "| accuracy gain (points) | 70.0 ± 10.0 | 50.0 ± nan |" in text
+    assert "| response length ratio | 3.1 ± 0.1 | 3.0 ± nan |" in text
+    assert "max_staleness=0: gain sd 10.0 points (misses the <= 5 goal)" in seeds_section(rows)

@@ -132,7 +132,9 @@ def curve(run_dir: Path) -> list[tuple[float, float, float]]:
     return out
 
 
-def plot(out: Path, methods: list[str]) -> Path:
+def compare_figure(out: Path, methods: list[str]) -> Any:
+    """Held-out accuracy of each method's run under <out> against tokens trained on (left) and training
+    wall seconds (right): the points of `curve`."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -149,6 +151,14 @@ def plot(out: Path, methods: list[str]) -> Path:
         ax.set_ylim(-0.02, 1.02)
         ax.legend()
     fig.tight_layout()
+    return fig
+
+
+def plot(out: Path, methods: list[str]) -> Path:
+    """<out>/compare.png: see compare_figure."""
+    import matplotlib.pyplot as plt
+
+    fig = compare_figure(out, methods)
     path = out / "compare.png"
     fig.savefig(path, dpi=100)
     plt.close(fig)

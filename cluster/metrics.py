@@ -92,14 +92,13 @@ def read_metrics(run_dir: Path) -> list[dict[str, float]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
 
 
-def plot_run(run_dir: Path) -> Path:
-    """reward and accuracy per step (left), held-out accuracy (right), saved as PNG."""
+def run_figure(rows: list[dict[str, float]]) -> Any:
+    """reward and accuracy per step (left), held-out accuracy (right)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = read_metrics(run_dir)
     train = [r for r in rows if "reward/mean" in r]
     evals = [r for r in rows if "eval/accuracy" in r]
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
@@ -117,6 +116,14 @@ def plot_run(run_dir: Path) -> Path:
     right.legend()
     right.set_title("held-out evaluation")
     fig.tight_layout()
+    return fig
+
+
+def plot_run(run_dir: Path) -> Path:
+    """reward_accuracy.png: see run_figure."""
+    import matplotlib.pyplot as plt
+
+    fig = run_figure(read_metrics(run_dir))
     out = run_dir / "reward_accuracy.png"
     fig.savefig(out, dpi=100)
     plt.close(fig)

@@ -7,7 +7,7 @@ import json
 import subprocess
 import sys
 
-from cluster.compare import curve, table
+from cluster.compare import LABELS, compare_figure, curve, table
 from tests.conftest import ROOT
 
 
@@ -19,6 +19,24 @@ def test_curve_reads_the_cost_of_each_evaluation(tmp_path):
             {"step": 2, "rephrased/accuracy": 0.2}]
     (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     assert curve(tmp_path) == [(0.0, 0.0, 0.1), (250.0, 3.5, 0.4)]
+
+
+def test_compare_figure_draws_each_methods_curve(tmp_path):
+    """compare.png: per method, held-out accuracy against tokens trained on (left) and seconds (right)."""
+    for method, scale in (("rl", 1.0), ("sft", 3.0)):
+        rows = [{"step": 0, "eval/accuracy": 0.1},
+                {"step": 1, "compare/train_tokens": 100.0 * scale, "compare/train_s": 2.0 / scale},
+                {"step": 1, "eval/accuracy": 0.2 * scale}]
+        (tmp_path / method).mkdir()
+        (tmp_path / method / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    fig = compare_figure(tmp_path, ["rl", "sft"])
+    for ax, x in zip(fig.axes, (0, 1)):
+        lines = {line.get_label(): line for line in ax.get_lines()}
+        for method in ("rl", "sft"):
+            points = curve(tmp_path / method)
+            assert list(lines[LABELS[method]].get_xdata()) == [p[x] for p in points]
+            assert list(lines[LABELS[method]].get_ydata()) == [p[2] for p in points]
+    assert list(lines[LABELS["sft"]].get_ydata()) == [0.1, 0.2 * 3.0]  # sft: its own curve, not rl's
 
 
 def test_table_has_a_row_per_method_with_start_and_end():

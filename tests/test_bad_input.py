@@ -31,8 +31,8 @@ def _cli(tmp: Path, *overrides: str) -> subprocess.CompletedProcess:
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory) -> Path:
     """A random tiny model with its tokenizer (no warm-up): enough for model.path and prompt lengths."""
-    from tasks import column_addition
     from cluster.tiny_model import build_random_model
+    from tasks import column_addition
 
     tiny = load_config(None, TINY).model.tiny
     return build_random_model(tiny, column_addition.tokenizer_corpus(), tmp_path_factory.mktemp("model"), 0)

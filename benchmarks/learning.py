@@ -137,7 +137,8 @@ def seeds_section(rows: list[dict[str, Any]]) -> str:
 (`configs/tiny.yaml`, 40 GRPO steps) with `train.seed` 0, 1, 2 (each seed builds its own base model:
 warm-up data and initialisation follow the seed), synchronous and with `train.max_staleness=1`. Held-out:
 256 problems, 4 samples each at T=1 (accuracy), greedy; "worked" is `tasks.column_addition.is_worked`,
-"self-check" `cluster.metrics.REFLECTION`. Goal: the accuracy gain's sd <= 5 points. {verdict or ''}.
+"self-check" `cluster.metrics.REFLECTION`. Goal: the accuracy gain's sd <= 5 points.
+{verdict or ''}.
 "Cut at max_new_tokens" is the share of the last training batch that hit `rollout.max_new_tokens`: a
 run near 100% has lost its end-of-sequence token and keeps writing after the boxed answer (e.g.
 `So \\boxed{{1531}}.}}.}}.}}.`), which the answer reward neither sees nor penalises; its response length
@@ -157,20 +158,25 @@ Every run:
 
 def compare_section() -> str:
     results = json.loads((COMPARE / "results.json").read_text())
-    cfg = results["config"]
+    cfg, rows = results["config"], results["results"]
+    wall = f" The whole comparison took {results['wall_seconds']:.0f} s." if "wall_seconds" in results else ""
+    floor = ("\n\nThe base model answers the rephrased questions at "
+             f"{max(r['rephrased_accuracy_start'] for r in rows):.3f}: the wording is outside what the warm-up "
+             "taught it to read, so that column is at its floor for every method and tells them apart by nothing."
+             if all(r["rephrased_accuracy_start"] < 0.05 for r in rows) else "")
     return f"""## RL vs SFT distillation vs rejection-sampling fine-tuning
 
 `benchmarks/learning.py --compare --write-docs` (`python -m cluster.compare --config configs/tiny.yaml
---out runs/compare`, then the plot, table and results.json copied to docs/compare/): from the same base model and through the same learner code path, {cfg['train']['steps']}
-optimizer steps each with the learner's settings (lr {cfg['learner']['lr']}), a budget of
-{cfg['train']['prompts_per_step']} x {cfg['rollout']['samples_per_prompt']} sequences per step: RL (GRPO on the
-answer reward), SFT on the task generator's worked solutions (a perfect teacher), and rejection-sampling
-fine-tuning on the model's own distinct correct samples (STaR / RFT). "Rephrased" asks the same held-out
-questions as "Add 457 and 385. What is the total?" instead of "What is 457 + 385?" (never trained on).
-Plot: held-out accuracy against response tokens trained on and against training wall seconds
-(`docs/compare/compare.png`).
+--out runs/compare`, then the plot, table and results.json copied to docs/compare/): from the same base
+model and through the same learner code path, {cfg['train']['steps']} optimizer steps each with the
+learner's settings (lr {cfg['learner']['lr']}), a budget of {cfg['train']['prompts_per_step']} x
+{cfg['rollout']['samples_per_prompt']} sequences per step: RL (GRPO on the answer reward), SFT on the task
+generator's worked solutions (a perfect teacher), and rejection-sampling fine-tuning on the model's own
+distinct correct samples (STaR / RFT). "Rephrased" asks the same held-out questions as "Add 457 and 385.
+What is the total?" instead of "What is 457 + 385?" (never trained on). Plot: held-out accuracy against
+response tokens trained on and against training wall seconds (`docs/compare/compare.png`).{wall}
 
-{(COMPARE / "compare.md").read_text().strip()}
+{(COMPARE / "compare.md").read_text().strip()}{floor}
 
 ![RL vs SFT vs RFT](compare/compare.png)
 """

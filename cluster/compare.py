@@ -179,7 +179,7 @@ def table(results: list[dict[str, Any]]) -> str:
 def compare(cfg: Config, out: Path, methods: list[str]) -> list[dict[str, Any]]:
     """Run each method from the same (cached) base model; write compare.png, compare.md, results.json."""
     out.mkdir(parents=True, exist_ok=True)
-    results = []
+    started, results = time.perf_counter(), []
     for method in methods:
         run = MethodRun(method, cfg, out / method)
         try:
@@ -187,7 +187,8 @@ def compare(cfg: Config, out: Path, methods: list[str]) -> list[dict[str, Any]]:
         finally:
             run.close()
         print(json.dumps(results[-1]), flush=True)
-    (out / "results.json").write_text(json.dumps({"config": cfg.model_dump(mode="json"), "results": results}, indent=2))
+    (out / "results.json").write_text(json.dumps({"config": cfg.model_dump(mode="json"), "results": results,
+                                                 "wall_seconds": time.perf_counter() - started}, indent=2))
     (out / "compare.md").write_text(table(results) + "\n")
     plot(out, methods)
     return results

@@ -9,23 +9,25 @@ import json
 import shutil
 import time
 from pathlib import Path
+from typing import Any
 
 from tqdm import tqdm
 
-from cluster import arithmetic
 from cluster.config import Config
 from cluster.groups import LearnerGroup
 from cluster.placement import Placement
 from cluster.tiny_model import EOS, build_random_model
 from protocol.batch import TrainBatch
+from tasks import task_for
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt")
 
 
 def cache_key(cfg: Config) -> str:
-    # The preset only names a shape: the fields decide the model (and keep the key of older caches).
-    shape = {"tiny": cfg.model.tiny.model_dump(exclude={"preset"}), "warmup": cfg.model.warmup.model_dump(), "seed": cfg.train.seed,
-             "version": 1}
+    # The preset only names a shape: the fields decide the model.
+    task = task_for(cfg.data.kind)
+    shape = {"tiny": cfg.model.tiny.model_dump(exclude={"preset"}), "warmup": cfg.model.warmup.model_dump(),
+             "seed": cfg.train.seed, "task": task.__name__, "task_version": task.VERSION, "version": 2}
     return hashlib.sha256(json.dumps(shape, sort_keys=True).encode()).hexdigest()[:12]
 
 
@@ -47,35 +49,46 @@ def resolve_model(cfg: Config, placement: Placement) -> str:
     return str(build_base_model(cfg, placement, out))
 
 
-def sft_batches(cfg: Config, tokenizer: object, eos_id: int) -> list[TrainBatch]:
-    w = cfg.model.warmup
-    pairs = arithmetic.sft_texts(w.steps * w.batch_size, seed=cfg.train.seed, boxed_fraction=w.boxed_fraction)
-    batches = []
-    for lo in range(0, len(pairs), w.batch_size):
-        prompts, responses = [], []
-        for prompt, response in pairs[lo: lo + w.batch_size]:
-            prompts.append(tokenizer(prompt, add_special_tokens=False)["input_ids"])
-            responses.append(tokenizer(response, add_special_tokens=False)["input_ids"] + [eos_id])
-        batches.append(TrainBatch(prompts, responses, [], [0.0] * len(prompts), [[1.0] * len(r) for r in responses]))
-    return batches
+def warmup_pairs(cfg: Config) -> list[tuple[str, str]]:
+    """The warm-up's (prompt, response) pairs in training order: the skill stage, then the habit stage
+    (the last `habit_steps` steps, which set how often the base model works a sum out)."""
+    w, task = cfg.model.warmup, task_for(cfg.data.kind)
+    habit = min(w.habit_steps, w.steps)
+    skill = task.warmup_pairs((w.steps - habit) * w.batch_size, 1000 + cfg.train.seed, w.skill_worked_fraction,
+                              w.self_check_fraction)
+    return skill + task.warmup_pairs(habit * w.batch_size, 2000 + cfg.train.seed, w.worked_fraction, w.self_check_fraction)
 
 
-def build_base_model(cfg: Config, placement: Placement, out: Path) -> Path:
+def sft_batch(pairs: list[tuple[str, str]], tokenizer: Any, eos_id: int) -> TrainBatch:
+    """(prompt, response) texts as a supervised batch: every response token (and EOS) in the loss."""
+    prompts = [tokenizer(p, add_special_tokens=False)["input_ids"] for p, _ in pairs]
+    responses = [tokenizer(r, add_special_tokens=False)["input_ids"] + [eos_id] for _, r in pairs]
+    return TrainBatch(prompts, responses, [], [0.0] * len(prompts), [[1.0] * len(r) for r in responses])
+
+
+def build_base_model(cfg: Config, placement: Placement, out: Path, pairs: list[tuple[str, str]] | None = None,
+                     corpus: list[str] | None = None) -> Path:
+    """Train the tokenizer on `corpus`, make a random tiny model, fine-tune it on the (prompt, response)
+    `pairs` in model.warmup.batch_size batches, and move it to `out`. Defaults: the embedded task's
+    corpus and warm-up (`warmup_pairs`)."""
     from transformers import AutoTokenizer
 
     start = time.perf_counter()
     staging = out.with_name(out.name + ".partial")
     shutil.rmtree(staging, ignore_errors=True)
-    random_dir = build_random_model(cfg.model.tiny, arithmetic.tokenizer_corpus(), staging / "random", cfg.train.seed)
-    if cfg.model.warmup.steps == 0:  # the random model is the base model (no learner needed)
+    corpus = corpus if corpus is not None else task_for(cfg.data.kind).tokenizer_corpus()
+    random_dir = build_random_model(cfg.model.tiny, corpus, staging / "random", cfg.train.seed)
+    if cfg.model.warmup.steps == 0 and pairs is None:  # the random model is the base model (no learner needed)
         return _publish(random_dir, out, start)
     tokenizer = AutoTokenizer.from_pretrained(random_dir)
-    batches = sft_batches(cfg, tokenizer, tokenizer.convert_tokens_to_ids(EOS))
+    pairs = pairs if pairs is not None else warmup_pairs(cfg)
+    size, eos_id = cfg.model.warmup.batch_size, tokenizer.convert_tokens_to_ids(EOS)
     learners = LearnerGroup(cfg, str(random_dir), placement, kl_coef=0.0, lr=cfg.model.warmup.lr)
     try:
-        bar = tqdm(batches, desc="base model: supervised warm-up", unit="step")
-        for batch in bar:
-            bar.set_postfix(loss=f"{learners.train(batch, loss='sft')['loss']:.3f}")
+        bar = tqdm(range(0, len(pairs), size), desc="base model: supervised warm-up", unit="step")
+        for lo in bar:
+            loss = learners.train(sft_batch(pairs[lo: lo + size], tokenizer, eos_id), loss="sft")["loss"]
+            bar.set_postfix(loss=f"{loss:.3f}")
         learners.call("save_hf", str(staging / "model"))
     finally:
         learners.kill()

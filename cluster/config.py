@@ -53,12 +53,18 @@ class TinyModelConfig(Strict):
 
 
 class WarmupConfig(Strict):
-    """Supervised warm-up that turns the random tiny model into a weak 'base model'."""
+    """Supervised warm-up that turns the random tiny model into a weak 'base model' on the embedded task
+    (tasks/): a skill stage where `skill_worked_fraction` of the answers are worked column by column, then
+    the last `habit_steps` steps where only `worked_fraction` are, the rest boxed direct answers. The
+    base model can work the sums out but mostly answers directly. Every warm-up answer is boxed."""
 
-    steps: int = Field(300, ge=0)
-    batch_size: int = Field(64, ge=1)
+    steps: int = Field(900, ge=0)
+    batch_size: int = Field(32, ge=1)
     lr: float = Field(1e-3, gt=0)
-    boxed_fraction: float = Field(0.3, ge=0, le=1)
+    habit_steps: int = Field(150, ge=0)
+    skill_worked_fraction: float = Field(0.8, ge=0, le=1)
+    worked_fraction: float = Field(0.2, ge=0, le=1)
+    self_check_fraction: float = Field(0.1, ge=0, le=1)  # of the worked answers: a slip, caught and corrected
 
 
 class ModelConfig(Strict):
@@ -70,7 +76,7 @@ class ModelConfig(Strict):
 
 
 class DataConfig(Strict):
-    kind: Literal["arithmetic", "jsonl"] = "arithmetic"
+    kind: Literal["column_addition", "jsonl"] = "column_addition"  # an embedded task (tasks/) or a file
     train_path: str | None = None  # jsonl with problem/answer fields (kind=jsonl)
     eval_path: str | None = None
     template: Literal["plain", "qwen_boxed"] = "plain"

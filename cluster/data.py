@@ -1,19 +1,21 @@
-"""Prompts for training and evaluation: the embedded arithmetic task or any JSONL of problem/answer."""
+"""Prompts for training and evaluation: an embedded task (tasks/) or any JSONL of problem/answer."""
 from __future__ import annotations
 
 import json
 import random
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
-from cluster import arithmetic
 from cluster.config import Config
 from protocol.batch import Prompt
+from tasks import TASKS
 
 QWEN_BOXED = ("<|im_start|>system\nPlease reason step by step, and put your final answer within \\boxed{{}}."
               "<|im_end|>\n<|im_start|>user\n{problem}<|im_end|>\n<|im_start|>assistant\n")
 PLAIN = "Question: {problem}\nAnswer: Let's think step by step."
+EMBEDDED_TRAIN_POOL = 20_000  # training problems drawn from an embedded task (data.train_size keeps fewer)
+EMBEDDED_EVAL_SEED = 12345
 
 
 @dataclass(frozen=True)
@@ -51,13 +53,25 @@ def read_jsonl(path: str, template: str) -> list[Problem]:
 def load_problems(cfg: Config) -> tuple[list[Problem], list[Problem]]:
     """(train, held-out eval) problems."""
     d = cfg.data
-    if d.kind == "arithmetic":
-        train = [Problem(p.prompt, p.answer) for p in arithmetic.all_problems(held_out=False)]
-        held = arithmetic.sample_problems(d.eval_size, seed=12345, held_out=True)
-        return train[: d.train_size], [Problem(p.prompt, p.answer) for p in held]
+    if d.kind in TASKS:
+        train, held = embedded_problems(cfg)
+        return [Problem(p.prompt, p.answer) for p in train], [Problem(p.prompt, p.answer) for p in held]
     train = read_jsonl(d.train_path, d.template)
     held = read_jsonl(d.eval_path, d.template) if d.eval_path else []
     return train[: d.train_size], held[: d.eval_size]
+
+
+def embedded_problems(cfg: Config) -> tuple[list[Any], list[Any]]:
+    """The embedded task's own (train, held-out) problems, which know their worked solution and their
+    rephrased wording: what `load_problems` serves, and the distillation teacher's pool (cluster/compare.py)."""
+    d, task = cfg.data, TASKS[cfg.data.kind]
+    return (task.sample_problems(d.train_size or EMBEDDED_TRAIN_POOL, seed=cfg.train.seed, held_out=False),
+            task.sample_problems(d.eval_size, seed=EMBEDDED_EVAL_SEED, held_out=True))
+
+
+def worked_predicate(cfg: Config) -> Callable[[str], bool] | None:
+    """How a response counts as worked out on this run's embedded task (None for file data)."""
+    return TASKS[cfg.data.kind].is_worked if cfg.data.kind in TASKS else None
 
 
 def _too_long(what: str, long: list[Problem], total: int, limit: int, longest: int) -> str:

@@ -5,6 +5,7 @@ from typing import Callable
 
 from cluster.generation import generate_and_score
 from cluster.groups import RewardPool, RolloutGroup
+from cluster.metrics import reflects
 from protocol.batch import Prompt, Sample
 
 
@@ -16,14 +17,21 @@ def score_prompts(rollouts: RolloutGroup, pool: RewardPool, prompts: list[Prompt
 
 
 def held_out_metrics(rollouts: RolloutGroup, pool: RewardPool, prompts: list[Prompt], samples_per_prompt: int,
-             temperature: float, seed: int, resync: Callable[[int], None] | None = None) -> dict[str, float]:
-    """Sampled accuracy (mean over samples_per_prompt draws at `temperature`) and greedy accuracy."""
+                     temperature: float, seed: int, resync: Callable[[int], None] | None = None,
+                     worked: Callable[[str], bool] | None = None, prefix: str = "eval") -> dict[str, float]:
+    """Sampled accuracy (mean over samples_per_prompt draws at `temperature`) and greedy accuracy; of the
+    sampled responses: boxed rate, mean length in tokens, share with reflection (cluster.metrics.REFLECTION)
+    and, with the embedded task's `worked` predicate, the share that work the problem out."""
     sampled, _ = score_prompts(rollouts, pool, prompts, samples_per_prompt, temperature, seed, resync)
     greedy, _ = score_prompts(rollouts, pool, prompts, 1, 0.0, seed, resync)
     mean = lambda xs: sum(xs) / max(len(xs), 1)  # noqa: E731
-    return {
-        "eval/accuracy": mean([s.correct for s in sampled]),
-        "eval/greedy_accuracy": mean([s.correct for s in greedy]),
-        "eval/boxed_rate": mean(["\\boxed" in s.text for s in sampled]),
-        "eval/response_len": mean([len(s.response_ids) for s in sampled]),
+    out = {
+        f"{prefix}/accuracy": mean([s.correct for s in sampled]),
+        f"{prefix}/greedy_accuracy": mean([s.correct for s in greedy]),
+        f"{prefix}/boxed_rate": mean(["\\boxed" in s.text for s in sampled]),
+        f"{prefix}/response_len": mean([len(s.response_ids) for s in sampled]),
+        f"{prefix}/reflection_frac": mean([reflects(s.text) for s in sampled]),
     }
+    if worked is not None:
+        out[f"{prefix}/worked_frac"] = mean([worked(s.text) for s in sampled])
+    return out

@@ -6,7 +6,7 @@ import re
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from protocol.batch import Sample
 
@@ -64,12 +64,15 @@ class MetricsLog:
         for sink in self.sinks:
             sink.log(step, metrics)
 
-    def samples(self, step: int, samples: list[Sample], answers: dict[int, str], keep: int) -> None:
+    def samples(self, step: int, samples: list[Sample], answers: dict[int, str], keep: int,
+                worked: Callable[[str], bool] | None = None) -> None:
+        """The first `keep` samples of a step; `worked`: the embedded task's test for a worked-out answer."""
         with self.samples_path.open("a") as f:
             for s in samples[:keep]:
                 f.write(json.dumps({"step": step, "answer": answers[s.prompt_index], "response": s.text,
                                     "reward": s.reward, "finish_reason": s.finish_reason,
                                     "response_len": len(s.response_ids), "reflection": reflects(s.text),
+                                    **({"worked": worked(s.text)} if worked else {}),
                                     "policy_version": s.policy_version}) + "\n")
 
     def sizes(self) -> tuple[int, int]:
@@ -89,14 +92,13 @@ def read_metrics(run_dir: Path) -> list[dict[str, float]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
 
 
-def plot_run(run_dir: Path) -> Path:
-    """reward and accuracy per step (left), held-out accuracy (right), saved as PNG."""
+def run_figure(rows: list[dict[str, float]]) -> Any:
+    """reward and accuracy per step (left), held-out accuracy (right)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = read_metrics(run_dir)
     train = [r for r in rows if "reward/mean" in r]
     evals = [r for r in rows if "eval/accuracy" in r]
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
@@ -114,34 +116,63 @@ def plot_run(run_dir: Path) -> Path:
     right.legend()
     right.set_title("held-out evaluation")
     fig.tight_layout()
+    return fig
+
+
+def plot_run(run_dir: Path) -> Path:
+    """reward_accuracy.png: see run_figure."""
+    import matplotlib.pyplot as plt
+
+    fig = run_figure(read_metrics(run_dir))
     out = run_dir / "reward_accuracy.png"
     fig.savefig(out, dpi=100)
     plt.close(fig)
     return out
 
 
-def plot_emergence(run_dir: Path) -> Path:
-    """Reward and accuracy beside mean response length and the reflection fraction, per step."""
+EMERGENCE_PANELS = (
+    ("held-out accuracy", (("eval/accuracy", "sampled (T=1)"), ("eval/greedy_accuracy", "greedy"),
+                           ("eval/boxed_rate", "boxed rate"))),
+    ("response length (tokens)", (("eval/response_len", "held-out mean"),)),
+    ("how it answers (share of responses)", (("eval/worked_frac", "worked out"),
+                                             ("eval/reflection_frac", "self-check / reflection"))),
+)
+
+
+def emergence_figure(rows: list[dict[str, float]]) -> Any:
+    """Per held-out evaluation: accuracy, response length, and the shares of worked and self-checking
+    responses (thin lines: the same per training batch, `train/...`)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    train = [r for r in read_metrics(run_dir) if "reward/mean" in r]
-    steps = [r["step"] for r in train]
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
-    series = (("reward/mean", "train reward"), ("train/accuracy", "train accuracy"),
-              ("train/response_len", "mean response length (tokens)"),
-              ("train/reflection_frac", "responses with reflection / verification"))
-    for ax, group in zip(axes, (series[:2], series[2:3], series[3:])):
-        for key, label in group:
-            ax.plot(steps, [r.get(key, float("nan")) for r in train], label=label)
+    evals = [r for r in rows if "eval/accuracy" in r]
+    train = [r for r in rows if "reward/mean" in r]
+    fig, axes = plt.subplots(1, len(EMERGENCE_PANELS), figsize=(16, 4))
+    for ax, (title, series) in zip(axes, EMERGENCE_PANELS):
+        for key, label in series:
+            if any(key in r for r in evals):
+                line, = ax.plot([r["step"] for r in evals], [r.get(key, float("nan")) for r in evals], marker="o",
+                                label=label)
+                per_step = key.replace("eval/", "train/")
+                if any(per_step in r for r in train):
+                    ax.plot([r["step"] for r in train], [r.get(per_step, float("nan")) for r in train],
+                            color=line.get_color(), alpha=0.3, linewidth=1)
         ax.set_xlabel("step")
+        ax.set_title(title)
         ax.legend()
-    axes[0].set_title("reward")
-    axes[1].set_title("response length")
-    axes[2].set_title("reflection (regex over responses)")
+        if "length" not in title:
+            ax.set_ylim(-0.02, 1.02)
     fig.tight_layout()
+    return fig
+
+
+def plot_emergence(run_dir: Path) -> Path:
+    """emergence.png: see emergence_figure."""
+    import matplotlib.pyplot as plt
+
+    fig = emergence_figure(read_metrics(run_dir))
     out = run_dir / "emergence.png"
     fig.savefig(out, dpi=100)
     plt.close(fig)

@@ -14,7 +14,7 @@ from tqdm import tqdm
 from cluster import checkpoint, faults, paths
 from cluster.base_model import resolve_model
 from cluster.config import Config, dump_config
-from cluster.data import PromptSource, load_problems
+from cluster.data import PromptSource, load_problems, worked_predicate
 from cluster.export import copy_tokenizer
 from cluster.heldout import held_out_metrics
 from cluster.generation import GenerationError, ScoredBatch
@@ -26,6 +26,11 @@ from cluster.sync import WeightSync
 from cluster.wandb_log import WandbSink
 from cluster.update import PolicyUpdate
 from protocol.batch import Sample
+
+
+# summary.json's emergence figures, as eval_<name>_start / eval_<name>_end (None where a run lacks them)
+EMERGENCE_SUMMARY = (("boxed_rate", "boxed_rate"), ("response_tokens", "response_len"), ("worked_frac", "worked_frac"),
+                     ("reflection_frac", "reflection_frac"))
 
 
 def mean(xs: list[float]) -> float:
@@ -55,6 +60,7 @@ class Trainer:
         self.log = MetricsLog(run_dir, purge_step=first_step, sinks=sinks)
         self.started = time.perf_counter()
         self.grader: RewardPool | None = None  # grader-only reward pool for benchmarks, made on first use
+        self.worked = worked_predicate(cfg)  # the embedded task's "worked out" test (None for file data)
 
     def setup(self) -> None:
         from transformers import AutoTokenizer
@@ -98,7 +104,7 @@ class Trainer:
             train_metrics = self.update.train(batch, seed, step)
         with timer("sync"):
             sync_metrics = self.sync.sync()
-        self.log.samples(step, samples, {p.index: p.answer for p in prompts}, cfg.train.samples_to_save)
+        self.log.samples(step, samples, {p.index: p.answer for p in prompts}, cfg.train.samples_to_save, self.worked)
         return {**self._sample_metrics(samples, rollout), **batch_metrics, **train_metrics, **sync_metrics,
                 **async_metrics, **timer.seconds, **self._role_times(rollout, timer, sync_metrics)}
 
@@ -122,7 +128,9 @@ class Trainer:
         counts = rollout.counts
         groups = [samples[i: i + self.cfg.rollout.samples_per_prompt]
                   for i in range(0, len(samples), self.cfg.rollout.samples_per_prompt)]
+        worked = {"train/worked_frac": mean([self.worked(s.text) for s in samples])} if self.worked else {}
         return {
+            **worked,
             "reward/mean": mean([s.reward for s in samples]),
             "train/accuracy": mean([s.correct for s in samples]),
             "train/boxed_rate": 1.0 - counts["unboxed"] / max(len(samples), 1),
@@ -142,7 +150,7 @@ class Trainer:
     def evaluate(self, step: int) -> dict[str, float]:
         t = time.perf_counter()
         metrics = held_out_metrics(self.rollouts, self.rewards, self.eval_prompts, self.cfg.train.eval_samples,
-                           self.cfg.rollout.temperature, seed=777, resync=self.sync.resync)
+                                   self.cfg.rollout.temperature, seed=777, resync=self.sync.resync, worked=self.worked)
         metrics["time/eval_s"] = time.perf_counter() - t
         self.log.log(step, metrics)
         return metrics
@@ -240,6 +248,8 @@ class Trainer:
             "eval_accuracy_start": first["eval/accuracy"], "eval_accuracy_end": last["eval/accuracy"],
             "eval_greedy_accuracy_start": first["eval/greedy_accuracy"],
             "eval_greedy_accuracy_end": last["eval/greedy_accuracy"],
+            **{f"eval_{name}_{end}": row.get(f"eval/{key}") for name, key in EMERGENCE_SUMMARY
+               for end, row in (("start", first), ("end", last))},
             "steps": self.cfg.train.steps, "wall_seconds": time.perf_counter() - self.started,
             "policy_version": self.sync.version, "final_model": str(final_dir),
             "plot": str(plot_run(self.run_dir)), "emergence_plot": str(plot_emergence(self.run_dir)),

@@ -28,13 +28,13 @@ def tokenized_model(out: Path, shape: dict[str, int]) -> str:
     """A random bf16 Qwen2 of the 1B shape whose vocabulary is a BPE trained on the embedded task."""
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
-    from cluster import arithmetic
     from cluster.tiny_model import EOS, save_tokenizer, train_tokenizer
+    from tasks import column_addition
 
     if (out / "config.json").is_file():
         return str(out)
     out.mkdir(parents=True, exist_ok=True)
-    tok = train_tokenizer(arithmetic.tokenizer_corpus(), 4096)
+    tok = train_tokenizer(column_addition.tokenizer_corpus(), 4096)
     save_tokenizer(tok, out, 4096)
     eos = tok.token_to_id(EOS)
     layer_shape = {k: v for k, v in shape.items() if k != "vocab_size"}

@@ -31,11 +31,11 @@ def _cli(tmp: Path, *overrides: str) -> subprocess.CompletedProcess:
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory) -> Path:
     """A random tiny model with its tokenizer (no warm-up): enough for model.path and prompt lengths."""
-    from cluster import arithmetic
     from cluster.tiny_model import build_random_model
+    from tasks import column_addition
 
     tiny = load_config(None, TINY).model.tiny
-    return build_random_model(tiny, arithmetic.tokenizer_corpus(), tmp_path_factory.mktemp("model"), 0)
+    return build_random_model(tiny, column_addition.tokenizer_corpus(), tmp_path_factory.mktemp("model"), 0)
 
 
 def test_rows_without_problem_or_answer_are_listed_by_line(tmp_path):

@@ -4,10 +4,12 @@ reward actors are the real ones; the session trainer's reward function is a stub
 (`reward.custom_fn=tests.rewards_fixture:even_length`: 1 for an even-length response), so a random tiny
 model gets mixed rewards. The grader itself is used in `test_reward_pool_scores_in_ray_actors`."""
 import json
+from pathlib import Path
 
 import pytest
 import torch
 
+from cluster.metrics import run_figure
 from protocol.batch import Prompt, TrainBatch
 
 
@@ -105,12 +107,20 @@ def test_run_outputs_and_hf_export(trainer):
     first = trainer.evaluate(0)
     summary = trainer.finish(first, first)
     run = trainer.run_dir
-    assert (run / "config.yaml").is_file() and (run / "reward_accuracy.png").stat().st_size > 0
+    assert (run / "config.yaml").is_file() and Path(summary["plot"]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert any("reward/mean" in r for r in rows) and any("eval/accuracy" in r for r in rows)
+    # reward_accuracy.png draws the logged series: every training batch's reward, every evaluation's accuracy
+    drawn = {line.get_label(): list(line.get_ydata()) for ax in run_figure(rows).axes for line in ax.get_lines()}
+    assert drawn["train reward (mean)"] == [r["reward/mean"] for r in rows if "reward/mean" in r]
+    assert drawn["sampled (T=1) accuracy"] == [r["eval/accuracy"] for r in rows if "eval/accuracy" in r]
+    assert drawn["sampled (T=1) accuracy"][-1] == first["eval/accuracy"]
     saved = json.loads((run / "summary.json").read_text())
     for key in ("eval_accuracy_start", "eval_accuracy_end", "steps", "wall_seconds"):
         assert key in saved
+    # the emergence figures of issue 15, read from the evaluations (here the same one at start and end)
+    for name, key in (("boxed_rate", "boxed_rate"), ("response_tokens", "response_len"), ("worked_frac", "worked_frac")):
+        assert saved[f"eval_{name}_start"] == saved[f"eval_{name}_end"] == first[f"eval/{key}"], name
     model = AutoModelForCausalLM.from_pretrained(summary["final_model"], dtype=torch.float32)
     prompt, response = trainer.eval_prompts[1].token_ids, [5, 6, 7]
     with torch.no_grad():

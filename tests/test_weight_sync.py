@@ -52,7 +52,7 @@ def _engine_logprobs(rollouts, prompt, response) -> list[torch.Tensor]:
 
 
 def _learner_logprobs(learners, prompt, response) -> torch.Tensor:
-    return torch.tensor(learners.call("logprobs", TrainBatch([prompt], [response], [], [0.0], []))[0][0])
+    return torch.tensor(learners.logprobs(TrainBatch([prompt], [response], [], [0.0], []))[0])
 
 
 @pytest.fixture(scope="module")

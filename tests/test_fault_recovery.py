@@ -152,6 +152,12 @@ def test_dead_reward_actor_is_replaced_and_its_items_scored_again(trainer):
         samples = _fake_samples(["1", "2", "3", "4"])
         ray.get([a.ping.remote() for a in pool.actors])
         ray.kill(pool.actors[0])  # dies with no verdict given (killing mid-job would race a 1 ms job)
+        for _ in range(100):  # ray.kill returns before the actor is gone: wait until a call really fails
+            try:
+                ray.get(pool.actors[0].ping.remote(), timeout=5)
+            except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
+                break
+            time.sleep(0.05)
         counts = pool.collect(pool.submit(samples, {i: str(i + 1) for i in range(4)}))
         assert counts["restarts"] == 1 and counts["timeouts"] == 0
         assert [s.reward for s in samples] == [float(len(s.text) % 2 == 0) for s in samples]

@@ -162,9 +162,10 @@ class LearnerGroup(RankGroup):
         """Reference-model logprobs of every response, each rank scoring its share."""
         return self.scored("ref_logprobs", batch, seed)
 
-    def logprobs(self, batch: TrainBatch) -> list[list[float]]:
-        """Response logprobs under the learner's current weights, each rank scoring its share."""
-        return merge_indexed(self.call("logprobs", batch), len(batch))
+    def logprobs(self, batch: TrainBatch, temperature: float | None = None) -> list[list[float]]:
+        """Response logprobs under the learner's current weights at `temperature` (None: the rollout
+        temperature), each rank scoring its share."""
+        return merge_indexed(self.call("logprobs", batch, temperature), len(batch))
 
 
 class CriticGroup(RankGroup):

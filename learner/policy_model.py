@@ -15,6 +15,17 @@ import torch
 from torch.utils.checkpoint import checkpoint
 
 
+def logprob_temperature(sampling_temperature: float) -> float:
+    """The temperature the learner's log-probs use for samples drawn at `sampling_temperature`: the same,
+    except greedy decoding (0), whose log-probs vLLM reports from the raw logits (temperature 1).
+
+    Top-p / top-k are not reproduced: the learner's log-probs are of the tempered distribution over the
+    whole vocabulary (as OpenRLHF, verl and TRL compute them), while vLLM's `processed_logprobs` are
+    renormalised over the kept tokens, so with top_p < 1 a sampled token's engine log-prob exceeds the
+    learner's by log(1 / kept probability mass) (docs/cluster.md, "Sampling distribution")."""
+    return sampling_temperature if sampling_temperature > 0 else 1.0
+
+
 class PolicyModel(torch.nn.Module):
     """A transformers causal LM with a `model` body and an `lm_head` (Qwen2, Llama, Mistral, ...).
 
@@ -41,11 +52,12 @@ class PolicyModel(torch.nn.Module):
         return self.lm.config
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, rows: torch.Tensor,
-                cols: torch.Tensor, targets: torch.Tensor, entropy: str | None = None
+                cols: torch.Tensor, targets: torch.Tensor, entropy: str | None = None, temperature: float = 1.0
                 ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Log-probs (fp32) of `targets` [N] predicted at positions (`rows`, `cols`) of the batch, and the
         next-token entropy there when asked ("grad": differentiable, for the entropy bonus; "detached";
-        None: not computed)."""
+        None: not computed), both of the distribution softmax(logits / `temperature`): the one the rollout
+        engine samples from at that temperature (and reports log-probs of: rollout/vllm_compat.py)."""
         hidden = self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
         picked = hidden[rows, cols]  # [N, H]: only these positions reach the head
         count = max(1, -(-len(picked) // self.chunk_tokens))
@@ -54,15 +66,18 @@ class PolicyModel(torch.nn.Module):
         bounds = [len(picked) * k // count for k in range(count + 1)]
         logprobs, entropies = [], []
         for lo, hi in zip(bounds, bounds[1:]):
-            args = (picked[lo:hi], targets[lo:hi], entropy)
+            args = (picked[lo:hi], targets[lo:hi], entropy, temperature)
             out = checkpoint(self._head, *args, use_reentrant=False) if torch.is_grad_enabled() else self._head(*args)
             logprobs.append(out[0])
             entropies.append(out[1])
         return torch.cat(logprobs), (torch.cat(entropies) if entropy else None)
 
-    def _head(self, hidden: torch.Tensor, targets: torch.Tensor, entropy: str | None
+    def _head(self, hidden: torch.Tensor, targets: torch.Tensor, entropy: str | None, temperature: float
               ) -> tuple[torch.Tensor, torch.Tensor]:
-        logp = torch.log_softmax(self.lm_head(hidden).float(), dim=-1)
+        logits = self.lm_head(hidden).float()
+        if temperature != 1.0:
+            logits = logits / temperature
+        logp = torch.log_softmax(logits, dim=-1)
         token = logp.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
         if entropy is None:
             return token, token.new_zeros(0)

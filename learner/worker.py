@@ -14,7 +14,7 @@ import torch
 from learner import core_algos as algos
 from learner.batching import PaddedBatch
 from learner.ds_rank import DeepSpeedRank, RankSpec
-from learner.policy_model import PolicyModel
+from learner.policy_model import PolicyModel, logprob_temperature
 from protocol import transports
 from protocol.batch import TrainBatch
 from protocol.weight_sync import TensorMeta
@@ -36,16 +36,19 @@ class LearnerSpec(RankSpec):
     tis: str  # importance correction against the rollout engine's log-probs: "off", "token", "sequence"
     tis_cap: float | None
     logprob_chunk_tokens: int  # response positions whose full-vocabulary logits exist at once (policy_model.py)
+    temperature: float  # rollout.temperature: every RL log-prob (old, new, reference, entropy) is at it
 
 
-def forward_logprobs(model: Any, pb: PaddedBatch, entropy: str | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+def forward_logprobs(model: Any, pb: PaddedBatch, temperature: float, entropy: str | None = None
+                     ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The one forward of the policy (a PolicyModel, or the DeepSpeed engine around one): log-probs of the
-    target tokens, [B, L-1], and the next-token entropy when asked ("detached", or "grad" for the
-    entropy bonus; None: not computed). Both are computed at the response positions only, in chunks
-    (learner/policy_model.py), and hold 0 elsewhere; the losses weigh only response tokens."""
+    target tokens under softmax(logits / `temperature`), [B, L-1], and the next-token entropy of that
+    distribution when asked ("detached", or "grad" for the entropy bonus; None: not computed). Both are
+    computed at the response positions only, in chunks (learner/policy_model.py), and hold 0 elsewhere;
+    the losses weigh only response tokens."""
     rows, cols = pb.response_index()
     logprobs, ent = model(input_ids=pb.input_ids, attention_mask=pb.attention_mask, rows=rows, cols=cols,
-                          targets=pb.targets[rows, cols], entropy=entropy)
+                          targets=pb.targets[rows, cols], entropy=entropy, temperature=temperature)
     return pb.scatter(rows, cols, logprobs), None if ent is None else pb.scatter(rows, cols, ent)
 
 
@@ -57,6 +60,7 @@ class LearnerWorker(DeepSpeedRank):
         self.ref_model: Any = None
         self.transports: dict[str, transports.Transport] = {}  # the learner side of each open weight sync, by key
         self._params: dict[str, torch.nn.Parameter] | None = None  # name -> parameter, built at the first export
+        self.temperature = logprob_temperature(spec.temperature)
 
     def _build_model(self, dtype: torch.dtype) -> torch.nn.Module:
         from transformers import AutoModelForCausalLM
@@ -100,12 +104,13 @@ class LearnerWorker(DeepSpeedRank):
         return self._optimise(batch, seed, self._policy_loss, self.spec.loss_agg, self.spec.max_response_len)
 
     def _sft_loss(self, pb: PaddedBatch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        logprobs, entropy = forward_logprobs(self.engine, pb, entropy="detached")
+        logprobs, entropy = forward_logprobs(self.engine, pb, 1.0, entropy="detached")  # plain NLL
         return algos.sft_loss(logprobs, pb.mask), {"entropy": entropy}
 
     def _policy_loss(self, pb: PaddedBatch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         s = self.spec
-        logprobs, entropy = forward_logprobs(self.engine, pb, entropy="grad" if s.entropy_coef > 0 else "detached")
+        logprobs, entropy = forward_logprobs(self.engine, pb, self.temperature,
+                                             entropy="grad" if s.entropy_coef > 0 else "detached")
         kl = None
         if s.kl_coef > 0 and not s.kl_in_reward:
             if pb.ref_logprobs is None:
@@ -126,20 +131,22 @@ class LearnerWorker(DeepSpeedRank):
         """(sample index, log-probs) of this rank's samples under the current weights, before any update,
         in the micro-batches the first mini-batch of `train_step(batch, seed)` trains on."""
         self.engine.eval()
-        return self._score(batch, seed, lambda pb: forward_logprobs(self.engine, pb)[0])
+        return self._score(batch, seed, lambda pb: forward_logprobs(self.engine, pb, self.temperature)[0])
 
     def ref_logprobs(self, batch: TrainBatch, seed: int | None = None) -> list[tuple[int, list[float]]]:
         """(sample index, reference-model log-probs) of this rank's samples (the KL term or penalty).
         The reference model is loaded only when kl_coef > 0 (sharded under ZeRO-3: `_after_setup`)."""
         if self.ref_model is None:
             raise RuntimeError("no reference model: it is loaded only when kl_coef > 0")
-        return self._score(batch, seed, lambda pb: forward_logprobs(self.ref_model, pb)[0])
+        return self._score(batch, seed, lambda pb: forward_logprobs(self.ref_model, pb, self.temperature)[0])
 
-    def logprobs(self, batch: TrainBatch) -> list[tuple[int, list[float]]]:
-        """(sample index, response log-probs) of this rank's samples under the current weights, in the
-        learner's micro-batches; all ranks must call it (cluster/groups.py merges them)."""
+    def logprobs(self, batch: TrainBatch, temperature: float | None = None) -> list[tuple[int, list[float]]]:
+        """(sample index, response log-probs) of this rank's samples under the current weights, at
+        `temperature` (None: the rollout's), in the learner's micro-batches; all ranks must call it
+        (cluster/groups.py merges them)."""
         self.engine.eval()
-        return self._score(batch, None, lambda pb: forward_logprobs(self.engine, pb)[0])
+        t = self.temperature if temperature is None else logprob_temperature(temperature)
+        return self._score(batch, None, lambda pb: forward_logprobs(self.engine, pb, t)[0])
 
     # ---- weights out -------------------------------------------------------------------------
     def weight_layout(self) -> list[tuple[str, tuple[int, ...]]]:

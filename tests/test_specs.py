@@ -30,7 +30,7 @@ OVERRIDES = ["learner.lr=3e-5", "learner.zero_stage=1", "learner.weight_decay=0.
              "critic.grad_clip=0.3", "critic.micro_batch_size=3", "critic.value_clip=0.4",
              "rollout.max_model_len=200", "rollout.kv_cache_gib=0.5", "rollout.gpu_memory_utilization=0.3",
              "rollout.tensor_parallel_size=2", "rollout.multiprocess_engine=true", "rollout.max_new_tokens=40",
-             "model.dtype=bfloat16", "train.seed=9", "sync.timeout_s=77", "cluster.device=gpu",
+             "model.dtype=bfloat16", "train.seed=9", "rollout.temperature=0.6", "sync.timeout_s=77", "cluster.device=gpu",
              "algorithm.advantage=gae"]
 # Fields of an actor's config section that stay with the driver (placement, the loop), by design.
 DRIVER_ONLY = {
@@ -68,8 +68,8 @@ def test_every_spec_field_equals_its_config_field(cfg):
                 assert getattr(spec, f.name) == getattr(getattr(cfg, owners[0]), f.name), (role, f.name)
     learner, critic, engine = (spec for spec, _ in _built(cfg).values())
     # The derived fields, each from the one place it lives in the config.
-    assert (learner.max_response_len, learner.seed, learner.timeout_s, learner.dtype, learner.device) == \
-        (40, 9, 77.0, "bfloat16", "gpu")
+    assert (learner.max_response_len, learner.seed, learner.timeout_s, learner.dtype, learner.device,
+            learner.temperature) == (40, 9, 77.0, "bfloat16", "gpu", 0.6)
     assert (critic.ppo_epochs, critic.ppo_mini_batches, critic.seed, critic.lr) == (3, 4, 9, 7e-4)
     assert (engine.multiprocess, engine.seed, engine.dtype) == (True, 9, "bfloat16")
 

@@ -187,8 +187,9 @@ class CriticConfig(DeepSpeedGroupConfig):
 class RewardConfig(Strict):
     num_workers: int = Field(2, ge=1)
     timeout_s: float = Field(2.0, gt=0)  # per answer (grader or custom_fn), enforced inside the reward actor
-    # A batch's verdicts are awaited at most 2 * timeout_s + grace_s (grace: actor start-up, a
-    # replacement's imports) after generation ends; an actor still busy then is killed and replaced.
+    # Answers sent to a reward actor are awaited at most timeout_s x (answers queued on that actor, its
+    # own included, + 1) + grace_s (grace: actor start-up, a replacement's imports) after they were sent;
+    # an actor still busy then is killed and replaced.
     grace_s: float = Field(40.0, gt=0)
     custom_fn: str | None = Field(None, pattern=r"^[\w.]+:\w+$")  # "module:function(response, answer) -> float"
     shaping: Literal["binary", "simplerl"] = "binary"  # reward.shaping.shaped_reward

@@ -47,6 +47,11 @@ def actor_error_text(error: Exception) -> str:
     return f"{type(cause).__name__}: {str(cause).strip().splitlines()[-1] if str(cause).strip() else ''}"
 
 
+def _last_line(text: str) -> str:
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    return lines[-1] if lines else text
+
+
 def wait_named(named: list[tuple[str, ray.ObjectRef]], timeout_s: float, what: str,
                error: type[ActorFailure] = ActorFailure, name_task_errors: bool = True,
                grace_s: float = 10.0) -> list[Any]:
@@ -267,6 +272,7 @@ class ScoreJob:
     actor: Any  # the handle it was sent to (the pool's slot may hold a replacement since)
     samples: list[Sample]
     pairs: list[tuple[str, str]]
+    deadline: float  # monotonic: the actor's queue ahead of it and its own items, each within timeout_s
 
 
 class RewardPool:
@@ -284,6 +290,7 @@ class RewardPool:
         self.restarts = 0
         self.lock = threading.Lock()  # batches in flight (train.max_staleness > 0) score from their own threads
         self.error_kinds: set[str] = set()
+        self.queued = [0] * len(self.actors)  # items sent to each actor and not yet collected
 
     def _new_actor(self, index: int) -> Any:
         """Actor `index`, in its reserved bundle when the pool was placed (a replacement reuses it)."""
@@ -306,8 +313,14 @@ class RewardPool:
             self.next += 1
             pairs = [(s.text, answers[s.prompt_index]) for s in part]
             actor = self.actors[index]
-            jobs.append(ScoreJob(actor.score.remote(pairs), index, actor, part, pairs))
+            self.queued[index] += len(part)
+            jobs.append(ScoreJob(actor.score.remote(pairs), index, actor, part, pairs, self._deadline(self.queued[index])))
         return jobs
+
+    def _deadline(self, items: int) -> float:
+        """When `items` answers queued on one actor must be scored by: each is bounded by timeout_s inside
+        the actor (one more for the call itself), plus grace_s for start-up and imports."""
+        return time.monotonic() + self.cfg.timeout_s * (items + 1) + self.cfg.grace_s
 
     def collect(self, jobs: list[ScoreJob]) -> dict[str, float]:
         """Write verdicts into the samples; returns counts of timeouts, errors, unboxed answers and
@@ -317,9 +330,12 @@ class RewardPool:
         timeouts (reward 0). One that dies is replaced and its items are scored again, once. Items
         whose scoring raised count as errors (scored as wrong answers: reward.scoring)."""
         counts = {"timeouts": 0.0, "errors": 0.0, "unboxed": 0.0, "restarts": 0.0}
-        deadline = time.monotonic() + self.cfg.timeout_s * 2 + self.cfg.grace_s
         for job in jobs:
-            verdicts = self._verdicts(job, deadline, counts)
+            try:
+                verdicts = self._verdicts(job, job.deadline, counts)
+            finally:
+                with self.lock:
+                    self.queued[job.actor_index] -= len(job.samples)
             for sample, verdict in zip(job.samples, verdicts):
                 sample.reward, sample.correct = verdict.reward, verdict.correct
                 counts["timeouts"] += verdict.timed_out
@@ -351,14 +367,16 @@ class RewardPool:
             print(f"reward[{index}] did not answer within its deadline: replaced; {len(part)} items count as timeouts")
             self._replace(job, counts)
             return timed_out
-        except ray.exceptions.RayActorError:
+        except ray.exceptions.RayActorError as error:
+            if error.actor_init_failed:  # e.g. reward.custom_fn cannot be imported: every replacement would fail too
+                raise ActorFailure(f"reward[{index}] failed to start: {_last_line(str(error))}", f"reward[{index}]") from None
             self._replace(job, counts)
             if not retry:
                 return timed_out
             print(f"reward[{index}] died or was replaced: scoring its {len(part)} items again")
             actor = self.actors[index]
-            again = ScoreJob(actor.score.remote(job.pairs), index, actor, part, job.pairs)
-            return self._verdicts(again, time.monotonic() + self.cfg.timeout_s * 2 + self.cfg.grace_s, counts, retry=False)
+            again = ScoreJob(actor.score.remote(job.pairs), index, actor, part, job.pairs, self._deadline(len(part)))
+            return self._verdicts(again, again.deadline, counts, retry=False)
 
     def _replace(self, job: ScoreJob, counts: dict[str, float]) -> None:
         """Kill and replace the job's actor, unless an earlier job already did."""

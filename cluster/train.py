@@ -104,10 +104,13 @@ def bad_input(cfg: Config) -> str | None:
     from cluster.data import DataError, check_data
     from cluster.paths import against_cluster
     from cluster.wandb_log import WandbError, check_wandb
+    from reward.custom import CustomFnError, load_custom_fn
 
     try:
         check_wandb(cfg)
-    except WandbError as err:
+        if cfg.reward.custom_fn:
+            load_custom_fn(cfg.reward.custom_fn)
+    except (WandbError, CustomFnError) as err:
         return str(err)
     remote = against_cluster(cfg)
     if cfg.model.path and not remote and not (Path(cfg.model.path) / "config.json").is_file():

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import signal
 import threading
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from typing import Iterator
@@ -23,25 +24,54 @@ class CheckTimeout(Exception):
     pass
 
 
+_deadlines: list[float] = []  # the open time_limit scopes of the main thread, outermost first
+_REPEAT_S = 0.01  # after a deadline passes, the alarm repeats until its scope is left
+
+
+def _on_alarm(signum: int, frame: object) -> None:
+    now = time.monotonic()
+    if not _deadlines:
+        return  # a stale alarm after the last scope closed
+    if min(_deadlines) > now:  # early (a re-armed timer's rounding): wait for the deadline
+        signal.setitimer(signal.ITIMER_REAL, min(_deadlines) - now)
+        return
+    # Keep interrupting until the expired scope is left: code inside it that swallows one CheckTimeout
+    # (the grader does, to score a timeout) does not outlive that scope's limit.
+    signal.setitimer(signal.ITIMER_REAL, _REPEAT_S)
+    raise CheckTimeout()
+
+
 @contextmanager
 def time_limit(seconds: float) -> Iterator[None]:
     """Interrupt Python-level work after `seconds` (main thread only; elsewhere the caller's
     process-level timeout, which kills the worker, is the bound). Memory is bounded by the size
-    pre-screens in reward.normalize and reward.parse, not here: setrlimit is process-wide."""
+    pre-screens in reward.normalize and reward.parse, not here: setrlimit is process-wide.
+
+    Scopes nest: a custom reward function that calls the grader keeps its own limit. One timer is armed
+    for the nearest open deadline; when it passes, CheckTimeout is raised, and raised again every
+    10 ms until the scope whose deadline passed is left, so an inner scope that swallows it cannot carry
+    the outer one past its limit. SIGALRM is blocked while the scopes are counted."""
     if threading.current_thread() is not threading.main_thread() or seconds <= 0:
         yield
         return
-
-    def _raise(signum: int, frame: object) -> None:
-        raise CheckTimeout()
-
-    previous = signal.signal(signal.SIGALRM, _raise)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
+    alarm = {signal.SIGALRM}
+    signal.pthread_sigmask(signal.SIG_BLOCK, alarm)
+    previous = signal.signal(signal.SIGALRM, _on_alarm) if not _deadlines else None
+    _deadlines.append(time.monotonic() + seconds)
+    signal.setitimer(signal.ITIMER_REAL, max(1e-6, min(_deadlines) - time.monotonic()))
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, alarm)
     try:
         yield
     finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
+        signal.pthread_sigmask(signal.SIG_BLOCK, alarm)
+        _deadlines.pop()
+        if _deadlines:
+            signal.setitimer(signal.ITIMER_REAL, max(1e-6, min(_deadlines) - time.monotonic()))
+        else:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, alarm)  # a pending alarm runs _on_alarm (ignored if stale)
+        if previous is not None:
+            signal.signal(signal.SIGALRM, previous)
 
 
 @dataclass

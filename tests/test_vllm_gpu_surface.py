@@ -60,3 +60,25 @@ def test_ray_executor_reads_the_bundles_we_give_it(monkeypatch):
         monkeypatch.setitem(os.environ, key, value)
     assert envs.VLLM_RAY_BUNDLE_INDICES == "3,4"
     assert envs.VLLM_RAY_PER_WORKER_GPUS == 0.5
+
+
+def test_only_the_rotary_reload_notice_is_silenced():
+    """vLLM's layerwise reload logs "<layer>: Failed to load weights" for a layer it found nothing for; the
+    rotary embedding's computed cos/sin buffer is such a layer at every sync (harmless), any other is not."""
+    import inspect
+    import logging
+
+    import rollout.vllm_compat  # noqa: F401 - installs the filter
+    from vllm.model_executor.model_loader.reload import layerwise
+
+    assert 'logger.warning("%s: Failed to load weights", layer.__class__.__name__)' in inspect.getsource(layerwise)
+    seen: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: seen.append(record.getMessage())  # type: ignore[method-assign]
+    layerwise.logger.addHandler(handler)
+    try:
+        layerwise.logger.warning("%s: Failed to load weights", "RotaryEmbedding")
+        layerwise.logger.warning("%s: Failed to load weights", "QKVParallelLinear")
+    finally:
+        layerwise.logger.removeHandler(handler)
+    assert seen == ["QKVParallelLinear: Failed to load weights"]

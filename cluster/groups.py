@@ -151,8 +151,11 @@ class LearnerGroup(RankGroup):
 
     def train(self, batch: TrainBatch, seed: int | None = None, loss: str = "policy") -> dict[str, float]:
         """The policy update (`loss="sft"`: one supervised step, the base-model warm-up). The step's batch
-        (cluster/update.py) carries its old and reference log-probs; a bare batch gets them here first."""
-        if loss == "policy" and len(batch) and not batch.old_logprobs:
+        (cluster/update.py) carries its reference log-probs, and its old log-probs when the update takes
+        more than one optimizer step; a bare batch gets them here first (with one optimizer step, the
+        ranks take the old log-probs from their training forward)."""
+        single = self.spec.ppo_epochs * self.spec.ppo_mini_batches == 1
+        if loss == "policy" and len(batch) and not batch.old_logprobs and not single:
             batch = dataclasses.replace(batch, old_logprobs=self.old_logprobs(batch, seed))
         if loss == "policy" and len(batch) and not batch.ref_logprobs and self.spec.kl_coef > 0 and not self.spec.kl_in_reward:
             batch = dataclasses.replace(batch, ref_logprobs=self.ref_logprobs(batch, seed))

@@ -2,11 +2,14 @@
 the critic).
 
 `build`: from the scored samples, the learner ranks compute the PPO old log-probs (their own forward,
-in the micro-batches the first mini-batch will train on), the reference log-probs (algorithm.kl_coef
-> 0) and, with `algorithm.advantage=gae`, the critic ranks the values; then the advantages (and GAE's
-returns), with the KL in the reward when configured. The rollout engine's sampling log-probs travel as
-`behaviour_logprobs`: they feed only the mismatch metric (`train/rollout_logprob_diff_*`) and the
-importance correction (algorithm.tis). `train`: the critic's update, then the policy's (skipped for the
+in the micro-batches the first mini-batch will train on) when the update needs them apart from its
+training forward (`needs_old_pass`), the reference log-probs (algorithm.kl_coef > 0) and, with
+`algorithm.advantage=gae`, the critic ranks the values; then the advantages (and GAE's returns), with the
+KL in the reward when configured. With one optimizer step per batch (the default), the old policy is the
+current one, and the training forward's own log-probs serve as the old ones (learner/worker.py): no
+second forward. The rollout engine's sampling log-probs travel as `behaviour_logprobs`: they feed only
+the mismatch metric (`train/rollout_logprob_diff_*`, computed by the learner) and the importance
+correction (algorithm.tis). `train`: the critic's update, then the policy's (skipped for the
 first critic.warmup_steps steps), each algorithm.ppo_epochs x ppo_mini_batches optimizer steps in the
 same shuffled order (from `seed`).
 """
@@ -22,14 +25,12 @@ from learner.core_algos import (compute_advantages, gae_advantages, kl_estimator
 from protocol.batch import Sample, TrainBatch
 
 
-def mismatch_metrics(old_logprobs: list[list[float]], behaviour_logprobs: list[list[float]]) -> dict[str, float]:
-    """|log pi_learner - log pi_rollout| over every response token: the train/inference mismatch (verl
-    reports the same gap between its actor and rollout log-probs)."""
-    diffs = [abs(a - b) for old, rollout in zip(old_logprobs, behaviour_logprobs, strict=True)
-             for a, b in zip(old, rollout, strict=True)]
-    if not diffs:
-        return {}
-    return {"train/rollout_logprob_diff_mean": sum(diffs) / len(diffs), "train/rollout_logprob_diff_max": max(diffs)}
+def needs_old_pass(cfg: Config) -> bool:
+    """Whether the old log-probs need a forward of their own before the update: more than one optimizer
+    step per batch (the policy moves before the last mini-batch trains), or the KL in the reward (the
+    advantages need them before any training)."""
+    a = cfg.algorithm
+    return a.ppo_epochs * a.ppo_mini_batches > 1 or (a.kl_in_reward and a.kl_coef > 0)
 
 
 class PolicyUpdate:
@@ -41,14 +42,14 @@ class PolicyUpdate:
         a = self.cfg.algorithm
         batch = TrainBatch.from_samples(samples, a.mask_truncated)
         with timer("logprobs"):
-            batch.old_logprobs = self.learners.old_logprobs(batch, seed)
+            if needs_old_pass(self.cfg):
+                batch.old_logprobs = self.learners.old_logprobs(batch, seed)
             if a.kl_coef > 0:
                 batch.ref_logprobs = self.learners.ref_logprobs(batch, seed)
             if self.critic is not None:
                 batch.values = self.critic.values(batch, seed)
-        metrics = mismatch_metrics(batch.old_logprobs, batch.behaviour_logprobs)
         with timer("advantages"):
-            metrics.update(self._advantages(batch, samples))
+            metrics = self._advantages(batch, samples)
         return batch, metrics
 
     def _advantages(self, batch: TrainBatch, samples: list[Sample]) -> dict[str, float]:

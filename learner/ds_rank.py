@@ -26,7 +26,7 @@ from protocol.weight_sync import DTYPES
 
 LossFn = Callable[[PaddedBatch], tuple[torch.Tensor, dict[str, torch.Tensor]]]
 # Statistics also reported as their maximum over tokens, under this name.
-MAX_STATS = {"ratio_mean": "ratio_max", "is_weight": "is_weight_max"}
+MAX_STATS = {"ratio_mean": "ratio_max", "is_weight": "is_weight_max", "rollout_logprob_diff_mean": "rollout_logprob_diff_max"}
 
 
 @dataclass

@@ -61,6 +61,8 @@ class LearnerWorker(DeepSpeedRank):
         self.transports: dict[str, transports.Transport] = {}  # the learner side of each open weight sync, by key
         self._params: dict[str, torch.nn.Parameter] | None = None  # name -> parameter, built at the first export
         self.temperature = logprob_temperature(spec.temperature)
+        self.single_update = spec.ppo_epochs * spec.ppo_mini_batches == 1
+        self.old_from_forward = False  # this train_step takes the old log-probs from its own forward
 
     def _build_model(self, dtype: torch.dtype) -> torch.nn.Module:
         from transformers import AutoModelForCausalLM
@@ -99,8 +101,12 @@ class LearnerWorker(DeepSpeedRank):
         token-mean NLL. Returns per-rank sums (see DeepSpeedRank._optimise)."""
         if loss == "sft":
             return self._optimise(batch, seed, self._sft_loss, "token_mean", epochs=1, count=1)
-        if len(batch) and len(batch.old_logprobs) != len(batch):
-            raise ValueError("train_step: the batch has no old_logprobs; compute them with old_logprobs() first")
+        self.old_from_forward = not batch.old_logprobs
+        if len(batch) and self.old_from_forward and not self.single_update:
+            raise ValueError("train_step: the batch has no old_logprobs (needed with more than one optimizer step "
+                             "per batch); compute them with old_logprobs() first")
+        if len(batch) and not self.old_from_forward and len(batch.old_logprobs) != len(batch):
+            raise ValueError(f"train_step: {len(batch.old_logprobs)} old_logprobs for {len(batch)} samples")
         return self._optimise(batch, seed, self._policy_loss, self.spec.loss_agg, self.spec.max_response_len)
 
     def _sft_loss(self, pb: PaddedBatch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -116,15 +122,21 @@ class LearnerWorker(DeepSpeedRank):
             if pb.ref_logprobs is None:
                 raise ValueError("train_step: kl_coef > 0 needs batch.ref_logprobs (ref_logprobs() first)")
             kl = algos.kl_estimator(s.kl_estimator)(logprobs, pb.ref_logprobs)
+        # One optimizer step per batch: the old policy is the current one, so the training forward's own
+        # log-probs (detached) are the old log-probs, bit for bit what a separate pass would compute in the
+        # same micro-batches (DeepSpeedRank._score) -- that pass is skipped (cluster/update.py).
+        old = logprobs.detach() if self.old_from_forward else pb.old_logprobs
         weights = capped = None
         if s.tis != "off" and pb.behaviour_logprobs is not None:
-            weights, capped = algos.truncated_importance_weights(pb.old_logprobs, pb.behaviour_logprobs, s.tis_cap, s.tis)
-        per_token, stats = algos.policy_loss(logprobs, pb.old_logprobs, pb.advantages, clip_low=s.clip_low,
+            weights, capped = algos.truncated_importance_weights(old, pb.behaviour_logprobs, s.tis_cap, s.tis)
+        per_token, stats = algos.policy_loss(logprobs, old, pb.advantages, clip_low=s.clip_low,
                                              clip_high=s.clip_high, dual_clip=s.dual_clip, kl=kl, kl_coef=s.kl_coef,
                                              entropy=entropy, entropy_coef=s.entropy_coef, is_weights=weights)
         stats["entropy"], stats["ratio_mean"] = entropy, stats.pop("ratio")
+        if pb.behaviour_logprobs is not None:  # the train/inference mismatch, |log pi_old - log pi_rollout|
+            stats["rollout_logprob_diff_mean"] = (old - pb.behaviour_logprobs).abs()
         if weights is not None:
-            stats.update(algos.importance_weight_stats(pb.old_logprobs, pb.behaviour_logprobs, capped, s.tis))
+            stats.update(algos.importance_weight_stats(old, pb.behaviour_logprobs, capped, s.tis))
         return per_token, stats
 
     def old_logprobs(self, batch: TrainBatch, seed: int | None = None) -> list[tuple[int, list[float]]]:

@@ -98,7 +98,9 @@ def test_kl_loss_metric_is_k3_of_the_policy_against_the_reference(trainer):
     for i, s in enumerate(samples):
         s.reward = float(i % 2)
     batch, _ = trainer.update.build(samples, seed=6, timer=PhaseTimer())
-    d = torch.cat([torch.tensor(r) - torch.tensor(o) for o, r in zip(batch.old_logprobs, batch.ref_logprobs)])
+    assert batch.old_logprobs == []  # one optimizer step: the training forward gives them (no separate pass)
+    old = trainer.learners.old_logprobs(batch, 6)  # what that forward computes, in the same micro-batches
+    d = torch.cat([torch.tensor(r) - torch.tensor(o) for o, r in zip(old, batch.ref_logprobs)])
     mask = torch.cat([torch.tensor(m) for m in batch.loss_mask])
     expected = float(((torch.exp(d) - d - 1) * mask).sum() / mask.sum())
     assert expected > 1e-7  # the policy really differs from the reference

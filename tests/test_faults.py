@@ -158,8 +158,9 @@ def test_dead_learner_rank_stops_the_run_naming_it(crashed_and_rerun, tmp_path):
     proc = subprocess.run(cmd, cwd=ROOT, env={**before["env"], "REASONRL_FAULT": "learner_kill:5"},
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 1, proc.stdout[-2000:] + proc.stderr[-3000:]
-    # the step's first learner call: the old log-probs of its batch (cluster/update.py)
-    assert re.search(r"^error: learner\.old_logprobs: learner\[1\] failed: ActorDiedError", proc.stderr, re.M), proc.stderr[-3000:]
+    # the step's first learner call (cluster/update.py): the reference log-probs with a KL term, else the update
+    assert re.search(r"^error: learner\.(ref_logprobs|train_step): learner\[1\] failed: ActorDiedError", proc.stderr,
+                     re.M), proc.stderr[-3000:]
     assert time.monotonic() - start < 240
     deadline = time.monotonic() + 15  # Ray's own shutdown at exit may take a moment
     while _marked(before["mark"]) and time.monotonic() < deadline:

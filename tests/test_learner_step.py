@@ -4,6 +4,7 @@ The fake engine does what DeepSpeed does to gradients with one accumulation step
 setting): `backward` accumulates them, `step` acts only at the boundary the learner sets, and the
 ranks' gradients are averaged (here: by the test). tests/test_optimizer_steps.py runs real DeepSpeed.
 """
+import dataclasses
 from types import SimpleNamespace
 
 import pytest
@@ -189,3 +190,26 @@ def test_sft_step_reports_the_token_mean_nll_whatever_the_policy_aggregation(tem
         nll = -algos.token_logprobs(TinyLM()(pb.input_ids, pb.attention_mask).logits[:, :-1], pb.targets)
     got = worker.train_step(batch, loss="sft")["loss"]
     assert got == pytest.approx(algos.masked_mean(nll, pb.mask).item(), rel=1e-5)
+
+
+def test_a_single_update_takes_the_old_log_probs_from_its_training_forward():
+    """One optimizer step per batch: a batch without old log-probs trains exactly as one carrying the
+    policy's own log-probs (what the skipped separate pass would give): same loss, same gradients, same
+    TIS weights and mismatch statistic. With two mini-batches the old log-probs must be given."""
+    spec = _spec(micro_batch_size=2, tis="token", tis_cap=1.5, entropy_coef=0.01, temperature=0.7)
+    batch = _batch()
+    pb = pad(batch, 0, torch.device("cpu"))
+    with torch.no_grad():
+        own = pb.response_values(algos.token_logprobs(TinyLM()(pb.input_ids, pb.attention_mask).logits[:, :-1] / 0.7,
+                                                      pb.targets))
+    (got, loss), (want, want_loss) = (_worker_run(dataclasses.replace(batch, old_logprobs=[]), spec, 2),
+                                      _worker_run(dataclasses.replace(batch, old_logprobs=own), spec, 2))
+    assert loss == pytest.approx(want_loss, rel=1e-6)
+    for g, w in zip(got, want):
+        assert torch.allclose(g, w, atol=1e-7, rtol=1e-5)
+    worker = LearnerWorker(0, 1, spec)
+    worker.engine = FakeEngine(PolicyModel(TinyLM(), spec.logprob_chunk_tokens))
+    fused = worker.train_step(dataclasses.replace(batch, old_logprobs=[]))
+    assert fused["ratio_max"] == 1.0 and fused["rollout_logprob_diff_max"] > 0
+    with pytest.raises(ValueError, match="no old_logprobs"):
+        LearnerWorker(0, 1, _spec(ppo_mini_batches=2)).train_step(dataclasses.replace(batch, old_logprobs=[]))

@@ -1,6 +1,7 @@
-"""cluster/compare.py without Ray: the cost curves it plots, its table, and what the CLI refuses; the seeds
-table of benchmarks/learning.py. (The comparison and the seeds run the real stack: `benchmarks/learning.py`,
-docs/benchmarks.md.)"""
+"""cluster/compare.py: the cost curves it plots, its table, and what the CLI refuses (no Ray); one SFT and
+one RFT step on the session trainer (real Ray, vLLM, DeepSpeed, reward actors with the session's stub
+reward); the seeds table of benchmarks/learning.py. (The whole comparison and the seeds run the real
+stack: `benchmarks/learning.py`, docs/benchmarks.md.)"""
 from __future__ import annotations
 
 import json
@@ -82,3 +83,44 @@ def test_seeds_table_gives_mean_and_sd_per_staleness():
     assert "| accuracy gain (points) | 70.0 ± 10.0 | 50.0 ± nan |" in text
     assert "| response length ratio | 3.1 ± 0.1 | 3.0 ± nan |" in text
     assert "max_staleness=0: gain sd 10.0 points (misses the <= 5 goal)" in seeds_section(rows)
+
+
+def test_one_sft_and_one_rft_step_train_the_policy_through_the_learner(trainer):
+    """A MethodRun on the session trainer's actors: the SFT step trains on the teacher's worked solutions
+    of the step's problems, the RFT step on the distinct responses the reward marked correct; each is one
+    optimizer step that moves the policy the engines then serve, and counts the tokens it trained on."""
+    import dataclasses
+
+    import torch
+
+    from cluster.compare import MethodRun
+    from cluster.data import embedded_problems
+    from protocol.batch import TrainBatch
+
+    run = MethodRun.__new__(MethodRun)
+    run.__dict__.update(vars(trainer))
+    run.tokens = run.seconds = 0.0
+    run.teacher = {p.prompt: p.worked() for p in embedded_problems(trainer.cfg)[0]}
+    prompt = trainer.eval_prompts[0].token_ids
+    probe = TrainBatch([prompt], [trainer.tokenizer.encode(" 7+5=12. So \\boxed{12}.")], [], [0.0], [])
+    seen = {}
+    for step, method in ((1000, "sft"), (0, "rft")):  # rft: the pipeline serves steps < train.steps
+        run.method = method
+        if method == "sft":
+            batch, _ = run._sft_batch(step)
+            assert len(batch) == trainer.cfg.train.prompts_per_step * trainer.cfg.rollout.samples_per_prompt
+            texts = [trainer.tokenizer.decode(r) for r in batch.response_ids]
+            assert all(t.strip().startswith(run.teacher[p.text].strip()[:5]) for t, p in
+                       zip(texts, trainer.train_data.batch(step, len(batch))))
+        before = torch.tensor(trainer.learners.logprobs(dataclasses.replace(probe))[0])
+        tokens_before = run.tokens
+        metrics = run.step(step)
+        after = torch.tensor(trainer.learners.logprobs(dataclasses.replace(probe))[0])
+        seen[method] = metrics
+        if method == "rft" and metrics["rft/kept"] == 0:
+            continue  # nothing correct to train on: no step (checked below)
+        assert metrics["train/optimizer_steps"] == 1.0, (method, metrics)
+        assert metrics["compare/train_tokens"] > tokens_before
+        assert (after - before).abs().max() > 1e-4, f"{method}: the policy did not move"
+    assert seen["sft"]["train/loss"] > 0
+    assert seen["rft"]["rft/kept"] >= 1, "the stub reward marks about half the samples correct"

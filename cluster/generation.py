@@ -28,7 +28,8 @@ from protocol.batch import GeneratedChunk, Prompt, Sample
 from rollout.worker import EngineRestarted
 
 # What a stream raises when its actor died or lost its connection (the actor may be restarting).
-ACTOR_LOST = (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError)
+# A worker killed by Ray's memory monitor raises OutOfMemoryError to its caller; Ray restarts the actor.
+ACTOR_LOST = (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError, ray.exceptions.OutOfMemoryError)
 
 
 class GenerationError(RuntimeError):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import re
 import sys
 import threading
 from dataclasses import dataclass
@@ -42,9 +43,30 @@ class ActorFailure(RuntimeError):
 
 
 def actor_error_text(error: Exception) -> str:
-    """'ExceptionClass: last line of its message', of the remote cause when Ray wrapped it."""
+    """'ExceptionClass: last line of its message', of the remote cause when Ray wrapped it; a kill by
+    Ray's memory monitor as such, with the memory figures Ray gives (oom_text)."""
     cause = getattr(error, "cause", None) or error
+    if (oom := oom_text(str(cause))) is not None:
+        return oom
     return f"{type(cause).__name__}: {str(cause).strip().splitlines()[-1] if str(cause).strip() else ''}"
+
+
+def oom_text(message: str) -> str | None:
+    """One line from Ray's OOM-kill message (ray.exceptions.OutOfMemoryError, or an actor death whose
+    detail carries it): the node's memory against Ray's threshold and what the killed worker used.
+    None when the message is not one."""
+    if "running low on memory" not in message:
+        return None
+    node = re.search(r"was ([\d.]+GB) used / ([\d.]+GB) limit", message)
+    threshold = re.search(r"threshold of \d+B \(([\d.]+)% of", message)
+    killed = re.search(r"Selected to kill: .*?task name=([^,]+),.*?pid=(\d+), actual memory used=([\d.]+GB)", message, re.S)
+    parts = ["killed by Ray's memory monitor (OOM)"]
+    if killed:
+        parts.append(f"{killed.group(1)} (pid {killed.group(2)}) used {killed.group(3)}")
+    if node:
+        parts.append(f"the node had {node.group(1)} used of {node.group(2)}"
+                     + (f", above Ray's kill threshold of {threshold.group(1)}%" if threshold else ""))
+    return "; ".join(parts) + " (python -m cluster.memory --config ... predicts each process; RAY_memory_usage_threshold)"
 
 
 def _last_line(text: str) -> str:
@@ -78,7 +100,8 @@ def wait_named(named: list[tuple[str, ray.ObjectRef]], timeout_s: float, what: s
                 raise error(f"{what}: {', '.join(stuck)} did not finish, and {name} failed meanwhile "
                             f"({actor_error_text(err)}): {' and '.join(stuck)} hangs, or waits for {name} in a collective",
                             stuck[0]) from err
-            lost = isinstance(err, (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError))
+            lost = isinstance(err, (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError,
+                                    ray.exceptions.OutOfMemoryError))
             raise error(f"{what}: {name} failed: {actor_error_text(err)}", name, lost) from err
     return ray.get([ref for _, ref in named])
 
@@ -370,13 +393,13 @@ class RewardPool:
             print(f"reward[{index}] did not answer within its deadline: replaced; {len(part)} items count as timeouts")
             self._replace(job, counts)
             return timed_out
-        except ray.exceptions.RayActorError as error:
-            if error.actor_init_failed:  # e.g. reward.custom_fn cannot be imported: every replacement would fail too
+        except (ray.exceptions.RayActorError, ray.exceptions.OutOfMemoryError) as error:
+            if getattr(error, "actor_init_failed", False):  # e.g. reward.custom_fn cannot be imported: every replacement would fail too
                 raise ActorFailure(f"reward[{index}] failed to start: {_last_line(str(error))}", f"reward[{index}]") from None
             self._replace(job, counts)
             if not retry:
                 return timed_out
-            print(f"reward[{index}] died or was replaced: scoring its {len(part)} items again")
+            print(f"reward[{index}] died or was replaced ({actor_error_text(error)}): scoring its {len(part)} items again")
             actor = self.actors[index]
             again = ScoreJob(actor.score.remote(job.pairs), index, actor, part, job.pairs, self._deadline(len(part)))
             return self._verdicts(again, again.deadline, counts, retry=False)

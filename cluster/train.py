@@ -55,6 +55,11 @@ def main(argv: list[str] | None = None) -> int:
     if (problem := bad_input(cfg)) is not None:
         print(f"error: {problem}", file=sys.stderr)
         return 2
+    if resolver.nodes is None and cfg.cluster.device == "cpu":
+        cfg, problem = host_memory(cfg)
+        if problem is not None:
+            print(f"error: {problem}", file=sys.stderr)
+            return 3
     from cluster.checkpoint import CheckpointError
     from cluster.data import DataError
     from cluster.generation import GenerationError
@@ -121,6 +126,27 @@ def bad_input(cfg: Config) -> str | None:
     except DataError as err:
         return str(err)
     return None
+
+
+def host_memory(cfg: Config) -> tuple[Config, str | None]:
+    """A local CPU run's processes against this machine's memory (cluster/host_memory.py): the config to
+    run (with a token budget per micro-batch when the sequence count would not fit) or why it cannot."""
+    import psutil
+
+    from cluster.host_memory import plan_host_memory
+    from rollout.kv_cache import KVCacheError
+
+    memory = psutil.virtual_memory()
+    try:
+        plan = plan_host_memory(cfg, memory.total, memory.available)
+    except KVCacheError as err:
+        return cfg, str(err)
+    except FileNotFoundError as err:  # model.path names a model this machine does not have (refused earlier)
+        print(f"warning: host memory not checked before start: {err}", file=sys.stderr)
+        return cfg, None
+    if plan.note:
+        print(plan.note, flush=True)
+    return plan.cfg, plan.problem
 
 
 def preflight(cfg: Config) -> str | None:

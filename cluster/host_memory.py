@@ -1,0 +1,90 @@
+"""Host memory planned before a local CPU run starts: every process the run will start, as cluster.memory
+predicts it, against what Ray's memory monitor lets the node use.
+
+Ray kills a worker once the node's used memory passes RAY_memory_usage_threshold (0.95 of the total by
+default), whoever used it; what this run may add is that line minus what is in use before it starts.
+When the learner's micro-batches are counted in sequences (learner.micro_batch_size) and the prediction
+does not fit, the run takes the largest token budget per micro-batch (learner.max_tokens_per_micro_batch,
+critic too) that fits, and says so; the update is the same (the loss aggregates are exact over any
+micro-batching: tests/test_learner_step.py). A config that does not fit even so is refused, naming the
+fields that would make it fit.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from cluster.config import Config
+from cluster.memory import GIB, predict
+
+# Measured roughly here (RSS of each process in a running default job): a reward actor with the grader
+# imported, the driver (tokenizer, data, Ray client), and Ray's own processes (GCS, raylet, agents).
+CPU_REWARD_RUNTIME = int(0.25 * GIB)
+CPU_DRIVER_RUNTIME = int(0.8 * GIB)
+CPU_RAY_RUNTIME = int(0.5 * GIB)
+
+
+@dataclass
+class HostPlan:
+    cfg: Config  # the config to run: the given one, or with a token budget per micro-batch
+    demand: float  # predicted bytes of every process of the run
+    budget: float  # bytes the run may add before Ray's memory monitor kills
+    note: str | None = None  # what was changed, for the user
+    problem: str | None = None  # why it cannot run here (then cfg is the given one)
+
+
+def ray_threshold() -> float:
+    return float(os.environ.get("RAY_memory_usage_threshold", "0.95"))
+
+
+def host_budget(total: int, available: int) -> float:
+    """Bytes the run may add: Ray's kill line (threshold x total) minus what is used already."""
+    return ray_threshold() * total - (total - available)
+
+
+def demand(cfg: Config, available: int) -> tuple[float, list[str]]:
+    """Predicted bytes of the whole run on this host, and one line per kind of process."""
+    roles = {role.role.split(" (")[0]: role.total for role in predict(cfg, available)}
+    r = cfg.rollout
+    parts = [(f"{cfg.learner.num_ranks} learner rank(s)", cfg.learner.num_ranks * roles["learner rank"]),
+             (f"{r.num_workers} rollout engine(s) x TP {r.tensor_parallel_size}",
+              r.num_workers * r.tensor_parallel_size * roles["rollout engine"]),
+             (f"{cfg.reward.num_workers} reward actor(s)", cfg.reward.num_workers * CPU_REWARD_RUNTIME),
+             ("driver and Ray", CPU_DRIVER_RUNTIME + CPU_RAY_RUNTIME)]
+    if "critic rank" in roles:
+        parts.insert(1, (f"{cfg.critic.num_ranks} critic rank(s)", cfg.critic.num_ranks * roles["critic rank"]))
+    return sum(b for _, b in parts), [f"{name}: {b / GIB:.1f} GiB" for name, b in parts]
+
+
+def with_token_budget(cfg: Config, tokens: int) -> Config:
+    update = {"learner": cfg.learner.model_copy(update={"max_tokens_per_micro_batch": tokens}),
+              "critic": cfg.critic.model_copy(update={"max_tokens_per_micro_batch": tokens})}
+    return cfg.model_copy(update=update)
+
+
+def plan_host_memory(cfg: Config, total: int, available: int) -> HostPlan:
+    """The run as configured when it fits; else, with count-based micro-batches, the largest token budget
+    per micro-batch (at least one sequence of rollout.max_model_len) that fits; else a refusal."""
+    budget = host_budget(total, available)
+    need, lines = demand(cfg, available)
+    if need <= budget:
+        return HostPlan(cfg, need, budget)
+    head = (f"predicted host memory {need / GIB:.1f} GiB ({'; '.join(lines)}) exceeds the {budget / GIB:.1f} GiB "
+            f"this run may use before Ray's memory monitor kills a worker (RAY_memory_usage_threshold="
+            f"{ray_threshold():g} of {total / GIB:.1f} GiB, {(total - available) / GIB:.1f} GiB in use already)")
+    counted = cfg.learner.max_tokens_per_micro_batch is None and (
+        cfg.algorithm.advantage != "gae" or cfg.critic.max_tokens_per_micro_batch is None)
+    lo, hi = cfg.rollout.max_model_len, cfg.learner.micro_batch_size * cfg.rollout.max_model_len
+    if counted and demand(with_token_budget(cfg, lo), available)[0] <= budget:
+        while hi - lo > 64:  # the largest budget that fits (demand grows with it)
+            mid = (lo + hi) // 2
+            lo, hi = (mid, hi) if demand(with_token_budget(cfg, mid), available)[0] <= budget else (lo, mid)
+        planned = with_token_budget(cfg, lo)
+        need = demand(planned, available)[0]
+        return HostPlan(planned, need, budget, note=(
+            f"memory: {head}; micro-batches are cut by tokens instead: learner.max_tokens_per_micro_batch={lo} "
+            f"(predicted {need / GIB:.1f} GiB)"))
+    return HostPlan(cfg, need, budget, problem=(
+        f"{head}. Lower it with learner.gradient_checkpointing=true, a smaller learner.max_tokens_per_micro_batch "
+        f"(>= rollout.max_model_len), fewer learner.num_ranks or rollout.num_workers, a smaller rollout.kv_cache_gib "
+        f"or rollout.max_model_len, or model.dtype=bfloat16; python -m cluster.memory --config ... shows each term"))

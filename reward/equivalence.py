@@ -19,7 +19,8 @@
      a+b, a-b. A set of one element equals that element. A system of equations is such a list.
    - named values "x = 4, y = 7" (distinct names): equal to the same names with equal values, to
      the tuple of the values ordered by name ((4, 7)), or to a list of the values in any order.
-   - a relation on one named quantity and an interval: a < x <= b is (a, b], x >= a is [a, \\infty).
+   - a relation on one named quantity and an interval: a < x <= b is (a, b], x >= a is [a, \\infty);
+     on an absolute value, a union: 1 <= |z| <= 2 is [-2, -1] \\cup [1, 2], |x| < 3 is (-3, 3).
    - single value.
 4. A single value: inequalities need the same operators (x > 3 is read as 3 < x) and equal sides,
    or, for one operator, (right - left) of one a positive constant multiple of the other's
@@ -38,7 +39,7 @@ from typing import Callable
 
 from reward.equations import equations_equal, is_name, split_top_level
 from reward.normalize import Normalized, base_value, normalize_answer
-from reward.numeric import proportional, values_equal
+from reward.numeric import NotExact, Undefined, exact, proportional, values_equal
 from reward.parse import parse_ast
 from reward.units import units_conflict
 
@@ -48,6 +49,7 @@ _SPACES = re.compile(r"(?<![\d.])\s+|\s+(?![\d.])")
 _WORD = re.compile(r"(?<![\\a-zA-Z])[a-zA-Z]{3,}")
 _OPEN, _CLOSE = "([{", ")]}"
 _RELATION = re.compile(r"(<=|>=|!=|<|>)")
+_ABS_NAME = re.compile(r"^\|\s*[a-zA-Z](?:_\{?\w+\}?)?\s*\|$")
 _FLIP = {"<": ">", ">": "<", "<=": ">=", ">=": "<=", "!=": "!="}
 
 Shape = tuple[str, list]
@@ -246,18 +248,46 @@ def _relations_equal(p: str, g: str) -> bool:
 
 def relation_interval(s: str) -> str | None:
     """The interval a relation on one named quantity describes (a < x <= b is (a, b], x >= a is
-    [a, \\infty)), or None."""
+    [a, \\infty)), or the union of intervals a relation on its absolute value describes
+    (1 <= |z| <= 2 is [-2, -1] \\cup [1, 2]), or None."""
     if "!=" in s or "," in s:
         return None
     sides, ops = _relation_chain(s)
     bracket = {"<": ("(", ")"), "<=": ("[", "]")}
     if len(ops) == 2 and is_name(sides[1]) and not (is_name(sides[0]) or is_name(sides[2])):
+        if _ABS_NAME.match(sides[1]):
+            return _abs_range(sides[0], ops[0], sides[2], ops[1])
         return f"{bracket[ops[0]][0]}{sides[0]}, {sides[2]}{bracket[ops[1]][1]}"
     if len(ops) == 1 and is_name(sides[0]) != is_name(sides[1]):
+        if _ABS_NAME.match(sides[0]) or _ABS_NAME.match(sides[1]):
+            return _abs_range(None, None, sides[1], ops[0]) if is_name(sides[0]) else _abs_range(sides[0], ops[0], None, None)
         if is_name(sides[0]):
             return f"(-\\infty, {sides[1]}{bracket[ops[0]][1]}"
         return f"{bracket[ops[0]][0]}{sides[0]}, \\infty)"
     return None
+
+
+def _abs_range(low: str | None, low_op: str | None, high: str | None, high_op: str | None) -> str | None:
+    """low (<|<=) |x| (<|<=) high as intervals of x; None when low is not a known non-negative number."""
+    low_value = None
+    if low is not None:
+        ast = parse_ast(low)
+        try:
+            low_value = exact(ast, {}) if ast is not None else None
+        except (NotExact, Undefined, KeyError):
+            return None
+        if low_value is None or low_value < 0:
+            return None
+    inner_close = {"<": ")", "<=": "]"}
+    inner_open = {"<": "(", "<=": "["}
+    if low is None or (low_value == 0 and low_op == "<="):  # |x| < b: one interval around 0
+        if high is None:
+            return None
+        return f"{inner_open[high_op]}-({high}), {high}{inner_close[high_op]}"  # type: ignore[index]
+    left_end = f"{inner_open[high_op]}-({high})" if high is not None else "(-\\infty"  # type: ignore[index]
+    right_end = f"{high}{inner_close[high_op]}" if high is not None else "\\infty)"  # type: ignore[index]
+    return (f"{left_end}, -({low}){inner_close[low_op]} \\cup "  # type: ignore[index]
+            f"{inner_open[low_op]}{low}, {right_end}")  # type: ignore[index]
 
 
 def _scaled_equal(plain: str, percent: str) -> bool:

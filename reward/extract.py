@@ -52,6 +52,7 @@ _PHRASE = re.compile(r"final\s+answer(?:\s*\*\*)?\s*(?:is\b|:|=)?|the\s+answer\s
                      r"|^[ \t]*(?:\*\*|#{1,6}[ \t]*)?answer(?:[ \t]*\*\*)?[ \t]*(?::|is\b|(?=[ \t]*(?:\$|\\\(|\\\[)))",
                      re.IGNORECASE | re.MULTILINE)
 _SPANS = (("$$", "$$"), ("\\[", "\\]"), ("\\(", "\\)"), ("$", "$"))
+_QUOTED = re.compile(r'\\?["\u201c]([^"\u201d\n]{1,200}?)\\?["\u201d]')
 _SENTENCE_END = re.compile(r"\.(?=\s|$)|\n")
 MAX_PHRASE_ANSWER = 200
 
@@ -66,6 +67,9 @@ def _phrase_value(text: str) -> str | None:
     rest = text.lstrip(" \t*:")
     if rest.startswith("\n"):  # "**Final Answer**\n100": the next non-empty line
         rest = rest.lstrip(" \t\n*:")
+    quoted = _QUOTED.match(rest)
+    if quoted:  # The final answer is "$12$ and $13$" (quotes escaped or not): all of it, $ dropped
+        return quoted.group(1).replace("$", " ").strip() or None
     for open_, close in _SPANS:
         if rest.startswith(open_):
             end = rest.find(close, len(open_))

@@ -13,9 +13,11 @@ Each rewrite is listed here so the rules stay explicit:
   - \\mathbb{R} becomes (-\\infty,\\infty); \\varnothing and \\{\\} become \\emptyset;
   - a trailing unit, in \\text{...}, as a word from _UNIT_WORDS or as words of 3+ letters after a
     value, is dropped (5 cm, 12 students) and, when it is a known unit, remembered (reward.units);
-  - "and"/"or" between answers and ";" become a comma (2 \\text{ and } 3 is the list 2, 3);
+  - "and"/"or" between answers and ";" become a comma (2 \\text{ and } 3 is the list 2, 3); groups of
+    assignments to the same names separated by ";" become value tuples ordered by name
+    (p=5,q=2;p=7,q=2 is (5,2),(7,2), as x = 4, y = 7 is (4, 7) in reward.equivalence);
   - \\text{(C)} and (C) become C; other \\text{...} wrappers are unwrapped;
-  - thousands separators go: 1,000 / 1\\,000 / 1{,}000 / 10,\\!080 / 1 000 (spaces, thin spaces);
+  - thousands separators go: 1,000 / 1\\,000 / 1{,}000 / 1{, }000 / 10,\\!080 / 1 000 (spaces, thin spaces);
   - "x \\in S" becomes S; \\begin{cases} a \\\\ b \\end{cases} becomes the list a, b;
   - a numeral with a base subscript (2516_8) keeps its digits and its base (`base`), and
     reward.equivalence reads it in that base;
@@ -48,7 +50,7 @@ _DROPPED = re.compile(r"\\(?:left|right|displaystyle|textstyle|big|Big|bigl|bigr
 _SPACING = re.compile(r"(?<!\\)\\(?:[,;: ]|(?:quad|qquad)(?![a-zA-Z]))|~")
 _PERCENT = re.compile(r"\\?%|\s*\\text\s*\{\s*(?:percent|percentage|pct)\s*\}|\s*\b(?:percent|percentage|pct)\b")
 _REPLACE = [
-    ("{,}", ""), ("\\dfrac", "\\frac"), ("\\tfrac", "\\frac"), ("\\cfrac", "\\frac"),
+    ("{,}", ""), ("{, }", ""), ("\\dfrac", "\\frac"), ("\\tfrac", "\\frac"), ("\\cfrac", "\\frac"),
     ("^{\\circ}", ""), ("^\\circ", ""), ("^{\\degree}", ""), ("^\\degree", ""), ("\\textdegree", ""),
     ("\\degree", ""), ("\\circ", ""), ("\u00b0", ""), ("\\$", ""), ("$", ""), ("\\cdot", "*"),
     ("\\times", "*"), ("\\leq", "<="), ("\\geq", ">="), ("\\le", "<="), ("\\ge", ">="), ("\\lt", "<"),
@@ -71,8 +73,27 @@ _SPACED_THOUSANDS = re.compile(r"(?<![\w.])\d{1,3}(?: \d{3})+(?:\.\d+)?(?![\w.])
 _IN_SET = re.compile(r"^[a-zA-Z]\s*\\in\s*")
 _BASE = re.compile(r"^([0-9A-Z]+)_\{?(\d+)\}?$")
 _MIXED = re.compile(r"^(-?)(\d+)\s*\\frac(?:\{(\d+)\}\{(\d+)\}|(\d)(\d))$")
+_ASSIGNMENT = re.compile(r"([a-zA-Z](?:_\{?\w+\}?)?)\s*=\s*([^=,;]+)")
 _CASES = re.compile(r"^\\begin\{cases\}(.*)\\end\{cases\}$", re.S)
 _PLAIN_MIXED = re.compile(r"^(-?)(\d+) (\d+)\s*/\s*(\d+)$")
+
+
+def _assignment_groups(s: str) -> str:
+    """Groups of assignments separated by ";" ("p=5,q=2;p=7,q=2"), each to the same distinct names,
+    become the list of their value tuples ordered by name: (5,2),(7,2)."""
+    if ";" not in s or "=" not in s:
+        return s
+    tuples, names = [], None
+    for group in s.split(";"):
+        pairs = [_ASSIGNMENT.fullmatch(item.strip()) for item in group.split(",")]
+        if not all(pairs) or len(pairs) < 2:
+            return s
+        values = {m.group(1): m.group(2).strip() for m in pairs if m}
+        if len(values) != len(pairs) or (names is not None and set(values) != names):
+            return s
+        names = set(values)
+        tuples.append("(" + ",".join(values[name] for name in sorted(values)) + ")")
+    return ",".join(tuples)
 
 
 def _strip_unit(s: str) -> tuple[str, str | None]:
@@ -113,7 +134,7 @@ def normalize_answer(answer: str) -> Normalized:
     if foreign_digits(s):
         return EMPTY
     s = re.sub(r",\\!\s*", ",", s)  # 10,\!080 and 11,\! 111,\! 100
-    s = _SPACING.sub(" ", _DROPPED.sub("", s)).replace(";", ",")
+    s = _assignment_groups(_SPACING.sub(" ", _DROPPED.sub("", s))).replace(";", ",")
     s = rewrite_over(s)
     percent = bool(_PERCENT.search(s))
     s = _PERCENT.sub("", s)

@@ -171,3 +171,12 @@ def test_reward_extract_is_a_checked_config_field():
     assert load_config(None, ["reward.extract=boxed_or_phrase"]).reward.extract == "boxed_or_phrase"
     with pytest.raises(ConfigError, match="reward.extract"):
         load_config(None, ["reward.extract=phrase"])
+
+
+@pytest.mark.parametrize("response, gold, correct", [
+    ('The final answer is \\"$12 $ and $13 $\\". I hope it is correct.', "12\\text{ and }13", True),
+    ('The final answer is "$12$".', "12", True), ("The final answer is \u201c7\u201d.", "7", True),
+    ('The final answer is "$12 $ and $14 $".', "12\\text{ and }13", False),
+])
+def test_a_quoted_final_answer_is_read_whole(response, gold, correct):
+    assert judge(response, gold, extract="boxed_or_phrase").correct == correct

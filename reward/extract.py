@@ -14,17 +14,22 @@ MAX_RESPONSE_CHARS = 200_000  # longer responses are judged on their tail only
 _BOX = re.compile(r"\\(?:boxed|fbox)\s*\{")
 
 
+_BRACE_OR_ESCAPE = re.compile(r"\\.|[{}]", re.S)
+
+
 def _box_end(text: str, start: int) -> int | None:
-    """Index just past the brace that closes a box whose content starts at `start` (None: never)."""
-    depth, i = 1, start
-    while i < len(text) and depth:
-        ch = text[i]
-        if ch == "\\" and i + 1 < len(text):
-            i += 2
-            continue
-        depth += (ch == "{") - (ch == "}")
-        i += 1
-    return i if depth == 0 else None
+    """Index just past the brace that closes a box whose content starts at `start` (None: never).
+    An escaped brace (\\{) does not count; only braces and escapes are visited."""
+    depth = 1
+    for match in _BRACE_OR_ESCAPE.finditer(text, start):
+        token = match.group()
+        if token == "{":
+            depth += 1
+        elif token == "}":
+            depth -= 1
+            if depth == 0:
+                return match.end()
+    return None
 
 
 def _last_box(text: str) -> tuple[int, str | None]:

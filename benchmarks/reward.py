@@ -10,7 +10,8 @@ Inputs (the same for both verifiers, scored by reward.bench.evaluate):
     payloads, each timed per call;
   - the whole labelled set, and the public graders' cases (tests/data/reward_public.jsonl), scored
     as reward.bench scores them;
-  - the near misses (reward.nearmiss) of the MATH500 and labelled gold answers.
+  - the near misses (reward.nearmiss) of the MATH500 and labelled gold answers, and (ours only)
+    of the training set's answers.
 math-verify is a benchmark-only dependency (pip install -e .[bench], or a --target install put on
 PYTHONPATH so that it stays out of the product's environment). --write-docs writes the result
 document to docs/reward/bench.json and the tables of docs/benchmarks.md from it.
@@ -37,6 +38,8 @@ PUBLIC = ROOT / "tests" / "data" / "reward_public.jsonl"
 CONVENTIONS = ROOT / "tests" / "data" / "reward_public_conventions.json"
 DOCS = ROOT / "docs" / "benchmarks.md"
 RESULT = ROOT / "docs" / "reward" / "bench.json"
+TRAIN = ROOT / "data" / "math_level3to5_train.jsonl"
+TRAIN_RESULT = ROOT / "docs" / "reward" / "nearmiss_train.json"
 COMMAND = ("pip install --target /tmp/reasonrl-mv --no-deps math-verify==0.9.0 latex2sympy2_extended==1.11.0 "
            "antlr4-python3-runtime==4.13.2   # once, outside the product's environment\n"
            "PYTHONPATH=/tmp/reasonrl-mv .venv/bin/python benchmarks/reward.py --write-docs\n"
@@ -109,7 +112,7 @@ def convention_table(rows: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
-def write_docs(result: dict[str, Any], public: list[dict[str, Any]]) -> None:
+def write_docs(result: dict[str, Any], public: list[dict[str, Any]], train: dict[str, Any]) -> None:
     section = "\n".join([
         "## Reward verification", "",
         "Our verifier (reward/) against math-verify 0.9.0 on the same inputs, one core, one process, scored by "
@@ -127,6 +130,9 @@ def write_docs(result: dict[str, Any], public: list[dict[str, Any]]) -> None:
         "treat 'equal' as the positive class; a false positive is a wrong answer that would be paid, a reward "
         "hack. Throughput varies with machine load.", "",
         *table(result), "", *speed_table(result), "",
+        f"The same hunt on the answers of the training set (data/math_level3to5_train.jsonl), our grader only "
+        f"(docs/reward/nearmiss_train.json): {train['groups']['all']['ours']['rows']:,} near misses, "
+        f"{train['groups']['all']['ours']['fp']} accepted.", "",
         "Where we disagree with the public cases' labels, each row is annotated with the convention that "
         "explains it (`convention` in the data file; tests/test_reward_labelled.py fails if an unannotated row "
         "disagrees or an annotated one no longer does). Each is a choice made for RL rewards, where an answer "
@@ -148,11 +154,15 @@ def main() -> None:
     rows = (math500_rows() + labelled + public + adversarial_rows(labelled)
             + near_miss_rows(str(MATH500)) + near_miss_rows(str(LABELLED)))
     result = evaluate(rows, with_math_verify=True)
+    train = evaluate(near_miss_rows(str(TRAIN)), with_math_verify=False)
     print("\n".join(report(result) + [""] + speed_table(result)))
+    print(f"near misses of the training set: {train['groups']['all']['ours']['rows']}, "
+          f"accepted by ours: {train['groups']['all']['ours']['fp']}")
     if args.write_docs:
         RESULT.parent.mkdir(parents=True, exist_ok=True)
         RESULT.write_text(json.dumps(result, indent=1) + "\n")
-        write_docs(result, public)
+        TRAIN_RESULT.write_text(json.dumps(train, indent=1) + "\n")
+        write_docs(result, public, train)
         print(f"updated {DOCS.relative_to(ROOT)} and {RESULT.relative_to(ROOT)}")
 
 

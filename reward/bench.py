@@ -244,10 +244,10 @@ def main(argv: list[str] | None = None) -> int:
     if not with_mv and not args.no_math_verify:
         print("math-verify is not installed (pip install -e .[bench]): our grader only", file=sys.stderr)
     result = evaluate(rows, with_mv)
-    print("\n".join(report(result)))
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(result, indent=1) + "\n")
+    print("\n".join(report(result)))
     return 0
 
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from reward import judge
 from reward.equations import label
 from reward.equivalence import answers_equal
+from tests.reward_helpers import assert_pays
 
 EQUAL = [  # (predicted, gold)
     # the same relation, rearranged or scaled by a nonzero constant
@@ -56,16 +56,9 @@ NOT_EQUAL = [  # (predicted, gold): each a near miss of an EQUAL pair or of the 
 ]
 
 
-@pytest.mark.parametrize("pred, gold", EQUAL)
-def test_equal_equations_labels_systems_bases(pred, gold):
-    assert answers_equal(pred, gold)
-    assert judge(f"so $\\boxed{{{pred}}}$", gold).reward == 1.0
-
-
-@pytest.mark.parametrize("pred, gold", NOT_EQUAL)
-def test_near_misses_are_refused(pred, gold):
-    assert not answers_equal(pred, gold)
-    assert judge(f"so $\\boxed{{{pred}}}$", gold).reward == 0.0
+@pytest.mark.parametrize("pred, gold, equal", [(*pair, True) for pair in EQUAL] + [(*pair, False) for pair in NOT_EQUAL])
+def test_equations_labels_systems_bases_and_their_near_misses(pred, gold, equal):
+    assert_pays(pred, gold, equal)
 
 
 @pytest.mark.parametrize("pred, gold", [pair for pair in NOT_EQUAL if "=" in pair[0] and "=" in pair[1]])

@@ -13,6 +13,7 @@ import pytest
 from reward import judge
 from reward.equivalence import answers_equal
 from reward.worker import RewardWorker
+from tests.reward_helpers import assert_pays
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -72,14 +73,12 @@ NOT_EQUAL = [  # notations read correctly, but different values
 
 @pytest.mark.parametrize("pred, gold", FALSE_POSITIVES)
 def test_false_positives_are_refused(pred, gold):
-    assert not answers_equal(pred, gold)
-    assert judge(f"so $\\boxed{{{pred}}}$", gold).reward == 0.0
+    assert_pays(pred, gold, False)
 
 
 @pytest.mark.parametrize("pred, gold", EQUAL)
 def test_notations_models_write_are_accepted(pred, gold):
-    assert answers_equal(pred, gold)
-    assert judge(f"so $\\boxed{{{pred}}}$", gold).reward == 1.0
+    assert_pays(pred, gold, True)
 
 
 @pytest.mark.parametrize("pred, gold", NOT_EQUAL)

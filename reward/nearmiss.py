@@ -10,7 +10,8 @@ one, and keeps a rewrite only when it is certainly a different answer:
   - factor:    a coefficient or factor dropped (2\\sqrt3 -> \\sqrt3, 3\\pi -> 3);
   - subset:    one solution dropped from a list of all solutions, or one wrong one added;
   - interval:  one finite end moved by one, or its bracket flipped ((1, 3] -> (1, 3));
-  - unit:      the unit of the gold changed (5 cm -> 5 m, 15 cm^2 -> 15 cm).
+  - unit:      the unit of the gold changed (5 cm -> 5 m, 15 cm^2 -> 15 cm);
+  - base:      the digits of the gold in another base (1010 -> 1010_8, 2516_8 -> 2516_9).
 "Certainly different" is decided here, independently of the grader's equivalence rules: the changed
 item (or, for an equation, left - right) is evaluated in floating point at fixed points, and the
 rewrite is kept only when the values differ by more than 1e-6 relative at some point (for
@@ -26,11 +27,11 @@ from fractions import Fraction
 from typing import Iterator
 
 from reward.equations import split_top_level
-from reward.normalize import normalize, normalize_answer
+from reward.normalize import base_value, normalize, normalize_answer
 from reward.numeric import FLOAT, Undefined, symbols
 from reward.parse import Node, parse_ast
 
-KINDS = ("sign", "number", "exponent", "swap", "factor", "subset", "interval", "unit")
+KINDS = ("sign", "number", "exponent", "swap", "factor", "subset", "interval", "unit", "base")
 _INTEGER = re.compile(r"(?<![\d.\\^_])\d+(?![\d.])")
 _EXPONENT = re.compile(r"\^\{?(\d+)\}?")
 _VARIABLE = re.compile(r"(?<![\\a-zA-Z])([a-df-hj-zA-Z])(?![a-zA-Z])")  # one letter, not e or i
@@ -143,6 +144,11 @@ def _near_misses(gold: str) -> list[tuple[str, str]]:
         return out  # text and multiple-choice answers: no near misses of this kind
     if re.fullmatch(r"-?\d+", text):
         out.append(("unit+", text))  # a unit added to both: n cm against n m
+    if re.fullmatch(r"[0-7]{2,}", text) and int(text) >= 8:
+        out.append(("base", f"{text}_8"))  # digits of a decimal answer read in base 8
+    if normalized.base is not None and normalized.base < 36 and (
+            base_value(normalized.text, normalized.base) != base_value(normalized.text, normalized.base + 1)):
+        out.append(("base", f"{normalized.text}_{{{normalized.base + 1}}}"))
     sides = split_top_level(text, "=")
     if len(sides) == 2 and "," not in text and not re.search(r"[<>]|\\[lg]e", text):
         out += [(k, new) for k, new in _rewrite_items(text, "=", check=False) if equations_differ(new, text)]

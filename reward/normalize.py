@@ -155,7 +155,8 @@ def normalize_answer(answer: str) -> Normalized:
     if choice:
         s = choice.group(1)
     numeral = _BASE.match(s)
-    if numeral and base_value(numeral.group(1), int(numeral.group(2))) is not None:
+    if numeral and base_value(numeral.group(1), int(numeral.group(2))) is not None and (
+            re.search(r"\d", numeral.group(1)) or numeral.group(2) == "16"):  # A_{11} is a name, FF_{16} a numeral
         return Normalized(numeral.group(1), unit, percent, int(numeral.group(2)))
     return Normalized(_mixed_number(s), unit, percent)
 

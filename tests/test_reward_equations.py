@@ -25,7 +25,7 @@ EQUAL = [  # (predicted, gold)
     ("\\begin{cases} x + y = 3 \\\\ x - y = 1 \\end{cases}", "x - y = 1, x + y = 3"),
     ("\\{x + y = 3, x - y = 1\\}", "x + y = 3, x - y = 1"),
     # base subscripts read in their base
-    ("1010_2", "10"), ("1010_2", "1010_{2}"), ("12_8", "1010_2"), ("2516", "2516_8"), ("A3_{16}", "163"),
+    ("1010_2", "10"), ("1010_2", "1010_{2}"), ("12_8", "1010_2"), ("2516", "2516_8"), ("A3_{16}", "163"), ("FF_{16}", "255"),
     ("4210_5", "4210_{5}"),
     # gaps closed: groups of assignments, ranges of an absolute value, {, } thousands
     ("(5,2),(7,2)", "p=5,q=2;p=7,q=2"), ("(7,2),(5,2)", "p=5,q=2;p=7,q=2"),
@@ -49,7 +49,7 @@ NOT_EQUAL = [  # (predicted, gold): each a near miss of an EQUAL pair or of the 
     ("x = 2, y = 1", "x + y = 3, x - y = 1"),
     # base subscripts: the numeral's value, never its digits read in base ten
     ("1010_2", "1010"), ("10", "1010_2"), ("2517_8", "2516_8"), ("2516_7", "2516_8"), ("1010_3", "1010_2"),
-    ("12_8", "12"), ("2516", "2517_8"),
+    ("12_8", "12"), ("2516", "2517_8"), ("10", "A_{11}"), ("FF_{16}", "256"),
     # near misses of the closed gaps: a range of |z| is not the positive half alone
     ("(2,5),(2,7)", "p=5,q=2;p=7,q=2"), ("(5,2)", "p=5,q=2;p=7,q=2"), ("[1, \\frac32]", "1 \\le |z| \\le \\frac32"),
     ("[-3, 3]", "|x| < 3"), ("(-3, 3)", "|x| \\le 3"), ("[2, \\infty)", "|x| \\ge 2"),

@@ -4,6 +4,9 @@ Two equations are equal when they describe the same relation, never because one 
 match: x + y = 1 is not x - y = 1, and y = 2 is not x = 2.
 
 - Both answers equations (or chains a = b = c):
+  0. a gold solved for one variable (x = 2, x = \\pm 3, x = 6/8 = 3/4: a variable on one side, numbers
+     on the other) needs a prediction solved for the same variable with the same values: 2x = 4 is the
+     problem restated, not its solution, and must not pay (2 = x and x = 4/2 do);
   1. (left - right) of one is a nonzero constant multiple of the other's (y = 2x + 1 is
      2x - y + 1 = 0, x = 2 is 2x = 4 and 2 = x); needs both to be single equations whose sides all
      parse and hold a variable;
@@ -26,7 +29,7 @@ import re
 from typing import Callable
 
 from reward.normalize import normalize
-from reward.numeric import proportional
+from reward.numeric import proportional, symbols
 from reward.parse import parse_ast
 
 _RELATION = re.compile(r"<=|>=|!=|<|>")
@@ -45,6 +48,7 @@ _ATOM = "|".join([
 _ATOM = _ATOM + r"|\\frac\{(?:" + _ATOM + r")\}\{(?:" + _ATOM + r")\}"  # \frac{NO}{BO}
 _LABEL = re.compile(r"(?:" + _ATOM + r")(?:\s*:\s*(?:" + _ATOM + r"))*")  # and ratios of them, AB:BC
 _SPACE = re.compile(r"\s+")
+_VARIABLE = re.compile(r"\s*" + _SYMBOL + r"\s*")
 
 
 def split_top_level(s: str, sep: str = ",") -> list[str]:
@@ -110,6 +114,25 @@ def _all_equal(xs: list[str], ys: list[str], same: Callable[[str, str], bool]) -
     return all(x and y and same(x, y) for x in xs for y in ys)
 
 
+def _constant(side: str) -> bool:
+    """A side that is one or more numbers (2, \\frac{\\pi}{2}, 2, -3, \\pm\\sqrt2), no variable."""
+    text = normalize(side)
+    if text.startswith("\\{") and text.endswith("\\}"):
+        text = text[2:-2]
+    asts = [parse_ast(item) for item in split_top_level(text.replace("\\pm", "+"))]
+    return bool(asts) and all(a is not None and not symbols(a) for a in asts)
+
+
+def _solved(sides: list[str]) -> tuple[str, list[str]] | None:
+    """(variable, values) of an equation solved for one variable (x = 2, 2 = x, x = 6/8 = 3/4,
+    x = \\pm 2), else None."""
+    if _VARIABLE.fullmatch(sides[0]) and all(_constant(side) for side in sides[1:]):
+        return _SPACE.sub("", sides[0]), sides[1:]
+    if len(sides) == 2 and _VARIABLE.fullmatch(sides[1]) and _constant(sides[0]):
+        return _SPACE.sub("", sides[1]), sides[:1]
+    return None
+
+
 def equations_equal(pred: str, gold: str, same: Callable[[str, str], bool]) -> bool | None:
     """None when neither answer is one equation; else the rules of the module docstring. `same`
     compares two value sides (reward.equivalence's shape-aware equality)."""
@@ -117,6 +140,11 @@ def equations_equal(pred: str, gold: str, same: Callable[[str, str], bool]) -> b
     if ps is None and gs is None:
         return None
     if ps is not None and gs is not None:
+        gold_solved = _solved(gs)
+        if gold_solved is not None:  # x = 2 asks for x: 2x = 4 restates the problem and never pays
+            pred_solved = _solved(ps)
+            return (pred_solved is not None and pred_solved[0] == gold_solved[0]
+                    and _all_equal(pred_solved[1], gold_solved[1], same))
         if _proportional(ps, gs):
             return True
         pl, gl = label(ps[0]), label(gs[0])

@@ -7,7 +7,8 @@
    A numeral with a base subscript is read in its base: 1010_2 is 10 (not 1010), and a plain
    1010 against a gold of 1010_2 is read in base 2.
 2. Equations compare as equations (reward.equations): x + y = 1 is not x - y = 1, y = 2 is not
-   x = 2, y = 2x + 1 is 2x - y + 1 = 0; a predicted "a+b = 5" or chain "x = 6/8 = 3/4" is read as its
+   x = 2, y = 2x + 1 is 2x - y + 1 = 0, a gold x = 2 wants x solved (2x = 4 is the problem restated, not
+   its solution); a predicted "a+b = 5" or chain "x = 6/8 = 3/4" is read as its
    value against a gold value; a gold equation is read as its value only when its left side is a
    label (y = 2x + 3 accepts 2x + 3; x + y = 1 does not accept 1).
 3. The shape of each answer is read, and shapes must agree:

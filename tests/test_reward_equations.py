@@ -10,7 +10,8 @@ from tests.reward_helpers import assert_pays
 
 EQUAL = [  # (predicted, gold)
     # the same relation, rearranged or scaled by a nonzero constant
-    ("y = 2x + 1", "2x - y + 1 = 0"), ("x - y = 3", "-x + y = -3"), ("2x = 4", "x = 2"), ("2 = x", "x = 2"),
+    ("y = 2x + 1", "2x - y + 1 = 0"), ("x - y = 3", "-x + y = -3"), ("2x = 4", "x - 2 = 0"), ("2 = x", "x = 2"),
+    ("x = \\frac42", "x = 2"), ("x = \\pm 2", "x = 2, -2"), ("x = 2, -2", "x = -2, 2"),
     ("x + y = 1", "y = 1 - x"), ("x - y = 3", "2x - 2y = 6"), ("y = -2x", "2x + y = 0"),
     # the same label and the same value (a chain counts when all its values agree)
     ("x = 5", "x=5"), ("f(x) = x^2", "f(x) = x \\cdot x"), ("x = \\frac{6}{8} = \\frac34", "x = 0.75"),
@@ -56,7 +57,13 @@ NOT_EQUAL = [  # (predicted, gold): each a near miss of an EQUAL pair or of the 
 ]
 
 
-@pytest.mark.parametrize("pred, gold, equal", [(*pair, True) for pair in EQUAL] + [(*pair, False) for pair in NOT_EQUAL])
+RESTATED = [  # (predicted, gold): a gold solved for x wants x solved; the equation restated is not its solution
+    ("2x = 4", "x = 2"), ("x - 5 = 0", "x = 5"), ("x^2 = 4", "x = \\pm 2"), ("x = 2", "x = \\pm 2"),
+]
+
+
+@pytest.mark.parametrize("pred, gold, equal",
+                         [(*pair, True) for pair in EQUAL] + [(*pair, False) for pair in NOT_EQUAL + RESTATED])
 def test_equations_labels_systems_bases_and_their_near_misses(pred, gold, equal):
     assert_pays(pred, gold, equal)
 
@@ -65,6 +72,12 @@ def test_equations_labels_systems_bases_and_their_near_misses(pred, gold, equal)
 def test_near_miss_equations_are_refused_both_ways(pred, gold):
     """Between two equations the rules are symmetric: swapping prediction and gold opens no hole."""
     assert not answers_equal(gold, pred)
+
+
+@pytest.mark.parametrize("pred, gold", RESTATED[:2])
+def test_a_solution_pays_against_a_gold_left_unsolved(pred, gold):
+    """The other way round, x = 2 against a gold written 2x = 4, the prediction is the solution."""
+    assert answers_equal(gold, pred)
 
 
 @pytest.mark.parametrize("side, expected", [

@@ -8,7 +8,7 @@ match: x + y = 1 is not x - y = 1, and y = 2 is not x = 2.
      on the other) needs a prediction solved for the same variable with the same values: 2x = 4 is the
      problem restated, not its solution, and must not pay (2 = x and x = 4/2 do);
   1. (left - right) of one is a nonzero constant multiple of the other's (y = 2x + 1 is
-     2x - y + 1 = 0, x = 2 is 2x = 4 and 2 = x); needs both to be single equations whose sides all
+     2x - y + 1 = 0, x - y = 3 is 2y - 2x = -6); needs both to be single equations whose sides all
      parse and hold a variable;
   2. else both left sides are labels (see `label`) and the labels are the same (y = 2 against
      x = 2 is a mismatch of labels), and every value side of one equals every value side of the

@@ -4,21 +4,24 @@
    both name a known unit, the units must agree (5 m is not 5 cm; reward.units). A percentage and a
    plain number match when the number equals the percentage or its ratio: a gold of 25% accepts
    25%, 25 and 0.25, and a gold of 0.25 accepts 25% (and a gold of 25 accepts 25%, never 0.25).
-2. Equations: two equations are equal when (left - right) of one is a nonzero constant multiple of
-   the other's (y = 2x + 1 is 2x - y + 1 = 0). Otherwise a named left-hand side (one with no digits
-   outside subscripts and function arguments: x, a+b, f(3), \\frac{a}{b}, (x, y)) is dropped,
-   and every remaining side must equal the other answer: x = 3 and a+b = 3 equal 3, a chain
-   x = 6/8 = 3/4 equals 3/4, but x = 5+5+1 = 7 = 11 does not equal 11 and x+1 = 5 does not equal 5.
+   A numeral with a base subscript is read in its base: 1010_2 is 10 (not 1010), and a plain
+   1010 against a gold of 1010_2 is read in base 2.
+2. Equations compare as equations (reward.equations): x + y = 1 is not x - y = 1, y = 2 is not
+   x = 2, y = 2x + 1 is 2x - y + 1 = 0, a gold x = 2 wants x solved (2x = 4 is the problem restated, not
+   its solution); a predicted "a+b = 5" or chain "x = 6/8 = 3/4" is read as its
+   value against a gold value; a gold equation is read as its value only when its left side is a
+   label (y = 2x + 3 accepts 2x + 3; x + y = 1 does not accept 1).
 3. The shape of each answer is read, and shapes must agree:
    - matrix (\\begin{pmatrix}/bmatrix/matrix/array, also inside ( ) or [ ]): same size, entries
      equal in place. A one-row or one-column matrix also equals a tuple with the same entries.
    - union of intervals (A \\cup B): the pieces match one to one, in any order.
    - tuple or interval, (a, b) / [a, b) / ...: the same bracket types, entries equal in order.
    - set \\{a, b\\} or bare list "a, b": equal as multisets (order free); a \\pm b is the list
-     a+b, a-b. A set of one element equals that element.
+     a+b, a-b. A set of one element equals that element. A system of equations is such a list.
    - named values "x = 4, y = 7" (distinct names): equal to the same names with equal values, to
      the tuple of the values ordered by name ((4, 7)), or to a list of the values in any order.
-   - a relation on one named quantity and an interval: a < x <= b is (a, b], x >= a is [a, \\infty).
+   - a relation on one named quantity and an interval: a < x <= b is (a, b], x >= a is [a, \\infty);
+     on an absolute value, a union: 1 <= |z| <= 2 is [-2, -1] \\cup [1, 2], |x| < 3 is (-3, 3).
    - single value.
 4. A single value: inequalities need the same operators (x > 3 is read as 3 < x) and equal sides,
    or, for one operator, (right - left) of one a positive constant multiple of the other's
@@ -35,41 +38,22 @@ import re
 from fractions import Fraction
 from typing import Callable
 
-from reward.normalize import Normalized, normalize, normalize_answer
-from reward.numeric import proportional, values_equal
+from reward.equations import equations_equal, is_name, split_top_level
+from reward.normalize import Normalized, base_value, normalize_answer
+from reward.numeric import NotExact, Undefined, exact, proportional, values_equal
 from reward.parse import parse_ast
 from reward.units import units_conflict
 
 _MATRIX = re.compile(r"^[(\[]?\s*\\begin\{([pbB]?matrix|array)\}(?:\{[lcr| ]*\})?(.*)\\end\{\1\}\s*[)\]]?$", re.S)
 _NAMED_ITEM = re.compile(r"^([a-zA-Z]+(?:_\{?\w+\}?)?)\s*=(?!=)\s*(.+)$", re.S)
-_SUBSCRIPT = re.compile(r"_\{[^{}]*\}|_\w")
-_CALL = re.compile(r"(?<=[a-zA-Z])\([^()]*\)")
 _SPACES = re.compile(r"(?<![\d.])\s+|\s+(?![\d.])")
 _WORD = re.compile(r"(?<![\\a-zA-Z])[a-zA-Z]{3,}")
 _OPEN, _CLOSE = "([{", ")]}"
 _RELATION = re.compile(r"(<=|>=|!=|<|>)")
+_ABS_NAME = re.compile(r"^\|\s*[a-zA-Z](?:_\{?\w+\}?)?\s*\|$")
 _FLIP = {"<": ">", ">": "<", "<=": ">=", ">=": "<=", "!=": "!="}
 
 Shape = tuple[str, list]
-
-
-def split_top_level(s: str, sep: str = ",") -> list[str]:
-    """Split on `sep` outside all brackets."""
-    parts, depth, start, i = [], 0, 0, 0
-    while i < len(s):
-        ch = s[i]
-        if ch in _OPEN:
-            depth += 1
-        elif ch in _CLOSE:
-            depth -= 1
-        elif depth == 0 and s.startswith(sep, i):
-            parts.append(s[start:i])
-            start = i + len(sep)
-            i = start
-            continue
-        i += 1
-    parts.append(s[start:])
-    return [p.strip() for p in parts]
 
 
 def _wrapped(s: str) -> bool:
@@ -182,7 +166,7 @@ def _named_equal(pn: dict[str, str] | None, gn: dict[str, str] | None, psh: Shap
 def _shapes_equal(p: str, g: str) -> bool:
     if p == g:
         return True
-    equation = _equation_equal(p, g)
+    equation = equations_equal(p, g, _shapes_equal)
     if equation is not None:
         return equation
     if bool(_RELATION.search(p)) != bool(_RELATION.search(g)):  # -2 <= x < 7 is [-2, 7)
@@ -220,7 +204,7 @@ def single_equal(pred: str, gold: str) -> bool:
     p, g = pred.strip(), gold.strip()
     if p == g:
         return True
-    equation = _equation_equal(p, g)
+    equation = equations_equal(p, g, _shapes_equal)
     if equation is not None:
         return equation
     if _is_text(p) or _is_text(g):
@@ -265,58 +249,46 @@ def _relations_equal(p: str, g: str) -> bool:
 
 def relation_interval(s: str) -> str | None:
     """The interval a relation on one named quantity describes (a < x <= b is (a, b], x >= a is
-    [a, \\infty)), or None."""
+    [a, \\infty)), or the union of intervals a relation on its absolute value describes
+    (1 <= |z| <= 2 is [-2, -1] \\cup [1, 2]), or None."""
     if "!=" in s or "," in s:
         return None
     sides, ops = _relation_chain(s)
     bracket = {"<": ("(", ")"), "<=": ("[", "]")}
     if len(ops) == 2 and is_name(sides[1]) and not (is_name(sides[0]) or is_name(sides[2])):
+        if _ABS_NAME.match(sides[1]):
+            return _abs_range(sides[0], ops[0], sides[2], ops[1])
         return f"{bracket[ops[0]][0]}{sides[0]}, {sides[2]}{bracket[ops[1]][1]}"
     if len(ops) == 1 and is_name(sides[0]) != is_name(sides[1]):
+        if _ABS_NAME.match(sides[0]) or _ABS_NAME.match(sides[1]):
+            return _abs_range(None, None, sides[1], ops[0]) if is_name(sides[0]) else _abs_range(sides[0], ops[0], None, None)
         if is_name(sides[0]):
             return f"(-\\infty, {sides[1]}{bracket[ops[0]][1]}"
         return f"{bracket[ops[0]][0]}{sides[0]}, \\infty)"
     return None
 
 
-def is_name(side: str) -> bool:
-    """A left-hand side that names the answer rather than computes it: letters, but no digits
-    outside subscripts and function arguments (x, a+b, x_1, f(3), \\frac{a}{b}, (x, y), |AB|)."""
-    core = _CALL.sub("", _SUBSCRIPT.sub("", side))
-    return bool(re.search(r"[a-zA-Z]", core)) and not re.search(r"\d", core)
-
-
-def _is_equation(s: str) -> bool:
-    """One equation or a chain (a top-level "="), not a list of assignments (x = 1, y = 2)."""
-    if "=" not in s or _RELATION.search(s) or "==" in s:
-        return False
-    items = split_top_level(s)
-    return not (len(items) > 1 and all("=" in item for item in items)) and len(split_top_level(s, "=")) > 1
-
-
-def _values(s: str) -> list[str]:
-    """The sides of an equation that carry its value: all but a named left-hand side."""
-    if not _is_equation(s):
-        return [s]
-    sides = split_top_level(s, "=")
-    if is_name(sides[0]):
-        sides = sides[1:]
-    return [normalize(side) for side in sides]
-
-
-def _equation_equal(p: str, g: str) -> bool | None:
-    """None when neither answer is an equation; else rule 2 of the module docstring."""
-    if not (_is_equation(p) or _is_equation(g)):
-        return None
-    ps, gs = split_top_level(p, "="), split_top_level(g, "=")
-    if _is_equation(p) and _is_equation(g) and len(ps) == len(gs) == 2:
-        asts = [parse_ast(side) for side in ps + gs]
-        if all(a is not None for a in asts):
-            lp, rp, lg, rg = asts
-            if proportional(("add", lp, ("neg", rp)), ("add", lg, ("neg", rg))):
-                return True
-    pv, gv = _values(p), _values(g)
-    return all(x and y and _shapes_equal(x, y) for x in pv for y in gv)
+def _abs_range(low: str | None, low_op: str | None, high: str | None, high_op: str | None) -> str | None:
+    """low (<|<=) |x| (<|<=) high as intervals of x; None when low is not a known non-negative number."""
+    low_value = None
+    if low is not None:
+        ast = parse_ast(low)
+        try:
+            low_value = exact(ast, {}) if ast is not None else None
+        except (NotExact, Undefined, KeyError):
+            return None
+        if low_value is None or low_value < 0:
+            return None
+    inner_close = {"<": ")", "<=": "]"}
+    inner_open = {"<": "(", "<=": "["}
+    if low is None or (low_value == 0 and low_op == "<="):  # |x| < b: one interval around 0
+        if high is None:
+            return None
+        return f"{inner_open[high_op]}-({high}), {high}{inner_close[high_op]}"  # type: ignore[index]
+    left_end = f"{inner_open[high_op]}-({high})" if high is not None else "(-\\infty"  # type: ignore[index]
+    right_end = f"{high}{inner_close[high_op]}" if high is not None else "\\infty)"  # type: ignore[index]
+    return (f"{left_end}, -({low}){inner_close[low_op]} \\cup "  # type: ignore[index]
+            f"{inner_open[low_op]}{low}, {right_end}")  # type: ignore[index]
 
 
 def _scaled_equal(plain: str, percent: str) -> bool:
@@ -325,9 +297,23 @@ def _scaled_equal(plain: str, percent: str) -> bool:
     return a is not None and b is not None and values_equal(a, ("div", b, ("num", Fraction(100))))
 
 
+def _numerals_equal(p: Normalized, g: Normalized) -> bool:
+    """A numeral with a base subscript is read in its base (1010_2 is 10, never 1010); a plain
+    answer against a gold numeral in base b is read as digits in base b (2516 for 2516_8), since
+    the question asked for that base; a plain decimal against a predicted numeral is its value."""
+    if p.base is not None and g.base is not None:
+        return base_value(p.text, p.base) == base_value(g.text, g.base)
+    if g.base is not None:
+        return re.fullmatch(r"[0-9A-Z]+", p.text) is not None and base_value(p.text, g.base) == base_value(g.text, g.base)
+    assert p.base is not None
+    return re.fullmatch(r"\d+", g.text) is not None and base_value(p.text, p.base) == int(g.text)
+
+
 def equal_normalized(p: Normalized, g: Normalized) -> bool:
     if not p.text or not g.text or units_conflict(p.unit, g.unit):
         return False
+    if p.base is not None or g.base is not None:
+        return _numerals_equal(p, g)
     if _shapes_equal(p.text, g.text):
         return True
     if p.percent == g.percent:

@@ -14,17 +14,22 @@ MAX_RESPONSE_CHARS = 200_000  # longer responses are judged on their tail only
 _BOX = re.compile(r"\\(?:boxed|fbox)\s*\{")
 
 
+_BRACE_OR_ESCAPE = re.compile(r"\\.|[{}]", re.S)
+
+
 def _box_end(text: str, start: int) -> int | None:
-    """Index just past the brace that closes a box whose content starts at `start` (None: never)."""
-    depth, i = 1, start
-    while i < len(text) and depth:
-        ch = text[i]
-        if ch == "\\" and i + 1 < len(text):
-            i += 2
-            continue
-        depth += (ch == "{") - (ch == "}")
-        i += 1
-    return i if depth == 0 else None
+    """Index just past the brace that closes a box whose content starts at `start` (None: never).
+    An escaped brace (\\{) does not count; only braces and escapes are visited."""
+    depth = 1
+    for match in _BRACE_OR_ESCAPE.finditer(text, start):
+        token = match.group()
+        if token == "{":
+            depth += 1
+        elif token == "}":
+            depth -= 1
+            if depth == 0:
+                return match.end()
+    return None
 
 
 def _last_box(text: str) -> tuple[int, str | None]:
@@ -52,6 +57,7 @@ _PHRASE = re.compile(r"final\s+answer(?:\s*\*\*)?\s*(?:is\b|:|=)?|the\s+answer\s
                      r"|^[ \t]*(?:\*\*|#{1,6}[ \t]*)?answer(?:[ \t]*\*\*)?[ \t]*(?::|is\b|(?=[ \t]*(?:\$|\\\(|\\\[)))",
                      re.IGNORECASE | re.MULTILINE)
 _SPANS = (("$$", "$$"), ("\\[", "\\]"), ("\\(", "\\)"), ("$", "$"))
+_QUOTED = re.compile(r'\\?["\u201c]([^"\u201d\n]{1,200}?)\\?["\u201d]')
 _SENTENCE_END = re.compile(r"\.(?=\s|$)|\n")
 MAX_PHRASE_ANSWER = 200
 
@@ -66,6 +72,9 @@ def _phrase_value(text: str) -> str | None:
     rest = text.lstrip(" \t*:")
     if rest.startswith("\n"):  # "**Final Answer**\n100": the next non-empty line
         rest = rest.lstrip(" \t\n*:")
+    quoted = _QUOTED.match(rest)
+    if quoted:  # The final answer is "$12$ and $13$" (quotes escaped or not): all of it, $ dropped
+        return quoted.group(1).replace("$", " ").strip() or None
     for open_, close in _SPANS:
         if rest.startswith(open_):
             end = rest.find(close, len(open_))

@@ -13,10 +13,14 @@ Each rewrite is listed here so the rules stay explicit:
   - \\mathbb{R} becomes (-\\infty,\\infty); \\varnothing and \\{\\} become \\emptyset;
   - a trailing unit, in \\text{...}, as a word from _UNIT_WORDS or as words of 3+ letters after a
     value, is dropped (5 cm, 12 students) and, when it is a known unit, remembered (reward.units);
-  - "and"/"or" between answers and ";" become a comma (2 \\text{ and } 3 is the list 2, 3);
+  - "and"/"or" between answers and ";" become a comma (2 \\text{ and } 3 is the list 2, 3); groups of
+    assignments to the same names separated by ";" become value tuples ordered by name
+    (p=5,q=2;p=7,q=2 is (5,2),(7,2), as x = 4, y = 7 is (4, 7) in reward.equivalence);
   - \\text{(C)} and (C) become C; other \\text{...} wrappers are unwrapped;
-  - thousands separators go: 1,000 / 1\\,000 / 1{,}000 / 10,\\!080 / 1 000 (spaces, thin spaces);
-  - "x \\in S" becomes S; a numeral's base subscript (2516_8) is dropped;
+  - thousands separators go: 1,000 / 1\\,000 / 1{,}000 / 1{, }000 / 10,\\!080 / 1 000 (spaces, thin spaces);
+  - "x \\in S" becomes S; \\begin{cases} a \\\\ b \\end{cases} becomes the list a, b;
+  - a numeral with a base subscript (2516_8) keeps its digits and its base (`base`), and
+    reward.equivalence reads it in that base;
   - a mixed number, 1\\frac{4}{5} or 1 4/5, becomes (1+4/5).
 "v = ..." prefixes and equations are left to reward.equivalence, which reads both sides.
 """
@@ -37,15 +41,16 @@ class Normalized(NamedTuple):
     text: str  # "" when the answer is void (scores 0)
     unit: str | None  # the canonical trailing unit (reward.units), when it is a known one
     percent: bool  # the answer was written as a percentage
+    base: int | None = None  # the answer is a numeral with a base subscript (2516_8): text holds its digits
 
 
 EMPTY = Normalized("", None, False)
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
 _DROPPED = re.compile(r"\\(?:left|right|displaystyle|textstyle|big|Big|bigl|bigr|Bigl|Bigr)(?![a-zA-Z])|(?<!\\)\\!")
-_SPACING = re.compile(r"(?<!\\)\\(?:[,;: ]|quad|qquad)(?![a-zA-Z])|~")
+_SPACING = re.compile(r"(?<!\\)\\(?:[,;: ]|(?:quad|qquad)(?![a-zA-Z]))|~")
 _PERCENT = re.compile(r"\\?%|\s*\\text\s*\{\s*(?:percent|percentage|pct)\s*\}|\s*\b(?:percent|percentage|pct)\b")
 _REPLACE = [
-    ("{,}", ""), ("\\dfrac", "\\frac"), ("\\tfrac", "\\frac"), ("\\cfrac", "\\frac"),
+    ("{,}", ""), ("{, }", ""), ("\\dfrac", "\\frac"), ("\\tfrac", "\\frac"), ("\\cfrac", "\\frac"),
     ("^{\\circ}", ""), ("^\\circ", ""), ("^{\\degree}", ""), ("^\\degree", ""), ("\\textdegree", ""),
     ("\\degree", ""), ("\\circ", ""), ("\u00b0", ""), ("\\$", ""), ("$", ""), ("\\cdot", "*"),
     ("\\times", "*"), ("\\leq", "<="), ("\\geq", ">="), ("\\le", "<="), ("\\ge", ">="), ("\\lt", "<"),
@@ -66,9 +71,29 @@ _TEXT = re.compile(r"\\(?:text|textbf|textrm|textnormal|mathrm|mbox|mathbf|texti
 _THOUSANDS = re.compile(r"-?\d{1,3}(?:,\d{3})+(?:\.\d+)?")
 _SPACED_THOUSANDS = re.compile(r"(?<![\w.])\d{1,3}(?: \d{3})+(?:\.\d+)?(?![\w.])")
 _IN_SET = re.compile(r"^[a-zA-Z]\s*\\in\s*")
-_BASE = re.compile(r"^([0-9A-F]+)_\{?\d+\}?$")
+_BASE = re.compile(r"^([0-9A-Z]+)_\{?(\d+)\}?$")
 _MIXED = re.compile(r"^(-?)(\d+)\s*\\frac(?:\{(\d+)\}\{(\d+)\}|(\d)(\d))$")
+_ASSIGNMENT = re.compile(r"([a-zA-Z](?:_\{?\w+\}?)?)\s*=\s*([^=,;]+)")
+_CASES = re.compile(r"^\\begin\{cases\}(.*)\\end\{cases\}$", re.S)
 _PLAIN_MIXED = re.compile(r"^(-?)(\d+) (\d+)\s*/\s*(\d+)$")
+
+
+def _assignment_groups(s: str) -> str:
+    """Groups of assignments separated by ";" ("p=5,q=2;p=7,q=2"), each to the same distinct names,
+    become the list of their value tuples ordered by name: (5,2),(7,2)."""
+    if ";" not in s or "=" not in s:
+        return s
+    tuples, names = [], None
+    for group in s.split(";"):
+        pairs = [_ASSIGNMENT.fullmatch(item.strip()) for item in group.split(",")]
+        if not all(pairs) or len(pairs) < 2:
+            return s
+        values = {m.group(1): m.group(2).strip() for m in pairs if m}
+        if len(values) != len(pairs) or (names is not None and set(values) != names):
+            return s
+        names = set(values)
+        tuples.append("(" + ",".join(values[name] for name in sorted(values)) + ")")
+    return ",".join(tuples)
 
 
 def _strip_unit(s: str) -> tuple[str, str | None]:
@@ -109,7 +134,7 @@ def normalize_answer(answer: str) -> Normalized:
     if foreign_digits(s):
         return EMPTY
     s = re.sub(r",\\!\s*", ",", s)  # 10,\!080 and 11,\! 111,\! 100
-    s = _SPACING.sub(" ", _DROPPED.sub("", s)).replace(";", ",")
+    s = _assignment_groups(_SPACING.sub(" ", _DROPPED.sub("", s))).replace(";", ",")
     s = rewrite_over(s)
     percent = bool(_PERCENT.search(s))
     s = _PERCENT.sub("", s)
@@ -119,6 +144,9 @@ def normalize_answer(answer: str) -> Normalized:
     s = _CHOICE.sub(lambda m: m.group(1) or m.group(2), s)
     s, unit = _strip_unit(s.strip())
     s = _IN_SET.sub("", s)
+    cases = _CASES.match(s)
+    if cases:  # a system written as cases is the list of its rows
+        s = ", ".join(row.replace("&", " ").strip() for row in cases.group(1).split("\\\\") if row.strip())
     s = " ".join(s.split())
     if _THOUSANDS.fullmatch(s):
         s = s.replace(",", "")
@@ -126,8 +154,21 @@ def normalize_answer(answer: str) -> Normalized:
     choice = re.fullmatch(r"\(?([A-E])\)?", s)
     if choice:
         s = choice.group(1)
-    s = _BASE.sub(r"\1", s)
+    numeral = _BASE.match(s)
+    if numeral and base_value(numeral.group(1), int(numeral.group(2))) is not None and (
+            re.search(r"\d", numeral.group(1)) or numeral.group(2) == "16"):  # A_{11} is a name, FF_{16} a numeral
+        return Normalized(numeral.group(1), unit, percent, int(numeral.group(2)))
     return Normalized(_mixed_number(s), unit, percent)
+
+
+def base_value(digits: str, base: int) -> int | None:
+    """The value of `digits` read in `base` (2 to 36), or None when a digit is not one of that base."""
+    if not 2 <= base <= 36 or len(digits) > 60:
+        return None
+    try:
+        return int(digits, base)
+    except ValueError:
+        return None
 
 
 def normalize(answer: str) -> str:

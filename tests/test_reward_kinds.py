@@ -13,6 +13,7 @@ import pytest
 from reward import judge
 from reward.equivalence import answers_equal
 from reward.worker import RewardWorker
+from tests.reward_helpers import assert_pays
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -72,14 +73,12 @@ NOT_EQUAL = [  # notations read correctly, but different values
 
 @pytest.mark.parametrize("pred, gold", FALSE_POSITIVES)
 def test_false_positives_are_refused(pred, gold):
-    assert not answers_equal(pred, gold)
-    assert judge(f"so $\\boxed{{{pred}}}$", gold).reward == 0.0
+    assert_pays(pred, gold, False)
 
 
 @pytest.mark.parametrize("pred, gold", EQUAL)
 def test_notations_models_write_are_accepted(pred, gold):
-    assert answers_equal(pred, gold)
-    assert judge(f"so $\\boxed{{{pred}}}$", gold).reward == 1.0
+    assert_pays(pred, gold, True)
 
 
 @pytest.mark.parametrize("pred, gold", NOT_EQUAL)
@@ -171,3 +170,12 @@ def test_reward_extract_is_a_checked_config_field():
     assert load_config(None, ["reward.extract=boxed_or_phrase"]).reward.extract == "boxed_or_phrase"
     with pytest.raises(ConfigError, match="reward.extract"):
         load_config(None, ["reward.extract=phrase"])
+
+
+@pytest.mark.parametrize("response, gold, correct", [
+    ('The final answer is \\"$12 $ and $13 $\\". I hope it is correct.', "12\\text{ and }13", True),
+    ('The final answer is "$12$".', "12", True), ("The final answer is \u201c7\u201d.", "7", True),
+    ('The final answer is "$12 $ and $14 $".', "12\\text{ and }13", False),
+])
+def test_a_quoted_final_answer_is_read_whole(response, gold, correct):
+    assert judge(response, gold, extract="boxed_or_phrase").correct == correct

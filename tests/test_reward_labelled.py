@@ -5,8 +5,9 @@ team with the verifier's rules. The verifier must agree on every row except thos
 KNOWN_MISSES, each with the reason it is accepted.
 
 tests/data/reward_public.jsonl: the input/expected pairs of public graders' test suites, which this
-team did not write: math-verify's tests, Qwen2.5-Math's grader debug pairs and the Minerva/MATH
-normalisation cases of lm-evaluation-harness; `source` names the repository, commit, file and test
+team did not write: math-verify's tests, Qwen2.5-Math's grader tests and debug pairs, the Minerva/MATH
+normalisation cases of lm-evaluation-harness, the MATH (Hendrycks) is_equiv tests and verl's
+numeric-canonicalisation tests and DeepScaleR's reward example; `source` names the repository, commit, file and test
 of each row, `gold`/`prediction`/`equal` are the source's. Our inputs: `gold_answer` is the gold's
 last box, else its answer phrase, else the gold without $ delimiters; `response` is the prediction
 as it is when it holds a box or an answer phrase or is long prose, else the prediction boxed (it is
@@ -55,8 +56,9 @@ def test_verifier_agrees_with_label(index):
 
 def test_the_public_set_names_its_sources():
     repos = Counter(row["source"].split("@")[0] for row in PUBLIC)
-    assert set(repos) == {"huggingface/Math-Verify", "QwenLM/Qwen2.5-Math", "EleutherAI/lm-evaluation-harness"}
-    assert len(PUBLIC) >= 300 and all(isinstance(row["equal"], bool) for row in PUBLIC)
+    assert set(repos) == {"huggingface/Math-Verify", "QwenLM/Qwen2.5-Math", "EleutherAI/lm-evaluation-harness",
+                          "hendrycks/math", "volcengine/verl", "agentica-project/deepscaler"}
+    assert len(PUBLIC) >= 360 and all(isinstance(row["equal"], bool) for row in PUBLIC)
     assert {row["convention"] for row in PUBLIC if "convention" in row} <= set(CONVENTIONS)
 
 

@@ -19,7 +19,7 @@ class Strict(BaseModel):
 # Size presets of the locally built model (`model.tiny.preset`); fields set beside a preset win.
 MODEL_PRESETS: dict[str, dict[str, Any]] = {
     "tiny": {},  # the embedded default: 3.3M parameters
-    # ~106M parameters (vocab 384): a realistic-shaped CPU workload (configs/cpu_scale.yaml), Qwen2-style GQA
+    # 104.4M parameters (vocab 384; `python -m cluster.memory --config configs/cpu_scale.yaml` counts them): a realistic-shaped CPU workload (configs/cpu_scale.yaml), Qwen2-style GQA
     "qwen2-100m": {"hidden_size": 768, "intermediate_size": 3072, "num_layers": 12, "num_heads": 12,
                    "num_kv_heads": 4, "max_position_embeddings": 1024},
 }

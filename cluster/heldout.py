@@ -22,13 +22,14 @@ def held_out_metrics(rollouts: RolloutGroup, pool: RewardPool, prompts: list[Pro
     """Sampled accuracy (mean over samples_per_prompt draws at `temperature`) and greedy accuracy; of the
     sampled responses: boxed rate, mean length in tokens, share with reflection (cluster.metrics.REFLECTION)
     and, with the embedded task's `worked` predicate, the share that work the problem out."""
-    sampled, _ = score_prompts(rollouts, pool, prompts, samples_per_prompt, temperature, seed, resync)
+    sampled, counts = score_prompts(rollouts, pool, prompts, samples_per_prompt, temperature, seed, resync)
     greedy, _ = score_prompts(rollouts, pool, prompts, 1, 0.0, seed, resync)
     mean = lambda xs: sum(xs) / max(len(xs), 1)  # noqa: E731
     out = {
         f"{prefix}/accuracy": mean([s.correct for s in sampled]),
         f"{prefix}/greedy_accuracy": mean([s.correct for s in greedy]),
-        f"{prefix}/boxed_rate": mean(["\\boxed" in s.text for s in sampled]),
+        # the grader's own extraction (as train/boxed_rate): a brace-matched \\boxed{} or \\fbox{} was found
+        f"{prefix}/boxed_rate": 1.0 - counts["unboxed"] / max(len(sampled), 1),
         f"{prefix}/response_len": mean([len(s.response_ids) for s in sampled]),
         f"{prefix}/reflection_frac": mean([reflects(s.text) for s in sampled]),
     }

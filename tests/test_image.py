@@ -88,3 +88,14 @@ def test_pip_resolver_accepts_the_gpu_lock():
                           text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "pip's resolver accepts it" in proc.stdout
+
+
+def test_the_locks_share_every_version_but_the_ones_docs_cluster_md_names():
+    """docs/cluster.md says which shared packages differ between the CPU and GPU locks; keep it true."""
+    cpu, gpu = _lock("cpu.lock"), _lock("gpu.lock")
+    differ = {name: (cpu[name], gpu[name]) for name in cpu.keys() & gpu.keys()
+              if cpu[name].split(";")[0].strip() != gpu[name].split(";")[0].strip()}
+    assert differ == {"apache-tvm-ffi": ("0.1.15.post2", "0.1.11"), "triton": ("3.9.0", "3.7.1"),
+                      "torch": ("2.13.0+cpu", "2.13.0")}, differ
+    doc = (ROOT / "docs" / "cluster.md").read_text()
+    assert "`apache-tvm-ffi` (0.1.11 against 0.1.15.post2) and `triton` (3.7.1 against 3.9.0)" in doc

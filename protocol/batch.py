@@ -69,13 +69,14 @@ def unshard(per_rank: list[list[T]]) -> list[T]:
 class TrainBatch:
     """The learner's (and critic's) input for one policy step: flat lists, one entry per sample, every
     per-token list as long as the sample's response. The driver builds it once per step, before the
-    update (cluster/experience.py), so the learner ranks only read it.
+    update (cluster/update.py), so the learner ranks only read it.
     """
 
     prompt_ids: list[list[int]]
     response_ids: list[list[int]]
     # The PPO "old" policy: the learner's own log-probs, computed once before the first update in the
-    # same micro-batching as training (LearnerWorker.old_logprobs). Never the rollout engine's.
+    # same micro-batching as training (LearnerWorker.old_logprobs). Never the rollout engine's. Empty when
+    # the update is one optimizer step: the training forward's own log-probs are the old ones then.
     old_logprobs: list[list[float]]
     # One float per sample (outcome estimators: every response token gets it) or one list per sample
     # with a float per response token (GAE).

@@ -89,10 +89,10 @@ class MethodRun(Trainer):
                        "rft/kept": float(len(kept))}
 
     def evaluate_rephrased(self, step: int) -> dict[str, float]:
-        from cluster.heldout import held_out_metrics
+        from cluster.heldout import EVAL_SEED, held_out_metrics
 
         metrics = held_out_metrics(self.rollouts, self.rewards, self.rephrased, self.cfg.train.eval_samples,
-                                   self.cfg.rollout.temperature, seed=777, resync=self.sync.resync,
+                                   self.cfg.rollout.temperature, seed=EVAL_SEED, resync=self.sync.resync,
                                    worked=self.worked, prefix="rephrased")
         self.log.log(step, metrics)
         return metrics

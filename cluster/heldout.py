@@ -5,8 +5,11 @@ from typing import Callable
 
 from cluster.generation import generate_and_score
 from cluster.groups import RewardPool, RolloutGroup
-from cluster.metrics import reflects
+from cluster.metrics import mean, reflects
 from protocol.batch import Prompt, Sample
+
+
+EVAL_SEED = 777  # every held-out evaluation samples with this seed: evaluations compare across steps and runs
 
 
 def score_prompts(rollouts: RolloutGroup, pool: RewardPool, prompts: list[Prompt], n: int, temperature: float,
@@ -24,7 +27,6 @@ def held_out_metrics(rollouts: RolloutGroup, pool: RewardPool, prompts: list[Pro
     and, with the embedded task's `worked` predicate, the share that work the problem out."""
     sampled, counts = score_prompts(rollouts, pool, prompts, samples_per_prompt, temperature, seed, resync)
     greedy, _ = score_prompts(rollouts, pool, prompts, 1, 0.0, seed, resync)
-    mean = lambda xs: sum(xs) / max(len(xs), 1)  # noqa: E731
     out = {
         f"{prefix}/accuracy": mean([s.correct for s in sampled]),
         f"{prefix}/greedy_accuracy": mean([s.correct for s in greedy]),

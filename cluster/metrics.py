@@ -20,6 +20,11 @@ REFLECTION = re.compile(
     r"|another (?:way|approach)|alternatively)\b", re.IGNORECASE)
 
 
+def mean(xs: list[float]) -> float:
+    """The mean of `xs`, 0.0 for none."""
+    return sum(xs) / max(len(xs), 1)
+
+
 def reflects(text: str) -> bool:
     """Whether a response shows reflection or self-verification (see REFLECTION)."""
     return REFLECTION.search(text) is not None

@@ -16,10 +16,10 @@ from cluster.base_model import resolve_model
 from cluster.config import Config, dump_config
 from cluster.data import PromptSource, load_problems, worked_predicate
 from cluster.export import copy_tokenizer
-from cluster.heldout import held_out_metrics
+from cluster.heldout import EVAL_SEED, held_out_metrics
 from cluster.generation import GenerationError, ScoredBatch
 from cluster.groups import ActorFailure, CriticGroup, LearnerGroup, RewardPool, RolloutGroup
-from cluster.metrics import MetricsLog, PhaseTimer, plot_emergence, plot_run, read_metrics, reflects
+from cluster.metrics import MetricsLog, PhaseTimer, mean, plot_emergence, plot_run, read_metrics, reflects
 from cluster.pipeline import RolloutPipeline, split_stale, staleness_metrics, step_seed
 from cluster.placement import connect, place
 from cluster.sync import WeightSync
@@ -31,10 +31,6 @@ from protocol.batch import Sample
 # summary.json's emergence figures, as eval_<name>_start / eval_<name>_end (None where a run lacks them)
 EMERGENCE_SUMMARY = (("boxed_rate", "boxed_rate"), ("response_tokens", "response_len"), ("worked_frac", "worked_frac"),
                      ("reflection_frac", "reflection_frac"))
-
-
-def mean(xs: list[float]) -> float:
-    return sum(xs) / max(len(xs), 1)
 
 
 class Trainer:
@@ -150,7 +146,7 @@ class Trainer:
     def evaluate(self, step: int) -> dict[str, float]:
         t = time.perf_counter()
         metrics = held_out_metrics(self.rollouts, self.rewards, self.eval_prompts, self.cfg.train.eval_samples,
-                                   self.cfg.rollout.temperature, seed=777, resync=self.sync.resync, worked=self.worked)
+                                   self.cfg.rollout.temperature, seed=EVAL_SEED, resync=self.sync.resync, worked=self.worked)
         metrics["time/eval_s"] = time.perf_counter() - t
         self.log.log(step, metrics)
         return metrics
@@ -165,7 +161,7 @@ class Trainer:
                 update={"custom_fn": None})}))
         results = bench.run_benchmarks(t.benchmarks, self.rollouts, self.grader, self.tokenizer, self.cfg.data.template,
                                        r.max_model_len - r.max_new_tokens, Path(t.benchmark_dir) if t.benchmark_dir else None,
-                                       t.eval_samples, r.temperature, [1, t.eval_samples], t.benchmark_limit, seed=777)
+                                       t.eval_samples, r.temperature, [1, t.eval_samples], t.benchmark_limit, seed=EVAL_SEED)
         metrics = bench.metrics_of(results)
         self.log.log(step, metrics)
         return metrics

@@ -131,6 +131,15 @@ class DeepSpeedGroupConfig(Strict):
     # At least rollout.max_model_len (a sequence is never split). None: micro_batch_size samples each.
     max_tokens_per_micro_batch: int | None = Field(None, ge=1)
     gradient_checkpointing: bool = False  # each layer keeps its input only and recomputes during backward
+    # Dtype the micro-batch gradients are summed in until the optimizer step (DeepSpeed's
+    # data_types.grad_accum_dtype): "float32" whatever the model dtype; "model": the model dtype, DeepSpeed's
+    # own default (a bf16 sum over many micro-batches drifts). bf16 with zero_stage 0 has no fp32 mode.
+    grad_accum_dtype: Literal["float32", "model"] = "float32"
+    # DeepSpeed process-group timeout: the longest one collective may wait for the other ranks, a checkpoint
+    # save's barrier included (a rank waits there while the slowest writes its partition).
+    collective_timeout_s: float = Field(1800, gt=0)
+    # The driver's deadline for one call on all ranks (a whole update, a checkpoint save, an export).
+    call_timeout_s: float = Field(7200, gt=0)
     cpus_per_rank: float = Field(0.5, gt=0)
     resources: dict[str, float] = {}  # extra Ray resources per rank, e.g. {"learner_node": 1}
 
@@ -287,6 +296,12 @@ class Config(Strict):
             if budget is not None and budget < self.rollout.max_model_len:
                 raise ValueError(f"{name}.max_tokens_per_micro_batch={budget} is below rollout.max_model_len="
                                  f"{self.rollout.max_model_len}: a full-length sequence would not fit one micro-batch")
+        for name in ("learner", "critic"):
+            group = getattr(self, name)
+            if self.model.dtype == "bfloat16" and group.zero_stage == 0 and group.grad_accum_dtype == "float32":
+                raise ValueError(f"{name}.zero_stage=0 with model.dtype=bfloat16 cannot accumulate gradients in fp32 "
+                                 f"(DeepSpeed 0.19.8 refuses that mix without ZeRO): use {name}.zero_stage>=1, or "
+                                 f"{name}.grad_accum_dtype=model to accept bf16 sums")
         if self.cluster.colocate:
             _check_colocation(self)
         if self.sync.transport != "auto" or self.cluster.colocate:

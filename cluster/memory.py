@@ -40,6 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cluster.config import Config, ConfigError, DeepSpeedGroupConfig, load_config
+from cluster.memory_terms import layer_activation_values, logits_chunk_bytes
 from rollout.kv_cache import (DTYPE_BYTES, GIB, KVCacheError, blocks_per_sequence,
                               kv_bytes_per_token, plan_kv_cache)
 
@@ -145,8 +146,7 @@ def micro_batch_tokens(cfg: Config, group: DeepSpeedGroupConfig) -> int:
 
 
 def activation_bytes(arch: Architecture, tokens: int, dtype_bytes: int, checkpointing: bool) -> float:
-    kv = arch.kv_heads * arch.head_dim
-    per_layer = (11 * arch.hidden + 4 * kv + 4 * arch.intermediate) * dtype_bytes
+    per_layer = layer_activation_values(arch.hidden, arch.kv_heads * arch.head_dim, arch.intermediate) * dtype_bytes
     if checkpointing:  # each layer's input kept, one layer recomputed at a time during backward
         return tokens * (arch.layers * arch.hidden * dtype_bytes + per_layer)
     return tokens * arch.layers * per_layer
@@ -202,13 +202,14 @@ def learner_memory(cfg: Config, arch: Architecture) -> RoleMemory:
     l, gpu = cfg.learner, cfg.cluster.device == "gpu"
     P, n, z, b = arch.params, l.num_ranks, l.zero_stage, DTYPE_BYTES[cfg.model.dtype]
     chunk = min(l.logprob_chunk_tokens, micro_batch_tokens(cfg, l))  # response positions through the head at once
-    copies = 5 if cfg.algorithm.entropy_coef > 0 else 3
+    entropy = cfg.algorithm.entropy_coef > 0
     activations, other = activation_term(cfg, arch, l, "learner")
     ref = P * b / (n if z == 3 else 1) if cfg.algorithm.kl_coef > 0 else 0
     terms = zero_terms(P, l, b) + [
         activations,
-        Term("logits chunk", chunk * arch.vocab * (b + 4 * copies),
-             f"{chunk} positions x {arch.vocab} vocab, {copies} fp32 copies (learner.logprob_chunk_tokens)", "backward"),
+        Term("logits chunk", logits_chunk_bytes(chunk, arch.vocab, b, entropy),
+             f"{chunk} positions x {arch.vocab} vocab, {5 if entropy else 3} fp32 copies (learner.logprob_chunk_tokens)",
+             "backward"),
         Term("reference model", ref, "kl_coef 0" if not cfg.algorithm.kl_coef else
              f"ZeRO-3 partition, 1/{n}" if z == 3 else "full copy per rank (ZeRO-3 would partition it)"),
         Term("runtime", GPU_RUNTIME if gpu else CPU_LEARNER_RUNTIME, "CUDA context, NCCL" if gpu else "measured"),

@@ -408,15 +408,26 @@ def _describe(err: ValidationError) -> str:
     return "invalid config:\n" + "\n".join(lines)
 
 
+def _read_tree(path: str, seen: tuple[str, ...] = ()) -> dict[str, Any]:
+    """A YAML file's sections. `extends: <file>` (relative to this file) starts from that file's sections,
+    which this file's own values replace field by field (configs/*_1node.yaml extend the published presets)."""
+    if not Path(path).is_file():
+        raise ConfigError(f"config file not found: {path}")
+    tree = yaml.safe_load(Path(path).read_text()) or {}
+    if not isinstance(tree, dict):
+        raise ConfigError(f"{path}: top level must be a mapping of sections")
+    base = tree.pop("extends", None)
+    if base is None:
+        return tree
+    base_path = str(Path(path).parent / str(base))
+    if Path(base_path).resolve() in {Path(p).resolve() for p in (*seen, path)}:
+        raise ConfigError(f"{path}: extends {base} in a cycle")
+    return _merge(_read_tree(base_path, (*seen, path)), tree)
+
+
 def load_config(path: str | None = None, overrides: list[str] | None = None) -> Config:
     """Read a YAML file (optional), apply overrides, validate. Raises ConfigError naming the field."""
-    tree: dict[str, Any] = {}
-    if path:
-        if not Path(path).is_file():
-            raise ConfigError(f"config file not found: {path}")
-        tree = yaml.safe_load(Path(path).read_text()) or {}
-        if not isinstance(tree, dict):
-            raise ConfigError(f"{path}: top level must be a mapping of sections")
+    tree: dict[str, Any] = _read_tree(path) if path else {}
     tree = _merge(tree, parse_overrides(overrides or []))
     try:
         return Config.model_validate(tree)

@@ -119,7 +119,7 @@ class Term:
     name: str
     bytes: float
     note: str = ""
-    phase: str = "held"  # "held" all along; "backward" or "step": only then (RoleMemory.total takes the larger)
+    phase: str = "held"  # "held" all along; else only in that phase ("backward", "step", ...): total takes the largest
 
 
 @dataclass
@@ -132,9 +132,12 @@ class RoleMemory:
 
     @property
     def total(self) -> float:
-        """The peak: what is held all along plus the larger of the backward and the optimizer-step terms."""
-        phase = lambda name: sum(t.bytes for t in self.terms if t.phase == name)  # noqa: E731
-        return phase("held") + max(phase("backward"), phase("step"))
+        """The peak: what is held all along plus the largest of the other phases' terms (backward, step...)."""
+        phases: dict[str, float] = {}
+        for t in self.terms:
+            phases[t.phase] = phases.get(t.phase, 0.0) + t.bytes
+        held = phases.pop("held", 0.0)
+        return held + max(phases.values(), default=0.0)
 
     def largest(self) -> Term:
         return max(self.terms, key=lambda t: t.bytes)
@@ -267,10 +270,31 @@ def rollout_memory(cfg: Config, arch: Architecture, available_bytes: int | None 
     return role
 
 
+def shared_gpu_memory(cfg: Config, arch: Architecture, learner: RoleMemory) -> RoleMemory:
+    """cluster.colocate: one GPU holds a learner rank and an engine's TP rank, which take turns. Held all
+    along: the learner's states and the ipc transport's weight buffer (a full copy in the rollout dtype,
+    protocol/transports/ipc.py). Generating: vLLM's whole budget (gpu_memory_utilization x the GPU, which
+    vLLM wants free when it starts). Training: the learner's backward or step peak beside a sleeping engine
+    (its CUDA context; sleep level 1 or 2 releases its weights and KV cache)."""
+    b, r = DTYPE_BYTES[cfg.model.dtype], cfg.rollout
+    held = sum(t.bytes for t in learner.terms if t.phase == "held")
+    training = learner.total - held
+    device = cfg.cluster.gpu_memory_gib * GIB
+    terms = [Term("learner rank, held", held, "parameters, master weights, gradients, optimizer state, buffers..."),
+             Term("ipc weight buffer", arch.params * b, "the learner's full weights for the engines (sync.transport=ipc)"),
+             Term("vLLM awake (its budget)", r.gpu_memory_utilization * device,
+                  f"rollout.gpu_memory_utilization={r.gpu_memory_utilization:g}", "generate"),
+             Term("learner backward/step peak", training, "the larger of the two", "train"),
+             Term("vLLM asleep", GPU_RUNTIME, f"CUDA context (sleep level {r.sleep_level})", "train")]
+    return RoleMemory("GPU shared by a learner rank and an engine (cluster.colocate)", terms, device)
+
+
 def predict(cfg: Config, available_bytes: int | None = None) -> list[RoleMemory]:
     arch = architecture(cfg)
     critic = [critic_memory(cfg, arch)] if cfg.algorithm.advantage == "gae" else []
-    return [learner_memory(cfg, arch), *critic, rollout_memory(cfg, arch, available_bytes)]
+    learner = learner_memory(cfg, arch)
+    shared = [shared_gpu_memory(cfg, arch, learner)] if cfg.cluster.colocate else []
+    return [learner, *critic, rollout_memory(cfg, arch, available_bytes), *shared]
 
 
 def does_not_fit(cfg: Config) -> str | None:
@@ -296,7 +320,8 @@ def report(cfg: Config, roles: list[RoleMemory]) -> str:
                          + t.note)
         phases = {t.phase for t in role.terms}
         lines.append(f"  {'total':<28} {role.total / GIB:8.2f} GiB"
-                     + ("  (held + the larger of the backward and the step terms)" if {"backward", "step"} <= phases else ""))
+                     + (f"  (held + the largest of the {', '.join(sorted(phases - {'held'}))} terms)"
+                        if len(phases - {"held"}) > 1 else ""))
         if role.budget is not None:
             margin = role.budget - role.total
             fits = (f"fits, margin {margin / GIB:.2f} GiB" if not role.fills_budget else

@@ -174,3 +174,36 @@ def test_bf16_without_zero_cannot_sum_gradients_in_fp32():
     with pytest.raises(ConfigError, match=r"learner.zero_stage=0 with model.dtype=bfloat16 cannot accumulate"):
         load_config(ZOO7B, ["learner.zero_stage=0"])
     assert load_config(ZOO7B, ["learner.zero_stage=0", "learner.grad_accum_dtype=model"]).learner.zero_stage == 0
+
+
+ONE_NODE = {"simplerl_zoo_grpo_qwen7b_1node.yaml": 0.75, "simplerl_zero_v0_ppo_qwen7b_1node.yaml": 0.9}
+
+
+@pytest.mark.parametrize("name", list(ONE_NODE))
+def test_one_node_presets_place_on_8_gpus_and_every_shared_gpu_fits(name):
+    """The colocated one-node presets: 8 GPU bundles, each learner GPU shared by one learner rank and one
+    engine TP rank (shares <= 1 GPU), critic GPUs alone; the memory check passes for every role, the shared
+    GPU included; with the published generation budget (Zoo 0.75, v0 vLLM's 0.9) the shared GPU does not fit."""
+    from cluster.placement import plan
+
+    cfg = load_config(str(ROOT / "configs" / name))
+    layout = plan(cfg)
+    assert sum(b.get("GPU", 0) for b in layout.bundles) == 8 and cfg.cluster.colocate
+    for bundle, resources in enumerate(layout.bundles):
+        if not resources.get("GPU"):
+            continue
+        shares = [s.num_gpus for s in layout.slots["learner"] if s.bundle == bundle]
+        shares += [s.gpus_per_rank for s in layout.slots["rollout"] if bundle in s.engine_bundles]
+        critic = [s for s in layout.slots.get("critic", []) if s.bundle == bundle]
+        assert (len(shares) == 2 and sum(shares) <= 1.0 and not critic) or (not shares and len(critic) == 1), bundle
+    assert memory.does_not_fit(cfg) is None
+    roles = memory.predict(cfg)
+    shared, learner = roles[-1], roles[0]
+    assert shared.role.startswith("GPU shared") and shared.total <= shared.budget
+    held = sum(t.bytes for t in learner.terms if t.phase == "held")
+    weights = memory.architecture(cfg).params * 2
+    generating = held + weights + cfg.rollout.gpu_memory_utilization * 80 * GIB
+    training = learner.total + weights + memory.GPU_RUNTIME
+    assert shared.total == pytest.approx(max(generating, training))
+    published = load_config(str(ROOT / "configs" / name), [f"rollout.gpu_memory_utilization={ONE_NODE[name]}"])
+    assert "GPU shared by a learner rank and an engine" in memory.does_not_fit(published)

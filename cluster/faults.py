@@ -16,6 +16,9 @@ same process can set it with monkeypatch. Faults (each one line at its point in 
   restart runs clean. `rollout_engine_error_repeat:<k>`: the re-issued prompts fail again.
 - `rollout_kill:<k>`: the driver kills rollout[0] just before step <k> starts, as a crash would (Ray
   restarts it while `rollout.max_restarts` allows).
+- `learner_hang:<k>`: just before step <k> starts, the last learner rank gets a call that sleeps for an
+  hour (queued ahead of the step's calls): a rank stuck in a kernel or on a dead NFS mount, while the
+  others wait for it in a collective until `learner.collective_timeout_s`.
 
 Nothing here runs unless the variable is set; production runs never set it.
 """
@@ -27,7 +30,7 @@ from typing import Any
 
 ENV = "REASONRL_FAULT"
 FAULTS = ("checkpoint_write_fail", "driver_kill", "learner_kill", "rollout_engine_error", "rollout_engine_error_repeat",
-          "rollout_kill")
+          "rollout_kill", "learner_hang")
 
 
 def armed(name: str, step: int) -> bool:
@@ -61,6 +64,14 @@ def learner_kill(step: int, learners: Any) -> None:
         import ray
 
         ray.kill(learners.actors[-1])
+
+
+def learner_hang(step: int, learners: Any) -> None:
+    """The learner_hang point: the last rank of `learners` sleeps for an hour when armed (not awaited)."""
+    if armed("learner_hang", step):
+        import time
+
+        learners.actors[-1].__ray_call__.remote(lambda worker: time.sleep(3600))
 
 
 def engine_error(step: int | None, worker: int, actor: Any, reissue: bool) -> None:

@@ -127,10 +127,11 @@ def merge_indexed(per_rank: list[list[tuple[int, T]]], size: int) -> list[T]:
 class RankGroup:
     """`num_ranks` DeepSpeed ranks of one role (`learner`, `critic`) as Ray actors in their bundles."""
 
-    def __init__(self, role: str, worker: type, spec: Any, num_ranks: int, placement: Placement) -> None:
+    def __init__(self, role: str, worker: type, spec: Any, num_ranks: int, placement: Placement,
+                 call_timeout_s: float) -> None:
         remote = ray.remote(worker)
         self.role, self.spec = role, spec
-        self.timeout_s = spec.timeout_s * 5
+        self.timeout_s = call_timeout_s  # <role>.call_timeout_s: one call on all ranks
         env = {"env_vars": {"DS_ACCELERATOR": "cpu"}} if spec.device == "cpu" else None
         self.actors = [remote.options(**placement.options(role, i), runtime_env=env).remote(i, num_ranks, spec)
                        for i in range(num_ranks)]
@@ -145,10 +146,11 @@ class RankGroup:
         method raises comes through as itself, unless other ranks are still running after it: then
         they are the ones named (a rank that hangs leaves the others failing in a collective)."""
         # A rank waiting in a collective for a failed peer fails itself within the process group's
-        # timeout (spec.timeout_s): one still running after that is the one that hangs.
+        # timeout (<role>.collective_timeout_s): one still running after that is the one that hangs.
         args = shared_batches(args)
         return wait_named([(f"{self.role}[{i}]", getattr(a, method).remote(*args)) for i, a in enumerate(self.actors)],
-                          self.timeout_s, f"{self.role}.{method}", name_task_errors=False, grace_s=self.spec.timeout_s)
+                          self.timeout_s, f"{self.role}.{method}", name_task_errors=False,
+                          grace_s=self.spec.collective_timeout_s)
 
     def scored(self, method: str, batch: TrainBatch, seed: int | None) -> list[list[float]]:
         """Per-token values of every sample from a scoring `method` (old_logprobs, ref_logprobs, values)."""
@@ -178,7 +180,7 @@ class LearnerGroup(RankGroup):
 
     def __init__(self, cfg: Config, model_path: str, placement: Placement, **overrides: Any) -> None:
         spec = dataclasses.replace(learner_spec(cfg, model_path), **overrides)
-        super().__init__("learner", LearnerWorker, spec, cfg.learner.num_ranks, placement)
+        super().__init__("learner", LearnerWorker, spec, cfg.learner.num_ranks, placement, cfg.learner.call_timeout_s)
 
     def train(self, batch: TrainBatch, seed: int | None = None, loss: str = "policy") -> dict[str, float]:
         """The policy update (`loss="sft"`: one supervised step, the base-model warm-up). The step's batch
@@ -211,7 +213,8 @@ class CriticGroup(RankGroup):
     """The value model's ranks (`algorithm.advantage=gae`), placed in the `critic` bundles."""
 
     def __init__(self, cfg: Config, model_path: str, placement: Placement) -> None:
-        super().__init__("critic", CriticWorker, critic_spec(cfg, model_path), cfg.critic.num_ranks, placement)
+        super().__init__("critic", CriticWorker, critic_spec(cfg, model_path), cfg.critic.num_ranks, placement,
+                         cfg.critic.call_timeout_s)
 
     def values(self, batch: TrainBatch, seed: int | None) -> list[list[float]]:
         return self.scored("values", batch, seed)

@@ -2,11 +2,19 @@
 
     python -m cluster.memory --config configs/simplerl_zero_v0_ppo_qwen7b.yaml [section.key=value ...]
 
-Learner rank (DeepSpeed ZeRO stage z over N ranks, P parameters, b bytes per model-dtype value):
+Learner rank (DeepSpeed ZeRO stage z over N ranks, P parameters, b bytes per model-dtype value, a bytes
+per accumulated gradient value: 4 with <group>.grad_accum_dtype=float32, else b). What a rank holds all
+along, plus the larger of what backward and the optimizer step hold for a while (they never coexist):
   parameters        P*b, or P*b/N at stage 3
   master weights    fp32 copy of the rank's partition, 4P/N (stage >= 1; DeepSpeed clones it even in fp32)
-  gradients         stage >= 2: the fp32 partition 4P/N; stage 0/1: the full gradients P*b
+  gradients         the running sum: stage >= 2 its partition a*P/N (stage3.py grad_partitions_flat_buffer,
+                    stage_1_and_2.py averaged_gradients); stage 1 in bf16 with fp32 sums: DeepSpeed's
+                    BF16_Optimizer, fp32 gradients of the whole model plus the bf16 ones, (4+b)P; else P*b
   optimizer state   Adam m and v in fp32: 8P/N (stage >= 1), 8P at stage 0
+  step: fp32 grads  stage >= 2: the partition flattened into a new fp32 tensor for the optimizer, 4P/N
+                    (stage3.py _prepare_fp32_grad_for_sub_group, stage_1_and_2.py step); stage 0 in bf16:
+                    the fp32 copy of the whole gradient, 4P
+  step: AdamW temp  torch AdamW (foreach) allocates sqrt(v) beside m and v: 4P/N (4P at stage 0)
   ZeRO buffers      DeepSpeed's default buckets, capped at P: reduce 5e8 values (stages 1-3), all-gather
                     5e8 (1/2), live parameters 1e9 + prefetch 5e7 (3)
   activations       tokens of a micro-batch x layers x what autograd keeps per token and layer (HF Qwen2,
@@ -32,6 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cluster.config import Config, ConfigError, DeepSpeedGroupConfig, load_config
+from cluster.memory_terms import layer_activation_values, logits_chunk_bytes
 from rollout.kv_cache import (DTYPE_BYTES, GIB, KVCacheError, blocks_per_sequence,
                               kv_bytes_per_token, plan_kv_cache)
 
@@ -110,6 +119,7 @@ class Term:
     name: str
     bytes: float
     note: str = ""
+    phase: str = "held"  # "held" all along; else only in that phase ("backward", "step", ...): total takes the largest
 
 
 @dataclass
@@ -122,7 +132,12 @@ class RoleMemory:
 
     @property
     def total(self) -> float:
-        return sum(t.bytes for t in self.terms)
+        """The peak: what is held all along plus the largest of the other phases' terms (backward, step...)."""
+        phases: dict[str, float] = {}
+        for t in self.terms:
+            phases[t.phase] = phases.get(t.phase, 0.0) + t.bytes
+        held = phases.pop("held", 0.0)
+        return held + max(phases.values(), default=0.0)
 
     def largest(self) -> Term:
         return max(self.terms, key=lambda t: t.bytes)
@@ -134,25 +149,45 @@ def micro_batch_tokens(cfg: Config, group: DeepSpeedGroupConfig) -> int:
 
 
 def activation_bytes(arch: Architecture, tokens: int, dtype_bytes: int, checkpointing: bool) -> float:
-    kv = arch.kv_heads * arch.head_dim
-    per_layer = (11 * arch.hidden + 4 * kv + 4 * arch.intermediate) * dtype_bytes
+    per_layer = layer_activation_values(arch.hidden, arch.kv_heads * arch.head_dim, arch.intermediate) * dtype_bytes
     if checkpointing:  # each layer's input kept, one layer recomputed at a time during backward
         return tokens * (arch.layers * arch.hidden * dtype_bytes + per_layer)
     return tokens * arch.layers * per_layer
 
 
+def gradient_term(P: int, group: DeepSpeedGroupConfig, b: int) -> Term:
+    """The running gradient sum a rank holds from the first backward to the step (module docstring)."""
+    n, z = group.num_ranks, group.zero_stage
+    a = 4 if group.grad_accum_dtype == "float32" else b
+    sums = f"summed in {'fp32' if a == 4 else 'the model dtype'} ({group_name(group)}.grad_accum_dtype)"
+    if z >= 2:
+        return Term("gradients", a * P / n, f"partition, {sums}")
+    if z == 1 and a != b:
+        return Term("gradients", (4 + b) * P, f"full fp32 and bf16 copies (BF16_Optimizer), {sums}")
+    return Term("gradients", P * b, f"full, {sums}")
+
+
+def group_name(group: DeepSpeedGroupConfig) -> str:
+    return "critic" if type(group).__name__ == "CriticConfig" else "learner"
+
+
 def zero_terms(params: int, group: DeepSpeedGroupConfig, b: int) -> list[Term]:
-    """Parameters, fp32 master weights, gradients, Adam state and DeepSpeed buffers of one rank."""
+    """Parameters, fp32 master weights, gradients, Adam state and DeepSpeed buffers of one rank, and what
+    its optimizer step allocates."""
     P, n, z = params, group.num_ranks, group.zero_stage
     buffers = min(P, ZERO_REDUCE_BUCKET) * b + (
         min(P, ZERO3_LIVE_PARAMETERS) * b + min(P, ZERO3_PREFETCH) * b if z == 3 else
         min(P, ZERO_ALLGATHER_BUCKET) * b if z in (1, 2) else 0)
+    stepped = P / n if z >= 1 else P  # values the optimizer updates on this rank
+    fp32_copy = 4 * P / n if z >= 2 else (4 * P if z == 0 and b != 4 else 0)
     return [
         Term("parameters", P * b / (n if z == 3 else 1), f"{P / 1e6:.1f}M x {b} B" + (f" / {n} ranks" if z == 3 else "")),
         Term("master weights (fp32)", 4 * P / n if z >= 1 else (4 * P if b != 4 else 0), "partition" if z >= 1 else ""),
-        Term("gradients", 4 * P / n if z >= 2 else P * b, "fp32 partition" if z >= 2 else "full"),
-        Term("optimizer state (Adam m, v)", 8 * P / (n if z >= 1 else 1), f"ZeRO-{z}"),
+        gradient_term(P, group, b),
+        Term("optimizer state (Adam m, v)", 8 * stepped, f"ZeRO-{z}"),
         Term("ZeRO buffers", buffers, "DeepSpeed default buckets"),
+        Term("fp32 gradient copy", fp32_copy, "flattened for the optimizer" if fp32_copy else "none", "step"),
+        Term("AdamW temporaries", 4 * stepped, "sqrt(v), fp32, per value stepped", "step"),
     ]
 
 
@@ -162,20 +197,22 @@ def activation_term(cfg: Config, arch: Architecture, group: DeepSpeedGroupConfig
     act = {c: activation_bytes(arch, tokens, b, c) for c in (False, True)}
     other = (f"activations with checkpointing {'off' if ckpt else 'on'}: {act[not ckpt] / GIB:.2f} GiB "
              f"({name}.gradient_checkpointing={str(not ckpt).lower()})")
-    return Term("activations", act[ckpt], f"{tokens} tokens/micro-batch, checkpointing {'on' if ckpt else 'off'}"), other
+    return Term("activations", act[ckpt], f"{tokens} tokens/micro-batch, checkpointing {'on' if ckpt else 'off'}",
+                "backward"), other
 
 
 def learner_memory(cfg: Config, arch: Architecture) -> RoleMemory:
     l, gpu = cfg.learner, cfg.cluster.device == "gpu"
     P, n, z, b = arch.params, l.num_ranks, l.zero_stage, DTYPE_BYTES[cfg.model.dtype]
     chunk = min(l.logprob_chunk_tokens, micro_batch_tokens(cfg, l))  # response positions through the head at once
-    copies = 5 if cfg.algorithm.entropy_coef > 0 else 3
+    entropy = cfg.algorithm.entropy_coef > 0
     activations, other = activation_term(cfg, arch, l, "learner")
     ref = P * b / (n if z == 3 else 1) if cfg.algorithm.kl_coef > 0 else 0
     terms = zero_terms(P, l, b) + [
         activations,
-        Term("logits chunk", chunk * arch.vocab * (b + 4 * copies),
-             f"{chunk} positions x {arch.vocab} vocab, {copies} fp32 copies (learner.logprob_chunk_tokens)"),
+        Term("logits chunk", logits_chunk_bytes(chunk, arch.vocab, b, entropy),
+             f"{chunk} positions x {arch.vocab} vocab, {5 if entropy else 3} fp32 copies (learner.logprob_chunk_tokens)",
+             "backward"),
         Term("reference model", ref, "kl_coef 0" if not cfg.algorithm.kl_coef else
              f"ZeRO-3 partition, 1/{n}" if z == 3 else "full copy per rank (ZeRO-3 would partition it)"),
         Term("runtime", GPU_RUNTIME if gpu else CPU_LEARNER_RUNTIME, "CUDA context, NCCL" if gpu else "measured"),
@@ -233,10 +270,31 @@ def rollout_memory(cfg: Config, arch: Architecture, available_bytes: int | None 
     return role
 
 
+def shared_gpu_memory(cfg: Config, arch: Architecture, learner: RoleMemory) -> RoleMemory:
+    """cluster.colocate: one GPU holds a learner rank and an engine's TP rank, which take turns. Held all
+    along: the learner's states and the ipc transport's weight buffer (a full copy in the rollout dtype,
+    protocol/transports/ipc.py). Generating: vLLM's whole budget (gpu_memory_utilization x the GPU, which
+    vLLM wants free when it starts). Training: the learner's backward or step peak beside a sleeping engine
+    (its CUDA context; sleep level 1 or 2 releases its weights and KV cache)."""
+    b, r = DTYPE_BYTES[cfg.model.dtype], cfg.rollout
+    held = sum(t.bytes for t in learner.terms if t.phase == "held")
+    training = learner.total - held
+    device = cfg.cluster.gpu_memory_gib * GIB
+    terms = [Term("learner rank, held", held, "parameters, master weights, gradients, optimizer state, buffers..."),
+             Term("ipc weight buffer", arch.params * b, "the learner's full weights for the engines (sync.transport=ipc)"),
+             Term("vLLM awake (its budget)", r.gpu_memory_utilization * device,
+                  f"rollout.gpu_memory_utilization={r.gpu_memory_utilization:g}", "generate"),
+             Term("learner backward/step peak", training, "the larger of the two", "train"),
+             Term("vLLM asleep", GPU_RUNTIME, f"CUDA context (sleep level {r.sleep_level})", "train")]
+    return RoleMemory("GPU shared by a learner rank and an engine (cluster.colocate)", terms, device)
+
+
 def predict(cfg: Config, available_bytes: int | None = None) -> list[RoleMemory]:
     arch = architecture(cfg)
     critic = [critic_memory(cfg, arch)] if cfg.algorithm.advantage == "gae" else []
-    return [learner_memory(cfg, arch), *critic, rollout_memory(cfg, arch, available_bytes)]
+    learner = learner_memory(cfg, arch)
+    shared = [shared_gpu_memory(cfg, arch, learner)] if cfg.cluster.colocate else []
+    return [learner, *critic, rollout_memory(cfg, arch, available_bytes), *shared]
 
 
 def does_not_fit(cfg: Config) -> str | None:
@@ -258,8 +316,12 @@ def report(cfg: Config, roles: list[RoleMemory]) -> str:
     for role in roles:
         lines.append(f"\n{role.role}")
         for t in role.terms:
-            lines.append(f"  {t.name:<28} {t.bytes / GIB:8.2f} GiB  {t.note}")
-        lines.append(f"  {'total':<28} {role.total / GIB:8.2f} GiB")
+            lines.append(f"  {t.name:<28} {t.bytes / GIB:8.2f} GiB  " + (f"[{t.phase} only] " if t.phase != "held" else "")
+                         + t.note)
+        phases = {t.phase for t in role.terms}
+        lines.append(f"  {'total':<28} {role.total / GIB:8.2f} GiB"
+                     + (f"  (held + the largest of the {', '.join(sorted(phases - {'held'}))} terms)"
+                        if len(phases - {"held"}) > 1 else ""))
         if role.budget is not None:
             margin = role.budget - role.total
             fits = (f"fits, margin {margin / GIB:.2f} GiB" if not role.fills_budget else

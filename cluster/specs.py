@@ -40,14 +40,13 @@ def spec_from(spec_cls: type[T], *sections: BaseModel, **derived: Any) -> T:
 def learner_spec(cfg: Config, model_path: str) -> LearnerSpec:
     return spec_from(LearnerSpec, cfg.learner, cfg.algorithm, model_path=model_path, device=cfg.cluster.device,
                      dtype=cfg.model.dtype, max_response_len=cfg.rollout.max_new_tokens, seed=cfg.train.seed,
-                     timeout_s=cfg.sync.timeout_s, temperature=cfg.rollout.temperature)
+                     temperature=cfg.rollout.temperature)
 
 
 def critic_spec(cfg: Config, model_path: str) -> CriticSpec:
     a = cfg.algorithm
     return spec_from(CriticSpec, cfg.critic, model_path=model_path, device=cfg.cluster.device, dtype=cfg.model.dtype,
-                     ppo_epochs=a.ppo_epochs, ppo_mini_batches=a.ppo_mini_batches, seed=cfg.train.seed,
-                     timeout_s=cfg.sync.timeout_s)
+                     ppo_epochs=a.ppo_epochs, ppo_mini_batches=a.ppo_mini_batches, seed=cfg.train.seed)
 
 
 def engine_spec(cfg: Config, model_path: str) -> EngineSpec:

@@ -173,20 +173,22 @@ class Trainer:
         last = first
         bar = tqdm(range(start, cfg.train.steps), desc="RL", unit="step", initial=start, total=cfg.train.steps)
         for step in bar:
-            faults.learner_kill(step + 1, self.learners)
-            faults.rollout_kill(step + 1, self.rollouts)
-            metrics = self.step(step)
-            self.log.log(step + 1, metrics)
-            bar.set_postfix(reward=f"{metrics['reward/mean']:.3f}", boxed=f"{metrics['train/boxed_rate']:.2f}",
-                            step_s=f"{metrics['time/step_s']:.1f}")
-            if self._every(cfg.train.eval_every, step + 1):
-                with self.checkpoint_if_generation_fails(step + 1):
-                    last = self.evaluate(step + 1)
-            if self._every(cfg.train.benchmark_every, step + 1):
-                self.benchmark(step + 1)
-            faults.driver_kill(step + 1)
-            if self._every(cfg.train.save_every, step + 1) or step + 1 == cfg.train.steps:
-                self.save_checkpoint(step + 1)
+            with self.stop_naming_the_step(step + 1):
+                faults.learner_kill(step + 1, self.learners)
+                faults.learner_hang(step + 1, self.learners)
+                faults.rollout_kill(step + 1, self.rollouts)
+                metrics = self.step(step)
+                self.log.log(step + 1, metrics)
+                bar.set_postfix(reward=f"{metrics['reward/mean']:.3f}", boxed=f"{metrics['train/boxed_rate']:.2f}",
+                                step_s=f"{metrics['time/step_s']:.1f}")
+                if self._every(cfg.train.eval_every, step + 1):
+                    with self.checkpoint_if_generation_fails(step + 1):
+                        last = self.evaluate(step + 1)
+                if self._every(cfg.train.benchmark_every, step + 1):
+                    self.benchmark(step + 1)
+                faults.driver_kill(step + 1)
+                if self._every(cfg.train.save_every, step + 1) or step + 1 == cfg.train.steps:
+                    self.save_checkpoint(step + 1)
         # The final evaluation comes after the last checkpoint unless it is on the cadence: a resume
         # from that checkpoint then drops its row, as an uninterrupted longer run would not have it.
         if cfg.train.steps and not self._every(cfg.train.eval_every, cfg.train.steps):
@@ -226,6 +228,20 @@ class Trainer:
                 print(f"generation failed; saving the {finished} finished steps before stopping", flush=True)
                 self.save_checkpoint(finished)
             raise
+
+    @contextmanager
+    def stop_naming_the_step(self, step: int) -> Iterator[None]:
+        """A failure or deadline that stops the run while step `step` trains, syncs, evaluates or saves
+        (an actor that died, a call past <role>.call_timeout_s, a rank left hanging in a collective past
+        <role>.collective_timeout_s, a sync past sync.timeout_s) is re-raised naming the step and the
+        checkpoint a resume starts from; its message already names the group and the call in flight.
+        A save cut short leaves only its `.partial` directory: the last complete checkpoint stays the one."""
+        try:
+            yield
+        except ActorFailure as error:
+            latest = self.checkpoints.latest()
+            resume = f"a resume starts from {latest}" if latest else "no complete checkpoint yet: a resume starts over"
+            raise type(error)(f"step {step}: {error}; {resume}", error.worker, error.lost) from error
 
     def save_checkpoint(self, step: int) -> Path | None:
         """The checkpoint written, or None when the write failed and was reported (see save_or_report)."""

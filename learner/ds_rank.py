@@ -47,7 +47,8 @@ class RankSpec:
     ppo_epochs: int
     ppo_mini_batches: int
     seed: int
-    timeout_s: float
+    grad_accum_dtype: str  # "float32" or "model": what micro-batch gradients are summed in (_ds_config)
+    collective_timeout_s: float  # the process group's timeout: one collective, a checkpoint barrier
 
 
 def _skip_shm_comm_op() -> None:
@@ -87,7 +88,7 @@ class DeepSpeedRank:
             _skip_shm_comm_op()
             pin_gloo_interface()
         deepspeed.init_distributed(dist_backend="gloo" if self.spec.device == "cpu" else "nccl",
-                                   timeout=timedelta(seconds=self.spec.timeout_s))
+                                   timeout=timedelta(seconds=self.spec.collective_timeout_s))
         torch.manual_seed(self.spec.seed)
         model = self._build_model(DTYPES[self.spec.dtype])
         optimizer = torch.optim.AdamW(model.parameters(), lr=self.spec.lr, weight_decay=self.spec.weight_decay)
@@ -130,7 +131,18 @@ class DeepSpeedRank:
         return self.engine.device if self.engine is not None else torch.device("cpu")
 
     def _ds_config(self) -> dict[str, Any]:
+        """The engine's DeepSpeed config. bf16 with grad_accum_dtype "float32" sets DeepSpeed's
+        data_types.grad_accum_dtype=fp32, which 0.19.8 honours per stage: ZeRO-1 becomes its BF16_Optimizer
+        (fp32 gradients of the full model, runtime/bf16_optimizer.py), ZeRO-2 sums the partitions in fp32
+        (stage_1_and_2.py), ZeRO-3 allocates its persistent gradient partition in fp32 (stage3.py); without
+        ZeRO it refuses the mix (engine.py, "unsupported mix"), which the config rejects first. Each
+        micro-batch's gradient is still computed in bf16, and at ZeRO 2/3 reduced in bf16 (once per
+        micro-batch, over the ranks); only the running sum is fp32. ZeRO-1 reduces the fp32 sum once per
+        step, in DeepSpeed's communication_data_type: fp32 here, or the sum would be rounded to bf16."""
         micro = self.spec.micro_batch_size
+        bf16 = self.spec.dtype == "bfloat16"
+        fp32_sums = {"data_types": {"grad_accum_dtype": "fp32"},
+                     **({"communication_data_type": "fp32"} if self.spec.zero_stage == 1 else {})}
         return {
             # One accumulation step, never resized: the boundary is set by hand (module docstring).
             "train_batch_size": micro * self.world_size,
@@ -139,7 +151,8 @@ class DeepSpeedRank:
             "gradient_clipping": self.spec.grad_clip,
             "zero_optimization": {"stage": self.spec.zero_stage},
             "zero_allow_untested_optimizer": True,
-            "bf16": {"enabled": self.spec.dtype == "bfloat16"},
+            "bf16": {"enabled": bf16},
+            **(fp32_sums if bf16 and self.spec.grad_accum_dtype == "float32" else {}),
             "steps_per_print": 10**9,
             "wall_clock_breakdown": False,
         }
@@ -196,11 +209,15 @@ class DeepSpeedRank:
                     objective = (per_token * weights).sum()
                     self.engine.backward(objective * self.world_size)
                     self._accumulate(sums, stats, pb.mask, float(objective.detach()))
-                self.engine.step()
+                self._optimizer_step()
                 sums["grad_norm"] += float(self.engine.get_global_grad_norm() or 0.0)
         sums["mini_batches"] = float(sum(len(epoch) for epoch in plan))
         sums["optimizer_steps"] = float(self.engine.global_steps - start)
         return sums
+
+    def _optimizer_step(self) -> None:
+        """The accumulated gradients become one optimizer step (tests read the gradients here first)."""
+        self.engine.step()
 
     @staticmethod
     def _accumulate(sums: dict[str, float], stats: dict[str, torch.Tensor], mask: torch.Tensor, loss: float) -> None:

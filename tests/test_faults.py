@@ -159,13 +159,41 @@ def test_dead_learner_rank_stops_the_run_naming_it(crashed_and_rerun, tmp_path):
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 1, proc.stdout[-2000:] + proc.stderr[-3000:]
     # the step's first learner call (cluster/update.py): the reference log-probs with a KL term, else the update
-    assert re.search(r"^error: learner\.(ref_logprobs|train_step): learner\[1\] failed: ActorDiedError", proc.stderr,
-                     re.M), proc.stderr[-3000:]
+    assert re.search(r"^error: step 5: learner\.(ref_logprobs|train_step): learner\[1\] failed: ActorDiedError.*; "
+                     r"a resume starts from \S+/checkpoints/step_4$", proc.stderr, re.M), proc.stderr[-3000:]
     assert time.monotonic() - start < 240
     deadline = time.monotonic() + 15  # Ray's own shutdown at exit may take a moment
     while _marked(before["mark"]) and time.monotonic() < deadline:
         time.sleep(0.5)
     assert not _kill_marked(before["mark"]), "a run that stopped on an error left its Ray running"
+
+
+def test_hung_learner_rank_stops_the_run_naming_step_call_and_rank_and_the_checkpoint_resumes(crashed_and_rerun,
+                                                                                           tmp_path):
+    """A copy of the finished run is resumed to step 6 and learner[1] hangs before step 5
+    (REASONRL_FAULT=learner_hang:5) with learner.collective_timeout_s=5: learner[0] gives up in the
+    step's first collective after 5 s, and the CLI stops (exit 1) naming the step, the call in flight,
+    the rank that hangs and the checkpoint a resume starts from, long before learner.call_timeout_s.
+    The same command without the fault then resumes from that checkpoint and completes step 5 and 6."""
+    run, _, before, _ = crashed_and_rerun
+    shutil.copytree(run, tmp_path / "run")
+    cmd = [tmp_path / "run" if arg == str(run) else arg for arg in before["cmd"]] + ["train.steps=6"]
+    timeouts = ["learner.collective_timeout_s=5", "learner.call_timeout_s=200"]
+    start = time.monotonic()
+    proc = subprocess.run(cmd + timeouts, cwd=ROOT, env={**before["env"], "REASONRL_FAULT": "learner_hang:5"},
+                          capture_output=True, text=True, timeout=400)
+    assert proc.returncode == 1, proc.stdout[-2000:] + proc.stderr[-3000:]
+    assert re.search(r"^error: step 5: learner\.(ref_logprobs|train_step): learner\[1\] did not finish, and learner\[0\] failed "
+                     r"meanwhile \(.*\): learner\[1\] hangs.*; a resume starts from \S+/checkpoints/step_4$",
+                     proc.stderr, re.M), proc.stderr[-3000:]
+    assert time.monotonic() - start < 200
+    assert (tmp_path / "run" / "checkpoints" / "latest").read_text() == "step_4"
+    resumed = subprocess.run(cmd, cwd=ROOT, env=before["env"], capture_output=True, text=True, timeout=400)
+    assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-3000:]
+    assert "resumed from" in resumed.stdout and "step_4" in resumed.stdout
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if "reward/mean" in r][-2:] == [5, 6]
+    assert (tmp_path / "run" / "checkpoints" / "latest").read_text() == "step_6"
 
 
 def test_engine_errors_restart_the_worker_then_stop_the_run_after_a_checkpoint(crashed_and_rerun, tmp_path):
@@ -182,7 +210,7 @@ def test_engine_errors_restart_the_worker_then_stop_the_run_after_a_checkpoint(c
     assert proc.returncode == 1, proc.stdout[-2000:] + proc.stderr[-3000:]
     cause = "rollout[0] failed inside its engine (step {}): RuntimeError: injected engine error (REASONRL_FAULT, step {})"
     assert f"{cause.format(5, 5)}; restarting it and re-issuing its 4 unfinished prompts" in proc.stdout
-    assert re.search(r"^error: rollout\[0\] failed again after a restart, on the same prompts: "
+    assert re.search(r"^error: step 6: rollout\[0\] failed again after a restart, on the same prompts: "
                      + re.escape(cause.format(6, 6)) + "; then " + re.escape(cause.format(6, 6)), proc.stderr, re.M), \
         proc.stderr[-3000:]
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
@@ -326,7 +354,8 @@ def test_rollout_restarts_exhausted_stop_the_cli_naming_the_worker(session_train
     start = time.monotonic()
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=400)
     assert proc.returncode == 1, proc.stdout[-2000:] + proc.stderr[-3000:]
-    assert re.search(r"^error: rollout\[0\] died and was not restarted \(rollout\.max_restarts=0\)", proc.stderr, re.M), \
+    assert re.search(r"^error: step 1: rollout\[0\] died and was not restarted \(rollout\.max_restarts=0\)", proc.stderr,
+                     re.M), \
         proc.stderr[-3000:]
     assert not (tmp_path / "run" / "summary.json").exists()
     assert time.monotonic() - start < 300

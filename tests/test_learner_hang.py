@@ -10,13 +10,15 @@ from tests.test_weight_sync import Unplaced, _with
 
 
 def test_a_rank_that_hangs_while_the_others_wait_in_a_collective_is_named(trainer):
-    """sync.timeout_s=3 is also the gloo timeout of the ranks' process group: rank 0 enters the
+    """learner.collective_timeout_s=3 is the gloo timeout of the ranks' process group: rank 0 enters the
     gradient all-reduce, waits 3 s for rank 1 and fails; the driver names learner[1], which is still
-    running, instead of passing on rank 0's bare gloo error."""
+    running, instead of passing on rank 0's bare gloo error, before its own deadline for the call
+    (learner.call_timeout_s=30)."""
     from cluster.groups import ActorFailure, LearnerGroup
     from protocol.batch import TrainBatch
 
-    learners = LearnerGroup(_with(trainer.cfg, sync={"timeout_s": 3}, algorithm={"kl_coef": 0.0}), trainer.model_path,
+    learners = LearnerGroup(_with(trainer.cfg, learner={"collective_timeout_s": 3, "call_timeout_s": 30},
+                                  algorithm={"kl_coef": 0.0}), trainer.model_path,
                             Unplaced())
     try:
         learners.actors[1].__ray_call__.remote(lambda worker: time.sleep(120))  # rank 1 is stuck from now on
@@ -26,6 +28,6 @@ def test_a_rank_that_hangs_while_the_others_wait_in_a_collective_is_named(traine
                                                r"learner\[0\] failed meanwhile \(.*\): learner\[1\] hangs") as err:
             learners.train(batch)
         assert err.value.worker == "learner[1]"
-        assert time.monotonic() - start < 3 * 5  # before the group's own deadline (5 x sync.timeout_s)
+        assert time.monotonic() - start < 30  # before the group's own deadline (learner.call_timeout_s)
     finally:
         learners.kill()

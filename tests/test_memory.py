@@ -133,3 +133,77 @@ def test_memory_cli_prints_every_term_and_the_margin(capsys):
     assert "fits, margin" in out and "activations with checkpointing off" in out
     assert memory.main(["--config", ZOO7B, *NO_CKPT]) == 1
     assert "DOES NOT FIT" in capsys.readouterr().out
+
+
+def test_zero3_breakdown_counts_the_gradient_sum_in_its_dtype_and_the_optimizer_step():
+    """ZeRO-3 at 7B over 8 ranks: the persistent gradient partition is fp32 with the default fp32 sums
+    and bf16 with grad_accum_dtype=model (stage3.py allocates it in the accumulation dtype); the step's
+    fp32 gradient copy and AdamW's sqrt(v) are ~3.5 GiB each and count only against backward's terms."""
+    fp32 = memory.predict(load_config(ZOO7B))[0]
+    bf16 = memory.predict(load_config(ZOO7B, ["learner.grad_accum_dtype=model"]))[0]
+    P = memory.architecture(load_config(ZOO7B)).params
+    terms = {t.name: t for t in fp32.terms}
+    assert terms["gradients"].bytes == 4 * P / 8 and "fp32" in terms["gradients"].note
+    assert {t.name: t.bytes for t in bf16.terms}["gradients"] == 2 * P / 8
+    for name in ("fp32 gradient copy", "AdamW temporaries"):
+        assert terms[name].phase == "step" and 3.5 * GIB < terms[name].bytes < 3.6 * GIB
+    held = sum(t.bytes for t in fp32.terms if t.phase == "held")
+    backward = terms["activations"].bytes + terms["logits chunk"].bytes
+    assert fp32.total == held + max(backward, terms["fp32 gradient copy"].bytes + terms["AdamW temporaries"].bytes)
+    assert fp32.total - bf16.total == 2 * P / 8  # only the gradient sum's dtype differs
+    # Without activations to outweigh it (a tiny micro-batch), the step is the peak.
+    small = memory.predict(load_config(ZOO7B, ["learner.micro_batch_size=1", "rollout.max_model_len=1100",
+                                               "rollout.max_new_tokens=64", "learner.logprob_chunk_tokens=16"]))[0]
+    small_terms = {t.name: t.bytes for t in small.terms}
+    assert small.total == sum(t.bytes for t in small.terms if t.phase == "held") + 8 * P / 8
+    assert small_terms["activations"] + small_terms["logits chunk"] < 8 * P / 8
+
+
+def test_zero1_in_bf16_with_fp32_sums_holds_fp32_and_bf16_gradients_of_the_whole_model():
+    P = memory.architecture(load_config(ZOO7B)).params
+    ours = {t.name: t.bytes for t in memory.predict(load_config(ZOO7B, ["learner.zero_stage=1"]))[0].terms}
+    model = {t.name: t.bytes for t in memory.predict(load_config(ZOO7B, ["learner.zero_stage=1",
+                                                                         "learner.grad_accum_dtype=model"]))[0].terms}
+    assert ours["gradients"] == 6 * P and model["gradients"] == 2 * P
+    assert ours["fp32 gradient copy"] == 0 and ours["AdamW temporaries"] == 4 * P / 8
+
+
+def test_bf16_without_zero_cannot_sum_gradients_in_fp32():
+    from cluster.config import ConfigError
+
+    with pytest.raises(ConfigError, match=r"learner.zero_stage=0 with model.dtype=bfloat16 cannot accumulate"):
+        load_config(ZOO7B, ["learner.zero_stage=0"])
+    assert load_config(ZOO7B, ["learner.zero_stage=0", "learner.grad_accum_dtype=model"]).learner.zero_stage == 0
+
+
+ONE_NODE = {"simplerl_zoo_grpo_qwen7b_1node.yaml": 0.75, "simplerl_zero_v0_ppo_qwen7b_1node.yaml": 0.9}
+
+
+@pytest.mark.parametrize("name", list(ONE_NODE))
+def test_one_node_presets_place_on_8_gpus_and_every_shared_gpu_fits(name):
+    """The colocated one-node presets: 8 GPU bundles, each learner GPU shared by one learner rank and one
+    engine TP rank (shares <= 1 GPU), critic GPUs alone; the memory check passes for every role, the shared
+    GPU included; with the published generation budget (Zoo 0.75, v0 vLLM's 0.9) the shared GPU does not fit."""
+    from cluster.placement import plan
+
+    cfg = load_config(str(ROOT / "configs" / name))
+    layout = plan(cfg)
+    assert sum(b.get("GPU", 0) for b in layout.bundles) == 8 and cfg.cluster.colocate
+    for bundle, resources in enumerate(layout.bundles):
+        if not resources.get("GPU"):
+            continue
+        shares = [s.num_gpus for s in layout.slots["learner"] if s.bundle == bundle]
+        shares += [s.gpus_per_rank for s in layout.slots["rollout"] if bundle in s.engine_bundles]
+        critic = [s for s in layout.slots.get("critic", []) if s.bundle == bundle]
+        assert (len(shares) == 2 and sum(shares) <= 1.0 and not critic) or (not shares and len(critic) == 1), bundle
+    assert memory.does_not_fit(cfg) is None
+    roles = memory.predict(cfg)
+    shared, learner = roles[-1], roles[0]
+    assert shared.role.startswith("GPU shared") and shared.total <= shared.budget
+    held = sum(t.bytes for t in learner.terms if t.phase == "held")
+    weights = memory.architecture(cfg).params * 2
+    generating = held + weights + cfg.rollout.gpu_memory_utilization * 80 * GIB
+    training = learner.total + weights + memory.GPU_RUNTIME
+    assert shared.total == pytest.approx(max(generating, training))
+    published = load_config(str(ROOT / "configs" / name), [f"rollout.gpu_memory_utilization={ONE_NODE[name]}"])
+    assert "GPU shared by a learner rank and an engine" in memory.does_not_fit(published)

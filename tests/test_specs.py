@@ -30,12 +30,14 @@ OVERRIDES = ["learner.lr=3e-5", "learner.zero_stage=1", "learner.weight_decay=0.
              "critic.grad_clip=0.3", "critic.micro_batch_size=3", "critic.value_clip=0.4",
              "rollout.max_model_len=200", "rollout.kv_cache_gib=0.5", "rollout.gpu_memory_utilization=0.3",
              "rollout.tensor_parallel_size=2", "rollout.multiprocess_engine=true", "rollout.max_new_tokens=40",
-             "model.dtype=bfloat16", "train.seed=9", "rollout.temperature=0.6", "sync.timeout_s=77", "cluster.device=gpu",
+             "model.dtype=bfloat16", "train.seed=9", "rollout.temperature=0.6", "sync.timeout_s=77",
+             "learner.collective_timeout_s=78", "critic.collective_timeout_s=79", "learner.grad_accum_dtype=model",
+             "cluster.device=gpu",
              "algorithm.advantage=gae"]
 # Fields of an actor's config section that stay with the driver (placement, the loop), by design.
 DRIVER_ONLY = {
-    "learner": {"num_ranks", "cpus_per_rank", "resources"},
-    "critic": {"num_ranks", "cpus_per_rank", "resources", "gamma", "lam", "warmup_steps"},
+    "learner": {"num_ranks", "cpus_per_rank", "resources", "call_timeout_s"},
+    "critic": {"num_ranks", "cpus_per_rank", "resources", "gamma", "lam", "warmup_steps", "call_timeout_s"},
     "algorithm": {"advantage", "mask_truncated"},
     "rollout": {"num_workers", "samples_per_prompt", "temperature", "top_p", "max_new_tokens", "cpus_per_worker",
                 "resources", "max_restarts", "timeout_s", "multiprocess_engine"},
@@ -68,9 +70,12 @@ def test_every_spec_field_equals_its_config_field(cfg):
                 assert getattr(spec, f.name) == getattr(getattr(cfg, owners[0]), f.name), (role, f.name)
     learner, critic, engine = (spec for spec, _ in _built(cfg).values())
     # The derived fields, each from the one place it lives in the config.
-    assert (learner.max_response_len, learner.seed, learner.timeout_s, learner.dtype, learner.device,
-            learner.temperature) == (40, 9, 77.0, "bfloat16", "gpu", 0.6)
+    assert (learner.max_response_len, learner.seed, learner.dtype, learner.device, learner.temperature) == \
+        (40, 9, "bfloat16", "gpu", 0.6)
     assert (critic.ppo_epochs, critic.ppo_mini_batches, critic.seed, critic.lr) == (3, 4, 9, 7e-4)
+    # Each group's own collective timeout, not the weight sync's (sync.timeout_s=77).
+    assert (learner.collective_timeout_s, critic.collective_timeout_s) == (78.0, 79.0)
+    assert (learner.grad_accum_dtype, critic.grad_accum_dtype) == ("model", "float32")
     assert (engine.multiprocess, engine.seed, engine.dtype) == (True, 9, "bfloat16")
 
 

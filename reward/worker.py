@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import importlib
 import math
-from typing import Callable
+from typing import Any, Callable
 
 from reward.extract import EXTRACT_MODES
 from reward.scoring import CheckTimeout, Verdict, describe_error, score_batch, time_limit
@@ -21,7 +21,7 @@ from reward.shaping import STYLES
 
 class RewardWorker:
     def __init__(self, timeout_s: float = 2.0, custom_fn: str | None = None, shaping: str = "binary",
-                 extract: str = "boxed") -> None:
+                 extract: str = "boxed", kind: str = "math", code: Any = None, grace_s: float = 40.0) -> None:
         if shaping not in STYLES:
             raise ValueError(f"unknown reward shaping {shaping!r}")
         if extract not in EXTRACT_MODES:
@@ -32,8 +32,15 @@ class RewardWorker:
         if custom_fn:
             module, _, name = custom_fn.partition(":")
             self.custom = getattr(importlib.import_module(module), name)
+        self.code = None
+        if kind == "code":  # reward.code: programs run in sandboxes by a judge subprocess (reward/code.py)
+            from reward.code import CodeScorer, time_budget
+
+            self.code = CodeScorer(**dict(code or {}), batch_budget_s=time_budget(timeout_s, grace_s))
 
     def score(self, pairs: list[tuple[str, str]]) -> list[Verdict]:
+        if self.code is not None:
+            return self.code.score(pairs)
         if self.custom is not None:
             return [self._custom_verdict(response, answer) for response, answer in pairs]
         return score_batch(pairs, self.timeout_s, self.shaping, self.extract)

@@ -5,6 +5,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
+# bubblewrap: the sandbox of code rewards (reward/sandbox.py). Without it, code rewards fall back to
+# unshare(1) as root, or refuse.
+if ! command -v bwrap >/dev/null && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bubblewrap) >/dev/null \
+    || echo "setup: could not install bubblewrap; code rewards will use unshare or refuse" >&2
+fi
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 stamp=.venv/.reasonrl-lock
 if ! cmp -s requirements/cpu.lock "$stamp" 2>/dev/null; then

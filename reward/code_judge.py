@@ -34,6 +34,9 @@ from reward.sandbox import Limits, Sandbox
 from reward.sandbox_runner import Unencodable, decode, encode
 
 
+STARTUP_S = 20.0  # a sandbox's own start-up (namespaces, mounts, interpreter), not charged to the program
+
+
 class SandboxEvent(Exception):
     """The sandbox stopped answering: `kind` is Timeout, Crashed, OutputLimit or BadReply."""
 
@@ -57,11 +60,14 @@ class Outcome:
 class Session:
     """One sandboxed runner with the program loaded; requests and replies with a deadline."""
 
-    def __init__(self, backend: str, limits: Limits, job: dict[str, Any], deadline: float) -> None:
+    def __init__(self, backend: str, limits: Limits, job: dict[str, Any], load_timeout: float) -> None:
+        """Start a sandbox (its start-up may take up to STARTUP_S on a loaded machine), then load the
+        program within `load_timeout` of the sandbox being ready."""
         self.box, self.limits, self.buffer = Sandbox(backend, limits), limits, b""
         self.load_reply: dict[str, Any] = {}
         try:
-            self.load_reply = self.request(job, deadline)
+            self._read_line(time.monotonic() + STARTUP_S)  # the runner's "ready": confinement done
+            self.load_reply = self.request(job, time.monotonic() + load_timeout)
         except SandboxEvent:
             self.close()
             raise
@@ -99,8 +105,8 @@ class Session:
         line, _, self.buffer = self.buffer.partition(b"\n")
         return line
 
-    def close(self) -> None:
-        self.box.kill()
+    def close(self, graceful: bool = False) -> None:
+        self.box.kill(graceful)
 
 
 def normalize_output(text: str) -> str:
@@ -123,13 +129,13 @@ class ProgramJudge:
         if self.outcome.event is None:
             self.outcome.event = f"{kind}: {detail}" if detail else kind
 
-    def _session(self, deadline: float) -> Session | None:
+    def _session(self) -> Session | None:
         """The live session, or a fresh one; None when the program does not load (all tests fail)."""
         if self.session is not None:
             return self.session
         job = {"mode": self.mode, "source": self.source, "entry_point": self.spec.get("entry_point", "")}
         try:
-            session = Session(self.backend, self.limits, job, deadline)
+            session = Session(self.backend, self.limits, job, self.timeout)
         except SandboxEvent as e:
             self.note(e.kind if self.loaded_once or e.kind != "Crashed" else "LoadCrashed", str(e).partition(": ")[2])
             return None
@@ -140,20 +146,20 @@ class ProgramJudge:
         self.loaded_once, self.session = True, session
         return session
 
-    def _drop_session(self) -> None:
+    def _drop_session(self, graceful: bool = False) -> None:
         if self.session is not None:
-            self.session.close()
+            self.session.close(graceful)
             self.session = None
 
     def run(self) -> Outcome:
         try:
             for test in self.tests:
-                deadline = time.monotonic() + self.timeout
-                session = self._session(deadline)
+                session = self._session()
                 if session is None:
                     if not self.loaded_once:
                         break  # it never loads: every test fails, without a fresh sandbox per test
                     continue
+                deadline = time.monotonic() + self.timeout
                 try:
                     passed = self._io_test(session, test, deadline) if self.mode == "io" else self._call_test(session, test, deadline)
                 except SandboxEvent as e:
@@ -161,6 +167,7 @@ class ProgramJudge:
                     self._drop_session()
                     passed = False
                 self.outcome.passed += passed
+            self._drop_session(graceful=True)
         finally:
             self._drop_session()
         return self.outcome

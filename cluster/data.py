@@ -34,25 +34,35 @@ class DataError(ValueError):
     pass
 
 
-def read_jsonl(path: str, template: str) -> list[Problem]:
+def _read_rows(path: str, parse: Callable[[dict[str, Any]], tuple[str, str] | None], what: str) -> list[Problem]:
+    """Problems from a JSONL file; `parse` turns a row into (prompt, answer), or None (or raises
+    ValueError/TypeError/AttributeError) for a bad row. Bad rows are a DataError naming their lines."""
     rows, bad = [], []
     for number, line in enumerate(Path(path).read_text().splitlines(), start=1):
         if not line.strip():
             continue
         try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
+            parsed = parse(json.loads(line))
+        except (ValueError, TypeError, AttributeError):
+            parsed = None
+        if parsed is None:
             bad.append(number)
             continue
-        problem, answer = str(row.get("problem") or "").strip(), str(row.get("answer") or "").strip()
-        if not problem or not answer:
-            bad.append(number)
-            continue
-        rows.append(Problem((QWEN_BOXED if template == "qwen_boxed" else PLAIN).format(problem=problem), answer, number))
+        rows.append(Problem(parsed[0], parsed[1], number))
     if bad:
         shown = ", ".join(map(str, bad[:10])) + (" ..." if len(bad) > 10 else "")
-        raise DataError(f"{path}: {len(bad)} rows lack a non-empty 'problem' or 'answer' (lines {shown})")
+        raise DataError(f"{path}: {len(bad)} rows {what} (lines {shown})")
     return rows
+
+
+def read_jsonl(path: str, template: str) -> list[Problem]:
+    def parse(row: dict[str, Any]) -> tuple[str, str] | None:
+        problem, answer = str(row.get("problem") or "").strip(), str(row.get("answer") or "").strip()
+        if not problem or not answer:
+            return None
+        return (QWEN_BOXED if template == "qwen_boxed" else PLAIN).format(problem=problem), answer
+
+    return _read_rows(path, parse, "lack a non-empty 'problem' or 'answer'")
 
 
 def read_code_jsonl(path: str, template: str) -> list[Problem]:
@@ -61,28 +71,13 @@ def read_code_jsonl(path: str, template: str) -> list[Problem]:
     source, licence) stay in the file. The answer a sample is scored against is the test spec as JSON."""
     from reward.code import parse_spec
 
-    rows, bad = [], []
-    for number, line in enumerate(Path(path).read_text().splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-            spec = {k: row[k] for k in CODE_SPEC_FIELDS if k in row}
-            parse_spec(json.dumps(spec))
-            prompt = str(row.get("prompt") or "").strip()
-        except (ValueError, TypeError, AttributeError):
-            bad.append(number)
-            continue
-        if not prompt:
-            bad.append(number)
-            continue
-        rows.append(Problem((QWEN_CODE if template == "qwen_boxed" else CODE_PLAIN).format(problem=prompt),
-                            json.dumps(spec), number))
-    if bad:
-        shown = ", ".join(map(str, bad[:10])) + (" ..." if len(bad) > 10 else "")
-        raise DataError(f"{path}: {len(bad)} rows are not code problems (a prompt, and entry_point + tests or io; "
-                        f"lines {shown})")
-    return rows
+    def parse(row: dict[str, Any]) -> tuple[str, str] | None:
+        spec = json.dumps({k: row[k] for k in CODE_SPEC_FIELDS if k in row})
+        parse_spec(spec)
+        prompt = str(row.get("prompt") or "").strip()
+        return ((QWEN_CODE if template == "qwen_boxed" else CODE_PLAIN).format(problem=prompt), spec) if prompt else None
+
+    return _read_rows(path, parse, "are not code problems (a prompt, and entry_point + tests or io)")
 
 
 def load_problems(cfg: Config) -> tuple[list[Problem], list[Problem]]:

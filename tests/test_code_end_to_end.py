@@ -61,3 +61,15 @@ def test_code_rl_step_and_reference_solutions_through_the_pool(trainer):
     assert 1 <= metrics["reward/errors"] <= n
     assert [s.reward for s in samples] == [1.0] * len(rows) + [0.0] * len(rows)
     assert counts["errors"] == 0 and counts["timeouts"] == 0
+
+
+def test_bad_code_rows_are_named(tmp_path):
+    from cluster.data import DataError
+
+    good = SAMPLE.read_text().splitlines()[0]
+    bad = [json.dumps({"prompt": "p", "entry_point": "not an identifier", "tests": ["assert 1"]}),
+           json.dumps({"prompt": "", "io": [{"input": "", "output": ""}]}), json.dumps({"prompt": "p", "io": []}), "{"]
+    path = tmp_path / "code.jsonl"
+    path.write_text("\n".join([good, *bad]) + "\n")
+    with pytest.raises(DataError, match=r"4 rows are not code problems .*lines 2, 3, 4, 5"):
+        read_code_jsonl(str(path), "plain")

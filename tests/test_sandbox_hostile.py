@@ -32,7 +32,7 @@ def test_a_sandbox_works_on_this_machine():
     assert WORKING, f"no sandbox: bwrap: {probe('bwrap')}; unshare: {probe('unshare')}"
 
 
-def test_refusal_names_what_is_missing(monkeypatch):
+def test_refusal_names_what_is_missing(monkeypatch, tmp_path):
     """With neither tool on PATH, `auto` refuses and says how to opt in; `none` must be asked for by name."""
     monkeypatch.setenv("PATH", "/nonexistent")
     probe.cache_clear()
@@ -40,6 +40,12 @@ def test_refusal_names_what_is_missing(monkeypatch):
         with pytest.raises(SandboxUnavailable, match="bwrap is not installed.*reward.code.isolation=none"):
             resolve("auto")
         assert resolve("none") == "none"
+        from cluster.config import load_config
+        from cluster.train import bad_input
+
+        cfg = load_config(None, ["data.kind=code", f"data.train_path={ROOT / 'data' / 'code_sample.jsonl'}",
+                                 "reward.kind=code", f"model.cache_dir={tmp_path}"])
+        assert "code rewards need a sandbox" in bad_input(cfg)  # cluster.train refuses before starting anything
     finally:
         monkeypatch.undo()
         probe.cache_clear()

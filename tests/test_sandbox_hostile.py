@@ -253,3 +253,21 @@ def test_canonical_solutions_pass_and_mutants_fail(scorer):
     assert [v.reward for v in mutants] == [0.0] * len(rows)
     fractions = scorer.score([(f"```python\n{r['mutated_solution']}```", s) for r, s in zip(rows, specs)])
     assert all(v.reward < 1.0 for v in fractions) and any(0 < v.reward < 1 for v in fractions)
+
+
+def test_public_mbpp_sample_converts_and_its_solutions_pass(scorer, tmp_path):
+    """Ten MBPP problems (google-research/google-research@2251e8c67a7fe7d6348714967ee101080b28e956,
+    mbpp/mbpp.jsonl, tasks 2-4, 7-12, 17; CC-BY-4.0): the converter reproduces data/mbpp_sample.jsonl and
+    the authors' solutions pass their tests in the sandbox."""
+    from cluster.code_sets import main
+    from cluster.data import read_code_jsonl
+
+    out = tmp_path / "mbpp.jsonl"
+    main(["mbpp", str(ROOT / "tests" / "data" / "mbpp_raw_sample.jsonl"), str(out),
+          "--commit", "2251e8c67a7fe7d6348714967ee101080b28e956"])
+    assert out.read_text() == (ROOT / "data" / "mbpp_sample.jsonl").read_text()
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    specs = [p.answer for p in read_code_jsonl(str(out), "plain")]
+    verdicts = scorer.score([(f"```python\n{r['canonical_solution']}\n```", s) for r, s in zip(rows, specs)])
+    assert [v.reward for v in verdicts] == [1.0] * 10
+    assert [v.reward for v in scorer.score([("```python\ndef similar_elements(a, b):\n    return ()\n```", specs[0])])] == [0.0]

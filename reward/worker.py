@@ -6,6 +6,9 @@ the grader's per-answer time limit (a SIGALRM in the actor's main thread: an ove
 timeout). A custom function stuck where the alarm cannot reach it (C code, blocked signals) holds
 the actor past the pool's deadline, and the pool kills and replaces the actor.
 
+With reward.kind=code the actor hands its batch to a judge subprocess that runs each program in a
+sandbox (reward/code.py); no program runs in the actor.
+
 This module imports no sympy, and neither does the grader: only a custom function may bring it in.
 """
 from __future__ import annotations

@@ -17,7 +17,6 @@ import os
 import re
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -139,10 +138,3 @@ class CodeScorer:
 def time_budget(timeout_s: float, grace_s: float) -> float:
     """The judge's share of the pool's deadline for one batch (2 x reward.timeout_s + reward.grace_s)."""
     return max(1.0, 2 * timeout_s + grace_s - 5.0)
-
-
-def measure(scorer: CodeScorer, pairs: list[tuple[str, str]]) -> tuple[list[Verdict], float]:
-    """Verdicts and wall seconds (benchmarks/sandbox.py)."""
-    start = time.perf_counter()
-    verdicts = scorer.score(pairs)
-    return verdicts, time.perf_counter() - start

@@ -23,7 +23,7 @@ pytestmark = pytest.mark.skipif(probe("bwrap") is not None and probe("unshare") 
 
 
 def test_code_config_declares_data_and_reward_together():
-    cfg = load_config(None, [f"data.kind=code", f"data.train_path={SAMPLE}", "reward.kind=code",
+    cfg = load_config(None, ["data.kind=code", f"data.train_path={SAMPLE}", "reward.kind=code",
                              "reward.code.mode=all_pass", "reward.code.parallel=2"])
     assert cfg.reward.code.mode == "all_pass" and cfg.reward.code.parallel == 2
     with pytest.raises(ValueError, match="go together"):

@@ -76,8 +76,9 @@ class ModelConfig(Strict):
 
 
 class DataConfig(Strict):
-    kind: Literal["column_addition", "jsonl"] = "column_addition"  # an embedded task (tasks/) or a file
-    train_path: str | None = None  # jsonl with problem/answer fields (kind=jsonl)
+    # an embedded task (tasks/), a file of problem/answer rows (jsonl), or of code problems with tests (code)
+    kind: Literal["column_addition", "jsonl", "code"] = "column_addition"
+    train_path: str | None = None  # jsonl with problem/answer fields (kind=jsonl) or code rows (kind=code: cluster/data.py)
     eval_path: str | None = None
     template: Literal["plain", "qwen_boxed"] = "plain"
     eval_size: int = Field(256, ge=1)
@@ -86,8 +87,8 @@ class DataConfig(Strict):
 
     @model_validator(mode="after")
     def _paths_for_jsonl(self) -> "DataConfig":
-        if self.kind == "jsonl" and not self.train_path:
-            raise ValueError("data.train_path is required when data.kind is 'jsonl'")
+        if self.kind in ("jsonl", "code") and not self.train_path:
+            raise ValueError(f"data.train_path is required when data.kind is {self.kind!r}")
         for name in ("train_path", "eval_path"):
             path = getattr(self, name)
             if path and not Path(path).is_file():
@@ -197,12 +198,31 @@ class CriticConfig(DeepSpeedGroupConfig):
     warmup_steps: int = Field(0, ge=0)  # the first N steps train only the critic (the policy stays as it is)
 
 
+class CodeRewardConfig(Strict):
+    """reward.kind=code: each program runs with its problem's tests in a fresh sandbox (reward/sandbox.py);
+    the fields are the arguments of reward.code.CodeScorer."""
+
+    mode: Literal["pass_fraction", "all_pass"] = "pass_fraction"  # the reward: tests passed / tests, or all or nothing
+    # auto: bubblewrap, else unshare(1) + mounts (root), else refuse; none runs programs WITHOUT isolation
+    isolation: Literal["auto", "bwrap", "unshare", "none"] = "auto"
+    test_timeout_s: float = Field(2.0, gt=0)  # wall seconds per test (an overrun fails the test, kills the sandbox)
+    cpu_s: int = Field(10, ge=1)  # CPU seconds per sandboxed process (all its threads)
+    memory_mb: int = Field(512, ge=64)  # address space per sandboxed process
+    processes: int = Field(16, ge=2)  # processes + threads of one sandbox
+    open_files: int = Field(64, ge=16)
+    output_bytes: int = Field(1 << 20, ge=1024)  # largest reply / stdout read back from a program
+    parallel: int = Field(1, ge=1)  # sandboxes one reward actor runs at once
+
+
 class RewardConfig(Strict):
+    kind: Literal["math", "code"] = "math"  # math: the grader (or custom_fn); code: programs run against tests
+    code: CodeRewardConfig = CodeRewardConfig()
     num_workers: int = Field(2, ge=1)
     timeout_s: float = Field(2.0, gt=0)  # per answer (grader or custom_fn), enforced inside the reward actor
     # Answers sent to a reward actor are awaited at most timeout_s x (answers queued on that actor, its
     # own included, + 1) + grace_s (grace: actor start-up, a replacement's imports) after they were sent;
-    # an actor still busy then is killed and replaced.
+    # an actor still busy then is killed and replaced. For reward.kind=code an actor's judge stops its
+    # batch 5 s before 2 x timeout_s + grace_s, within that deadline (reward/code.py time_budget).
     grace_s: float = Field(40.0, gt=0)
     custom_fn: str | None = Field(None, pattern=r"^[\w.]+:\w+$")  # "module:function(response, answer) -> float"
     shaping: Literal["binary", "simplerl"] = "binary"  # reward.shaping.shaped_reward
@@ -294,6 +314,8 @@ class Config(Strict):
     def _fits(self) -> "Config":
         if self.rollout.max_new_tokens >= self.rollout.max_model_len:
             raise ValueError("rollout.max_new_tokens must be smaller than rollout.max_model_len")
+        if (self.data.kind == "code") != (self.reward.kind == "code"):
+            raise ValueError("data.kind=code and reward.kind=code go together (code problems carry tests, not answers)")
         if self.algorithm.advantage == "rloo" and self.rollout.samples_per_prompt < 2:
             raise ValueError("algorithm.advantage=rloo needs rollout.samples_per_prompt >= 2")
         for name in ("learner", "critic"):

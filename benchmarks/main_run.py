@@ -56,7 +56,7 @@ def render(summary: dict, rows: list[dict], meta: dict) -> str:
     median = lambda key: statistics.median(r[key] for r in steps)  # noqa: E731
     phases = ", ".join(f"{name} {median(key):.2f} s" for key, name in PHASES)
     return "\n".join([
-        f"Measured on the 2-core CPU machine from a fresh clone ({meta['where']}; `configs/tiny.yaml`, seed 0; "
+        f"Measured on the 2-core CPU machine ({meta['where']}; `configs/tiny.yaml`, seed 0; "
         f"held-out: {meta['eval_size']} problems, {meta['eval_samples']} samples each at T=1, and greedy):", "",
         *table, "",
         f"Training samples that work the sum out, with their length and accuracy: {along}.", "",

@@ -281,6 +281,7 @@ def _sleep_then(seconds: float, error: str | None = None) -> float:
 def test_a_rank_that_hangs_is_named_at_the_deadline(ray_session):
     from cluster.groups import ActorFailure, wait_named
 
+    ray.get([_sleep_then.remote(0), _sleep_then.remote(0)])  # workers started: the 2 s measure the hang, not start-up
     start = time.monotonic()
     with pytest.raises(ActorFailure, match=r"^learner\.train_step: learner\[1\] did not finish within 2s$"):
         wait_named([("learner[0]", _sleep_then.remote(0)), ("learner[1]", _sleep_then.remote(60))], 2,

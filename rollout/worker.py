@@ -141,6 +141,14 @@ class RolloutWorker:
         outputs = self.engine.generate(self.vc.token_prompts(token_ids), params, use_tqdm=False)
         return [self.vc.prompt_token_logprobs(o) for o in outputs]
 
+    def parity_logprobs(self, token_ids: list[list[int]]) -> list[list[float]]:
+        """`sequence_logprobs` for the parity check after a sync (cluster/parity.py), leaving the prefix
+        cache empty as the load left it: the generation that follows is the same with the check as without."""
+        try:
+            return self.sequence_logprobs(token_ids)
+        finally:
+            self.vc.reset_prefix_cache(self.engine)
+
     def open_weight_transport(self, key: str, name: str, setup: dict[str, Any], rank_offset: int) -> None:
         """Open the engine side of transport `name` for the weight sync `key` in every engine worker (TP
         rank r is weight rank `rank_offset` + r); validates the layout's names and shapes first."""

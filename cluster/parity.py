@@ -1,0 +1,86 @@
+"""The parity check after every weight sync: do the engines serve the learner's weights?
+
+A sync can "succeed" and still leave an engine on wrong weights: a bucket torn or skipped by a transport,
+a name mapping that a vLLM upgrade changed (a fused projection loaded into the wrong slice), a stale
+prefix cache. Nothing in the sync itself would notice; the run would train on samples from a policy it
+does not hold. So after every sync a small fixed batch (`sync.parity_samples` held-out prompts, each
+with one completion drawn once, at the first check) is scored by every engine (vLLM's
+prompt log-probs of prompt + completion, at temperature 1) and by the learner ranks (the same tokens, the
+same temperature); the largest absolute gap over the completion tokens of every engine is
+`sync/parity_max_abs`. Above the bound (`sync.parity_max_abs`; by default 1e-3 for float32 weights, where
+engine and learner agree within 1e-4, and 0.5 for bfloat16) the run stops with a ParityError naming the
+engine, the version and the gap, or with `sync.parity_action=warn` prints it and goes on.
+
+The engines score after their load and before any generation submitted later (a Ray actor runs its calls
+in order); the scoring requests leave no prefix-cache entries behind (vLLM's prompt-log-prob requests
+are scored without reading the cache, and the cache is reset after them), so the samples the engines
+generate next are the same with the check as without it.
+"""
+from __future__ import annotations
+
+from cluster.config import Config
+from cluster.groups import LearnerGroup, RolloutGroup
+from protocol.batch import Prompt, TrainBatch
+
+DEFAULT_BOUND = {"float32": 1e-3, "bfloat16": 0.5}
+PARITY_SEED = 4242  # the completions of the fixed batch (drawn once)
+
+
+class ParityError(RuntimeError):
+    """An engine's log-probs differ from the learner's beyond sync.parity_max_abs after a sync."""
+
+
+def max_gaps(engine_logprobs: list[list[list[float]]], learner_logprobs: list[list[float]]) -> list[float]:
+    """Per engine, the largest |engine - learner| over every token of every sequence. `engine_logprobs`:
+    per engine, per sequence, the response tokens' log-probs (same lengths as the learner's)."""
+    gaps = []
+    for per_engine in engine_logprobs:
+        worst = 0.0
+        for engine, learner in zip(per_engine, learner_logprobs, strict=True):
+            if len(engine) != len(learner):
+                raise ValueError(f"parity check: {len(engine)} engine log-probs for {len(learner)} tokens")
+            worst = max([worst, *(abs(a - b) for a, b in zip(engine, learner))])
+        gaps.append(worst)
+    return gaps
+
+
+class ParityCheck:
+    def __init__(self, cfg: Config, learners: LearnerGroup, rollouts: RolloutGroup, prompts: list[Prompt]) -> None:
+        self.cfg, self.learners, self.rollouts = cfg, learners, rollouts
+        self.prompts = prompts[: cfg.sync.parity_samples]
+        self.bound = cfg.sync.parity_max_abs or DEFAULT_BOUND[cfg.model.dtype]
+        self.batch: TrainBatch | None = None  # the fixed batch, drawn at the first check
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.prompts)
+
+    def _fixed_batch(self) -> TrainBatch:
+        if self.batch is None:
+            prompts = [Prompt(i, p.token_ids, p.answer) for i, p in enumerate(self.prompts)]
+            samples = self.rollouts.generate(prompts, 1, self.cfg.rollout.temperature, PARITY_SEED)
+            self.batch = TrainBatch([s.prompt_ids for s in samples], [s.response_ids for s in samples], [],
+                                    [0.0] * len(samples))
+        return self.batch
+
+    def engine_logprobs(self, batch: TrainBatch) -> list[list[list[float]]]:
+        """Per engine, per sequence: the response tokens' log-probs under the engine's weights (T=1)."""
+        sequences = [p + r for p, r in zip(batch.prompt_ids, batch.response_ids)]
+        per_engine = self.rollouts.call("parity_logprobs", sequences)
+        return [[lp[len(p) - 1:] for lp, p in zip(engine, batch.prompt_ids)] for engine in per_engine]
+
+    def check(self, version: int) -> dict[str, float]:
+        """Score the fixed batch on every engine and the learner; raise ParityError (or warn) above the bound."""
+        if not self.enabled:
+            return {}
+        batch = self._fixed_batch()
+        gaps = max_gaps(self.engine_logprobs(batch), self.learners.logprobs(batch, 1.0))
+        worst = max(range(len(gaps)), key=gaps.__getitem__)
+        if gaps[worst] > self.bound:
+            message = (f"weight parity after sync v{version}: rollout[{worst}]'s log-probs differ from the learner's "
+                       f"by up to {gaps[worst]:.3g} (bound sync.parity_max_abs={self.bound:g}; every engine: "
+                       f"{', '.join(f'{g:.3g}' for g in gaps)}): the engine does not serve the learner's weights")
+            if self.cfg.sync.parity_action == "stop":
+                raise ParityError(message)
+            print(f"warning: {message}", flush=True)
+        return {"sync/parity_max_abs": gaps[worst], "sync/parity_failed": float(gaps[worst] > self.bound)}

@@ -12,15 +12,18 @@ engine and learner agree within 1e-4, and 0.5 for bfloat16) the run stops with a
 engine, the version and the gap, or with `sync.parity_action=warn` prints it and goes on.
 
 The engines score after their load and before any generation submitted later (a Ray actor runs its calls
-in order); the scoring requests leave no prefix-cache entries behind (vLLM's prompt-log-prob requests
+in order; one that died is waited for, re-synced and asked again); the scoring requests leave no prefix-cache entries behind (vLLM's prompt-log-prob requests
 are scored without reading the cache, and the cache is reset after them), so the samples the engines
 generate next are the same with the check as without it.
 """
 from __future__ import annotations
 
+from typing import Any, Callable
+
 from cluster.config import Config
-from cluster.groups import LearnerGroup, RolloutGroup
+from cluster.groups import ActorFailure, LearnerGroup, RolloutGroup, wait_named
 from protocol.batch import Prompt, TrainBatch
+from rollout.worker import EngineRestarted
 
 DEFAULT_BOUND = {"float32": 1e-3, "bfloat16": 0.5}
 PARITY_SEED = 4242  # the completions of the fixed batch (drawn once)
@@ -45,11 +48,33 @@ def max_gaps(engine_logprobs: list[list[list[float]]], learner_logprobs: list[li
 
 
 class ParityCheck:
-    def __init__(self, cfg: Config, learners: LearnerGroup, rollouts: RolloutGroup, prompts: list[Prompt]) -> None:
-        self.cfg, self.learners, self.rollouts = cfg, learners, rollouts
+    def __init__(self, cfg: Config, learners: LearnerGroup, rollouts: RolloutGroup, prompts: list[Prompt],
+                 resync: Callable[[int], None] | None = None) -> None:
+        """`resync(i)`: loads the current weights into rollout[i] after Ray restarted it (WeightSync.resync);
+        an engine that dies during the check is then scored again, once."""
+        self.cfg, self.learners, self.rollouts, self.resync = cfg, learners, rollouts, resync
         self.prompts = prompts[: cfg.sync.parity_samples]
         self.bound = cfg.sync.parity_max_abs or DEFAULT_BOUND[cfg.model.dtype]
         self.batch: TrainBatch | None = None  # the fixed batch, drawn at the first check
+        self.recovered = 0  # engines restarted and re-synced during this check
+
+    def _on_engine(self, index: int, method: str, *args: Any, ref: Any = None) -> Any:
+        """rollout[index].method(*args) (`ref`: that call, submitted already); a worker that died (or was
+        restarted by Ray since the sync) is waited for, re-synced and asked again, once."""
+        name = f"rollout[{index}]"
+        for attempt in range(2):
+            if ref is None or attempt:
+                ref = getattr(self.rollouts.actors[index], method).remote(*args)
+            try:
+                return wait_named([(name, ref)], self.cfg.rollout.timeout_s, f"parity check ({method})")[0]
+            except ActorFailure as error:
+                restarted = error.lost or isinstance(error.__cause__, EngineRestarted)
+                if attempt or not restarted or self.resync is None:
+                    raise
+                print(f"parity check: {name} was restarted ({error}); re-syncing it and scoring again", flush=True)
+                self.rollouts.wait_alive(index)
+                self.resync(index)
+                self.recovered += 1
 
     @property
     def enabled(self) -> bool:
@@ -57,8 +82,9 @@ class ParityCheck:
 
     def _fixed_batch(self) -> TrainBatch:
         if self.batch is None:
+            r = self.cfg.rollout
             prompts = [Prompt(i, p.token_ids, p.answer) for i, p in enumerate(self.prompts)]
-            samples = self.rollouts.generate(prompts, 1, self.cfg.rollout.temperature, PARITY_SEED)
+            samples = self._on_engine(0, "generate", prompts, 1, r.temperature, r.top_p, r.max_new_tokens, PARITY_SEED)
             self.batch = TrainBatch([s.prompt_ids for s in samples], [s.response_ids for s in samples], [],
                                     [0.0] * len(samples))
         return self.batch
@@ -66,13 +92,15 @@ class ParityCheck:
     def engine_logprobs(self, batch: TrainBatch) -> list[list[list[float]]]:
         """Per engine, per sequence: the response tokens' log-probs under the engine's weights (T=1)."""
         sequences = [p + r for p, r in zip(batch.prompt_ids, batch.response_ids)]
-        per_engine = self.rollouts.call("parity_logprobs", sequences)
+        refs = [actor.parity_logprobs.remote(sequences) for actor in self.rollouts.actors]  # all engines at once
+        per_engine = [self._on_engine(i, "parity_logprobs", sequences, ref=ref) for i, ref in enumerate(refs)]
         return [[lp[len(p) - 1:] for lp, p in zip(engine, batch.prompt_ids)] for engine in per_engine]
 
     def check(self, version: int) -> dict[str, float]:
         """Score the fixed batch on every engine and the learner; raise ParityError (or warn) above the bound."""
         if not self.enabled:
             return {}
+        self.recovered = 0
         batch = self._fixed_batch()
         gaps = max_gaps(self.engine_logprobs(batch), self.learners.logprobs(batch, 1.0))
         worst = max(range(len(gaps)), key=gaps.__getitem__)
@@ -83,4 +111,5 @@ class ParityCheck:
             if self.cfg.sync.parity_action == "stop":
                 raise ParityError(message)
             print(f"warning: {message}", flush=True)
-        return {"sync/parity_max_abs": gaps[worst], "sync/parity_failed": float(gaps[worst] > self.bound)}
+        return {"sync/parity_max_abs": gaps[worst], "sync/parity_failed": float(gaps[worst] > self.bound),
+                "sync/parity_recovered": float(self.recovered)}

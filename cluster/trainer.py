@@ -90,7 +90,7 @@ class Trainer:
         self.rewards = RewardPool(cfg, self.placement)
         self.sync = WeightSync(cfg, self.learners, self.rollouts)
         self.pipeline = RolloutPipeline(cfg, self.rollouts, self.rewards, self.train_data, self.sync.resync)
-        self.parity = ParityCheck(cfg, self.learners, self.rollouts, self.eval_prompts)
+        self.parity = ParityCheck(cfg, self.learners, self.rollouts, self.eval_prompts, self.sync.resync)
         print(f"model: {self.model_path} ({self.learners.num_params / 1e6:.1f}M parameters), "
               f"{len(train)} train / {len(self.eval_prompts)} held-out problems, weight sync: {self.sync.transport}")
 

@@ -68,3 +68,38 @@ def test_async_steps_bound_staleness_and_record_versions(trainer):
     central = "train/is_frac_0.8_1.25"
     assert rows[0][central] == 1.0 and abs(rows[0]["train/is_weight"] - 1.0) < 1e-3
     assert rows[1][central] < 1.0 or abs(rows[1]["train/is_weight"] - 1.0) > 1e-3
+
+
+def test_async_run_with_a_rollout_worker_killed_at_a_random_point_trains_nothing_too_stale(trainer):
+    """Four real steps at max_staleness=1 while rollout[0] is killed (ray.kill, Ray restarts it) at a
+    seeded random moment: wherever it lands (mid-generation, during a sync, idle), the run completes,
+    every step's samples are checked against the bound before training (check_staleness raises
+    otherwise), and the restart and what it regenerated are counted, not silent."""
+    import random
+    import threading
+
+    import ray
+
+    cfg = trainer.cfg
+    async_cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"max_staleness": 1, "steps": 1000})})
+    trainer.cfg = async_cfg
+    trainer.pipeline = RolloutPipeline(async_cfg, trainer.rollouts, trainer.rewards, trainer.train_data,
+                                       trainer.sync.resync)
+    delay = random.Random(24).uniform(0.5, 4.0)
+    killer = threading.Timer(delay, lambda: ray.kill(trainer.rollouts.actors[0], no_restart=False))
+    start = trainer.sync.version
+    killer.start()
+    try:
+        rows = [trainer.step(step) for step in range(30, 34)]
+    finally:
+        killer.cancel()
+        trainer.pipeline.close()
+    assert trainer.sync.version == start + 4
+    assert all(r["async/staleness_max"] <= 1 for r in rows)
+    # One death can be noticed by more than one caller (a stream and the sync marker it queued before).
+    noticed = sum(r["rollout/restarts"] + r["sync/recovered"] + r["sync/parity_recovered"] for r in rows)
+    assert noticed >= 1, f"the kill at {delay:.2f}s was not noticed"
+    regenerated = sum(r["rollout/regenerated_samples"] for r in rows)
+    assert regenerated == cfg.rollout.samples_per_prompt * sum(r["rollout/reissued_prompts"] for r in rows)
+    assert all(r["async/dropped_stale_total"] == sum(x["async/dropped_stale"] for x in rows[: i + 1])
+               for i, r in enumerate(rows))

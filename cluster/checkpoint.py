@@ -40,7 +40,8 @@ _STEP_DIR = re.compile(r"^step_(\d+)$")
 # (only how long, how often it is evaluated or saved, and where things are written).
 RESUME_MAY_CHANGE = ("train.steps", "train.save_every", "train.keep_checkpoints", "train.max_checkpoint_failures",
                      "train.eval_every", "train.samples_to_save", "train.benchmark_every", "train.benchmarks", "train.benchmark_dir",
-                     "train.benchmark_limit", "run.name", "run.output_dir", "cluster.address", "cluster.shared_dir", "sync.timeout_s")
+                     "train.benchmark_limit", "run.name", "run.output_dir", "cluster.address", "cluster.shared_dir", "sync.timeout_s",
+                     "sync.parity_samples", "sync.parity_max_abs", "sync.parity_action")
 
 
 class ResumeError(RuntimeError):

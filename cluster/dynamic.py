@@ -13,17 +13,19 @@ last round is filled with dropped groups (zero advantage: they change no gradien
 so every step trains on the same number of samples. Every group is counted (`dynamic/*` metrics):
 nothing is left out silently.
 
-Extra prompts come from positions of the prompt order past the run's last step (a pure function of
-train.seed, the step and the round, like every other batch), indexed after the first round's prompts so
-that a batch's prompt indices stay unique (and their sampling seeds distinct).
+Extra prompts are drawn from the training set by a generator seeded from (train.seed, step, round) (a
+pure function of them, like every other batch, and independent of train.steps, which a resume may
+change), indexed after the first round's prompts so that a batch's prompt indices stay unique (and
+their sampling seeds distinct).
 """
 from __future__ import annotations
 
 import math
-from dataclasses import replace
+import random
 from typing import Callable
 
 from cluster.config import Config
+from cluster.data import PromptSource
 from cluster.generation import ScoredBatch
 from protocol.batch import Prompt, Sample
 from reward.shaping import overlong_penalty
@@ -72,18 +74,19 @@ def merge(batches: list[ScoredBatch], samples: list[Sample], metrics: dict[str, 
                        {**metrics, **{k: v for b in batches for k, v in b.metrics.items()}})
 
 
-def extra_prompts(source_batch: Callable[[int, int], list[Prompt]], cfg: Config, step: int, round_: int,
-                  size: int) -> list[Prompt]:
-    """`size` prompts for round `round_` (from 1) of `step`: a slice of the prompt order past the last
-    step, re-indexed after every earlier round's prompts."""
-    t, per_step = cfg.train, cfg.train.prompts_per_step
-    virtual_step = t.steps + step * (cfg.algorithm.dynamic_sampling_max_rounds - 1) + round_ - 1
-    prompts = source_batch(virtual_step, per_step)[:size]
-    return [replace(p, index=round_ * per_step + i) for i, p in enumerate(prompts)]
+def extra_prompts(source: PromptSource, cfg: Config, step: int, round_: int, size: int) -> list[Prompt]:
+    """`size` distinct training prompts for round `round_` (from 1) of `step`, drawn by a generator seeded
+    from (train.seed, step, round) alone, so a resumed run, whatever its train.steps, draws the same;
+    indexed after every earlier round's prompts."""
+    rng = random.Random(f"dynamic-sampling:{cfg.train.seed}:{step}:{round_}")  # str seeds are stable across runs
+    picks = rng.sample(range(len(source.problems)), min(size, len(source.problems)))
+    first = round_ * cfg.train.prompts_per_step
+    return [Prompt(first + i, source.ids[j], source.problems[j].answer, source.problems[j].prompt)
+            for i, j in enumerate(picks)]
 
 
 def fill_batch(cfg: Config, step: int, prompts: list[Prompt], first: ScoredBatch, generate: Round,
-               source_batch: Callable[[int, int], list[Prompt]]) -> tuple[list[Prompt], ScoredBatch]:
+               source: PromptSource) -> tuple[list[Prompt], ScoredBatch]:
     """Dynamic sampling for one step's batch (see the module docstring): the prompts of every round and
     the merged ScoredBatch of train.prompts_per_step groups, with its `dynamic/*` metrics."""
     n, wanted = cfg.rollout.samples_per_prompt, cfg.train.prompts_per_step
@@ -96,7 +99,7 @@ def fill_batch(cfg: Config, step: int, prompts: list[Prompt], first: ScoredBatch
     while len(kept) < wanted and len(batches) < cfg.algorithm.dynamic_sampling_max_rounds:
         share = len(kept) / max(generated, 1)
         size = wanted if share == 0 else min(wanted, math.ceil((wanted - len(kept)) / share))
-        more = extra_prompts(source_batch, cfg, step, len(batches), size)
+        more = extra_prompts(source, cfg, step, len(batches), size)
         scored = generate(more)
         batches.append(scored)
         all_prompts.extend(more)

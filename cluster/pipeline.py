@@ -58,7 +58,7 @@ class RolloutPipeline:
         if not self.cfg.algorithm.dynamic_sampling:
             return prompts, scored
         return dynamic.fill_batch(self.cfg, t, prompts, scored, lambda more: self._scored(self._submit(t, more)),
-                                  self.source.batch)
+                                  self.source)
 
     def fill(self, step: int) -> None:
         """Make sure batches for steps step..step+k are submitted (none past the last step)."""

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 
 from cluster.config import ConfigError, load_config
+from cluster.data import Problem
 from cluster.dynamic import fill_batch, informative, overlong_metrics, shape_overlong
 from cluster.generation import ScoredBatch
 from cluster.parity import max_gaps
@@ -53,8 +54,16 @@ def _scored(prompts: list[Prompt], rewards_of: dict[str, list[float]]) -> Scored
     return ScoredBatch(samples, {"timeouts": 0.0}, [1.0], 1.0)
 
 
-def _source(step: int, size: int) -> list[Prompt]:
-    return [Prompt(i, [1], "0", text=f"s{step}p{i}") for i in range(size)]
+class Source:
+    """What dynamic sampling reads of a PromptSource: its problems and their token ids."""
+
+    def __init__(self, count: int) -> None:
+        self.problems = [Problem(f"q{i}", "0") for i in range(count)]
+        self.ids = [[1, i] for i in range(count)]
+
+
+def _first(count: int) -> list[Prompt]:
+    return [Prompt(i, [0], "0", text=f"first{i}") for i in range(count)]
 
 
 def test_dynamic_sampling_drops_uniform_groups_and_generates_until_the_batch_is_full():
@@ -64,7 +73,7 @@ def test_dynamic_sampling_drops_uniform_groups_and_generates_until_the_batch_is_
     cfg = load_config(None, ["train.prompts_per_step=4", "rollout.samples_per_prompt=2", "train.steps=10",
                              "algorithm.dynamic_sampling=true", "algorithm.dynamic_sampling_max_rounds=5"])
     rewards: dict[str, list[float]] = {}
-    first_prompts = _source(3, 4)
+    first_prompts = _first(4)
     for i, p in enumerate(first_prompts):
         rewards[p.text] = [0.0, 1.0] if i == 0 else [1.0, 1.0]
     asked: list[list[Prompt]] = []
@@ -75,11 +84,15 @@ def test_dynamic_sampling_drops_uniform_groups_and_generates_until_the_batch_is_
             rewards[p.text] = [0.0, 1.0] if p.index % 2 == 0 else [0.0, 0.0]
         return _scored(prompts, rewards)
 
-    prompts, batch = fill_batch(cfg, 3, first_prompts, _scored(first_prompts, rewards), generate, _source)
+    prompts, batch = fill_batch(cfg, 3, first_prompts, _scored(first_prompts, rewards), generate, Source(50))
     assert [len(a) for a in asked] == [4, 3]
     indices = [p.index for p in prompts]
     assert len(set(indices)) == len(indices) == 11, "a batch's prompt indices must stay unique"
-    assert asked[0][0].text != asked[1][0].text and not {p.text for p in asked[0]} & {p.text for p in first_prompts}
+    assert len({p.text for p in asked[0]}) == 4, "one round's prompts are distinct"
+    again, _ = fill_batch(cfg, 3, first_prompts, _scored(first_prompts, rewards), generate, Source(50))
+    assert [p.text for p in again] == [p.text for p in prompts], "the extra prompts are a function of seed and step"
+    other, _ = fill_batch(cfg, 4, first_prompts, _scored(first_prompts, rewards), generate, Source(50))
+    assert [p.text for p in other] != [p.text for p in prompts]
     groups = [batch.samples[i: i + 2] for i in range(0, len(batch.samples), 2)]
     assert len(groups) == 4 and all(informative(g) for g in groups)
     m = batch.metrics
@@ -91,15 +104,15 @@ def test_dynamic_sampling_drops_uniform_groups_and_generates_until_the_batch_is_
 def test_dynamic_sampling_stops_at_the_round_bound_and_fills_with_dropped_groups():
     cfg = load_config(None, ["train.prompts_per_step=3", "rollout.samples_per_prompt=2",
                              "algorithm.dynamic_sampling=true", "algorithm.dynamic_sampling_max_rounds=2"])
-    rewards = {p.text: [1.0, 1.0] for p in _source(0, 3)}
-    rewards[_source(0, 3)[1].text] = [1.0, 0.0]
+    first = _first(3)
+    rewards = {p.text: [1.0, 1.0] for p in first}
+    rewards[first[1].text] = [1.0, 0.0]
 
     def generate(prompts: list[Prompt]) -> ScoredBatch:
         rewards.update({p.text: [0.0, 0.0] for p in prompts})
         return _scored(prompts, rewards)
 
-    first = _source(0, 3)
-    _, batch = fill_batch(cfg, 0, first, _scored(first, rewards), generate, _source)
+    _, batch = fill_batch(cfg, 0, first, _scored(first, rewards), generate, Source(50))
     m = batch.metrics
     assert m["dynamic/rounds"] == 2 and m["dynamic/kept_groups"] == 1 and m["dynamic/filled_groups"] == 2
     assert len(batch.samples) == 6, "a short batch is filled to its size"

@@ -138,8 +138,13 @@ class Trainer:
                 "time/rollout_busy_s": rollout_busy, "time/learner_busy_s": learner_busy,
                 "time/rollout_idle_s": max(0.0, step_s - rollout_busy),
                 "time/learner_idle_s": max(0.0, step_s - learner_busy),
-                "perf/gen_tokens_per_s": sum(len(s.response_ids) for s in rollout.samples) / max(engine_s, 1e-9),
+                "perf/gen_tokens_per_s": self._generated_tokens(rollout) / max(engine_s, 1e-9),
                 "perf/samples_per_s": len(rollout.samples) / max(step_s, 1e-9)}
+
+    @staticmethod
+    def _generated_tokens(rollout: ScoredBatch) -> float:
+        """Every token the engines generated for the batch: with dynamic sampling, its dropped groups too."""
+        return rollout.metrics.get("dynamic/generated_tokens", sum(len(s.response_ids) for s in rollout.samples))
 
     def _sample_metrics(self, samples: list[Sample], rollout: ScoredBatch) -> dict[str, float]:
         counts = rollout.counts

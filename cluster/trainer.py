@@ -91,6 +91,7 @@ class Trainer:
         self.sync = WeightSync(cfg, self.learners, self.rollouts)
         self.pipeline = RolloutPipeline(cfg, self.rollouts, self.rewards, self.train_data, self.sync.resync)
         self.parity = ParityCheck(cfg, self.learners, self.rollouts, self.eval_prompts, self.sync.resync)
+        self.parity.prepare()  # the fixed batch, from the base weights (the same for a resumed run)
         print(f"model: {self.model_path} ({self.learners.num_params / 1e6:.1f}M parameters), "
               f"{len(train)} train / {len(self.eval_prompts)} held-out problems, weight sync: {self.sync.transport}")
 

@@ -71,10 +71,11 @@ def test_async_steps_bound_staleness_and_record_versions(trainer):
 
 
 def test_async_run_with_a_rollout_worker_killed_at_a_random_point_trains_nothing_too_stale(trainer):
-    """Four real steps at max_staleness=1 while rollout[0] is killed (ray.kill, Ray restarts it) at a
-    seeded random moment: wherever it lands (mid-generation, during a sync, idle), the run completes,
-    every step's samples are checked against the bound before training (check_staleness raises
-    otherwise), and the restart and what it regenerated are counted, not silent."""
+    """Real steps at max_staleness=1 while rollout[0] is killed (ray.kill, Ray restarts it) at a seeded
+    random moment (a random step, a random delay into it): wherever it lands (mid-generation, during a
+    sync or the parity check, idle), the run goes on, every step's samples are checked against the bound
+    before training (check_staleness raises otherwise), and the restart and what it regenerated are
+    counted, not silent. The run goes on until two steps after the kill (at least 4, at most 12)."""
     import random
     import threading
 
@@ -85,20 +86,34 @@ def test_async_run_with_a_rollout_worker_killed_at_a_random_point_trains_nothing
     trainer.cfg = async_cfg
     trainer.pipeline = RolloutPipeline(async_cfg, trainer.rollouts, trainer.rewards, trainer.train_data,
                                        trainer.sync.resync)
-    delay = random.Random(24).uniform(0.5, 4.0)
-    killer = threading.Timer(delay, lambda: ray.kill(trainer.rollouts.actors[0], no_restart=False))
-    start = trainer.sync.version
-    killer.start()
+    rng = random.Random(24)
+    kill_step, delay = rng.randrange(4), rng.uniform(0.0, 1.5)
+    killed = threading.Event()
+
+    def kill() -> None:
+        ray.kill(trainer.rollouts.actors[0], no_restart=False)
+        killed.set()
+
+    killer = threading.Timer(delay, kill)
+    start, rows, killed_in = trainer.sync.version, [], None
     try:
-        rows = [trainer.step(step) for step in range(30, 34)]
+        for i in range(12):
+            if i == kill_step:
+                killer.start()
+            rows.append(trainer.step(30 + i))
+            if killed_in is None and killed.is_set():
+                killed_in = i
+            if killed_in is not None and i >= max(3, killed_in + 2):
+                break
     finally:
         killer.cancel()
         trainer.pipeline.close()
-    assert trainer.sync.version == start + 4
+    assert killed.is_set(), "the kill never happened: the test proves nothing"
+    assert trainer.sync.version == start + len(rows)
     assert all(r["async/staleness_max"] <= 1 for r in rows)
     # One death can be noticed by more than one caller (a stream and the sync marker it queued before).
     noticed = sum(r["rollout/restarts"] + r["sync/recovered"] + r["sync/parity_recovered"] for r in rows)
-    assert noticed >= 1, f"the kill at {delay:.2f}s was not noticed"
+    assert noticed >= 1, f"the kill in step {kill_step}, {delay:.2f}s in, was not noticed"
     regenerated = sum(r["rollout/regenerated_samples"] for r in rows)
     assert regenerated == cfg.rollout.samples_per_prompt * sum(r["rollout/reissued_prompts"] for r in rows)
     assert all(r["async/dropped_stale_total"] == sum(x["async/dropped_stale"] for x in rows[: i + 1])

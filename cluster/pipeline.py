@@ -108,8 +108,16 @@ def check_staleness(samples: list[Sample], learner_version: int, max_staleness: 
                              f"{worst.prompt_index}, is from v{worst.policy_version}")
 
 
-def staleness_metrics(samples: list[Sample], learner_version: int) -> dict[str, float]:
+def staleness_metrics(samples: list[Sample], learner_version: int, max_staleness: int = 0) -> dict[str, float]:
+    """Version lag of the samples trained on: mean, max, the versions seen, and the token-version lag
+    histogram (`async/token_lag_<j>_frac`: the share of response tokens generated j versions behind the
+    learner, j = 0..max_staleness, every bin logged)."""
     ages = [learner_version - s.policy_version for s in samples] or [0]
     versions = [s.policy_version for s in samples] or [learner_version]
+    tokens = [0] * (max(max_staleness, max(ages)) + 1)
+    for s in samples:
+        tokens[learner_version - s.policy_version] += len(s.response_ids)
+    total = max(sum(tokens), 1)
     return {"async/staleness_mean": sum(ages) / len(ages), "async/staleness_max": float(max(ages)),
-            "async/version_min": float(min(versions)), "async/version_max": float(max(versions))}
+            "async/version_min": float(min(versions)), "async/version_max": float(max(versions)),
+            **{f"async/token_lag_{j}_frac": n / total for j, n in enumerate(tokens)}}

@@ -105,7 +105,7 @@ class Trainer:
         samples, dropped = split_stale(rollout.samples, self.sync.version, k, cfg.rollout.samples_per_prompt)
         check_staleness(samples, self.sync.version, k)
         self.dropped_stale += dropped
-        async_metrics = {**staleness_metrics(samples, self.sync.version), "async/dropped_stale": float(dropped),
+        async_metrics = {**staleness_metrics(samples, self.sync.version, k), "async/dropped_stale": float(dropped),
                          "async/dropped_stale_total": float(self.dropped_stale), **self._regenerated_after_resume()}
         seed = step_seed(cfg.train.seed, step)  # the mini-batch shuffle: a pure function of the step
         batch, batch_metrics = self.update.build(samples, seed, timer)

@@ -22,6 +22,9 @@ def test_split_stale_drops_whole_groups_older_than_k():
     assert len(kept) == 6 and dropped == 0
     m = staleness_metrics(kept, 5)
     assert m["async/staleness_max"] == 3 and abs(m["async/staleness_mean"] - (1 + 1 + 3 + 1 + 2 + 2) / 6) < 1e-9
+    # The token-version lag histogram (each sample has 1 response token here): lags 1, 1, 3, 1, 2, 2.
+    m = staleness_metrics(kept, 5, max_staleness=4)
+    assert [m[f"async/token_lag_{j}_frac"] for j in range(5)] == [0.0, 0.5, 2 / 6, 1 / 6, 0.0]
 
 
 def test_truncated_importance_weights_cap_and_scale_only_the_policy_term():
@@ -110,7 +113,8 @@ def test_async_run_with_a_rollout_worker_killed_at_a_random_point_trains_nothing
         trainer.pipeline.close()
     assert killed.is_set(), "the kill never happened: the test proves nothing"
     assert trainer.sync.version == start + len(rows)
-    assert all(r["async/staleness_max"] <= 1 for r in rows)
+    assert all(r["async/staleness_max"] <= 1 and abs(r["async/token_lag_0_frac"] + r["async/token_lag_1_frac"] - 1) < 1e-9
+               for r in rows)
     # One death can be noticed by more than one caller (a stream and the sync marker it queued before).
     noticed = sum(r["rollout/restarts"] + r["sync/recovered"] + r["sync/parity_recovered"] for r in rows)
     assert noticed >= 1, f"the kill in step {kill_step}, {delay:.2f}s in, was not noticed"

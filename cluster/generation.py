@@ -47,6 +47,7 @@ class ScoredBatch:
     restarts: int = 0  # rollout workers that died or failed and were restarted during the batch
     reissued: int = 0  # prompts given again to restarted workers (unfinished when their worker died)
     restart_causes: list[str] = field(default_factory=list)  # "rollout[i] <what happened>: <error>" each
+    metrics: dict[str, float] = field(default_factory=dict)  # what the pipeline did to it (cluster/dynamic.py)
 
 
 class StreamedBatch:

@@ -17,6 +17,7 @@ from __future__ import annotations
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Callable
 
+from cluster import dynamic
 from cluster.config import Config
 from cluster.data import PromptSource
 from cluster.generation import ScoredBatch, StreamedBatch
@@ -38,23 +39,38 @@ class RolloutPipeline:
         # Each batch's streams are consumed (and scored) on its own thread, so scoring keeps pace
         # with generation while the driver's main thread waits on the learner.
         self.executor = ThreadPoolExecutor(max_workers=self.ahead + 1, thread_name_prefix="rollout")
-        self.in_flight: dict[int, tuple[list[Prompt], Future[ScoredBatch]]] = {}
+        self.in_flight: dict[int, Future[tuple[list[Prompt], ScoredBatch]]] = {}
+
+    def _submit(self, t: int, prompts: list[Prompt]) -> StreamedBatch:
+        r = self.cfg.rollout
+        return StreamedBatch(self.rollouts, self.rewards, prompts, r.samples_per_prompt, r.temperature,
+                             step_seed(self.cfg.train.seed, t), self.resync, step=t + 1)
+
+    def _scored(self, batch: StreamedBatch) -> ScoredBatch:
+        scored = batch.result()
+        dynamic.shape_overlong(scored.samples, self.cfg)
+        return scored
+
+    def _collect(self, t: int, prompts: list[Prompt], first: StreamedBatch) -> tuple[list[Prompt], ScoredBatch]:
+        """On a pipeline thread: the batch scored and shaped; with dynamic sampling, filled up by more rounds
+        (submitted from here, so they queue behind whatever the workers hold by then)."""
+        scored = self._scored(first)
+        if not self.cfg.algorithm.dynamic_sampling:
+            return prompts, scored
+        return dynamic.fill_batch(self.cfg, t, prompts, scored, lambda more: self._scored(self._submit(t, more)),
+                                  self.source)
 
     def fill(self, step: int) -> None:
         """Make sure batches for steps step..step+k are submitted (none past the last step)."""
         for t in range(step, min(step + self.ahead, self.cfg.train.steps - 1) + 1):
             if t not in self.in_flight:
                 prompts = self.source.batch(t, self.cfg.train.prompts_per_step)
-                r = self.cfg.rollout
-                batch = StreamedBatch(self.rollouts, self.rewards, prompts, r.samples_per_prompt, r.temperature,
-                                      step_seed(self.cfg.train.seed, t), self.resync, step=t + 1)
-                self.in_flight[t] = (prompts, self.executor.submit(batch.result))
+                self.in_flight[t] = self.executor.submit(self._collect, t, prompts, self._submit(t, prompts))
 
     def take(self, step: int) -> tuple[list[Prompt], ScoredBatch]:
-        """The scored batch for `step` (waits for it)."""
+        """The scored batch for `step` and every prompt generated for it (waits for it)."""
         self.fill(step)
-        prompts, future = self.in_flight.pop(step)
-        return prompts, future.result()
+        return self.in_flight.pop(step).result()
 
     def close(self, wait: bool = True) -> None:
         """Drop batches not yet started; `wait`: let running ones finish (each wait is bounded by
@@ -76,8 +92,32 @@ def split_stale(samples: list[Sample], learner_version: int, max_staleness: int,
     return kept, len(samples) - len(kept)
 
 
-def staleness_metrics(samples: list[Sample], learner_version: int) -> dict[str, float]:
+class StalenessError(RuntimeError):
+    """A sample about to be trained on is more than train.max_staleness policy versions old."""
+
+
+def check_staleness(samples: list[Sample], learner_version: int, max_staleness: int) -> None:
+    """Assert the bound on what is trained: every token's version lag (learner version - the version of
+    the weights that generated it) is at most `max_staleness`. A request never spans a sync today, so a
+    sample's tokens all carry its `policy_version`. Raises StalenessError naming the worst sample."""
+    late = [s for s in samples if learner_version - s.policy_version > max_staleness]
+    if late:
+        worst = min(late, key=lambda s: s.policy_version)
+        raise StalenessError(f"{len(late)} samples to train on are more than train.max_staleness={max_staleness} "
+                             f"versions behind the learner (v{learner_version}); the oldest, of prompt "
+                             f"{worst.prompt_index}, is from v{worst.policy_version}")
+
+
+def staleness_metrics(samples: list[Sample], learner_version: int, max_staleness: int = 0) -> dict[str, float]:
+    """Version lag of the samples trained on: mean, max, the versions seen, and the token-version lag
+    histogram (`async/token_lag_<j>_frac`: the share of response tokens generated j versions behind the
+    learner, j = 0..max_staleness, every bin logged)."""
     ages = [learner_version - s.policy_version for s in samples] or [0]
     versions = [s.policy_version for s in samples] or [learner_version]
+    tokens = [0] * (max(max_staleness, max(ages)) + 1)
+    for s in samples:
+        tokens[learner_version - s.policy_version] += len(s.response_ids)
+    total = max(sum(tokens), 1)
     return {"async/staleness_mean": sum(ages) / len(ages), "async/staleness_max": float(max(ages)),
-            "async/version_min": float(min(versions)), "async/version_max": float(max(versions))}
+            "async/version_min": float(min(versions)), "async/version_max": float(max(versions)),
+            **{f"async/token_lag_{j}_frac": n / total for j, n in enumerate(tokens)}}

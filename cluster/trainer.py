@@ -20,7 +20,9 @@ from cluster.heldout import EVAL_SEED, held_out_metrics
 from cluster.generation import GenerationError, ScoredBatch
 from cluster.groups import ActorFailure, CriticGroup, LearnerGroup, RewardPool, RolloutGroup
 from cluster.metrics import MetricsLog, PhaseTimer, mean, plot_emergence, plot_run, read_metrics, reflects
-from cluster.pipeline import RolloutPipeline, split_stale, staleness_metrics, step_seed
+from cluster.dynamic import overlong_metrics
+from cluster.parity import ParityCheck
+from cluster.pipeline import RolloutPipeline, check_staleness, split_stale, staleness_metrics, step_seed
 from cluster.placement import connect, place
 from cluster.sync import WeightSync
 from cluster.wandb_log import WandbSink
@@ -57,6 +59,8 @@ class Trainer:
         self.started = time.perf_counter()
         self.grader: RewardPool | None = None  # grader-only reward pool for benchmarks, made on first use
         self.worked = worked_predicate(cfg)  # the embedded task's "worked out" test (None for file data)
+        self.dropped_stale = 0  # samples left out as too stale, this driver's total (async/dropped_stale_total)
+        self.lost_in_flight = 0  # samples in flight at the checkpoint a resume starts from (generated again)
 
     def setup(self) -> None:
         from transformers import AutoTokenizer
@@ -82,6 +86,8 @@ class Trainer:
         self.rewards = RewardPool(cfg, self.placement)
         self.sync = WeightSync(cfg, self.learners, self.rollouts)
         self.pipeline = RolloutPipeline(cfg, self.rollouts, self.rewards, self.train_data, self.sync.resync)
+        self.parity = ParityCheck(cfg, self.learners, self.rollouts, self.eval_prompts, self.sync.resync)
+        self.parity.prepare()  # the fixed batch, from the base weights (the same for a resumed run)
         print(f"model: {self.model_path} ({self.learners.num_params / 1e6:.1f}M parameters), "
               f"{len(train)} train / {len(self.eval_prompts)} held-out problems, weight sync: {self.sync.transport}")
 
@@ -93,16 +99,28 @@ class Trainer:
             prompts, rollout = self.pipeline.take(step)  # first submits steps step..step+k, before this step's sync
             self.rollouts.sleep()  # cluster.colocate: free the GPUs for the learner; the sync wakes the engines
         samples, dropped = split_stale(rollout.samples, self.sync.version, k, cfg.rollout.samples_per_prompt)
-        async_metrics = {**staleness_metrics(samples, self.sync.version), "async/dropped_stale": float(dropped)}
+        check_staleness(samples, self.sync.version, k)
+        self.dropped_stale += dropped
+        async_metrics = {**staleness_metrics(samples, self.sync.version, k), "async/dropped_stale": float(dropped),
+                         "async/dropped_stale_total": float(self.dropped_stale), **self._regenerated_after_resume()}
         seed = step_seed(cfg.train.seed, step)  # the mini-batch shuffle: a pure function of the step
         batch, batch_metrics = self.update.build(samples, seed, timer)
         with timer("train"):
             train_metrics = self.update.train(batch, seed, step)
         with timer("sync"):
             sync_metrics = self.sync.sync()
+        with timer("parity"):  # time/parity_s: the check after the sync (cluster/parity.py)
+            sync_metrics.update(self.parity.check(self.sync.version))
         self.log.samples(step, samples, {p.index: p.answer for p in prompts}, cfg.train.samples_to_save, self.worked)
         return {**self._sample_metrics(samples, rollout), **batch_metrics, **train_metrics, **sync_metrics,
-                **async_metrics, **timer.seconds, **self._role_times(rollout, timer, sync_metrics)}
+                **async_metrics, **rollout.metrics, **overlong_metrics(samples, cfg), **timer.seconds,
+                **self._role_times(rollout, timer, sync_metrics)}
+
+    def _regenerated_after_resume(self) -> dict[str, float]:
+        """Once, at the first step after a resume with train.max_staleness > 0: the samples of the batches
+        that were in flight at the checkpoint, lost with the old driver and generated again."""
+        lost, self.lost_in_flight = self.lost_in_flight, 0
+        return {"async/regenerated_after_resume": float(lost)} if lost else {}
 
     def _role_times(self, rollout: ScoredBatch, timer: PhaseTimer, sync: dict[str, float]) -> dict[str, float]:
         """Busy and idle seconds of each role in this step. Rollout: its engines' generation of the batch
@@ -117,8 +135,13 @@ class Trainer:
                 "time/rollout_busy_s": rollout_busy, "time/learner_busy_s": learner_busy,
                 "time/rollout_idle_s": max(0.0, step_s - rollout_busy),
                 "time/learner_idle_s": max(0.0, step_s - learner_busy),
-                "perf/gen_tokens_per_s": sum(len(s.response_ids) for s in rollout.samples) / max(engine_s, 1e-9),
+                "perf/gen_tokens_per_s": self._generated_tokens(rollout) / max(engine_s, 1e-9),
                 "perf/samples_per_s": len(rollout.samples) / max(step_s, 1e-9)}
+
+    @staticmethod
+    def _generated_tokens(rollout: ScoredBatch) -> float:
+        """Every token the engines generated for the batch: with dynamic sampling, its dropped groups too."""
+        return rollout.metrics.get("dynamic/generated_tokens", sum(len(s.response_ids) for s in rollout.samples))
 
     def _sample_metrics(self, samples: list[Sample], rollout: ScoredBatch) -> dict[str, float]:
         counts = rollout.counts
@@ -140,6 +163,7 @@ class Trainer:
             "reward/restarts": counts["restarts"],
             "rollout/restarts": float(rollout.restarts),
             "rollout/reissued_prompts": float(rollout.reissued),
+            "rollout/regenerated_samples": float(rollout.reissued * self.cfg.rollout.samples_per_prompt),
             **({"rollout/restart_causes": rollout.restart_causes} if rollout.restart_causes else {}),
         }
 
@@ -211,6 +235,10 @@ class Trainer:
         # One sync puts the restored weights into the engines under the checkpoint's policy version.
         self.sync.version = state.policy_version - 1
         self.sync.sync()
+        self.parity.check(self.sync.version)
+        r, t = self.cfg.rollout, self.cfg.train
+        self.lost_in_flight = min(t.max_staleness, max(0, t.steps - state.step - 1)) * t.prompts_per_step \
+            * r.samples_per_prompt
         first = next(r for r in read_metrics(self.run_dir) if r["step"] == 0 and "eval/accuracy" in r)
         print(f"resumed from {self.resume_from} at step {state.step} (policy version {state.policy_version})")
         return state.step, first

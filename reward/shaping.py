@@ -28,3 +28,17 @@ def shaped_reward(verdict: Judged, style: str = "binary") -> float:
             return 1.0
         return -0.5 if verdict.boxed else -1.0
     raise ValueError(f"unknown reward shaping {style!r}; expected one of {STYLES}")
+
+
+def overlong_penalty(response_tokens: int, max_new_tokens: int, buffer: int, factor: float) -> float:
+    """DAPO's soft overlong punishment (algorithm.overlong_buffer / overlong_penalty), added to the reward:
+    0 up to `max_new_tokens - buffer` tokens, then falling linearly to `-factor` at `max_new_tokens`
+    (a response cut at the cap gets the whole penalty). `buffer` 0: no penalty.
+
+    Formula as in verl's DAPO reward manager (volcengine/verl@003364bc724da7d6efb63834fa1c496e1a55c888,
+    verl/workers/reward_manager/dapo.py: min(-(length - (max_resp_len - len)) / len * penalty_factor, 0)).
+    """
+    if buffer <= 0:
+        return 0.0
+    exceed = response_tokens - (max_new_tokens - buffer)
+    return min(-exceed / buffer * factor, 0.0)

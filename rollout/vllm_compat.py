@@ -214,8 +214,12 @@ def load_weights(engine: Any, method: str, *args: Any) -> list[Any]:
     """Run one of WeightSyncExtension's loaders in every worker, then drop the stale prefix cache.
     Returns each worker's result."""
     results = engine.collective_rpc(method, args=args)
-    engine.reset_prefix_cache()
+    reset_prefix_cache(engine)
     return results
+
+
+def reset_prefix_cache(engine: Any) -> None:
+    engine.reset_prefix_cache()
 
 
 def shutdown(engine: Any) -> None:

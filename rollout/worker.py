@@ -89,7 +89,7 @@ class RolloutWorker:
         self.version = 0
         self.asleep = False  # set by sleep(); only a weight load wakes the engine again
         # Restarted by Ray: the driver must load the current weights (or confirm the base model's) first.
-        self.needs_weights = _restarted_by_ray()
+        self.needs_weights = self.restarted = _restarted_by_ray()
         self.open_transports: set[str] = set()  # weight syncs (keys) opened in this instance
         self.last_load: list[Any] = []  # the transport's report of the last load, per engine worker (shm: bucket times)
 
@@ -142,6 +142,14 @@ class RolloutWorker:
         outputs = self.engine.generate(self.vc.token_prompts(token_ids), params, use_tqdm=False)
         return [self.vc.prompt_token_logprobs(o) for o in outputs]
 
+    def parity_logprobs(self, token_ids: list[list[int]]) -> list[list[float]]:
+        """`sequence_logprobs` for the parity check after a sync (cluster/parity.py), leaving the prefix
+        cache empty as the load left it: the generation that follows is the same with the check as without."""
+        try:
+            return self.sequence_logprobs(token_ids)
+        finally:
+            self.vc.reset_prefix_cache(self.engine)
+
     def open_weight_transport(self, key: str, name: str, setup: dict[str, Any], rank_offset: int) -> None:
         """Open the engine side of transport `name` for the weight sync `key` in every engine worker (TP
         rank r is weight rank `rank_offset` + r); validates the layout's names and shapes first."""
@@ -155,7 +163,9 @@ class RolloutWorker:
     def load_weights(self, key: str, version: int, payload: Any = None) -> float:
         """Load weight `version` through sync `key`'s transport into every engine worker and drop the prefix
         cache; a sleeping engine wakes its weights first and its KV cache after. Returns seconds."""
-        if self.needs_weights and key not in self.open_transports:  # its previous instance had it open
+        # Its previous instance had the transport open. Also after adopt_base_weights (a restart before the
+        # first sync): the base weights were confirmed, but no transport was opened in this instance.
+        if (self.needs_weights or self.restarted) and key not in self.open_transports:
             raise EngineRestarted(f"rollout engine was restarted by Ray and has not opened weight sync {key!r}: "
                                   "the driver re-opens it and loads the kept export")
         start = time.perf_counter()

@@ -57,7 +57,7 @@ def session_trainer(tmp_path_factory: pytest.TempPathFactory, ray_session):
 
 # What a test may swap on the session trainer; restored after every test, so tests do not depend on order.
 # Weights and the policy version move forward with every step a test takes: tests compare them relatively.
-SWAPPABLE = ("cfg", "pipeline", "sync", "rewards", "grader")
+SWAPPABLE = ("cfg", "pipeline", "sync", "rewards", "grader", "parity")
 
 
 def restore_in_place(model, saved) -> None:

@@ -64,3 +64,11 @@ def slow_even_length(response: str, answer: str) -> float:
 
     time.sleep(0.3)
     return even_length(response, answer)
+
+
+def even_length_for_even_answers(response: str, answer: str) -> float:
+    """`even_length` for an even gold answer, always 0 for an odd one: about half the prompt groups
+    have no reward variance (dynamic sampling's case, tests/test_dynamic_run.py)."""
+    if int(answer) % 2:
+        return 0.0
+    return even_length(response, answer)

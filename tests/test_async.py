@@ -22,6 +22,9 @@ def test_split_stale_drops_whole_groups_older_than_k():
     assert len(kept) == 6 and dropped == 0
     m = staleness_metrics(kept, 5)
     assert m["async/staleness_max"] == 3 and abs(m["async/staleness_mean"] - (1 + 1 + 3 + 1 + 2 + 2) / 6) < 1e-9
+    # The token-version lag histogram (each sample has 1 response token here): lags 1, 1, 3, 1, 2, 2.
+    m = staleness_metrics(kept, 5, max_staleness=4)
+    assert [m[f"async/token_lag_{j}_frac"] for j in range(5)] == [0.0, 0.5, 2 / 6, 1 / 6, 0.0]
 
 
 def test_truncated_importance_weights_cap_and_scale_only_the_policy_term():
@@ -68,3 +71,54 @@ def test_async_steps_bound_staleness_and_record_versions(trainer):
     central = "train/is_frac_0.8_1.25"
     assert rows[0][central] == 1.0 and abs(rows[0]["train/is_weight"] - 1.0) < 1e-3
     assert rows[1][central] < 1.0 or abs(rows[1]["train/is_weight"] - 1.0) > 1e-3
+
+
+def test_async_run_with_a_rollout_worker_killed_at_a_random_point_trains_nothing_too_stale(trainer):
+    """Real steps at max_staleness=1 while rollout[0] is killed (ray.kill, Ray restarts it) at a seeded
+    random moment (a random step, a random delay into it): wherever it lands (mid-generation, during a
+    sync or the parity check, idle), the run goes on, every step's samples are checked against the bound
+    before training (check_staleness raises otherwise), and the restart and what it regenerated are
+    counted, not silent. The run goes on until two steps after the kill (at least 4, at most 12)."""
+    import random
+    import threading
+
+    import ray
+
+    cfg = trainer.cfg
+    async_cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"max_staleness": 1, "steps": 1000})})
+    trainer.cfg = async_cfg
+    trainer.pipeline = RolloutPipeline(async_cfg, trainer.rollouts, trainer.rewards, trainer.train_data,
+                                       trainer.sync.resync)
+    rng = random.Random(24)
+    kill_step, delay = rng.randrange(4), rng.uniform(0.0, 1.5)
+    killed = threading.Event()
+
+    def kill() -> None:
+        ray.kill(trainer.rollouts.actors[0], no_restart=False)
+        killed.set()
+
+    killer = threading.Timer(delay, kill)
+    start, rows, killed_in = trainer.sync.version, [], None
+    try:
+        for i in range(12):
+            if i == kill_step:
+                killer.start()
+            rows.append(trainer.step(30 + i))
+            if killed_in is None and killed.is_set():
+                killed_in = i
+            if killed_in is not None and i >= max(3, killed_in + 2):
+                break
+    finally:
+        killer.cancel()
+        trainer.pipeline.close()
+    assert killed.is_set(), "the kill never happened: the test proves nothing"
+    assert trainer.sync.version == start + len(rows)
+    assert all(r["async/staleness_max"] <= 1 and abs(r["async/token_lag_0_frac"] + r["async/token_lag_1_frac"] - 1) < 1e-9
+               for r in rows)
+    # One death can be noticed by more than one caller (a stream and the sync marker it queued before).
+    noticed = sum(r["rollout/restarts"] + r["sync/recovered"] + r["sync/parity_recovered"] for r in rows)
+    assert noticed >= 1, f"the kill in step {kill_step}, {delay:.2f}s in, was not noticed"
+    regenerated = sum(r["rollout/regenerated_samples"] for r in rows)
+    assert regenerated == cfg.rollout.samples_per_prompt * sum(r["rollout/reissued_prompts"] for r in rows)
+    assert all(r["async/dropped_stale_total"] == sum(x["async/dropped_stale"] for x in rows[: i + 1])
+               for i, r in enumerate(rows))

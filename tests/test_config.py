@@ -75,6 +75,7 @@ def test_algorithm_defaults_keep_plain_grpo():
     assert (a.advantage, a.loss_agg, a.dual_clip, a.entropy_coef, a.kl_coef, a.kl_estimator, a.kl_in_reward,
             a.mask_truncated) == ("grpo", "token_mean", None, 0.0, 0.0, "k3", False, False)
     assert (a.ppo_epochs, a.ppo_mini_batches, a.tis, a.tis_cap) == (1, 1, "token", 2.0)
+    assert (a.overlong_buffer, a.dynamic_sampling) == (0, False)  # DAPO's shaping and dynamic sampling: opt-in
 
 
 def test_rloo_needs_two_samples_per_prompt():

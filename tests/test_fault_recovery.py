@@ -113,6 +113,31 @@ def test_a_worker_restarted_before_a_weight_sync_is_reloaded_by_it(trainer):
     assert _engine_matches_learner(trainer, 0) < 1e-4
 
 
+def test_a_worker_restarted_before_the_first_sync_is_reloaded_by_it(trainer):
+    """Found by the random kill of tests/test_async.py: rollout[0] dies before a sync's first version;
+    its batch re-syncs it by confirming the base weights (nothing exported yet), which opens no transport
+    in the new instance; the first sync must then reload it from the kept buffer (sync/recovered), not
+    fail with 'no weight transport open'. A fresh WeightSync on the session's actors is at version 0."""
+    from cluster.sync import WeightSync
+
+    if trainer.sync.version == 0:  # the session's own sync must have a version to restore below
+        trainer.step(0)
+    sync = WeightSync(trainer.cfg, trainer.learners, trainer.rollouts)
+    try:
+        _kill_idle_and_wait_for_restart(trainer.rollouts.actors[0])
+        rollout = generate_and_score(trainer.rollouts, trainer.rewards, _prompts(trainer, 4), 2, 1.0, seed=5,
+                                     resync=sync.resync)
+        assert rollout.restarts == 1 and {s.policy_version for s in rollout.samples} == {0}
+        metrics = sync.sync()
+    finally:
+        sync.close()
+    assert metrics["sync/recovered"] == 1 and metrics["policy_version"] == 1
+    assert ray.get(trainer.rollouts.actors[0].policy_version.remote()) == 1
+    assert _engine_matches_learner(trainer, 0) < 1e-4
+    trainer.sync.resync(0)  # back to the session sync's transport and version, for the tests after this one
+    assert ray.get(trainer.rollouts.actors[0].policy_version.remote()) == trainer.sync.version
+
+
 def _fake_samples(answers: list[str]) -> list[Sample]:
     return [Sample(prompt_index=i, prompt_ids=[1], response_ids=[2, 3], response_logprobs=[0.0, 0.0],
                    text="x" * (i + 2), finish_reason="stop", policy_version=0) for i in range(len(answers))]

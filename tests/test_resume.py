@@ -152,5 +152,8 @@ def test_async_resume_keeps_the_data_order_and_regenerates_the_in_flight_batch(t
     assert have[3]["async/version_max"] == 2.0 and have[3]["async/staleness_max"] == 0.0
     assert all(have[s]["async/staleness_max"] <= 1.0 for s in have)
     assert [have[s]["policy_version"] for s in (1, 2, 3, 4)] == [1, 2, 3, 4]
+    # The batch in flight at the checkpoint (step 3's, 4 prompts x 4 samples) was generated again: counted once.
+    assert have[3]["async/regenerated_after_resume"] == 16 and "async/regenerated_after_resume" not in want[3]
+    assert not any("async/regenerated_after_resume" in have[s] for s in (1, 2, 4))
     answers = lambda d: [(s["step"], s["answer"]) for s in map(json.loads, (d / "samples.jsonl").read_text().splitlines())]  # noqa: E731
     assert answers(cut) == answers(full)

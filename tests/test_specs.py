@@ -38,7 +38,8 @@ OVERRIDES = ["learner.lr=3e-5", "learner.zero_stage=1", "learner.weight_decay=0.
 DRIVER_ONLY = {
     "learner": {"num_ranks", "cpus_per_rank", "resources", "call_timeout_s"},
     "critic": {"num_ranks", "cpus_per_rank", "resources", "gamma", "lam", "warmup_steps", "call_timeout_s"},
-    "algorithm": {"advantage", "mask_truncated"},
+    "algorithm": {"advantage", "mask_truncated", "overlong_buffer", "overlong_penalty", "dynamic_sampling",
+                  "dynamic_sampling_max_rounds"},
     "rollout": {"num_workers", "samples_per_prompt", "temperature", "top_p", "max_new_tokens", "cpus_per_worker",
                 "resources", "max_restarts", "timeout_s", "multiprocess_engine"},
 }

@@ -374,3 +374,29 @@ def test_ipc_transport_on_a_shared_gpu(tmp_path):
                     reason="NCCL broadcast needs two GPUs (NCCL refuses two ranks on one device)")
 def test_nccl_broadcast_transport(tmp_path):
     _gpu_roundtrip(tmp_path, "broadcast", gpus_each=1.0)
+
+
+def test_parity_check_fires_when_one_bucket_is_corrupted(trainer, two_engines, writer):
+    """Both engines load the learner's weights through the shm stream: the parity check passes (fp32 gap
+    below 1e-4). Then rollout[1] loads a version whose one bucket (of dozens) is corrupted: the check
+    stops the run naming rollout[1], or with parity_action=warn reports the gap as a metric and goes on."""
+    from cluster.parity import ParityCheck, ParityError
+
+    writer.publish_all(1)
+    ray.get(writer.load(two_engines, 1))
+    check = ParityCheck(trainer.cfg, trainer.learners, two_engines, trainer.eval_prompts)
+    clean = check.check(1)
+    assert clean["sync/parity_max_abs"] < 1e-4 and clean["sync/parity_failed"] == 0.0
+
+    corrupted = len(writer.values) // 2
+    for index, values in enumerate(writer.values):
+        writer.segment.publish(index, 2, [v + 0.05 * torch.randn_like(v) if index == corrupted else v
+                                          for v in values])
+    setup = replace(writer.setup, timeout_s=30.0).as_dict()
+    ray.get(two_engines.actors[1].open_weight_transport.remote("test-writer", "shm", setup, 1))
+    ray.get(two_engines.actors[1].load_weights.remote("test-writer", 2))
+    with pytest.raises(ParityError, match=r"after sync v2: rollout\[1\]'s log-probs differ from the learner's by up to"):
+        check.check(2)
+    warn_cfg = _with(trainer.cfg, sync={"parity_action": "warn"})
+    warned = ParityCheck(warn_cfg, trainer.learners, two_engines, trainer.eval_prompts).check(2)
+    assert warned["sync/parity_failed"] == 1.0 and warned["sync/parity_max_abs"] > check.bound

@@ -1,11 +1,13 @@
 """Driver side of the weight sync: pick a transport, open it on both sides, move the weights after each step.
 
 Choosing a transport (`sync.transport`; one module per transport in protocol/transports/):
-- ``auto``: ``ipc`` with cluster.colocate, ``shm`` on a CPU cluster (one node), ``broadcast`` (NCCL) on GPUs.
+- ``auto``: ``ipc`` with cluster.colocate, ``shm`` on a CPU cluster (one node), ``nccl`` on GPUs.
 - ``shm``: learner rank 0 and every engine on one node (they share /dev/shm). Streamed: the export and
   the loads start together; each bucket is stamped with the version once written and engines load it
   meanwhile (protocol/shm_stream.py). x86-64 hosts only (store ordering).
-- ``broadcast``: disaggregated placements; GPUs use NCCL, CPU gloo. The default for GPUs.
+- ``nccl`` / ``nccl_sparse``: disaggregated GPUs, through vLLM's own weight-transfer engines (dense; or only
+  the entries changed since the last send). The default for GPUs.
+- ``broadcast``: disaggregated placements, our own group: GPUs use NCCL, CPU gloo.
 - ``ipc``: cluster.colocate only (each engine worker on a learner rank's GPU); no bytes cross a link:
   each engine worker reads its GPU's learner buffer in place. Costs one extra weight copy per GPU.
 
@@ -20,6 +22,14 @@ submitted just before the load returns then). Until then the wait follows genera
 rule: the engine must finish a prompt at least every `rollout.timeout_s`. A collective transport starts
 the learner's export only once every engine is at its load. A worker that fails, or is still running
 at its deadline, is named in a WeightSyncError. A failed sync may leave a receiver half-loaded.
+
+A restarted engine (Ray restarts a dead rollout worker with the base model's weights) is taken back on every
+transport. Transports that keep the last export (shm, ipc) reload it from there. Group transports (broadcast,
+nccl, nccl_sparse) cannot: the dead instance was a member of their group. Between syncs (`resync`), a
+group of two (learner rank 0 and the restarted engine's workers) carries the learner's weights to it and
+closes; the full group is rebuilt with every current member before the next sync. During a sync, the
+driver lets every part of the broken collective end (bounded by the deadlines), rebuilds the group and
+moves the same version again (every member reloads it).
 
 Colocated engines sleep while the learner trains (RolloutGroup.sleep); a load wakes the engine's
 weights, loads, then wakes its KV cache, so an engine never generates with the weights it slept with.
@@ -303,11 +313,18 @@ class WeightSync:
                 self._load_from_buffer(index, self.version)
 
     # ---- group transports: taking a restarted engine back ------------------------------------------
-    def _settle(self) -> None:
-        """Wait (bounded) until every part of the failed move has ended: a learner rank or engine still in the
-        old collective would otherwise meet the new group's rendezvous late."""
-        refs = [p.ref for p in self._in_flight]
-        ray.wait(refs, num_returns=len(refs), timeout=self.deadline_s)
+    def _settle(self, error: WeightSyncError) -> None:
+        """Wait (bounded) until every part of the failed move has ended. A part still running is stuck in the
+        broken collective: its actor would run nothing else (no close, no new group), so the sync stops and
+        names it. gloo and torch's NCCL groups time out within sync.timeout_s; vLLM's NCCL communicator
+        (nccl, nccl_sparse) has no timeout, so there a death inside the collective ends here."""
+        refs = {p.ref: p.name for p in self._in_flight}
+        _, stuck = ray.wait(list(refs), num_returns=len(refs), timeout=self.deadline_s)
+        if stuck:
+            names = ", ".join(sorted({refs[r] for r in stuck}))
+            raise WeightSyncError(f"{error}; then {names} still inside the broken {self.transport} collective "
+                                  f"{self.deadline_s:g}s later: the group cannot be rebuilt around them",
+                                  error.worker) from error
 
     def rebuild(self) -> None:
         """Close the group on every actor (best effort: the dead member's old instance is gone), then open a
@@ -325,7 +342,7 @@ class WeightSync:
         """A member died during the collective, or before it (restarted, not in the group): every member may
         be half-loaded. Let the old parts end, rebuild the group with every current member and move `version`
         again (the learner still holds it). Returns (export s, load s, restarted workers reloaded)."""
-        self._settle()
+        self._settle(error)
         restarted = sum(ray.get([a.awaiting_weights.remote() for a in self._alive_actors()], timeout=self.deadline_s))
         self.rebuild()
         exported, loaded = self._move(version)

@@ -15,20 +15,22 @@ import torch
 
 from cluster.generation import StreamedBatch, generate_and_score
 from protocol.batch import TrainBatch
-from tests.test_weight_sync import Unplaced, _engine_logprobs, _learner_logprobs, _sequence, _with
+from tests.test_weight_sync import _engine_logprobs, _learner_logprobs, _sequence, _with
+from tests.test_weight_sync import two_engines  # noqa: F401  (fixture: two engines outside the session's placement)
 
 TIMEOUT_S = 10.0  # sync.timeout_s: bounds the collective a dead member leaves hanging
 
 
-@pytest.fixture(scope="module")
-def engines(session_trainer):
-    from cluster.groups import RolloutGroup
+@pytest.fixture(scope="module", autouse=True)
+def session_engines_follow(session_trainer):
+    """The session's own engines follow the learner this module trains."""
+    yield
+    session_trainer.sync.sync()
 
-    cfg = _with(session_trainer.cfg, rollout={"num_workers": 2, "kv_cache_gib": 0.05})
-    group = RolloutGroup(cfg, session_trainer.model_path, Unplaced())
-    yield group
-    group.kill()
-    session_trainer.sync.sync()  # the session engines follow the learner this module trained
+
+@pytest.fixture
+def engines(two_engines):
+    return two_engines
 
 
 @pytest.fixture

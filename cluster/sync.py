@@ -251,13 +251,14 @@ class WeightSync:
             except WeightSyncError as error:
                 # Died during the sync, or before it (idle, restarted by Ray with no transport open).
                 gone = error.lost or isinstance(error.__cause__, EngineRestarted)
-                if not (gone and (error.worker or "").startswith("rollout[")):
-                    raise
-                if self.rejoins_by_rebuild:
+                gone = gone and (error.worker or "").startswith("rollout[")
+                if self.rejoins_by_rebuild and (gone or self._member_restarted(error)):
                     exported, loaded, recovered = self._retry_in_new_group(version, error)
                     rebuilt = True
-                else:
+                elif gone:
                     exported, loaded, recovered = 0.0, 0.0, self._recover(version, error)
+                else:
+                    raise
             self.version = version
             if self.rejoins_by_rebuild:
                 self.synced_steps = ray.get(self.learners.actors[0].last_export_steps.remote(), timeout=self.deadline_s)
@@ -347,9 +348,15 @@ class WeightSync:
         restarted = sum(ray.get([a.awaiting_weights.remote() for a in self._alive_actors()], timeout=self.deadline_s))
         self.rebuild()
         exported, loaded = self._move(version)
-        print(f"weight sync v{version}: {error.worker} died before or during the sync; moved it again in a rebuilt "
-              f"group ({restarted} restarted worker(s) reloaded)", flush=True)
+        print(f"weight sync v{version}: the collective broke ({error.worker} failed first); moved the weights again "
+              f"in a rebuilt group ({restarted} restarted worker(s) reloaded)", flush=True)
         return exported, loaded, restarted
+
+    def _member_restarted(self, error: WeightSyncError) -> bool:
+        """Whether a broken collective's cause is a rollout worker that died: the first error to arrive may be
+        a peer's (the learner's `Connection closed by peer`), not the dead member's own."""
+        self._settle(error)
+        return any(ray.get([a.awaiting_weights.remote() for a in self._alive_actors()], timeout=self.deadline_s))
 
     def _alive_actors(self) -> list[Any]:
         for i in range(len(self.rollouts.actors)):

@@ -11,7 +11,6 @@ import time
 
 import pytest
 import ray
-import torch
 
 from cluster.generation import StreamedBatch, generate_and_score
 from protocol.batch import TrainBatch
@@ -69,6 +68,19 @@ def _wait_restarted(actor) -> None:
         time.sleep(0.5)
 
 
+def _batch_killing_rollout0(trainer, engines, sync, prompts, n: int, seed: int):
+    """A streamed batch in which rollout[0] is ray.kill-ed when the first finished prompts arrive (mid-batch)."""
+    killed: list[int] = []
+
+    def kill_at_first_chunk(worker: int, chunk) -> None:
+        if not killed:
+            killed.append(worker)
+            ray.kill(engines.actors[0], no_restart=False)
+
+    return StreamedBatch(engines, trainer.rewards, prompts, n, 1.0, seed=seed, resync=sync.resync,
+                         on_chunk=kill_at_first_chunk).result()
+
+
 def test_an_engine_killed_mid_batch_rejoins_and_the_next_sync_has_every_member(trainer, engines, broadcast):
     """rollout[0] is killed while generating: Ray restarts it, the driver loads the learner's weights into it
     through a group of its own (learner rank 0 + it) and re-issues its prompts, with the same completions as
@@ -78,15 +90,7 @@ def test_an_engine_killed_mid_batch_rejoins_and_the_next_sync_has_every_member(t
     broadcast.sync()
     prompts, n = trainer.train_data.batch(11, 48), 4
     reference = generate_and_score(engines, trainer.rewards, prompts, n, 1.0, seed=91)
-    killed: list[int] = []
-
-    def kill_at_first_chunk(worker: int, chunk) -> None:
-        if not killed:
-            killed.append(worker)
-            ray.kill(engines.actors[0], no_restart=False)
-
-    rollout = StreamedBatch(engines, trainer.rewards, prompts, n, 1.0, seed=91, resync=broadcast.resync,
-                            on_chunk=kill_at_first_chunk).result()
+    rollout = _batch_killing_rollout0(trainer, engines, broadcast, prompts, n, seed=91)
     assert rollout.restarts == 1 and rollout.reissued > 0, (rollout.restarts, rollout.reissued, rollout.restart_causes)
     per_prompt = {p.index: sum(s.prompt_index == p.index for s in rollout.samples) for p in prompts}
     assert set(per_prompt.values()) == {n}
@@ -147,15 +151,7 @@ def test_a_rejoin_after_the_learner_trained_labels_the_newer_weights_with_the_ne
     synced = broadcast.version
     _train(trainer, engines)  # trained, not synced yet
     prompts, n = trainer.train_data.batch(12, 48), 4
-    killed: list[int] = []
-
-    def kill_at_first_chunk(worker: int, chunk) -> None:
-        if not killed:
-            killed.append(worker)
-            ray.kill(engines.actors[0], no_restart=False)
-
-    rollout = StreamedBatch(engines, trainer.rewards, prompts, n, 1.0, seed=92, resync=broadcast.resync,
-                            on_chunk=kill_at_first_chunk).result()
+    rollout = _batch_killing_rollout0(trainer, engines, broadcast, prompts, n, seed=92)
     assert rollout.restarts == 1 and rollout.reissued > 0
     assert {s.policy_version for s in rollout.samples} == {synced, synced + 1}
     assert ray.get([a.policy_version.remote() for a in engines.actors]) == [synced + 1, synced]

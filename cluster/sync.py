@@ -331,8 +331,7 @@ class WeightSync:
     def rebuild(self) -> None:
         """Close the group on every actor (best effort: the dead member's old instance is gone), then open a
         new one, at a new address, with every current member (restarted ones waited for)."""
-        for i in range(len(self.rollouts.actors)):
-            self.rollouts.wait_alive(i)
+        self._wait_all_alive()
         refs = [a.close_weight_transport.remote(self.key) for a in self.learners.actors + self.rollouts.actors]
         ray.wait(refs, num_returns=len(refs), timeout=self.deadline_s)
         self.key = uuid.uuid4().hex[:8]
@@ -345,7 +344,7 @@ class WeightSync:
         be half-loaded. Let the old parts end, rebuild the group with every current member and move `version`
         again (the learner still holds it). Returns (export s, load s, restarted workers reloaded)."""
         self._settle(error)
-        restarted = sum(ray.get([a.awaiting_weights.remote() for a in self._alive_actors()], timeout=self.deadline_s))
+        restarted = self._restarted()
         self.rebuild()
         exported, loaded = self._move(version)
         print(f"weight sync v{version}: the collective broke ({error.worker} failed first); moved the weights again "
@@ -356,12 +355,16 @@ class WeightSync:
         """Whether a broken collective's cause is a rollout worker that died: the first error to arrive may be
         a peer's (the learner's `Connection closed by peer`), not the dead member's own."""
         self._settle(error)
-        return any(ray.get([a.awaiting_weights.remote() for a in self._alive_actors()], timeout=self.deadline_s))
+        return self._restarted() > 0
 
-    def _alive_actors(self) -> list[Any]:
+    def _wait_all_alive(self) -> None:
         for i in range(len(self.rollouts.actors)):
             self.rollouts.wait_alive(i)
-        return self.rollouts.actors
+
+    def _restarted(self) -> int:
+        """Rollout workers that Ray restarted and that loaded nothing since (restarting ones waited for)."""
+        self._wait_all_alive()
+        return sum(ray.get([a.awaiting_weights.remote() for a in self.rollouts.actors], timeout=self.deadline_s))
 
     def _readmit(self, index: int) -> None:
         """Load the current weights into restarted rollout[index] between syncs, without stopping the others:

@@ -245,7 +245,7 @@ class RewardConfig(Strict):
 
 
 class SyncConfig(Strict):
-    transport: str = "auto"  # auto or a module of protocol/transports/ (shm, broadcast, ipc); see cluster/sync.py
+    transport: str = "auto"  # auto or a registered transport (shm, broadcast, ipc, nccl, nccl_sparse); see cluster/sync.py
     # shm streams at this granularity (engines load bucket i while the learner writes i+1), so the
     # first bucket's export is the exposed part; per bucket it costs one ZeRO-3 gather context / one collective.
     bucket_mb: float = Field(16, gt=0)
@@ -386,10 +386,10 @@ def _check_transport(cfg: "Config") -> None:
 
 
 def auto_transport(device: str, colocate: bool) -> str:
-    """sync.transport=auto: CUDA IPC when colocated, shared memory on a CPU node, NCCL broadcast on GPUs."""
+    """sync.transport=auto: CUDA IPC when colocated, shared memory on a CPU node, vLLM's NCCL engine on GPUs."""
     if colocate:
         return "ipc"
-    return "shm" if device == "cpu" else "broadcast"
+    return "shm" if device == "cpu" else "nccl"
 
 
 class ConfigError(ValueError):

@@ -10,7 +10,7 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel
 
-from cluster.config import Config
+from cluster.config import Config, auto_transport
 from cluster.memory import engine_sequences
 from learner.critic import CriticSpec
 from learner.worker import LearnerSpec
@@ -53,4 +53,13 @@ def engine_spec(cfg: Config, model_path: str) -> EngineSpec:
     return spec_from(EngineSpec, cfg.rollout, model_path=model_path, device=cfg.cluster.device, dtype=cfg.model.dtype,
                      multiprocess=cfg.rollout.multiprocess_engine, seed=cfg.train.seed,
                      sequences=engine_sequences(cfg), threads=max(1, int(cfg.rollout.cpus_per_worker)),
-                     sleep_mode=cfg.cluster.colocate, ray_bundles=(), gpus_per_rank=1.0)  # per engine: RolloutGroup
+                     sleep_mode=cfg.cluster.colocate, ray_bundles=(), gpus_per_rank=1.0,  # per engine: RolloutGroup
+                     weight_transfer_backend=native_backend(cfg))
+
+
+def native_backend(cfg: Config) -> str | None:
+    """vLLM's weight-transfer engine the rollout engines must be built with for the run's transport."""
+    from protocol import transports
+
+    name = cfg.sync.transport
+    return transports.get(auto_transport(cfg.cluster.device, cfg.cluster.colocate) if name == "auto" else name).native_backend

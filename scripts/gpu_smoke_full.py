@@ -5,8 +5,9 @@ BPE tokenizer, on this machine's GPUs.
 - colocated: one vLLM engine and learner rank 0 share GPU 0 (`cluster.colocate=true`,
   `sync.transport=ipc`); 3 GRPO steps (each ends with a weight sync into the engine), then the
   engine's logprobs of a sampled sequence against the learner's (bf16 kernels differ: 0.1 nats max);
-- disaggregated, where two GPUs exist: engine on one GPU, learner on the other, weights over the
-  NCCL broadcast group; one step and the same logprob check.
+- disaggregated, where two GPUs exist: engine on one GPU, learner on the other, weights through vLLM's
+  own NCCL weight-transfer engine (`sync.transport=nccl`, the GPU default); one step and the same
+  logprob check.
 
 The colocated run uses `cluster.colocate` (docs/cluster.md, "Colocation"): the engine sleeps while the
 learner trains and each sync wakes it.
@@ -115,9 +116,9 @@ def full(args: argparse.Namespace, report: dict[str, Any], shape: dict[str, int]
               "data.eval_size=8", "reward.num_workers=2", f"run.output_dir={work}"]
     runs = {"colocated": _run("colocated", common + ["cluster.colocate=true", "sync.transport=ipc"], 3, work)}
     if gpus >= 2:
-        runs["disaggregated"] = _run("disaggregated", common + ["sync.transport=broadcast"], 1, work)
+        runs["disaggregated"] = _run("disaggregated", common + ["sync.transport=nccl"], 1, work)
     else:
-        runs["disaggregated"] = {"skipped": "one GPU: the broadcast path needs a second one"}
+        runs["disaggregated"] = {"skipped": "one GPU: the disaggregated NCCL path needs a second one"}
     report["full"] = runs
     (Path(args.out) / "full.json").write_text(json.dumps(runs, indent=2, default=str))
     checks = {}

@@ -90,6 +90,33 @@ def test_the_engine_core_really_runs_in_its_own_process(engine):
     assert client == "SyncMPClient"
 
 
+def test_the_rejoin_group_reaches_every_tp_rank(session_trainer, engine, module_writer):
+    """The way a restarted engine rejoins a group transport (cluster/sync.py `resync` with `broadcast`,
+    gloo) on this engine mode: a group of learner rank 0 and the engine's TP ranks loads the learner's
+    weights into every rank over a perturbed set, then the next sync rebuilds the full group. No death here
+    (tests/test_group_readmission.py kills TP=1 in-process engines): the path a restarted TP engine takes."""
+    from cluster.sync import WeightSync
+
+    t = session_trainer
+    tp = engine.cfg.tensor_parallel_size
+    prompt, response = _sequence(t)
+    learner = _learner_logprobs(t.learners, prompt, response)
+    sync = WeightSync(_with(t.cfg, sync={"transport": "broadcast", "timeout_s": 60.0, "bucket_mb": SMALL_BUCKET_MB}),
+                      t.learners, engine)
+    try:
+        sync.sync()
+        _perturb(module_writer, engine, 7)
+        assert (_engine_logprobs(engine, prompt, response)[0] - learner).abs().max() > 1e-3
+        sync.resync(0)
+        assert (_engine_logprobs(engine, prompt, response)[0] - learner).abs().max() < 1e-4
+        assert ray.get(engine.actors[0].policy_version.remote()) == sync.version and sync.members_changed
+        metrics = sync.sync()
+    finally:
+        sync.close()
+    assert metrics["sync/group_rebuilt"] == 1 and sync.setup.world_size == 1 + tp
+    assert (_engine_logprobs(engine, prompt, response)[0] - learner).abs().max() < 1e-4
+
+
 @pytest.fixture(scope="module")
 def sleepy_engine(session_trainer):
     """An in-process engine started for sleep mode (what cluster.colocate gives every engine on GPU)."""

@@ -180,7 +180,9 @@ def test_critic_ranks_keep_their_own_gpus():
      "sync.transport=broadcast cannot run with cluster.colocate=true"),
     (["cluster.device=gpu", "sync.transport=ipc"], "sync.transport=ipc needs every engine on the GPUs of learner ranks"),
     (["sync.transport=ipc"], "sync.transport=ipc runs on gpu, not cluster.device=cpu"),
-    (["sync.transport=carrier_pigeon"], r"unknown transport 'carrier_pigeon' \(auto, broadcast, ipc, shm\)"),
+    (["sync.transport=carrier_pigeon"], r"unknown transport 'carrier_pigeon' \(auto, broadcast, ipc, nccl, nccl_sparse, shm\)"),
+    (["cluster.device=gpu", "cluster.colocate=true", "learner.num_ranks=1", "sync.transport=nccl"],
+     "sync.transport=nccl cannot run with cluster.colocate=true"),
 ])
 def test_placements_a_transport_or_colocation_cannot_serve_are_refused(overrides, message):
     with pytest.raises(ConfigError, match=message):

@@ -24,6 +24,24 @@ def test_the_cpu_worker_reloads_through_the_gpu_workers_own_entry():
     assert "set_current_vllm_config" in inspect.getsource(Worker.reload_weights)
 
 
+def test_the_gpu_worker_has_the_weight_transfer_entries_we_call():
+    """rollout/vllm_compat.py's open_native / load_native / close call these on the worker (the CPU worker
+    inherits them, which tests/test_vllm_transfer.py's engine test uses up to vLLM's device lookup); the
+    sparse counts use the worker engine's `model_update_group`, which both NCCL engines hold."""
+    from vllm.distributed.weight_transfer.nccl_engine import NCCLWeightTransferEngine
+    from vllm.distributed.weight_transfer.sparse_nccl_engine import SparseNCCLWeightTransferEngine
+    from vllm.v1.worker.cpu_worker import CPUWorker
+    from vllm.v1.worker.gpu_worker import Worker
+
+    calls = {"init_weight_transfer_engine": ["init_info"], "start_weight_update": [], "update_weights": ["update_info"],
+             "finish_weight_update": [], "shutdown_weight_transfer_engine": []}
+    for name, params in calls.items():
+        assert getattr(CPUWorker, name) is getattr(Worker, name)
+        assert list(inspect.signature(getattr(Worker, name)).parameters)[1:] == params, name
+    for engine in (NCCLWeightTransferEngine, SparseNCCLWeightTransferEngine):
+        assert "self.model_update_group = worker_init_process_group" in inspect.getsource(engine.init_transfer_engine)
+
+
 def test_the_v2_gpu_runner_has_the_entry_points_we_call():
     from vllm.v1.worker.gpu.model_runner import GPUModelRunner as V2
 

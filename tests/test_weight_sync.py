@@ -371,9 +371,11 @@ def test_ipc_transport_on_a_shared_gpu(tmp_path):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.device_count() < 2,
-                    reason="NCCL broadcast needs two GPUs (NCCL refuses two ranks on one device)")
-def test_nccl_broadcast_transport(tmp_path):
-    _gpu_roundtrip(tmp_path, "broadcast", gpus_each=1.0)
+                    reason="NCCL needs two GPUs (NCCL refuses two ranks on one device)")
+@pytest.mark.parametrize("transport", ["broadcast", "nccl", "nccl_sparse"])
+def test_nccl_transports(tmp_path, transport):
+    """Our broadcast group and vLLM's own dense and sparse engines (nccl_sparse: the first send is full)."""
+    _gpu_roundtrip(tmp_path, transport, gpus_each=1.0)
 
 
 def test_parity_check_fires_when_one_bucket_is_corrupted(trainer, two_engines, writer):

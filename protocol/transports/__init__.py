@@ -1,7 +1,7 @@
 """Weight transports behind one small registry: how a full weight set travels from the learner's ranks
 into the vLLM engines.
 
-One module per transport in this package (shm.py, broadcast.py, ipc.py). Each holds both halves of
+One module per transport in this package (shm.py, broadcast.py, ipc.py, vllm_nccl.py). Each holds both halves of
 its transport in one `Transport` subclass: the learner side (`open_sender`, `send`) runs in the
 learner's ranks, the engine side (`open_receiver`, `receive`, `finish`) inside every vLLM worker
 process, and class attributes tell the driver how to schedule it (base.py). A module registers its

@@ -47,7 +47,7 @@ BENCH_SITE = ROOT / ".cache" / "bench-site"
 WORK = Path(os.environ.get("BENCH_DIR", "/tmp/reasonrl-bench-peers"))
 RESULTS = ROOT / "docs" / "peers" / "results.json"
 SHAPES = {"default": "configs/tiny.yaml", "cpu_scale": "configs/cpu_scale.yaml"}
-STEPS = {"default": (8, 2), "cpu_scale": (3, 1)}  # (steps run, first steps left out of the median)
+STEPS = {"default": (6, 2), "cpu_scale": (3, 1)}  # (steps run, first steps left out of the median)
 GOAL = 1.5  # issue 28: ours >= 1.5x TRL per step
 # Our loss aggregations and advantages that TRL has an equivalent of (its loss_type / scale_rewards).
 LOSS_TYPES = {"token_mean": "dapo", "seq_mean_token_mean": "grpo", "seq_mean_token_sum_norm": "dr_grpo"}
@@ -103,16 +103,26 @@ def median_after(values: list[float], skip: int) -> float:
     return float(statistics.median(kept))
 
 
-def summarize_ours(rows: list[dict[str, Any]], skip: int, samples_per_step: int) -> dict[str, Any]:
-    """Step figures from our metrics.jsonl rows (the training rows carry time/step_s)."""
+def cpu_median(cpu: list[float | None], skip: int) -> float | None:
+    """Median CPU seconds per step after the first `skip` (None when no step after them was seen)."""
+    kept = [c for c in cpu[skip:] if c is not None]
+    return float(statistics.median(kept)) if kept else None
+
+
+def summarize_ours(rows: list[dict[str, Any]], skip: int, samples_per_step: int,
+                   cpu: list[float | None] | None = None) -> dict[str, Any]:
+    """Step figures from our metrics.jsonl rows (the training rows carry time/step_s); `cpu`: each step's CPU
+    seconds over the whole process tree (step_cpu_seconds)."""
     steps = [r for r in rows if "time/step_s" in r]
+    cpu = cpu if cpu is not None else [None] * len(steps)
     phases = sorted({k for r in steps for k in r if k.startswith("time/") and k != "time/step_s"})
     tokens = [r["train/response_len"] * samples_per_step for r in steps]
     return {"step_s": [r["time/step_s"] for r in steps], "tokens": tokens,
             "median_step_s": median_after([r["time/step_s"] for r in steps], skip),
             "tokens_per_s": median_after([n / r["time/step_s"] for n, r in zip(tokens, steps)], skip),
             "phases_s": {k.removeprefix("time/"): median_after([r.get(k, 0.0) for r in steps], skip) for k in phases},
-            "train_accuracy": [r["train/accuracy"] for r in steps]}
+            "train_accuracy": [r["train/accuracy"] for r in steps],
+            "cpu_s": cpu, "median_cpu_s": cpu_median(cpu, skip)}
 
 
 def summarize_trl(steps: list[dict[str, float]], skip: int) -> dict[str, Any]:
@@ -122,23 +132,30 @@ def summarize_trl(steps: list[dict[str, float]], skip: int) -> dict[str, Any]:
             "tokens_per_s": median_after([s["tokens"] / s["step_s"] for s in steps], skip),
             "phases_s": {"generate_s": median_after([s["generate_s"] for s in steps], skip),
                          "rest_s": median_after([s["step_s"] - s["generate_s"] for s in steps], skip)},
-            "train_accuracy": [s["reward_mean"] for s in steps]}
+            "train_accuracy": [s["reward_mean"] for s in steps],
+            "cpu_s": [s.get("cpu_s") for s in steps], "median_cpu_s": cpu_median([s.get("cpu_s") for s in steps], skip)}
 
 
 def compare(ours: dict[str, Any], trl: dict[str, Any]) -> dict[str, Any]:
     """Speed-up per step (TRL's step time over ours), and whether issue 28's goal is met on this shape."""
     speedup = trl["median_step_s"] / ours["median_step_s"]
+    cpu_ratio = (trl["median_cpu_s"] / ours["median_cpu_s"]
+                 if ours.get("median_cpu_s") and trl.get("median_cpu_s") else None)
     accuracy_ok = ours["heldout"]["accuracy"] >= trl["heldout"]["accuracy"]
-    return {"speedup": speedup, "tokens_per_s_ratio": ours["tokens_per_s"] / trl["tokens_per_s"],
+    return {"speedup": speedup, "cpu_ratio": cpu_ratio, "tokens_per_s_ratio": ours["tokens_per_s"] / trl["tokens_per_s"],
             "memory_ratio": ours["peak_pss_bytes"] / trl["peak_pss_bytes"], "accuracy_not_worse": accuracy_ok,
             "goal_met": speedup >= GOAL and accuracy_ok}
 
 
 class TreeSampler:
-    """Peak summed PSS of a process and all its descendants, and the 1-minute load average, every `period` s."""
+    """Every `period` s: the CPU seconds used so far by a process and all its descendants (each process's
+    last seen user + system time, kept after it exits) and the 1-minute load average; every `pss_every`-th
+    time also the summed PSS (its peak is kept). With `watch` (a metrics.jsonl), the CPU seconds at the
+    moment the file first had n lines, for every n: a step's CPU time is the difference at its row's line."""
 
-    def __init__(self, pid: int, period: float = 2.0) -> None:
-        self.pid, self.period, self.peak, self.loads = pid, period, 0.0, []
+    def __init__(self, pid: int, period: float = 0.5, pss_every: int = 4, watch: Path | None = None) -> None:
+        self.pid, self.period, self.pss_every, self.watch = pid, period, pss_every, watch
+        self.peak, self.loads, self.cpu_by_pid, self.cpu_at_line = 0.0, [], {}, {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
@@ -146,35 +163,61 @@ class TreeSampler:
     def _run(self) -> None:
         import psutil
 
+        tick = 0
         while not self._stop.is_set():
             try:
                 root = psutil.Process(self.pid)
-                total = 0.0
-                for proc in [root, *root.children(recursive=True)]:
-                    try:
-                        total += proc.memory_full_info().pss
-                    except (psutil.NoSuchProcess, psutil.AccessDenied):
-                        pass
-                self.peak = max(self.peak, total)
+                procs = [root, *root.children(recursive=True)]
             except psutil.NoSuchProcess:
                 return
-            self.loads.append(os.getloadavg()[0])
+            pss = 0.0
+            for proc in procs:
+                try:
+                    t = proc.cpu_times()
+                    self.cpu_by_pid[proc.pid] = t.user + t.system
+                    if tick % self.pss_every == 0:
+                        pss += proc.memory_full_info().pss
+                except (psutil.NoSuchProcess, psutil.AccessDenied):
+                    pass
+            self.peak = max(self.peak, pss)
+            if self.watch is not None and self.watch.exists():
+                lines = sum(1 for line in self.watch.read_text().splitlines() if line.strip())
+                self.cpu_at_line.setdefault(lines, self.cpu_s)
+            if tick % self.pss_every == 0:
+                self.loads.append(os.getloadavg()[0])
+            tick += 1
             self._stop.wait(self.period)
+
+    @property
+    def cpu_s(self) -> float:
+        return sum(self.cpu_by_pid.values())
 
     def stop(self) -> dict[str, Any]:
         self._stop.set()
         self._thread.join()
         return {"peak_pss_bytes": self.peak, "loadavg_1m_mean": statistics.fmean(self.loads) if self.loads else None,
-                "loadavg_1m_max": max(self.loads, default=None)}
+                "loadavg_1m_max": max(self.loads, default=None), "cpu_s_total": self.cpu_s,
+                "cpu_s_at_line": dict(self.cpu_at_line)}
 
 
-def run_sampled(cmd: list[str], env: dict[str, str], log: Path, timeout: float) -> dict[str, Any]:
-    """Run `cmd` (output to `log`) while sampling its process tree's memory and the load."""
+def step_cpu_seconds(rows: list[dict[str, Any]], cpu_at_line: dict[int, float]) -> list[float | None]:
+    """CPU seconds of each training row's step: the tree's CPU time when its line appeared minus when the
+    line before it did (None where either moment was not seen)."""
+    out = []
+    for line, row in enumerate(rows, start=1):
+        if "time/step_s" in row:
+            before, after = cpu_at_line.get(line - 1), cpu_at_line.get(line)
+            out.append(after - before if before is not None and after is not None else None)
+    return out
+
+
+def run_sampled(cmd: list[str], env: dict[str, str], log: Path, timeout: float, watch: Path | None = None) -> dict[str, Any]:
+    """Run `cmd` (output to `log`) while sampling its process tree's CPU time and memory, and the load."""
     load_before = os.getloadavg()
     start = time.perf_counter()
     with log.open("w") as out:
         proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
-        sampler = TreeSampler(proc.pid)
+        sampler = TreeSampler(proc.pid, watch=watch)
         try:
             code = proc.wait(timeout=timeout)
         finally:
@@ -201,13 +244,14 @@ def run_ours(shape: str, overrides: list[str], skip: int, samples_per_step: int)
     subprocess.run(["rm", "-rf", str(run_dir)], check=True)
     run_dir.parent.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, "-m", "cluster.train", "--config", SHAPES[shape], "--run-dir", str(run_dir), *overrides]
-    sampled = run_sampled(cmd, plain_env(), WORK / shape / "ours.log", timeout=3600)
+    sampled = run_sampled(cmd, plain_env(), WORK / shape / "ours.log", timeout=3600, watch=run_dir / "metrics.jsonl")
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    cpu = step_cpu_seconds(rows, sampled.pop("cpu_s_at_line"))
     summary = json.loads((run_dir / "summary.json").read_text())
     start_eval = next(r for r in rows if r.get("step") == 0 and "eval/accuracy" in r)
     heldout = {"accuracy": summary["eval_accuracy_end"], "greedy_accuracy": summary["eval_greedy_accuracy_end"],
                "response_len": summary.get("eval_response_tokens_end")}
-    return {**summarize_ours(rows, skip, samples_per_step), **sampled, "command": " ".join(cmd[1:]),
+    return {**summarize_ours(rows, skip, samples_per_step, cpu), **sampled, "command": " ".join(cmd[1:]),
             "heldout": heldout, "heldout_start": {"accuracy": start_eval["eval/accuracy"],
                                                   "greedy_accuracy": start_eval["eval/greedy_accuracy"]}}
 
@@ -235,6 +279,7 @@ def run_trl(shape: str, cfg: Any, model_path: str, skip: int) -> dict[str, Any]:
     env["PYTHONPATH"] = os.pathsep.join([str(BENCH_SITE), str(ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     cmd = [sys.executable, str(ROOT / "benchmarks" / "peers_trl.py"), str(work / "payload.json"), str(work / "result.json")]
     sampled = run_sampled(cmd, env, WORK / shape / "trl.log", timeout=3600)
+    sampled.pop("cpu_s_at_line")
     result = json.loads((work / "result.json").read_text())
     return {**summarize_trl(result["steps"], skip), **sampled, "heldout": result["heldout"], "trl_args": args,
             "versions": result["versions"], "peak_rss_bytes": result["peak_rss_bytes"],
@@ -265,7 +310,7 @@ def run_shape(shape: str, steps: int, skip: int, prompts: int | None) -> dict[st
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shapes", nargs="+", choices=list(SHAPES), default=list(SHAPES))
-    parser.add_argument("--steps", type=int, help="steps per side (default: 8 default shape, 3 cpu_scale)")
+    parser.add_argument("--steps", type=int, help="steps per side (default: 6 default shape, 3 cpu_scale)")
     parser.add_argument("--skip", type=int, help="first steps left out of the median (default: 2, 1)")
     parser.add_argument("--prompts", type=int, help="prompts per step (a reduced run; default: the config's)")
     parser.add_argument("--write-docs", action="store_true", help="merge into docs/peers/results.json, rewrite the section")

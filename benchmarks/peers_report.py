@@ -41,6 +41,10 @@ def _gib(x: float) -> str:
     return f"{x / GIB:.2f}"
 
 
+def _num(x: float | None, fmt: str = "{:.1f}") -> str:
+    return "n/a" if x is None else fmt.format(x)
+
+
 def _phases(p: dict[str, float]) -> str:
     return ", ".join(f"{k.removesuffix('_s')} {v:.2f}" for k, v in p.items() if v >= 0.005)
 
@@ -50,11 +54,13 @@ def shape_rows(name: str, s: dict[str, Any]) -> list[str]:
     rows = []
     for side, label in (("ours", "ReasonRL"), ("trl", "TRL GRPOTrainer")):
         r = s[side]
-        rows.append(f"| {name} | {label} | {r['median_step_s']:.2f} | {r['tokens_per_s']:.0f} | {_gib(r['peak_pss_bytes'])} "
+        rows.append(f"| {name} | {label} | {r['median_step_s']:.2f} | {_num(r.get('median_cpu_s'))} | {r['tokens_per_s']:.0f} "
+                    f"| {_gib(r['peak_pss_bytes'])} "
                     f"| {r['heldout']['accuracy']:.3f} | {r['heldout']['greedy_accuracy']:.3f} "
                     f"| {r['loadavg_1m_mean']:.1f} |")
     c = s["comparison"]
-    rows.append(f"| {name} | **ours / TRL** | **{c['speedup']:.2f}x faster** | {c['tokens_per_s_ratio']:.2f}x "
+    rows.append(f"| {name} | **ours / TRL** | **{c['speedup']:.2f}x faster** | "
+                f"{_num(c.get('cpu_ratio'), '{:.2f}x less CPU')} | {c['tokens_per_s_ratio']:.2f}x "
                 f"| {c['memory_ratio']:.2f}x | {'not worse' if c['accuracy_not_worse'] else 'worse'} | | |")
     return rows
 
@@ -68,12 +74,14 @@ def section(results: dict[str, Any]) -> str:
              "(`python -m cluster.train`, figures from the run's metrics.jsonl and summary.json); TRL in one process "
              "(benchmarks/peers_trl.py) on the very prompts our run trained on, in the same order, with our grader as "
              "its reward. Step time: median over the steps after the first; tokens/s: generated tokens of a step "
-             "over its time; peak memory: the summed PSS of the whole process tree (ours: driver, Ray's processes "
+             "over its time; CPU per step: CPU seconds (user + system) of the side's whole process tree in a step, "
+             "the load-robust measure on a shared machine (ours: sampled every 0.5 s and cut where metrics.jsonl gains "
+             "the step's row, so +-0.5 s at each end; TRL: its process's exact CPU time); peak memory: the summed PSS of the whole process tree (ours: driver, Ray's processes "
              "and every actor), sampled every 2 s; held-out accuracy: after the run, sampled at T=1 (and greedy), "
              "scored by reward.score. Issue 28's goal: ours >= 1.5x TRL per step with held-out accuracy not worse.",
              "",
-             "| shape | side | step (s) | tokens/s | peak memory (GiB) | held-out accuracy (T=1) | greedy | load avg (1 min) |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+             "| shape | side | step (s) | CPU per step (s) | tokens/s | peak memory (GiB) | held-out accuracy (T=1) | greedy | load avg (1 min) |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for name, s in shapes.items():
         lines += shape_rows(name, s)
     lines.append("")

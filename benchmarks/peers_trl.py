@@ -93,11 +93,12 @@ def main(payload_path: str, result_path: str) -> None:
     class StepTimes(TrainerCallback):
         def on_step_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
             current.clear()
-            current["start"] = time.perf_counter()
+            current["start"], current["cpu_start"] = time.perf_counter(), time.process_time()
             current["generate_s"] = 0.0
 
         def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
             steps.append({"step_s": time.perf_counter() - current["start"], "generate_s": current["generate_s"],
+                          "cpu_s": time.process_time() - current["cpu_start"],
                           "tokens": current.get("tokens", 0), "samples": current.get("samples", 0),
                           "reward_mean": current.get("reward_sum", 0.0) / max(current.get("samples", 0), 1),
                           "loadavg_1m": os.getloadavg()[0]})

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.peers import (BENCH_SITE, NoEquivalent, TreeSampler, compare, median_after, summarize_ours,
-                              summarize_trl, trl_args)
+from benchmarks.peers import (BENCH_SITE, NoEquivalent, TreeSampler, compare, median_after, step_cpu_seconds,
+                              summarize_ours, summarize_trl, trl_args)
 from benchmarks.peers_report import section
 from cluster.config import load_config
 
@@ -83,8 +83,22 @@ def test_trl_figures_speedup_and_goal() -> None:
     ours = {"median_step_s": 4.0, "tokens_per_s": 150.0, "peak_pss_bytes": 3.0, "heldout": {"accuracy": 0.5}}
     c = compare(ours, trl)
     assert c["speedup"] == pytest.approx(6.5 / 4.0) and c["memory_ratio"] == 1.5 and c["goal_met"]
+    assert c["cpu_ratio"] is None  # no CPU figures on either side
+    steps_cpu = [{**s, "cpu_s": 2 * s["step_s"]} for s in steps]
+    with_cpu = compare({**ours, "median_cpu_s": 6.5}, summarize_trl(steps_cpu, skip=1) | {
+        "peak_pss_bytes": 2.0, "heldout": {"accuracy": 0.5}})
+    assert with_cpu["cpu_ratio"] == pytest.approx(13.0 / 6.5)
     assert not compare({**ours, "median_step_s": 5.0}, trl)["goal_met"]  # 1.3x: short of 1.5x
     assert not compare({**ours, "heldout": {"accuracy": 0.45}}, trl)["goal_met"]  # fast but less accurate
+
+
+def test_step_cpu_is_cut_where_each_row_appeared() -> None:
+    rows = _ours_rows()  # line 1: the step-0 evaluation, lines 2-5: steps 1-4
+    seen = {0: 1.0, 1: 20.0, 2: 35.0, 3: 44.5, 5: 70.0}  # line 4 appeared between two samples: never seen
+    assert step_cpu_seconds(rows, seen) == [15.0, 9.5, None, None]
+    out = summarize_ours(rows, skip=1, samples_per_step=8, cpu=step_cpu_seconds(rows, seen))
+    assert out["median_cpu_s"] == 9.5  # the unseen steps are left out, not counted as 0
+    assert summarize_ours(rows, 1, 8)["median_cpu_s"] is None
 
 
 def test_tree_sampler_sees_a_child_process_memory() -> None:
@@ -96,6 +110,7 @@ def test_tree_sampler_sees_a_child_process_memory() -> None:
     out = sampler.stop()
     assert out["peak_pss_bytes"] > 300 * 2**20
     assert out["loadavg_1m_max"] is not None and out["loadavg_1m_max"] >= 0
+    assert 0.0 < out["cpu_s_total"] < 30.0  # allocating 300 MB takes CPU time; the sleep takes none
 
 
 def _results(reduced: bool) -> dict:
@@ -113,8 +128,8 @@ def _results(reduced: bool) -> dict:
 def test_docs_section_states_the_measured_ratio() -> None:
     text = section(_results(reduced=False))
     assert text.startswith("## Against a peer")
-    assert "| default | **ours / TRL** | **2.50x faster** |" in text
-    assert "| default | ReasonRL | 2.00 | 500 | 3.00 | 0.600 | 0.500 | 7.5 |" in text
+    assert "| default | **ours / TRL** | **2.50x faster** | n/a |" in text  # no CPU figures given
+    assert "| default | ReasonRL | 2.00 | n/a | 500 | 3.00 | 0.600 | 0.500 | 7.5 |" in text
     assert "Goal met: yes (2.50x)" in text and "Reduced run" not in text
     assert "Reduced run" in section(_results(reduced=True))
 

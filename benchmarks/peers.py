@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import statistics
@@ -142,8 +143,14 @@ def compare(ours: dict[str, Any], trl: dict[str, Any]) -> dict[str, Any]:
     cpu_ratio = (trl["median_cpu_s"] / ours["median_cpu_s"]
                  if ours.get("median_cpu_s") and trl.get("median_cpu_s") else None)
     accuracy_ok = ours["heldout"]["accuracy"] >= trl["heldout"]["accuracy"]
+    # binomial standard error of the difference, as if every sampled answer were independent (an underestimate:
+    # answers to the same problem are correlated)
+    ses = [math.sqrt(h["accuracy"] * (1 - h["accuracy"]) / h["samples"]) if h.get("samples") else None
+           for h in (ours["heldout"], trl["heldout"])]
+    diff_se = math.hypot(*ses) if None not in ses else None
     return {"speedup": speedup, "cpu_ratio": cpu_ratio, "tokens_per_s_ratio": ours["tokens_per_s"] / trl["tokens_per_s"],
             "memory_ratio": ours["peak_pss_bytes"] / trl["peak_pss_bytes"], "accuracy_not_worse": accuracy_ok,
+            "accuracy_diff": ours["heldout"]["accuracy"] - trl["heldout"]["accuracy"], "accuracy_diff_se": diff_se,
             "goal_met": speedup >= GOAL and accuracy_ok}
 
 
@@ -239,7 +246,10 @@ def plain_env() -> dict[str, str]:
     return env
 
 
-def run_ours(shape: str, overrides: list[str], skip: int, samples_per_step: int) -> dict[str, Any]:
+def run_ours(shape: str, cfg: Any, overrides: list[str], skip: int) -> dict[str, Any]:
+    from cluster.data import load_problems
+
+    samples_per_step = cfg.train.prompts_per_step * cfg.rollout.samples_per_prompt
     run_dir = WORK / shape / "ours"
     subprocess.run(["rm", "-rf", str(run_dir)], check=True)
     run_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -250,7 +260,8 @@ def run_ours(shape: str, overrides: list[str], skip: int, samples_per_step: int)
     summary = json.loads((run_dir / "summary.json").read_text())
     start_eval = next(r for r in rows if r.get("step") == 0 and "eval/accuracy" in r)
     heldout = {"accuracy": summary["eval_accuracy_end"], "greedy_accuracy": summary["eval_greedy_accuracy_end"],
-               "response_len": summary.get("eval_response_tokens_end")}
+               "response_len": summary.get("eval_response_tokens_end"),
+               "samples": len(load_problems(cfg)[1]) * cfg.train.eval_samples}
     return {**summarize_ours(rows, skip, samples_per_step, cpu), **sampled, "command": " ".join(cmd[1:]),
             "heldout": heldout, "heldout_start": {"accuracy": start_eval["eval/accuracy"],
                                                   "greedy_accuracy": start_eval["eval/greedy_accuracy"]}}
@@ -298,7 +309,7 @@ def run_shape(shape: str, steps: int, skip: int, prompts: int | None, trl_thread
         overrides.append(f"train.prompts_per_step={prompts}")
     cfg = load_config(SHAPES[shape], overrides)
     print(f"[{shape}] ours: {steps} steps", flush=True)
-    ours = run_ours(shape, overrides, skip, cfg.train.prompts_per_step * cfg.rollout.samples_per_prompt)
+    ours = run_ours(shape, cfg, overrides, skip)
     model_path = cfg.model.path or str(ROOT / tiny_model_dir(cfg))  # built by our run on first use
     print(f"[{shape}] ours: {ours['median_step_s']:.2f} s/step; TRL: {steps} steps", flush=True)
     trl = run_trl(shape, cfg, model_path, skip, trl_threads)
@@ -319,7 +330,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--trl-threads", type=int, help="TRL's torch threads (default: torch's, one per core); "
                         "results under '<shape>, TRL N thread(s)'")
     parser.add_argument("--write-docs", action="store_true", help="merge into docs/peers/results.json, rewrite the section")
+    parser.add_argument("--docs-only", action="store_true",
+                        help="measure nothing: re-derive the comparisons in docs/peers/results.json, rewrite the section")
     args = parser.parse_args(argv)
+    if args.docs_only:
+        results = json.loads(RESULTS.read_text())
+        for s in results["shapes"].values():
+            s["ours"]["heldout"].setdefault("samples", s["heldout_problems"] * s["eval_samples"])
+            s["comparison"] = compare(s["ours"], s["trl"])
+        RESULTS.write_text(json.dumps(results, indent=1) + "\n")
+        replace_section(section(results))
+        return 0
     if not (BENCH_SITE / "trl").is_dir():
         print(f"TRL is not installed in {BENCH_SITE}: see this script's docstring", file=sys.stderr)
         return 2

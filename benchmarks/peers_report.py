@@ -48,8 +48,12 @@ def _num(x: float | None, fmt: str = "{:.1f}") -> str:
     return "n/a" if x is None else fmt.format(x)
 
 
+# the phases of a step that add up to it (ours: metrics.jsonl's time/*; TRL: generation and the rest)
+PHASES = ("wait_rollout_s", "generate_s", "logprobs_s", "train_s", "sync_s", "rest_s")
+
+
 def _phases(p: dict[str, float]) -> str:
-    return ", ".join(f"{k.removesuffix('_s')} {v:.2f}" for k, v in p.items() if v >= 0.005)
+    return ", ".join(f"{k.removesuffix('_s')} {p[k]:.2f}" for k in PHASES if p.get(k, 0.0) >= 0.005)
 
 
 def shape_rows(name: str, s: dict[str, Any]) -> list[str]:
@@ -102,6 +106,10 @@ def section(results: dict[str, Any]) -> str:
             f"TRL: {_phases(t['phases_s'])}. Held-out accuracy before training (ours, same base model): "
             f"{o['heldout_start']['accuracy']:.3f}. Load average (1 min) over ours / TRL: {o['loadavg_1m_mean']:.1f} / "
             f"{t['loadavg_1m_mean']:.1f} (max {o['loadavg_1m_max']:.1f} / {t['loadavg_1m_max']:.1f}). "
-            f"Goal met: {'yes' if c['goal_met'] else 'no'} ({c['speedup']:.2f}x).")
+            f"Held-out accuracy, ours minus TRL: {c['accuracy_diff']:+.3f}"
+            + (f" (binomial standard error {c['accuracy_diff_se']:.3f}, answers taken as independent)"
+               if c.get("accuracy_diff_se") else "")
+            + f". Goal met: {'yes' if c['goal_met'] else 'no'} ({c['speedup']:.2f}x"
+            + (f" per step, {c['cpu_ratio']:.2f}x in CPU per step" if c.get("cpu_ratio") else " per step") + ").")
     lines += ["", "What still differs between the two sides:", ""] + [f"- {d}" for d in DIFFERENCES]
     return "\n".join(lines) + "\n"

@@ -72,6 +72,23 @@ def shape_rows(name: str, s: dict[str, Any]) -> list[str]:
     return rows
 
 
+def why(name: str, s: dict[str, Any], cpus: int | None) -> str:
+    """One shape's step, phase by phase on both sides, and what the load did to it."""
+    o, t = s["ours"], s["trl"]
+    op, tp = o["phases_s"], t["phases_s"]
+    cpu = (f" In CPU seconds per step (what load distorts least) ours used {o['median_cpu_s']:.1f} and TRL "
+           f"{t['median_cpu_s']:.1f}: {t['median_cpu_s'] / o['median_cpu_s']:.2f}x."
+           if o.get("median_cpu_s") and t.get("median_cpu_s") else " CPU per step was not recorded in this run.")
+    return (f"- {name}: TRL's step is HF `generate` for {tp['generate_s']:.1f} s ({tp['generate_s'] / t['median_step_s']:.0%}) "
+            f"and the rest (reward, forward/backward of {s['prompts_per_step'] * s['samples_per_prompt']} sequences, "
+            f"optimizer) {tp['rest_s']:.1f} s; ours waits {op.get('wait_rollout_s', 0.0):.1f} s for vLLM's generation "
+            f"(scored as answers finish), trains {op.get('train_s', 0.0):.1f} s (2 ranks, one thread each) and syncs "
+            f"{op.get('sync_s', 0.0):.2f} s.{cpu} The 1-minute load average was {o['loadavg_1m_mean']:.0f} / "
+            f"{t['loadavg_1m_mean']:.0f} on {cpus or '?'} cores during ours / TRL's run: each process got a fraction of a core, "
+            f"and the wall-clock ratio is mostly how the scheduler shared the cores (see Execution below), not "
+            f"what either side needs on an idle machine.")
+
+
 def section(results: dict[str, Any]) -> str:
     shapes = results["shapes"]
     lines = [TITLE, "",
@@ -111,5 +128,6 @@ def section(results: dict[str, Any]) -> str:
                if c.get("accuracy_diff_se") else "")
             + f". Goal met: {'yes' if c['goal_met'] else 'no'} ({c['speedup']:.2f}x"
             + (f" per step, {c['cpu_ratio']:.2f}x in CPU per step" if c.get("cpu_ratio") else " per step") + ").")
+    lines += ["", "Where the time goes:", ""] + [why(name, s, results.get("machine", {}).get("cpus")) for name, s in shapes.items()]
     lines += ["", "What still differs between the two sides:", ""] + [f"- {d}" for d in DIFFERENCES]
     return "\n".join(lines) + "\n"

@@ -116,7 +116,7 @@ def test_tree_sampler_sees_a_child_process_memory() -> None:
 def _results(reduced: bool) -> dict:
     def side(step: float, acc: float) -> dict:
         return {"median_step_s": step, "tokens_per_s": 1000 / step, "peak_pss_bytes": 3 * 2**30, "step_s": [9.0, step],
-                "phases_s": {"generate_s": 1.25}, "heldout": {"accuracy": acc, "greedy_accuracy": 0.5, "samples": 1024},
+                "phases_s": {"generate_s": 1.25, "rest_s": 0.75}, "heldout": {"accuracy": acc, "greedy_accuracy": 0.5, "samples": 1024},
                 "heldout_start": {"accuracy": 0.2}, "loadavg_1m_mean": 7.5, "loadavg_1m_max": 9.0}
     ours, trl = side(2.0, 0.6), side(5.0, 0.55)
     return {"shapes": {"default": {"config": "configs/tiny.yaml", "prompts_per_step": 32, "samples_per_prompt": 8,
@@ -134,6 +134,7 @@ def test_docs_section_states_the_measured_ratio() -> None:
     # 0.6 vs 0.55 on 1024 answers each: difference +0.05, standard error sqrt(.24/1024 + .2475/1024) = 0.0218
     assert "ours minus TRL: +0.050 (binomial standard error 0.022" in text
     assert "Reduced run" in section(_results(reduced=True))
+    assert "HF `generate` for 1.2 s (25%)" in text  # TRL's generation share of its 5 s step
 
 
 @pytest.mark.skipif(not (BENCH_SITE / "trl").is_dir(), reason="TRL not installed (requirements/bench.txt)")

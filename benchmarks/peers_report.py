@@ -25,8 +25,8 @@ DIFFERENCES = [
     "Importance correction: ours weights the PPO term by min(pi_learner / pi_vLLM, 2) per token (algorithm.tis), "
     "which corrects vLLM-vs-learner numerics; TRL samples with the training model, so it has nothing to correct.",
     "Micro-batches: ours 64 sequences per rank x 2 ranks by count (default), or packed by a 2,560-token budget, "
-    "sorted by length (cpu_scale); TRL by count in batch order (64 x 4 accumulation steps; cpu_scale: 8 x 8, "
-    "the budget in full-length sequences), padded to the longest of each micro-batch.",
+    "sorted by length (cpu_scale); TRL by count in batch order (default: 64 x 4 accumulation steps; cpu_scale: 8 "
+    "per micro-batch, our budget counted in full-length sequences), padded to the longest of each micro-batch.",
     "Log-probs: ours computes them at response positions only, 1,024 tokens at a time through the head; TRL "
     "over the completion positions of each micro-batch (logits_to_keep).",
     "bf16 (cpu_scale): ours generates in bf16 (vLLM) and trains bf16 forward/backward with fp32 master weights "
@@ -97,7 +97,8 @@ def section(results: dict[str, Any]) -> str:
              "2-core CPU machine; every figure below comes from docs/peers/results.json. Ours runs through its CLI "
              "(`python -m cluster.train`, figures from the run's metrics.jsonl and summary.json); TRL in one process "
              "(benchmarks/peers_trl.py) on the very prompts our run trained on, in the same order, with our grader as "
-             "its reward. Step time: median over the steps after the first; tokens/s: generated tokens of a step "
+             "its reward. Step time: median over the steps after the first one or two (the warm-up: each shape says "
+             "which); tokens/s: generated tokens of a step "
              "over its time; CPU per step: CPU seconds (user + system) of the side's whole process tree in a step, "
              "the load-robust measure on a shared machine (ours: sampled every 0.5 s and cut where metrics.jsonl gains "
              "the step's row, so +-0.5 s at each end; TRL: its process's exact CPU time); peak memory: the summed PSS of the whole process tree (ours: driver, Ray's processes "

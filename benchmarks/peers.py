@@ -334,12 +334,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="measure nothing: re-derive the comparisons in docs/peers/results.json, rewrite the section")
     args = parser.parse_args(argv)
     if args.docs_only:
-        results = json.loads(RESULTS.read_text())
-        for s in results["shapes"].values():
-            s["ours"]["heldout"].setdefault("samples", s["heldout_problems"] * s["eval_samples"])
-            s["comparison"] = compare(s["ours"], s["trl"])
-        RESULTS.write_text(json.dumps(results, indent=1) + "\n")
-        replace_section(section(results))
+        write_docs(json.loads(RESULTS.read_text()))
         return 0
     if not (BENCH_SITE / "trl").is_dir():
         print(f"TRL is not installed in {BENCH_SITE}: see this script's docstring", file=sys.stderr)
@@ -352,13 +347,25 @@ def main(argv: list[str] | None = None) -> int:
                                   "measured": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
         print(json.dumps(results["shapes"][key]["comparison"]), flush=True)
     results["machine"] = {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()}
+    if args.write_docs:
+        write_docs(results)
+    else:
+        print(section(results))
+    return 0
+
+
+def write_docs(results: dict[str, Any]) -> None:
+    """Save the measurements first, then re-derive every shape's comparison (older entries included) and
+    rewrite the docs section from them."""
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(results, indent=1) + "\n")
+    for s in results["shapes"].values():
+        s["ours"]["heldout"].setdefault("samples", s["heldout_problems"] * s["eval_samples"])
+        s["comparison"] = compare(s["ours"], s["trl"])
+    RESULTS.write_text(json.dumps(results, indent=1) + "\n")
     text = section(results)
     print(text)
-    if args.write_docs:
-        RESULTS.parent.mkdir(parents=True, exist_ok=True)
-        RESULTS.write_text(json.dumps(results, indent=1) + "\n")
-        replace_section(text)
-    return 0
+    replace_section(text)
 
 
 if __name__ == "__main__":

@@ -66,8 +66,8 @@ def shape_rows(name: str, s: dict[str, Any]) -> list[str]:
                     f"| {r['heldout']['accuracy']:.3f} | {r['heldout']['greedy_accuracy']:.3f} "
                     f"| {r['loadavg_1m_mean']:.1f} |")
     c = s["comparison"]
-    rows.append(f"| {name} | **ours / TRL** | **{c['speedup']:.2f}x faster** | "
-                f"{_num(c.get('cpu_ratio'), '{:.2f}x less CPU')} | {c['tokens_per_s_ratio']:.2f}x "
+    rows.append(f"| {name} | **ours / TRL** | **{c['speedup']:.2f}x** (TRL's step / ours) | "
+                f"{_num(c.get('cpu_ratio'), '{:.2f}x (TRL / ours)')} | {c['tokens_per_s_ratio']:.2f}x "
                 f"| {c['memory_ratio']:.2f}x | {'not worse' if c['accuracy_not_worse'] else 'worse'} | | |")
     return rows
 
@@ -85,8 +85,8 @@ def why(name: str, s: dict[str, Any], cpus: int | None) -> str:
             f"(scored as answers finish), trains {op.get('train_s', 0.0):.1f} s (2 ranks, one thread each) and syncs "
             f"{op.get('sync_s', 0.0):.2f} s.{cpu} The 1-minute load average was {o['loadavg_1m_mean']:.0f} / "
             f"{t['loadavg_1m_mean']:.0f} on {cpus or '?'} cores during ours / TRL's run: each process got a fraction of a core, "
-            f"and the wall-clock ratio is mostly how the scheduler shared the cores (see Execution below), not "
-            f"what either side needs on an idle machine.")
+            f"so the wall-clock ratio also measures how the scheduler shared the cores (see Execution below), not "
+            f"only what each side needs on an idle machine.")
 
 
 def section(results: dict[str, Any]) -> str:

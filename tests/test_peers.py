@@ -128,7 +128,7 @@ def _results(reduced: bool) -> dict:
 def test_docs_section_states_the_measured_ratio() -> None:
     text = section(_results(reduced=False))
     assert text.startswith("## Against a peer")
-    assert "| default | **ours / TRL** | **2.50x faster** | n/a |" in text  # no CPU figures given
+    assert "| default | **ours / TRL** | **2.50x** (TRL's step / ours) | n/a |" in text  # no CPU figures given
     assert "| default | ReasonRL | 2.00 | n/a | 500 | 3.00 | 0.600 | 0.500 | 7.5 |" in text
     assert "Goal met: yes (2.50x per step)" in text and "Reduced run" not in text
     # 0.6 vs 0.55 on 1024 answers each: difference +0.05, standard error sqrt(.24/1024 + .2475/1024) = 0.0218

@@ -128,11 +128,29 @@ def bad_input(cfg: Config) -> str | None:
             resolve(cfg.reward.code.isolation)
         except SandboxUnavailable as err:
             return str(err)
+    if (problem := context_problem(cfg, remote)) is not None:
+        return problem
     model_dir = Path(cfg.model.path or tiny_model_dir(cfg))
     try:
         check_data(cfg, str(model_dir) if (model_dir / "tokenizer_config.json").is_file() else None)
     except DataError as err:
         return str(err)
+    return None
+
+
+def context_problem(cfg: Config, remote: bool) -> str | None:
+    """rollout.max_model_len beyond the model's positions: vLLM would refuse it at engine start."""
+    if cfg.model.path:
+        config_json = Path(cfg.model.path) / "config.json"
+        if remote or not config_json.is_file():
+            return None
+        positions = json.loads(config_json.read_text()).get("max_position_embeddings")
+        where = f"the model's max_position_embeddings ({config_json})"
+    else:
+        positions, where = cfg.model.tiny.max_position_embeddings, "model.tiny.max_position_embeddings"
+    if positions and cfg.rollout.max_model_len > positions:
+        return (f"rollout.max_model_len={cfg.rollout.max_model_len} exceeds {where}={positions}: lower it, "
+                f"or build the tiny model with more positions")
     return None
 
 

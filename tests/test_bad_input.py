@@ -132,3 +132,11 @@ def test_cli_refuses_resources_a_local_ray_cannot_have(tmp_path):
 def test_missing_config_file_is_named(tmp_path):
     with pytest.raises(ConfigError, match=f"config file not found: {tmp_path / 'nope.yaml'}"):
         load_config(str(tmp_path / "nope.yaml"))
+
+
+def test_a_context_longer_than_the_models_positions_is_refused_before_anything_starts(tmp_path):
+    """vLLM would refuse it only at engine start, after the base model was built."""
+    proc = _cli(tmp_path, "rollout.max_model_len=512", *TINY)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "rollout.max_model_len=512 exceeds model.tiny.max_position_embeddings=256" in proc.stderr
+    assert not (tmp_path / "run").exists()

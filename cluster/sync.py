@@ -282,8 +282,8 @@ class WeightSync:
                 stale.append(i)
         for i in stale:
             self._load_from_buffer(i, version)
-        print(f"weight sync v{version}: {error.worker} died before or during the sync; reloaded {len(stale)} "
-              "restarted worker(s)")
+        print(f"weight sync v{version}: {error.worker} died before or during the sync ({error}); reloaded "
+              f"{len(stale)} restarted worker(s)")
         return len(stale)
 
     def _load_from_buffer(self, index: int, version: int) -> None:

@@ -136,5 +136,6 @@ class CodeScorer:
 
 
 def time_budget(timeout_s: float, grace_s: float) -> float:
-    """The judge's share of the pool's deadline for one batch (2 x reward.timeout_s + reward.grace_s)."""
+    """The judge's time for one batch: 5 s inside the pool's shortest deadline for a job, 2 x reward.timeout_s
+    + reward.grace_s (one answer queued; the deadline grows with the answers queued: cluster/groups.py)."""
     return max(1.0, 2 * timeout_s + grace_s - 5.0)

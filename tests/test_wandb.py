@@ -20,11 +20,19 @@ def read_offline_run(run_dir: Path, wait_s: float = 30.0) -> tuple[dict[str, str
     written (wandb's service process may still be flushing after `finish()` returns). The .wandb file is a
     LevelDB-style log (32 KiB blocks; records with a 7-byte header: crc, length, type full/first/middle/last)
     of wandb's protobuf Records."""
+    from google.protobuf.message import DecodeError
+
     deadline = time.monotonic() + wait_s
     while True:
-        facts, history, finished = _parse_offline_run(run_dir)
-        if finished or time.monotonic() > deadline:
-            return facts, history
+        try:
+            facts, history, finished = _parse_offline_run(run_dir)
+        except DecodeError:  # a record caught half-written by the service process: read again
+            if time.monotonic() > deadline:
+                raise
+            finished = False
+        else:
+            if finished or time.monotonic() > deadline:
+                return facts, history
         time.sleep(0.2)
 
 
@@ -38,6 +46,8 @@ def _parse_offline_run(run_dir: Path) -> tuple[dict[str, str], list[dict[str, fl
             pos += block - pos % block
             continue
         _, length, kind = struct.unpack("<IHB", raw[pos: pos + 7])
+        if pos + 7 + length > len(raw):  # the writer has not finished this record yet
+            break
         data, pos = raw[pos + 7: pos + 7 + length], pos + 7 + length
         if kind == 1:
             records.append(data)

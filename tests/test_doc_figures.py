@@ -22,7 +22,7 @@ from typing import Callable
 
 import pytest
 
-from benchmarks import learning, pipeline, reward, sandbox
+from benchmarks import learning, pipeline, reward, sandbox, weight_sync
 from benchmarks.doc_sections import section_of
 from benchmarks.main_run import README, load, readme_block, render
 from benchmarks.peers_report import section as peers_section
@@ -81,6 +81,24 @@ SECTIONS: dict[str, tuple[Path, Callable[[str], str], Callable[[], str]]] = {
     "docs/compare/compare.md <- docs/compare/results.json": (DOCS / "compare" / "compare.md", _whole, _compare_table),
     "docs/sweep/sweep.md <- docs/sweep/sweep.csv": (DOCS / "sweep" / "sweep.md", _whole, _sweep_table),
 }
+
+
+# benchmarks.md sections with no committed result file yet: title -> (the command whose rerun writes one, that
+# file or None when the script writes none). Once the file is committed the section moves to SECTIONS.
+UNBACKED: dict[str, tuple[str, Path | None]] = {
+    "## Weight sync": (".venv/bin/python benchmarks/weight_sync.py --write-docs", weight_sync.RESULTS),
+    "## Update rule": ("the three cluster.train runs quoted in the section (figures hand-copied)", None),
+    "## Beyond the toy (cpu_scale)": (".venv/bin/python benchmarks/scale.py --write-docs (writes no docs/ file)", None),
+    "## Beyond the toy: learner profile": (
+        ".venv/bin/python benchmarks/scale.py --learner-profile --write-docs (writes no docs/ file)", None),
+    "## Losing the end-of-sequence token (seed 2, max_staleness=1)": (
+        "the cluster.train run quoted in the section and the seed 2 run of benchmarks/learning.py (figures "
+        "hand-copied from their metrics.jsonl)", None),
+}
+if weight_sync.RESULTS.exists():
+    SECTIONS["Weight sync <- docs/weight_sync/results.json"] = (
+        BENCHMARKS, _benchmarks_section("## Weight sync"), lambda: weight_sync.section(_json(weight_sync.RESULTS)))
+    del UNBACKED["## Weight sync"]
 
 
 def section_mismatch(name: str, doc: str) -> bool:
@@ -206,6 +224,24 @@ def test_a_rendered_section_is_what_its_result_files_render(name):
 @pytest.mark.parametrize("row", range(len(FIGURES)), ids=_figure_id)
 def test_a_quoted_figure_equals_its_result_file(row):
     assert figure_mismatch(row, FIGURES[row][0].read_text()) is None
+
+
+def sections_out_of_place(doc: str) -> list[str]:
+    """benchmarks.md sections neither rendered from result files (SECTIONS) nor listed in UNBACKED, and
+    UNBACKED titles the doc no longer has."""
+    titles = {line for line in doc.splitlines() if line.startswith("## ")}
+    rendered = {t for t in titles if any(path == BENCHMARKS and part(doc) == section_of(doc, t)
+                                         for path, part, _ in SECTIONS.values())}
+    return sorted((titles - rendered) ^ set(UNBACKED))
+
+
+def test_every_benchmarks_section_is_rendered_from_a_result_file_or_listed_as_unbacked():
+    assert sections_out_of_place(BENCHMARKS.read_text()) == []
+
+
+def test_a_new_section_without_a_result_file_is_reported():
+    doc = BENCHMARKS.read_text() + "\n## A new benchmark\n\n| step s | 1.23 |\n"
+    assert sections_out_of_place(doc) == ["## A new benchmark"]
 
 
 def _bump_digit(text: str, at: int) -> str:

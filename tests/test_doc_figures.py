@@ -6,7 +6,8 @@ Two kinds of checks, each a table:
   block, docs/benchmarks.md's sections of benchmarks/reward.py, sandbox.py, peers.py, pipeline.py and
   learning.py, docs/compare/compare.md and docs/sweep/sweep.md);
 - FIGURES: a figure quoted in prose (README.md, docs/cluster.md), found by the words around it, must be
-  the value its result file gives, formatted as the doc prints it.
+  the value its result file gives, formatted as the doc prints it (the 7B memory figures are predictions:
+  they must be what `cluster.memory.predict` computes from the config today).
 A figure edited by hand, or a result file replaced without rewriting the doc, fails here; the perturbation
 cases change one figure of a doc in memory and show that the same check then reports it. Nothing here
 runs a benchmark: the renderers only read the committed files.
@@ -149,6 +150,26 @@ def _main_run_rows(key: str) -> list[float]:
     return [r[key] for r in load()[1] if key in r]
 
 
+def _memory(config: str, *overrides: str) -> dict[str, object]:
+    """cluster.memory's prediction for configs/<config>.yaml: role name -> RoleMemory (a computation, no run)."""
+    from cluster.config import load_config
+    from cluster.memory import predict
+
+    return {role.role.split(" (")[0]: role for role in predict(load_config(str(ROOT / "configs" / f"{config}.yaml"),
+                                                                            list(overrides)))}
+
+
+def _gib(config: str, role: str, term: str | None = None, *overrides: str) -> float:
+    """A role's predicted total (or one term of it, or with term 'margin' the budget left) in GiB."""
+    memory = _memory(config, *overrides)[role]
+    if term == "margin":
+        return (memory.budget - memory.total) / 2**30
+    return (memory.total if term is None else next(t.bytes for t in memory.terms if t.name == term)) / 2**30
+
+
+V0, ZOO, LEARNER, SHARED = "simplerl_zero_v0_ppo_qwen7b", "simplerl_zoo_grpo_qwen7b", "learner rank", "GPU shared by a learner rank and an engine"
+
+
 def _span(values: list[float], fmt: str) -> str:
     return f"{format(min(values), fmt)}-{format(max(values), fmt)}"
 
@@ -185,6 +206,34 @@ FIGURES: list[tuple[Path, str, Callable[[], str]]] = [
     # README: the parity check's cost and gaps in the main run (docs/main_run/metrics.jsonl)
     (README, r"cost: (\S+) s per step in the main run above", lambda: _span(_main_run_rows("time/parity_s"), ".2f")),
     (README, r"whose gaps stayed within (\S+) nats", lambda: f"{max(_main_run_rows('sync/parity_max_abs')):.1e}"),
+    # README and docs/cluster.md: what `python -m cluster.memory --config <file>` predicts for the 7B presets
+    (README, r"`configs/simplerl_zero_v0_ppo_qwen7b.yaml` predicts (\S+) GiB per learner rank", lambda: f"{_gib(V0, LEARNER):.1f}"),
+    (README, r"per learner rank \(a (\S+) GiB margin: the", lambda: f"{_gib(V0, LEARNER, 'margin'):.1f}"),
+    (README, r"fp32 gradient sum (\S+) GiB", lambda: f"{_gib(V0, LEARNER, 'gradients'):.1f}"),
+    (README, r"reference model's 1/8 (\S+) GiB", lambda: f"{_gib(V0, LEARNER, 'reference model'):.1f}"),
+    (README, r"AdamW temporary, (\S+) GiB each", lambda: _one(
+        {f"{_gib(V0, LEARNER, t):.1f}" for t in ("fp32 gradient copy", "AdamW temporaries")})),
+    (README, r"backward's activations (\S+) GiB", lambda: f"{_gib(V0, LEARNER, 'activations'):.1f}"),
+    (README, r"logits chunk (\S+) GiB\)", lambda: f"{_gib(V0, LEARNER, 'logits chunk'):.1f}"),
+    (README, r"(\S+) GiB per critic rank", lambda: f"{_gib(V0, 'critic rank'):.1f}"),
+    (README, r"KV cache holds (\d+)\s+sequences", lambda: re.search(r"holds (\d+) sequences", next(
+        t.note for t in _memory(V0)["rollout engine"].terms if t.name == "KV cache")).group(1)),
+    (README, r"qwen7b.yaml`\s+(\S+) GiB per learner rank", lambda: f"{_gib(ZOO, LEARNER):.1f}"),
+    (README, r"per learner rank \(a (\S+) GiB margin; 2 x", lambda: f"{_gib(ZOO, LEARNER, 'margin'):.1f}"),
+    (README, r"tokens of activations (\S+) GiB\)", lambda: f"{_gib(ZOO, LEARNER, 'activations'):.1f}"),
+    (README, r"Zoo learner would need (\S+) GiB", lambda: f"{_gib(ZOO, LEARNER, None, 'learner.gradient_checkpointing=false'):.0f}"),
+    (README, r"GiB \(activations (\S+) GiB\) and is refused", lambda: f"{_gib(ZOO, LEARNER, 'activations', 'learner.gradient_checkpointing=false'):.0f}"),
+    (README, r"presets: Zoo (\S+) GiB per shared GPU", lambda: f"{_gib(ZOO + '_1node', SHARED):.1f}"),
+    (README, r"per shared GPU \((\S+) GiB margin\)", lambda: f"{_gib(ZOO + '_1node', SHARED, 'margin'):.1f}"),
+    (README, r"v0 (\S+) GiB \(\S+ GiB margin\)", lambda: f"{_gib(V0 + '_1node', SHARED):.1f}"),
+    (README, r"v0 \S+ GiB \((\S+) GiB margin\)", lambda: f"{_gib(V0 + '_1node', SHARED, 'margin'):.1f}"),
+    (CLUSTER, r"0.5: (\S+) of 80 GiB per GPU predicted", lambda: f"{_gib(ZOO + '_1node', SHARED):.1f}"),
+    (CLUSTER, r"the published 0.75 would need (\S+)\)",
+     lambda: f"{_gib(ZOO + '_1node', SHARED, None, 'rollout.gpu_memory_utilization=0.75'):.1f}"),
+    (CLUSTER, r"0.28: (\S+) GiB\)", lambda: f"{_gib(V0 + '_1node', SHARED):.1f}"),
+    (CLUSTER, r"\((\S+) GiB per rank at 7B over 8 ranks", lambda: f"{_gib(ZOO, LEARNER, 'gradients'):.1f}"),
+    (CLUSTER, r"over 8 ranks instead of (\S+)\)",
+     lambda: f"{_gib(ZOO, LEARNER, 'gradients', 'learner.grad_accum_dtype=model'):.1f}"),
     # docs/cluster.md, "Sweeps": the scaling of the quiet-machine sweep (docs/sweep/sweep.csv)
     (CLUSTER, r"(\d+-\d+) samples/s;", lambda: _span([r["samples_per_s"] for r in _sweep()], ".0f")),
     (CLUSTER, r"speeds training up ~(\S+)x", lambda: f"{_sweep(32, 1)[0]['train_s'] / _sweep(32, 2)[0]['train_s']:.1f}"),

@@ -5,7 +5,7 @@ Two kinds of checks, each a table:
   docs/ must be exactly what that renderer writes from the committed files today (the README's main-run
   block, docs/benchmarks.md's sections of benchmarks/reward.py, sandbox.py, peers.py, pipeline.py and
   learning.py, docs/compare/compare.md and docs/sweep/sweep.md);
-- FIGURES: a figure quoted in prose (README.md, docs/cluster.md), found by the words around it, must be
+- FIGURES: a figure quoted in prose (README.md, docs/cluster.md, docs/reliability.md), found by the words around it, must be
   the value its result file gives, formatted as the doc prints it (the 7B memory figures are predictions:
   they must be what `cluster.memory.predict` computes from the config today).
 A figure edited by hand, or a result file replaced without rewriting the doc, fails here; the perturbation
@@ -187,6 +187,9 @@ FIGURES: list[tuple[Path, str, Callable[[], str]]] = [
     (README, r"`train.max_staleness=1` gain (\S+ ± \S+) points", lambda: _mean_sd([100 * r["gain"] for r in _seeds(1)])),
     (README, r"its last training batch is (\d+)% cut", lambda: f"{100 * _run(2, 1)['train_truncated_frac_end']:.0f}"),
     (README, r"its\s+length ratio \((\S+)x\)", lambda: f"{_run(2, 1)['length_ratio']:.1f}"),
+    # docs/benchmarks.md, "Losing the end-of-sequence token": the run's end figures (docs/learning/runs.jsonl)
+    (BENCHMARKS, r"accuracy keeps rising \((\S+) at the end\)", lambda: f"{_run(2, 1)['eval_accuracy_end']:.3f}"),
+    (BENCHMARKS, r"while the mean length reads (\S+)\. ", lambda: f"{_run(2, 1)['eval_response_tokens_end']:.1f}"),
     # README: RL vs SFT vs RFT (docs/compare/results.json)
     (README, r"(\d+)\s+optimizer steps each through the same learner", lambda: _one({str(r["steps"]) for r in _methods()})),
     (README, r"wins on this task, (\d\.\d+) held-out", lambda: f"{_method('sft')['accuracy_end']:.3f}"),
@@ -234,6 +237,8 @@ FIGURES: list[tuple[Path, str, Callable[[], str]]] = [
     (CLUSTER, r"\((\S+) GiB per rank at 7B over 8 ranks", lambda: f"{_gib(ZOO, LEARNER, 'gradients'):.1f}"),
     (CLUSTER, r"over 8 ranks instead of (\S+)\)",
      lambda: f"{_gib(ZOO, LEARNER, 'gradients', 'learner.grad_accum_dtype=model'):.1f}"),
+    (DOCS / "reliability.md", r"learner.gradient_checkpointing=false`: `predicted memory of a learner rank \(ZeRO-3, 8 "
+     r"ranks\): (\S+) GiB >", lambda: f"{_gib(ZOO, LEARNER, None, 'learner.gradient_checkpointing=false'):.1f}"),
     # docs/cluster.md, "Sweeps": the scaling of the quiet-machine sweep (docs/sweep/sweep.csv)
     (CLUSTER, r"(\d+-\d+) samples/s;", lambda: _span([r["samples_per_s"] for r in _sweep()], ".0f")),
     (CLUSTER, r"speeds training up ~(\S+)x", lambda: f"{_sweep(32, 1)[0]['train_s'] / _sweep(32, 2)[0]['train_s']:.1f}"),

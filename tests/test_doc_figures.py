@@ -5,8 +5,8 @@ Two kinds of checks, each a table:
   docs/ must be exactly what that renderer writes from the committed files today (the README's main-run
   block, docs/benchmarks.md's sections of benchmarks/reward.py, sandbox.py, peers.py, pipeline.py and
   learning.py, docs/compare/compare.md and docs/sweep/sweep.md);
-- FIGURES: a figure quoted in prose (README.md, docs/cluster.md, docs/reliability.md), found by the words around it, must be
-  the value its result file gives, formatted as the doc prints it (the 7B memory figures are predictions:
+- FIGURES: a figure quoted in prose (README.md, docs/cluster.md, docs/reliability.md), found by the words
+  around it, must be the value its result file gives, formatted as the doc prints it (the 7B memory figures are predictions:
   they must be what `cluster.memory.predict` computes from the config today).
 A figure edited by hand, or a result file replaced without rewriting the doc, fails here; the perturbation
 cases change one figure of a doc in memory and show that the same check then reports it. Nothing here
@@ -167,7 +167,8 @@ def _gib(config: str, role: str, term: str | None = None, *overrides: str) -> fl
     return (memory.total if term is None else next(t.bytes for t in memory.terms if t.name == term)) / 2**30
 
 
-V0, ZOO, LEARNER, SHARED = "simplerl_zero_v0_ppo_qwen7b", "simplerl_zoo_grpo_qwen7b", "learner rank", "GPU shared by a learner rank and an engine"
+V0, ZOO = "simplerl_zero_v0_ppo_qwen7b", "simplerl_zoo_grpo_qwen7b"
+LEARNER, SHARED, NO_CKPT = "learner rank", "GPU shared by a learner rank and an engine", "learner.gradient_checkpointing=false"
 
 
 def _span(values: list[float], fmt: str) -> str:
@@ -210,7 +211,8 @@ FIGURES: list[tuple[Path, str, Callable[[], str]]] = [
     (README, r"cost: (\S+) s per step in the main run above", lambda: _span(_main_run_rows("time/parity_s"), ".2f")),
     (README, r"whose gaps stayed within (\S+) nats", lambda: f"{max(_main_run_rows('sync/parity_max_abs')):.1e}"),
     # README and docs/cluster.md: what `python -m cluster.memory --config <file>` predicts for the 7B presets
-    (README, r"`configs/simplerl_zero_v0_ppo_qwen7b.yaml` predicts (\S+) GiB per learner rank", lambda: f"{_gib(V0, LEARNER):.1f}"),
+    (README, r"`configs/simplerl_zero_v0_ppo_qwen7b.yaml` predicts (\S+) GiB per learner rank",
+     lambda: f"{_gib(V0, LEARNER):.1f}"),
     (README, r"per learner rank \(a (\S+) GiB margin: the", lambda: f"{_gib(V0, LEARNER, 'margin'):.1f}"),
     (README, r"fp32 gradient sum (\S+) GiB", lambda: f"{_gib(V0, LEARNER, 'gradients'):.1f}"),
     (README, r"reference model's 1/8 (\S+) GiB", lambda: f"{_gib(V0, LEARNER, 'reference model'):.1f}"),
@@ -224,8 +226,8 @@ FIGURES: list[tuple[Path, str, Callable[[], str]]] = [
     (README, r"qwen7b.yaml`\s+(\S+) GiB per learner rank", lambda: f"{_gib(ZOO, LEARNER):.1f}"),
     (README, r"per learner rank \(a (\S+) GiB margin; 2 x", lambda: f"{_gib(ZOO, LEARNER, 'margin'):.1f}"),
     (README, r"tokens of activations (\S+) GiB\)", lambda: f"{_gib(ZOO, LEARNER, 'activations'):.1f}"),
-    (README, r"Zoo learner would need (\S+) GiB", lambda: f"{_gib(ZOO, LEARNER, None, 'learner.gradient_checkpointing=false'):.0f}"),
-    (README, r"GiB \(activations (\S+) GiB\) and is refused", lambda: f"{_gib(ZOO, LEARNER, 'activations', 'learner.gradient_checkpointing=false'):.0f}"),
+    (README, r"Zoo learner would need (\S+) GiB", lambda: f"{_gib(ZOO, LEARNER, None, NO_CKPT):.0f}"),
+    (README, r"GiB \(activations (\S+) GiB\) and is refused", lambda: f"{_gib(ZOO, LEARNER, 'activations', NO_CKPT):.0f}"),
     (README, r"presets: Zoo (\S+) GiB per shared GPU", lambda: f"{_gib(ZOO + '_1node', SHARED):.1f}"),
     (README, r"per shared GPU \((\S+) GiB margin\)", lambda: f"{_gib(ZOO + '_1node', SHARED, 'margin'):.1f}"),
     (README, r"v0 (\S+) GiB \(\S+ GiB margin\)", lambda: f"{_gib(V0 + '_1node', SHARED):.1f}"),
@@ -238,7 +240,7 @@ FIGURES: list[tuple[Path, str, Callable[[], str]]] = [
     (CLUSTER, r"over 8 ranks instead of (\S+)\)",
      lambda: f"{_gib(ZOO, LEARNER, 'gradients', 'learner.grad_accum_dtype=model'):.1f}"),
     (DOCS / "reliability.md", r"learner.gradient_checkpointing=false`: `predicted memory of a learner rank \(ZeRO-3, 8 "
-     r"ranks\): (\S+) GiB >", lambda: f"{_gib(ZOO, LEARNER, None, 'learner.gradient_checkpointing=false'):.1f}"),
+     r"ranks\): (\S+) GiB >", lambda: f"{_gib(ZOO, LEARNER, None, NO_CKPT):.1f}"),
     # docs/cluster.md, "Sweeps": the scaling of the quiet-machine sweep (docs/sweep/sweep.csv)
     (CLUSTER, r"(\d+-\d+) samples/s;", lambda: _span([r["samples_per_s"] for r in _sweep()], ".0f")),
     (CLUSTER, r"speeds training up ~(\S+)x", lambda: f"{_sweep(32, 1)[0]['train_s'] / _sweep(32, 2)[0]['train_s']:.1f}"),

@@ -5,9 +5,11 @@ Two kinds of checks, each a table:
   docs/ must be exactly what that renderer writes from the committed files today (the README's main-run
   block, docs/benchmarks.md's sections of benchmarks/reward.py, sandbox.py, peers.py, pipeline.py and
   learning.py, docs/compare/compare.md and docs/sweep/sweep.md);
-- FIGURES: a figure quoted in prose (README.md, docs/cluster.md, docs/reliability.md), found by the words
-  around it, must be the value its result file gives, formatted as the doc prints it (the 7B memory figures are predictions:
-  they must be what `cluster.memory.predict` computes from the config today).
+- FIGURES: a figure quoted in prose (README.md, docs/cluster.md, docs/reliability.md, docs/benchmarks.md),
+  found by the words around it, must be the value its result file gives, formatted as the doc prints it
+  (the 7B memory figures are predictions: what `cluster.memory.predict` computes from the config today).
+Every docs/benchmarks.md section is either rendered (SECTIONS) or named in UNBACKED with the command whose
+rerun would back it (weight sync moves to SECTIONS once docs/weight_sync/results.json is committed).
 A figure edited by hand, or a result file replaced without rewriting the doc, fails here; the perturbation
 cases change one figure of a doc in memory and show that the same check then reports it. Nothing here
 runs a benchmark: the renderers only read the committed files.

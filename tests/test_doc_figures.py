@@ -9,7 +9,8 @@ Two kinds of checks, each a table:
   found by the words around it, must be the value its result file gives, formatted as the doc prints it
   (the 7B memory figures are predictions: what `cluster.memory.predict` computes from the config today).
 Every docs/benchmarks.md section is either rendered (SECTIONS) or named in UNBACKED with the command whose
-rerun would back it (weight sync moves to SECTIONS once docs/weight_sync/results.json is committed).
+rerun would back it (weight sync and cpu_scale move to SECTIONS once benchmarks/weight_sync.py and
+benchmarks/scale.py have committed docs/weight_sync/results.json and docs/scale/results.json).
 A figure edited by hand, or a result file replaced without rewriting the doc, fails here; the perturbation
 cases change one figure of a doc in memory and show that the same check then reports it. Nothing here
 runs a benchmark: the renderers only read the committed files.
@@ -25,7 +26,7 @@ from typing import Callable
 
 import pytest
 
-from benchmarks import learning, pipeline, reward, sandbox, weight_sync
+from benchmarks import learning, pipeline, reward, sandbox, scale, weight_sync
 from benchmarks.doc_sections import section_of
 from benchmarks.main_run import README, load, readme_block, render
 from benchmarks.peers_report import section as peers_section
@@ -91,17 +92,18 @@ SECTIONS: dict[str, tuple[Path, Callable[[str], str], Callable[[], str]]] = {
 UNBACKED: dict[str, tuple[str, Path | None]] = {
     "## Weight sync": (".venv/bin/python benchmarks/weight_sync.py --write-docs", weight_sync.RESULTS),
     "## Update rule": ("the three cluster.train runs quoted in the section (figures hand-copied)", None),
-    "## Beyond the toy (cpu_scale)": (".venv/bin/python benchmarks/scale.py --write-docs (writes no docs/ file)", None),
+    "## Beyond the toy (cpu_scale)": (".venv/bin/python benchmarks/scale.py --write-docs", scale.RESULTS),
     "## Beyond the toy: learner profile": (
         ".venv/bin/python benchmarks/scale.py --learner-profile --write-docs (writes no docs/ file)", None),
     "## Losing the end-of-sequence token (seed 2, max_staleness=1)": (
         "the cluster.train run quoted in the section and the seed 2 run of benchmarks/learning.py (figures "
         "hand-copied from their metrics.jsonl)", None),
 }
-if weight_sync.RESULTS.exists():
-    SECTIONS["Weight sync <- docs/weight_sync/results.json"] = (
-        BENCHMARKS, _benchmarks_section("## Weight sync"), lambda: weight_sync.section(_json(weight_sync.RESULTS)))
-    del UNBACKED["## Weight sync"]
+for _title, _script in (("## Weight sync", weight_sync), ("## Beyond the toy (cpu_scale)", scale)):
+    if _script.RESULTS.exists():  # rendered by the script from its result file once one is committed
+        SECTIONS[f"{_title[3:]} <- {_script.RESULTS.relative_to(ROOT)}"] = (
+            BENCHMARKS, _benchmarks_section(_title), lambda script=_script: script.section(_json(script.RESULTS)))
+        del UNBACKED[_title]
 
 
 def section_mismatch(name: str, doc: str) -> bool:

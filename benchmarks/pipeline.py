@@ -125,8 +125,8 @@ def section() -> str:
              if (RESULTS / f"{name}.json").exists()}
     legacy = bool(files) and all("measured" not in data for data in files.values())
     parts = ["## Async pipelining", "",
-             (LEGACY + " " if legacy else "") + "Same config (configs/tiny.yaml) and seed; `train.max_staleness` k lets generation for steps s+1..s+k run "
-             "while the learner trains on step s (cluster/pipeline.py). Per-step medians after warm-up; generation is "
+             (LEGACY + " " if legacy else "") + "Same config (configs/tiny.yaml) and seed; `train.max_staleness` k "
+             "lets generation for steps s+1..s+k run while the learner trains on step s (cluster/pipeline.py). Per-step medians after warm-up; generation is "
              "the engine's busy time; busy times are measured inside the role (engine, learner); idle = step time "
              "minus the role's busy time. Scoring runs in reward actors, overlapped with generation."]
     for name, caption in TIMINGS.items():

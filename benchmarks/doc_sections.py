@@ -20,3 +20,10 @@ def replace_section(text: str, path: Path = BENCHMARKS_MD) -> None:
         doc = doc.rstrip("\n") + "\n\n" + text
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(doc.rstrip("\n") + "\n")
+
+
+def section_of(doc: str, title: str) -> str:
+    """The '## <title>' section of `doc` as `replace_section` wrote it (without its trailing newlines)."""
+    start = doc.index(title + "\n")
+    end = doc.find("\n## ", start + 1)
+    return doc[start: end if end >= 0 else len(doc)].rstrip("\n")

@@ -112,30 +112,53 @@ TIMINGS = {
 }
 
 
+# Result files written before they recorded their date (they carry no "measured") are of the task of that time.
+LEGACY = ("Measured 2026-11-27 on the embedded task of that time (two-digit additions, before issue 15 replaced it "
+          "by `tasks/column_addition.py`, whose worked answers are longer).")
+LEGACY_LEARNING = ("; measured on the\ntwo-digit additions that were the embedded task before issue 15, see "
+                   "\"Learning over seeds\" for today's")
+
+
 def section() -> str:
+    """The "Async pipelining" section of docs/benchmarks.md, from the result files in docs/pipeline/ alone."""
+    files = {name: json.loads((RESULTS / f"{name}.json").read_text()) for name in (*TIMINGS, "learning")
+             if (RESULTS / f"{name}.json").exists()}
+    legacy = bool(files) and all("measured" not in data for data in files.values())
     parts = ["## Async pipelining", "",
-             "Same config (configs/tiny.yaml) and seed; `train.max_staleness` k lets generation for steps s+1..s+k run "
-             "while the learner trains on step s (cluster/pipeline.py). Per-step medians after warm-up; generation is "
+             (LEGACY + " " if legacy else "") + "Same config (configs/tiny.yaml) and seed; `train.max_staleness` k "
+             "lets generation for steps s+1..s+k run while the learner trains on step s (cluster/pipeline.py). Per-step medians after warm-up; generation is "
              "the engine's busy time; busy times are measured inside the role (engine, learner); idle = step time "
              "minus the role's busy time. Scoring runs in reward actors, overlapped with generation."]
     for name, caption in TIMINGS.items():
-        if (RESULTS / f"{name}.json").exists():
-            data = json.loads((RESULTS / f"{name}.json").read_text())
+        if name in files:
+            data = files[name]
             parts += ["", caption, "", timing_table(data["rows"]), "", *timing_goal(data["rows"]), "",
-                      f"Machine: {data['machine']}", "", "```", data["command"], "```"]
-    learned = RESULTS / "learning.json"
-    if learned.exists():
-        data = json.loads(learned.read_text())
+                      f"Machine: {data['machine']}{measured(data, legacy)}", "", "```", data["command"], "```"]
+    if "learning" in files:
+        data = files["learning"]
         rows = data["rows"]
         gains = {r["max_staleness"]: r["eval_accuracy_end"] - r["eval_accuracy_start"] for r in rows}
-        parts += ["", "Learning, full default run (40 steps x 32 prompts x 8 samples, sampled held-out accuracy):", "",
-                  learning_table(rows), ""]
+        parts += ["", "Learning, full default run (40 steps x 32 prompts x 8 samples, sampled held-out accuracy"
+                  + (LEGACY_LEARNING if legacy else "") + "):", "", learning_table(rows), ""]
         if 0 in gains and 1 in gains:
             gap = gains[0] - gains[1]
             parts.append(f"Gain gap sync - async: {gap * 100:+.1f} points ({'met' if gap <= 0.05 else 'MISSED'}, "
                          "goal: within 5 points)")
-        parts += ["", f"Machine: {data['machine']}", "", "```", data["command"], "```"]
+        parts += ["", f"Machine: {data['machine']}{measured(data, legacy)}", "", "```", data["command"], "```"]
     return "\n".join(parts) + "\n"
+
+
+def measured(data: dict[str, Any], legacy_said: bool) -> str:
+    """When the file was measured: its own date, or (a file from before dates were recorded) the old task."""
+    if "measured" in data:
+        return f"; measured {data['measured']}"
+    return "" if legacy_said else "; " + LEGACY[0].lower() + LEGACY[1:-1]
+
+
+def result(rows: list[dict[str, Any]], command: str) -> dict[str, Any]:
+    """A result file: its rows, the machine, the command that wrote it and when (UTC)."""
+    return {"rows": rows, "machine": machine(), "command": command,
+            "measured": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
 
 
 def machine() -> str:
@@ -159,11 +182,11 @@ def main() -> None:
         started = time.perf_counter()
         rows = [time_steps(int(k), args.steps, args.skip, args.overrides) for k in args.staleness.split(",")]
         print(timing_table(rows), *timing_goal(rows), f"wall {time.perf_counter() - started:.0f}s", sep="\n")
-        (RESULTS / f"{args.name}.json").write_text(json.dumps({"rows": rows, "machine": machine(), "command": command}, indent=1))
+        (RESULTS / f"{args.name}.json").write_text(json.dumps(result(rows, command), indent=1))
     if args.learning:
         rows = [learning(k, args.overrides) for k in (0, 1)]
         print(learning_table(rows))
-        (RESULTS / "learning.json").write_text(json.dumps({"rows": rows, "machine": machine(), "command": command}, indent=1))
+        (RESULTS / "learning.json").write_text(json.dumps(result(rows, command), indent=1))
     if args.write_docs:
         replace_section(section())
 

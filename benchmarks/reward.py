@@ -125,8 +125,9 @@ def _public_summary(result: dict[str, Any]) -> str:
     return sentence + "."
 
 
-def write_docs(result: dict[str, Any], public: list[dict[str, Any]], train: dict[str, Any]) -> None:
-    section = "\n".join([
+def section(result: dict[str, Any], public: list[dict[str, Any]], train: dict[str, Any]) -> str:
+    """The "Reward verification" section of docs/benchmarks.md, from the result documents alone."""
+    return "\n".join([
         "## Reward verification", "",
         "Our verifier (reward/) against math-verify 0.9.0 on the same inputs, one core, one process, scored by "
         "`python -m reward.bench` (reward/bench.py); every figure below comes from docs/reward/bench.json. Inputs: "
@@ -151,7 +152,15 @@ def write_docs(result: dict[str, Any], public: list[dict[str, Any]], train: dict
         "disagrees or an annotated one no longer does). Each is a choice made for RL rewards, where an answer "
         "the policy did not commit to, or a form that a policy could learn to exploit, must not pay:", "",
         *convention_table(public), "", "Reproduce:", "", "```", COMMAND, "```", ""])
-    replace_section(section, DOCS)
+
+
+def committed() -> tuple[dict[str, Any], list[dict[str, Any]], dict[str, Any]]:
+    """The committed result documents (and the public rows whose conventions the section counts)."""
+    return json.loads(RESULT.read_text()), load_rows(str(PUBLIC)), json.loads(TRAIN_RESULT.read_text())
+
+
+def write_docs(result: dict[str, Any], public: list[dict[str, Any]], train: dict[str, Any]) -> None:
+    replace_section(section(result, public, train), DOCS)
 
 
 def main() -> None:
@@ -161,7 +170,7 @@ def main() -> None:
                         help="rewrite docs/benchmarks.md from the committed result files, without measuring")
     args = parser.parse_args()
     if args.docs_from_json:
-        write_docs(json.loads(RESULT.read_text()), load_rows(str(PUBLIC)), json.loads(TRAIN_RESULT.read_text()))
+        write_docs(*committed())
         return
     if not math_verify_available():
         sys.exit("error: math-verify is not importable; install it as in the Reproduce block of "

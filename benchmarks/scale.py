@@ -16,6 +16,10 @@ its limits, side by side in one run on the same machine:
 - peak memory (VmHWM) of every role's process, and the learner's against cluster/memory.py's prediction.
 
     .venv/bin/python benchmarks/scale.py [--write-docs] [section.key=value ...]
+
+--write-docs writes the result file docs/scale/results.json (the measurements, the config and the machine)
+and the "Beyond the toy (cpu_scale)" section of docs/benchmarks.md rendered from it alone (`section`);
+tests/test_doc_figures.py checks the two agree.
 """
 from __future__ import annotations
 
@@ -35,6 +39,7 @@ from benchmarks.doc_sections import replace_section  # noqa: E402
 from benchmarks.scale_baselines import (WORK, our_micro_batches, padded_tokens, peak_rss, run_child,  # noqa: E402
                                         run_children, sorted_by_length)
 
+RESULTS = ROOT / "docs" / "scale" / "results.json"
 GOAL = 0.9
 TRAIN_STEPS = 2  # learner steps timed on each side (the best counts: the first one also allocates Adam's state)
 
@@ -236,7 +241,12 @@ def measure(cfg: Any, reps: int) -> dict[str, Any]:
             "padding_waste_plain": padded_tokens(ours["batch"], 1, l.micro_batch_size) / ours["train_tokens"] - 1}
 
 
-def section(cfg: Any, m: dict[str, Any], command: str, wall: float) -> str:
+def section(result: dict[str, Any]) -> str:
+    """The "Beyond the toy (cpu_scale)" section of docs/benchmarks.md, from the result file alone."""
+    from cluster.config import load_config
+
+    cfg = load_config(str(ROOT / result["config"]), result["overrides"])
+    m, cores = result["measure"], result["cores"]
     o, bare, plain = m["ours"], m["bare"], m["plain"]
     gen_ours, gen_bare = o["gen_tokens"] / o["gen_wall_s"], bare["tokens"] / bare["seconds"]
     engine_ours = o["gen_tokens"] / max(o["gen_engine_s"], 1e-9)
@@ -267,7 +277,6 @@ def section(cfg: Any, m: dict[str, Any], command: str, wall: float) -> str:
     rss = ", ".join(f"{role} {v / gib:.2f} GiB" for role, v in o["rss"].items())
     rollout_role = next(k for k in o["predicted"] if k.startswith("rollout"))
     rss += f" (cluster.memory predicts the rollout engine at {o['predicted'][rollout_role] / gib:.2f} GiB)"
-    load = os.getloadavg()[0]
     return "\n".join([
         "## Beyond the toy (cpu_scale)",
         "",
@@ -283,7 +292,7 @@ def section(cfg: Any, m: dict[str, Any], command: str, wall: float) -> str:
         f"- generation: {o['gen_tokens']:,} tokens; ours is timed at the driver from submission to the last "
         "verdict (streaming and scoring included); bare is `LLM.generate` with the actor's own engine arguments, "
         f"prompts, seeds, sampling parameters and torch threads (same completions: {m['same_completions']}); "
-        f"the same bare run with all {os.cpu_count()} cores: "
+        f"the same bare run with all {cores} cores: "
         f"{m['bare_all_cores']['tokens'] / m['bare_all_cores']['seconds']:,.0f} tokens/s. Mean answer "
         f"{o['gen_tokens'] / o['answers']:.0f} tokens (a random model stops at its EOS token now and then).",
         f"- learner: {o['train_tokens']:,} tokens (prompt + response) per optimizer step, best of {TRAIN_STEPS} "
@@ -298,13 +307,19 @@ def section(cfg: Any, m: dict[str, Any], command: str, wall: float) -> str:
         f"- peak RSS (VmHWM) per process: {rss}; bare vLLM process {bare['rss'] / gib:.2f} GiB, plain PyTorch "
         f"{plain['rss'] / gib:.2f} GiB.",
         "",
-        f"Machine: {platform.machine()}, {os.cpu_count()} cores; load average (1 min) at the end {load:.1f} "
-        f"(shared machine). Benchmark wall time {wall:.0f} s.",
+        f"Machine: {result['machine']}, {cores} cores; load average (1 min) at the end {result['load_end']:.1f} "
+        f"(shared machine); measured {result['measured']}. Benchmark wall time {result['wall_s']:.0f} s. "
+        "Result file: docs/scale/results.json.",
         "",
         "```",
-        command,
+        result["command"],
         "```",
     ]) + "\n"
+
+
+def without_responses(result: dict[str, Any]) -> dict[str, Any]:
+    """The measurements without the bare runs' token ids (compared already: `same_completions`)."""
+    return {k: ({**v, "responses": None} if isinstance(v, dict) and "responses" in v else v) for k, v in result.items()}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -330,11 +345,19 @@ def main(argv: list[str] | None = None) -> int:
     result = measure(cfg, args.reps)
     command = ".venv/bin/python benchmarks/scale.py" + (" --write-docs" if args.write_docs else "") + \
         "".join(f" {o}" for o in args.overrides)
-    text = section(cfg, result, command, time.perf_counter() - start)
-    print(text)
     WORK.mkdir(parents=True, exist_ok=True)
     (WORK / "result.json").write_text(json.dumps(result, indent=1, default=str))
+    config = Path(args.config).resolve()
+    document = {"config": str(config.relative_to(ROOT)) if config.is_relative_to(ROOT) else str(config),
+                "overrides": args.overrides, "command": command, "wall_s": time.perf_counter() - start,
+                "machine": platform.machine(), "cores": os.cpu_count(), "load_end": os.getloadavg()[0],
+                "measured": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+                "measure": json.loads(json.dumps(without_responses(result), default=str))}  # as the file reads back
+    text = section(document)
+    print(text)
     if args.write_docs:
+        RESULTS.parent.mkdir(parents=True, exist_ok=True)
+        RESULTS.write_text(json.dumps(document, indent=1) + "\n")
         replace_section(text)
     return 0
 

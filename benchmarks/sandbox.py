@@ -32,6 +32,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.doc_sections import replace_section  # noqa: E402
+from cluster.config import CodeRewardConfig  # noqa: E402
 from reward.code import CodeScorer  # noqa: E402
 from reward.sandbox import interpreter, probe  # noqa: E402
 
@@ -135,7 +136,8 @@ def measure(name: str, run) -> dict[str, float | str]:
 
 
 def judged(backend: str, pairs: list[tuple[str, str]]):
-    scorer = CodeScorer(isolation=backend, test_timeout_s=TEST_TIMEOUT_S, parallel=1, batch_budget_s=3600)
+    code = CodeRewardConfig(isolation=backend, test_timeout_s=TEST_TIMEOUT_S, parallel=1)  # the rest: reward.code's defaults
+    scorer = CodeScorer(**code.model_dump(), batch_budget_s=3600)
     return lambda: (sum(v.reward for v in scorer.score(pairs)), len(pairs))
 
 

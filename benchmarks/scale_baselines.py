@@ -43,7 +43,7 @@ def child_vllm(payload: dict[str, Any]) -> dict[str, Any]:
     """Bare LLM.generate with the actor's engine arguments, prompts and sampling parameters."""
     from rollout import vllm_compat as vc
 
-    vc.set_cpu_engine_env(payload["multiprocess"])
+    vc.set_cpu_engine_env(payload["multiprocess"], payload["engine_args"]["tensor_parallel_size"])
     os.environ["OMP_NUM_THREADS"] = str(payload["threads"])  # vLLM then keeps torch's thread count
     import torch
     from vllm import LLM

@@ -29,10 +29,11 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.doc_sections import replace_section  # noqa: E402
-from cluster.config import SyncConfig  # noqa: E402
+from cluster.config import SyncConfig, load_config  # noqa: E402
+from cluster.specs import engine_spec  # noqa: E402
 from protocol import transports  # noqa: E402
 from protocol.weight_sync import ShmBuffer, WeightManifest, build_manifest  # noqa: E402
-from rollout.worker import EngineSpec, RolloutWorker  # noqa: E402
+from rollout.worker import RolloutWorker  # noqa: E402
 
 # name -> (hidden, layers, intermediate, heads, kv_heads); vocab 8192, untied embeddings.
 SIZES = {"10M": (256, 6, 1024, 4, 2), "50M": (512, 11, 2048, 8, 2), "150M": (768, 16, 3072, 12, 4),
@@ -135,7 +136,8 @@ def timed(fn: Callable[[], Any]) -> float:
 
 def start_engines(ray: Any, model_dir: Path, count: int) -> list[Any]:
     """One engine per core (pinned), outside any placement group."""
-    spec = EngineSpec(model_path=str(model_dir), dtype="bfloat16", max_model_len=256, kv_cache_gib=0.05)
+    cfg = load_config(None, ["model.dtype=bfloat16", "rollout.max_model_len=256", "rollout.kv_cache_gib=0.05"])
+    spec = engine_spec(cfg, str(model_dir))
     actors = []
     for i in range(count):
         env = {"VLLM_CPU_OMP_THREADS_BIND": str(i % (os.cpu_count() or 1)), "PYTHONPATH": str(ROOT)}

@@ -41,8 +41,7 @@ from pathlib import Path
 
 from cluster.config import Config, ConfigError, DeepSpeedGroupConfig, load_config
 from cluster.memory_terms import layer_activation_values, logits_chunk_bytes
-from rollout.kv_cache import (DTYPE_BYTES, GIB, KVCacheError, blocks_per_sequence,
-                              kv_bytes_per_token, plan_kv_cache)
+from rollout.kv_cache import DTYPE_BYTES, GIB, KVCacheError, blocks_per_sequence, cpu_kv_plan, kv_bytes_per_token
 
 # Published architectures, for a model.path that is not on this machine (values of their config.json).
 KNOWN_ARCHITECTURES: dict[str, dict[str, int | bool]] = {
@@ -243,12 +242,15 @@ def rollout_memory(cfg: Config, arch: Architecture, available_bytes: int | None 
     if cfg.cluster.device == "cpu":
         import psutil
 
+        from cluster.specs import engine_spec  # the engine's own settings (cluster.specs imports this module)
+
         available = psutil.virtual_memory().available if available_bytes is None else available_bytes
-        plan = plan_kv_cache(per_token, r.max_model_len, sequences, available, r.kv_cache_gib, r.max_num_seqs)
+        # The engine's own plan from the engine's own settings (rollout/worker.py planned_engine): per TP rank.
+        plan = cpu_kv_plan(arch.raw, engine_spec(cfg, cfg.model.path or ""), available)
         terms = [Term("weights", weights, f"{arch.params / 1e6:.1f}M x {b} B"),
                  Term("KV cache", plan.cache_bytes, f"{plan.max_num_seqs} sequences at once of {sequences}"),
                  Term("runtime", CPU_ROLLOUT_RUNTIME, "measured")]
-        return RoleMemory("rollout engine", terms, None, [plan.how])
+        return RoleMemory("rollout engine" + (f" (per TP rank, TP {tp})" if tp > 1 else ""), terms, None, [plan.how])
     device = cfg.cluster.gpu_memory_gib * GIB
     budget = r.gpu_memory_utilization * device
     # vLLM's profile run: hidden states of max_num_batched_tokens (16384 on big GPUs) through one layer,

@@ -14,7 +14,7 @@ from cluster.config import Config, auto_transport
 from cluster.memory import engine_sequences
 from learner.critic import CriticSpec
 from learner.worker import LearnerSpec
-from rollout.worker import EngineSpec
+from rollout.spec import EngineSpec
 
 T = TypeVar("T")
 

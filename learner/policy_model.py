@@ -57,7 +57,7 @@ class PolicyModel(torch.nn.Module):
         """Log-probs (fp32) of `targets` [N] predicted at positions (`rows`, `cols`) of the batch, and the
         next-token entropy there when asked ("grad": differentiable, for the entropy bonus; "detached";
         None: not computed), both of the distribution softmax(logits / `temperature`): the one the rollout
-        engine samples from at that temperature (and reports log-probs of: rollout/vllm_compat.py)."""
+        engine samples from at that temperature (and reports log-probs of: rollout/vllm_compat/engine.py)."""
         hidden = self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
         picked = hidden[rows, cols]  # [N, H]: only these positions reach the head
         count = max(1, -(-len(picked) // self.chunk_tokens))

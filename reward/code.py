@@ -63,11 +63,11 @@ def parse_spec(answer: str) -> dict[str, Any]:
 
 class CodeScorer:
     """Scores (response, test spec) pairs by running the programs in sandboxes; the reward actor's
-    engine for reward.kind=code. Fields are those of `reward.code` (cluster/config.py)."""
+    engine for reward.kind=code. Fields are those of `reward.code` (cluster/config.py), whose defaults are
+    the only ones (tests/test_specs.py); `batch_budget_s`: `time_budget` of the reward section."""
 
-    def __init__(self, mode: str = "pass_fraction", isolation: str = "auto", test_timeout_s: float = 2.0,
-                 cpu_s: int = 10, memory_mb: int = 512, processes: int = 16, open_files: int = 64,
-                 output_bytes: int = 1 << 20, parallel: int = 1, batch_budget_s: float = 40.0) -> None:
+    def __init__(self, *, mode: str, isolation: str, test_timeout_s: float, cpu_s: int, memory_mb: int,
+                 processes: int, open_files: int, output_bytes: int, parallel: int, batch_budget_s: float) -> None:
         if mode not in MODES:
             raise ValueError(f"unknown reward.code.mode {mode!r}; expected one of {MODES}")
         self.backend = resolve(isolation)  # SandboxUnavailable names what is missing

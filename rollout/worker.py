@@ -3,12 +3,14 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass
 from typing import Any, Iterator
 
 from protocol.batch import GeneratedChunk, Prompt, Sample
 from protocol.weight_sync import WeightManifest
-from rollout.kv_cache import KVPlan, kv_bytes_per_token, plan_kv_cache, read_model_config
+from rollout.kv_cache import KVPlan, cpu_kv_plan, read_model_config
+from rollout.spec import EngineSpec
+
+__all__ = ["EngineAsleep", "EngineRestarted", "EngineSpec", "RolloutWorker", "planned_engine"]
 
 
 class EngineAsleep(RuntimeError):
@@ -31,63 +33,38 @@ def _restarted_by_ray() -> bool:
     return bool(ray.get_runtime_context().was_current_actor_reconstructed)
 
 
-@dataclass
-class EngineSpec:
-    model_path: str
-    device: str = "cpu"
-    dtype: str = "float32"
-    max_model_len: int = 256
-    kv_cache_gib: float | None = None  # CPU: None sizes the cache for `sequences` (rollout/kv_cache.py)
-    max_num_seqs: int | None = None  # None: CPU, what the cache holds without preemption; GPU, vLLM's default
-    sequences: int = 256  # sequences of one batch on this engine (prompts x samples)
-    max_num_batched_tokens: int | None = None  # None: vLLM's default
-    threads: int = 1  # CPU, in-process engine: torch threads of the model (the worker's reserved CPUs)
-    gpu_memory_utilization: float = 0.5
-    tensor_parallel_size: int = 1
-    multiprocess: bool = False
-    seed: int = 0
-    ray_bundles: tuple[int, ...] = ()  # GPU, TP > 1: the placement-group bundle of each TP rank
-    gpus_per_rank: float = 1.0  # GPU share each TP rank takes of its bundle (< 1 when colocated)
-    sleep_mode: bool = False  # colocated (cluster.colocate): started for vLLM's sleep mode, sleeps while the learner trains
-    sleep_level: int = 1  # how deep it sleeps: 1 or 2 (see vllm_compat.sleep)
-    enforce_eager: bool | None = None  # None: on CPU, off on GPU (vllm_compat.engine_kwargs)
-    weight_transfer_backend: str | None = None  # vLLM's own weight-transfer engine (sync.transport nccl, nccl_sparse)
-
-
-def cpu_kv_plan(spec: EngineSpec) -> KVPlan:
-    """The CPU engine's KV cache and concurrency, from the batch and this node's available memory.
-    TP > 1: the cache of one TP rank (vLLM's kv_cache_memory_bytes is per worker), which holds its share
-    of the KV heads, as cluster/memory.py counts it on GPUs."""
+def _available_memory() -> int:
     import psutil
 
-    per_token = -(-kv_bytes_per_token(read_model_config(spec.model_path), spec.dtype) // spec.tensor_parallel_size)
-    return plan_kv_cache(per_token, spec.max_model_len, spec.sequences, psutil.virtual_memory().available,
-                         spec.kv_cache_gib, spec.max_num_seqs)
+    return int(psutil.virtual_memory().available)
+
+
+def planned_engine(spec: EngineSpec, available_bytes: int) -> tuple[KVPlan | None, dict[str, Any]]:
+    """The KV plan (CPU engines; None on GPU, where vLLM sizes its cache from gpu_memory_utilization) and
+    the `LLM(...)` arguments an engine with `spec` gets, `available_bytes` being the node's available
+    memory. The plan is rollout/kv_cache.py's `cpu_kv_plan`, the one cluster/memory.py predicts with."""
+    from rollout import vllm_compat
+
+    plan = cpu_kv_plan(read_model_config(spec.model_path), spec, available_bytes) if spec.device == "cpu" else None
+    return plan, vllm_compat.engine_kwargs(spec, plan)
 
 
 class RolloutWorker:
     def __init__(self, spec: EngineSpec) -> None:
         from rollout import vllm_compat
 
-        self.kv_plan: KVPlan | None = None
-        max_num_seqs = spec.max_num_seqs
         if spec.device == "cpu":
             vllm_compat.set_cpu_engine_env(spec.multiprocess, spec.tensor_parallel_size)
             if not spec.multiprocess:  # Ray set OMP_NUM_THREADS=1 here; vLLM then keeps torch's count
                 import torch
 
                 torch.set_num_threads(spec.threads)
-            self.kv_plan = cpu_kv_plan(spec)
-            print(f"rollout engine: {self.kv_plan.how}")
-            max_num_seqs = self.kv_plan.max_num_seqs
         self.vc = vllm_compat
         self.spec = spec
-        args = (spec.model_path, spec.dtype, spec.max_model_len, spec.seed, spec.device,
-                self.kv_plan and self.kv_plan.cache_bytes, spec.gpu_memory_utilization, spec.tensor_parallel_size,
-                max_num_seqs, spec.max_num_batched_tokens, spec.sleep_mode, spec.enforce_eager,
-                spec.weight_transfer_backend)
-        self.engine_args = vllm_compat.engine_kwargs(*args)  # what LLM(...) got (benchmarks compare with it)
-        self.engine = vllm_compat.make_engine(*args, ray_bundles=spec.ray_bundles, gpus_per_rank=spec.gpus_per_rank)
+        self.kv_plan, self.engine_args = planned_engine(spec, _available_memory())  # engine_args: what LLM(...) got
+        if self.kv_plan is not None:
+            print(f"rollout engine: {self.kv_plan.how}")
+        self.engine = vllm_compat.make_engine(spec, self.engine_args)
         self.version = 0
         self.asleep = False  # set by sleep(); only a weight load wakes the engine again
         # Restarted by Ray: the driver must load the current weights (or confirm the base model's) first.

@@ -14,18 +14,21 @@ from __future__ import annotations
 import pytest
 import ray
 
+import dataclasses
+
+from cluster.config import load_config
+from cluster.specs import engine_spec
+from rollout.kv_cache import KVPlan
 from rollout.vllm_compat import engine_kwargs
 from tests.test_weight_sync import Unplaced, Writer, _with
 
 
 def _kwargs(device: str, enforce_eager: bool | None = None) -> dict:
-    return engine_kwargs("/m", "bfloat16", 256, 0, device, 1 << 20, 0.5, 1, enforce_eager=enforce_eager)
+    spec = dataclasses.replace(engine_spec(load_config(None), "/m"), device=device, enforce_eager=enforce_eager)
+    return engine_kwargs(spec, KVPlan(1 << 20, 8, 8, 1 << 17, "") if device == "cpu" else None)
 
 
 def test_enforce_eager_defaults_to_on_for_cpu_and_off_for_gpu_and_an_explicit_value_wins():
-    from cluster.config import load_config
-    from cluster.specs import engine_spec
-
     assert _kwargs("cpu")["enforce_eager"] is True and _kwargs("gpu")["enforce_eager"] is False
     assert _kwargs("gpu", True)["enforce_eager"] is True and _kwargs("cpu", False)["enforce_eager"] is False
     assert engine_spec(load_config(None), "/m").enforce_eager is None

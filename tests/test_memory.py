@@ -1,6 +1,6 @@
 """KV-cache sizing (rollout/kv_cache.py) and the memory model (cluster/memory.py): pure arithmetic on
-model configs, no Ray, vLLM or DeepSpeed. The engine-side check that vLLM really gets these sizes is in
-tests/test_preemption.py; the CPU learner prediction is checked against measured RSS by
+model configs, no Ray, vLLM or DeepSpeed. The engine-side checks that vLLM really gets these sizes are in
+tests/test_kv_plan.py and tests/test_preemption.py; the CPU learner prediction is checked against measured RSS by
 benchmarks/scale.py."""
 from __future__ import annotations
 
@@ -25,14 +25,16 @@ def test_kv_bytes_per_token_counts_k_and_v_of_every_layer_and_kv_head():
 
 
 def test_auto_size_holds_the_whole_batch_when_memory_allows():
-    plan = plan_kv_cache(per_token_bytes=1000, max_model_len=300, sequences=64, available_bytes=10 * GIB)
+    plan = plan_kv_cache(per_token_bytes=1000, max_model_len=300, sequences=64, available_bytes=10 * GIB,
+                         kv_cache_gib=None, max_num_seqs=None)
     assert plan.sequence_bytes == 384 * 1000  # 3 blocks of 128 tokens
     assert plan.cache_bytes == 64 * 384 * 1000 and plan.max_num_seqs == 64
     assert plan.fits_batch and not plan.may_preempt
 
 
 def test_auto_size_capped_by_memory_admits_fewer_sequences_instead_of_preempting():
-    plan = plan_kv_cache(per_token_bytes=1000, max_model_len=300, sequences=64, available_bytes=20 * 384 * 1000)
+    plan = plan_kv_cache(per_token_bytes=1000, max_model_len=300, sequences=64, available_bytes=20 * 384 * 1000,
+                         kv_cache_gib=None, max_num_seqs=None)
     assert plan.cache_bytes == 10 * 384 * 1000  # half the available memory
     assert plan.max_num_seqs == 10 and not plan.may_preempt and not plan.fits_batch
     assert "the batch's other 54 queue" in plan.how
@@ -40,9 +42,10 @@ def test_auto_size_capped_by_memory_admits_fewer_sequences_instead_of_preempting
 
 def test_explicit_size_too_small_for_one_sequence_names_the_fields():
     with pytest.raises(KVCacheError, match=r"rollout.kv_cache_gib=0.0001\).*rollout.max_model_len=256"):
-        plan_kv_cache(per_token_bytes=4096, max_model_len=256, sequences=8, available_bytes=GIB, kv_cache_gib=0.0001)
+        plan_kv_cache(per_token_bytes=4096, max_model_len=256, sequences=8, available_bytes=GIB, kv_cache_gib=0.0001,
+                      max_num_seqs=None)
     with pytest.raises(KVCacheError, match=r"rollout.kv_cache_gib=64 is more than the 1.0 GiB"):
-        plan_kv_cache(per_token_bytes=4096, max_model_len=256, sequences=8, available_bytes=GIB, kv_cache_gib=64)
+        plan_kv_cache(per_token_bytes=4096, max_model_len=256, sequences=8, available_bytes=GIB, kv_cache_gib=64, max_num_seqs=None)
 
 
 def test_explicit_max_num_seqs_beyond_the_cache_is_kept_and_flagged():

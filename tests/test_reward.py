@@ -125,6 +125,6 @@ def test_grade_cli(tmp_path, capsys):
 
 
 def test_worker_applies_shaping():
-    from reward.worker import RewardWorker
-    verdicts = RewardWorker(shaping="simplerl").score([("\\boxed{4}", "5"), ("none", "5")])
+    from tests.reward_helpers import reward_worker
+    verdicts = reward_worker("reward.shaping=simplerl").score([("\\boxed{4}", "5"), ("none", "5")])
     assert [v.reward for v in verdicts] == [-0.5, -1.0]

@@ -12,7 +12,7 @@ import pytest
 
 from reward.custom import CustomFnError, load_custom_fn
 from reward.scoring import CheckTimeout, time_limit
-from reward.worker import RewardWorker
+from tests.reward_helpers import reward_worker
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -66,7 +66,7 @@ def test_an_outer_limit_that_expires_inside_a_swallowing_inner_scope_still_stops
 
 
 def test_a_custom_fn_that_calls_the_grader_is_still_bounded_by_its_own_limit():
-    worker = RewardWorker(timeout_s=0.5, custom_fn="tests.rewards_fixture:grade_then_sleep")
+    worker = reward_worker("reward.timeout_s=0.5", "reward.custom_fn=tests.rewards_fixture:grade_then_sleep")
     started = time.monotonic()
     [verdict] = worker.score([(r"so \boxed{4}", "4")])
     assert verdict.timed_out and verdict.reward == 0.0

@@ -12,8 +12,7 @@ import pytest
 
 from reward import judge
 from reward.equivalence import answers_equal
-from reward.worker import RewardWorker
-from tests.reward_helpers import assert_pays
+from tests.reward_helpers import assert_pays, reward_worker
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -129,7 +128,7 @@ def test_an_exception_in_the_grader_scores_the_item_as_wrong_and_names_it(monkey
 
 def test_custom_fn_errors_and_overruns_are_per_item():
     """The real RewardWorker in this process (the main thread, so its SIGALRM limit is live)."""
-    worker = RewardWorker(timeout_s=0.2, custom_fn="tests.rewards_fixture:raise_on_marker")
+    worker = reward_worker("reward.timeout_s=0.2", "reward.custom_fn=tests.rewards_fixture:raise_on_marker")
     verdicts = worker.score([("xx", "1"), ("yy", "bad"), ("zz", "zero"), ("ww", "slow"), ("vvvv", "2")])
     assert [v.reward for v in verdicts] == [1.0, 0.0, 0.0, 0.0, 1.0]
     assert verdicts[1].error == ("reward.custom_fn tests.rewards_fixture:raise_on_marker: "
@@ -139,7 +138,7 @@ def test_custom_fn_errors_and_overruns_are_per_item():
 
 
 def test_custom_fn_that_returns_no_number_is_an_error(monkeypatch):
-    worker = RewardWorker(custom_fn="tests.rewards_fixture:even_length")
+    worker = reward_worker("reward.custom_fn=tests.rewards_fixture:even_length")
     monkeypatch.setattr(worker, "custom", lambda response, answer: math.nan)
     assert worker.score([("x", "1")])[0].error == "reward.custom_fn tests.rewards_fixture:even_length: ValueError: returned nan"
     monkeypatch.setattr(worker, "custom", lambda response, answer: "high")
@@ -150,11 +149,11 @@ def test_scoring_imports_no_sympy():
     """A fresh interpreter imports the reward actor's module and scores every answer shape."""
     code = (
         "import sys\n"
-        "from reward.worker import RewardWorker\n"
+        "from tests.reward_helpers import reward_worker\n"
         "pairs = [('\\\\boxed{2\\\\sqrt{3}}', '\\\\sqrt{12}'), ('\\\\boxed{x^2+2x+1}', '(x+1)^2'), ('\\\\boxed{(1,2]}', '(1,2]'),\n"
         "         ('\\\\boxed{y=2x+1}', '2x-y+1=0'), ('\\\\boxed{\\\\begin{pmatrix}1\\\\\\\\2\\\\end{pmatrix}}', '(1,2)'),\n"
         "         ('The final answer is $\\\\sin(\\\\pi/6)$.', '0.5'), ('\\\\boxed{x \\\\ge 3}', 'x>=3')]\n"
-        "verdicts = RewardWorker(extract='boxed_or_phrase').score(pairs)\n"
+        "verdicts = reward_worker('reward.extract=boxed_or_phrase').score(pairs)\n"
         "assert all(v.correct for v in verdicts), verdicts\n"
         "print(sorted(m for m in sys.modules if m.split('.')[0] == 'sympy'))\n"
     )

@@ -20,6 +20,7 @@ import pytest
 
 from reward.code import CodeScorer
 from reward.sandbox import UID_RANGE, SandboxUnavailable, interpreter, probe, resolve
+from tests.reward_helpers import code_scorer
 
 ROOT = Path(__file__).resolve().parent.parent
 WORKING = [b for b in ("bwrap", "unshare") if probe(b) is None]
@@ -65,8 +66,8 @@ def sandbox_processes() -> list[int]:
 
 @pytest.fixture(params=WORKING)
 def scorer(request):
-    return CodeScorer(isolation=request.param, test_timeout_s=1.0, parallel=2, processes=16, memory_mb=256,
-                      output_bytes=1 << 16, batch_budget_s=60)
+    return code_scorer(isolation=request.param, test_timeout_s=1.0, parallel=2, processes=16, memory_mb=256,
+                       output_bytes=1 << 16, batch_budget_s=60)
 
 
 def run(scorer: CodeScorer, program: str, spec: dict, seconds: float = 30.0):
@@ -248,7 +249,7 @@ def test_canonical_solutions_pass_and_mutants_fail(scorer):
     specs = [p.answer for p in read_code_jsonl(str(ROOT / "data" / "code_sample.jsonl"), "plain")]
     canonical = scorer.score([(f"```python\n{r['canonical_solution']}```", s) for r, s in zip(rows, specs)])
     assert [v.reward for v in canonical] == [1.0] * len(rows)
-    all_pass = CodeScorer(mode="all_pass", isolation=scorer.backend, parallel=2)
+    all_pass = code_scorer(mode="all_pass", isolation=scorer.backend, parallel=2, batch_budget_s=40.0)
     mutants = all_pass.score([(f"```python\n{r['mutated_solution']}```", s) for r, s in zip(rows, specs)])
     assert [v.reward for v in mutants] == [0.0] * len(rows)
     fractions = scorer.score([(f"```python\n{r['mutated_solution']}```", s) for r, s in zip(rows, specs)])

@@ -1,21 +1,26 @@
 """One source of truth for every config field that travels to an actor (pure Python, no Ray).
 
 The actor specs (LearnerSpec, CriticSpec, EngineSpec) are built by `cluster.specs.spec_from`: each
-field is the same-named field of one config section, or an explicitly derived value. These tests
-fail when a spec grows a default of its own, when a spec field and a config field drift apart, or
+field is the same-named field of one config section, or an explicitly derived value; the reward actor
+takes the `reward` section's fields by name. These tests fail when a spec, the reward actor or a function
+on the engine's path to vLLM grows a default of its own, when a spec field and a config field drift apart, or
 when a config field of an actor's section reaches no actor at all.
 """
 from __future__ import annotations
 
 import dataclasses
+import inspect
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
-from cluster.config import load_config
+from cluster.config import CodeRewardConfig, RewardConfig, RolloutConfig, load_config
 from cluster.specs import critic_spec, engine_spec, learner_spec, spec_from
 from learner.critic import CriticSpec
 from learner.worker import LearnerSpec
+from reward.worker import RewardWorker
+from rollout.spec import EngineSpec
 
 ROOT = Path(__file__).resolve().parent.parent
 # A config far from the defaults, so that a value taken from the wrong place shows.
@@ -56,11 +61,65 @@ def _built(cfg):
             "rollout": (engine_spec(cfg, "/m"), ("rollout",))}
 
 
-@pytest.mark.parametrize("spec_cls", [LearnerSpec, CriticSpec])
-def test_trained_role_specs_have_no_defaults_of_their_own(spec_cls):
+@pytest.mark.parametrize("spec_cls", [LearnerSpec, CriticSpec, EngineSpec])
+def test_actor_specs_have_no_defaults_of_their_own(spec_cls):
     with_default = [f.name for f in dataclasses.fields(spec_cls)
                     if f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING]
     assert with_default == []
+
+
+def test_the_reward_actor_takes_reward_settings_by_name_without_defaults():
+    """RewardPool passes every RewardWorker parameter that is a `reward` field, by name: a parameter that is
+    no field would never be set, and a default would be a second one beside the config's."""
+    params = inspect.signature(RewardWorker).parameters
+    assert set(params) <= set(RewardConfig.model_fields)
+    assert [name for name, p in params.items() if p.default is not inspect.Parameter.empty] == []
+
+
+def settings_with_defaults(modules: list[ModuleType], settings: set[str]) -> list[str]:
+    """'module.function(name=...)' for every function or method defined in `modules` that declares a
+    default for a parameter named like one of `settings`."""
+    found = []
+    for module in modules:
+        for owner_name, owner in vars(module).items():
+            if getattr(owner, "__module__", None) != module.__name__:
+                continue
+            members = vars(owner).items() if inspect.isclass(owner) else [("", owner)]
+            for name, fn in members:
+                if not inspect.isfunction(fn):
+                    continue
+                for p in inspect.signature(fn).parameters.values():
+                    if p.name in settings and p.default is not inspect.Parameter.empty:
+                        where = f"{owner_name}.{name}" if name else owner_name
+                        found.append(f"{module.__name__}.{where}({p.name}=...)")
+    return found
+
+
+# Per-call values that share a name with an engine setting: the sampling seed of one generation call
+# (train.seed and the step, from the driver) is not EngineSpec.seed.
+PER_CALL = {"seed"}
+
+
+def test_no_function_on_the_engine_or_reward_path_declares_a_default_for_a_setting():
+    """The engine's and the reward actor's settings have one set of defaults, the config's: nothing from
+    EngineSpec down to LLM(...) (rollout/), nor the reward actor and its code scorer, declares one of its own."""
+    from reward import code
+    from reward import worker as reward_worker
+    from rollout import kv_cache, spec, worker
+    from rollout.vllm_compat import engine
+
+    settings = ({f.name for f in dataclasses.fields(EngineSpec)} | set(RolloutConfig.model_fields)
+                | set(RewardConfig.model_fields) | set(CodeRewardConfig.model_fields)) - PER_CALL
+    assert settings_with_defaults([kv_cache, spec, worker, engine, reward_worker, code], settings) == []
+
+
+def test_the_default_check_catches_a_default(tmp_path):
+    """The check itself: a function and a method with a default for a setting are reported."""
+    module = ModuleType("fake_engine")
+    exec("def make(max_model_len=256, other=1): pass\n"
+         "class Worker:\n    def __init__(self, timeout_s=2.0): pass\n", module.__dict__)
+    assert settings_with_defaults([module], {"max_model_len", "timeout_s"}) == [
+        "fake_engine.make(max_model_len=...)", "fake_engine.Worker.__init__(timeout_s=...)"]
 
 
 def test_every_spec_field_equals_its_config_field(cfg):

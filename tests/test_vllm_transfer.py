@@ -65,9 +65,10 @@ def test_auto_takes_vllms_engine_on_gpus_and_the_engines_are_built_for_it():
     # vLLM's own factory resolves the backend our engines are started with to its engine classes.
     assert WeightTransferEngineFactory._registry["nccl"]() is NCCLWeightTransferEngine
     assert WeightTransferEngineFactory._registry["sparse_nccl"]() is SparseNCCLWeightTransferEngine
-    kwargs = engine_kwargs("/m", "bfloat16", 256, 0, "gpu", None, 0.5, 1, weight_transfer_backend="sparse_nccl")
+    kwargs = engine_kwargs(engine_spec(sparse, "/m"), None)
     assert EngineArgs(**kwargs).weight_transfer_config.backend == "sparse_nccl"
-    assert "weight_transfer_config" not in engine_kwargs("/m", "bfloat16", 256, 0, "gpu", None, 0.5, 1)
+    assert "weight_transfer_config" not in engine_kwargs(engine_spec(load_config(None, ["cluster.device=gpu",
+                                                                                        "sync.transport=broadcast"]), "/m"), None)
 
 
 @pytest.mark.parametrize("cls", [VllmNccl, VllmSparseNccl])
@@ -237,12 +238,14 @@ def test_a_cpu_engine_built_for_vllms_engine_takes_our_init_request_up_to_its_de
     from cluster.tiny_model import build_random_model
     from protocol.batch import Prompt
     from rollout.vllm_compat import checkpoint_shapes
-    from rollout.worker import EngineSpec, RolloutWorker
+    from cluster.config import load_config
+    from cluster.specs import engine_spec
+    from rollout.worker import RolloutWorker
 
     tiny = TinyModelConfig(hidden_size=64, intermediate_size=128, num_layers=2, num_heads=2, num_kv_heads=1)
     model = str(build_random_model(tiny, ["12 + 34 = 46"] * 200, tmp_path / "model", seed=0))
-    worker = RolloutWorker(EngineSpec(model, kv_cache_gib=0.05, max_model_len=128, sequences=4,
-                                      weight_transfer_backend="nccl"))
+    cfg = load_config(None, ["rollout.kv_cache_gib=0.05", "rollout.max_model_len=128"])
+    worker = RolloutWorker(replace(engine_spec(cfg, model), sequences=4, weight_transfer_backend="nccl"))
     try:
         kinds = worker.engine.collective_rpc(lambda self: type(self.weight_transfer_engine).__name__)
         assert kinds == ["NCCLWeightTransferEngine"]

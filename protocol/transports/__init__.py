@@ -7,7 +7,7 @@ learner's ranks, the engine side (`open_receiver`, `receive`, `finish`) inside e
 process, and class attributes tell the driver how to schedule it (base.py). A module registers its
 class with `@register`; every module of this package is imported on first lookup, so adding a
 transport is one new file here (plus its test): cluster/sync.py, learner/worker.py and
-rollout/vllm_compat.py only call `get(name)`.
+rollout/vllm_compat/extension.py only call `get(name)`.
 """
 from __future__ import annotations
 

@@ -60,7 +60,7 @@ class Transport:
     needs_rendezvous: ClassVar[bool] = False  # opening needs host/port/world_size (learner rank 0 listens)
     every_rank_exports: ClassVar[bool] = False  # every learner rank sends (one buffer per GPU), not only rank 0
     # vLLM's own weight-transfer backend that loads on the engine side (its `weight_transfer_config`), or None:
-    # such a transport's engine half runs vLLM's worker engine (rollout/vllm_compat.py), not our reload
+    # such a transport's engine half runs vLLM's worker engine (rollout/vllm_compat/extension.py), not our reload
     native_backend: ClassVar[str | None] = None
 
     def __init__(self, setup: SyncSetup) -> None:

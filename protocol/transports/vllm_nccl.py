@@ -7,7 +7,7 @@ a worker engine inside every vLLM worker (`LLM(weight_transfer_config=...)`, the
 vLLM's trainer engine expects to drive the worker side itself through a client; here the driver
 (cluster/sync.py) schedules both sides, as for every transport, so the trainer engine gets a client
 whose calls do nothing (`DriverScheduled`) and the engine side builds the same requests from the
-shared SyncSetup (rollout/vllm_compat.py makes the worker calls). Both sides take their wire
+shared SyncSetup (rollout/vllm_compat/extension.py makes the worker calls). Both sides take their wire
 parameters (packed, buffer size) from one function here, so they cannot disagree.
 
 - ``nccl``: vLLM's dense engine: every weight, packed into buffers of the largest bucket's size
@@ -117,7 +117,7 @@ class VllmNccl(Transport):
         self.engine.source = BucketSource(self.metas(), buckets, self.device)
         self.engine.send_weights()
 
-    # ---- engine side (rollout/vllm_compat.py calls these inside each vLLM worker) ----------------
+    # ---- engine side (rollout/vllm_compat/extension.py calls these inside each vLLM worker) ------
     def native_init_info(self, rank_offset: int) -> dict[str, Any]:
         """The worker's `init_weight_transfer_engine` request; vLLM adds the worker's TP rank itself."""
         from vllm.distributed.weight_transfer.nccl_common import NCCLWeightTransferInitInfo, worker_init_payload

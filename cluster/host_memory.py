@@ -14,14 +14,19 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from cluster.config import Config
-from cluster.memory import GIB, predict
+from cluster.config import Config, auto_transport
+from cluster.memory import DTYPE_BYTES, GIB, architecture, predict
 
 # Measured roughly here (RSS of each process in a running default job): a reward actor with the grader
 # imported, the driver (tokenizer, data, Ray client), and Ray's own processes (GCS, raylet, agents).
 CPU_REWARD_RUNTIME = int(0.25 * GIB)
 CPU_DRIVER_RUNTIME = int(0.8 * GIB)
 CPU_RAY_RUNTIME = int(0.5 * GIB)
+# The plan fills at most this share of what Ray lets the run add: the per-process figures count tensors,
+# while Ray's monitor sees resident memory (the allocator's slack, Ray's object store, the page cache of
+# the model files come on top). Planned to exactly the line, a 135M-shaped run was killed by Ray's
+# memory monitor at a weight sync.
+PLAN_SHARE = 0.85
 
 
 @dataclass
@@ -38,8 +43,9 @@ def ray_threshold() -> float:
 
 
 def host_budget(total: int, available: int) -> float:
-    """Bytes the run may add: Ray's kill line (threshold x total) minus what is used already."""
-    return ray_threshold() * total - (total - available)
+    """Bytes the run may plan for: PLAN_SHARE of Ray's kill line (threshold x total) minus what is used
+    already."""
+    return PLAN_SHARE * (ray_threshold() * total - (total - available))
 
 
 def demand(cfg: Config, available: int) -> tuple[float, list[str]]:
@@ -51,6 +57,10 @@ def demand(cfg: Config, available: int) -> tuple[float, list[str]]:
               r.num_workers * r.tensor_parallel_size * roles["rollout engine"]),
              (f"{cfg.reward.num_workers} reward actor(s)", cfg.reward.num_workers * CPU_REWARD_RUNTIME),
              ("driver and Ray", CPU_DRIVER_RUNTIME + CPU_RAY_RUNTIME)]
+    if (cfg.sync.transport if cfg.sync.transport != "auto" else auto_transport("cpu", cfg.cluster.colocate)) == "shm":
+        # The shm transport keeps the whole model in the rollout dtype in /dev/shm (memory, not disk) all
+        # run long: restarted engines reload from it (protocol/transports/shm.py).
+        parts.append(("weight buffer (/dev/shm)", architecture(cfg).params * DTYPE_BYTES[cfg.model.dtype]))
     if "critic rank" in roles:
         parts.insert(1, (f"{cfg.critic.num_ranks} critic rank(s)", cfg.critic.num_ranks * roles["critic rank"]))
     return sum(b for _, b in parts), [f"{name}: {b / GIB:.1f} GiB" for name, b in parts]
@@ -70,8 +80,9 @@ def plan_host_memory(cfg: Config, total: int, available: int) -> HostPlan:
     if need <= budget:
         return HostPlan(cfg, need, budget)
     head = (f"predicted host memory {need / GIB:.1f} GiB ({'; '.join(lines)}) exceeds the {budget / GIB:.1f} GiB "
-            f"this run may use before Ray's memory monitor kills a worker (RAY_memory_usage_threshold="
-            f"{ray_threshold():g} of {total / GIB:.1f} GiB, {(total - available) / GIB:.1f} GiB in use already)")
+            f"this run plans for ({PLAN_SHARE:g} of what it may add before Ray's memory monitor kills a worker: "
+            f"RAY_memory_usage_threshold={ray_threshold():g} of {total / GIB:.1f} GiB, "
+            f"{(total - available) / GIB:.1f} GiB in use already)")
     counted = cfg.learner.max_tokens_per_micro_batch is None and (
         cfg.algorithm.advantage != "gae" or cfg.critic.max_tokens_per_micro_batch is None)
     lo, hi = cfg.rollout.max_model_len, cfg.learner.micro_batch_size * cfg.rollout.max_model_len

@@ -4,6 +4,8 @@ all ranks at once.
 """
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -99,6 +101,13 @@ class LearnerWorker(DeepSpeedRank):
         The policy loss needs `batch.old_logprobs` (from `old_logprobs` with the same seed) and, with a
         KL loss term, `batch.ref_logprobs`. `loss="sft"`: the supervised warm-up, one step per batch,
         token-mean NLL. Returns per-rank sums (see DeepSpeedRank._optimise)."""
+        try:
+            return self._train_step(batch, seed, loss)
+        finally:
+            if self.spec.device == "cpu":
+                release_freed_memory()
+
+    def _train_step(self, batch: TrainBatch, seed: int | None, loss: str) -> dict[str, float]:
         if loss == "sft":
             return self._optimise(batch, seed, self._sft_loss, "token_mean", epochs=1, count=1)
         self.old_from_forward = not batch.old_logprobs
@@ -229,3 +238,13 @@ class LearnerWorker(DeepSpeedRank):
             if self.rank == 0:
                 state = {n: t.data.detach().clone().cpu() for n, t in zip(names, tensors)}
                 self.engine.module.lm.save_pretrained(path, state_dict=state)
+
+
+def release_freed_memory() -> None:
+    """Hand what the allocator still holds of the step's freed memory back to the OS (glibc's malloc_trim,
+    a few ms). On a CPU node the learner shares the host with the engines, and Ray's memory monitor counts
+    resident memory, not live tensors."""
+    libc = ctypes.util.find_library("c")
+    trim = getattr(ctypes.CDLL(libc), "malloc_trim", None) if libc else None
+    if trim is not None:
+        trim(0)

@@ -24,8 +24,11 @@ import ray
 
 from cluster import faults
 from cluster.groups import ActorFailure, RewardPool, RolloutGroup, actor_error_text
-from protocol.batch import GeneratedChunk, Prompt, Sample
+from protocol.batch import GeneratedChunk, Prompt, Sample, ScoredSample
+from reward.scoring import Verdict
 from rollout.worker import EngineRestarted
+
+Shaping = Callable[[Sample], float]  # an addition to a sample's reward (cluster.dynamic.overlong_shaping)
 
 # What a stream raises when its actor died or lost its connection (the actor may be restarting).
 # A worker killed by Ray's memory monitor raises OutOfMemoryError to its caller; Ray restarts the actor.
@@ -40,7 +43,7 @@ class GenerationError(RuntimeError):
 class ScoredBatch:
     """A finished batch: scored samples sorted by prompt, and what it cost."""
 
-    samples: list[Sample]
+    samples: list[ScoredSample]
     counts: dict[str, float]  # reward timeouts, errors, unboxed answers, replaced reward actors
     engine_s: list[float]  # seconds each rollout worker's engine worked on this batch
     wall_s: float  # from submission to the last verdict
@@ -56,11 +59,13 @@ class StreamedBatch:
 
     def __init__(self, rollouts: RolloutGroup, pool: RewardPool, prompts: list[Prompt], n: int,
                  temperature: float, seed: int, resync: Callable[[int], None] | None = None,
-                 on_chunk: Callable[[int, GeneratedChunk], None] | None = None, step: int | None = None) -> None:
+                 on_chunk: Callable[[int, GeneratedChunk], None] | None = None, step: int | None = None,
+                 shaping: Shaping | None = None) -> None:
         """`resync(i)`: loads the current policy into restarted rollout[i]; `on_chunk(i, chunk)` sees every
         chunk as it arrives (progress display, fault-injection tests); `step`: the training step (from 1)
-        this batch is for, None for evaluation (messages, fault injection)."""
-        self.rollouts, self.pool, self.n, self.step = rollouts, pool, n, step
+        this batch is for, None for evaluation (messages, fault injection); `shaping`: added to each
+        sample's reward (see `scored_samples`)."""
+        self.rollouts, self.pool, self.n, self.step, self.shaping = rollouts, pool, n, step, shaping
         self.causes: dict[int, list[str]] = {}  # worker -> what made it restart during this batch
         self.temperature, self.seed, self.resync, self.on_chunk = temperature, seed, resync, on_chunk
         self.answers = {p.index: p.answer for p in prompts}
@@ -116,10 +121,11 @@ class StreamedBatch:
             samples.extend(chunk.samples)
             engine_s[worker] += chunk.engine_s
             jobs.extend(self.pool.submit(chunk.samples, self.answers))
-        counts = self.pool.collect(jobs)
-        samples.sort(key=lambda s: s.prompt_index)  # stable: a prompt's completions keep their order
+        verdicts, counts = self.pool.collect(jobs)  # in submission order: the order of `samples`
+        scored = scored_samples(samples, verdicts, self.shaping)
+        scored.sort(key=lambda s: s.prompt_index)  # stable: a prompt's completions keep their order
         causes = [c for w in sorted(self.causes) for c in self.causes[w]]
-        return ScoredBatch(samples, counts, engine_s, time.perf_counter() - self.started, restarts, reissued, causes)
+        return ScoredBatch(scored, counts, engine_s, time.perf_counter() - self.started, restarts, reissued, causes)
 
     def _next_ready(self) -> tuple[ray.ObjectRefGenerator, int, list[Prompt]]:
         timeout = self.rollouts.cfg.timeout_s
@@ -152,6 +158,13 @@ class StreamedBatch:
             self.resync(worker)
         if unfinished:
             self._issue(worker, unfinished)
+
+
+def scored_samples(samples: list[Sample], verdicts: list[Verdict], shaping: Shaping | None = None) -> list[ScoredSample]:
+    """The one place a sample's reward and correctness are set: its verdict's (from
+    `cluster.groups.RewardPool.collect`), with `shaping(sample)` added to the reward when given."""
+    return [ScoredSample.of(s, v.reward + shaping(s) if shaping is not None else v.reward, v.correct)
+            for s, v in zip(samples, verdicts, strict=True)]
 
 
 def generate_and_score(rollouts: RolloutGroup, pool: RewardPool, prompts: list[Prompt], n: int, temperature: float,

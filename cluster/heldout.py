@@ -6,14 +6,14 @@ from typing import Callable
 from cluster.generation import generate_and_score
 from cluster.groups import RewardPool, RolloutGroup
 from cluster.metrics import mean, reflects
-from protocol.batch import Prompt, Sample
+from protocol.batch import Prompt, ScoredSample
 
 
 EVAL_SEED = 777  # every held-out evaluation samples with this seed: evaluations compare across steps and runs
 
 
 def score_prompts(rollouts: RolloutGroup, pool: RewardPool, prompts: list[Prompt], n: int, temperature: float,
-                  seed: int, resync: Callable[[int], None] | None = None) -> tuple[list[Sample], dict[str, float]]:
+                  seed: int, resync: Callable[[int], None] | None = None) -> tuple[list[ScoredSample], dict[str, float]]:
     """Generate n completions per prompt and score them as they finish (see cluster/generation.py)."""
     rollout = generate_and_score(rollouts, pool, prompts, n, temperature, seed, resync)
     return rollout.samples, rollout.counts

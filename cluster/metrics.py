@@ -8,7 +8,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from protocol.batch import Sample
+from protocol.batch import ScoredSample
 
 
 # Words of reflection / self-verification (the "aha moment" of R1-Zero-style training): pausing,
@@ -69,7 +69,7 @@ class MetricsLog:
         for sink in self.sinks:
             sink.log(step, metrics)
 
-    def samples(self, step: int, samples: list[Sample], answers: dict[int, str], keep: int,
+    def samples(self, step: int, samples: list[ScoredSample], answers: dict[int, str], keep: int,
                 worked: Callable[[str], bool] | None = None) -> None:
         """The first `keep` samples of a step; `worked`: the embedded task's test for a worked-out answer."""
         with self.samples_path.open("a") as f:

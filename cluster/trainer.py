@@ -27,7 +27,7 @@ from cluster.placement import connect, place
 from cluster.sync import WeightSync
 from cluster.wandb_log import WandbSink
 from cluster.update import PolicyUpdate
-from protocol.batch import Sample
+from protocol.batch import ScoredSample
 
 
 # summary.json's emergence figures, as eval_<name>_start / eval_<name>_end (None where a run lacks them)
@@ -143,7 +143,7 @@ class Trainer:
         """Every token the engines generated for the batch: with dynamic sampling, its dropped groups too."""
         return rollout.metrics.get("dynamic/generated_tokens", sum(len(s.response_ids) for s in rollout.samples))
 
-    def _sample_metrics(self, samples: list[Sample], rollout: ScoredBatch) -> dict[str, float]:
+    def _sample_metrics(self, samples: list[ScoredSample], rollout: ScoredBatch) -> dict[str, float]:
         counts = rollout.counts
         groups = [samples[i: i + self.cfg.rollout.samples_per_prompt]
                   for i in range(0, len(samples), self.cfg.rollout.samples_per_prompt)]

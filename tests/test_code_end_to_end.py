@@ -50,7 +50,7 @@ def test_code_rl_step_and_reference_solutions_through_the_pool(trainer):
         texts = [r["canonical_solution"] + "```" for r in rows] + [r["mutated_solution"] + "```" for r in rows]
         samples = [Sample(i, [1], [1], [0.0], t, "stop", 0) for i, t in enumerate(texts)]
         answers = {i: problems[i % len(rows)].answer for i in range(len(texts))}
-        counts = pool.collect(pool.submit(samples, answers))
+        _, counts = pool.collect(pool.submit(samples, answers))
     finally:
         trainer.pipeline.close()
         pool.kill()

@@ -7,17 +7,22 @@ import pytest
 
 from cluster.config import ConfigError, load_config
 from cluster.data import Problem
-from cluster.dynamic import fill_batch, informative, overlong_metrics, shape_overlong
-from cluster.generation import ScoredBatch
+from cluster.dynamic import fill_batch, informative, overlong_metrics, overlong_shaping
+from cluster.generation import ScoredBatch, scored_samples
 from cluster.parity import max_gaps
 from cluster.pipeline import StalenessError, check_staleness
-from protocol.batch import Prompt, Sample
+from protocol.batch import Prompt, Sample, ScoredSample
+from reward.scoring import Verdict
 from reward.shaping import overlong_penalty
 
 
-def _sample(prompt: int, reward: float = 0.0, length: int = 1, version: int = 0) -> Sample:
+def _generated(prompt: int, length: int = 1, version: int = 0) -> Sample:
     return Sample(prompt_index=prompt, prompt_ids=[1], response_ids=[2] * length, response_logprobs=[0.0] * length,
-                  text="", finish_reason="stop", policy_version=version, reward=reward)
+                  text="", finish_reason="stop", policy_version=version)
+
+
+def _sample(prompt: int, reward: float = 0.0, length: int = 1, version: int = 0) -> ScoredSample:
+    return ScoredSample.of(_generated(prompt, length, version), reward=reward, correct=reward > 0)
 
 
 @pytest.mark.parametrize("length, expected", [(0, 0.0), (80, 0.0), (84, -0.2), (90, -0.5), (100, -1.0)])
@@ -31,15 +36,17 @@ def test_overlong_penalty_is_linear_over_the_last_buffer_tokens(length, expected
 def test_overlong_shaping_adds_to_the_reward_and_is_counted():
     cfg = load_config(None, ["rollout.max_new_tokens=40", "algorithm.overlong_buffer=10",
                              "algorithm.overlong_penalty=2.0"])
-    samples = [_sample(0, 1.0, length=30), _sample(0, 1.0, length=35), _sample(0, 0.0, length=40)]
-    shape_overlong(samples, cfg)
+    verdicts = [Verdict(1.0, True, True), Verdict(1.0, True, True), Verdict(0.0, False, True)]
+    generated = [_generated(0, length=30), _generated(0, length=35), _generated(0, length=40)]
+    samples = scored_samples(generated, verdicts, overlong_shaping(cfg))
     assert [s.reward for s in samples] == pytest.approx([1.0, 0.0, -2.0])
+    assert [s.correct for s in samples] == [True, True, False]  # shaping changes the reward only
     metrics = overlong_metrics(samples, cfg)
     assert metrics["reward/overlong_penalty_mean"] == pytest.approx(-1.0)
     assert metrics["reward/overlong_frac"] == pytest.approx(2 / 3)
     off = load_config(None, ["rollout.max_new_tokens=40"])
-    untouched = [_sample(0, 1.0, length=40)]
-    shape_overlong(untouched, off)
+    assert overlong_shaping(off) is None
+    untouched = scored_samples([_generated(0, length=40)], [Verdict(1.0, True, True)], overlong_shaping(off))
     assert untouched[0].reward == 1.0 and overlong_metrics(untouched, off) == {}
 
 

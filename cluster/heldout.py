@@ -5,7 +5,7 @@ from typing import Callable
 
 from cluster.generation import generate_and_score
 from cluster.groups import RewardPool, RolloutGroup
-from cluster.metrics import mean, reflects
+from cluster.metrics import boxed_rate, mean, reflects
 from protocol.batch import Prompt, ScoredSample
 
 
@@ -30,8 +30,7 @@ def held_out_metrics(rollouts: RolloutGroup, pool: RewardPool, prompts: list[Pro
     out = {
         f"{prefix}/accuracy": mean([s.correct for s in sampled]),
         f"{prefix}/greedy_accuracy": mean([s.correct for s in greedy]),
-        # the grader's own extraction (as train/boxed_rate): a brace-matched \\boxed{} or \\fbox{} was found
-        f"{prefix}/boxed_rate": 1.0 - counts["unboxed"] / max(len(sampled), 1),
+        f"{prefix}/boxed_rate": boxed_rate(counts, len(sampled)),
         f"{prefix}/response_len": mean([len(s.response_ids) for s in sampled]),
         f"{prefix}/reflection_frac": mean([reflects(s.text) for s in sampled]),
     }

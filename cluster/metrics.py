@@ -25,6 +25,12 @@ def mean(xs: list[float]) -> float:
     return sum(xs) / max(len(xs), 1)
 
 
+def boxed_rate(counts: dict[str, float], responses: int) -> float:
+    """The share of `responses` in which the grader's own extraction found a brace-matched \\boxed{} or
+    \\fbox{} (`counts`: the reward pool's, cluster.groups.RewardPool.collect)."""
+    return 1.0 - counts["unboxed"] / max(responses, 1)
+
+
 def reflects(text: str) -> bool:
     """Whether a response shows reflection or self-verification (see REFLECTION)."""
     return REFLECTION.search(text) is not None
@@ -124,15 +130,18 @@ def run_figure(rows: list[dict[str, float]]) -> Any:
     return fig
 
 
-def plot_run(run_dir: Path) -> Path:
-    """reward_accuracy.png: see run_figure."""
+def save_figure(fig: Any, path: Path) -> Path:
+    """`fig` written to `path` (PNG, 100 dpi) and closed."""
     import matplotlib.pyplot as plt
 
-    fig = run_figure(read_metrics(run_dir))
-    out = run_dir / "reward_accuracy.png"
-    fig.savefig(out, dpi=100)
+    fig.savefig(path, dpi=100)
     plt.close(fig)
-    return out
+    return path
+
+
+def plot_run(run_dir: Path) -> Path:
+    """reward_accuracy.png: see run_figure."""
+    return save_figure(run_figure(read_metrics(run_dir)), run_dir / "reward_accuracy.png")
 
 
 EMERGENCE_PANELS = (
@@ -175,10 +184,4 @@ def emergence_figure(rows: list[dict[str, float]]) -> Any:
 
 def plot_emergence(run_dir: Path) -> Path:
     """emergence.png: see emergence_figure."""
-    import matplotlib.pyplot as plt
-
-    fig = emergence_figure(read_metrics(run_dir))
-    out = run_dir / "emergence.png"
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
-    return out
+    return save_figure(emergence_figure(read_metrics(run_dir)), run_dir / "emergence.png")

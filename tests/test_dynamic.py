@@ -3,6 +3,8 @@ figure. Pure Python on hand-made samples (no Ray, no vLLM); the runs on the real
 test_dynamic_run.py and test_weight_sync.py."""
 from __future__ import annotations
 
+from dataclasses import fields
+
 import pytest
 
 from cluster.config import ConfigError, load_config
@@ -48,6 +50,22 @@ def test_overlong_shaping_adds_to_the_reward_and_is_counted():
     assert overlong_shaping(off) is None
     untouched = scored_samples([_generated(0, length=40)], [Verdict(1.0, True, True)], overlong_shaping(off))
     assert untouched[0].reward == 1.0 and overlong_metrics(untouched, off) == {}
+
+
+def test_scored_samples_keep_every_generated_field_and_take_their_own_verdict():
+    """The driver's one writer of reward and correctness: verdicts pair with samples by position (the
+    pool returns them in submission order), the generated fields are copied whole, and a verdict
+    missing for a sample is an error, not a silent reward of 0."""
+    generated = [Sample(prompt_index=i, prompt_ids=[1, i], response_ids=[2] * (i + 1),
+                        response_logprobs=[-0.5] * (i + 1), text=f"answer {i}",
+                        finish_reason="length" if i == 2 else "stop", policy_version=7 + i) for i in range(3)]
+    verdicts = [Verdict(0.0, False, True), Verdict(1.0, True, True), Verdict(0.25, False, False)]
+    scored = scored_samples(generated, verdicts)
+    assert [(s.reward, s.correct) for s in scored] == [(0.0, False), (1.0, True), (0.25, False)]
+    assert [{f.name: getattr(s, f.name) for f in fields(Sample)} for s in scored] == [vars(g) for g in generated]
+    assert [s.truncated for s in scored] == [False, False, True]
+    with pytest.raises(ValueError):
+        scored_samples(generated, verdicts[:2])
 
 
 def test_overlong_buffer_must_leave_room_below_the_cap():

@@ -141,7 +141,8 @@ def learner_profile(command: str) -> str:
         "base": (f"1 process x {base['threads']} threads, {base['dtype']}, micro-batch {micro} in batch order (the main "
                  "table's baseline)", [base]),
         "ranks": (f"{base['threads']} processes x 1 thread, each its shard (our ranks' layout, without DeepSpeed)",
-                  [{**base, "threads": 1, "batch": batch.shard(r, base["threads"])} for r in range(base["threads"])]),
+                  [{**base, "threads": 1, "batch": batch.select(list(range(r, len(batch), base["threads"])))}
+                   for r in range(base["threads"])]),
         "dtype": (f"{other} weights and activations", [{**base, "dtype": other}]),
         "half": (f"micro-batch {micro // 2}", [{**base, "micro_batch_size": max(1, micro // 2)}]),
         "double": (f"micro-batch {micro * 2}", [{**base, "micro_batch_size": micro * 2}]),

@@ -28,8 +28,10 @@ from pathlib import Path
 from typing import Any
 
 from cluster.config import Config, ConfigError, load_config
+from cluster.metrics import save_figure
 from cluster.trainer import Trainer
 from protocol.batch import TrainBatch
+from protocol.markdown import table_lines
 
 METHODS = ("rl", "sft", "rft")
 LABELS = {"rl": "RL (GRPO, answer reward)", "sft": "SFT distillation (teacher's worked solutions)",
@@ -156,24 +158,19 @@ def compare_figure(out: Path, methods: list[str]) -> Any:
 
 def plot(out: Path, methods: list[str]) -> Path:
     """<out>/compare.png: see compare_figure."""
-    import matplotlib.pyplot as plt
-
-    fig = compare_figure(out, methods)
-    path = out / "compare.png"
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return save_figure(compare_figure(out, methods), out / "compare.png")
 
 
 def table(results: list[dict[str, Any]]) -> str:
-    lines = ["| method | steps | tokens trained on | train wall s | held-out acc. (T=1) | greedy acc. | "
-             "worked share | mean response tokens | rephrased held-out acc. |", "|" + "---|" * 9]
+    head = ["method", "steps", "tokens trained on", "train wall s", "held-out acc. (T=1)", "greedy acc.",
+            "worked share", "mean response tokens", "rephrased held-out acc."]
+    rows = []
     for r in results:
         span = lambda k, f="{:.3f}": f"{f.format(r[k + '_start'])} -> {f.format(r[k + '_end'])}"  # noqa: E731
-        lines.append(f"| {LABELS[r['method']]} | {r['steps']} | {r['train_tokens']:,.0f} | {r['train_seconds']:.0f} | "
-                     f"{span('accuracy')} | {span('greedy_accuracy')} | {span('worked_frac', '{:.2f}')} | "
-                     f"{span('response_len', '{:.1f}')} | {span('rephrased_accuracy')} |")
-    return "\n".join(lines)
+        rows.append([LABELS[r["method"]], str(r["steps"]), f"{r['train_tokens']:,.0f}", f"{r['train_seconds']:.0f}",
+                     span("accuracy"), span("greedy_accuracy"), span("worked_frac", "{:.2f}"),
+                     span("response_len", "{:.1f}"), span("rephrased_accuracy")])
+    return "\n".join(table_lines(head, rows, padded_rule=False))
 
 
 def compare(cfg: Config, out: Path, methods: list[str]) -> list[dict[str, Any]]:

@@ -1,8 +1,9 @@
 """What happens to a scored batch before the learner sees it: DAPO's overlong reward shaping and dynamic
 sampling (algorithm.overlong_buffer, algorithm.dynamic_sampling).
 
-Overlong shaping adds `reward.shaping.overlong_penalty` of each response's length to its reward, right
-after scoring, so the advantages and the dynamic-sampling filter both see it.
+Overlong shaping adds `reward.shaping.overlong_penalty` of each response's length to its reward as the
+sample is scored (`overlong_shaping`, applied by cluster.generation.scored_samples), so the advantages
+and the dynamic-sampling filter both see it.
 
 Dynamic sampling: a prompt group whose rewards are all equal has zero advantage under every group
 estimator: it costs a learner forward and backward and teaches nothing. Such groups are dropped and
@@ -26,33 +27,33 @@ from typing import Callable
 
 from cluster.config import Config
 from cluster.data import PromptSource
-from cluster.generation import ScoredBatch
-from protocol.batch import Prompt, Sample
+from cluster.generation import ScoredBatch, Shaping
+from protocol.batch import Prompt, Sample, ScoredSample
 from reward.shaping import overlong_penalty
 
-Group = list[Sample]
+Group = list[ScoredSample]
 Round = Callable[[list[Prompt]], ScoredBatch]  # generate and score these prompts
 
 
-def shape_overlong(samples: list[Sample], cfg: Config) -> None:
-    """Add DAPO's soft overlong penalty to every sample's reward (in place); nothing when it is off."""
+def overlong_shaping(cfg: Config) -> Shaping | None:
+    """DAPO's soft overlong penalty of a sample (added to its reward when it is scored); None when off."""
     a, cap = cfg.algorithm, cfg.rollout.max_new_tokens
-    if a.overlong_buffer:
-        for s in samples:
-            s.reward += overlong_penalty(len(s.response_ids), cap, a.overlong_buffer, a.overlong_penalty)
+    if not a.overlong_buffer:
+        return None
+    return lambda s: overlong_penalty(len(s.response_ids), cap, a.overlong_buffer, a.overlong_penalty)
 
 
 def overlong_metrics(samples: list[Sample], cfg: Config) -> dict[str, float]:
-    a, cap = cfg.algorithm, cfg.rollout.max_new_tokens
-    if not a.overlong_buffer:
+    penalty = overlong_shaping(cfg)
+    if penalty is None:
         return {}
-    penalties = [overlong_penalty(len(s.response_ids), cap, a.overlong_buffer, a.overlong_penalty) for s in samples]
+    penalties = [penalty(s) for s in samples]
     n = max(len(penalties), 1)
     return {"reward/overlong_penalty_mean": sum(penalties) / n,
             "reward/overlong_frac": sum(p < 0 for p in penalties) / n}
 
 
-def groups_of(samples: list[Sample], n: int) -> list[Group]:
+def groups_of(samples: list[ScoredSample], n: int) -> list[Group]:
     """A batch's samples (sorted by prompt, n per prompt) as its prompt groups."""
     return [samples[i: i + n] for i in range(0, len(samples), n)]
 
@@ -62,7 +63,7 @@ def informative(group: Group) -> bool:
     return len({s.reward for s in group}) > 1
 
 
-def merge(batches: list[ScoredBatch], samples: list[Sample], metrics: dict[str, float]) -> ScoredBatch:
+def merge(batches: list[ScoredBatch], samples: list[ScoredSample], metrics: dict[str, float]) -> ScoredBatch:
     """One ScoredBatch from the rounds of a step, holding `samples` (the groups trained on)."""
     counts: dict[str, float] = {}
     for b in batches:

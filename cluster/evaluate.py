@@ -26,6 +26,7 @@ from typing import Any
 from cluster.heldout import score_prompts
 from cluster.placement import REPO_ROOT
 from protocol.batch import Prompt
+from protocol.markdown import table_lines
 
 BENCHMARKS = {"math500": "math500_test.jsonl", "gsm8k": "gsm8k_test.jsonl", "aime24": "aime24_test.jsonl",
               "amc23": "amc23_test.jsonl", "minerva": "minerva_math_test.jsonl",
@@ -114,7 +115,7 @@ def markdown_table(results: list[BenchmarkResult]) -> str:
     rows = [[r.name, str(r.problems), str(r.skipped), fmt(r.greedy_pass1),
              fmt(r.avg_at_n) + (f" (n={r.samples})" if r.samples else "")] + [fmt(r.pass_at.get(k)) for k in ks]
             for r in results]
-    return "\n".join("| " + " | ".join(row) + " |" for row in [head, ["---"] * len(head), *rows]) + "\n"
+    return "\n".join(table_lines(head, rows)) + "\n"
 
 
 def metrics_of(results: list[BenchmarkResult]) -> dict[str, float]:

@@ -10,9 +10,10 @@ same seeds, so the batch completes with every prompt exactly once. An error rais
 exit, Ray restarts it, and its prompts are re-issued. A worker that died between batches (Ray restarted
 it before this batch reached it) refuses to generate until re-synced (EngineRestarted): it is re-synced
 and its prompts re-issued the same way, instead of serving the base model's weights. The cause is
-printed and kept in `Rollout.restart_causes`. A worker that fails a second time in the same batch stops it (ActorFailure
-naming the worker and both causes): the failure repeats on the same prompts. Every wait is bounded by
-`rollout.timeout_s`: a worker that finishes no prompt for that long is named in a GenerationError.
+printed and kept in `ScoredBatch.restart_causes`. A worker that fails a second time in the same batch
+stops it (ActorFailure naming the worker and both causes): the failure repeats on the same prompts.
+Every wait is bounded by `rollout.timeout_s`: a worker that finishes no prompt for that long is named in
+a GenerationError.
 """
 from __future__ import annotations
 
@@ -24,12 +25,27 @@ import ray
 
 from cluster import faults
 from cluster.groups import ActorFailure, RewardPool, RolloutGroup, actor_error_text
-from protocol.batch import GeneratedChunk, Prompt, Sample
+from protocol.batch import GeneratedChunk, Prompt, Sample, ScoredSample
+from reward.scoring import Verdict
 from rollout.worker import EngineRestarted
+
+Shaping = Callable[[Sample], float]  # an addition to a sample's reward (cluster.dynamic.overlong_shaping)
 
 # What a stream raises when its actor died or lost its connection (the actor may be restarting).
 # A worker killed by Ray's memory monitor raises OutOfMemoryError to its caller; Ray restarts the actor.
 ACTOR_LOST = (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError, ray.exceptions.OutOfMemoryError)
+# Every failure of a worker's stream that `StreamedBatch` recovers from (see `what_failed`).
+WORKER_FAILED = (*ACTOR_LOST, EngineRestarted, ray.exceptions.RayTaskError)
+
+
+def what_failed(error: Exception) -> tuple[str, bool]:
+    """What happened to a worker whose stream raised `error` (one of WORKER_FAILED), and whether it must be
+    made to exit before Ray restarts it (an error inside its engine leaves the actor alive)."""
+    if isinstance(error, ACTOR_LOST):
+        return "died", False
+    if isinstance(error, EngineRestarted):  # died between batches: Ray restarted it before this batch came
+        return "was restarted by Ray with the base model's weights", False
+    return "failed inside its engine", True
 
 
 class GenerationError(RuntimeError):
@@ -40,7 +56,7 @@ class GenerationError(RuntimeError):
 class ScoredBatch:
     """A finished batch: scored samples sorted by prompt, and what it cost."""
 
-    samples: list[Sample]
+    samples: list[ScoredSample]
     counts: dict[str, float]  # reward timeouts, errors, unboxed answers, replaced reward actors
     engine_s: list[float]  # seconds each rollout worker's engine worked on this batch
     wall_s: float  # from submission to the last verdict
@@ -56,11 +72,13 @@ class StreamedBatch:
 
     def __init__(self, rollouts: RolloutGroup, pool: RewardPool, prompts: list[Prompt], n: int,
                  temperature: float, seed: int, resync: Callable[[int], None] | None = None,
-                 on_chunk: Callable[[int, GeneratedChunk], None] | None = None, step: int | None = None) -> None:
+                 on_chunk: Callable[[int, GeneratedChunk], None] | None = None, step: int | None = None,
+                 shaping: Shaping | None = None) -> None:
         """`resync(i)`: loads the current policy into restarted rollout[i]; `on_chunk(i, chunk)` sees every
         chunk as it arrives (progress display, fault-injection tests); `step`: the training step (from 1)
-        this batch is for, None for evaluation (messages, fault injection)."""
-        self.rollouts, self.pool, self.n, self.step = rollouts, pool, n, step
+        this batch is for, None for evaluation (messages, fault injection); `shaping`: added to each
+        sample's reward (see `scored_samples`)."""
+        self.rollouts, self.pool, self.n, self.step, self.shaping = rollouts, pool, n, step, shaping
         self.causes: dict[int, list[str]] = {}  # worker -> what made it restart during this batch
         self.temperature, self.seed, self.resync, self.on_chunk = temperature, seed, resync, on_chunk
         self.answers = {p.index: p.answer for p in prompts}
@@ -91,23 +109,11 @@ class StreamedBatch:
                 if unfinished:
                     raise GenerationError(f"rollout[{worker}] ended its stream with {len(unfinished)} prompts unfinished")
                 continue
-            except ACTOR_LOST as error:
+            except WORKER_FAILED as error:
                 del self.streams[stream]
                 restarts += 1
                 reissued += len(unfinished)
-                self._recover(worker, unfinished, "died", error)
-                continue
-            except EngineRestarted as error:  # died between batches: Ray restarted it before this batch came
-                del self.streams[stream]
-                restarts += 1
-                reissued += len(unfinished)
-                self._recover(worker, unfinished, "was restarted by Ray with the base model's weights", error)
-                continue
-            except ray.exceptions.RayTaskError as error:  # raised inside the engine: the actor is alive
-                del self.streams[stream]
-                restarts += 1
-                reissued += len(unfinished)
-                self._recover(worker, unfinished, "failed inside its engine", error, restart=True)
+                self._recover(worker, unfinished, error)
                 continue
             self.rollouts.note_progress(worker)
             if self.on_chunk is not None:
@@ -116,10 +122,11 @@ class StreamedBatch:
             samples.extend(chunk.samples)
             engine_s[worker] += chunk.engine_s
             jobs.extend(self.pool.submit(chunk.samples, self.answers))
-        counts = self.pool.collect(jobs)
-        samples.sort(key=lambda s: s.prompt_index)  # stable: a prompt's completions keep their order
+        verdicts, counts = self.pool.collect(jobs)  # in submission order: the order of `samples`
+        scored = scored_samples(samples, verdicts, self.shaping)
+        scored.sort(key=lambda s: s.prompt_index)  # stable: a prompt's completions keep their order
         causes = [c for w in sorted(self.causes) for c in self.causes[w]]
-        return ScoredBatch(samples, counts, engine_s, time.perf_counter() - self.started, restarts, reissued, causes)
+        return ScoredBatch(scored, counts, engine_s, time.perf_counter() - self.started, restarts, reissued, causes)
 
     def _next_ready(self) -> tuple[ray.ObjectRefGenerator, int, list[Prompt]]:
         timeout = self.rollouts.cfg.timeout_s
@@ -133,10 +140,10 @@ class StreamedBatch:
         done = {s.prompt_index for s in samples}
         unfinished[:] = [p for p in unfinished if p.index not in done]
 
-    def _recover(self, worker: int, unfinished: list[Prompt], what: str, error: Exception,
-                 restart: bool = False) -> None:
-        """The worker died or its engine failed: (`restart`: make it exit,) wait for Ray to restart it,
-        load the current weights, re-issue its prompts. A second failure in this batch raises."""
+    def _recover(self, worker: int, unfinished: list[Prompt], error: Exception) -> None:
+        """The worker died or its engine failed: (an engine error: make it exit,) wait for Ray to restart
+        it, load the current weights, re-issue its prompts. A second failure in this batch raises."""
+        what, restart = what_failed(error)
         name, where = f"rollout[{worker}]", "" if self.step is None else f" (step {self.step})"
         cause = f"{name} {what}{where}: {actor_error_text(error)}"
         earlier = self.causes.setdefault(worker, [])
@@ -152,6 +159,14 @@ class StreamedBatch:
             self.resync(worker)
         if unfinished:
             self._issue(worker, unfinished)
+
+
+def scored_samples(samples: list[Sample], verdicts: list[Verdict],
+                   shaping: Shaping | None = None) -> list[ScoredSample]:
+    """The one place a sample's reward and correctness are set: its verdict's (from
+    `cluster.groups.RewardPool.collect`), with `shaping(sample)` added to the reward when given."""
+    return [ScoredSample.of(s, v.reward + shaping(s) if shaping is not None else v.reward, v.correct)
+            for s, v in zip(samples, verdicts, strict=True)]
 
 
 def generate_and_score(rollouts: RolloutGroup, pool: RewardPool, prompts: list[Prompt], n: int, temperature: float,

@@ -359,28 +359,30 @@ class RewardPool:
         the actor (one more for the call itself), plus grace_s for start-up and imports."""
         return time.monotonic() + self.cfg.timeout_s * (items + 1) + self.cfg.grace_s
 
-    def collect(self, jobs: list[ScoreJob]) -> dict[str, float]:
-        """Write verdicts into the samples; returns counts of timeouts, errors, unboxed answers and
-        replaced actors.
+    def collect(self, jobs: list[ScoreJob]) -> tuple[list[Verdict], dict[str, float]]:
+        """The verdicts of the jobs' samples, in the order they were submitted (the caller makes the
+        scored samples: cluster.generation.scored_samples), and counts of timeouts, errors, unboxed
+        answers and replaced actors.
 
         A reward actor that hangs past the deadline is killed and replaced, and its items count as
         timeouts (reward 0). One that dies is replaced and its items are scored again, once. Items
         whose scoring raised count as errors (scored as wrong answers: reward.scoring)."""
         counts = {"timeouts": 0.0, "errors": 0.0, "unboxed": 0.0, "restarts": 0.0}
+        out: list[Verdict] = []
         for job in jobs:
             try:
                 verdicts = self._verdicts(job, job.deadline, counts)
             finally:
                 with self.lock:
                     self.queued[job.actor_index] -= len(job.samples)
-            for sample, verdict in zip(job.samples, verdicts):
-                sample.reward, sample.correct = verdict.reward, verdict.correct
+            for verdict in verdicts:
                 counts["timeouts"] += verdict.timed_out
                 counts["unboxed"] += not verdict.boxed
                 if verdict.error is not None:
                     counts["errors"] += 1
                     self._report(job.actor_index, verdict.error)
-        return counts
+            out.extend(verdicts)
+        return out, counts
 
     def _report(self, index: int, error: str) -> None:
         """Print an error the first time its kind (where + exception type) is seen by this pool."""

@@ -5,15 +5,15 @@ from typing import Callable
 
 from cluster.generation import generate_and_score
 from cluster.groups import RewardPool, RolloutGroup
-from cluster.metrics import mean, reflects
-from protocol.batch import Prompt, Sample
+from cluster.metrics import boxed_rate, mean, reflects
+from protocol.batch import Prompt, ScoredSample
 
 
 EVAL_SEED = 777  # every held-out evaluation samples with this seed: evaluations compare across steps and runs
 
 
 def score_prompts(rollouts: RolloutGroup, pool: RewardPool, prompts: list[Prompt], n: int, temperature: float,
-                  seed: int, resync: Callable[[int], None] | None = None) -> tuple[list[Sample], dict[str, float]]:
+                  seed: int, resync: Callable[[int], None] | None = None) -> tuple[list[ScoredSample], dict[str, float]]:
     """Generate n completions per prompt and score them as they finish (see cluster/generation.py)."""
     rollout = generate_and_score(rollouts, pool, prompts, n, temperature, seed, resync)
     return rollout.samples, rollout.counts
@@ -30,8 +30,7 @@ def held_out_metrics(rollouts: RolloutGroup, pool: RewardPool, prompts: list[Pro
     out = {
         f"{prefix}/accuracy": mean([s.correct for s in sampled]),
         f"{prefix}/greedy_accuracy": mean([s.correct for s in greedy]),
-        # the grader's own extraction (as train/boxed_rate): a brace-matched \\boxed{} or \\fbox{} was found
-        f"{prefix}/boxed_rate": 1.0 - counts["unboxed"] / max(len(sampled), 1),
+        f"{prefix}/boxed_rate": boxed_rate(counts, len(sampled)),
         f"{prefix}/response_len": mean([len(s.response_ids) for s in sampled]),
         f"{prefix}/reflection_frac": mean([reflects(s.text) for s in sampled]),
     }

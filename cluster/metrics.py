@@ -8,7 +8,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from protocol.batch import Sample
+from protocol.batch import ScoredSample
 
 
 # Words of reflection / self-verification (the "aha moment" of R1-Zero-style training): pausing,
@@ -23,6 +23,12 @@ REFLECTION = re.compile(
 def mean(xs: list[float]) -> float:
     """The mean of `xs`, 0.0 for none."""
     return sum(xs) / max(len(xs), 1)
+
+
+def boxed_rate(counts: dict[str, float], responses: int) -> float:
+    """The share of `responses` in which the grader's own extraction found a brace-matched \\boxed{} or
+    \\fbox{} (`counts`: the reward pool's, cluster.groups.RewardPool.collect)."""
+    return 1.0 - counts["unboxed"] / max(responses, 1)
 
 
 def reflects(text: str) -> bool:
@@ -69,7 +75,7 @@ class MetricsLog:
         for sink in self.sinks:
             sink.log(step, metrics)
 
-    def samples(self, step: int, samples: list[Sample], answers: dict[int, str], keep: int,
+    def samples(self, step: int, samples: list[ScoredSample], answers: dict[int, str], keep: int,
                 worked: Callable[[str], bool] | None = None) -> None:
         """The first `keep` samples of a step; `worked`: the embedded task's test for a worked-out answer."""
         with self.samples_path.open("a") as f:
@@ -124,15 +130,18 @@ def run_figure(rows: list[dict[str, float]]) -> Any:
     return fig
 
 
-def plot_run(run_dir: Path) -> Path:
-    """reward_accuracy.png: see run_figure."""
+def save_figure(fig: Any, path: Path) -> Path:
+    """`fig` written to `path` (PNG, 100 dpi) and closed."""
     import matplotlib.pyplot as plt
 
-    fig = run_figure(read_metrics(run_dir))
-    out = run_dir / "reward_accuracy.png"
-    fig.savefig(out, dpi=100)
+    fig.savefig(path, dpi=100)
     plt.close(fig)
-    return out
+    return path
+
+
+def plot_run(run_dir: Path) -> Path:
+    """reward_accuracy.png: see run_figure."""
+    return save_figure(run_figure(read_metrics(run_dir)), run_dir / "reward_accuracy.png")
 
 
 EMERGENCE_PANELS = (
@@ -175,10 +184,4 @@ def emergence_figure(rows: list[dict[str, float]]) -> Any:
 
 def plot_emergence(run_dir: Path) -> Path:
     """emergence.png: see emergence_figure."""
-    import matplotlib.pyplot as plt
-
-    fig = emergence_figure(read_metrics(run_dir))
-    out = run_dir / "emergence.png"
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
-    return out
+    return save_figure(emergence_figure(read_metrics(run_dir)), run_dir / "emergence.png")

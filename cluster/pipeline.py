@@ -22,7 +22,7 @@ from cluster.config import Config
 from cluster.data import PromptSource
 from cluster.generation import ScoredBatch, StreamedBatch
 from cluster.groups import RewardPool, RolloutGroup
-from protocol.batch import Prompt, Sample
+from protocol.batch import Prompt, Sample, ScoredSample
 
 
 def step_seed(train_seed: int, step: int) -> int:
@@ -44,20 +44,16 @@ class RolloutPipeline:
     def _submit(self, t: int, prompts: list[Prompt]) -> StreamedBatch:
         r = self.cfg.rollout
         return StreamedBatch(self.rollouts, self.rewards, prompts, r.samples_per_prompt, r.temperature,
-                             step_seed(self.cfg.train.seed, t), self.resync, step=t + 1)
-
-    def _scored(self, batch: StreamedBatch) -> ScoredBatch:
-        scored = batch.result()
-        dynamic.shape_overlong(scored.samples, self.cfg)
-        return scored
+                             step_seed(self.cfg.train.seed, t), self.resync, step=t + 1,
+                             shaping=dynamic.overlong_shaping(self.cfg))
 
     def _collect(self, t: int, prompts: list[Prompt], first: StreamedBatch) -> tuple[list[Prompt], ScoredBatch]:
         """On a pipeline thread: the batch scored and shaped; with dynamic sampling, filled up by more rounds
         (submitted from here, so they queue behind whatever the workers hold by then)."""
-        scored = self._scored(first)
+        scored = first.result()
         if not self.cfg.algorithm.dynamic_sampling:
             return prompts, scored
-        return dynamic.fill_batch(self.cfg, t, prompts, scored, lambda more: self._scored(self._submit(t, more)),
+        return dynamic.fill_batch(self.cfg, t, prompts, scored, lambda more: self._submit(t, more).result(),
                                   self.source)
 
     def fill(self, step: int) -> None:
@@ -79,12 +75,12 @@ class RolloutPipeline:
         self.in_flight.clear()
 
 
-def split_stale(samples: list[Sample], learner_version: int, max_staleness: int,
-                samples_per_prompt: int) -> tuple[list[Sample], int]:
+def split_stale(samples: list[ScoredSample], learner_version: int, max_staleness: int,
+                samples_per_prompt: int) -> tuple[list[ScoredSample], int]:
     """Drop every prompt group that holds a sample more than `max_staleness` versions older than the
     learner (a group is kept or dropped whole, so its advantage baseline stays intact).
     Returns (kept samples, number of dropped samples)."""
-    kept: list[Sample] = []
+    kept: list[ScoredSample] = []
     for lo in range(0, len(samples), samples_per_prompt):
         group = samples[lo: lo + samples_per_prompt]
         if all(learner_version - s.policy_version <= max_staleness for s in group):

@@ -21,7 +21,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
 from cluster.config import Config, ConfigError, load_config
-from cluster.metrics import read_metrics
+from cluster.metrics import read_metrics, save_figure
+from protocol.markdown import table_lines
 
 PHASES = ("wait_rollout", "logprobs", "advantages", "train", "sync")
 
@@ -80,8 +81,7 @@ def write_tables(rows: list[dict[str, Any]], out: Path) -> None:
         writer.writeheader()
         writer.writerows(rows)
     fmt = lambda v: f"{v:.3g}" if isinstance(v, float) else str(v)  # noqa: E731
-    lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
-    lines += ["| " + " | ".join(fmt(r[k]) for k in keys) + " |" for r in rows]
+    lines = table_lines(keys, [[fmt(r[k]) for k in keys] for r in rows], padded_rule=False)
     (out / "sweep.md").write_text("\n".join(lines) + "\n")
 
 
@@ -139,13 +139,7 @@ def figure(rows: list[dict[str, Any]], axes: list[str]) -> Any:
 
 def plot(rows: list[dict[str, Any]], axes: list[str], out: Path) -> Path:
     """`figure` saved as out/sweep.png."""
-    import matplotlib.pyplot as plt
-
-    fig = figure(rows, axes)
-    path = out / "sweep.png"
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return save_figure(figure(rows, axes), out / "sweep.png")
 
 
 def read_table(path: Path) -> list[dict[str, Any]]:

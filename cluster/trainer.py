@@ -19,7 +19,8 @@ from cluster.export import copy_tokenizer
 from cluster.heldout import EVAL_SEED, held_out_metrics
 from cluster.generation import GenerationError, ScoredBatch
 from cluster.groups import ActorFailure, CriticGroup, LearnerGroup, RewardPool, RolloutGroup
-from cluster.metrics import MetricsLog, PhaseTimer, mean, plot_emergence, plot_run, read_metrics, reflects
+from cluster.metrics import (MetricsLog, PhaseTimer, boxed_rate, mean, plot_emergence, plot_run, read_metrics,
+                             reflects)
 from cluster.dynamic import overlong_metrics
 from cluster.parity import ParityCheck
 from cluster.pipeline import RolloutPipeline, check_staleness, split_stale, staleness_metrics, step_seed
@@ -27,7 +28,7 @@ from cluster.placement import connect, place
 from cluster.sync import WeightSync
 from cluster.wandb_log import WandbSink
 from cluster.update import PolicyUpdate
-from protocol.batch import Sample
+from protocol.batch import ScoredSample
 
 
 # summary.json's emergence figures, as eval_<name>_start / eval_<name>_end (None where a run lacks them)
@@ -143,7 +144,7 @@ class Trainer:
         """Every token the engines generated for the batch: with dynamic sampling, its dropped groups too."""
         return rollout.metrics.get("dynamic/generated_tokens", sum(len(s.response_ids) for s in rollout.samples))
 
-    def _sample_metrics(self, samples: list[Sample], rollout: ScoredBatch) -> dict[str, float]:
+    def _sample_metrics(self, samples: list[ScoredSample], rollout: ScoredBatch) -> dict[str, float]:
         counts = rollout.counts
         groups = [samples[i: i + self.cfg.rollout.samples_per_prompt]
                   for i in range(0, len(samples), self.cfg.rollout.samples_per_prompt)]
@@ -152,7 +153,7 @@ class Trainer:
             **worked,
             "reward/mean": mean([s.reward for s in samples]),
             "train/accuracy": mean([s.correct for s in samples]),
-            "train/boxed_rate": 1.0 - counts["unboxed"] / max(len(samples), 1),
+            "train/boxed_rate": boxed_rate(counts, len(samples)),
             "train/response_len": mean([len(s.response_ids) for s in samples]),
             "train/reflection_frac": mean([reflects(s.text) for s in samples]),
             "train/truncated_frac": mean([s.truncated for s in samples]),

@@ -22,7 +22,7 @@ from cluster.groups import CriticGroup, LearnerGroup
 from cluster.metrics import PhaseTimer
 from learner.core_algos import (compute_advantages, gae_advantages, kl_estimator, kl_penalised_rewards,
                                 outcome_token_rewards, whiten)
-from protocol.batch import Sample, TrainBatch
+from protocol.batch import ScoredSample, TrainBatch
 
 
 def needs_old_pass(cfg: Config) -> bool:
@@ -37,8 +37,8 @@ class PolicyUpdate:
     def __init__(self, cfg: Config, learners: LearnerGroup, critic: CriticGroup | None) -> None:
         self.cfg, self.learners, self.critic = cfg, learners, critic
 
-    def build(self, samples: list[Sample], seed: int, timer: PhaseTimer) -> tuple[TrainBatch, dict[str, float]]:
-        """The step's complete TrainBatch (advantages written into the samples too) and its metrics."""
+    def build(self, samples: list[ScoredSample], seed: int, timer: PhaseTimer) -> tuple[TrainBatch, dict[str, float]]:
+        """The step's complete TrainBatch (the advantages live only there) and its metrics."""
         a = self.cfg.algorithm
         batch = TrainBatch.from_samples(samples, a.mask_truncated)
         with timer("logprobs"):
@@ -52,11 +52,10 @@ class PolicyUpdate:
             metrics = self._advantages(batch, samples)
         return batch, metrics
 
-    def _advantages(self, batch: TrainBatch, samples: list[Sample]) -> dict[str, float]:
-        """Advantages into `batch` (per sample, or per token with GAE, plus its returns) and each sample's
-        `advantage` (GAE: its mean over the response). With the KL in the reward, the per-token KL of the
-        learner's old policy to the reference is subtracted (x kl_coef): from the outcome reward for the
-        outcome estimators (summed over the response), token by token for GAE."""
+    def _advantages(self, batch: TrainBatch, samples: list[ScoredSample]) -> dict[str, float]:
+        """Advantages into `batch` (per sample, or per token with GAE, plus its returns). With the KL in
+        the reward, the per-token KL of the learner's old policy to the reference is subtracted (x kl_coef):
+        from the outcome reward for the outcome estimators (summed over the response), token by token for GAE."""
         a, c = self.cfg.algorithm, self.cfg.critic
         rewards = torch.tensor([s.reward for s in samples], dtype=torch.float32)
         metrics: dict[str, float] = {}
@@ -74,14 +73,10 @@ class PolicyUpdate:
             advantages, returns = gae_advantages(token_rewards, values, c.gamma, c.lam)
             advantages = whiten(advantages, [torch.tensor(m) for m in batch.loss_mask])
             batch.advantages, batch.returns = [x.tolist() for x in advantages], [x.tolist() for x in returns]
-            per_sample = [float(x.mean()) if x.numel() else 0.0 for x in advantages]
         else:
             if token_kl is not None:
                 rewards = kl_penalised_rewards(rewards, sums, a.kl_coef)
-            per_sample = compute_advantages(a.advantage, rewards, self.cfg.rollout.samples_per_prompt).tolist()
-            batch.advantages = per_sample
-        for sample, advantage in zip(samples, per_sample):
-            sample.advantage = advantage
+            batch.advantages = compute_advantages(a.advantage, rewards, self.cfg.rollout.samples_per_prompt).tolist()
         return metrics
 
     def train(self, batch: TrainBatch, seed: int, step: int) -> dict[str, float]:

@@ -2,9 +2,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
-from typing import TypeVar
-
-T = TypeVar("T")
 
 
 @dataclass
@@ -19,7 +16,8 @@ class Prompt:
 
 @dataclass
 class Sample:
-    """One generated completion with everything the learner needs to train on it."""
+    """One generated completion as the rollout worker made it (its only writer): tokens, sampling
+    log-probs, how it ended, the policy version. Scoring makes a `ScoredSample` of it."""
 
     prompt_index: int
     prompt_ids: list[int]
@@ -28,13 +26,25 @@ class Sample:
     text: str
     finish_reason: str  # "stop" or "length"
     policy_version: int  # version of the weights that generated it
-    reward: float = 0.0
-    correct: bool = False
-    advantage: float = 0.0
 
     @property
     def truncated(self) -> bool:
         return self.finish_reason == "length"
+
+
+@dataclass
+class ScoredSample(Sample):
+    """A Sample with its reward, made once by the driver from the reward pool's verdict
+    (cluster.generation.scored_samples) and never changed after. The advantages are not here: they
+    live in the TrainBatch that computes them (cluster.update.PolicyUpdate.build)."""
+
+    reward: float  # the verdict's reward, plus the overlong shaping when configured (cluster.dynamic)
+    correct: bool
+
+    @classmethod
+    def of(cls, sample: Sample, reward: float, correct: bool) -> "ScoredSample":
+        """`sample`'s generated fields with this reward and correctness."""
+        return cls(**{f.name: getattr(sample, f.name) for f in fields(Sample)}, reward=reward, correct=correct)
 
 
 @dataclass
@@ -57,14 +67,6 @@ def overlong_loss_mask(response_lens: list[int], finish_reasons: list[str], mask
     return [[float(k)] * n for n, k in zip(response_lens, keep, strict=True)]
 
 
-def unshard(per_rank: list[list[T]]) -> list[T]:
-    """Inverse of `TrainBatch.shard`: rank r's k-th item is item r + k * world_size of the batch."""
-    out: list[T] = [None] * sum(len(part) for part in per_rank)  # type: ignore[list-item]
-    for rank, part in enumerate(per_rank):
-        out[rank::len(per_rank)] = part
-    return out
-
-
 @dataclass
 class TrainBatch:
     """The learner's (and critic's) input for one policy step: flat lists, one entry per sample, every
@@ -79,7 +81,8 @@ class TrainBatch:
     # the update is one optimizer step: the training forward's own log-probs are the old ones then.
     old_logprobs: list[list[float]]
     # One float per sample (outcome estimators: every response token gets it) or one list per sample
-    # with a float per response token (GAE).
+    # with a float per response token (GAE); written by cluster.update.PolicyUpdate.build. Empty: zeros
+    # (learner.batching.pad), as in the SFT batches that have none.
     advantages: list[float] | list[list[float]]
     loss_mask: list[list[float]] = field(default_factory=list)
     # The rollout engine's sampling log-probs (pi_behaviour), in sync and async modes alike: only for
@@ -94,14 +97,14 @@ class TrainBatch:
 
     @classmethod
     def from_samples(cls, samples: list[Sample], mask_truncated: bool = False) -> "TrainBatch":
-        """Tokens, the engine's sampling log-probs as `behaviour_logprobs`, each sample's advantage and
-        the loss mask (`mask_truncated`: overlong handling, see `overlong_loss_mask`). The learner's
-        old log-probs, reference log-probs, values and returns are filled in by the driver."""
+        """Tokens, the engine's sampling log-probs as `behaviour_logprobs` and the loss mask
+        (`mask_truncated`: overlong handling, see `overlong_loss_mask`). The learner's old log-probs,
+        reference log-probs, values, advantages and returns are filled in by the driver."""
         return cls(
             prompt_ids=[s.prompt_ids for s in samples],
             response_ids=[s.response_ids for s in samples],
             old_logprobs=[],
-            advantages=[s.advantage for s in samples],
+            advantages=[],
             loss_mask=overlong_loss_mask([len(s.response_ids) for s in samples],
                                          [s.finish_reason for s in samples], mask_truncated),
             behaviour_logprobs=[s.response_logprobs for s in samples],
@@ -113,7 +116,3 @@ class TrainBatch:
             return [xs[i] for i in indices] if xs else []
 
         return TrainBatch(**{f.name: pick(getattr(self, f.name)) for f in fields(self)})
-
-    def shard(self, rank: int, world_size: int) -> "TrainBatch":
-        """Every world_size-th sample starting at rank: an even split for data-parallel ranks."""
-        return self.select(list(range(rank, len(self), world_size)))

@@ -2,7 +2,7 @@
 
 The learner streams its full weights as *buckets* (lists of named tensors up to `bucket_bytes`), laid
 out back to back in one flat manifest (`build_manifest`). A transport (protocol/transports/: shm,
-broadcast, ipc, one module each) moves the buckets; the receiver turns what arrived back into an
+broadcast, ipc, nccl, one module each) moves the buckets; the receiver turns what arrived back into an
 iterator of (name, tensor) that vLLM's in-place reload consumes. One call per sync per worker (a
 broadcast: one collective per bucket), never one call per parameter.
 
@@ -53,7 +53,7 @@ class WeightManifest:
     version: int
     tensors: tuple[TensorMeta, ...]
     transport: str
-    location: str = ""  # shm: file path; broadcast: "host:port"
+    location: str = ""  # the transport's node-local buffer (Transport.scratch_location): shm's file path, else ""
 
     @property
     def total_bytes(self) -> int:

@@ -28,6 +28,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+from protocol.markdown import table_lines
 from reward.nearmiss import near_misses
 from reward.normalize import normalize_answer
 from reward.parse import parse_ast
@@ -202,20 +203,20 @@ def _speed(run: list[tuple[bool, float]], indices: Any, timeouts: int | None) ->
     return out if timeouts is None else {**out, "timeouts": timeouts}
 
 
-def _cell(c: dict[str, Any]) -> str:
+def _cells(c: dict[str, Any]) -> list[str]:
     pct = (lambda v: "n/a" if v is None else f"{v:.1%}")
-    return (f"{c['agree']}/{c['rows']} ({pct(c['agreement'])}) | {pct(c['precision'])} | {pct(c['recall'])} | "
-            f"**{c['fp']}** ({pct(c['false_positive_rate'])})")
+    return [f"{c['agree']}/{c['rows']} ({pct(c['agreement'])})", pct(c["precision"]), pct(c["recall"]),
+            f"**{c['fp']}** ({pct(c['false_positive_rate'])})"]
 
 
 def table(result: dict[str, Any]) -> list[str]:
     """A markdown table: one row per group, agreement / precision / recall / false positives per grader."""
     graders = result["graders"]
-    head = " | ".join(f"{g}: agreement | precision | recall | false positives (rate)" for g in graders)
-    lines = [f"| group | {head} |", "| --- |" + " --- | --- | --- | --- |" * len(graders)]
-    for name, by_grader in result["groups"].items():
-        lines.append(f"| {name} | " + " | ".join(_cell(by_grader[g]) for g in graders) + " |")
-    return lines
+    head = ["group"] + [cell for g in graders for cell in (f"{g}: agreement", "precision", "recall",
+                                                           "false positives (rate)")]
+    rows = [[name] + [cell for g in graders for cell in _cells(by_grader[g])]
+            for name, by_grader in result["groups"].items()]
+    return table_lines(head, rows)
 
 
 def report(result: dict[str, Any]) -> list[str]:

@@ -50,7 +50,7 @@ def test_code_rl_step_and_reference_solutions_through_the_pool(trainer):
         texts = [r["canonical_solution"] + "```" for r in rows] + [r["mutated_solution"] + "```" for r in rows]
         samples = [Sample(i, [1], [1], [0.0], t, "stop", 0) for i, t in enumerate(texts)]
         answers = {i: problems[i % len(rows)].answer for i in range(len(texts))}
-        counts = pool.collect(pool.submit(samples, answers))
+        verdicts, counts = pool.collect(pool.submit(samples, answers))
     finally:
         trainer.pipeline.close()
         pool.kill()
@@ -59,7 +59,7 @@ def test_code_rl_step_and_reference_solutions_through_the_pool(trainer):
     assert 0.0 <= metrics["reward/mean"] <= 1.0
     # The tiny model's text is no program: every sample that failed to load is an error of the sandbox run.
     assert 1 <= metrics["reward/errors"] <= n
-    assert [s.reward for s in samples] == [1.0] * len(rows) + [0.0] * len(rows)
+    assert [v.reward for v in verdicts] == [1.0] * len(rows) + [0.0] * len(rows)
     assert counts["errors"] == 0 and counts["timeouts"] == 0
 
 

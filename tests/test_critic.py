@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from cluster.generation import scored_samples
 from tests.test_weight_sync import Unplaced, _with
 
 
@@ -27,8 +28,8 @@ def ppo(session_trainer):
 def _scored_samples(trainer, seed: int):
     prompts = trainer.train_data.batch(seed, 4)
     samples = trainer.rollouts.generate(prompts, trainer.cfg.rollout.samples_per_prompt, 1.0, seed=seed)
-    trainer.rewards.collect(trainer.rewards.submit(samples, {p.index: p.answer for p in prompts}))
-    return samples
+    verdicts, _ = trainer.rewards.collect(trainer.rewards.submit(samples, {p.index: p.answer for p in prompts}))
+    return scored_samples(samples, verdicts)
 
 
 def test_gae_batch_and_one_real_step_with_the_critic(trainer, ppo):

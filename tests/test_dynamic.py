@@ -3,21 +3,28 @@ figure. Pure Python on hand-made samples (no Ray, no vLLM); the runs on the real
 test_dynamic_run.py and test_weight_sync.py."""
 from __future__ import annotations
 
+from dataclasses import fields
+
 import pytest
 
 from cluster.config import ConfigError, load_config
 from cluster.data import Problem
-from cluster.dynamic import fill_batch, informative, overlong_metrics, shape_overlong
-from cluster.generation import ScoredBatch
+from cluster.dynamic import fill_batch, informative, overlong_metrics, overlong_shaping
+from cluster.generation import ScoredBatch, scored_samples
 from cluster.parity import max_gaps
 from cluster.pipeline import StalenessError, check_staleness
-from protocol.batch import Prompt, Sample
+from protocol.batch import Prompt, Sample, ScoredSample
+from reward.scoring import Verdict
 from reward.shaping import overlong_penalty
 
 
-def _sample(prompt: int, reward: float = 0.0, length: int = 1, version: int = 0) -> Sample:
+def _generated(prompt: int, length: int = 1, version: int = 0) -> Sample:
     return Sample(prompt_index=prompt, prompt_ids=[1], response_ids=[2] * length, response_logprobs=[0.0] * length,
-                  text="", finish_reason="stop", policy_version=version, reward=reward)
+                  text="", finish_reason="stop", policy_version=version)
+
+
+def _sample(prompt: int, reward: float = 0.0, length: int = 1, version: int = 0) -> ScoredSample:
+    return ScoredSample.of(_generated(prompt, length, version), reward=reward, correct=reward > 0)
 
 
 @pytest.mark.parametrize("length, expected", [(0, 0.0), (80, 0.0), (84, -0.2), (90, -0.5), (100, -1.0)])
@@ -31,16 +38,34 @@ def test_overlong_penalty_is_linear_over_the_last_buffer_tokens(length, expected
 def test_overlong_shaping_adds_to_the_reward_and_is_counted():
     cfg = load_config(None, ["rollout.max_new_tokens=40", "algorithm.overlong_buffer=10",
                              "algorithm.overlong_penalty=2.0"])
-    samples = [_sample(0, 1.0, length=30), _sample(0, 1.0, length=35), _sample(0, 0.0, length=40)]
-    shape_overlong(samples, cfg)
+    verdicts = [Verdict(1.0, True, True), Verdict(1.0, True, True), Verdict(0.0, False, True)]
+    generated = [_generated(0, length=30), _generated(0, length=35), _generated(0, length=40)]
+    samples = scored_samples(generated, verdicts, overlong_shaping(cfg))
     assert [s.reward for s in samples] == pytest.approx([1.0, 0.0, -2.0])
+    assert [s.correct for s in samples] == [True, True, False]  # shaping changes the reward only
     metrics = overlong_metrics(samples, cfg)
     assert metrics["reward/overlong_penalty_mean"] == pytest.approx(-1.0)
     assert metrics["reward/overlong_frac"] == pytest.approx(2 / 3)
     off = load_config(None, ["rollout.max_new_tokens=40"])
-    untouched = [_sample(0, 1.0, length=40)]
-    shape_overlong(untouched, off)
+    assert overlong_shaping(off) is None
+    untouched = scored_samples([_generated(0, length=40)], [Verdict(1.0, True, True)], overlong_shaping(off))
     assert untouched[0].reward == 1.0 and overlong_metrics(untouched, off) == {}
+
+
+def test_scored_samples_keep_every_generated_field_and_take_their_own_verdict():
+    """The driver's one writer of reward and correctness: verdicts pair with samples by position (the
+    pool returns them in submission order), the generated fields are copied whole, and a verdict
+    missing for a sample is an error, not a silent reward of 0."""
+    generated = [Sample(prompt_index=i, prompt_ids=[1, i], response_ids=[2] * (i + 1),
+                        response_logprobs=[-0.5] * (i + 1), text=f"answer {i}",
+                        finish_reason="length" if i == 2 else "stop", policy_version=7 + i) for i in range(3)]
+    verdicts = [Verdict(0.0, False, True), Verdict(1.0, True, True), Verdict(0.25, False, False)]
+    scored = scored_samples(generated, verdicts)
+    assert [(s.reward, s.correct) for s in scored] == [(0.0, False), (1.0, True), (0.25, False)]
+    assert [{f.name: getattr(s, f.name) for f in fields(Sample)} for s in scored] == [vars(g) for g in generated]
+    assert [s.truncated for s in scored] == [False, False, True]
+    with pytest.raises(ValueError):
+        scored_samples(generated, verdicts[:2])
 
 
 def test_overlong_buffer_must_leave_room_below_the_cap():

@@ -92,11 +92,12 @@ def test_kl_loss_metric_is_k3_of_the_policy_against_the_reference(trainer):
     step batch's old and reference log-probs: with one mini-batch the training forward is the old
     policy's. After one real step, so that the policy differs from the reference."""
     from cluster.metrics import PhaseTimer
+    from protocol.batch import ScoredSample
 
     trainer.step(0)
-    samples = trainer.rollouts.generate(trainer.train_data.batch(5, 2), trainer.cfg.rollout.samples_per_prompt, 1.0, seed=5)
-    for i, s in enumerate(samples):
-        s.reward = float(i % 2)
+    generated = trainer.rollouts.generate(trainer.train_data.batch(5, 2), trainer.cfg.rollout.samples_per_prompt, 1.0,
+                                          seed=5)
+    samples = [ScoredSample.of(s, reward=float(i % 2), correct=bool(i % 2)) for i, s in enumerate(generated)]
     batch, _ = trainer.update.build(samples, seed=6, timer=PhaseTimer())
     assert batch.old_logprobs == []  # one optimizer step: the training forward gives them (no separate pass)
     old = trainer.learners.old_logprobs(batch, 6)  # what that forward computes, in the same micro-batches
@@ -116,9 +117,9 @@ def test_reward_pool_scores_in_ray_actors(trainer):
     pool = RewardPool(trainer.cfg.model_copy(update={"reward": trainer.cfg.reward.model_copy(update={"custom_fn": None})}))
     texts = ["so \\boxed{85}", "so \\boxed{84}", "no box 85", "\\boxed{9^9^9}", "so \\boxed{85}"]
     samples = [Sample(i, [1], [1], [0.0], t, "stop", 0) for i, t in enumerate(texts)]
-    counts = pool.collect(pool.submit(samples, {i: "85" for i in range(5)}))
+    verdicts, counts = pool.collect(pool.submit(samples, {i: "85" for i in range(5)}))
     pool.kill()
-    assert [s.reward for s in samples] == [1.0, 0.0, 0.0, 0.0, 1.0]
+    assert [v.reward for v in verdicts] == [1.0, 0.0, 0.0, 0.0, 1.0]
     assert counts["unboxed"] == 1 and counts["timeouts"] == 0
 
 
@@ -126,8 +127,8 @@ def test_custom_reward_function_runs_in_the_pool(trainer):
     from protocol.batch import Sample
 
     samples = [Sample(i, [1], [1], [0.0], "x" * (i + 1), "stop", 0) for i in range(4)]
-    trainer.rewards.collect(trainer.rewards.submit(samples, {i: "" for i in range(4)}))
-    assert [s.reward for s in samples] == [0.0, 1.0, 0.0, 1.0]
+    verdicts, _ = trainer.rewards.collect(trainer.rewards.submit(samples, {i: "" for i in range(4)}))
+    assert [v.reward for v in verdicts] == [0.0, 1.0, 0.0, 1.0]
 
 
 def test_run_outputs_and_hf_export(trainer):
@@ -200,12 +201,13 @@ def test_kl_in_reward_penalises_rewards_with_reference_logprobs(trainer):
     quantities recomputed here from the learner ranks (after one real step, so the policy has moved)."""
     from cluster.metrics import PhaseTimer
     from learner.core_algos import grpo_advantages
+    from protocol.batch import ScoredSample
 
     trainer.step(0)  # the policy moves away from the reference (and the engines get its weights)
     prompts = trainer.train_data.batch(3, 2)
-    samples = trainer.rollouts.generate(prompts, trainer.cfg.rollout.samples_per_prompt, 1.0, seed=3)
-    for s in samples:
-        s.reward = 1.0  # equal rewards: without the KL penalty every advantage would be 0
+    generated = trainer.rollouts.generate(prompts, trainer.cfg.rollout.samples_per_prompt, 1.0, seed=3)
+    # equal rewards: without the KL penalty every advantage would be 0
+    samples = [ScoredSample.of(s, reward=1.0, correct=True) for s in generated]
     a = trainer.cfg.algorithm
     a.kl_in_reward, a.kl_estimator = True, "k1"
     try:
@@ -219,5 +221,4 @@ def test_kl_in_reward_penalises_rewards_with_reference_logprobs(trainer):
     assert metrics["train/kl_in_reward"] == pytest.approx(float(kl.mean()), abs=1e-5)
     expected = grpo_advantages(1.0 - a.kl_coef * kl, trainer.cfg.rollout.samples_per_prompt)
     assert torch.allclose(torch.tensor(batch.advantages), expected, atol=1e-4)
-    assert [s.advantage for s in samples] == batch.advantages
     assert batch.old_logprobs == old  # computed once, before the update, as the learner computes them

@@ -6,7 +6,7 @@ import time
 import ray
 import torch
 
-from cluster.generation import StreamedBatch, generate_and_score
+from cluster.generation import StreamedBatch, generate_and_score, scored_samples
 from cluster.groups import RewardPool
 from protocol.batch import Prompt, Sample, TrainBatch
 
@@ -155,18 +155,20 @@ def test_hung_reward_actor_is_replaced_and_its_items_time_out(trainer):
         samples = _fake_samples(answers)
         ray.get([a.ping.remote() for a in pool.actors])  # started: the deadline measures the hang only
         started = time.monotonic()
-        counts = pool.collect(pool.submit(samples, dict(enumerate(answers))))
+        verdicts, counts = pool.collect(pool.submit(samples, dict(enumerate(answers))))
         elapsed = time.monotonic() - started
         assert elapsed < 2 * 0.5 + 8.0 + 5.0, elapsed  # the step never hangs
-        hung = [s for s in samples if s.prompt_index == 1]
+        scored = scored_samples(samples, verdicts)
+        hung = [s for s in scored if s.prompt_index == 1]
         assert counts["restarts"] == 1 and counts["timeouts"] == 2  # the hung item and its job-mate
         assert all(s.reward == 0.0 for s in hung)
-        healthy = [s for s in samples if s.prompt_index in (2, 3)]
+        healthy = [s for s in scored if s.prompt_index in (2, 3)]
         assert all(s.reward == float(len(s.text) % 2 == 0) for s in healthy)
         # The replacement works.
         again = _fake_samples(["4", "5"])
-        assert pool.collect(pool.submit(again, {0: "4", 1: "5"}))["restarts"] == 0
-        assert [s.reward for s in again] == [1.0, 0.0]
+        verdicts, counts = pool.collect(pool.submit(again, {0: "4", 1: "5"}))
+        assert counts["restarts"] == 0
+        assert [v.reward for v in verdicts] == [1.0, 0.0]
     finally:
         pool.kill()
 
@@ -183,9 +185,9 @@ def test_dead_reward_actor_is_replaced_and_its_items_scored_again(trainer):
             except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
                 break
             time.sleep(0.05)
-        counts = pool.collect(pool.submit(samples, {i: str(i + 1) for i in range(4)}))
+        verdicts, counts = pool.collect(pool.submit(samples, {i: str(i + 1) for i in range(4)}))
         assert counts["restarts"] == 1 and counts["timeouts"] == 0
-        assert [s.reward for s in samples] == [float(len(s.text) % 2 == 0) for s in samples]
+        assert [v.reward for v in verdicts] == [float(len(s.text) % 2 == 0) for s in samples]
     finally:
         pool.kill()
 

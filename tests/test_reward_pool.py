@@ -29,19 +29,20 @@ def test_items_that_raise_score_zero_are_counted_and_logged_once_per_kind(traine
         samples = _samples(answers)
         ray.get([a.ping.remote() for a in pool.actors])
         started = time.monotonic()
-        counts = pool.collect(pool.submit(samples, dict(enumerate(answers))))
+        verdicts, counts = pool.collect(pool.submit(samples, dict(enumerate(answers))))
         assert time.monotonic() - started < 5.0  # the slow item was stopped by its time limit
         assert counts["errors"] == 4 and counts["timeouts"] == 1 and counts["restarts"] == 0
-        for sample, answer in zip(samples, answers):
+        for sample, answer, verdict in zip(samples, answers, verdicts, strict=True):
             expected = float(len(sample.text) % 2 == 0) if answer.isdigit() else 0.0
-            assert sample.reward == expected, (answer, sample.reward)
+            assert verdict.reward == expected, (answer, verdict.reward)
         err = capfd.readouterr().err
         assert err.count("ValueError: cannot score") == 1 and err.count("ZeroDivisionError") == 1, err
         assert "reward.custom_fn tests.rewards_fixture:raise_on_marker" in err
         # The actors live on and a later batch's errors of a kind already seen are counted, not printed.
         again = _samples(["bad", "4"])
-        assert pool.collect(pool.submit(again, {0: "bad", 1: "4"}))["errors"] == 1
-        assert [s.reward for s in again] == [0.0, 0.0] and "ValueError" not in capfd.readouterr().err
+        verdicts, counts = pool.collect(pool.submit(again, {0: "bad", 1: "4"}))
+        assert counts["errors"] == 1
+        assert [v.reward for v in verdicts] == [0.0, 0.0] and "ValueError" not in capfd.readouterr().err
     finally:
         pool.kill()
 
@@ -71,10 +72,10 @@ def test_the_deadline_grows_with_the_answers_queued_on_an_actor(trainer):
         samples = _samples(answers)
         ray.get([a.ping.remote() for a in pool.actors])
         started = time.monotonic()
-        counts = pool.collect(pool.submit(samples, dict(enumerate(answers))))
+        verdicts, counts = pool.collect(pool.submit(samples, dict(enumerate(answers))))
         assert time.monotonic() - started > 2.0  # the fixed deadline would have passed
         assert counts["restarts"] == 0 and counts["timeouts"] == 0
-        assert [s.reward for s in samples] == [float(len(s.text) % 2 == 0) for s in samples]
+        assert [v.reward for v in verdicts] == [float(len(s.text) % 2 == 0) for s in samples]
     finally:
         pool.kill()
 
@@ -105,8 +106,8 @@ def test_grader_actors_take_reward_extract_and_do_not_import_sympy(trainer):
                  "The final answer is $15$. I hope it is correct."]  # an answer phrase: 0 under the default
         for sample, text in zip(samples, texts):
             sample.text = text
-        pool.collect(pool.submit(samples, dict(enumerate(golds))))
-        assert [s.reward for s in samples] == [1.0] * 5
+        verdicts, _ = pool.collect(pool.submit(samples, dict(enumerate(golds))))
+        assert [v.reward for v in verdicts] == [1.0] * 5
         loaded = ray.get(pool.actors[0].__ray_call__.remote(lambda worker: sorted(m for m in sys.modules if m.startswith("sympy"))))
         assert loaded == [], loaded[:5]
     finally:

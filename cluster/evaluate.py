@@ -183,7 +183,8 @@ def main(argv: list[str] | None = None) -> int:
 def _evaluate(cfg: Any, args: argparse.Namespace) -> list[BenchmarkResult]:
     from transformers import AutoTokenizer
 
-    from cluster.groups import RewardPool, RolloutGroup
+    from cluster.groups import RewardPool
+    from cluster.rollout_group import RolloutGroup
     from cluster.placement import connect, place
 
     connect(cfg)

@@ -20,6 +20,7 @@ from ray.util.placement_group import PlacementGroup, placement_group, remove_pla
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from cluster import lifeline
+from cluster.actor_group import actor_name
 from cluster.config import Config
 
 REPO_ROOT = str(Path(__file__).resolve().parent.parent)
@@ -96,7 +97,7 @@ class Plan:
                 share = (f"GPU {slot.num_gpus:g}" if not slot.engine_bundles else
                          f"TP ranks {slot.gpus_per_rank:g} GPU each in bundles {list(slot.engine_bundles)}")
                 node = f" on node {nodes.get(where[0], '?')}" if nodes is not None else ""
-                rows.append(f"  {role}[{i}] bundle {slot.bundle} {self.bundles[slot.bundle]}: CPU {slot.num_cpus:g}, "
+                rows.append(f"  {actor_name(role, i)} bundle {slot.bundle} {self.bundles[slot.bundle]}: CPU {slot.num_cpus:g}, "
                             f"{share}{node}")
         shared = [b for b in range(len(self.bundles)) if self._gpu_users(b) > 1]
         if shared:
@@ -216,7 +217,7 @@ class Placement:
         text = self.plan.describe(nodes)
         for i, slot in enumerate(self.plan.slots["rollout"]):
             if len({nodes.get(b) for b in slot.engine_bundles}) > 1:
-                text += (f"\n  warning: rollout[{i}]'s TP ranks are on different nodes ({sorted({nodes.get(b, '?') for b in slot.engine_bundles})}): "
+                text += (f"\n  warning: {actor_name('rollout', i)}'s TP ranks are on different nodes ({sorted({nodes.get(b, '?') for b in slot.engine_bundles})}): "
                          "tensor parallelism across nodes is slow; use cluster.placement_strategy=STRICT_PACK or fewer GPUs per engine")
         return text
 

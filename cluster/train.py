@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     from cluster.checkpoint import CheckpointError
     from cluster.data import DataError
     from cluster.generation import GenerationError
-    from cluster.groups import ActorFailure
+    from cluster.actor_group import ActorFailure
     from cluster.placement import PlacementError
     from cluster.trainer import Trainer
 

@@ -18,10 +18,12 @@ from cluster.data import PromptSource, load_problems, worked_predicate
 from cluster.export import copy_tokenizer
 from cluster.heldout import EVAL_SEED, held_out_metrics
 from cluster.generation import GenerationError, ScoredBatch
-from cluster.groups import ActorFailure, CriticGroup, LearnerGroup, RewardPool, RolloutGroup
+from cluster.actor_group import ActorFailure
+from cluster.groups import CriticGroup, LearnerGroup, RewardPool
 from cluster.metrics import MetricsLog, PhaseTimer, mean, plot_emergence, plot_run, read_metrics, reflects
 from cluster.dynamic import overlong_metrics
 from cluster.parity import ParityCheck
+from cluster.rollout_group import RolloutGroup
 from cluster.pipeline import RolloutPipeline, check_staleness, split_stale, staleness_metrics, step_seed
 from cluster.placement import connect, place
 from cluster.sync import WeightSync
@@ -279,9 +281,9 @@ class Trainer:
 
     def finish(self, first: dict[str, float], last: dict[str, float]) -> dict[str, float]:
         final_dir = self.run_dir / "final_model"
-        self.learners.call("save_hf", str(final_dir))
+        self.learners.save_hf(str(final_dir))
         if not (final_dir / "config.json").is_file():
-            raise paths.SharedPathError(f"learner[0] wrote final_model on its node, the driver does not see it in "
+            raise paths.SharedPathError(f"{self.learners.actor_name(0)} wrote final_model on its node, the driver does not see it in "
                                         f"{final_dir}: the run directory is not shared")
         copy_tokenizer(Path(self.model_path), final_dir)
         summary = {

@@ -15,7 +15,7 @@ from tqdm import tqdm
 
 from cluster.config import Config
 from cluster.groups import LearnerGroup
-from cluster.placement import Placement
+from cluster.placement_group import Placement
 from cluster.tiny_model import EOS, build_random_model
 from protocol.batch import TrainBatch
 from tasks import task_for

@@ -16,7 +16,7 @@ import ray
 from cluster.actor_group import (ActorFailure, ActorGroup, Named, _last_line, actor_error_text, actor_name,
                                  merge_indexed, oom_text, shared_batches, wait_named)
 from cluster.config import Config
-from cluster.placement import Placement
+from cluster.placement_group import Placement
 from cluster.rollout_group import RolloutGroup
 from cluster.specs import critic_spec, learner_spec
 from learner.critic import CriticWorker

@@ -10,7 +10,7 @@ import ray
 
 from cluster.actor_group import ActorFailure, ActorGroup, Named, actor_error_text, get_within, wait_named
 from cluster.config import Config
-from cluster.placement import Placement
+from cluster.placement_group import Placement
 from cluster.specs import engine_spec
 from protocol.batch import Prompt, Sample
 from protocol.weight_sync import WeightManifest

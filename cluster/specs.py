@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 from pydantic import BaseModel
 
 from cluster.config import Config, auto_transport
-from cluster.memory import engine_sequences
+from cluster.memory_model import engine_sequences
 from learner.critic import CriticSpec
 from learner.worker import LearnerSpec
 from rollout.worker import EngineSpec

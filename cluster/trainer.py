@@ -15,7 +15,7 @@ from cluster import checkpoint, faults, paths
 from cluster.base_model import resolve_model
 from cluster.config import Config, dump_config
 from cluster.data import PromptSource, load_problems, worked_predicate
-from cluster.export import copy_tokenizer
+from cluster.hf_export import copy_tokenizer
 from cluster.heldout import EVAL_SEED, held_out_metrics
 from cluster.generation import GenerationError, ScoredBatch
 from cluster.actor_group import ActorFailure
@@ -25,7 +25,7 @@ from cluster.dynamic import overlong_metrics
 from cluster.parity import ParityCheck
 from cluster.rollout_group import RolloutGroup
 from cluster.pipeline import RolloutPipeline, check_staleness, split_stale, staleness_metrics, step_seed
-from cluster.placement import connect, place
+from cluster.placement_group import connect, place
 from cluster.sync import WeightSync
 from cluster.wandb_log import WandbSink
 from cluster.update import PolicyUpdate
@@ -178,8 +178,8 @@ class Trainer:
         return metrics
 
     def benchmark(self, step: int) -> dict[str, float]:
-        """train.benchmarks (cluster/evaluate.py) on the live engines, scored by the grader alone."""
-        from cluster import evaluate as bench
+        """train.benchmarks (cluster/benchmark_suite.py) on the live engines, scored by the grader alone."""
+        from cluster import benchmark_suite as bench
 
         t, r = self.cfg.train, self.cfg.rollout
         if self.grader is None:

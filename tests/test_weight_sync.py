@@ -24,7 +24,7 @@ SMALL_BUCKET_MB = 0.02  # ~20 KB: the tiny test model spans dozens of buckets
 
 
 class Unplaced:
-    """Stands in for cluster.placement.Placement: actors outside any placement group."""
+    """Stands in for cluster.placement_group.Placement: actors outside any placement group."""
 
     def __init__(self, gpus: float = 0.0) -> None:
         self.gpus = gpus

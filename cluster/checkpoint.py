@@ -28,7 +28,6 @@ from typing import Any
 import yaml
 
 from cluster import faults
-from cluster.actor_group import actor_name
 from cluster.config import Config, dump_config
 from cluster.metrics import MetricsLog
 from protocol.rng import rng_state, set_rng_state
@@ -128,7 +127,7 @@ class Checkpoints:
             check_visible(staging, learners.save_checkpoint(str(staging)))
             if critic is not None:
                 (staging / "critic").mkdir()
-                check_visible(staging / "critic", critic.save_checkpoint(str(staging / "critic")), "critic")
+                check_visible(staging / "critic", critic.save_checkpoint(str(staging / "critic")))
             faults.disk_full(step)
             dump_config(cfg, staging / "config.yaml")
             (staging / "driver_rng.pkl").write_bytes(pickle.dumps(rng_state()))
@@ -185,17 +184,17 @@ class Checkpoints:
                 shutil.rmtree(p, ignore_errors=True)
 
 
-def check_visible(staging: Path, views: list[dict[str, Any]], role: str = "learner") -> None:
+def check_visible(staging: Path, views: list[tuple[str, dict[str, Any]]]) -> None:
     """Every file a learner rank saw in the checkpoint after its save must be visible to the driver,
     with the same size: otherwise partitions landed on a node-local disk and the checkpoint would be
-    marked complete without them. `views`: each rank's {"node", "files"} (RankGroup.save_checkpoint) of `role`."""
+    marked complete without them. `views`: each rank's name and {"node", "files"} (RankGroup.save_checkpoint)."""
     problems = []
-    for rank, view in enumerate(views):
+    for name, view in views:
         missing = sorted(name for name, size in view["files"].items()
                          if not (staging / name).is_file() or (staging / name).stat().st_size != size)
         if missing:
             shown = ", ".join(missing[:4]) + (f" and {len(missing) - 4} more" if len(missing) > 4 else "")
-            problems.append(f"{actor_name(role, rank)} on node {view['node']} wrote {shown}")
+            problems.append(f"{name} on node {view['node']} wrote {shown}")
     if problems:
         raise CheckpointError(f"checkpoint {staging.name.removesuffix('.partial')}: files the driver cannot see in {staging}: "
                               + "; ".join(problems) + ". The run directory must be on a file system that "

@@ -75,9 +75,10 @@ class RankGroup(ActorGroup):
         out["grad_norm"], out["optimizer_steps"] = per_rank[0]["grad_norm"] / max(steps, 1.0), steps
         return out
 
-    def save_checkpoint(self, path: str) -> list[dict[str, Any]]:
-        """Every rank writes its DeepSpeed partitions under `path`; returns each rank's {"node", "files"}."""
-        return self._call("save_checkpoint", path)
+    def save_checkpoint(self, path: str) -> list[tuple[str, dict[str, Any]]]:
+        """Every rank writes its DeepSpeed partitions under `path`; returns each rank's name and what it
+        wrote, {"node", "files"} (cluster.checkpoint.check_visible)."""
+        return [(self.actor_name(i), view) for i, view in enumerate(self._call("save_checkpoint", path))]
 
     def load_checkpoint(self, path: str) -> None:
         self._call("load_checkpoint", path)

@@ -57,7 +57,7 @@ class RankGroup(ActorGroup):
                           self.timeout_s, f"{self.role}.{method}", name_task_errors=False,
                           grace_s=self.spec.collective_timeout_s)
 
-    def _scored(self, method: str, batch: TrainBatch, seed: int | None) -> list[list[float]]:
+    def _scoring_call(self, method: str, batch: TrainBatch, seed: int | None) -> list[list[float]]:
         """Per-token values of every sample from a scoring `method` (old_logprobs, ref_logprobs, values)."""
         return merge_indexed(self._call(method, batch, seed), len(batch))
 
@@ -106,11 +106,11 @@ class LearnerGroup(RankGroup):
     def old_logprobs(self, batch: TrainBatch, seed: int | None) -> list[list[float]]:
         """The PPO old log-probs: the current weights' log-probs of every response, computed in the
         micro-batches that `train(batch, seed)` will train on first."""
-        return self._scored("old_logprobs", batch, seed)
+        return self._scoring_call("old_logprobs", batch, seed)
 
     def ref_logprobs(self, batch: TrainBatch, seed: int | None = None) -> list[list[float]]:
         """Reference-model logprobs of every response, each rank scoring its share."""
-        return self._scored("ref_logprobs", batch, seed)
+        return self._scoring_call("ref_logprobs", batch, seed)
 
     def logprobs(self, batch: TrainBatch, temperature: float | None = None) -> list[list[float]]:
         """Response logprobs under the learner's current weights at `temperature` (None: the rollout
@@ -161,7 +161,7 @@ class CriticGroup(RankGroup):
                          cfg.critic.call_timeout_s)
 
     def values(self, batch: TrainBatch, seed: int | None) -> list[list[float]]:
-        return self._scored("values", batch, seed)
+        return self._scoring_call("values", batch, seed)
 
 
 @dataclass

@@ -1,6 +1,6 @@
 """Group handles own their calls (checked on the source, AST of every cluster/ module): outside the group
 modules no code reaches a group's actor handles (`.actors`), calls a group's generic method-name call
-(`._call`, `._each`, `._scored`), or formats an actor's name by hand (`f"rollout[{i}]"`, `"learner[0]"`,
+(`._call`, `._each`, `._scoring_call`), or formats an actor's name by hand (`f"rollout[{i}]"`, `"learner[0]"`,
 `f"{role}[{i}]"`): each remote call is a named method of its group's class and every name comes from
 `actor_name` (cluster/actor_group.py). Docstrings may still speak of `rollout[i]`."""
 from __future__ import annotations
@@ -11,7 +11,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 GROUP_MODULES = {"actor_group.py", "groups.py", "rollout_group.py"}
-PRIVATE_TO_GROUPS = {"actors", "_call", "_each", "_scored"}
+PRIVATE_TO_GROUPS = {"actors", "_call", "_each", "_scoring_call"}
 ROLES = "learner|critic|rollout|reward"
 # In a string, or an f-string whose placeholders read `{}`: `rollout[{}]`, `learner[0]`, `{}[{}]`, or a
 # part ending in `rollout[` (a prefix test, or an f-string's text before the index).

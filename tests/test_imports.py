@@ -1,7 +1,8 @@
 """The import rule of the architecture, checked on the source (AST of every module, imports inside
 functions included): cluster -> rollout, learner, reward, tasks -> protocol. protocol/ imports none of the
 other packages; rollout/, learner/ and reward/ never import each other or cluster/; tasks/ (the embedded
-task) is imported by cluster/ only; nothing in the product imports benchmarks/ or tests/."""
+task) is imported by cluster/ only; nothing in the product imports benchmarks/ or tests/. Within cluster/,
+the training loop's modules reach no command module (a CLI with `main()`), directly or through others."""
 from __future__ import annotations
 
 import ast

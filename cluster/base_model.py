@@ -15,7 +15,7 @@ from tqdm import tqdm
 
 from cluster.config import Config
 from cluster.groups import LearnerGroup
-from cluster.placement import Placement
+from cluster.placement_group import Placement
 from cluster.tiny_model import EOS, build_random_model
 from protocol.batch import TrainBatch
 from tasks import task_for
@@ -89,7 +89,7 @@ def build_base_model(cfg: Config, placement: Placement, out: Path, pairs: list[t
         for lo in bar:
             loss = learners.train(sft_batch(pairs[lo: lo + size], tokenizer, eos_id), loss="sft")["loss"]
             bar.set_postfix(loss=f"{loss:.3f}")
-        learners.call("save_hf", str(staging / "model"))
+        learners.save_hf(str(staging / "model"))
     finally:
         learners.kill()
     for name in TOKENIZER_FILES:

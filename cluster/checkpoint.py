@@ -124,10 +124,10 @@ class Checkpoints:
         shutil.rmtree(staging, ignore_errors=True)
         try:
             staging.mkdir(parents=True)
-            check_visible(staging, learners.call("save_checkpoint", str(staging)))
+            check_visible(staging, learners.save_checkpoint(str(staging)))
             if critic is not None:
                 (staging / "critic").mkdir()
-                check_visible(staging / "critic", critic.call("save_checkpoint", str(staging / "critic")))
+                check_visible(staging / "critic", critic.save_checkpoint(str(staging / "critic")))
             faults.disk_full(step)
             dump_config(cfg, staging / "config.yaml")
             (staging / "driver_rng.pkl").write_bytes(pickle.dumps(rng_state()))
@@ -184,17 +184,17 @@ class Checkpoints:
                 shutil.rmtree(p, ignore_errors=True)
 
 
-def check_visible(staging: Path, views: list[dict[str, Any]]) -> None:
+def check_visible(staging: Path, views: list[tuple[str, dict[str, Any]]]) -> None:
     """Every file a learner rank saw in the checkpoint after its save must be visible to the driver,
     with the same size: otherwise partitions landed on a node-local disk and the checkpoint would be
-    marked complete without them. `views`: each rank's {"node", "files"} (LearnerWorker.save_checkpoint)."""
+    marked complete without them. `views`: each rank's name and {"node", "files"} (RankGroup.save_checkpoint)."""
     problems = []
-    for rank, view in enumerate(views):
+    for name, view in views:
         missing = sorted(name for name, size in view["files"].items()
                          if not (staging / name).is_file() or (staging / name).stat().st_size != size)
         if missing:
             shown = ", ".join(missing[:4]) + (f" and {len(missing) - 4} more" if len(missing) > 4 else "")
-            problems.append(f"learner[{rank}] on node {view['node']} wrote {shown}")
+            problems.append(f"{name} on node {view['node']} wrote {shown}")
     if problems:
         raise CheckpointError(f"checkpoint {staging.name.removesuffix('.partial')}: files the driver cannot see in {staging}: "
                               + "; ".join(problems) + ". The run directory must be on a file system that "
@@ -222,9 +222,9 @@ def check_resume(path: Path, cfg: Config) -> TrainerState:
 
 def restore(path: Path, learners: Any, critic: Any = None) -> TrainerState:
     """Load the learners' (and critic's) DeepSpeed state and the driver's RNG; returns the saved trainer state."""
-    learners.call("load_checkpoint", str(path))
+    learners.load_checkpoint(str(path))
     if critic is not None:
-        critic.call("load_checkpoint", str(path / "critic"))
+        critic.load_checkpoint(str(path / "critic"))
     set_rng_state(pickle.loads((path / "driver_rng.pkl").read_bytes()))
     return read_state(path)
 

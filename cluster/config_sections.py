@@ -290,8 +290,8 @@ class TrainConfig(Strict):
     save_every: int = Field(10, ge=0)  # checkpoint every N steps (0: only at the end)
     keep_checkpoints: int = Field(2, ge=1)  # the newest K checkpoints are kept
     max_checkpoint_failures: int = Field(3, ge=1)  # consecutive failed saves (disk full...) before the run stops
-    benchmark_every: int = Field(0, ge=0)  # run `benchmarks` (cluster/evaluate.py) every N steps; 0: never
-    benchmarks: list[str] = []  # names from cluster.evaluate.BENCHMARKS, read from data/ or benchmark_dir
+    benchmark_every: int = Field(0, ge=0)  # run `benchmarks` (cluster/benchmark_suite.py) every N steps; 0: never
+    benchmarks: list[str] = []  # names from cluster.benchmark_suite.BENCHMARKS, read from data/ or benchmark_dir
     benchmark_dir: str | None = None  # where non-shipped benchmark files live (default: ../shared/data)
     benchmark_limit: int | None = Field(None, ge=1)  # first N problems of each benchmark (quick checks)
 

@@ -61,33 +61,26 @@ def driver_kill(step: int) -> None:
 def learner_kill(step: int, learners: Any) -> None:
     """The learner_kill point: kills the last rank of `learners` (a LearnerGroup) when armed."""
     if armed("learner_kill", step):
-        import ray
-
-        ray.kill(learners.actors[-1])
+        learners.kill_actor(-1)
 
 
 def learner_hang(step: int, learners: Any) -> None:
     """The learner_hang point: the last rank of `learners` sleeps for an hour when armed (not awaited)."""
     if armed("learner_hang", step):
-        import time
-
-        learners.actors[-1].__ray_call__.remote(lambda worker: time.sleep(3600))
+        learners.hang_actor(-1, 3600)
 
 
-def engine_error(step: int | None, worker: int, actor: Any, reissue: bool) -> None:
-    """The rollout_engine_error point, before a batch's prompts are issued to rollout[worker]."""
+def engine_error(step: int | None, worker: int, rollouts: Any, reissue: bool) -> None:
+    """The rollout_engine_error point, before a batch's prompts are issued to rollout[worker] of `rollouts`
+    (a RolloutGroup)."""
     if step is None or worker != 0:
         return
     if (armed("rollout_engine_error", step) and not reissue) or armed("rollout_engine_error_repeat", step):
-        import ray
-
-        ray.get(actor.arm_engine_error.remote(f"injected engine error (REASONRL_FAULT, step {step})"))
+        rollouts.arm_engine_error(worker, f"injected engine error (REASONRL_FAULT, step {step})")
 
 
 def rollout_kill(step: int, rollouts: Any) -> None:
     """The rollout_kill point: kills rollout[0] of `rollouts` (a RolloutGroup) when armed; Ray restarts
     it if its restarts are not used up."""
     if armed("rollout_kill", step):
-        import ray
-
-        ray.kill(rollouts.actors[0], no_restart=False)
+        rollouts.kill_actor(0, restart=True)

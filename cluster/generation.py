@@ -24,7 +24,9 @@ from typing import Callable
 import ray
 
 from cluster import faults
-from cluster.groups import ActorFailure, RewardPool, RolloutGroup, actor_error_text
+from cluster.actor_group import ActorFailure, actor_error_text
+from cluster.groups import RewardPool
+from cluster.rollout_group import RolloutGroup
 from protocol.batch import GeneratedChunk, Prompt, Sample, ScoredSample
 from reward.scoring import Verdict
 from rollout.worker import EngineRestarted
@@ -90,15 +92,15 @@ class StreamedBatch:
 
     def _issue(self, worker: int, prompts: list[Prompt]) -> None:
         r = self.rollouts.cfg
-        faults.engine_error(self.step, worker, self.rollouts.actors[worker], reissue=worker in self.causes)
-        stream = self.rollouts.actors[worker].generate_stream.remote(
-            prompts, self.n, self.temperature, r.top_p, r.max_new_tokens, self.seed + worker)
+        faults.engine_error(self.step, worker, self.rollouts, reissue=worker in self.causes)
+        stream = self.rollouts.submit_generate_stream(worker, prompts, self.n, self.temperature, r.top_p,
+                                                      r.max_new_tokens, self.seed + worker)
         self.streams[stream] = (worker, list(prompts))
 
     def result(self) -> ScoredBatch:
         samples: list[Sample] = []
         jobs: list = []
-        engine_s = [0.0] * len(self.rollouts.actors)
+        engine_s = [0.0] * self.rollouts.size
         restarts = reissued = 0
         while self.streams:
             stream, worker, unfinished = self._next_ready()
@@ -107,7 +109,7 @@ class StreamedBatch:
             except StopIteration:
                 del self.streams[stream]
                 if unfinished:
-                    raise GenerationError(f"rollout[{worker}] ended its stream with {len(unfinished)} prompts unfinished")
+                    raise GenerationError(f"{self.rollouts.actor_name(worker)} ended its stream with {len(unfinished)} prompts unfinished")
                 continue
             except WORKER_FAILED as error:
                 del self.streams[stream]
@@ -132,7 +134,7 @@ class StreamedBatch:
         timeout = self.rollouts.cfg.timeout_s
         ready, _ = ray.wait(list(self.streams), num_returns=1, timeout=timeout)
         if not ready:
-            stuck = ", ".join(f"rollout[{w}] ({len(left)} prompts left)" for w, left in self.streams.values())
+            stuck = ", ".join(f"{self.rollouts.actor_name(w)} ({len(left)} prompts left)" for w, left in self.streams.values())
             raise GenerationError(f"generation: {stuck} finished no prompt within rollout.timeout_s={timeout:g}s")
         return ready[0], *self.streams[ready[0]]
 
@@ -144,7 +146,7 @@ class StreamedBatch:
         """The worker died or its engine failed: (an engine error: make it exit,) wait for Ray to restart
         it, load the current weights, re-issue its prompts. A second failure in this batch raises."""
         what, restart = what_failed(error)
-        name, where = f"rollout[{worker}]", "" if self.step is None else f" (step {self.step})"
+        name, where = self.rollouts.actor_name(worker), "" if self.step is None else f" (step {self.step})"
         cause = f"{name} {what}{where}: {actor_error_text(error)}"
         earlier = self.causes.setdefault(worker, [])
         earlier.append(cause)

@@ -1,130 +1,35 @@
-"""Driver-side handles for the actor groups (learner, critic, rollout, reward). Every call here is one
-RPC per actor."""
+"""Driver-side handles for the learner and critic ranks and the reward pool; the rollout workers' handle is
+cluster/rollout_group.py, their shared base and waiting cluster/actor_group.py (re-exported here). Every
+call here is one RPC per actor."""
 from __future__ import annotations
 
 import dataclasses
 import inspect
-import re
 import sys
 import threading
-from dataclasses import dataclass
 import time
-from typing import Any, TypeVar
+from dataclasses import dataclass
+from typing import Any
 
 import ray
 
+from cluster.actor_group import (ActorFailure, ActorGroup, Named, _last_line, actor_error_text, actor_name,
+                                 merge_indexed, oom_text, shared_batches, wait_named)
 from cluster.config import Config
-from cluster.placement import Placement
-from cluster.specs import critic_spec, engine_spec, learner_spec
+from cluster.placement_group import Placement
+from cluster.rollout_group import RolloutGroup
+from cluster.specs import critic_spec, learner_spec
 from learner.critic import CriticWorker
 from learner.worker import LearnerWorker
-from protocol.batch import Prompt, Sample, TrainBatch
+from protocol.batch import Sample, TrainBatch
 from reward.scoring import Verdict, describe_error, error_kind
 from reward.worker import RewardWorker
-from rollout.worker import RolloutWorker
 
-T = TypeVar("T")
-
-
-def _get(refs: Any, timeout_s: float, what: str) -> Any:
-    try:
-        return ray.get(refs, timeout=timeout_s)
-    except ray.exceptions.GetTimeoutError:
-        raise TimeoutError(f"{what} did not finish within {timeout_s:.0f}s") from None
+__all__ = ["ActorFailure", "ActorGroup", "CriticGroup", "LearnerGroup", "RankGroup", "RewardPool", "RolloutGroup",
+           "ScoreJob", "actor_error_text", "actor_name", "merge_indexed", "oom_text", "shared_batches", "wait_named"]
 
 
-class ActorFailure(RuntimeError):
-    """An actor died, failed or did not answer in time; the message names it, e.g. `learner[1]`.
-    `worker`: that name (None for a deadline); `lost`: the actor died (it may be restarting)."""
-
-    def __init__(self, message: str, worker: str | None = None, lost: bool = False) -> None:
-        super().__init__(message)
-        self.worker, self.lost = worker, lost
-
-
-def actor_error_text(error: Exception) -> str:
-    """'ExceptionClass: last line of its message', of the remote cause when Ray wrapped it; a kill by
-    Ray's memory monitor as such, with the memory figures Ray gives (oom_text)."""
-    cause = getattr(error, "cause", None) or error
-    if (oom := oom_text(str(cause))) is not None:
-        return oom
-    return f"{type(cause).__name__}: {str(cause).strip().splitlines()[-1] if str(cause).strip() else ''}"
-
-
-def oom_text(message: str) -> str | None:
-    """One line from Ray's OOM-kill message (ray.exceptions.OutOfMemoryError, or an actor death whose
-    detail carries it): the node's memory against Ray's threshold and what the killed worker used.
-    None when the message is not one."""
-    if "running low on memory" not in message:
-        return None
-    node = re.search(r"was ([\d.]+GB) used / ([\d.]+GB) limit", message)
-    threshold = re.search(r"threshold of \d+B \(([\d.]+)% of", message)
-    killed = re.search(r"Selected to kill: .*?task name=([^,]+),.*?pid=(\d+), actual memory used=([\d.]+GB)", message, re.S)
-    parts = ["killed by Ray's memory monitor (OOM)"]
-    if killed:
-        parts.append(f"{killed.group(1)} (pid {killed.group(2)}) used {killed.group(3)}")
-    if node:
-        parts.append(f"the node had {node.group(1)} used of {node.group(2)}"
-                     + (f", above Ray's kill threshold of {threshold.group(1)}%" if threshold else ""))
-    return "; ".join(parts) + " (python -m cluster.memory --config ... predicts each process; RAY_memory_usage_threshold)"
-
-
-def _last_line(text: str) -> str:
-    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
-    return lines[-1] if lines else text
-
-
-def wait_named(named: list[tuple[str, ray.ObjectRef]], timeout_s: float, what: str,
-               error: type[ActorFailure] = ActorFailure, name_task_errors: bool = True,
-               grace_s: float = 10.0) -> list[Any]:
-    """Results of every actor's part; the first failure, or the deadline, raises `error` naming the
-    actor(s). `name_task_errors=False` lets an exception raised by the method itself through as Ray
-    gives it (an instance of the remote exception's class, so `except OSError` still works), unless
-    other actors are still running `grace_s` after it: a rank that hangs leaves the others failing in a
-    collective (gloo's timeout), so then the error names both. Deaths and timeouts are always named."""
-    pending = {ref: name for name, ref in named}
-    deadline = time.monotonic() + timeout_s
-    while pending:
-        ready, _ = ray.wait(list(pending), num_returns=1, timeout=max(0.0, deadline - time.monotonic()))
-        if not ready:
-            raise error(f"{what}: {', '.join(pending.values())} did not finish within {timeout_s:g}s")
-        name = pending.pop(ready[0])
-        try:
-            ray.get(ready[0])
-        except ray.exceptions.RayError as err:
-            if isinstance(err, ray.exceptions.RayTaskError) and not name_task_errors:
-                ray.wait(list(pending), num_returns=len(pending), timeout=min(grace_s, max(0.0, deadline - time.monotonic())))
-                stuck = [n for ref, n in pending.items() if not ray.wait([ref], timeout=0)[0]]
-                if not stuck:
-                    raise
-                raise error(f"{what}: {', '.join(stuck)} did not finish, and {name} failed meanwhile "
-                            f"({actor_error_text(err)}): {' and '.join(stuck)} hangs, or waits for {name} in a collective",
-                            stuck[0]) from err
-            lost = isinstance(err, (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError,
-                                    ray.exceptions.OutOfMemoryError))
-            raise error(f"{what}: {name} failed: {actor_error_text(err)}", name, lost) from err
-    return ray.get([ref for _, ref in named])
-
-
-def shared_batches(args: tuple[Any, ...]) -> tuple[Any, ...]:
-    """`args` with each TrainBatch put into Ray's object store once, as a reference: every rank of the
-    call reads the same serialised copy (Ray resolves a top-level reference argument), instead of Ray
-    pickling the batch into each rank's call (hundreds of MB per copy at 7B batch sizes)."""
-    return tuple(ray.put(a) if isinstance(a, TrainBatch) else a for a in args)
-
-
-def merge_indexed(per_rank: list[list[tuple[int, T]]], size: int) -> list[T]:
-    """The ranks' (sample index, value) pairs as one list in batch order; every index exactly once."""
-    out: list[Any] = [None] * size
-    for index, value in (pair for part in per_rank for pair in part):
-        out[index] = value
-    missing = [i for i, v in enumerate(out) if v is None]
-    if missing:
-        raise RuntimeError(f"no rank returned samples {missing[:5]}")
-    return out
-
-
-class RankGroup:
+class RankGroup(ActorGroup):
     """`num_ranks` DeepSpeed ranks of one role (`learner`, `critic`) as Ray actors in their bundles."""
 
     def __init__(self, role: str, worker: type, spec: Any, num_ranks: int, placement: Placement,
@@ -135,12 +40,12 @@ class RankGroup:
         env = {"env_vars": {"DS_ACCELERATOR": "cpu"}} if spec.device == "cpu" else None
         self.actors = [remote.options(**placement.options(role, i), runtime_env=env).remote(i, num_ranks, spec)
                        for i in range(num_ranks)]
-        addr, port = wait_named([(f"{role}[0]", self.actors[0].address.remote())], self.timeout_s,
+        addr, port = wait_named([(self.actor_name(0), self.actors[0].address.remote())], self.timeout_s,
                                 f"{role} start (enough free CPUs/GPUs?)")[0]
-        print(f"{role} rendezvous: {addr}:{port} ({role}[0]'s node)")
-        self.num_params = self.call("setup", addr, port)[0]
+        print(f"{role} rendezvous: {addr}:{port} ({self.actor_name(0)}'s node)")
+        self.num_params = self._call("setup", addr, port)[0]
 
-    def call(self, method: str, *args: Any) -> list[Any]:
+    def _call(self, method: str, *args: Any) -> list[Any]:
         """Run `method` on every rank at once (ZeRO needs all ranks) and return each rank's result.
         A rank that dies or hangs raises ActorFailure naming it (`learner[i]`); an exception the
         method raises comes through as itself, unless other ranks are still running after it: then
@@ -148,19 +53,19 @@ class RankGroup:
         # A rank waiting in a collective for a failed peer fails itself within the process group's
         # timeout (<role>.collective_timeout_s): one still running after that is the one that hangs.
         args = shared_batches(args)
-        return wait_named([(f"{self.role}[{i}]", getattr(a, method).remote(*args)) for i, a in enumerate(self.actors)],
+        return wait_named(self._each(lambda a: getattr(a, method).remote(*args)),
                           self.timeout_s, f"{self.role}.{method}", name_task_errors=False,
                           grace_s=self.spec.collective_timeout_s)
 
-    def scored(self, method: str, batch: TrainBatch, seed: int | None) -> list[list[float]]:
+    def _scoring_call(self, method: str, batch: TrainBatch, seed: int | None) -> list[list[float]]:
         """Per-token values of every sample from a scoring `method` (old_logprobs, ref_logprobs, values)."""
-        return merge_indexed(self.call(method, batch, seed), len(batch))
+        return merge_indexed(self._call(method, batch, seed), len(batch))
 
     def train(self, batch: TrainBatch, seed: int | None = None, *args: Any) -> dict[str, float]:
         """The update on the global batch. Returns `loss` (the mean over mini-batches of the aggregate
         that was minimised), `grad_norm` (mean over optimizer steps), `optimizer_steps`, every `<x>_max`
         as a maximum and every other statistic as a mean over the batch's loss tokens (all epochs)."""
-        per_rank = self.call("train_step", batch, seed, *args)
+        per_rank = self._call("train_step", batch, seed, *args)
         sums = {k: sum(r.get(k, 0.0) for r in per_rank) for k in per_rank[0] if not k.endswith("_max")}
         steps = per_rank[0]["optimizer_steps"]
         out = {k: v / max(sums["tokens"], 1.0) for k, v in sums.items()
@@ -170,9 +75,13 @@ class RankGroup:
         out["grad_norm"], out["optimizer_steps"] = per_rank[0]["grad_norm"] / max(steps, 1.0), steps
         return out
 
-    def kill(self) -> None:
-        for a in self.actors:
-            ray.kill(a)
+    def save_checkpoint(self, path: str) -> list[tuple[str, dict[str, Any]]]:
+        """Every rank writes its DeepSpeed partitions under `path`; returns each rank's name and what it
+        wrote, {"node", "files"} (cluster.checkpoint.check_visible)."""
+        return [(self.actor_name(i), view) for i, view in enumerate(self._call("save_checkpoint", path))]
+
+    def load_checkpoint(self, path: str) -> None:
+        self._call("load_checkpoint", path)
 
 
 class LearnerGroup(RankGroup):
@@ -197,16 +106,51 @@ class LearnerGroup(RankGroup):
     def old_logprobs(self, batch: TrainBatch, seed: int | None) -> list[list[float]]:
         """The PPO old log-probs: the current weights' log-probs of every response, computed in the
         micro-batches that `train(batch, seed)` will train on first."""
-        return self.scored("old_logprobs", batch, seed)
+        return self._scoring_call("old_logprobs", batch, seed)
 
     def ref_logprobs(self, batch: TrainBatch, seed: int | None = None) -> list[list[float]]:
         """Reference-model logprobs of every response, each rank scoring its share."""
-        return self.scored("ref_logprobs", batch, seed)
+        return self._scoring_call("ref_logprobs", batch, seed)
 
     def logprobs(self, batch: TrainBatch, temperature: float | None = None) -> list[list[float]]:
         """Response logprobs under the learner's current weights at `temperature` (None: the rollout
         temperature), each rank scoring its share."""
-        return merge_indexed(self.call("logprobs", batch, temperature), len(batch))
+        return merge_indexed(self._call("logprobs", batch, temperature), len(batch))
+
+    def save_hf(self, path: str) -> None:
+        """The policy as a Hugging Face checkpoint in `path` (rank 0 writes; every rank gathers)."""
+        self._call("save_hf", path)
+
+    def check_run_dir(self, token_file: str, token: str) -> list[str | None]:
+        """Each rank's problem with the run directory (does it see the driver's token file?), None where none."""
+        return self._call("check_run_dir", token_file, token)
+
+    # ---- weight sync (cluster/sync.py): submitted calls are returned named, for its own waiting ----
+    def weight_layout(self) -> list[tuple[str, tuple[int, ...]]]:
+        """Rank 0's weight layout (names, shapes, dtypes) that every sync's manifest is built from."""
+        return self._call("weight_layout")[0]
+
+    def rendezvous_address(self, timeout_s: float) -> tuple[str, int]:
+        """A fresh (host, port) on rank 0's node, for a transport group that rank 0 joins."""
+        return ray.get(self.actors[0].address.remote(), timeout=timeout_s)
+
+    def submit_open_weight_transport(self, key: str, transport: str, setup: dict[str, Any]) -> list[Named]:
+        return self._each(lambda a: a.open_weight_transport.remote(key, transport, setup))
+
+    def submit_export_weights(self, key: str, version: int) -> list[Named]:
+        return self._each(lambda a: a.export_weights.remote(key, version))
+
+    def submit_last_export_steps(self) -> list[Named]:
+        """Returns once each rank is idle (not training): its optimizer steps at its last export."""
+        return self._each(lambda a: a.last_export_steps.remote())
+
+    def last_export_steps(self, timeout_s: float) -> int:
+        """Rank 0's optimizer steps at the last export."""
+        return ray.get(self.actors[0].last_export_steps.remote(), timeout=timeout_s)
+
+    def submit_close_weight_transport(self, key: str) -> list[ray.ObjectRef]:
+        """Close the transport `key` on every rank (best effort: the caller waits as long as it likes)."""
+        return [ref for _, ref in self._each(lambda a: a.close_weight_transport.remote(key))]
 
 
 class CriticGroup(RankGroup):
@@ -217,87 +161,7 @@ class CriticGroup(RankGroup):
                          cfg.critic.call_timeout_s)
 
     def values(self, batch: TrainBatch, seed: int | None) -> list[list[float]]:
-        return self.scored("values", batch, seed)
-
-
-class RolloutGroup:
-    def __init__(self, cfg: Config, model_path: str, placement: Placement, **overrides: Any) -> None:
-        """`overrides`: EngineSpec fields that differ from what the config gives (tests)."""
-        r = cfg.rollout
-        spec = dataclasses.replace(engine_spec(cfg, model_path), **overrides)
-        # Ray restarts a dead worker (same bundle, fresh engine from the base model); the driver then
-        # re-syncs its weights and re-issues its prompts (cluster/generation.py). Tasks are not retried
-        # by Ray: a re-issue must carry the current policy version, which only the driver knows.
-        remote = ray.remote(max_restarts=r.max_restarts, max_task_retries=0)(RolloutWorker)
-        self.cfg = r
-        self.timeout_s = r.timeout_s
-        self.sleeps = spec.sleep_mode  # colocated: engines sleep while the learner trains
-        self.actors = []
-        for i in range(r.num_workers):
-            bundles, share = placement.engine_ranks(i)  # a GPU engine's TP ranks: their bundles and GPU share
-            self.actors.append(remote.options(**placement.options("rollout", i)).remote(
-                dataclasses.replace(spec, ray_bundles=bundles, gpus_per_rank=share)))
-        # When each worker last showed progress (started, or finished a prompt): a call queued behind its
-        # generation (a weight load) is judged by the same rule as generation itself (cluster/sync.py).
-        self.progress = [time.monotonic()] * r.num_workers
-        _get([a.__ray_ready__.remote() for a in self.actors], self.timeout_s, "rollout engine start")
-
-    def note_progress(self, index: int) -> None:
-        self.progress[index] = time.monotonic()
-
-    def sleep(self) -> None:
-        """Colocated: every engine frees its GPU memory for the learner; the next weight load wakes it."""
-        if self.sleeps:
-            wait_named([(f"rollout[{i}]", a.sleep.remote()) for i, a in enumerate(self.actors)], self.timeout_s,
-                       "rollout engines going to sleep")
-
-    def split(self, prompts: list[Prompt]) -> list[list[Prompt]]:
-        """An even, deterministic split: worker i gets prompts i, i+k, i+2k, ..."""
-        k = len(self.actors)
-        return [prompts[i::k] for i in range(k)]
-
-    def generate(self, prompts: list[Prompt], n: int, temperature: float, seed: int) -> list[Sample]:
-        """All completions at once (no streaming, no restarts): for tests and quick checks."""
-        refs = [actor.generate.remote(part, n, temperature, self.cfg.top_p, self.cfg.max_new_tokens, seed + i)
-                for i, (actor, part) in enumerate(zip(self.actors, self.split(prompts))) if part]
-        chunks = _get(refs, self.timeout_s, "generation")
-        return sorted((s for c in chunks for s in c), key=lambda s: s.prompt_index)
-
-    def wait_alive(self, index: int) -> None:
-        """Block until rollout[index] answers (after a restart its engine is rebuilt: this can take a while)."""
-        deadline = time.monotonic() + self.timeout_s
-        while True:
-            try:
-                ray.get(self.actors[index].__ray_ready__.remote(), timeout=max(1.0, deadline - time.monotonic()))
-                return
-            except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError) as error:
-                if isinstance(error, ray.exceptions.ActorDiedError) or time.monotonic() > deadline:
-                    raise ActorFailure(f"rollout[{index}] died and was not restarted "
-                                       f"(rollout.max_restarts={self.cfg.max_restarts}): {actor_error_text(error)}",
-                                       f"rollout[{index}]", lost=True) from None
-                time.sleep(0.5)
-            except ray.exceptions.GetTimeoutError:
-                raise ActorFailure(f"rollout[{index}] did not come back within rollout.timeout_s="
-                                   f"{self.timeout_s:g}s after dying", f"rollout[{index}]") from None
-
-    def restart(self, index: int) -> None:
-        """Make rollout[index] exit (its engine failed) so that Ray restarts it; returns once it is gone."""
-        try:
-            ray.get(self.actors[index].restart.remote(), timeout=self.timeout_s)
-        except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError):
-            return  # exited, as asked
-        except ray.exceptions.GetTimeoutError:
-            ray.kill(self.actors[index], no_restart=False)
-
-    def call(self, method: str, *args: Any) -> list[Any]:
-        return _get([getattr(a, method).remote(*args) for a in self.actors], self.timeout_s, f"rollout.{method}")
-
-    def kill(self) -> None:
-        try:
-            ray.get([a.shutdown.remote() for a in self.actors], timeout=30)
-        finally:
-            for a in self.actors:
-                ray.kill(a)
+        return self._scoring_call("values", batch, seed)
 
 
 @dataclass

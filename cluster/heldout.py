@@ -4,7 +4,8 @@ from __future__ import annotations
 from typing import Callable
 
 from cluster.generation import generate_and_score
-from cluster.groups import RewardPool, RolloutGroup
+from cluster.groups import RewardPool
+from cluster.rollout_group import RolloutGroup
 from cluster.metrics import boxed_rate, mean, reflects
 from protocol.batch import Prompt, ScoredSample
 

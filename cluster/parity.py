@@ -20,8 +20,12 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
+import ray
+
 from cluster.config import Config
-from cluster.groups import ActorFailure, LearnerGroup, RolloutGroup, wait_named
+from cluster.actor_group import ActorFailure, wait_named
+from cluster.groups import LearnerGroup
+from cluster.rollout_group import RolloutGroup
 from protocol.batch import Prompt, TrainBatch
 from rollout.worker import EngineRestarted
 
@@ -58,15 +62,15 @@ class ParityCheck:
         self.batch: TrainBatch | None = None  # the fixed batch, drawn at the first check
         self.recovered = 0  # engines restarted and re-synced during this check
 
-    def _on_engine(self, index: int, method: str, *args: Any, ref: Any = None) -> Any:
-        """rollout[index].method(*args) (`ref`: that call, submitted already); a worker that died (or was
-        restarted by Ray since the sync) is waited for, re-synced and asked again, once."""
-        name = f"rollout[{index}]"
+    def _on_engine(self, index: int, what: str, submit: Callable[[], ray.ObjectRef], ref: Any = None) -> Any:
+        """The result of `submit()`, a call on rollout[index] (`ref`: that call, submitted already); a worker
+        that died (or was restarted by Ray since the sync) is waited for, re-synced and asked again, once."""
+        name = self.rollouts.actor_name(index)
         for attempt in range(2):
             if ref is None or attempt:
-                ref = getattr(self.rollouts.actors[index], method).remote(*args)
+                ref = submit()
             try:
-                return wait_named([(name, ref)], self.cfg.rollout.timeout_s, f"parity check ({method})")[0]
+                return wait_named([(name, ref)], self.cfg.rollout.timeout_s, f"parity check ({what})")[0]
             except ActorFailure as error:
                 restarted = error.lost or isinstance(error.__cause__, EngineRestarted)
                 if attempt or not restarted or self.resync is None:
@@ -91,7 +95,8 @@ class ParityCheck:
         if self.batch is None:
             r = self.cfg.rollout
             prompts = [Prompt(i, p.token_ids, p.answer) for i, p in enumerate(self.prompts)]
-            samples = self._on_engine(0, "generate", prompts, 1, r.temperature, r.top_p, r.max_new_tokens, PARITY_SEED)
+            samples = self._on_engine(0, "generate", lambda: self.rollouts.submit_generate(
+                0, prompts, 1, r.temperature, r.top_p, r.max_new_tokens, PARITY_SEED))
             self.batch = TrainBatch([s.prompt_ids for s in samples], [s.response_ids for s in samples], [],
                                     [0.0] * len(samples))
         return self.batch
@@ -99,8 +104,10 @@ class ParityCheck:
     def engine_logprobs(self, batch: TrainBatch) -> list[list[list[float]]]:
         """Per engine, per sequence: the response tokens' log-probs under the engine's weights (T=1)."""
         sequences = [p + r for p, r in zip(batch.prompt_ids, batch.response_ids)]
-        refs = [actor.parity_logprobs.remote(sequences) for actor in self.rollouts.actors]  # all engines at once
-        per_engine = [self._on_engine(i, "parity_logprobs", sequences, ref=ref) for i, ref in enumerate(refs)]
+        engines = range(self.rollouts.size)
+        refs = [self.rollouts.submit_parity_logprobs(i, sequences) for i in engines]  # all engines at once
+        per_engine = [self._on_engine(i, "parity_logprobs", lambda i=i: self.rollouts.submit_parity_logprobs(i, sequences),
+                                      ref=ref) for i, ref in zip(engines, refs)]
         return [[lp[len(p) - 1:] for lp, p in zip(engine, batch.prompt_ids)] for engine in per_engine]
 
     def check(self, version: int) -> dict[str, float]:
@@ -112,7 +119,7 @@ class ParityCheck:
         gaps = max_gaps(self.engine_logprobs(batch), self.learners.logprobs(batch, 1.0))
         worst = max(range(len(gaps)), key=gaps.__getitem__)
         if gaps[worst] > self.bound:
-            message = (f"weight parity after sync v{version}: rollout[{worst}]'s log-probs differ from the learner's "
+            message = (f"weight parity after sync v{version}: {self.rollouts.actor_name(worst)}'s log-probs differ from the learner's "
                        f"by up to {gaps[worst]:.3g} (bound sync.parity_max_abs={self.bound:g}; every engine: "
                        f"{', '.join(f'{g:.3g}' for g in gaps)}): the engine does not serve the learner's weights")
             if self.cfg.sync.parity_action == "stop":

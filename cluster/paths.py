@@ -163,7 +163,7 @@ def check_nodes(cfg: Config, placement: Any, token_file: Path, token: str) -> No
 
 def check_learners(learners: Any, token_file: Path, token: str) -> None:
     """Every learner rank reads the run directory's token from its own process before training."""
-    problems = [p for p in learners.call("check_run_dir", str(token_file), token) if p]
+    problems = [p for p in learners.check_run_dir(str(token_file), token) if p]
     if problems:
         raise SharedPathError("learner ranks do not see the run directory: " + "; ".join(problems)
                               + ". It must be on a file system the driver and every learner node share")

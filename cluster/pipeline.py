@@ -21,7 +21,8 @@ from cluster import dynamic
 from cluster.config import Config
 from cluster.data import PromptSource
 from cluster.generation import ScoredBatch, StreamedBatch
-from cluster.groups import RewardPool, RolloutGroup
+from cluster.groups import RewardPool
+from cluster.rollout_group import RolloutGroup
 from protocol.batch import Prompt, Sample, ScoredSample
 
 

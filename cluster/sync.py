@@ -44,9 +44,11 @@ from typing import Any
 
 import ray
 
-from cluster import groups
+from cluster import actor_group
+from cluster.actor_group import ActorFailure, Named
 from cluster.config import Config, auto_transport
-from cluster.groups import ActorFailure, LearnerGroup, RolloutGroup
+from cluster.groups import LearnerGroup
+from cluster.rollout_group import RolloutGroup
 from protocol import transports
 from protocol.weight_sync import DTYPES, WeightManifest, build_manifest
 from rollout.worker import EngineRestarted
@@ -62,9 +64,9 @@ def choose_transport(cfg: Config) -> str:
     return auto_transport(cfg.cluster.device, cfg.cluster.colocate) if name == "auto" else name
 
 
-def wait_named(named: list[tuple[str, ray.ObjectRef]], timeout_s: float, what: str) -> list[Any]:
-    """groups.wait_named raising WeightSyncError: every failure of a worker's part names the worker."""
-    return groups.wait_named(named, timeout_s, what, error=WeightSyncError)
+def wait_named(named: list[Named], timeout_s: float, what: str) -> list[Any]:
+    """actor_group.wait_named raising WeightSyncError: every failure of a worker's part names the worker."""
+    return actor_group.wait_named(named, timeout_s, what, error=WeightSyncError)
 
 
 @dataclass(eq=False)
@@ -91,7 +93,7 @@ class WeightSync:
         # The driver waits a little longer than the collectives, so a worker's own timeout error
         # (which names the missing peer) arrives before the driver's generic one.
         self.deadline_s = self.timeout_s * 1.25 + 2.0
-        self.layout = learners.call("weight_layout")[0]
+        self.layout = learners.weight_layout()
         self._manifest = build_manifest(self.layout, DTYPES[cfg.model.dtype], 0, self.transport,
                                         self.kind.scratch_location())
         self.setup = transports.SyncSetup(buckets=self._manifest.bucket_rows(self.bucket_bytes),
@@ -123,33 +125,28 @@ class WeightSync:
     def _group_setup(self, indices: list[int]) -> transports.SyncSetup:
         """The setup of a rendezvous group of learner rank 0 and the engine workers of rollout[i] for i in
         `indices`, in that order (rank 1.. ), at a fresh address of learner rank 0."""
-        host, port = ray.get(self.learners.actors[0].address.remote(), timeout=self.deadline_s)
+        host, port = self.learners.rendezvous_address(self.deadline_s)
         tp = self.rollouts.cfg.tensor_parallel_size
-        names = ["learner[0]"] + [f"rollout[{i}]" + (f" tp rank {j}" if tp > 1 else "") for i in indices for j in range(tp)]
+        names = [self.learners.actor_name(0)] + [self.rollouts.actor_name(i) + (f" tp rank {j}" if tp > 1 else "")
+                                                 for i in indices for j in range(tp)]
         return replace(self.setup, host=host, port=port, world_size=len(names), rank_names=names)
-
-    def _learner_refs(self, method: str, *args: Any) -> list[tuple[str, ray.ObjectRef]]:
-        return [(f"learner[{i}]", getattr(a, method).remote(*args)) for i, a in enumerate(self.learners.actors)]
-
-    def _rollout_refs(self, method: str, *args: Any) -> list[tuple[str, ray.ObjectRef]]:
-        return [(f"rollout[{i}]", getattr(a, method).remote(*args)) for i, a in enumerate(self.rollouts.actors)]
 
     def _rank_offset(self, index: int) -> int:
         return 1 + index * self.rollouts.cfg.tensor_parallel_size  # the group's own engines
 
     def check(self, manifest: WeightManifest) -> None:
         """Every engine validates names and shapes before the first load (a failed load breaks it)."""
-        wait_named(self._rollout_refs("check_weight_names", manifest), self.deadline_s, "weight name/shape check")
+        wait_named(self.rollouts.submit_check_weight_names(manifest), self.deadline_s, "weight name/shape check")
 
     def open(self) -> None:
         """Open the transport on every learner rank and engine; a rendezvous transport forms its group now
         (learner rank 0 plus every engine worker; one that does not join is named)."""
         if self.kind.needs_rendezvous:
-            self.setup = self._group_setup(list(range(len(self.rollouts.actors))))
+            self.setup = self._group_setup(list(range(self.rollouts.size)))
         setup = self.setup.as_dict()
-        refs = self._learner_refs("open_weight_transport", self.key, self.transport, setup)
-        refs += [(f"rollout[{i}]", a.open_weight_transport.remote(self.key, self.transport, setup, self._rank_offset(i)))
-                 for i, a in enumerate(self.rollouts.actors)]
+        refs = self.learners.submit_open_weight_transport(self.key, self.transport, setup)
+        refs += [self.rollouts.submit_open_weight_transport(i, self.key, self.transport, setup, self._rank_offset(i))
+                 for i in range(self.rollouts.size)]
         wait_named(refs, self.deadline_s, f"opening the weight transport ({self.transport})")
 
     # ---- one sync ------------------------------------------------------------------------------
@@ -158,17 +155,17 @@ class WeightSync:
         reaches the load submitted right after it."""
         now, parts = time.monotonic(), []
         for i in indices:
-            ref = self.rollouts.actors[i].policy_version.remote()
-            parts.append(Part(f"rollout[{i}]", ref, marker=ref, index=i, submitted=now))
+            ref = self.rollouts.submit_policy_version(i)
+            parts.append(Part(self.rollouts.actor_name(i), ref, marker=ref, index=i, submitted=now))
         return parts
 
     def _loads(self, markers: list[Part], version: int, payload: Any, key: str) -> list[Part]:
-        return [replace(m, ref=self.rollouts.actors[m.index].load_weights.remote(key, version, payload),
-                        started=None) for m in markers]
+        return [replace(m, ref=self.rollouts.submit_load_weights(m.index, key, version, payload), started=None)
+                for m in markers]
 
     def _export(self, version: int, key: str) -> list[Part]:
         now = time.monotonic()
-        return [Part(name, ref, submitted=now, started=now) for name, ref in self._learner_refs("export_weights", key, version)]
+        return [Part(name, ref, submitted=now, started=now) for name, ref in self.learners.submit_export_weights(key, version)]
 
     def _move(self, version: int, key: str | None = None, indices: list[int] | None = None) -> tuple[float, float]:
         """Run the transport; returns (export seconds, load seconds), each measured where it ran.
@@ -179,7 +176,7 @@ class WeightSync:
         """
         key = key or self.key
         what = f"weight sync v{version} ({self.transport})"
-        markers = self._markers(list(range(len(self.rollouts.actors))) if indices is None else indices)
+        markers = self._markers(list(range(self.rollouts.size)) if indices is None else indices)
         self._in_flight = list(markers)
         if self.kind.collective:
             self._wait(markers, what)  # every engine is at its load (whose deadline then starts at once)
@@ -251,7 +248,7 @@ class WeightSync:
             except WeightSyncError as error:
                 # Died during the sync, or before it (idle, restarted by Ray with no transport open).
                 gone = error.lost or isinstance(error.__cause__, EngineRestarted)
-                gone = gone and (error.worker or "").startswith("rollout[")
+                gone = gone and self.rollouts.is_member_name(error.worker)
                 if self.rejoins_by_rebuild and (gone or self._member_restarted(error)):
                     exported, loaded, recovered = self._retry_in_new_group(version, error)
                     rebuilt = True
@@ -261,7 +258,7 @@ class WeightSync:
                     raise
             self.version = version
             if self.rejoins_by_rebuild:
-                self.synced_steps = ray.get(self.learners.actors[0].last_export_steps.remote(), timeout=self.deadline_s)
+                self.synced_steps = self.learners.last_export_steps(self.deadline_s)
         total = time.perf_counter() - start
         return {"sync/export_s": exported, "sync/load_s": loaded, "sync/total_s": total,
                 "sync/bytes": float(self._manifest.total_bytes), "policy_version": float(self.version),
@@ -276,9 +273,9 @@ class WeightSync:
         exported = wait_named([(p.name, p.ref) for p in self._exporting], self.deadline_s, f"weight sync v{version} export")
         self.payload = self.kind.merge_payloads([payload for _, payload in exported])
         stale = []
-        for i in range(len(self.rollouts.actors)):
+        for i in range(self.rollouts.size):
             self.rollouts.wait_alive(i)
-            if ray.get(self.rollouts.actors[i].policy_version.remote(), timeout=self.deadline_s) != version:
+            if self.rollouts.policy_version(i, self.deadline_s) != version:
                 stale.append(i)
         for i in stale:
             self._load_from_buffer(i, version)
@@ -289,14 +286,13 @@ class WeightSync:
     def _load_from_buffer(self, index: int, version: int) -> None:
         """Load the weights the learner last exported into rollout[index] (restarted: a fresh engine) without
         the learner, which may be training: open the transport on it, then load."""
-        name = f"rollout[{index}]"
+        name = self.rollouts.actor_name(index)
         if not self.kind.keeps_last_export:
             raise WeightSyncError(f"{name} restarted: its weights cannot be restored with sync.transport={self.transport} "
                                   "(nothing is kept to reload from); use shm or ipc", name)
-        actor = self.rollouts.actors[index]
-        refs = [(name, actor.open_weight_transport.remote(self.key, self.transport, self.setup.as_dict(),
-                                                          self._rank_offset(index))),
-                (name, actor.load_weights.remote(self.key, version, self.payload))]
+        refs = [self.rollouts.submit_open_weight_transport(index, self.key, self.transport, self.setup.as_dict(),
+                                                           self._rank_offset(index)),
+                (name, self.rollouts.submit_load_weights(index, self.key, version, self.payload))]
         wait_named(refs, self.deadline_s, f"re-sync of restarted {name}")
 
     def resync(self, index: int) -> None:
@@ -305,9 +301,8 @@ class WeightSync:
             if self.rejoins_by_rebuild:
                 self.members_changed = True  # its old instance was a member: the group is broken for every sync
             if self.version == 0:  # nothing exported yet: the base model is the current policy
-                name = f"rollout[{index}]"
-                wait_named([(name, self.rollouts.actors[index].adopt_base_weights.remote())], self.deadline_s,
-                           f"re-sync of restarted {name}")
+                wait_named([self.rollouts.submit_adopt_base_weights(index)], self.deadline_s,
+                           f"re-sync of restarted {self.rollouts.actor_name(index)}")
                 return
             if self.rejoins_by_rebuild:
                 self._readmit(index)
@@ -332,12 +327,12 @@ class WeightSync:
         """Close the group on every actor (best effort: the dead member's old instance is gone), then open a
         new one, at a new address, with every current member (restarted ones waited for)."""
         self._wait_all_alive()
-        refs = [a.close_weight_transport.remote(self.key) for a in self.learners.actors + self.rollouts.actors]
+        refs = self.learners.submit_close_weight_transport(self.key) + self.rollouts.submit_close_weight_transport(self.key)
         ray.wait(refs, num_returns=len(refs), timeout=self.deadline_s)
         self.key = uuid.uuid4().hex[:8]
         self.open()
         self.members_changed = False
-        print(f"weight sync ({self.transport}): group rebuilt with all {len(self.rollouts.actors)} rollout workers", flush=True)
+        print(f"weight sync ({self.transport}): group rebuilt with all {self.rollouts.size} rollout workers", flush=True)
 
     def _retry_in_new_group(self, version: int, error: WeightSyncError) -> tuple[float, float, int]:
         """A member died during the collective, or before it (restarted, not in the group): every member may
@@ -358,40 +353,39 @@ class WeightSync:
         return self._restarted() > 0
 
     def _wait_all_alive(self) -> None:
-        for i in range(len(self.rollouts.actors)):
+        for i in range(self.rollouts.size):
             self.rollouts.wait_alive(i)
 
     def _restarted(self) -> int:
         """Rollout workers that Ray restarted and that loaded nothing since (restarting ones waited for)."""
         self._wait_all_alive()
-        return sum(ray.get([a.awaiting_weights.remote() for a in self.rollouts.actors], timeout=self.deadline_s))
+        return sum(self.rollouts.awaiting_weights(self.deadline_s))
 
     def _readmit(self, index: int) -> None:
         """Load the current weights into restarted rollout[index] between syncs, without stopping the others:
         a group of two (learner rank 0 and its engine workers) carries the learner's weights, then closes; the
         full group is rebuilt before the next sync (`members_changed`). The learner may have trained since the
         last sync (train.max_staleness > 0): the engine is then labelled with the version that sync will give."""
-        name, key = f"rollout[{index}]", f"{self.key}-readmit-{index}"
+        name, key = self.rollouts.actor_name(index), f"{self.key}-readmit-{index}"
         setup = self._group_setup([index]).as_dict()
-        actor = self.rollouts.actors[index]
         # The learner may be training (asynchronous rollouts): the group's deadlines start once it is idle.
-        wait_named(self._learner_refs("last_export_steps"), self.cfg.rollout.timeout_s, f"re-admission of {name}")
-        refs = self._learner_refs("open_weight_transport", key, self.transport, setup)
-        refs.append((name, actor.open_weight_transport.remote(key, self.transport, setup, 1)))
+        wait_named(self.learners.submit_last_export_steps(), self.cfg.rollout.timeout_s, f"re-admission of {name}")
+        refs = self.learners.submit_open_weight_transport(key, self.transport, setup)
+        refs.append(self.rollouts.submit_open_weight_transport(index, key, self.transport, setup, 1))
         try:
             wait_named(refs, self.deadline_s, f"re-admission group of restarted {name}")
             self._move(self.version, key, [index])
-            steps = ray.get(self.learners.actors[0].last_export_steps.remote(), timeout=self.deadline_s)
+            steps = self.learners.last_export_steps(self.deadline_s)
             if steps != self.synced_steps:
-                ray.get(actor.set_policy_version.remote(self.version + 1), timeout=self.deadline_s)
+                self.rollouts.set_policy_version(index, self.version + 1, self.deadline_s)
         finally:
-            close = [a.close_weight_transport.remote(key) for a in self.learners.actors + [actor]]
+            close = self.learners.submit_close_weight_transport(key) + self.rollouts.submit_close_weight_transport(key, [index])
             ray.wait(close, num_returns=len(close), timeout=self.deadline_s)
         print(f"{name} restarted: loaded the learner's weights through a group of its own; the sync group is "
               "rebuilt before the next sync", flush=True)
 
     def close(self) -> None:
         """Release the transport's buffers on every actor (best effort: some may be gone), then the driver's."""
-        refs = [a.close_weight_transport.remote(self.key) for a in self.learners.actors + self.rollouts.actors]
+        refs = self.learners.submit_close_weight_transport(self.key) + self.rollouts.submit_close_weight_transport(self.key)
         ray.wait(refs, num_returns=len(refs), timeout=10)
         self.kind.driver_close(self.setup)

@@ -63,8 +63,8 @@ def main(argv: list[str] | None = None) -> int:
     from cluster.checkpoint import CheckpointError
     from cluster.data import DataError
     from cluster.generation import GenerationError
-    from cluster.groups import ActorFailure
-    from cluster.placement import PlacementError
+    from cluster.actor_group import ActorFailure
+    from cluster.placement_group import PlacementError
     from cluster.trainer import Trainer
 
     try:
@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
 def attach(cfg: Config) -> int | None:
     """Against a Ray cluster: connect now (nothing starts yet) and return its alive nodes; None for a local run."""
     from cluster.paths import against_cluster, alive_nodes
-    from cluster.placement import connect
+    from cluster.placement_group import connect
 
     if not against_cluster(cfg):
         return None
@@ -180,7 +180,7 @@ def preflight(cfg: Config) -> str | None:
 
     Only a local run is checked here: against a cluster, placement names what is missing."""
     from cluster.paths import against_cluster
-    from cluster.placement import required_resources
+    from cluster.placement_group import required_resources
 
     remote = against_cluster(cfg)
     if cfg.cluster.device == "gpu" and not remote:
@@ -202,15 +202,15 @@ def preflight(cfg: Config) -> str | None:
 
 
 def memory_problem(cfg: Config, remote: bool) -> str | None:
-    """GPU: a learner rank or engine predicted not to fit cluster.gpu_memory_gib (cluster/memory.py).
+    """GPU: a learner rank or engine predicted not to fit cluster.gpu_memory_gib (cluster/memory_model.py).
     CPU, local: a KV cache that cannot hold one sequence or exceeds this machine's memory."""
-    from cluster import memory
+    from cluster import memory_model
     from rollout.kv_cache import KVCacheError
 
     if cfg.cluster.device == "cpu" and remote:  # the engines' nodes decide (rollout/worker.py checks there)
         return None
     try:
-        return memory.does_not_fit(cfg) if cfg.cluster.device == "gpu" else (memory.predict(cfg) and None)
+        return memory_model.does_not_fit(cfg) if cfg.cluster.device == "gpu" else (memory_model.predict(cfg) and None)
     except KVCacheError as err:
         return str(err)
     except FileNotFoundError as err:  # model.path only on the cluster, with an architecture we do not know

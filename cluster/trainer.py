@@ -15,16 +15,18 @@ from cluster import checkpoint, faults, paths
 from cluster.base_model import resolve_model
 from cluster.config import Config, dump_config
 from cluster.data import PromptSource, load_problems, worked_predicate
-from cluster.export import copy_tokenizer
+from cluster.hf_export import copy_tokenizer
 from cluster.heldout import EVAL_SEED, held_out_metrics
 from cluster.generation import GenerationError, ScoredBatch
-from cluster.groups import ActorFailure, CriticGroup, LearnerGroup, RewardPool, RolloutGroup
+from cluster.actor_group import ActorFailure
+from cluster.groups import CriticGroup, LearnerGroup, RewardPool
 from cluster.metrics import (MetricsLog, PhaseTimer, boxed_rate, mean, plot_emergence, plot_run, read_metrics,
                              reflects)
 from cluster.dynamic import overlong_metrics
 from cluster.parity import ParityCheck
+from cluster.rollout_group import RolloutGroup
 from cluster.pipeline import RolloutPipeline, check_staleness, split_stale, staleness_metrics, step_seed
-from cluster.placement import connect, place
+from cluster.placement_group import connect, place
 from cluster.sync import WeightSync
 from cluster.wandb_log import WandbSink
 from cluster.update import PolicyUpdate
@@ -177,8 +179,8 @@ class Trainer:
         return metrics
 
     def benchmark(self, step: int) -> dict[str, float]:
-        """train.benchmarks (cluster/evaluate.py) on the live engines, scored by the grader alone."""
-        from cluster import evaluate as bench
+        """train.benchmarks (cluster/benchmark_suite.py) on the live engines, scored by the grader alone."""
+        from cluster import benchmark_suite as bench
 
         t, r = self.cfg.train, self.cfg.rollout
         if self.grader is None:
@@ -280,9 +282,9 @@ class Trainer:
 
     def finish(self, first: dict[str, float], last: dict[str, float]) -> dict[str, float]:
         final_dir = self.run_dir / "final_model"
-        self.learners.call("save_hf", str(final_dir))
+        self.learners.save_hf(str(final_dir))
         if not (final_dir / "config.json").is_file():
-            raise paths.SharedPathError(f"learner[0] wrote final_model on its node, the driver does not see it in "
+            raise paths.SharedPathError(f"{self.learners.actor_name(0)} wrote final_model on its node, the driver does not see it in "
                                         f"{final_dir}: the run directory is not shared")
         copy_tokenizer(Path(self.model_path), final_dir)
         summary = {

@@ -55,7 +55,7 @@ def _logprob_gap(trainer: Any) -> float:
 
     prompt = trainer.eval_prompts[0].token_ids
     response = trainer.rollouts.generate([Prompt(0, prompt, "0")], 1, 1.0, seed=5)[0].response_ids
-    engine = trainer.rollouts.call("sequence_logprobs", [prompt + response])[0][0][len(prompt) - 1:]
+    engine = trainer.rollouts.sequence_logprobs([prompt + response])[0][0][len(prompt) - 1:]
     learner = trainer.learners.logprobs(TrainBatch([prompt], [response], [], [0.0], []))[0]
     return float((torch.tensor(engine) - torch.tensor(learner)).abs().max())
 

@@ -17,7 +17,7 @@ Phases (`--device cpu` runs the CPU fallback of each where one exists, small sha
                   written by one process, read through CUDA IPC by another on the same GPU, bit-exact; then a
                   second version through the same mapping (GPU only)
   layer_memory    one Qwen2.5-7B-shaped decoder layer (transformers' Qwen2DecoderLayer when it imports, else
-                  a torch mirror of it): bytes autograd saves per token against cluster/memory.py's formula
+                  a torch mirror of it): bytes autograd saves per token against cluster/memory_model.py's formula
   logprob_head    learner/policy_model.py's chunked head over 2048 response positions (chunks of 1024, vocab
                   152064): transient peak of forward + backward against the formula's logits chunk (GPU)
   adamw_step      torch AdamW on a 7B/8-rank fp32 partition: the step's temporaries against 4 bytes/value (GPU)
@@ -280,7 +280,7 @@ def phase_logprob_head(args: dict[str, Any]) -> dict[str, Any]:
         policy.zero_grad(set_to_none=True)
     if gpu:
         # Beside the formula's chunk, each chunk's backward materialises the head's full weight gradient
-        # (vocab x hidden, bf16) before adding it up: cluster/memory.py does not count that one.
+        # (vocab x hidden, bf16) before adding it up: cluster/memory_model.py does not count that one.
         head_grad = vocab * hidden * 2
         for r in out["runs"].values():
             r["ratio_with_head_grad"] = r["transient_bytes"] / (r["predicted_bytes"] + head_grad)

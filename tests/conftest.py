@@ -31,7 +31,7 @@ def ray_session():
     actors AND a test's own trainers (tests/test_resume.py): otherwise the later actors never schedule."""
     import ray
 
-    from cluster.placement import REPO_ROOT, quiet_env
+    from cluster.placement_group import REPO_ROOT, quiet_env
 
     if not ray.is_initialized():
         ray.init(address="local", num_cpus=8, include_dashboard=False, log_to_driver=True,

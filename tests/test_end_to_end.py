@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
+import ray
 import torch
 
 from cluster.metrics import run_figure
@@ -20,7 +21,7 @@ def _fixed_sequence(trainer) -> tuple[list[int], list[int]]:
 
 
 def _rollout_logprobs(trainer, prompt, response) -> torch.Tensor:
-    full = trainer.rollouts.call("sequence_logprobs", [prompt + response])[0][0]
+    full = trainer.rollouts.sequence_logprobs([prompt + response])[0][0]
     return torch.tensor(full[len(prompt) - 1:])
 
 
@@ -179,7 +180,7 @@ def test_broadcast_transport_delivers_learner_weights(trainer):
     sync = WeightSync(cfg, trainer.learners, trainer.rollouts)
     sync.version = trainer.sync.version
     prompt, response = _fixed_sequence(trainer)
-    batch = TrainBatch([prompt], [response], [trainer.rollouts.call("sequence_logprobs", [prompt + response])[0][0][len(prompt) - 1:]],
+    batch = TrainBatch([prompt], [response], [trainer.rollouts.sequence_logprobs([prompt + response])[0][0][len(prompt) - 1:]],
                        [1.0], [[1.0] * len(response)])
     trainer.learners.train(batch)
     before = _rollout_logprobs(trainer, prompt, response)
@@ -188,7 +189,8 @@ def test_broadcast_transport_delivers_learner_weights(trainer):
     learner = torch.tensor(trainer.learners.logprobs(TrainBatch([prompt], [response], [], [0.0], []))[0])
     assert len(sync.manifest(0).buckets(sync.bucket_bytes)) > 1  # really bucketed
     assert (after - learner).abs().max() < 1e-4 and (after - before).abs().max() > 1e-4
-    assert trainer.rollouts.call("generate", [Prompt(0, prompt, "0")], 1, 1.0, 1.0, 4, 0)[0][0].policy_version == metrics["policy_version"]
+    generated = ray.get(trainer.rollouts.submit_generate(0, [Prompt(0, prompt, "0")], 1, 1.0, 1.0, 4, 0))
+    assert generated[0].policy_version == metrics["policy_version"]
     # Publish the same weights, same version, through the session's own transport too, so its buffer
     # (from which restarted workers are re-synced) holds what the engines serve.
     trainer.sync.version = sync.version - 1

@@ -1,4 +1,4 @@
-"""Benchmark evaluation (cluster/evaluate.py) and emergence metrics (cluster/metrics.py)."""
+"""Benchmark evaluation (cluster/benchmark_suite.py; the CLI python -m cluster.evaluate) and emergence metrics (cluster/metrics.py)."""
 from __future__ import annotations
 
 import json
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from cluster.evaluate import BenchmarkResult, benchmark_file, markdown_table, pass_at_k
+from cluster.benchmark_suite import BenchmarkResult, benchmark_file, markdown_table, pass_at_k
 from cluster.metrics import plot_emergence, reflects
 from tests.conftest import ROOT
 
@@ -88,7 +88,7 @@ def arith_dir(tmp_path: Path) -> Path:
 def test_cli_on_a_checkpoint_matches_the_live_engines(trainer, arith_dir, tmp_path):
     """`cluster.evaluate --model <checkpoint>` exports it, serves it with vLLM and scores it: its greedy
     completions equal those of the live engines that hold the same weights."""
-    from cluster.evaluate import run_benchmarks
+    from cluster.benchmark_suite import run_benchmarks
     from cluster.groups import RewardPool
 
     trainer.sync.sync()  # the engines serve the learner's current weights

@@ -228,7 +228,7 @@ def test_failed_saves_keep_the_previous_checkpoint_and_stop_after_the_limit(trai
     """The session trainer's real learner ranks write their ZeRO partitions, then the driver's write
     fails with ENOSPC: no partial is left, `latest` and the previous checkpoint stay usable."""
     from cluster.checkpoint import CheckpointError, Checkpoints, TrainerState
-    from cluster.export import export
+    from cluster.hf_export import export
     from cluster.metrics import MetricsLog, read_metrics
 
     monkeypatch.setenv("REASONRL_FAULT", "checkpoint_write_fail:2,4,5")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from cluster.config import load_config
 from cluster.host_memory import demand, plan_host_memory, with_token_budget
-from cluster.memory import GIB
+from cluster.memory_model import GIB
 from tests.conftest import ROOT
 
 BIG = ["model.tiny.preset=qwen2-100m", "rollout.max_new_tokens=128", "rollout.max_model_len=512",

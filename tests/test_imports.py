@@ -1,7 +1,8 @@
 """The import rule of the architecture, checked on the source (AST of every module, imports inside
 functions included): cluster -> rollout, learner, reward, tasks -> protocol. protocol/ imports none of the
 other packages; rollout/, learner/ and reward/ never import each other or cluster/; tasks/ (the embedded
-task) is imported by cluster/ only; nothing in the product imports benchmarks/ or tests/."""
+task) is imported by cluster/ only; nothing in the product imports benchmarks/ or tests/. Within cluster/,
+the training loop's modules reach no command module (a CLI with `main()`), directly or through others."""
 from __future__ import annotations
 
 import ast
@@ -56,3 +57,73 @@ def test_the_checker_catches_a_forbidden_import(tmp_path: Path):
         (tmp_path / package).mkdir()
         (tmp_path / package / "mod.py").write_text(body)
     assert violations(tmp_path) == ["protocol/mod.py imports learner", "reward/mod.py imports benchmarks"]
+
+
+# The training loop's own modules: none may import a command module, directly or through another module.
+LOOP_MODULES = ("trainer", "update", "pipeline", "generation", "sync", "groups", "actor_group", "rollout_group", "specs")
+
+
+def is_command(source: str) -> bool:
+    """A module with a CLI: a top-level `main()` or an `if __name__ == "__main__":` block."""
+    for node in ast.parse(source).body:
+        if isinstance(node, ast.FunctionDef) and node.name == "main":
+            return True
+        if isinstance(node, ast.If) and "__main__" in ast.unparse(node.test) and "__name__" in ast.unparse(node.test):
+            return True
+    return False
+
+
+def cluster_imports(source: str) -> set[str]:
+    """The cluster modules a source file imports (`from cluster import x`, `from cluster.x import y`,
+    `import cluster.x`), imports inside functions included."""
+    names = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            names.update(a.name.split(".")[1] for a in node.names if a.name.startswith("cluster."))
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module == "cluster":
+            names.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and (node.module or "").startswith("cluster."):
+            names.add(node.module.split(".")[1])
+    return names
+
+
+def loop_command_imports(cluster_dir: Path, loop: tuple[str, ...] = LOOP_MODULES) -> list[str]:
+    """'a -> b -> cmd' for each command module that a loop module reaches through its cluster imports."""
+    sources = {p.stem: p.read_text() for p in cluster_dir.glob("*.py")}
+    found = []
+    for start in loop:
+        paths, seen = [[start]], {start}
+        while paths:
+            path = paths.pop(0)
+            for name in sorted(cluster_imports(sources[path[-1]]) & set(sources) - seen):
+                seen.add(name)
+                if is_command(sources[name]):
+                    found.append(" -> ".join(path + [name]))
+                else:
+                    paths.append(path + [name])
+    return found
+
+
+def test_the_loop_imports_no_command_module():
+    """The loop's modules (and every cluster module they import, transitively) import no CLI module: the
+    library parts the loop needs live in library modules (e.g. cluster/memory_model.py for the
+    `python -m cluster.memory` planner)."""
+    assert all((ROOT / "cluster" / f"{m}.py").is_file() for m in LOOP_MODULES)
+    assert is_command((ROOT / "cluster" / "train.py").read_text())  # the detector sees a real CLI
+    assert loop_command_imports(ROOT / "cluster") == []
+
+
+def test_the_loop_check_catches_a_command_import(tmp_path: Path):
+    """Planted: a loop module importing a library that imports a CLI (found through the chain), one
+    importing a CLI inside a function, and one importing only a library: the first two are reported."""
+    files = {"trainer.py": "from cluster import lib\n",
+             "lib.py": "def f():\n    from cluster.tool import helper\n    return helper\n",
+             "tool.py": "import sys\ndef helper():\n    return 1\nif __name__ == '__main__':\n    sys.exit(helper())\n",
+             "sync.py": "def g():\n    import cluster.cli\n",
+             "cli.py": "def main():\n    return 0\n",
+             "update.py": "from cluster.clean import X\n",
+             "clean.py": "X = 1\n"}
+    for name, body in files.items():
+        (tmp_path / name).write_text(body)
+    assert loop_command_imports(tmp_path, ("trainer", "sync", "update")) == [
+        "trainer -> lib -> tool", "sync -> cli"]

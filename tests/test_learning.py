@@ -37,7 +37,7 @@ def _case(tmp: Path) -> tuple[Path, list[tuple[str, str]], list[str]]:
 def test_grpo_with_the_grader_raises_reward_and_boxed_rate(tmp_path, ray_session):
     from cluster.base_model import build_base_model
     from cluster.config import load_config
-    from cluster.placement import place
+    from cluster.placement_group import place
     from cluster.trainer import Trainer
 
     data, pairs, corpus = _case(tmp_path)

@@ -1,4 +1,4 @@
-"""KV-cache sizing (rollout/kv_cache.py) and the memory model (cluster/memory.py): pure arithmetic on
+"""KV-cache sizing (rollout/kv_cache.py) and the memory model (cluster/memory_model.py): pure arithmetic on
 model configs, no Ray, vLLM or DeepSpeed. The engine-side checks that vLLM really gets these sizes are in
 tests/test_kv_plan.py and tests/test_preemption.py; the CPU learner prediction is checked against measured RSS by
 benchmarks/scale.py."""
@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from cluster import memory
+from cluster import memory, memory_model
 from cluster.config import load_config
 from cluster.train import main as train_main
 from rollout.kv_cache import GIB, KVCacheError, kv_bytes_per_token, plan_kv_cache
@@ -19,7 +19,7 @@ SCALE = str(ROOT / "configs" / "cpu_scale.yaml")
 
 
 def test_kv_bytes_per_token_counts_k_and_v_of_every_layer_and_kv_head():
-    qwen7b = memory.KNOWN_ARCHITECTURES["Qwen2.5-Math-7B"]
+    qwen7b = memory_model.KNOWN_ARCHITECTURES["Qwen2.5-Math-7B"]
     assert kv_bytes_per_token(qwen7b, "bfloat16") == 2 * 28 * 4 * 128 * 2  # 56 KiB: GQA with 4 KV heads
     assert kv_bytes_per_token({**qwen7b, "num_key_value_heads": None}, "float32") == 2 * 28 * 28 * 128 * 4
 
@@ -56,7 +56,7 @@ def test_explicit_max_num_seqs_beyond_the_cache_is_kept_and_flagged():
 
 def test_model_presets_fill_the_shape_and_explicit_fields_win():
     cfg = load_config(SCALE)
-    arch = memory.architecture(cfg)
+    arch = memory_model.architecture(cfg)
     assert 100e6 < arch.params < 150e6 and (arch.hidden, arch.layers, arch.kv_heads) == (768, 12, 4)
     assert load_config(SCALE, ["model.tiny.num_layers=2"]).model.tiny.num_layers == 2
     assert cfg.rollout.max_new_tokens >= 256
@@ -72,45 +72,45 @@ def test_parameter_count_matches_transformers():
                                          intermediate_size=t.intermediate_size, num_hidden_layers=t.num_layers,
                                          num_attention_heads=t.num_heads, num_key_value_heads=t.num_kv_heads,
                                          tie_word_embeddings=False))
-    assert memory.architecture(cfg).params == sum(p.numel() for p in model.parameters())
+    assert memory_model.architecture(cfg).params == sum(p.numel() for p in model.parameters())
 
 
 def test_7b_learner_does_not_fit_80gb_without_checkpointing_and_fits_with_it():
     cfg = load_config(ZOO7B, NO_CKPT)
-    problem = memory.does_not_fit(cfg)
+    problem = memory_model.does_not_fit(cfg)
     assert problem is not None and "largest term: activations" in problem and "learner rank" in problem
     fixed = load_config(ZOO7B)  # the published launcher's gradient checkpointing
-    assert fixed.learner.gradient_checkpointing and memory.does_not_fit(fixed) is None
-    learner, engine = memory.predict(fixed)
+    assert fixed.learner.gradient_checkpointing and memory_model.does_not_fit(fixed) is None
+    learner, engine = memory_model.predict(fixed)
     margin = learner.budget - learner.total
     assert 20 * GIB < margin < 60 * GIB  # fits with room, and the terms are not trivially small
     terms = {t.name: t.bytes for t in learner.terms}
     assert set(terms) >= {"parameters", "optimizer state (Adam m, v)", "activations", "logits chunk", "reference model"}
-    arch = memory.architecture(fixed)
+    arch = memory_model.architecture(fixed)
     assert arch.source.startswith("published config.json of Qwen2.5-7B") and 7.6e9 < arch.params < 7.7e9
     # one chunk of 1024 response positions, never the whole micro-batch's 18432 positions
     assert terms["logits chunk"] == 1024 * arch.vocab * (2 + 4 * 5)
     assert terms["reference model"] == arch.params * 2 / 8  # ZeRO-3: 1/8 of it per rank
-    full = memory.predict(load_config(ZOO7B, ["learner.zero_stage=2"]))[0].terms
+    full = memory_model.predict(load_config(ZOO7B, ["learner.zero_stage=2"]))[0].terms
     assert next(t.bytes for t in full if t.name == "reference model") == arch.params * 2  # a full copy per rank
     kv = next(t for t in engine.terms if t.name == "KV cache")
     assert "holds" in kv.note and kv.bytes > 10 * GIB
-    assert memory.does_not_fit(load_config(ZOO7B, ["cluster.gpu_memory_gib=24"])) is not None
+    assert memory_model.does_not_fit(load_config(ZOO7B, ["cluster.gpu_memory_gib=24"])) is not None
 
 
 def test_7b_ppo_config_predicts_the_critic_group_and_fits():
     cfg = load_config(QWEN7B)
     assert cfg.learner.gradient_checkpointing and cfg.critic.gradient_checkpointing  # the published launcher's
-    roles = memory.predict(cfg)
+    roles = memory_model.predict(cfg)
     assert [r.role.split(" (")[0] for r in roles] == ["learner rank", "critic rank", "rollout engine"]
     learner, critic = roles[0], roles[1]
     critic_terms = {t.name: t.bytes for t in critic.terms}
     assert "logits chunk" not in critic_terms and "reference model" not in critic_terms
-    arch = memory.architecture(cfg)
+    arch = memory_model.architecture(cfg)
     assert critic_terms["parameters"] == (arch.params - arch.vocab * arch.hidden + arch.hidden) * 2 / 8
-    assert memory.does_not_fit(cfg) is None and critic.total < learner.total
+    assert memory_model.does_not_fit(cfg) is None and critic.total < learner.total
     tight = load_config(QWEN7B, ["critic.gradient_checkpointing=false", "critic.micro_batch_size=4"])
-    assert "critic rank" in memory.does_not_fit(tight)
+    assert "critic rank" in memory_model.does_not_fit(tight)
 
 
 def test_train_refuses_a_gpu_config_predicted_not_to_fit_before_anything_starts(capsys):
@@ -142,9 +142,9 @@ def test_zero3_breakdown_counts_the_gradient_sum_in_its_dtype_and_the_optimizer_
     """ZeRO-3 at 7B over 8 ranks: the persistent gradient partition is fp32 with the default fp32 sums
     and bf16 with grad_accum_dtype=model (stage3.py allocates it in the accumulation dtype); the step's
     fp32 gradient copy and AdamW's sqrt(v) are ~3.5 GiB each and count only against backward's terms."""
-    fp32 = memory.predict(load_config(ZOO7B))[0]
-    bf16 = memory.predict(load_config(ZOO7B, ["learner.grad_accum_dtype=model"]))[0]
-    P = memory.architecture(load_config(ZOO7B)).params
+    fp32 = memory_model.predict(load_config(ZOO7B))[0]
+    bf16 = memory_model.predict(load_config(ZOO7B, ["learner.grad_accum_dtype=model"]))[0]
+    P = memory_model.architecture(load_config(ZOO7B)).params
     terms = {t.name: t for t in fp32.terms}
     assert terms["gradients"].bytes == 4 * P / 8 and "fp32" in terms["gradients"].note
     assert {t.name: t.bytes for t in bf16.terms}["gradients"] == 2 * P / 8
@@ -155,7 +155,7 @@ def test_zero3_breakdown_counts_the_gradient_sum_in_its_dtype_and_the_optimizer_
     assert fp32.total == held + max(backward, terms["fp32 gradient copy"].bytes + terms["AdamW temporaries"].bytes)
     assert fp32.total - bf16.total == 2 * P / 8  # only the gradient sum's dtype differs
     # Without activations to outweigh it (a tiny micro-batch), the step is the peak.
-    small = memory.predict(load_config(ZOO7B, ["learner.micro_batch_size=1", "rollout.max_model_len=1100",
+    small = memory_model.predict(load_config(ZOO7B, ["learner.micro_batch_size=1", "rollout.max_model_len=1100",
                                                "rollout.max_new_tokens=64", "learner.logprob_chunk_tokens=16"]))[0]
     small_terms = {t.name: t.bytes for t in small.terms}
     assert small.total == sum(t.bytes for t in small.terms if t.phase == "held") + 8 * P / 8
@@ -163,9 +163,9 @@ def test_zero3_breakdown_counts_the_gradient_sum_in_its_dtype_and_the_optimizer_
 
 
 def test_zero1_in_bf16_with_fp32_sums_holds_fp32_and_bf16_gradients_of_the_whole_model():
-    P = memory.architecture(load_config(ZOO7B)).params
-    ours = {t.name: t.bytes for t in memory.predict(load_config(ZOO7B, ["learner.zero_stage=1"]))[0].terms}
-    model = {t.name: t.bytes for t in memory.predict(load_config(ZOO7B, ["learner.zero_stage=1",
+    P = memory_model.architecture(load_config(ZOO7B)).params
+    ours = {t.name: t.bytes for t in memory_model.predict(load_config(ZOO7B, ["learner.zero_stage=1"]))[0].terms}
+    model = {t.name: t.bytes for t in memory_model.predict(load_config(ZOO7B, ["learner.zero_stage=1",
                                                                          "learner.grad_accum_dtype=model"]))[0].terms}
     assert ours["gradients"] == 6 * P and model["gradients"] == 2 * P
     assert ours["fp32 gradient copy"] == 0 and ours["AdamW temporaries"] == 4 * P / 8
@@ -187,7 +187,7 @@ def test_one_node_presets_place_on_8_gpus_and_every_shared_gpu_fits(name):
     """The colocated one-node presets: 8 GPU bundles, each learner GPU shared by one learner rank and one
     engine TP rank (shares <= 1 GPU), critic GPUs alone; the memory check passes for every role, the shared
     GPU included; with the published generation budget (Zoo 0.75, v0 vLLM's 0.9) the shared GPU does not fit."""
-    from cluster.placement import plan
+    from cluster.placement_group import plan
 
     cfg = load_config(str(ROOT / "configs" / name))
     layout = plan(cfg)
@@ -199,14 +199,14 @@ def test_one_node_presets_place_on_8_gpus_and_every_shared_gpu_fits(name):
         shares += [s.gpus_per_rank for s in layout.slots["rollout"] if bundle in s.engine_bundles]
         critic = [s for s in layout.slots.get("critic", []) if s.bundle == bundle]
         assert (len(shares) == 2 and sum(shares) <= 1.0 and not critic) or (not shares and len(critic) == 1), bundle
-    assert memory.does_not_fit(cfg) is None
-    roles = memory.predict(cfg)
+    assert memory_model.does_not_fit(cfg) is None
+    roles = memory_model.predict(cfg)
     shared, learner = roles[-1], roles[0]
     assert shared.role.startswith("GPU shared") and shared.total <= shared.budget
     held = sum(t.bytes for t in learner.terms if t.phase == "held")
-    weights = memory.architecture(cfg).params * 2
+    weights = memory_model.architecture(cfg).params * 2
     generating = held + weights + cfg.rollout.gpu_memory_utilization * 80 * GIB
-    training = learner.total + weights + memory.GPU_RUNTIME
+    training = learner.total + weights + memory_model.GPU_RUNTIME
     assert shared.total == pytest.approx(max(generating, training))
     published = load_config(str(ROOT / "configs" / name), [f"rollout.gpu_memory_utilization={ONE_NODE[name]}"])
-    assert "GPU shared by a learner rank and an engine" in memory.does_not_fit(published)
+    assert "GPU shared by a learner rank and an engine" in memory_model.does_not_fit(published)

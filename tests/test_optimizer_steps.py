@@ -81,7 +81,7 @@ def test_one_optimizer_step_per_mini_batch_whatever_the_batch_sizes(trainer, tmp
             batch = TrainBatch(**vars(batch))
             batch.old_logprobs = learners.old_logprobs(batch, seed)
             runs.append((batch.old_logprobs, learners.train(batch, seed)))
-        learners.call("save_hf", str(tmp_path / "model"))
+        learners.save_hf(str(tmp_path / "model"))
         single = _batch(1, vocab, 99)  # one sample: one mini-batch, the ratio against the old policy is exactly 1
         single.old_logprobs = learners.old_logprobs(single, 7)
         first_only = learners.train(single, 7)

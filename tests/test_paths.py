@@ -65,13 +65,13 @@ def test_checkpoint_files_the_driver_cannot_see_are_named(tmp_path):
     (staging / "deepspeed").mkdir(parents=True)
     (staging / "deepspeed" / "a.pt").write_bytes(b"12345")
     seen = {"node": "10.0.0.1", "files": {"deepspeed/a.pt": 5}}
-    check_visible(staging, [seen])  # everything there: no error
+    check_visible(staging, [("learner[0]", seen)])  # everything there: no error
     elsewhere = {"node": "10.0.0.2", "files": {"deepspeed/a.pt": 5, "deepspeed/b.pt": 7, "rng_rank1.pt": 3}}
     with pytest.raises(CheckpointError, match=r"^checkpoint step_3: .*learner\[1\] on node 10.0.0.2 wrote "
                                               r"deepspeed/b.pt, rng_rank1.pt\. The run directory must be"):
-        check_visible(staging, [seen, elsewhere])
+        check_visible(staging, [("learner[0]", seen), ("learner[1]", elsewhere)])
     with pytest.raises(CheckpointError, match=r"learner\[0\] on node 10.0.0.1 wrote deepspeed/a.pt"):
-        check_visible(staging, [{"node": "10.0.0.1", "files": {"deepspeed/a.pt": 6}}])  # size differs
+        check_visible(staging, [("learner[0]", {"node": "10.0.0.1", "files": {"deepspeed/a.pt": 6}})])  # size differs
 
 
 def test_resume_compares_model_paths_as_absolute_paths(tmp_path, monkeypatch):

@@ -97,7 +97,7 @@ def test_resumed_run_logs_the_same_metrics(runs):
 def test_resumed_weights_equal_uninterrupted_and_export_matches(runs, tmp_path):
     from transformers import AutoModelForCausalLM
 
-    from cluster.export import export
+    from cluster.hf_export import export
 
     full, cut, _ = runs
     a = export(full / "checkpoints" / "step_4", tmp_path / "a")

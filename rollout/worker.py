@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import threading
 import time
 from dataclasses import dataclass
 from typing import Any, Iterator
@@ -54,6 +55,18 @@ class EngineSpec:
     weight_transfer_backend: str | None = None  # vLLM's own weight-transfer engine (sync.transport nccl, nccl_sparse)
 
 
+@dataclass
+class PendingLoad:
+    """A weight load that waits for the generating thread's next pause between engine steps."""
+
+    key: str
+    version: int
+    payload: Any
+    done: bool = False
+    seconds: float = 0.0
+    error: BaseException | None = None
+
+
 def cpu_kv_plan(spec: EngineSpec) -> KVPlan:
     """The CPU engine's KV cache and concurrency, from the batch and this node's available memory.
     TP > 1: the cache of one TP rank (vLLM's kv_cache_memory_bytes is per worker), which holds its share
@@ -94,6 +107,11 @@ class RolloutWorker:
         self.needs_weights = self.restarted = _restarted_by_ray()
         self.open_transports: set[str] = set()  # weight syncs (keys) opened in this instance
         self.last_load: list[Any] = []  # the transport's report of the last load, per engine worker (shm: bucket times)
+        # Partial rollouts: a load that arrives (on the actor's "sync" thread) while a generation runs is
+        # handed to the generating thread, which loads it between two engine steps (load_weights_in_flight).
+        self.turn = threading.Condition()
+        self.generating = False
+        self.pending: PendingLoad | None = None
 
     def _params(self, prompts: list[Prompt], n: int, temperature: float, top_p: float, max_tokens: int,
                 seed: int | None) -> list[Any]:
@@ -104,14 +122,23 @@ class RolloutWorker:
                                         None if seed is None else (seed * 1_000_003 + p.index) % 2**31)
                 for p in prompts]
 
-    def _samples(self, prompt: Prompt, output: Any) -> list[Sample]:
-        samples = []
-        for completion in output.outputs:
+    def _samples(self, prompt: Prompt, output: Any, switches: list[list[tuple[int, int]]] | None = None,
+                 version: int | None = None) -> list[Sample]:
+        """`switches` (partial rollouts): per completion, the (first token index, version) of each weight load
+        during it; `version`: the weights it started with (default: the current ones)."""
+        samples, start = [], self.version if version is None else version
+        for j, completion in enumerate(output.outputs):
             ids = list(completion.token_ids)
+            token_versions = []
+            if switches and switches[j]:
+                token_versions = [start] * len(ids)
+                for first, new in switches[j]:
+                    token_versions[first:] = [new] * (len(ids) - first)
             samples.append(Sample(
                 prompt_index=prompt.index, prompt_ids=list(prompt.token_ids), response_ids=ids,
                 response_logprobs=self.vc.sampled_logprobs(ids, completion.logprobs),
-                text=completion.text, finish_reason=str(completion.finish_reason), policy_version=self.version,
+                text=completion.text, finish_reason=str(completion.finish_reason),
+                policy_version=min(token_versions, default=start), token_versions=token_versions,
             ))
         return samples
 
@@ -127,15 +154,62 @@ class RolloutWorker:
                         seed: int | None = None) -> Iterator[GeneratedChunk]:
         """Like `generate`, but a Ray streaming generator: yields each engine step's finished prompts,
         so the driver can score them while the rest are still generating, and knows which prompts
-        are unfinished if this worker dies."""
-        self._check_awake()
-        params = self._params(prompts, n, temperature, top_p, max_tokens, seed)
-        start = time.perf_counter()
-        for finished in self.vc.stream_generate(self.engine, [p.token_ids for p in prompts], params):
-            samples = [s for i, out in sorted(finished, key=lambda f: f[0]) for s in self._samples(prompts[i], out)]
-            now = time.perf_counter()
-            yield GeneratedChunk(samples, now - start)
+        are unfinished if this worker dies. A weight load that arrives meanwhile through
+        `load_weights_in_flight` (partial rollouts) is done between two engine steps; the requests in
+        flight continue under the new weights and their samples record each token's version."""
+        with self.turn:
+            self._check_awake()
+            self.generating = True
+        try:
+            start_version = self.version
+            params = self._params(prompts, n, temperature, top_p, max_tokens, seed)
             start = time.perf_counter()
+            for finished in self.vc.stream_generate(self.engine, [p.token_ids for p in prompts], params,
+                                                    swap=self._load_pending):
+                samples = [s for i, out, switches in sorted(finished, key=lambda f: f[0])
+                           for s in self._samples(prompts[i], out, switches, start_version)]
+                now = time.perf_counter()
+                yield GeneratedChunk(samples, now - start)
+                start = time.perf_counter()
+        finally:
+            with self.turn:  # a load still waiting is done by its own thread
+                self.generating = False
+                self.turn.notify_all()
+
+    def _load_pending(self) -> int | None:
+        """On the generating thread, between engine steps: the load waiting in `pending`, if any (its
+        version; None: nothing waited)."""
+        with self.turn:
+            ticket, self.pending = self.pending, None
+            if ticket is None:
+                return None
+            try:
+                ticket.seconds = self._load(ticket.key, ticket.version, ticket.payload, in_flight=True)
+            except BaseException as error:  # the waiting sync reports it; the generation stops with it too
+                ticket.error = error
+                raise
+            finally:
+                ticket.done = True
+                self.turn.notify_all()
+            return ticket.version
+
+    def load_weights_in_flight(self, key: str, version: int, payload: Any = None) -> float:
+        """Partial rollouts: `load_weights` without waiting for the generation in progress to drain. Called
+        on the actor's own "sync" concurrency group (a second thread), so it runs while `generate_stream`
+        does: the generating thread loads between two engine steps and the requests continue; with no
+        generation running, the load happens here (holding the engine's turn, so none starts meanwhile)."""
+        with self.turn:
+            if self.generating:
+                ticket = self.pending = PendingLoad(key, version, payload)
+                while self.generating and not ticket.done:
+                    self.turn.wait()
+                if ticket.done:
+                    if ticket.error is not None:
+                        raise RuntimeError(f"weight load v{version} between engine steps failed: {ticket.error}") \
+                            from ticket.error
+                    return ticket.seconds
+                self.pending = None  # the generation ended first: load here
+            return self._load(key, version, payload)
 
     def sequence_logprobs(self, token_ids: list[list[int]]) -> list[list[float]]:
         """Logprobs of tokens 1..end of each sequence under the engine's current weights."""
@@ -165,6 +239,10 @@ class RolloutWorker:
     def load_weights(self, key: str, version: int, payload: Any = None) -> float:
         """Load weight `version` through sync `key`'s transport into every engine worker and drop the prefix
         cache; a sleeping engine wakes its weights first and its KV cache after. Returns seconds."""
+        with self.turn:
+            return self._load(key, version, payload)
+
+    def _load(self, key: str, version: int, payload: Any, in_flight: bool = False) -> float:
         # Its previous instance had the transport open. Also after adopt_base_weights (a restart before the
         # first sync): the base weights were confirmed, but no transport was opened in this instance.
         if (self.needs_weights or self.restarted) and key not in self.open_transports:
@@ -173,7 +251,7 @@ class RolloutWorker:
         start = time.perf_counter()
         if self.asleep:
             self.vc.wake_up(self.engine, ["weights"])
-        self.last_load = self.vc.load_weights(self.engine, "receive_weights", key, version, payload)
+        self.last_load = self.vc.load_weights(self.engine, "receive_weights", key, version, payload, in_flight=in_flight)
         if self.asleep:
             self.vc.wake_up(self.engine, ["kv_cache"])
             self.asleep = False

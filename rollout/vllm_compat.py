@@ -49,6 +49,7 @@ from __future__ import annotations
 
 import logging
 import os
+from dataclasses import dataclass
 from functools import wraps
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
@@ -212,7 +213,8 @@ def prompt_token_logprobs(output: Any) -> list[float]:
 
 
 def stream_generate(engine: Any, prompt_ids: list[list[int]], params: list[Any],
-                    swap: Callable[[], int | None] | None = None) -> Iterator[list[tuple[int, Any, list[Segments]]]]:
+                    swap: Callable[[], int | None] | None = None,
+                    side: Callable[[], list[SideScoring]] | None = None) -> Iterator[list[tuple[int, Any, list[Segments]]]]:
     """Generate like `LLM.generate`, but yield after every engine step the requests that finished in it,
     as (position in `prompt_ids`, RequestOutput, the version switches of each completion). The same
     requests, batched the same way, with the same per-request seeds give the same completions as
@@ -222,26 +224,52 @@ def stream_generate(engine: Any, prompt_ids: list[list[int]], params: list[Any],
     and returns their version (None: nothing waited). The requests in flight then continue under the new
     weights: each records how many tokens it had produced (its switches: [(first token index, version)],
     empty when the weights never changed under it), and their KV cache is dropped so that the next step
-    recomputes prompt and output tokens under the new weights (`recompute_running`)."""
+    recomputes prompt and output tokens under the new weights (`recompute_running`).
+
+    `side` (partial rollouts): called between engine steps too; sequences it returns are scored (prompt
+    log-probs, as `LLM.generate` with prompt_logprobs would) by the same engine loop, beside the requests in
+    flight, and handed to their `done` instead of being yielded (the parity check after a sync)."""
     request_ids = engine.enqueue(token_prompts(prompt_ids), params, use_tqdm=False)
     # enqueue returns vLLM's internal ids ("<ours>-<8 random chars>"); outputs carry ours.
     position = {rid.rsplit("-", 1)[0]: i for i, rid in enumerate(request_ids)}
     position.update({rid: i for i, rid in enumerate(request_ids)})
     internal = {rid.rsplit("-", 1)[0]: rid for rid in request_ids}
     switches: dict[str, Segments] = {}  # scheduler request id (a child of n > 1) -> its switches
+    scoring: dict[str, tuple[SideScoring, int]] = {}  # side requests (outputs' ids) -> (job, position in it)
+    scored: dict[int, dict[int, list[float]]] = {}  # id(job) -> position -> log-probs
     core = engine.llm_engine
     while core.has_unfinished_requests():
         version = swap() if swap is not None else None
         if version is not None:
             for rid, produced in output_token_counts(engine).items():
                 switches.setdefault(rid, []).append((produced, version))
-        finished = [(position[out.request_id], out) for out in core.step() if out.finished]
+        for job in side() if side is not None else []:
+            ids = engine.enqueue(token_prompts(job.token_ids), sampling_params(1, 1.0, 1.0, 1, 0, prompt_logprobs=True),
+                                 use_tqdm=False)
+            scoring.update({rid.rsplit("-", 1)[0]: (job, j) for j, rid in enumerate(ids)})
+            scored[id(job)] = {}
+        outputs = [out for out in core.step() if out.finished]
+        for out in [o for o in outputs if o.request_id in scoring]:
+            job, j = scoring.pop(out.request_id)
+            scored[id(job)][j] = prompt_token_logprobs(out)
+            if len(scored[id(job)]) == len(job.token_ids):
+                job.done([scored.pop(id(job))[k] for k in range(len(job.token_ids))])
+        finished = [(position[out.request_id], out) for out in outputs if out.request_id in position]
         if finished:
             yield [(i, out, [switches.pop(_child_id(internal.get(out.request_id, out.request_id), c.index, len(out.outputs)), [])
                              for c in out.outputs]) for i, out in finished]
 
 
 Segments = list[tuple[int, int]]  # (index of the first response token generated with a version, that version)
+
+
+@dataclass
+class SideScoring:
+    """Sequences to score inside a running generation (stream_generate's `side`); `done` gets, per
+    sequence, the log-probs of its tokens 1..end."""
+
+    token_ids: list[list[int]]
+    done: Callable[[list[list[float]]], None]
 
 
 def _child_id(request_id: str, index: int, n: int) -> str:

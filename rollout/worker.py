@@ -67,6 +67,15 @@ class PendingLoad:
     error: BaseException | None = None
 
 
+@dataclass(eq=False)
+class PendingScore:
+    """Sequences to score between engine steps of the generation in progress (the parity check)."""
+
+    token_ids: list[list[int]]
+    done: bool = False
+    logprobs: list[list[float]] | None = None
+
+
 def cpu_kv_plan(spec: EngineSpec) -> KVPlan:
     """The CPU engine's KV cache and concurrency, from the batch and this node's available memory.
     TP > 1: the cache of one TP rank (vLLM's kv_cache_memory_bytes is per worker), which holds its share
@@ -112,6 +121,7 @@ class RolloutWorker:
         self.turn = threading.Condition()
         self.generating = False
         self.pending: PendingLoad | None = None
+        self.scoring: list[PendingScore] = []  # parity checks waiting for the generating thread
 
     def _params(self, prompts: list[Prompt], n: int, temperature: float, top_p: float, max_tokens: int,
                 seed: int | None) -> list[Any]:
@@ -165,7 +175,7 @@ class RolloutWorker:
             params = self._params(prompts, n, temperature, top_p, max_tokens, seed)
             start = time.perf_counter()
             for finished in self.vc.stream_generate(self.engine, [p.token_ids for p in prompts], params,
-                                                    swap=self._load_pending):
+                                                    swap=self._load_pending, side=self._pending_scores):
                 samples = [s for i, out, switches in sorted(finished, key=lambda f: f[0])
                            for s in self._samples(prompts[i], out, switches, start_version)]
                 now = time.perf_counter()
@@ -192,6 +202,33 @@ class RolloutWorker:
                 ticket.done = True
                 self.turn.notify_all()
             return ticket.version
+
+    def _pending_scores(self) -> list[Any]:
+        """On the generating thread, between engine steps: the scorings waiting, handed to the engine loop."""
+        with self.turn:
+            tickets, self.scoring = self.scoring, []
+        return [self.vc.SideScoring(t.token_ids, lambda logprobs, t=t: self._scored(t, logprobs)) for t in tickets]
+
+    def _scored(self, ticket: PendingScore, logprobs: list[list[float]]) -> None:
+        with self.turn:
+            ticket.logprobs, ticket.done = logprobs, True
+            self.turn.notify_all()
+
+    def parity_logprobs_in_flight(self, token_ids: list[list[int]]) -> list[list[float]]:
+        """Partial rollouts: `parity_logprobs` without waiting for the generation in progress (on the actor's
+        "sync" thread, as load_weights_in_flight): the generating thread scores the sequences beside its own
+        requests, under the weights it holds (the sync's, loaded before this call came)."""
+        with self.turn:
+            if self.generating:
+                ticket = PendingScore(token_ids)
+                self.scoring.append(ticket)
+                while self.generating and not ticket.done:
+                    self.turn.wait()
+                if ticket.done and ticket.logprobs is not None:
+                    return ticket.logprobs
+                if ticket in self.scoring:
+                    self.scoring.remove(ticket)
+            return self.parity_logprobs(token_ids)
 
     def load_weights_in_flight(self, key: str, version: int, payload: Any = None) -> float:
         """Partial rollouts: `load_weights` without waiting for the generation in progress to drain. Called

@@ -17,7 +17,8 @@ import torch
 from cluster.groups import SYNC_THREAD
 from cluster.pipeline import RolloutPipeline
 from protocol.batch import Prompt, Sample, TrainBatch
-from tests.test_weight_sync import Unplaced, _with
+# two_engines: a module-scoped fixture, so this module gets two fresh engines with the base model's weights.
+from tests.test_weight_sync import _with, two_engines  # noqa: F401
 
 
 def test_partial_rollouts_need_staleness_and_the_cpu_in_process_engine():
@@ -31,15 +32,21 @@ def test_partial_rollouts_need_staleness_and_the_cpu_in_process_engine():
     assert Config.model_validate({"train": {"partial_rollouts": True, "max_staleness": 1}}).train.partial_rollouts
 
 
-@pytest.fixture(scope="module")
-def two_base_engines(session_trainer):
-    """Two fresh engines with the base model's weights; only rollout[0] is ever synced here."""
-    from cluster.groups import RolloutGroup
+def test_staleness_is_judged_per_token():
+    """Pure functions: a sample whose tokens span versions 3 and 4 counts each token at its own version in
+    the lag histogram, and is judged (check_staleness) by its oldest token."""
+    from cluster.pipeline import StalenessError, check_staleness, staleness_metrics
 
-    cfg = _with(session_trainer.cfg, rollout={"num_workers": 2, "kv_cache_gib": 0.05})
-    group = RolloutGroup(cfg, session_trainer.model_path, Unplaced())
-    yield group
-    group.kill()
+    spanning = Sample(prompt_index=0, prompt_ids=[1], response_ids=[5, 6, 7, 8], response_logprobs=[0.0] * 4,
+                      text="", finish_reason="stop", policy_version=3, token_versions=[3, 3, 4, 4])
+    whole = Sample(prompt_index=1, prompt_ids=[1], response_ids=[5, 6], response_logprobs=[0.0] * 2, text="",
+                   finish_reason="stop", policy_version=5)
+    m = staleness_metrics([spanning, whole], learner_version=5, max_staleness=2)
+    assert [m[f"async/token_lag_{j}_frac"] for j in range(3)] == [2 / 6, 2 / 6, 2 / 6]
+    assert m["async/token_lag_max"] == 2 and m["rollout/partial_samples"] == 1 and m["async/staleness_max"] == 2
+    check_staleness([spanning, whole], learner_version=5, max_staleness=2)
+    with pytest.raises(StalenessError, match=r"of prompt 0, is from v3"):
+        check_staleness([spanning, whole], learner_version=5, max_staleness=1)
 
 
 def _only(group, index: int):
@@ -61,19 +68,21 @@ def _response_logprobs(per_sequence: list[list[float]], samples: list[Sample]) -
     return [torch.tensor(lp[len(s.prompt_ids) - 1:]) for lp, s in zip(per_sequence, samples)]
 
 
-def test_a_request_that_spans_a_sync_has_tokens_of_both_versions_each_scored_by_its_weights(trainer, two_base_engines):
+def test_a_request_that_spans_a_sync_has_tokens_of_both_versions_each_scored_by_its_weights(trainer, two_engines):
     """rollout[0] generates 8 prompts x 24 long samples (temperature 1, up to 100 tokens) with the base
     weights (v0); 0.3 s after it starts, a partial-rollouts sync loads the learner's weights (v1) into it. The
     generation is not drained: samples in flight carry token_versions [0..0, 1..1]. Each segment's
     recorded behaviour log-probs must be those of its own weights: the v0 tokens as rollout[1] (never
     synced: base weights) scores the same ids, the v1 tokens as the learner and the synced rollout[0]
-    score them. The learner is trained one step first if the session has not, so v0 != v1 (checked)."""
+    score them. The learner is trained one step first if the session has not, so v0 != v1 (checked).
+    The parity check's scoring, asked right after the sync, is done between engine steps too: it returns
+    while the generation still runs, with the learner's log-probs (v1)."""
     from cluster.sync import WeightSync
 
     if trainer.sync.version == 0:
         trainer.step(0)
     cfg = _with(trainer.cfg, train={"max_staleness": 1, "partial_rollouts": True}, sync={"transport": "shm"})
-    engines = two_base_engines
+    engines = two_engines  # fresh for this module: base weights; only rollout[0] is synced here
     sync = WeightSync(cfg, trainer.learners, _only(engines, 0))
     prompts = [Prompt(i, p.token_ids, p.answer) for i, p in enumerate(trainer.eval_prompts[:8])]
     max_tokens = cfg.rollout.max_model_len - max(len(p.token_ids) for p in prompts) - 1
@@ -82,10 +91,21 @@ def test_a_request_that_spans_a_sync_has_tokens_of_both_versions_each_scored_by_
         _wait_generating(engines.actors[0])
         time.sleep(0.3)  # a few engine steps: the requests running at the sync have tokens of v0
         metrics = sync.sync()
+        # The parity check's scoring after the sync, on the sync thread: done beside the generation.
+        parity_ids = [p.token_ids for p in prompts[:3]]
+        in_flight = ray.get(engines.actors[0].parity_logprobs_in_flight.options(concurrency_group=SYNC_THREAD)
+                            .remote(parity_ids))
+        still_generating = ray.get(engines.actors[0].__ray_call__.options(concurrency_group=SYNC_THREAD)
+                                   .remote(lambda self: self.generating))
         samples = [s for ref in stream for s in ray.get(ref).samples]
     finally:
         sync.close()
     assert metrics["policy_version"] == 1 and len(samples) == 8 * 24
+    assert still_generating, "the parity scoring waited for the generation to drain"
+    parity_batch = TrainBatch([ids[:1] for ids in parity_ids], [ids[1:] for ids in parity_ids], [], [0.0] * 3, [])
+    parity_gap = max(float((torch.tensor(e) - torch.tensor(lp)).abs().max())
+                     for e, lp in zip(in_flight, trainer.learners.logprobs(parity_batch, 1.0)))
+    assert parity_gap < 1e-4, f"scored between engine steps, the synced engine differs from the learner by {parity_gap}"
     spanning = [s for s in samples if set(s.token_versions) == {0, 1}]
     assert spanning, "no request was in flight at the sync: the test proves nothing"
     for s in spanning:  # versions only move forward, and the sample carries its oldest token's
@@ -112,11 +132,12 @@ def test_a_request_that_spans_a_sync_has_tokens_of_both_versions_each_scored_by_
 
 def test_async_run_with_partial_rollouts_trains_no_token_older_than_k(trainer):
     """Real steps at max_staleness=1 with partial rollouts on the session trainer (its engine, learner and
-    shm sync): syncs load between engine steps instead of after the queued generation. check_staleness
+    shm sync): syncs load, and the parity check after each sync scores, between engine steps instead of
+    after the queued generation. check_staleness
     raises before training if any token is more than 1 version behind; the metrics are judged per token
     (each token at its own version) and every trained token's lag is at most 1."""
     cfg = _with(trainer.cfg, train={"max_staleness": 1, "partial_rollouts": True, "steps": 1000})
-    trainer.cfg = cfg
+    trainer.cfg = trainer.parity.cfg = cfg
     trainer.sync.partial = True
     trainer.pipeline = RolloutPipeline(cfg, trainer.rollouts, trainer.rewards, trainer.train_data, trainer.sync.resync)
     start = trainer.sync.version
@@ -124,7 +145,7 @@ def test_async_run_with_partial_rollouts_trains_no_token_older_than_k(trainer):
         rows = [trainer.step(step) for step in range(50, 54)]
     finally:
         trainer.pipeline.close()
-        trainer.sync.partial = False
+        trainer.sync.partial, trainer.parity.cfg = False, trainer.sync.cfg
     assert trainer.sync.version == start + 4
     for r in rows:
         assert r["async/token_lag_max"] <= 1 and r["async/staleness_max"] <= 1 and r["async/dropped_stale"] == 0

@@ -253,7 +253,8 @@ def stream_generate(engine: Any, prompt_ids: list[list[int]], params: list[Any],
             job, j = scoring.pop(out.request_id)
             scored[id(job)][j] = prompt_token_logprobs(out)
             if len(scored[id(job)]) == len(job.token_ids):
-                job.done([scored.pop(id(job))[k] for k in range(len(job.token_ids))])
+                by_position = scored.pop(id(job))
+                job.done([by_position[k] for k in range(len(job.token_ids))])
         finished = [(position[out.request_id], out) for out in outputs if out.request_id in position]
         if finished:
             yield [(i, out, [switches.pop(_child_id(internal.get(out.request_id, out.request_id), c.index, len(out.outputs)), [])
@@ -285,6 +286,20 @@ def output_token_counts(engine: Any) -> dict[str, int]:
     if inner is None:
         raise RuntimeError("partial rollouts need vLLM's in-process engine core (the scheduler's request state)")
     return {rid: request.num_output_tokens for rid, request in inner.scheduler.requests.items()}
+
+
+def engine_threads() -> int:
+    """The calling thread's OpenMP team size (call it on the thread that built the engine)."""
+    return torch.get_num_threads()
+
+
+def join_engine_threads(count: int) -> None:
+    """Let this thread (the rollout actor's "sync" thread) run the CPU engine: OpenMP's team size is per
+    thread, and vLLM's CPU attention checks that the one that built a step's metadata runs it ("Check
+    failed: input->metadata->thread_num == thread_num (2 vs. 1)" otherwise, measured). vLLM's CPU worker
+    replaces `torch.set_num_threads` with a no-op after binding its threads, so torch's own setter is called."""
+    if torch.get_num_threads() != count:
+        torch._C._set_num_threads(count)
 
 
 def recompute_running(engine: Any) -> None:

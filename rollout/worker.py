@@ -110,6 +110,7 @@ class RolloutWorker:
                 spec.weight_transfer_backend)
         self.engine_args = vllm_compat.engine_kwargs(*args)  # what LLM(...) got (benchmarks compare with it)
         self.engine = vllm_compat.make_engine(*args, ray_bundles=spec.ray_bundles, gpus_per_rank=spec.gpus_per_rank)
+        self.threads = vllm_compat.engine_threads()  # a thread other than this one joins them to run the engine
         self.version = 0
         self.asleep = False  # set by sleep(); only a weight load wakes the engine again
         # Restarted by Ray: the driver must load the current weights (or confirm the base model's) first.
@@ -228,6 +229,7 @@ class RolloutWorker:
                     return ticket.logprobs
                 if ticket in self.scoring:
                     self.scoring.remove(ticket)
+            self.vc.join_engine_threads(self.threads)
             return self.parity_logprobs(token_ids)
 
     def load_weights_in_flight(self, key: str, version: int, payload: Any = None) -> float:
@@ -246,6 +248,7 @@ class RolloutWorker:
                             from ticket.error
                     return ticket.seconds
                 self.pending = None  # the generation ended first: load here
+            self.vc.join_engine_threads(self.threads)
             return self._load(key, version, payload)
 
     def sequence_logprobs(self, token_ids: list[list[int]]) -> list[list[float]]:

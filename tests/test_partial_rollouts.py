@@ -76,7 +76,8 @@ def test_a_request_that_spans_a_sync_has_tokens_of_both_versions_each_scored_by_
     synced: base weights) scores the same ids, the v1 tokens as the learner and the synced rollout[0]
     score them. The learner is trained one step first if the session has not, so v0 != v1 (checked).
     The parity check's scoring, asked right after the sync, is done between engine steps too: it returns
-    while the generation still runs, with the learner's log-probs (v1)."""
+    while the generation still runs, with the learner's log-probs (v1); asked again once the engine is
+    idle, the sync thread scores on the engine itself, with the same result."""
     from cluster.sync import WeightSync
 
     if trainer.sync.version == 0:
@@ -103,9 +104,12 @@ def test_a_request_that_spans_a_sync_has_tokens_of_both_versions_each_scored_by_
     assert metrics["policy_version"] == 1 and len(samples) == 8 * 24
     assert still_generating, "the parity scoring waited for the generation to drain"
     parity_batch = TrainBatch([ids[:1] for ids in parity_ids], [ids[1:] for ids in parity_ids], [], [0.0] * 3, [])
-    parity_gap = max(float((torch.tensor(e) - torch.tensor(lp)).abs().max())
-                     for e, lp in zip(in_flight, trainer.learners.logprobs(parity_batch, 1.0)))
-    assert parity_gap < 1e-4, f"scored between engine steps, the synced engine differs from the learner by {parity_gap}"
+    learner_parity = trainer.learners.logprobs(parity_batch, 1.0)
+    # Idle now: the sync thread runs the engine itself (its OpenMP team joined to the engine's).
+    idle = ray.get(engines.actors[0].parity_logprobs_in_flight.options(concurrency_group=SYNC_THREAD).remote(parity_ids))
+    for scored in (in_flight, idle):
+        gap = max(float((torch.tensor(e) - torch.tensor(lp)).abs().max()) for e, lp in zip(scored, learner_parity))
+        assert gap < 1e-4, f"the synced engine's parity scoring differs from the learner by {gap}"
     spanning = [s for s in samples if set(s.token_versions) == {0, 1}]
     assert spanning, "no request was in flight at the sync: the test proves nothing"
     for s in spanning:  # versions only move forward, and the sample carries its oldest token's

@@ -155,11 +155,13 @@ class RolloutWorker:
 
     def generate(self, prompts: list[Prompt], n: int, temperature: float, top_p: float, max_tokens: int,
                  seed: int | None = None) -> list[Sample]:
-        """n completions per prompt, with token ids, sampling logprobs and the policy version."""
-        self._check_awake()
-        params = self._params(prompts, n, temperature, top_p, max_tokens, seed)
-        outputs = self.engine.generate(self.vc.token_prompts([p.token_ids for p in prompts]), params, use_tqdm=False)
-        return [s for prompt, out in zip(prompts, outputs) for s in self._samples(prompt, out)]
+        """n completions per prompt, with token ids, sampling logprobs and the policy version. Holds the
+        engine's turn throughout: a load on the sync thread (partial rollouts) waits for it to end."""
+        with self.turn:
+            self._check_awake()
+            params = self._params(prompts, n, temperature, top_p, max_tokens, seed)
+            outputs = self.engine.generate(self.vc.token_prompts([p.token_ids for p in prompts]), params, use_tqdm=False)
+            return [s for prompt, out in zip(prompts, outputs) for s in self._samples(prompt, out)]
 
     def generate_stream(self, prompts: list[Prompt], n: int, temperature: float, top_p: float, max_tokens: int,
                         seed: int | None = None) -> Iterator[GeneratedChunk]:
@@ -252,11 +254,13 @@ class RolloutWorker:
             return self._load(key, version, payload)
 
     def sequence_logprobs(self, token_ids: list[list[int]]) -> list[list[float]]:
-        """Logprobs of tokens 1..end of each sequence under the engine's current weights."""
-        self._check_awake()
-        params = self.vc.sampling_params(1, 1.0, 1.0, 1, 0, prompt_logprobs=True)
-        outputs = self.engine.generate(self.vc.token_prompts(token_ids), params, use_tqdm=False)
-        return [self.vc.prompt_token_logprobs(o) for o in outputs]
+        """Logprobs of tokens 1..end of each sequence under the engine's current weights (holding the turn,
+        as `generate`)."""
+        with self.turn:
+            self._check_awake()
+            params = self.vc.sampling_params(1, 1.0, 1.0, 1, 0, prompt_logprobs=True)
+            outputs = self.engine.generate(self.vc.token_prompts(token_ids), params, use_tqdm=False)
+            return [self.vc.prompt_token_logprobs(o) for o in outputs]
 
     def parity_logprobs(self, token_ids: list[list[int]]) -> list[list[float]]:
         """`sequence_logprobs` for the parity check after a sync (cluster/parity.py), leaving the prefix

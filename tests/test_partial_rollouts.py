@@ -102,7 +102,7 @@ def test_a_request_that_spans_a_sync_has_tokens_of_both_versions_each_scored_by_
     finally:
         sync.close()
     assert metrics["policy_version"] == 1 and len(samples) == 8 * 24
-    assert still_generating, "the parity scoring waited for the generation to drain"
+    assert still_generating, "the sync or the parity scoring waited for the generation to drain"
     parity_batch = TrainBatch([ids[:1] for ids in parity_ids], [ids[1:] for ids in parity_ids], [], [0.0] * 3, [])
     learner_parity = trainer.learners.logprobs(parity_batch, 1.0)
     # Idle now: the sync thread runs the engine itself (its OpenMP team joined to the engine's).

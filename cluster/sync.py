@@ -18,12 +18,12 @@ restarts can reload the last export without the learner.
 Deadlines: every part is bounded by `sync.timeout_s`, counted from when that part can start. An engine
 runs its calls in order, so its load queues behind generation already submitted to it
 (train.max_staleness > 0); its deadline starts when the engine reaches the load (a marker call
-submitted just before the load returns then). With train.partial_rollouts the load does not queue: it
-is called on the engine's "sync" thread (groups.SYNC_THREAD) and the generation in progress takes it
-between two engine steps (RolloutWorker.load_weights_in_flight), so its deadline starts at once. Until then the wait follows generation's own progress
-rule: the engine must finish a prompt at least every `rollout.timeout_s`. A collective transport starts
-the learner's export only once every engine is at its load. A worker that fails, or is still running
-at its deadline, is named in a WeightSyncError. A failed sync may leave a receiver half-loaded.
+submitted just before the load returns then). Until then the wait follows generation's own progress
+rule: the engine must finish a prompt at least every `rollout.timeout_s`. With train.partial_rollouts
+the load does not queue: it is called on the engine's "sync" thread (groups.SYNC_THREAD) and the
+generation in progress takes it between two engine steps (RolloutWorker.load_weights_in_flight), so
+its deadline starts at once. A collective transport starts the learner's export only once every engine
+is at its load. A worker that fails, or is still running at its deadline, is named in a WeightSyncError. A failed sync may leave a receiver half-loaded.
 
 A restarted engine (Ray restarts a dead rollout worker with the base model's weights) is taken back on every
 transport. Transports that keep the last export (shm, ipc) reload it from there. Group transports (broadcast,

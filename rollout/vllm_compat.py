@@ -234,6 +234,10 @@ def stream_generate(engine: Any, prompt_ids: list[list[int]], params: list[Any],
     position = {rid.rsplit("-", 1)[0]: i for i, rid in enumerate(request_ids)}
     position.update({rid: i for i, rid in enumerate(request_ids)})
     internal = {rid.rsplit("-", 1)[0]: rid for rid in request_ids}
+
+    def scheduler_id(output: Any) -> str:  # an output's request as the scheduler names it
+        return internal.get(output.request_id, output.request_id)
+
     switches: dict[str, Segments] = {}  # scheduler request id (a child of n > 1) -> its switches
     scoring: dict[str, tuple[SideScoring, int]] = {}  # side requests (outputs' ids) -> (job, position in it)
     scored: dict[int, dict[int, list[float]]] = {}  # id(job) -> position -> log-probs
@@ -257,7 +261,7 @@ def stream_generate(engine: Any, prompt_ids: list[list[int]], params: list[Any],
                 job.done([by_position[k] for k in range(len(job.token_ids))])
         finished = [(position[out.request_id], out) for out in outputs if out.request_id in position]
         if finished:
-            yield [(i, out, [switches.pop(_child_id(internal.get(out.request_id, out.request_id), c.index, len(out.outputs)), [])
+            yield [(i, out, [switches.pop(_child_id(scheduler_id(out), c.index, len(out.outputs)), [])
                              for c in out.outputs]) for i, out in finished]
 
 
@@ -314,7 +318,10 @@ def load_weights(engine: Any, method: str, *args: Any, in_flight: bool = False) 
     (`in_flight`: between the steps of a generation, also the KV cache of its running requests, see
     `recompute_running`). Returns each worker's result."""
     results = engine.collective_rpc(method, args=args)
-    recompute_running(engine) if in_flight else reset_prefix_cache(engine)
+    if in_flight:
+        recompute_running(engine)
+    else:
+        reset_prefix_cache(engine)
     return results
 
 
@@ -563,5 +570,5 @@ class EngineExtension(WeightSyncExtension, SeededSamplingExtension):
 
 
 __all__ = ["DTYPES", "EXTENSION", "cpu_engine_env", "set_cpu_engine_env", "engine_kwargs", "make_engine",
-           "ray_executor_env", "sampling_params", "stream_generate", "output_token_counts", "recompute_running", "load_weights", "shutdown", "sampling_counters",
-           "sleep", "wake_up", "is_sleeping"]
+           "ray_executor_env", "sampling_params", "stream_generate", "output_token_counts", "recompute_running",
+           "join_engine_threads", "load_weights", "shutdown", "sampling_counters", "sleep", "wake_up", "is_sleeping"]

@@ -62,6 +62,8 @@ class Config(Strict):
                                  f"{name}.grad_accum_dtype=model to accept bf16 sums")
         if self.cluster.colocate:
             _check_colocation(self)
+        if self.train.partial_rollouts:
+            _check_partial_rollouts(self)
         if self.sync.transport != "auto" or self.cluster.colocate:
             _check_transport(self)
         return self
@@ -79,6 +81,18 @@ def _check_colocation(cfg: "Config") -> None:
                          f"({cfg.learner.num_ranks}): one engine worker and one learner rank per GPU")
     if cfg.train.max_staleness > 0:
         raise ValueError("cluster.colocate needs train.max_staleness=0: the engines sleep while the learner trains")
+
+
+def _check_partial_rollouts(cfg: "Config") -> None:
+    """train.partial_rollouts: a sync lands inside a generation, so generation must run ahead of the learner
+    (max_staleness >= 1); written for the CPU in-process engine only (it reads the scheduler between steps)."""
+    if cfg.train.max_staleness < 1:
+        raise ValueError("train.partial_rollouts needs train.max_staleness >= 1: with 0 every batch is generated "
+                         "after the sync, so no request is ever in flight at one")
+    if cfg.cluster.device != "cpu" or cfg.rollout.multiprocess_engine:
+        raise ValueError("train.partial_rollouts is implemented for the CPU in-process engine only "
+                         "(cluster.device=cpu, rollout.multiprocess_engine=false); the GPU path (vLLM's "
+                         "AsyncLLM pause_generation/resume_generation) is not written yet")
 
 
 def _check_transport(cfg: "Config") -> None:

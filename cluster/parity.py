@@ -14,7 +14,9 @@ naming the engine, the version and the gap, or with `sync.parity_action=warn` pr
 The engines score after their load and before any generation submitted later (a Ray actor runs its
 calls in order; one that died is waited for, re-synced and asked again), and reset their prefix cache
 after scoring, so the engines generate next from the state the load left them in: a run logs the same
-metrics with the check as without it (measured on configs/tiny.yaml, README).
+metrics with the check as without it (measured on configs/tiny.yaml, README). With train.partial_rollouts
+the check does not wait for the generation in progress either: each engine scores the batch between two
+of its engine steps, beside the requests in flight (RolloutWorker.parity_logprobs_in_flight).
 """
 from __future__ import annotations
 
@@ -105,8 +107,11 @@ class ParityCheck:
         """Per engine, per sequence: the response tokens' log-probs under the engine's weights (T=1)."""
         sequences = [p + r for p, r in zip(batch.prompt_ids, batch.response_ids)]
         engines = range(self.rollouts.size)
-        refs = [self.rollouts.submit_parity_logprobs(i, sequences) for i in engines]  # all engines at once
-        per_engine = [self._on_engine(i, "parity_logprobs", lambda i=i: self.rollouts.submit_parity_logprobs(i, sequences),
+        # partial rollouts: scored beside the generation in progress, not after it
+        submit = (self.rollouts.submit_parity_logprobs_in_flight if self.cfg.train.partial_rollouts
+                  else self.rollouts.submit_parity_logprobs)
+        refs = [submit(i, sequences) for i in engines]  # all engines at once
+        per_engine = [self._on_engine(i, "parity_logprobs", lambda i=i: submit(i, sequences),
                                       ref=ref) for i, ref in zip(engines, refs)]
         return [[lp[len(p) - 1:] for lp, p in zip(engine, batch.prompt_ids)] for engine in per_engine]
 

@@ -11,6 +11,12 @@ every sample, because a re-issued prompt after a worker restart may come from an
 The weight sync after step s queues on each worker behind the generation already submitted, so
 workers stop only for the load itself; the driver waits for it before the next step's generation
 is submitted (the shared-memory buffer is rewritten by the next export).
+
+With train.partial_rollouts the sync does not wait for that generation to drain: each engine loads the
+new weights between two engine steps and the requests in flight continue under them (cluster/sync.py,
+RolloutWorker.load_weights_in_flight), so one sample's tokens may come from two or more versions
+(`Sample.token_versions`). Loads only come earlier than without it, so every token is at least as new as
+the bound above allows; a sample's `policy_version` is its oldest token's, and the checks below judge it.
 """
 from __future__ import annotations
 
@@ -95,8 +101,8 @@ class StalenessError(RuntimeError):
 
 def check_staleness(samples: list[Sample], learner_version: int, max_staleness: int) -> None:
     """Assert the bound on what is trained: every token's version lag (learner version - the version of
-    the weights that generated it) is at most `max_staleness`. A request never spans a sync today, so a
-    sample's tokens all carry its `policy_version`. Raises StalenessError naming the worst sample."""
+    the weights that generated it) is at most `max_staleness`. A sample's `policy_version` is its oldest
+    token's (partial rollouts: `token_versions` holds each token's). Raises StalenessError naming the worst."""
     late = [s for s in samples if learner_version - s.policy_version > max_staleness]
     if late:
         worst = min(late, key=lambda s: s.policy_version)
@@ -106,15 +112,20 @@ def check_staleness(samples: list[Sample], learner_version: int, max_staleness: 
 
 
 def staleness_metrics(samples: list[Sample], learner_version: int, max_staleness: int = 0) -> dict[str, float]:
-    """Version lag of the samples trained on: mean, max, the versions seen, and the token-version lag
-    histogram (`async/token_lag_<j>_frac`: the share of response tokens generated j versions behind the
-    learner, j = 0..max_staleness, every bin logged)."""
+    """Version lag of the samples trained on (a sample's: its oldest token's): mean, max, the versions seen,
+    and the token-version lag histogram (`async/token_lag_<j>_frac`: the share of response tokens generated
+    j versions behind the learner, j = 0..max_staleness, every bin logged; each token counted at its own
+    version). Partial rollouts: `async/token_lag_max` and `rollout/partial_samples` (samples whose tokens
+    span more than one version)."""
     ages = [learner_version - s.policy_version for s in samples] or [0]
     versions = [s.policy_version for s in samples] or [learner_version]
-    tokens = [0] * (max(max_staleness, max(ages)) + 1)
-    for s in samples:
-        tokens[learner_version - s.policy_version] += len(s.response_ids)
+    token_lags = [learner_version - v for s in samples for v in s.versions()]
+    tokens = [0] * (max(max_staleness, max(ages), max(token_lags, default=0)) + 1)
+    for lag in token_lags:
+        tokens[lag] += 1
     total = max(sum(tokens), 1)
     return {"async/staleness_mean": sum(ages) / len(ages), "async/staleness_max": float(max(ages)),
             "async/version_min": float(min(versions)), "async/version_max": float(max(versions)),
+            "async/token_lag_max": float(max(token_lags, default=0)),
+            "rollout/partial_samples": float(sum(len(set(s.token_versions)) > 1 for s in samples)),
             **{f"async/token_lag_{j}_frac": n / total for j, n in enumerate(tokens)}}

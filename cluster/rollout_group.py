@@ -17,6 +17,9 @@ from protocol.weight_sync import WeightManifest
 from rollout.worker import RolloutWorker
 
 
+SYNC_THREAD = "sync"  # the rollout actors' concurrency group for RolloutWorker.load_weights_in_flight
+
+
 class RolloutGroup(ActorGroup):
     def __init__(self, cfg: Config, model_path: str, placement: Placement, **overrides: Any) -> None:
         """`overrides`: EngineSpec fields that differ from what the config gives (tests)."""
@@ -25,7 +28,9 @@ class RolloutGroup(ActorGroup):
         # Ray restarts a dead worker (same bundle, fresh engine from the base model); the driver then
         # re-syncs its weights and re-issues its prompts (cluster/generation.py). Tasks are not retried
         # by Ray: a re-issue must carry the current policy version, which only the driver knows.
-        remote = ray.remote(max_restarts=r.max_restarts, max_task_retries=0)(RolloutWorker)
+        # SYNC_THREAD: a second thread for weight loads that must not wait behind generation (partial rollouts).
+        remote = ray.remote(max_restarts=r.max_restarts, max_task_retries=0,
+                            concurrency_groups={SYNC_THREAD: 1})(RolloutWorker)
         self.role = "rollout"
         self.cfg = r
         self.timeout_s = r.timeout_s
@@ -104,6 +109,10 @@ class RolloutGroup(ActorGroup):
     def submit_parity_logprobs(self, index: int, sequences: list[list[int]]) -> ray.ObjectRef:
         return self.actors[index].parity_logprobs.remote(sequences)
 
+    def submit_parity_logprobs_in_flight(self, index: int, sequences: list[list[int]]) -> ray.ObjectRef:
+        """Partial rollouts: scored between two engine steps, beside the generation in progress."""
+        return self.actors[index].parity_logprobs_in_flight.options(concurrency_group=SYNC_THREAD).remote(sequences)
+
     def arm_engine_error(self, index: int, message: str) -> None:
         """Fault injection: rollout[index]'s engine raises `message` at its next model step."""
         ray.get(self.actors[index].arm_engine_error.remote(message))
@@ -125,6 +134,11 @@ class RolloutGroup(ActorGroup):
 
     def submit_load_weights(self, index: int, key: str, version: int, payload: Any) -> ray.ObjectRef:
         return self.actors[index].load_weights.remote(key, version, payload)
+
+    def submit_load_weights_in_flight(self, index: int, key: str, version: int, payload: Any) -> ray.ObjectRef:
+        """Partial rollouts: on the "sync" thread; the generation in progress takes it between two steps."""
+        return self.actors[index].load_weights_in_flight.options(concurrency_group=SYNC_THREAD).remote(
+            key, version, payload)
 
     def submit_adopt_base_weights(self, index: int) -> Named:
         """rollout[index] (restarted) serves its base weights as the current policy (nothing exported yet)."""

@@ -19,9 +19,11 @@ Deadlines: every part is bounded by `sync.timeout_s`, counted from when that par
 runs its calls in order, so its load queues behind generation already submitted to it
 (train.max_staleness > 0); its deadline starts when the engine reaches the load (a marker call
 submitted just before the load returns then). Until then the wait follows generation's own progress
-rule: the engine must finish a prompt at least every `rollout.timeout_s`. A collective transport starts
-the learner's export only once every engine is at its load. A worker that fails, or is still running
-at its deadline, is named in a WeightSyncError. A failed sync may leave a receiver half-loaded.
+rule: the engine must finish a prompt at least every `rollout.timeout_s`. With train.partial_rollouts
+the load does not queue: it is called on the engine's "sync" thread (rollout_group.SYNC_THREAD) and the
+generation in progress takes it between two engine steps (RolloutWorker.load_weights_in_flight), so
+its deadline starts at once. A collective transport starts the learner's export only once every engine
+is at its load. A worker that fails, or is still running at its deadline, is named in a WeightSyncError. A failed sync may leave a receiver half-loaded.
 
 A restarted engine (Ray restarts a dead rollout worker with the base model's weights) is taken back on every
 transport. Transports that keep the last export (shm, ipc) reload it from there. Group transports (broadcast,
@@ -100,6 +102,7 @@ class WeightSync:
                                           total_bytes=self._manifest.total_bytes, timeout_s=self.timeout_s,
                                           device=cfg.cluster.device, location=self._manifest.location)
         self.version = 0
+        self.partial = cfg.train.partial_rollouts  # loads land between engine steps (no wait for the drain)
         self.payload: Any = None  # what the last export handed the engines (ipc: handles), kept for re-syncs
         self._exporting: list[Part] = []  # the learner ranks' parts of the sync in flight
         self._in_flight: list[Part] = []  # every part of the move in flight (waited for before a group is rebuilt)
@@ -152,15 +155,20 @@ class WeightSync:
     # ---- one sync ------------------------------------------------------------------------------
     def _markers(self, indices: list[int]) -> list[Part]:
         """A cheap call per engine, queued behind whatever it runs now: it returns when the engine
-        reaches the load submitted right after it."""
+        reaches the load submitted right after it. Partial rollouts: no queue to wait for (the load runs
+        on the engine's "sync" thread, and the generation in progress takes it between two steps)."""
         now, parts = time.monotonic(), []
         for i in indices:
+            if self.partial:
+                parts.append(Part(self.rollouts.actor_name(i), None, index=i, submitted=now, started=now))  # type: ignore[arg-type]
+                continue
             ref = self.rollouts.submit_policy_version(i)
             parts.append(Part(self.rollouts.actor_name(i), ref, marker=ref, index=i, submitted=now))
         return parts
 
     def _loads(self, markers: list[Part], version: int, payload: Any, key: str) -> list[Part]:
-        return [replace(m, ref=self.rollouts.submit_load_weights(m.index, key, version, payload), started=None)
+        load = self.rollouts.submit_load_weights_in_flight if self.partial else self.rollouts.submit_load_weights
+        return [replace(m, ref=load(m.index, key, version, payload), started=m.started if self.partial else None)
                 for m in markers]
 
     def _export(self, version: int, key: str) -> list[Part]:
@@ -178,7 +186,7 @@ class WeightSync:
         what = f"weight sync v{version} ({self.transport})"
         markers = self._markers(list(range(self.rollouts.size)) if indices is None else indices)
         self._in_flight = list(markers)
-        if self.kind.collective:
+        if self.kind.collective and not self.partial:
             self._wait(markers, what)  # every engine is at its load (whose deadline then starts at once)
         if self.kind.streams:
             self._exporting = self._export(version, key)

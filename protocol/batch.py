@@ -25,14 +25,21 @@ class Sample:
     response_logprobs: list[float]  # sampling logprob of each response token
     text: str
     finish_reason: str  # "stop" or "length"
-    policy_version: int  # version of the weights that generated it
+    policy_version: int  # version of the weights that generated it (partial rollouts: its oldest token's)
+    # Partial rollouts (train.partial_rollouts): the policy version of each response token, when a weight
+    # sync came while it generated; empty: every token is of `policy_version`.
+    token_versions: list[int] = field(default_factory=list)
+
+    def versions(self) -> list[int]:
+        """The policy version of each response token."""
+        return self.token_versions or [self.policy_version] * len(self.response_ids)
 
     @property
     def truncated(self) -> bool:
         return self.finish_reason == "length"
 
 
-@dataclass
+@dataclass(kw_only=True)  # after Sample's defaulted fields
 class ScoredSample(Sample):
     """A Sample with its reward, made once by the driver from the reward pool's verdict
     (cluster.generation.scored_samples) and never changed after. The advantages are not here: they

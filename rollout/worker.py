@@ -7,6 +7,7 @@ from typing import Any, Iterator
 
 from protocol.batch import GeneratedChunk, Prompt, Sample
 from protocol.weight_sync import WeightManifest
+from rollout.in_flight import InFlightWork
 from rollout.kv_cache import KVPlan, cpu_kv_plan, read_model_config
 from rollout.spec import EngineSpec
 
@@ -49,7 +50,7 @@ def planned_engine(spec: EngineSpec, available_bytes: int) -> tuple[KVPlan | Non
     return plan, vllm_compat.engine_kwargs(spec, plan)
 
 
-class RolloutWorker:
+class RolloutWorker(InFlightWork):
     def __init__(self, spec: EngineSpec) -> None:
         from rollout import vllm_compat
 
@@ -65,12 +66,16 @@ class RolloutWorker:
         if self.kv_plan is not None:
             print(f"rollout engine: {self.kv_plan.how}")
         self.engine = vllm_compat.make_engine(spec, self.engine_args)
+        self.threads = vllm_compat.engine_threads()  # a thread other than this one joins them to run the engine
         self.version = 0
         self.asleep = False  # set by sleep(); only a weight load wakes the engine again
         # Restarted by Ray: the driver must load the current weights (or confirm the base model's) first.
         self.needs_weights = self.restarted = _restarted_by_ray()
         self.open_transports: set[str] = set()  # weight syncs (keys) opened in this instance
         self.last_load: list[Any] = []  # the transport's report of the last load, per engine worker (shm: bucket times)
+        # Partial rollouts: a load that arrives (on the actor's "sync" thread) while a generation runs is
+        # handed to the generating thread, which loads it between two engine steps (rollout/in_flight.py).
+        self._init_in_flight()
 
     def _params(self, prompts: list[Prompt], n: int, temperature: float, top_p: float, max_tokens: int,
                 seed: int | None) -> list[Any]:
@@ -81,45 +86,70 @@ class RolloutWorker:
                                         None if seed is None else (seed * 1_000_003 + p.index) % 2**31)
                 for p in prompts]
 
-    def _samples(self, prompt: Prompt, output: Any) -> list[Sample]:
-        samples = []
-        for completion in output.outputs:
+    def _samples(self, prompt: Prompt, output: Any, switches: list[list[tuple[int, int]]] | None = None,
+                 version: int | None = None) -> list[Sample]:
+        """`switches` (partial rollouts): per completion, the (first token index, version) of each weight load
+        during it; `version`: the weights it started with (default: the current ones)."""
+        samples, start = [], self.version if version is None else version
+        for j, completion in enumerate(output.outputs):
             ids = list(completion.token_ids)
+            token_versions = []
+            if switches and switches[j]:
+                token_versions = [start] * len(ids)
+                for first, new in switches[j]:
+                    token_versions[first:] = [new] * (len(ids) - first)
             samples.append(Sample(
                 prompt_index=prompt.index, prompt_ids=list(prompt.token_ids), response_ids=ids,
                 response_logprobs=self.vc.sampled_logprobs(ids, completion.logprobs),
-                text=completion.text, finish_reason=str(completion.finish_reason), policy_version=self.version,
+                text=completion.text, finish_reason=str(completion.finish_reason),
+                policy_version=min(token_versions, default=start), token_versions=token_versions,
             ))
         return samples
 
     def generate(self, prompts: list[Prompt], n: int, temperature: float, top_p: float, max_tokens: int,
                  seed: int | None = None) -> list[Sample]:
-        """n completions per prompt, with token ids, sampling logprobs and the policy version."""
-        self._check_awake()
-        params = self._params(prompts, n, temperature, top_p, max_tokens, seed)
-        outputs = self.engine.generate(self.vc.token_prompts([p.token_ids for p in prompts]), params, use_tqdm=False)
-        return [s for prompt, out in zip(prompts, outputs) for s in self._samples(prompt, out)]
+        """n completions per prompt, with token ids, sampling logprobs and the policy version. Holds the
+        engine's turn throughout: a load on the sync thread (partial rollouts) waits for it to end."""
+        with self.turn:
+            self._check_awake()
+            params = self._params(prompts, n, temperature, top_p, max_tokens, seed)
+            outputs = self.engine.generate(self.vc.token_prompts([p.token_ids for p in prompts]), params, use_tqdm=False)
+            return [s for prompt, out in zip(prompts, outputs) for s in self._samples(prompt, out)]
 
     def generate_stream(self, prompts: list[Prompt], n: int, temperature: float, top_p: float, max_tokens: int,
                         seed: int | None = None) -> Iterator[GeneratedChunk]:
         """Like `generate`, but a Ray streaming generator: yields each engine step's finished prompts,
         so the driver can score them while the rest are still generating, and knows which prompts
-        are unfinished if this worker dies."""
-        self._check_awake()
-        params = self._params(prompts, n, temperature, top_p, max_tokens, seed)
-        start = time.perf_counter()
-        for finished in self.vc.stream_generate(self.engine, [p.token_ids for p in prompts], params):
-            samples = [s for i, out in sorted(finished, key=lambda f: f[0]) for s in self._samples(prompts[i], out)]
-            now = time.perf_counter()
-            yield GeneratedChunk(samples, now - start)
+        are unfinished if this worker dies. A weight load that arrives meanwhile through
+        `load_weights_in_flight` (partial rollouts) is done between two engine steps; the requests in
+        flight continue under the new weights and their samples record each token's version."""
+        with self.turn:
+            self._check_awake()
+            self.generating = True
+        try:
+            start_version = self.version
+            params = self._params(prompts, n, temperature, top_p, max_tokens, seed)
             start = time.perf_counter()
+            for finished in self.vc.stream_generate(self.engine, [p.token_ids for p in prompts], params,
+                                                    swap=self._load_pending, side=self._pending_scores):
+                samples = [s for i, out, switches in sorted(finished, key=lambda f: f[0])
+                           for s in self._samples(prompts[i], out, switches, start_version)]
+                now = time.perf_counter()
+                yield GeneratedChunk(samples, now - start)
+                start = time.perf_counter()
+        finally:
+            with self.turn:  # a load still waiting is done by its own thread
+                self.generating = False
+                self.turn.notify_all()
 
     def sequence_logprobs(self, token_ids: list[list[int]]) -> list[list[float]]:
-        """Logprobs of tokens 1..end of each sequence under the engine's current weights."""
-        self._check_awake()
-        params = self.vc.sampling_params(1, 1.0, 1.0, 1, 0, prompt_logprobs=True)
-        outputs = self.engine.generate(self.vc.token_prompts(token_ids), params, use_tqdm=False)
-        return [self.vc.prompt_token_logprobs(o) for o in outputs]
+        """Logprobs of tokens 1..end of each sequence under the engine's current weights (holding the turn,
+        as `generate`)."""
+        with self.turn:
+            self._check_awake()
+            params = self.vc.sampling_params(1, 1.0, 1.0, 1, 0, prompt_logprobs=True)
+            outputs = self.engine.generate(self.vc.token_prompts(token_ids), params, use_tqdm=False)
+            return [self.vc.prompt_token_logprobs(o) for o in outputs]
 
     def parity_logprobs(self, token_ids: list[list[int]]) -> list[list[float]]:
         """`sequence_logprobs` for the parity check after a sync (cluster/parity.py), leaving the prefix
@@ -142,6 +172,10 @@ class RolloutWorker:
     def load_weights(self, key: str, version: int, payload: Any = None) -> float:
         """Load weight `version` through sync `key`'s transport into every engine worker and drop the prefix
         cache; a sleeping engine wakes its weights first and its KV cache after. Returns seconds."""
+        with self.turn:
+            return self._load(key, version, payload)
+
+    def _load(self, key: str, version: int, payload: Any, in_flight: bool = False) -> float:
         # Its previous instance had the transport open. Also after adopt_base_weights (a restart before the
         # first sync): the base weights were confirmed, but no transport was opened in this instance.
         if (self.needs_weights or self.restarted) and key not in self.open_transports:
@@ -150,7 +184,7 @@ class RolloutWorker:
         start = time.perf_counter()
         if self.asleep:
             self.vc.wake_up(self.engine, ["weights"])
-        self.last_load = self.vc.load_weights(self.engine, "receive_weights", key, version, payload)
+        self.last_load = self.vc.load_weights(self.engine, "receive_weights", key, version, payload, in_flight=in_flight)
         if self.asleep:
             self.vc.wake_up(self.engine, ["kv_cache"])
             self.asleep = False

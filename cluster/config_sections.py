@@ -142,7 +142,7 @@ class DeepSpeedGroupConfig(Strict):
     collective_timeout_s: float = Field(1800, gt=0)
     # The driver's deadline for one call on all ranks (a whole update, a checkpoint save, an export).
     call_timeout_s: float = Field(7200, gt=0)
-    cpus_per_rank: float = Field(0.5, gt=0)
+    cpus_per_rank: float = Field(0.5, gt=0)  # Ray CPUs per rank; on CPU also its torch threads (whole CPUs, at least 1)
     resources: dict[str, float] = {}  # extra Ray resources per rank, e.g. {"learner_node": 1}
 
 

@@ -49,6 +49,7 @@ class RankSpec:
     seed: int
     grad_accum_dtype: str  # "float32" or "model": what micro-batch gradients are summed in (_ds_config)
     collective_timeout_s: float  # the process group's timeout: one collective, a checkpoint barrier
+    cpus_per_rank: float  # CPU: the rank's torch threads (the whole CPUs it reserves, at least 1)
 
 
 def _skip_shm_comm_op() -> None:
@@ -80,7 +81,7 @@ class DeepSpeedRank:
                           MASTER_ADDR=master_addr, MASTER_PORT=str(master_port))
         if self.spec.device == "cpu":
             os.environ["DS_ACCELERATOR"] = "cpu"
-            torch.set_num_threads(1)
+            torch.set_num_threads(max(1, int(self.spec.cpus_per_rank)))
         import deepspeed
         from datetime import timedelta
 

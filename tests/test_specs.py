@@ -41,8 +41,8 @@ OVERRIDES = ["learner.lr=3e-5", "learner.zero_stage=1", "learner.weight_decay=0.
              "algorithm.advantage=gae"]
 # Fields of an actor's config section that stay with the driver (placement, the loop), by design.
 DRIVER_ONLY = {
-    "learner": {"num_ranks", "cpus_per_rank", "resources", "call_timeout_s"},
-    "critic": {"num_ranks", "cpus_per_rank", "resources", "gamma", "lam", "warmup_steps", "call_timeout_s"},
+    "learner": {"num_ranks", "resources", "call_timeout_s"},
+    "critic": {"num_ranks", "resources", "gamma", "lam", "warmup_steps", "call_timeout_s"},
     "algorithm": {"advantage", "mask_truncated", "overlong_buffer", "overlong_penalty", "dynamic_sampling",
                   "dynamic_sampling_max_rounds"},
     "rollout": {"num_workers", "samples_per_prompt", "temperature", "top_p", "max_new_tokens", "cpus_per_worker",

@@ -13,9 +13,7 @@ reads that many teacher solutions). What each step really cost is measured, and 
 reported against it: response tokens the learner trained on, and training wall seconds (generation,
 scoring, training and weight sync; evaluations excluded).
 
-Each method runs through the main command's loop (cluster.trainer.Trainer.run) as a plan (MethodRun):
-its registered step source (STEP_SOURCES), no checkpoints. It evaluates the held-out problems every
-train.eval_every steps and after the last (as the main command) and, at
+Each method evaluates the held-out problems every train.eval_every steps (as the main command) and, at
 the start and end, the same held-out questions worded differently (`Problem.rephrased`, never trained
 on): how much of a tuned model's skill survives outside the wording it was tuned on.
 Writes <out>/<method>/ (metrics.jsonl, ...), <out>/compare.png, <out>/compare.md and <out>/results.json.

@@ -34,6 +34,7 @@ from cluster.update import PolicyUpdate
 from protocol.batch import ScoredSample
 
 
+Guard = AbstractContextManager[None]  # a context a failure of the step passes through
 # summary.json's emergence figures, as eval_<name>_start / eval_<name>_end (None where a run lacks them)
 EMERGENCE_SUMMARY = (("boxed_rate", "boxed_rate"), ("response_tokens", "response_len"), ("worked_frac", "worked_frac"),
                      ("reflection_frac", "reflection_frac"))
@@ -49,7 +50,8 @@ class RunPlan:
     prepare: Callable[[Trainer], None] | None = None  # after Trainer.setup: what the step and evaluations need
     step: Callable[[int], dict[str, float]] | None = None  # one step's update and its metrics; None: Trainer.step
     evaluations: tuple[Callable[[int], dict[str, float]], ...] = ()  # at step 0 and after the last step, after eval/*
-    finish: Callable[[dict[str, float], dict[str, float]], dict[str, Any]] | None = None  # (first, last eval/*); None: Trainer.finish
+    # the run's result from the first and the last held-out evaluation; None: Trainer.finish
+    finish: Callable[[dict[str, float], dict[str, float]], dict[str, Any]] | None = None
     # checkpoints (train.save_every, the last step, a generation failure at an evaluation), the step numbers a
     # failure names with its checkpoint, benchmarks and the progress line; False: train and evaluate only
     checkpointed: bool = True
@@ -248,7 +250,8 @@ class Trainer:
         return (plan.finish or self.finish)(first, last)
 
     @staticmethod
-    def _if(wanted: bool, guard: Callable[[int], AbstractContextManager[None]], step: int) -> AbstractContextManager[None]:
+    def _if(wanted: bool, guard: Callable[[int], Guard], step: int) -> Guard:
+        """`guard(step)` (stop_naming_the_step, checkpoint_if_generation_fails) when the plan checkpoints."""
         return guard(step) if wanted else nullcontext()
 
     @staticmethod

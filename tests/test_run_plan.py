@@ -35,7 +35,8 @@ def test_a_plan_composes_the_loop_without_checkpoints(tmp_path: Path, capsys, st
         return {"eval/accuracy": step / 10}
 
     trainer.evaluate = evaluate  # type: ignore[method-assign]
-    trainer.save_checkpoint, trainer.benchmark = _refuse("save_checkpoint"), _refuse("benchmark")  # type: ignore[method-assign]
+    trainer.save_checkpoint = _refuse("save_checkpoint")  # type: ignore[method-assign]
+    trainer.benchmark = _refuse("benchmark")  # type: ignore[method-assign]
     prepared = []
     plan = RunPlan(label="sft", prepare=prepared.append, step=lambda step: {"train/loss": float(step)},
                    evaluations=(lambda step: trainer.log.log(step, {"extra/accuracy": 1.0}) or {},),

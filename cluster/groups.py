@@ -183,7 +183,7 @@ class RewardPool(ActorGroup):
 
     def __init__(self, cfg: Config, placement: Placement | None = None) -> None:
         self.role = "reward"
-        self.cfg, self.spec = cfg.reward, reward_spec(cfg)  # the actor's settings, whole (reward/spec.py)
+        self.run_cfg, self.cfg = cfg, cfg.reward
         self.placement = placement
         self.remote = ray.remote(RewardWorker)
         self.actors = [self._new_actor(i) for i in range(self.cfg.num_workers)]
@@ -196,7 +196,8 @@ class RewardPool(ActorGroup):
     def _new_actor(self, index: int) -> Any:
         """Actor `index`, in its reserved bundle when the pool was placed (a replacement reuses it)."""
         where = self.placement.options("reward", index) if self.placement else {"num_cpus": self.cfg.cpus_per_worker}
-        return self.remote.options(max_concurrency=1, **where).remote(self.spec)
+        spec = reward_spec(self.run_cfg)  # the actor's settings, whole (reward/spec.py), as the config reads now
+        return self.remote.options(max_concurrency=1, **where).remote(spec)
 
     def submit(self, samples: list[Sample], answers: dict[int, str]) -> list[ScoreJob]:
         """Spread `samples` over the actors (round robin); verdicts come back through `collect`."""

@@ -138,8 +138,9 @@ class ActorGroup:
         return actor_name(self.role, index)
 
     def is_member_name(self, name: str | None) -> bool:
-        """Whether `name` (an ActorFailure's `worker`) names one of this group's actors."""
-        return (name or "").startswith(f"{self.role}[")
+        """Whether `name` (an ActorFailure's `worker`) names one of this group's actors (`actor_name`'s form)."""
+        role, bracket, _ = (name or "").partition("[")
+        return role == self.role and bracket == "["
 
     def _each(self, submit: Callable[[Any], ray.ObjectRef], indices: list[int] | None = None) -> list[Named]:
         """`submit(actor)` for each actor (or those at `indices`), named; not awaited."""

@@ -25,94 +25,148 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from cluster.config import Config, ConfigError, load_config
 from cluster.metrics import save_figure
-from cluster.trainer import Trainer
+from cluster.trainer import RunPlan, Trainer
 from protocol.batch import TrainBatch
 from protocol.markdown import table_lines
 
-METHODS = ("rl", "sft", "rft")
+METHODS = ("rl", "sft", "rft")  # the keys of STEP_SOURCES
 LABELS = {"rl": "RL (GRPO, answer reward)", "sft": "SFT distillation (teacher's worked solutions)",
           "rft": "rejection-sampling FT (own correct samples)"}
 
 
-class MethodRun(Trainer):
-    """A Trainer whose step is one of METHODS; it logs `compare/train_tokens` and `compare/train_s`
-    (cumulative) so that accuracy can be read against cost."""
+class StepSource:
+    """How one method makes a step's update (registered in STEP_SOURCES by `step_source`): `prepare` once
+    the trainer is set up, then each call returns the step's metrics and the response tokens it trained on."""
 
-    def __init__(self, method: str, cfg: Config, run_dir: Path) -> None:
-        super().__init__(cfg, run_dir)
-        self.method, self.tokens, self.seconds = method, 0.0, 0.0
+    def prepare(self, trainer: Trainer) -> None:
+        self.trainer = trainer
 
-    def setup(self) -> None:
-        from cluster.data import Problem, PromptSource, embedded_problems
+    def __call__(self, step: int) -> tuple[dict[str, float], float]:
+        raise NotImplementedError
 
-        super().setup()
-        cfg = self.cfg
-        train, held = embedded_problems(cfg)  # the very problems the trainer's prompt sources serve
+
+STEP_SOURCES: dict[str, type[StepSource]] = {}
+
+
+def step_source(method: str) -> Callable[[type[StepSource]], type[StepSource]]:
+    def register(cls: type[StepSource]) -> type[StepSource]:
+        STEP_SOURCES[method] = cls
+        return cls
+    return register
+
+
+@step_source("rl")
+class RLStep(StepSource):
+    """The main command's step (Trainer.step); its tokens: the batch's mean response length x its size."""
+
+    def __call__(self, step: int) -> tuple[dict[str, float], float]:
+        t = self.trainer
+        metrics = t.step(step)
+        return metrics, metrics["train/response_len"] * t.cfg.train.prompts_per_step * t.cfg.rollout.samples_per_prompt
+
+
+class SupervisedStep(StepSource):
+    """A supervised step (LearnerGroup.train with loss="sft") on `batch(step)`, then the weight sync; no
+    step when the batch is empty."""
+
+    def batch(self, step: int) -> tuple[TrainBatch, dict[str, float]]:
+        raise NotImplementedError
+
+    def __call__(self, step: int) -> tuple[dict[str, float], float]:
+        t = self.trainer
+        batch, metrics = self.batch(step)
+        tokens = float(sum(map(sum, batch.loss_mask)))
+        if len(batch):
+            metrics.update({f"train/{k}": v for k, v in t.learners.train(batch, loss="sft").items()})
+            metrics.update(t.sync.sync())
+        return metrics, tokens
+
+
+@step_source("sft")
+class TeacherStep(SupervisedStep):
+    """The teacher's solutions of the step's prompts_per_step x samples_per_prompt training problems."""
+
+    def prepare(self, trainer: Trainer) -> None:
+        from cluster.data import embedded_problems
+
+        super().prepare(trainer)
+        train, _ = embedded_problems(trainer.cfg)  # the very problems the trainer's prompt sources serve
         self.teacher = {p.prompt: p.worked() for p in train}
-        limit = cfg.rollout.max_model_len - cfg.rollout.max_new_tokens
-        self.rephrased = PromptSource([Problem(p.rephrased, p.answer) for p in held], self.tokenizer, limit,
-                                      cfg.train.seed, what="rephrased held-out").all()
 
-    def step(self, step: int) -> dict[str, float]:
-        start = time.perf_counter()
-        if self.method == "rl":
-            metrics = super().step(step)
-            tokens = metrics["train/response_len"] * self.cfg.train.prompts_per_step * self.cfg.rollout.samples_per_prompt
-        else:
-            batch, metrics = self._sft_batch(step)
-            tokens = float(sum(map(sum, batch.loss_mask)))
-            if len(batch):
-                metrics.update({f"train/{k}": v for k, v in self.learners.train(batch, loss="sft").items()})
-                metrics.update(self.sync.sync())
-        self.tokens += tokens
-        self.seconds += time.perf_counter() - start
-        return {**metrics, "compare/train_tokens": self.tokens, "compare/train_s": self.seconds}
-
-    def _sft_batch(self, step: int) -> tuple[TrainBatch, dict[str, float]]:
-        """sft: the teacher's solutions of the step's prompts_per_step x samples_per_prompt training problems;
-        rft: the step's samples (as RL's) that the reward code marks correct, each distinct one once."""
+    def batch(self, step: int) -> tuple[TrainBatch, dict[str, float]]:
         from cluster.base_model import sft_batch
         from cluster.tiny_model import EOS
 
-        cfg = self.cfg
-        if self.method == "sft":
-            prompts = self.train_data.batch(step, cfg.train.prompts_per_step * cfg.rollout.samples_per_prompt)
-            pairs = [(p.text, self.teacher[p.text]) for p in prompts]
-            return sft_batch(pairs, self.tokenizer, self.tokenizer.convert_tokens_to_ids(EOS)), {}
-        _, rollout = self.pipeline.take(step)
+        t = self.trainer
+        prompts = t.train_data.batch(step, t.cfg.train.prompts_per_step * t.cfg.rollout.samples_per_prompt)
+        pairs = [(p.text, self.teacher[p.text]) for p in prompts]
+        return sft_batch(pairs, t.tokenizer, t.tokenizer.convert_tokens_to_ids(EOS)), {}
+
+
+@step_source("rft")
+class RejectionStep(SupervisedStep):
+    """The step's samples (as RL's) that the reward code marks correct, each distinct one once."""
+
+    def batch(self, step: int) -> tuple[TrainBatch, dict[str, float]]:
+        _, rollout = self.trainer.pipeline.take(step)
         # distinct correct responses of each prompt, trained on as sampled (their own token ids, EOS included)
         kept = list({(s.prompt_index, tuple(s.response_ids)): s for s in rollout.samples if s.correct}.values())
         batch = TrainBatch.from_samples(kept)
         return batch, {"train/accuracy": sum(s.correct for s in rollout.samples) / max(len(rollout.samples), 1),
                        "rft/kept": float(len(kept))}
 
+
+class MethodRun:
+    """One method as a plan for the one training loop (`Trainer.run`, cluster/trainer.py): its step source,
+    metered (`compare/train_tokens` and `compare/train_s`, cumulative, so that accuracy can be read
+    against cost), the rephrased held-out evaluation at the start and the end, the comparison's figures as
+    the result; no checkpoints."""
+
+    def __init__(self, method: str) -> None:
+        self.method, self.source = method, STEP_SOURCES[method]()
+        self.tokens, self.seconds = 0.0, 0.0
+        self.rephrased_rows: list[dict[str, float]] = []
+
+    def plan(self) -> RunPlan:
+        return RunPlan(label=self.method, prepare=self.prepare, step=self.step, evaluations=(self.evaluate_rephrased,),
+                       finish=self.figures, checkpointed=False)
+
+    def prepare(self, trainer: Trainer) -> None:
+        from cluster.data import Problem, PromptSource, embedded_problems
+
+        self.trainer, cfg = trainer, trainer.cfg
+        self.source.prepare(trainer)
+        _, held = embedded_problems(cfg)
+        limit = cfg.rollout.max_model_len - cfg.rollout.max_new_tokens
+        self.rephrased = PromptSource([Problem(p.rephrased, p.answer) for p in held], trainer.tokenizer, limit,
+                                      cfg.train.seed, what="rephrased held-out").all()
+
+    def step(self, step: int) -> dict[str, float]:
+        start = time.perf_counter()
+        metrics, tokens = self.source(step)
+        self.tokens += tokens
+        self.seconds += time.perf_counter() - start
+        return {**metrics, "compare/train_tokens": self.tokens, "compare/train_s": self.seconds}
+
     def evaluate_rephrased(self, step: int) -> dict[str, float]:
         from cluster.heldout import EVAL_SEED, held_out_metrics
 
-        metrics = held_out_metrics(self.rollouts, self.rewards, self.rephrased, self.cfg.train.eval_samples,
-                                   self.cfg.rollout.temperature, seed=EVAL_SEED, resync=self.sync.resync,
-                                   worked=self.worked, prefix="rephrased")
-        self.log.log(step, metrics)
+        t = self.trainer
+        metrics = held_out_metrics(t.rollouts, t.rewards, self.rephrased, t.cfg.train.eval_samples,
+                                   t.cfg.rollout.temperature, seed=EVAL_SEED, resync=t.sync.resync,
+                                   worked=t.worked, prefix="rephrased")
+        t.log.log(step, metrics)
+        self.rephrased_rows.append(metrics)
         return metrics
 
-    def run_method(self) -> dict[str, Any]:
-        """train.steps steps with the usual evaluation cadence; the figures of the comparison."""
-        from tqdm import tqdm
-
-        cfg = self.cfg
-        self.setup()
-        first, rephrased_first = self.evaluate(0), self.evaluate_rephrased(0)
-        last = first
-        for step in tqdm(range(cfg.train.steps), desc=self.method, unit="step"):
-            self.log.log(step + 1, self.step(step))
-            if self._every(cfg.train.eval_every, step + 1) or step + 1 == cfg.train.steps:
-                last = self.evaluate(step + 1)
-        rephrased_last = self.evaluate_rephrased(cfg.train.steps)
-        return {"method": self.method, "steps": cfg.train.steps, "train_tokens": self.tokens,
+    def figures(self, first: dict[str, float], last: dict[str, float]) -> dict[str, Any]:
+        """The comparison's figures of the run: cost, and the held-out figures at the start and the end."""
+        rephrased_first, rephrased_last = self.rephrased_rows[0], self.rephrased_rows[-1]
+        return {"method": self.method, "steps": self.trainer.cfg.train.steps, "train_tokens": self.tokens,
                 "train_seconds": self.seconds, **{f"{k}_start": first[f"eval/{k}"] for k in FIGURES},
                 **{f"{k}_end": last[f"eval/{k}"] for k in FIGURES},
                 "rephrased_accuracy_start": rephrased_first["rephrased/accuracy"],
@@ -178,11 +232,11 @@ def compare(cfg: Config, out: Path, methods: list[str]) -> list[dict[str, Any]]:
     out.mkdir(parents=True, exist_ok=True)
     started, results = time.perf_counter(), []
     for method in methods:
-        run = MethodRun(method, cfg, out / method)
+        trainer = Trainer(cfg, out / method)
         try:
-            results.append(run.run_method())
+            results.append(trainer.run(MethodRun(method).plan()))
         finally:
-            run.close()
+            trainer.close()
         print(json.dumps(results[-1]), flush=True)
     (out / "results.json").write_text(json.dumps({"config": cfg.model_dump(mode="json"), "results": results,
                                                  "wall_seconds": time.perf_counter() - started}, indent=2))

@@ -4,7 +4,6 @@ call here is one RPC per actor."""
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import sys
 import threading
 import time
@@ -18,7 +17,7 @@ from cluster.actor_group import (ActorFailure, ActorGroup, Named, _last_line, ac
 from cluster.config import Config
 from cluster.placement_group import Placement
 from cluster.rollout_group import RolloutGroup
-from cluster.specs import critic_spec, learner_spec
+from cluster.specs import critic_spec, learner_spec, reward_spec
 from learner.critic import CriticWorker
 from learner.worker import LearnerWorker
 from protocol.batch import Sample, TrainBatch
@@ -176,14 +175,15 @@ class ScoreJob:
     deadline: float  # monotonic: the actor's queue ahead of it and its own items, each within timeout_s
 
 
-class RewardPool:
-    """K reward actors. Work is sent as soon as each generation chunk arrives; a stuck actor is
-    killed and replaced and its items are counted as timeouts (reward 0). An item whose scoring
+class RewardPool(ActorGroup):
+    """K reward actors, named `reward[i]`. Work is sent as soon as each generation chunk arrives; a stuck
+    actor is killed and replaced and its items are counted as timeouts (reward 0). An item whose scoring
     raised (the grader or reward.custom_fn) scores as a wrong answer and counts in `errors`; each
     kind of error (where + exception type) is printed once per pool."""
 
     def __init__(self, cfg: Config, placement: Placement | None = None) -> None:
-        self.cfg = cfg.reward
+        self.role = "reward"
+        self.run_cfg, self.cfg = cfg, cfg.reward
         self.placement = placement
         self.remote = ray.remote(RewardWorker)
         self.actors = [self._new_actor(i) for i in range(self.cfg.num_workers)]
@@ -196,9 +196,8 @@ class RewardPool:
     def _new_actor(self, index: int) -> Any:
         """Actor `index`, in its reserved bundle when the pool was placed (a replacement reuses it)."""
         where = self.placement.options("reward", index) if self.placement else {"num_cpus": self.cfg.cpus_per_worker}
-        fields = type(self.cfg).model_fields  # every reward.* setting the actor's constructor takes, by name
-        settings = {name: getattr(self.cfg, name) for name in inspect.signature(RewardWorker).parameters if name in fields}
-        return self.remote.options(max_concurrency=1, **where).remote(**settings)
+        spec = reward_spec(self.run_cfg)  # the actor's settings, whole (reward/spec.py), as the config reads now
+        return self.remote.options(max_concurrency=1, **where).remote(spec)
 
     def submit(self, samples: list[Sample], answers: dict[int, str]) -> list[ScoreJob]:
         """Spread `samples` over the actors (round robin); verdicts come back through `collect`."""
@@ -255,7 +254,7 @@ class RewardPool:
             if kind in self.error_kinds:
                 return
             self.error_kinds.add(kind)
-        print(f"reward[{index}]: {error} (scored as a wrong answer and counted in reward/errors; "
+        print(f"{self.actor_name(index)}: {error} (scored as a wrong answer and counted in reward/errors; "
               f"later errors of this kind are counted, not printed)", file=sys.stderr, flush=True)
 
     def _verdicts(self, job: ScoreJob, deadline: float, counts: dict[str, float], retry: bool = True) -> list[Verdict]:
@@ -264,19 +263,20 @@ class RewardPool:
         try:
             return ray.get(job.ref, timeout=max(0.1, deadline - time.monotonic()))
         except ray.exceptions.RayTaskError as error:  # raised outside the per-item guards: the job's items fail
-            cause = describe_error(f"reward[{index}].score", getattr(error, "cause", None) or error)
+            cause = describe_error(f"{self.actor_name(index)}.score", getattr(error, "cause", None) or error)
             return [Verdict(0.0, False, True, error=cause) for _ in part]
         except ray.exceptions.GetTimeoutError:
-            print(f"reward[{index}] did not answer within its deadline: replaced; {len(part)} items count as timeouts")
+            print(f"{self.actor_name(index)} did not answer within its deadline: replaced; {len(part)} items count as timeouts")
             self._replace(job, counts)
             return timed_out
         except (ray.exceptions.RayActorError, ray.exceptions.OutOfMemoryError) as error:
             if getattr(error, "actor_init_failed", False):  # e.g. reward.custom_fn cannot be imported: every replacement would fail too
-                raise ActorFailure(f"reward[{index}] failed to start: {_last_line(str(error))}", f"reward[{index}]") from None
+                name = self.actor_name(index)
+                raise ActorFailure(f"{name} failed to start: {_last_line(str(error))}", name) from None
             self._replace(job, counts)
             if not retry:
                 return timed_out
-            print(f"reward[{index}] died or was replaced ({actor_error_text(error)}): scoring its {len(part)} items again")
+            print(f"{self.actor_name(index)} died or was replaced ({actor_error_text(error)}): scoring its {len(part)} items again")
             actor = self.actors[index]
             again = ScoreJob(actor.score.remote(job.pairs), index, actor, part, job.pairs, self._deadline(len(part)))
             return self._verdicts(again, again.deadline, counts, retry=False)
@@ -290,7 +290,3 @@ class RewardPool:
             self.actors[job.actor_index] = self._new_actor(job.actor_index)
             self.restarts += 1
         counts["restarts"] += 1
-
-    def kill(self) -> None:
-        for a in self.actors:
-            ray.kill(a)

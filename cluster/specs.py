@@ -14,6 +14,7 @@ from cluster.config import Config, auto_transport
 from cluster.memory_model import engine_sequences
 from learner.critic import CriticSpec
 from learner.worker import LearnerSpec
+from reward.spec import RewardSpec
 from rollout.spec import EngineSpec
 
 T = TypeVar("T")
@@ -55,6 +56,10 @@ def engine_spec(cfg: Config, model_path: str) -> EngineSpec:
                      sequences=engine_sequences(cfg), threads=max(1, int(cfg.rollout.cpus_per_worker)),
                      sleep_mode=cfg.cluster.colocate, ray_bundles=(), gpus_per_rank=1.0,  # per engine: RolloutGroup
                      weight_transfer_backend=native_backend(cfg))
+
+
+def reward_spec(cfg: Config) -> RewardSpec:
+    return spec_from(RewardSpec, cfg.reward)
 
 
 def native_backend(cfg: Config) -> str | None:

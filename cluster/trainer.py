@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import json
 import time
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Callable, Iterator
 
 from tqdm import tqdm
 
@@ -33,9 +34,27 @@ from cluster.update import PolicyUpdate
 from protocol.batch import ScoredSample
 
 
+Guard = AbstractContextManager[None]  # a context a failure of the step passes through
 # summary.json's emergence figures, as eval_<name>_start / eval_<name>_end (None where a run lacks them)
 EMERGENCE_SUMMARY = (("boxed_rate", "boxed_rate"), ("response_tokens", "response_len"), ("worked_frac", "worked_frac"),
                      ("reflection_frac", "reflection_frac"))
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """What varies between runs of the one loop, `Trainer.run`; the defaults are the main command's
+    (`python -m cluster.train`). `cluster.compare` runs each method as a plan: its own step source, the
+    rephrased held-out evaluation beside the held-out one, its figures as the result, no checkpoints."""
+
+    label: str = "RL"  # the progress bar's
+    prepare: Callable[[Trainer], None] | None = None  # after Trainer.setup: what the step and evaluations need
+    step: Callable[[int], dict[str, float]] | None = None  # one step's update and its metrics; None: Trainer.step
+    evaluations: tuple[Callable[[int], dict[str, float]], ...] = ()  # at step 0 and after the last step, after eval/*
+    # the run's result from the first and the last held-out evaluation; None: Trainer.finish
+    finish: Callable[[dict[str, float], dict[str, float]], dict[str, Any]] | None = None
+    # checkpoints (train.save_every, the last step, a generation failure at an evaluation), the step numbers a
+    # failure names with its checkpoint, benchmarks and the progress line; False: train and evaluate only
+    checkpointed: bool = True
 
 
 class Trainer:
@@ -193,46 +212,63 @@ class Trainer:
         self.log.log(step, metrics)
         return metrics
 
-    def run(self) -> dict[str, float]:
-        cfg = self.cfg
+    def run(self, plan: RunPlan = RunPlan()) -> dict[str, Any]:
+        """train.steps steps of `plan.step` (the RL step by default) with the held-out evaluation every
+        train.eval_every steps and after the last; `plan.finish`'s result (by default summary.json's)."""
+        cfg, saving = self.cfg, plan.checkpointed
         self.setup()
-        start, first = self._begin()
+        if plan.prepare is not None:
+            plan.prepare(self)
+        take_step = plan.step or self.step
+        start, first = self._begin(plan)
         last = first
-        bar = tqdm(range(start, cfg.train.steps), desc="RL", unit="step", initial=start, total=cfg.train.steps)
+        bar = tqdm(range(start, cfg.train.steps), desc=plan.label, unit="step", initial=start, total=cfg.train.steps)
         for step in bar:
-            with self.stop_naming_the_step(step + 1):
+            with self._if(saving, self.stop_naming_the_step, step + 1):
                 faults.learner_kill(step + 1, self.learners)
                 faults.learner_hang(step + 1, self.learners)
                 faults.rollout_kill(step + 1, self.rollouts)
-                metrics = self.step(step)
+                metrics = take_step(step)
                 self.log.log(step + 1, metrics)
-                bar.set_postfix(reward=f"{metrics['reward/mean']:.3f}", boxed=f"{metrics['train/boxed_rate']:.2f}",
-                                step_s=f"{metrics['time/step_s']:.1f}")
+                if saving:
+                    bar.set_postfix(reward=f"{metrics['reward/mean']:.3f}", boxed=f"{metrics['train/boxed_rate']:.2f}",
+                                    step_s=f"{metrics['time/step_s']:.1f}")
                 if self._every(cfg.train.eval_every, step + 1):
-                    with self.checkpoint_if_generation_fails(step + 1):
+                    with self._if(saving, self.checkpoint_if_generation_fails, step + 1):
                         last = self.evaluate(step + 1)
-                if self._every(cfg.train.benchmark_every, step + 1):
+                if saving and self._every(cfg.train.benchmark_every, step + 1):
                     self.benchmark(step + 1)
                 faults.driver_kill(step + 1)
-                if self._every(cfg.train.save_every, step + 1) or step + 1 == cfg.train.steps:
+                if saving and (self._every(cfg.train.save_every, step + 1) or step + 1 == cfg.train.steps):
                     self.save_checkpoint(step + 1)
         # The final evaluation comes after the last checkpoint unless it is on the cadence: a resume
         # from that checkpoint then drops its row, as an uninterrupted longer run would not have it.
         if cfg.train.steps and not self._every(cfg.train.eval_every, cfg.train.steps):
             last = self.evaluate(cfg.train.steps)
-        return self.finish(first, last)
+        for evaluate in plan.evaluations:
+            evaluate(cfg.train.steps)
+        return (plan.finish or self.finish)(first, last)
+
+    @staticmethod
+    def _if(wanted: bool, guard: Callable[[int], Guard], step: int) -> Guard:
+        """`guard(step)` (stop_naming_the_step, checkpoint_if_generation_fails) when the plan checkpoints."""
+        return guard(step) if wanted else nullcontext()
 
     @staticmethod
     def _every(period: int, step: int) -> bool:
         return period > 0 and step % period == 0
 
-    def _begin(self) -> tuple[int, dict[str, float]]:
-        """(first step to train, the step-0 evaluation): fresh, or restored from a checkpoint."""
+    def _begin(self, plan: RunPlan) -> tuple[int, dict[str, float]]:
+        """(first step to train, the step-0 evaluation): fresh (with the plan's evaluations), or restored
+        from a checkpoint."""
         if self.resume_from is None:
             first = self.evaluate(0)
-            if self.cfg.train.benchmark_every:
-                self.benchmark(0)
-            print(f"step 0: held-out accuracy {first['eval/accuracy']:.3f} (greedy {first['eval/greedy_accuracy']:.3f})")
+            for evaluate in plan.evaluations:
+                evaluate(0)
+            if plan.checkpointed:
+                if self.cfg.train.benchmark_every:
+                    self.benchmark(0)
+                print(f"step 0: held-out accuracy {first['eval/accuracy']:.3f} (greedy {first['eval/greedy_accuracy']:.3f})")
             return 0, first
         state = checkpoint.restore(self.resume_from, self.learners, self.critic)
         # One sync puts the restored weights into the engines under the checkpoint's policy version.

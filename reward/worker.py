@@ -14,35 +14,34 @@ This module imports no sympy, and neither does the grader: only a custom functio
 from __future__ import annotations
 
 import math
-from typing import Any, Callable
+from typing import Callable
 
 from reward.custom import load_custom_fn
 from reward.extract import EXTRACT_MODES
 from reward.scoring import CheckTimeout, Verdict, describe_error, score_batch, time_limit
 from reward.shaping import STYLES
+from reward.spec import RewardSpec
 
 
 class RewardWorker:
-    """Its settings are the `reward` config section's fields of the same names, passed by name (the pool
-    passes every one of them; tests/test_specs.py checks that none has a default here: the config's are
-    the only ones). `code`: the `reward.code` section (its fields are CodeScorer's arguments)."""
+    """Its settings come whole, as a `RewardSpec` (reward/spec.py) built from the `reward` config section by
+    `cluster.specs.reward_spec`: the config's defaults are the only ones (tests/test_specs.py)."""
 
-    def __init__(self, *, timeout_s: float, custom_fn: str | None, shaping: str, extract: str, kind: str,
-                 code: Any, grace_s: float) -> None:
-        if shaping not in STYLES:
-            raise ValueError(f"unknown reward shaping {shaping!r}")
-        if extract not in EXTRACT_MODES:
-            raise ValueError(f"unknown reward.extract {extract!r}; expected one of {EXTRACT_MODES}")
-        self.timeout_s, self.shaping, self.extract = timeout_s, shaping, extract
+    def __init__(self, spec: RewardSpec) -> None:
+        if spec.shaping not in STYLES:
+            raise ValueError(f"unknown reward shaping {spec.shaping!r}")
+        if spec.extract not in EXTRACT_MODES:
+            raise ValueError(f"unknown reward.extract {spec.extract!r}; expected one of {EXTRACT_MODES}")
+        self.timeout_s, self.shaping, self.extract = spec.timeout_s, spec.shaping, spec.extract
         self.custom: Callable[[str, str], float] | None = None
-        self.custom_name = custom_fn or ""
-        if custom_fn:
-            self.custom = load_custom_fn(custom_fn)  # CustomFnError: the pool ends the run with it
+        self.custom_name = spec.custom_fn or ""
+        if spec.custom_fn:
+            self.custom = load_custom_fn(spec.custom_fn)  # CustomFnError: the pool ends the run with it
         self.code = None
-        if kind == "code":  # reward.code: programs run in sandboxes by a judge subprocess (reward/code.py)
+        if spec.kind == "code":  # reward.code: programs run in sandboxes by a judge subprocess (reward/code.py)
             from reward.code import CodeScorer, time_budget
 
-            self.code = CodeScorer(**dict(code or {}), batch_budget_s=time_budget(timeout_s, grace_s))
+            self.code = CodeScorer(**dict(spec.code or {}), batch_budget_s=time_budget(spec.timeout_s, spec.grace_s))
 
     def score(self, pairs: list[tuple[str, str]]) -> list[Verdict]:
         if self.code is not None:

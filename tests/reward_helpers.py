@@ -3,10 +3,10 @@ scoring path (a boxed response, reward.judge); a RewardWorker and a CodeScorer w
 gives them."""
 from __future__ import annotations
 
-import inspect
 from typing import Any
 
 from cluster.config import CodeRewardConfig, load_config
+from cluster.specs import reward_spec
 from reward import judge
 from reward.code import CodeScorer
 from reward.equivalence import answers_equal
@@ -15,9 +15,8 @@ from reward.worker import RewardWorker
 
 def reward_worker(*overrides: str) -> RewardWorker:
     """A RewardWorker in this process with the `reward` section of the default config plus `overrides`
-    ("reward.timeout_s=0.5", ...), each setting passed by name as cluster.groups.RewardPool passes it."""
-    section = load_config(None, list(overrides)).reward
-    return RewardWorker(**{name: getattr(section, name) for name in inspect.signature(RewardWorker).parameters})
+    ("reward.timeout_s=0.5", ...), its RewardSpec built as cluster.groups.RewardPool builds it."""
+    return RewardWorker(reward_spec(load_config(None, list(overrides))))
 
 
 def assert_pays(pred: str, gold: str, equal: bool) -> None:

@@ -86,41 +86,40 @@ def test_seeds_table_gives_mean_and_sd_per_staleness():
 
 
 def test_one_sft_and_one_rft_step_train_the_policy_through_the_learner(trainer):
-    """A MethodRun on the session trainer's actors: the SFT step trains on the teacher's worked solutions
-    of the step's problems, the RFT step on the distinct responses the reward marked correct; each is one
-    optimizer step that moves the policy the engines then serve, and counts the tokens it trained on."""
+    """A MethodRun's step (the step its plan gives Trainer.run) on the session trainer's actors: the SFT step
+    trains on the teacher's worked solutions of the step's problems, the RFT step on the distinct responses
+    the reward marked correct; each is one optimizer step that moves the policy the engines then serve, and
+    counts the tokens it trained on."""
     import dataclasses
 
     import torch
 
-    from cluster.compare import MethodRun
-    from cluster.data import embedded_problems
+    from cluster.compare import MethodRun, RejectionStep, TeacherStep
     from protocol.batch import TrainBatch
 
-    run = MethodRun.__new__(MethodRun)
-    run.__dict__.update(vars(trainer))
-    run.tokens = run.seconds = 0.0
-    run.teacher = {p.prompt: p.worked() for p in embedded_problems(trainer.cfg)[0]}
     prompt = trainer.eval_prompts[0].token_ids
     probe = TrainBatch([prompt], [trainer.tokenizer.encode(" 7+5=12. So \\boxed{12}.")], [], [0.0], [])
     seen = {}
     for step, method in ((1000, "sft"), (0, "rft")):  # rft: the pipeline serves steps < train.steps
-        run.method = method
+        run = MethodRun(method)
+        run.prepare(trainer)
+        assert run.plan().step == run.step and not run.plan().checkpointed
+        assert isinstance(run.source, {"sft": TeacherStep, "rft": RejectionStep}[method])
         if method == "sft":
-            batch, _ = run._sft_batch(step)
+            batch, _ = run.source.batch(step)
             assert len(batch) == trainer.cfg.train.prompts_per_step * trainer.cfg.rollout.samples_per_prompt
             texts = [trainer.tokenizer.decode(r) for r in batch.response_ids]
-            assert all(t.strip().startswith(run.teacher[p.text].strip()[:5]) for t, p in
+            assert all(t.strip().startswith(run.source.teacher[p.text].strip()[:5]) for t, p in
                        zip(texts, trainer.train_data.batch(step, len(batch))))
         before = torch.tensor(trainer.learners.logprobs(dataclasses.replace(probe))[0])
-        tokens_before = run.tokens
         metrics = run.step(step)
         after = torch.tensor(trainer.learners.logprobs(dataclasses.replace(probe))[0])
         seen[method] = metrics
+        assert metrics["compare/train_s"] > 0 and metrics["compare/train_tokens"] == run.tokens
         if method == "rft" and metrics["rft/kept"] == 0:
             continue  # nothing correct to train on: no step (checked below)
         assert metrics["train/optimizer_steps"] == 1.0, (method, metrics)
-        assert metrics["compare/train_tokens"] > tokens_before
+        assert metrics["compare/train_tokens"] > 0
         assert (after - before).abs().max() > 1e-4, f"{method}: the policy did not move"
     assert seen["sft"]["train/loss"] > 0
     assert seen["rft"]["rft/kept"] >= 1, "the stub reward marks about half the samples correct"

@@ -1,8 +1,8 @@
 """One source of truth for every config field that travels to an actor (pure Python, no Ray).
 
-The actor specs (LearnerSpec, CriticSpec, EngineSpec) are built by `cluster.specs.spec_from`: each
-field is the same-named field of one config section, or an explicitly derived value; the reward actor
-takes the `reward` section's fields by name. These tests fail when a spec, the reward actor or a function
+The actor specs (LearnerSpec, CriticSpec, EngineSpec, RewardSpec) are built by `cluster.specs.spec_from`:
+each field is the same-named field of one config section, or an explicitly derived value; the reward actor
+takes its RewardSpec whole. These tests fail when a spec, the reward actor or a function
 on the engine's path to vLLM grows a default of its own, when a spec field and a config field drift apart, or
 when a config field of an actor's section reaches no actor at all.
 """
@@ -16,9 +16,10 @@ from types import ModuleType
 import pytest
 
 from cluster.config import CodeRewardConfig, RewardConfig, RolloutConfig, load_config
-from cluster.specs import critic_spec, engine_spec, learner_spec, spec_from
+from cluster.specs import critic_spec, engine_spec, learner_spec, reward_spec, spec_from
 from learner.critic import CriticSpec
 from learner.worker import LearnerSpec
+from reward.spec import RewardSpec
 from reward.worker import RewardWorker
 from rollout.spec import EngineSpec
 
@@ -37,7 +38,9 @@ OVERRIDES = ["learner.lr=3e-5", "learner.zero_stage=1", "learner.weight_decay=0.
              "rollout.tensor_parallel_size=2", "rollout.multiprocess_engine=true", "rollout.max_new_tokens=40",
              "model.dtype=bfloat16", "train.seed=9", "rollout.temperature=0.6", "sync.timeout_s=77",
              "learner.collective_timeout_s=78", "critic.collective_timeout_s=79", "learner.grad_accum_dtype=model",
-             "cluster.device=gpu",
+             "cluster.device=gpu", "reward.timeout_s=3.5", "reward.grace_s=12",
+             "reward.custom_fn=tests.rewards_fixture:even_length", "reward.shaping=simplerl",
+             "reward.extract=boxed_or_phrase", "reward.code.parallel=3",
              "algorithm.advantage=gae"]
 # Fields of an actor's config section that stay with the driver (placement, the loop), by design.
 DRIVER_ONLY = {
@@ -47,6 +50,7 @@ DRIVER_ONLY = {
                   "dynamic_sampling_max_rounds"},
     "rollout": {"num_workers", "samples_per_prompt", "temperature", "top_p", "max_new_tokens", "cpus_per_worker",
                 "resources", "max_restarts", "timeout_s", "multiprocess_engine"},
+    "reward": {"num_workers", "cpus_per_worker", "resources"},
 }
 
 
@@ -58,22 +62,23 @@ def cfg():
 def _built(cfg):
     return {"learner": (learner_spec(cfg, "/m"), ("learner", "algorithm")),
             "critic": (critic_spec(cfg, "/m"), ("critic",)),
-            "rollout": (engine_spec(cfg, "/m"), ("rollout",))}
+            "rollout": (engine_spec(cfg, "/m"), ("rollout",)),
+            "reward": (reward_spec(cfg), ("reward",))}
 
 
-@pytest.mark.parametrize("spec_cls", [LearnerSpec, CriticSpec, EngineSpec])
+@pytest.mark.parametrize("spec_cls", [LearnerSpec, CriticSpec, EngineSpec, RewardSpec])
 def test_actor_specs_have_no_defaults_of_their_own(spec_cls):
     with_default = [f.name for f in dataclasses.fields(spec_cls)
                     if f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING]
     assert with_default == []
 
 
-def test_the_reward_actor_takes_reward_settings_by_name_without_defaults():
-    """RewardPool passes every RewardWorker parameter that is a `reward` field, by name: a parameter that is
-    no field would never be set, and a default would be a second one beside the config's."""
-    params = inspect.signature(RewardWorker).parameters
-    assert set(params) <= set(RewardConfig.model_fields)
-    assert [name for name, p in params.items() if p.default is not inspect.Parameter.empty] == []
+def test_the_reward_actor_takes_its_settings_whole():
+    """RewardWorker's one parameter is the RewardSpec (no setting passed beside it, none with a default), and
+    every RewardSpec field is a `reward` field (spec_from refuses one that is not)."""
+    params = list(inspect.signature(RewardWorker).parameters.values())
+    assert [(p.name, p.annotation, p.default) for p in params] == [("spec", "RewardSpec", inspect.Parameter.empty)]
+    assert {f.name for f in dataclasses.fields(RewardSpec)} <= set(RewardConfig.model_fields)
 
 
 def settings_with_defaults(modules: list[ModuleType], settings: set[str]) -> list[str]:
@@ -104,13 +109,15 @@ def test_no_function_on_the_engine_or_reward_path_declares_a_default_for_a_setti
     """The engine's and the reward actor's settings have one set of defaults, the config's: nothing from
     EngineSpec down to LLM(...) (rollout/), nor the reward actor and its code scorer, declares one of its own."""
     from reward import code
+    from reward import spec as reward_spec_module
     from reward import worker as reward_worker
     from rollout import kv_cache, spec, worker
     from rollout.vllm_compat import engine
 
-    settings = ({f.name for f in dataclasses.fields(EngineSpec)} | set(RolloutConfig.model_fields)
+    settings = ({f.name for f in dataclasses.fields(EngineSpec)} | set(RolloutConfig.model_fields) | {"spec"}
                 | set(RewardConfig.model_fields) | set(CodeRewardConfig.model_fields)) - PER_CALL
-    assert settings_with_defaults([kv_cache, spec, worker, engine, reward_worker, code], settings) == []
+    assert settings_with_defaults([kv_cache, spec, worker, engine, reward_spec_module, reward_worker, code],
+                                  settings) == []
 
 
 def test_the_default_check_catches_a_default(tmp_path):
@@ -128,7 +135,7 @@ def test_every_spec_field_equals_its_config_field(cfg):
             owners = [s for s in sections if f.name in type(getattr(cfg, s)).model_fields]
             if owners:
                 assert getattr(spec, f.name) == getattr(getattr(cfg, owners[0]), f.name), (role, f.name)
-    learner, critic, engine = (spec for spec, _ in _built(cfg).values())
+    learner, critic, engine, reward = (spec for spec, _ in _built(cfg).values())
     # The derived fields, each from the one place it lives in the config.
     assert (learner.max_response_len, learner.seed, learner.dtype, learner.device, learner.temperature) == \
         (40, 9, "bfloat16", "gpu", 0.6)
@@ -137,6 +144,7 @@ def test_every_spec_field_equals_its_config_field(cfg):
     assert (learner.collective_timeout_s, critic.collective_timeout_s) == (78.0, 79.0)
     assert (learner.grad_accum_dtype, critic.grad_accum_dtype) == ("model", "float32")
     assert (engine.multiprocess, engine.seed, engine.dtype) == (True, 9, "bfloat16")
+    assert (reward.timeout_s, reward.grace_s, reward.code.parallel) == (3.5, 12.0, 3)
 
 
 def test_every_field_of_an_actor_section_reaches_an_actor_or_is_driver_only(cfg):

@@ -9,8 +9,8 @@ Two kinds of checks, each a table:
   found by the words around it, must be the value its result file gives, formatted as the doc prints it
   (the 7B memory figures are predictions: what `cluster.memory_model.predict` computes from the config today).
 Every docs/benchmarks.md section is either rendered (SECTIONS) or named in UNBACKED with the command whose
-rerun would back it (weight sync and cpu_scale move to SECTIONS once benchmarks/weight_sync.py and
-benchmarks/scale.py have committed docs/weight_sync/results.json and docs/scale/results.json).
+rerun would back it (weight sync and cpu_scale are rendered from docs/weight_sync/results.json and
+docs/scale/results.json while those files are committed, and fall back to UNBACKED without them).
 A figure edited by hand, or a result file replaced without rewriting the doc, fails here; the perturbation
 cases change one figure of a doc in memory and show that the same check then reports it. Nothing here
 runs a benchmark: the renderers only read the committed files.

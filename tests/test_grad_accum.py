@@ -107,7 +107,8 @@ def _relative_error(got: dict[str, torch.Tensor], want: dict[str, torch.Tensor])
 def _spec(stage: int, accum: str) -> RankSpec:
     return RankSpec(model_path="", device="cpu", dtype="bfloat16", zero_stage=stage, lr=1e-3, weight_decay=0.0,
                     grad_clip=1.0, micro_batch_size=1, max_tokens_per_micro_batch=None, gradient_checkpointing=False,
-                    ppo_epochs=1, ppo_mini_batches=1, seed=0, grad_accum_dtype=accum, collective_timeout_s=120.0)
+                    ppo_epochs=1, ppo_mini_batches=1, seed=0, grad_accum_dtype=accum, collective_timeout_s=120.0,
+                    cpus_per_rank=0.5)
 
 
 def _accumulation_errors() -> dict[str, Any]:

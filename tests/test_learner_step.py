@@ -68,7 +68,8 @@ class FakeEngine:
 def _spec(**fields) -> LearnerSpec:
     base = dict(model_path="", device="cpu", dtype="float32", zero_stage=0, lr=1.0, weight_decay=0.0, grad_clip=1.0,
                 micro_batch_size=2, max_tokens_per_micro_batch=None, gradient_checkpointing=False,
-                logprob_chunk_tokens=3, ppo_epochs=1, ppo_mini_batches=1, seed=0, grad_accum_dtype="float32", collective_timeout_s=60.0, clip_low=0.2,
+                logprob_chunk_tokens=3, ppo_epochs=1, ppo_mini_batches=1, seed=0, grad_accum_dtype="float32", collective_timeout_s=60.0,
+                cpus_per_rank=0.5, clip_low=0.2,
                 clip_high=0.2, dual_clip=None, loss_agg="token_mean", max_response_len=6, entropy_coef=0.0,
                 kl_coef=0.0, kl_estimator="k3", kl_in_reward=False, tis="off", tis_cap=None, temperature=1.0)
     return LearnerSpec(**{**base, **fields})

@@ -176,6 +176,7 @@ class RolloutWorker(InFlightWork):
             return self._load(key, version, payload)
 
     def _load(self, key: str, version: int, payload: Any, in_flight: bool = False) -> float:
+        self.vc.join_engine_threads(self.threads)
         # Its previous instance had the transport open. Also after adopt_base_weights (a restart before the
         # first sync): the base weights were confirmed, but no transport was opened in this instance.
         if (self.needs_weights or self.restarted) and key not in self.open_transports:
@@ -220,6 +221,10 @@ class RolloutWorker(InFlightWork):
         return self.vc.is_sleeping(self.engine)
 
     def _check_awake(self) -> None:
+        # The actor has a second thread (concurrency group "sync"), so Ray runs its calls on threads other
+        # than the one that built the engine: each must run the CPU engine with the engine's OpenMP team
+        # size (vLLM's CPU attention checks it; measured "thread_num == thread_num (2 vs. 1)" otherwise).
+        self.vc.join_engine_threads(self.threads)
         if self.needs_weights:
             raise EngineRestarted("rollout engine was restarted by Ray (a fresh engine from the base model) and has "
                                   "loaded no weights since: the driver re-syncs it before it generates")

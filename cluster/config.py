@@ -18,7 +18,7 @@ from cluster.config_sections import (MODEL_PRESETS, AlgorithmConfig, ClusterConf
                                      RewardConfig, RolloutConfig, RunConfig, Strict, SyncConfig, TinyModelConfig,
                                      TrainConfig, WarmupConfig)
 
-__all__ = ["AlgorithmConfig", "auto_transport", "ClusterConfig", "CodeRewardConfig", "Config", "ConfigError",
+__all__ = ["AlgorithmConfig", "auto_transport", "chosen_transport", "ClusterConfig", "CodeRewardConfig", "Config", "ConfigError",
            "CriticConfig", "DataConfig", "DeepSpeedGroupConfig", "dump_config", "LearnerConfig", "load_config",
            "LoggingConfig", "MODEL_PRESETS", "ModelConfig", "parse_overrides", "RewardConfig", "RolloutConfig",
            "RunConfig", "Strict", "SyncConfig", "TinyModelConfig", "TrainConfig", "WarmupConfig"]
@@ -99,14 +99,18 @@ def _check_transport(cfg: "Config") -> None:
     """sync.transport names a registered transport that can run where the config places things."""
     from protocol import transports
 
-    name = cfg.sync.transport
-    if name == "auto":
-        name = auto_transport(cfg.cluster.device, cfg.cluster.colocate)
+    name = chosen_transport(cfg)
     if name not in transports.names():
         raise ValueError(f"sync.transport: unknown transport {name!r} (auto, {', '.join(transports.names())})")
     problem = transports.get(name).refusal(cfg.cluster.device, cfg.cluster.colocate)
     if problem:
         raise ValueError(problem)
+
+
+def chosen_transport(cfg: "Config") -> str:
+    """The transport `sync.transport` names (auto: see auto_transport); the config validated it."""
+    name = cfg.sync.transport
+    return auto_transport(cfg.cluster.device, cfg.cluster.colocate) if name == "auto" else name
 
 
 def auto_transport(device: str, colocate: bool) -> str:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from cluster.config import Config, auto_transport
+from cluster.config import Config, chosen_transport
 from cluster.memory_model import DTYPE_BYTES, GIB, architecture, predict
 
 # Measured roughly here (RSS of each process in a running default job): a reward actor with the grader
@@ -57,7 +57,7 @@ def demand(cfg: Config, available: int) -> tuple[float, list[str]]:
               r.num_workers * r.tensor_parallel_size * roles["rollout engine"]),
              (f"{cfg.reward.num_workers} reward actor(s)", cfg.reward.num_workers * CPU_REWARD_RUNTIME),
              ("driver and Ray", CPU_DRIVER_RUNTIME + CPU_RAY_RUNTIME)]
-    if (cfg.sync.transport if cfg.sync.transport != "auto" else auto_transport("cpu", cfg.cluster.colocate)) == "shm":
+    if chosen_transport(cfg) == "shm":
         # The shm transport keeps the whole model in the rollout dtype in /dev/shm (memory, not disk) all
         # run long: restarted engines reload from it (protocol/transports/shm.py).
         parts.append(("weight buffer (/dev/shm)", architecture(cfg).params * DTYPE_BYTES[cfg.model.dtype]))

@@ -10,7 +10,7 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel
 
-from cluster.config import Config, auto_transport
+from cluster.config import Config, chosen_transport
 from cluster.memory_model import engine_sequences
 from learner.critic import CriticSpec
 from learner.worker import LearnerSpec
@@ -66,5 +66,4 @@ def native_backend(cfg: Config) -> str | None:
     """vLLM's weight-transfer engine the rollout engines must be built with for the run's transport."""
     from protocol import transports
 
-    name = cfg.sync.transport
-    return transports.get(auto_transport(cfg.cluster.device, cfg.cluster.colocate) if name == "auto" else name).native_backend
+    return transports.get(chosen_transport(cfg)).native_backend

@@ -48,7 +48,7 @@ import ray
 
 from cluster import actor_group
 from cluster.actor_group import ActorFailure, Named
-from cluster.config import Config, auto_transport
+from cluster.config import Config, chosen_transport
 from cluster.groups import LearnerGroup
 from cluster.rollout_group import RolloutGroup
 from protocol import transports
@@ -60,10 +60,6 @@ class WeightSyncError(ActorFailure):
     """A part of a weight sync failed; `worker` and `lost` as in ActorFailure."""
 
 
-def choose_transport(cfg: Config) -> str:
-    """The transport `sync.transport` names (auto: see auto_transport); the config validated it."""
-    name = cfg.sync.transport
-    return auto_transport(cfg.cluster.device, cfg.cluster.colocate) if name == "auto" else name
 
 
 def wait_named(named: list[Named], timeout_s: float, what: str) -> list[Any]:
@@ -87,7 +83,7 @@ class Part:
 class WeightSync:
     def __init__(self, cfg: Config, learners: LearnerGroup, rollouts: RolloutGroup) -> None:
         self.cfg, self.learners, self.rollouts = cfg, learners, rollouts
-        self.transport = choose_transport(cfg)
+        self.transport = chosen_transport(cfg)
         self.kind = transports.get(self.transport)
         self.key = uuid.uuid4().hex[:8]  # this sync's transport on the actors (tests run several side by side)
         self.bucket_bytes = int(cfg.sync.bucket_mb * 2**20)

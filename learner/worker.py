@@ -6,10 +6,11 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import torch
 
@@ -240,11 +241,16 @@ class LearnerWorker(DeepSpeedRank):
                 self.engine.module.lm.save_pretrained(path, state_dict=state)
 
 
+@functools.cache
+def _malloc_trim() -> Callable[[int], int] | None:
+    libc = ctypes.util.find_library("c")
+    return getattr(ctypes.CDLL(libc), "malloc_trim", None) if libc else None
+
+
 def release_freed_memory() -> None:
     """Hand what the allocator still holds of the step's freed memory back to the OS (glibc's malloc_trim,
     a few ms). On a CPU node the learner shares the host with the engines, and Ray's memory monitor counts
     resident memory, not live tensors."""
-    libc = ctypes.util.find_library("c")
-    trim = getattr(ctypes.CDLL(libc), "malloc_trim", None) if libc else None
+    trim = _malloc_trim()
     if trim is not None:
         trim(0)

@@ -36,11 +36,10 @@ class PendingScore:
 
 
 class InFlightWork:
-    """The RolloutWorker's side of partial rollouts (a mixin: it uses the worker's engine, `vc`, `_load`,
-    `parity_logprobs` and `threads`)."""
+    """The RolloutWorker's side of partial rollouts (a mixin: it uses the worker's `vc`, `_load` and
+    `parity_logprobs`)."""
 
     vc: Any
-    threads: Any
 
     def _init_in_flight(self) -> None:
         self.turn = threading.Condition()
@@ -96,8 +95,7 @@ class InFlightWork:
                     return ticket.logprobs
                 if ticket in self.scoring:
                     self.scoring.remove(ticket)
-            self.vc.join_engine_threads(self.threads)
-            return self.parity_logprobs(token_ids)
+            return self.parity_logprobs(token_ids)  # joins the engine's threads (RolloutWorker._check_awake)
 
     def load_weights_in_flight(self, key: str, version: int, payload: Any = None) -> float:
         """Partial rollouts: `load_weights` without waiting for the generation in progress to drain. Called
@@ -115,5 +113,4 @@ class InFlightWork:
                             from ticket.error
                     return ticket.seconds
                 self.pending = None  # the generation ended first: load here
-            self.vc.join_engine_threads(self.threads)
-            return self._load(key, version, payload)
+            return self._load(key, version, payload)  # joins the engine's threads

@@ -188,6 +188,6 @@ def test_placements_a_transport_or_colocation_cannot_serve_are_refused(overrides
     with pytest.raises(ConfigError, match=message):
         load_config(str(ROOT / "configs/tiny.yaml"), overrides)
     ok = load_config(str(ROOT / "configs/tiny.yaml"), ["cluster.device=gpu", "cluster.colocate=true", "learner.num_ranks=1"])
-    from cluster.sync import choose_transport
+    from cluster.config import chosen_transport
 
-    assert choose_transport(ok) == "ipc"
+    assert chosen_transport(ok) == "ipc"

@@ -51,11 +51,11 @@ def test_auto_takes_vllms_engine_on_gpus_and_the_engines_are_built_for_it():
 
     from cluster.config import load_config
     from cluster.specs import engine_spec
-    from cluster.sync import choose_transport
+    from cluster.config import chosen_transport
     from rollout.vllm_compat import engine_kwargs
 
     gpu = load_config(None, ["cluster.device=gpu"])
-    assert choose_transport(gpu) == "nccl" and engine_spec(gpu, "/m").weight_transfer_backend == "nccl"
+    assert chosen_transport(gpu) == "nccl" and engine_spec(gpu, "/m").weight_transfer_backend == "nccl"
     sparse = load_config(None, ["cluster.device=gpu", "sync.transport=nccl_sparse"])
     assert engine_spec(sparse, "/m").weight_transfer_backend == "sparse_nccl"
     assert engine_spec(load_config(None, ["cluster.device=gpu", "sync.transport=broadcast"]), "/m").weight_transfer_backend is None

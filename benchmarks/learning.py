@@ -51,9 +51,9 @@ FIGURES = [("eval_accuracy_start", "held-out accuracy, step 0", 100), ("eval_acc
 
 
 def run_default(seed: int, staleness: int, overrides: list[str]) -> dict[str, Any]:
-    from cluster.base_model import tiny_model_dir
+    from cluster.toy.base_model import tiny_model_dir
     from cluster.config import load_config
-    from cluster.trainer import Trainer
+    from cluster.loop.trainer import Trainer
 
     cfg = load_config(str(ROOT / "configs" / "tiny.yaml"),
                       [f"train.seed={seed}", f"train.max_staleness={staleness}", *overrides])
@@ -76,7 +76,7 @@ def run_default(seed: int, staleness: int, overrides: list[str]) -> dict[str, An
 def last_truncated_frac(run_dir: Path) -> float | None:
     """The share of the last training batch cut at rollout.max_new_tokens: a policy that lost its EOS
     (it keeps writing after the boxed answer) makes responses long without reasoning more."""
-    from cluster.metrics import read_metrics
+    from cluster.infra.metrics import read_metrics
 
     rows = [r for r in read_metrics(run_dir) if "train/truncated_frac" in r]
     return rows[-1]["train/truncated_frac"] if rows else None
@@ -137,7 +137,7 @@ def seeds_section(rows: list[dict[str, Any]]) -> str:
 (`configs/tiny.yaml`, 40 GRPO steps) with `train.seed` 0, 1, 2 (each seed builds its own base model:
 warm-up data and initialisation follow the seed), synchronous and with `train.max_staleness=1`. Held-out:
 256 problems, 4 samples each at T=1 (accuracy), greedy; "worked" is `tasks.column_addition.is_worked`,
-"self-check" `cluster.metrics.REFLECTION`. Goal: the accuracy gain's sd <= 5 points.
+"self-check" `cluster.infra.metrics.REFLECTION`. Goal: the accuracy gain's sd <= 5 points.
 {verdict or ''}.
 "Cut at max_new_tokens" is the share of the last training batch that hit `rollout.max_new_tokens`: a
 run near 100% has lost its end-of-sequence token and keeps writing after the boxed answer (e.g.

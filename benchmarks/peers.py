@@ -5,7 +5,7 @@ samples, 64-token answers, fp32) and "cpu_scale" (configs/cpu_scale.yaml: a rand
 256-token answers, bf16, KL reference, entropy bonus). For each shape, back to back on the same machine:
 
 - ours: the real CLI, `python -m cluster.train --config <yaml> --run-dir <dir> train.steps=N ...`; step times and
-  phase times from its metrics.jsonl, held-out accuracy from its summary.json (cluster/heldout.py: vLLM, T=1);
+  phase times from its metrics.jsonl, held-out accuracy from its summary.json (cluster/loop/heldout.py: vLLM, T=1);
 - TRL: benchmarks/peers_trl.py in one plain process on CPU (HF generate), GRPOTrainer configured by
   `trl_args` from the same config, trained on the very prompts our run trained on, in the same order, rewarded
   by our grader (reward.score on the last boxed answer); then the same held-out problems sampled at the same
@@ -247,7 +247,7 @@ def plain_env() -> dict[str, str]:
 
 
 def run_ours(shape: str, cfg: Any, overrides: list[str], skip: int) -> dict[str, Any]:
-    from cluster.data import load_problems
+    from cluster.loop.data import load_problems
 
     samples_per_step = cfg.train.prompts_per_step * cfg.rollout.samples_per_prompt
     run_dir = WORK / shape / "ours"
@@ -271,7 +271,7 @@ def run_trl(shape: str, cfg: Any, model_path: str, skip: int, threads: int | Non
     """TRL in its own process; `threads`: its torch/OpenMP threads (None: torch's default, one per core)."""
     from transformers import AutoTokenizer
 
-    from cluster.data import PromptSource, load_problems
+    from cluster.loop.data import PromptSource, load_problems
 
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     train, held = load_problems(cfg)
@@ -301,7 +301,7 @@ def run_trl(shape: str, cfg: Any, model_path: str, skip: int, threads: int | Non
 
 
 def run_shape(shape: str, steps: int, skip: int, prompts: int | None, trl_threads: int | None = None) -> dict[str, Any]:
-    from cluster.base_model import tiny_model_dir
+    from cluster.toy.base_model import tiny_model_dir
     from cluster.config import load_config
 
     overrides = [f"train.steps={steps}", "train.eval_every=0", "train.benchmark_every=0"]

@@ -37,7 +37,7 @@ def bf16_autocast(fn: Callable[..., Any]) -> Callable[..., Any]:
 def heldout(model: Any, tokenizer: Any, problems: list[dict[str, str]], samples: int, max_new_tokens: int,
             temperature: float, eos_ids: list[int], batch_prompts: int = 256) -> dict[str, float]:
     """Sampled (`samples` per prompt at `temperature`) and greedy accuracy on the held-out problems, scored
-    by our grader (reward.score) on the decoded responses, as cluster/heldout.py does with vLLM."""
+    by our grader (reward.score) on the decoded responses, as cluster/loop/heldout.py does with vLLM."""
     import torch
 
     from reward import score

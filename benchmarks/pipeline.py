@@ -28,7 +28,7 @@ RESULTS = ROOT / "docs" / "pipeline"
 
 from benchmarks.doc_sections import replace_section  # noqa: E402
 from cluster.config import load_config  # noqa: E402
-from cluster.trainer import Trainer  # noqa: E402
+from cluster.loop.trainer import Trainer  # noqa: E402
 
 KEYS = {"step_s": "time/step_s", "generate_s": "time/generate_s", "wait_rollout_s": "time/wait_rollout_s",
         "train_s": "time/train_s", "sync_s": "time/sync_s",
@@ -126,7 +126,7 @@ def section() -> str:
     legacy = bool(files) and all("measured" not in data for data in files.values())
     parts = ["## Async pipelining", "",
              (LEGACY + " " if legacy else "") + "Same config (configs/tiny.yaml) and seed; `train.max_staleness` k "
-             "lets generation for steps s+1..s+k run while the learner trains on step s (cluster/pipeline.py). Per-step medians after warm-up; generation is "
+             "lets generation for steps s+1..s+k run while the learner trains on step s (cluster/loop/pipeline.py). Per-step medians after warm-up; generation is "
              "the engine's busy time; busy times are measured inside the role (engine, learner); idle = step time "
              "minus the role's busy time. Scoring runs in reward actors, overlapped with generation."]
     for name, caption in TIMINGS.items():

@@ -54,7 +54,7 @@ HOSTILE_SPEC = json.dumps({"entry_point": "f", "tests": ["assert f(1) == 2", "as
 
 
 def canonical_pairs(repeat: int) -> list[tuple[str, str]]:
-    from cluster.data import read_code_jsonl
+    from cluster.loop.data import read_code_jsonl
 
     rows = [json.loads(line) for line in SAMPLE.read_text().splitlines()]
     specs = [p.answer for p in read_code_jsonl(str(SAMPLE), "plain")]

@@ -13,7 +13,7 @@ its limits, side by side in one run on the same machine:
   the micro-batches our ranks compute, one after another), which separates the gain of our micro-batching
   (less padding) from the cost of our machinery (Ray, DeepSpeed ZeRO, the chunked head);
 - weight sync: our end-to-end sync vs vLLM's own reload of the same weights from memory (inside the engine);
-- peak memory (VmHWM) of every role's process, and the learner's against cluster/memory_model.py's prediction.
+- peak memory (VmHWM) of every role's process, and the learner's against cluster/planning/memory_model.py's prediction.
 
     .venv/bin/python benchmarks/scale.py [--write-docs] [section.key=value ...]
 
@@ -73,10 +73,10 @@ def measure_training_path(cfg: Any, reps: int) -> dict[str, Any]:
     """Our actors, as `cluster.train` builds them: one batch generated + scored, one train step, syncs."""
     import ray
 
-    from cluster import memory_model
-    from cluster.generation import generate_and_score
-    from cluster.trainer import Trainer
-    from cluster.metrics import PhaseTimer
+    from cluster.planning import memory_model
+    from cluster.loop.generation import generate_and_score
+    from cluster.loop.trainer import Trainer
+    from cluster.infra.metrics import PhaseTimer
 
     trainer = Trainer(cfg, WORK / "run")
     out: dict[str, Any] = {}

@@ -30,7 +30,7 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.doc_sections import replace_section  # noqa: E402
 from cluster.config import SyncConfig, load_config  # noqa: E402
-from cluster.specs import engine_spec  # noqa: E402
+from cluster.loop.specs import engine_spec  # noqa: E402
 from protocol import transports  # noqa: E402
 from protocol.weight_sync import ShmBuffer, WeightManifest, build_manifest  # noqa: E402
 from rollout.worker import RolloutWorker  # noqa: E402
@@ -85,7 +85,7 @@ def build_model(size: str, tokenizer_dir: Path) -> tuple[torch.nn.Module, Path]:
 
 
 def tokenizer_dir() -> Path:
-    from cluster.tiny_model import save_tokenizer, train_tokenizer
+    from cluster.toy.tiny_model import save_tokenizer, train_tokenizer
 
     out = WORK / "tokenizer"
     if not (out / "tokenizer.json").is_file():
@@ -197,7 +197,7 @@ def stop_engines(ray: Any, actors: list[Any]) -> None:
 
 def streamed_sync(ray: Any, actors: list[Any], learner: Learner, manifest: WeightManifest,
                   bucket_bytes: int) -> tuple[float, float]:
-    """What cluster.sync.WeightSync does for shm: engines' loads are submitted first (they wait on the
+    """What cluster.loop.sync.WeightSync does for shm: engines' loads are submitted first (they wait on the
     stamps), the learner exports meanwhile. Returns (export seconds, end-to-end seconds)."""
     start = time.perf_counter()
     version = learner.version + 1

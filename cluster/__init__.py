@@ -1,1 +1,2 @@
-"""Orchestration: config, placement, the training loop, metrics and the CLI."""
+"""Orchestration, in wings: the commands at the top (`python -m cluster.X`) beside the config schema; the loop,
+the actor handles, infrastructure, planning and the toy base model in sub-packages (docs/architecture.md)."""

@@ -1,4 +1,4 @@
-"""Convert public code sets to `data.kind=code` rows (cluster/data.py; docs/sandbox.md).
+"""Convert public code sets to `data.kind=code` rows (cluster/loop/data.py; docs/sandbox.md).
 
     python -m cluster.code_sets mbpp mbpp.jsonl OUT.jsonl [--commit SHA] [--task-ids 11-510]
     python -m cluster.code_sets humaneval HumanEval.jsonl OUT.jsonl [--commit SHA]

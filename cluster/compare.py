@@ -2,7 +2,7 @@
 
 RL against supervised alternatives on the embedded task, from the same base model, through the same
 learner code path (LearnerGroup.train; loss="sft" for the supervised ones):
-  rl   GRPO on the answer reward: the main command's step (cluster.trainer.Trainer.step).
+  rl   GRPO on the answer reward: the main command's step (cluster.loop.trainer.Trainer.step).
   sft  distillation: supervised fine-tuning on worked solutions from a perfect teacher, the task's own
        generator (tasks/*: Problem.worked), one per training problem.
   rft  rejection-sampling fine-tuning (STaR / RFT): sample like RL, keep the distinct responses the
@@ -28,8 +28,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from cluster.config import Config, ConfigError, load_config
-from cluster.metrics import save_figure
-from cluster.trainer import RunPlan, Trainer
+from cluster.infra.metrics import save_figure
+from cluster.loop.trainer import RunPlan, Trainer
 from protocol.batch import TrainBatch
 from protocol.markdown import table_lines
 
@@ -91,15 +91,15 @@ class TeacherStep(SupervisedStep):
     """The teacher's solutions of the step's prompts_per_step x samples_per_prompt training problems."""
 
     def prepare(self, trainer: Trainer) -> None:
-        from cluster.data import embedded_problems
+        from cluster.loop.data import embedded_problems
 
         super().prepare(trainer)
         train, _ = embedded_problems(trainer.cfg)  # the very problems the trainer's prompt sources serve
         self.teacher = {p.prompt: p.worked() for p in train}
 
     def batch(self, step: int) -> tuple[TrainBatch, dict[str, float]]:
-        from cluster.base_model import sft_batch
-        from cluster.tiny_model import EOS
+        from cluster.toy.base_model import sft_batch
+        from cluster.toy.tiny_model import EOS
 
         t = self.trainer
         prompts = t.train_data.batch(step, t.cfg.train.prompts_per_step * t.cfg.rollout.samples_per_prompt)
@@ -121,7 +121,7 @@ class RejectionStep(SupervisedStep):
 
 
 class MethodRun:
-    """One method as a plan for the one training loop (`Trainer.run`, cluster/trainer.py): its step source,
+    """One method as a plan for the one training loop (`Trainer.run`, cluster/loop/trainer.py): its step source,
     metered (`compare/train_tokens` and `compare/train_s`, cumulative, so that accuracy can be read
     against cost), the rephrased held-out evaluation at the start and the end, the comparison's figures as
     the result; no checkpoints."""
@@ -136,7 +136,7 @@ class MethodRun:
                        finish=self.figures, checkpointed=False)
 
     def prepare(self, trainer: Trainer) -> None:
-        from cluster.data import Problem, PromptSource, embedded_problems
+        from cluster.loop.data import Problem, PromptSource, embedded_problems
 
         self.trainer, cfg = trainer, trainer.cfg
         self.source.prepare(trainer)
@@ -153,7 +153,7 @@ class MethodRun:
         return {**metrics, "compare/train_tokens": self.tokens, "compare/train_s": self.seconds}
 
     def evaluate_rephrased(self, step: int) -> dict[str, float]:
-        from cluster.heldout import EVAL_SEED, held_out_metrics
+        from cluster.loop.heldout import EVAL_SEED, held_out_metrics
 
         t = self.trainer
         metrics = held_out_metrics(t.rollouts, t.rewards, self.rephrased, t.cfg.train.eval_samples,
@@ -178,7 +178,7 @@ FIGURES = ("accuracy", "greedy_accuracy", "worked_frac", "response_len")
 
 def curve(run_dir: Path) -> list[tuple[float, float, float]]:
     """(train tokens, train seconds, held-out accuracy) at each evaluation of a method's run."""
-    from cluster.metrics import read_metrics
+    from cluster.infra.metrics import read_metrics
 
     tokens, seconds, out = 0.0, 0.0, []
     for row in read_metrics(run_dir):
@@ -256,7 +256,7 @@ def main(argv: list[str] | None = None) -> int:
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     if unknown := sorted(set(methods) - set(METHODS)):
         parser.error(f"--methods: unknown {', '.join(unknown)} (choose from {', '.join(METHODS)})")
-    from cluster.paths import Resolver, SharedPathError
+    from cluster.infra.paths import Resolver, SharedPathError
     from cluster.train import attach
     from tasks import TASKS
 
@@ -267,7 +267,7 @@ def main(argv: list[str] | None = None) -> int:
                               f"whose generator is the distillation teacher")
         if cfg.train.max_staleness:
             raise ConfigError("train.max_staleness must be 0 for the comparison (every method trains on-policy data)")
-        resolver = Resolver(cfg, attach(cfg))  # relative paths resolve as for cluster.train (cluster/paths.py)
+        resolver = Resolver(cfg, attach(cfg))  # relative paths resolve as for cluster.train (cluster/infra/paths.py)
         cfg, _ = resolver.config(cfg, None)
         out = resolver.run_dir(args.out) or Path(cfg.run.output_dir) / f"compare-{time.strftime('%Y%m%d-%H%M%S')}"
     except (ConfigError, SharedPathError) as err:

@@ -75,7 +75,7 @@ class ModelConfig(Strict):
 class DataConfig(Strict):
     # an embedded task (tasks/), a file of problem/answer rows (jsonl), or of code problems with tests (code)
     kind: Literal["column_addition", "jsonl", "code"] = "column_addition"
-    train_path: str | None = None  # jsonl with problem/answer fields (kind=jsonl) or code rows (kind=code: cluster/data.py)
+    train_path: str | None = None  # jsonl with problem/answer fields (kind=jsonl) or code rows (kind=code: cluster/loop/data.py)
     eval_path: str | None = None
     template: Literal["plain", "qwen_boxed"] = "plain"
     eval_size: int = Field(256, ge=1)
@@ -181,7 +181,7 @@ class AlgorithmConfig(Strict):
     overlong_penalty: float = Field(1.0, ge=0)
     # DAPO's dynamic sampling: prompt groups whose rewards are all equal (no advantage) are dropped and
     # more prompts generated until train.prompts_per_step groups remain, at most
-    # dynamic_sampling_max_rounds generations in all (cluster/dynamic.py); a batch still short after
+    # dynamic_sampling_max_rounds generations in all (cluster/loop/dynamic.py); a batch still short after
     # them is filled with dropped groups (zero advantage), so every batch has the same size.
     dynamic_sampling: bool = False
     dynamic_sampling_max_rounds: int = Field(4, ge=1, le=32)
@@ -242,12 +242,12 @@ class RewardConfig(Strict):
 
 
 class SyncConfig(Strict):
-    transport: str = "auto"  # auto or a registered transport (shm, broadcast, ipc, nccl, nccl_sparse); see cluster/sync.py
+    transport: str = "auto"  # auto or a registered transport (shm, broadcast, ipc, nccl, nccl_sparse); see cluster/loop/sync.py
     # shm streams at this granularity (engines load bucket i while the learner writes i+1), so the
     # first bucket's export is the exposed part; per bucket it costs one ZeRO-3 gather context / one collective.
     bucket_mb: float = Field(16, gt=0)
     timeout_s: float = Field(120, gt=0)
-    # Parity check after every sync (cluster/parity.py): `parity_samples` fixed held-out sequences are
+    # Parity check after every sync (cluster/loop/parity.py): `parity_samples` fixed held-out sequences are
     # scored by every engine and by the learner; the largest |log-prob gap| is sync/parity_max_abs.
     # Above `parity_max_abs` the run stops (ParityError) or, with parity_action=warn, says so and goes on.
     # None: 1e-3 for float32 weights (measured gaps on CPU: < 1e-5), 0.5 for bfloat16 (unmeasured). 0 samples: off.
@@ -259,7 +259,7 @@ class SyncConfig(Strict):
 class ClusterConfig(Strict):
     address: str | None = None  # None: RAY_ADDRESS if set, else a private local Ray
     # Against a Ray cluster, relative model.path, model.cache_dir, run.output_dir and --run-dir resolve
-    # under this absolute directory, which every node must mount at the same path (cluster/paths.py).
+    # under this absolute directory, which every node must mount at the same path (cluster/infra/paths.py).
     # None: $REASONRL_SHARED_DIR, else ~/reasonrl on a one-node cluster; a multi-node cluster refuses.
     shared_dir: str | None = None
 
@@ -294,8 +294,8 @@ class TrainConfig(Strict):
     save_every: int = Field(10, ge=0)  # checkpoint every N steps (0: only at the end)
     keep_checkpoints: int = Field(2, ge=1)  # the newest K checkpoints are kept
     max_checkpoint_failures: int = Field(3, ge=1)  # consecutive failed saves (disk full...) before the run stops
-    benchmark_every: int = Field(0, ge=0)  # run `benchmarks` (cluster/benchmark_suite.py) every N steps; 0: never
-    benchmarks: list[str] = []  # names from cluster.benchmark_suite.BENCHMARKS, read from data/ or benchmark_dir
+    benchmark_every: int = Field(0, ge=0)  # run `benchmarks` (cluster/loop/benchmark_suite.py) every N steps; 0: never
+    benchmarks: list[str] = []  # names from cluster.loop.benchmark_suite.BENCHMARKS, read from data/ or benchmark_dir
     benchmark_dir: str | None = None  # where non-shipped benchmark files live (default: ../shared/data)
     benchmark_limit: int | None = Field(None, ge=1)  # first N problems of each benchmark (quick checks)
 
@@ -303,7 +303,7 @@ class TrainConfig(Strict):
 class LoggingConfig(Strict):
     """Metrics always go to <run>/metrics.jsonl and TensorBoard; optionally also to Weights & Biases."""
 
-    wandb: bool = False  # same metric names as TensorBoard (cluster/wandb_log.py)
+    wandb: bool = False  # same metric names as TensorBoard (cluster/infra/wandb_log.py)
     wandb_project: str = "reasonrl"
     wandb_entity: str | None = None  # W&B team or user; None: the API key's default
     wandb_run_name: str | None = None  # None: the run directory's name (also the W&B group)

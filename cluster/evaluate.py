@@ -22,14 +22,14 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from cluster.benchmark_suite import BENCHMARKS, DEFAULT_DATA_DIR, BenchmarkResult, markdown_table, run_benchmarks
+from cluster.loop.benchmark_suite import BENCHMARKS, DEFAULT_DATA_DIR, BenchmarkResult, markdown_table, run_benchmarks
 
 
 def _model_dir(model: Path, out: Path) -> Path:
     """An HF directory as given; a checkpoint (or run directory) is exported into <out>/model first."""
     if (model / "config.json").is_file() and not (model / "trainer_state.json").is_file():
         return model
-    from cluster.hf_export import export
+    from cluster.infra.hf_export import export
 
     return export(model, out / "model")
 
@@ -76,9 +76,9 @@ def main(argv: list[str] | None = None) -> int:
 def _evaluate(cfg: Any, args: argparse.Namespace) -> list[BenchmarkResult]:
     from transformers import AutoTokenizer
 
-    from cluster.groups import RewardPool
-    from cluster.rollout_group import RolloutGroup
-    from cluster.placement_group import connect, place
+    from cluster.handles.groups import RewardPool
+    from cluster.handles.rollout_group import RolloutGroup
+    from cluster.infra.placement_group import connect, place
 
     connect(cfg)
     rollouts = RolloutGroup(cfg, cfg.model.path, place(cfg))

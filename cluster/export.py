@@ -11,7 +11,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from cluster.hf_export import export
+from cluster.infra.hf_export import export
 
 
 def main(argv: list[str] | None = None) -> int:

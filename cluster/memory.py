@@ -1,13 +1,13 @@
 """CLI: `python -m cluster.memory --config <yaml> [section.key=value ...]` prints the memory predicted per
-learner rank and rollout engine; the model and its formulas (the help text) are cluster/memory_model.py."""
+learner rank and rollout engine; the model and its formulas (the help text) are cluster/planning/memory_model.py."""
 from __future__ import annotations
 
 import argparse
 import sys
 
-from cluster import memory_model
+from cluster.planning import memory_model
 from cluster.config import ConfigError, load_config
-from cluster.memory_model import does_not_fit, predict, report
+from cluster.planning.memory_model import does_not_fit, predict, report
 from rollout.kv_cache import KVCacheError
 
 

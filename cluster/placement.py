@@ -1,8 +1,8 @@
 """CLI: `python -m cluster.placement --config <yaml> [overrides]` prints the placement a config asks for
-(cluster/placement_group.py plans it)."""
+(cluster/infra/placement_group.py plans it)."""
 from __future__ import annotations
 
-from cluster.placement_group import plan, required_resources
+from cluster.infra.placement_group import plan, required_resources
 
 
 def main(argv: list[str] | None = None) -> int:

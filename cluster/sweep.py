@@ -21,7 +21,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
 from cluster.config import Config, ConfigError, load_config
-from cluster.metrics import read_metrics, save_figure
+from cluster.infra.metrics import read_metrics, save_figure
 from protocol.markdown import table_lines
 
 PHASES = ("wait_rollout", "logprobs", "advantages", "train", "sync")

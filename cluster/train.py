@@ -7,7 +7,7 @@ training may differ). A --run-dir that already holds checkpoints resumes without
 Runs locally (a private Ray), against a `ray start` cluster (cluster.address or RAY_ADDRESS), and
 under `ray job submit --working-dir . -- python -m cluster.train ...`. Relative model and output
 paths resolve against the current directory locally and under the shared directory on a cluster
-(cluster/paths.py: cluster.shared_dir, $REASONRL_SHARED_DIR, ~/reasonrl on a one-node cluster).
+(cluster/infra/paths.py: cluster.shared_dir, $REASONRL_SHARED_DIR, ~/reasonrl on a one-node cluster).
 """
 from __future__ import annotations
 
@@ -30,15 +30,15 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.resume and not args.run_dir:
         parser.error("--resume needs --run-dir")
-    from cluster.checkpoint import Checkpoints, ResumeError
-    from cluster.paths import Resolver, SharedPathError
+    from cluster.infra.checkpoint import Checkpoints, ResumeError
+    from cluster.infra.paths import Resolver, SharedPathError
 
     try:
         cfg = load_config(args.config, args.overrides)
         if cfg.cluster.device == "gpu" and (problem := preflight(cfg) or memory_problem(cfg, remote=True)):
             print(f"error: {problem}", file=sys.stderr)  # GPU count (local run), then memory: before connecting
             return 3
-        resolver = Resolver(cfg, attach(cfg))  # where relative paths go (cluster/paths.py)
+        resolver = Resolver(cfg, attach(cfg))  # where relative paths go (cluster/infra/paths.py)
         run_dir = resolver.run_dir(args.run_dir)
         resume = args.resume or bool(run_dir and Checkpoints(run_dir, 1).latest())
         if not args.config and resume and (run_dir / "config.yaml").is_file():
@@ -60,12 +60,12 @@ def main(argv: list[str] | None = None) -> int:
         if problem is not None:
             print(f"error: {problem}", file=sys.stderr)
             return 3
-    from cluster.checkpoint import CheckpointError
-    from cluster.data import DataError
-    from cluster.generation import GenerationError
-    from cluster.actor_group import ActorFailure
-    from cluster.placement_group import PlacementError
-    from cluster.trainer import Trainer
+    from cluster.infra.checkpoint import CheckpointError
+    from cluster.loop.data import DataError
+    from cluster.loop.generation import GenerationError
+    from cluster.handles.actor_group import ActorFailure
+    from cluster.infra.placement_group import PlacementError
+    from cluster.loop.trainer import Trainer
 
     try:
         trainer = Trainer(cfg, run_dir, resume=resume)
@@ -92,8 +92,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def attach(cfg: Config) -> int | None:
     """Against a Ray cluster: connect now (nothing starts yet) and return its alive nodes; None for a local run."""
-    from cluster.paths import against_cluster, alive_nodes
-    from cluster.placement_group import connect
+    from cluster.infra.paths import against_cluster, alive_nodes
+    from cluster.infra.placement_group import connect
 
     if not against_cluster(cfg):
         return None
@@ -106,10 +106,10 @@ def bad_input(cfg: Config) -> str | None:
     nothing). Rows without problem/answer, prompts too long for the context and (reward.kind=code, local
     runs) a machine with no working sandbox are refused here;
     the prompt lengths need a tokenizer: model.path's, or the tiny base model's once it is cached."""
-    from cluster.base_model import tiny_model_dir
-    from cluster.data import DataError, check_data
-    from cluster.paths import against_cluster
-    from cluster.wandb_log import WandbError, check_wandb
+    from cluster.toy.base_model import tiny_model_dir
+    from cluster.loop.data import DataError, check_data
+    from cluster.infra.paths import against_cluster
+    from cluster.infra.wandb_log import WandbError, check_wandb
     from reward.custom import CustomFnError, load_custom_fn
 
     try:
@@ -155,11 +155,11 @@ def context_problem(cfg: Config, remote: bool) -> str | None:
 
 
 def host_memory(cfg: Config) -> tuple[Config, str | None]:
-    """A local CPU run's processes against this machine's memory (cluster/host_memory.py): the config to
+    """A local CPU run's processes against this machine's memory (cluster/planning/host_memory.py): the config to
     run (with a token budget per micro-batch when the sequence count would not fit) or why it cannot."""
     import psutil
 
-    from cluster.host_memory import plan_host_memory
+    from cluster.planning.host_memory import plan_host_memory
     from rollout.kv_cache import KVCacheError
 
     memory = psutil.virtual_memory()
@@ -179,8 +179,8 @@ def preflight(cfg: Config) -> str | None:
     """What makes the run impossible on this machine, found before anything starts (None: nothing).
 
     Only a local run is checked here: against a cluster, placement names what is missing."""
-    from cluster.paths import against_cluster
-    from cluster.placement_group import required_resources
+    from cluster.infra.paths import against_cluster
+    from cluster.infra.placement_group import required_resources
 
     remote = against_cluster(cfg)
     if cfg.cluster.device == "gpu" and not remote:
@@ -202,9 +202,9 @@ def preflight(cfg: Config) -> str | None:
 
 
 def memory_problem(cfg: Config, remote: bool) -> str | None:
-    """GPU: a learner rank or engine predicted not to fit cluster.gpu_memory_gib (cluster/memory_model.py).
+    """GPU: a learner rank or engine predicted not to fit cluster.gpu_memory_gib (cluster/planning/memory_model.py).
     CPU, local: a KV cache that cannot hold one sequence or exceeds this machine's memory."""
-    from cluster import memory_model
+    from cluster.planning import memory_model
     from rollout.kv_cache import KVCacheError
 
     if cfg.cluster.device == "cpu" and remote:  # the engines' nodes decide (rollout/worker.py checks there)

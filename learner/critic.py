@@ -1,6 +1,6 @@
 """The critic's DeepSpeed ZeRO rank: a value model (the policy's architecture, its transformer body
 initialised from the same checkpoint, with a scalar head instead of the language-model head) trained
-on GAE returns with a clipped value loss. Its own group of Ray actors (cluster/groups.py CriticGroup),
+on GAE returns with a clipped value loss. Its own group of Ray actors (cluster/handles/groups.py CriticGroup),
 used when `algorithm.advantage=gae`.
 """
 from __future__ import annotations
@@ -17,7 +17,7 @@ from protocol.batch import TrainBatch
 
 @dataclass
 class CriticSpec(RankSpec):
-    """The critic rank's settings; every field comes from the config (cluster/specs.py `spec_from`)."""
+    """The critic rank's settings; every field comes from the config (cluster/loop/specs.py `spec_from`)."""
 
     value_clip: float | None
 

@@ -31,7 +31,7 @@ MAX_STATS = {"ratio_mean": "ratio_max", "is_weight": "is_weight_max", "rollout_l
 
 @dataclass
 class RankSpec:
-    """What every rank of a DeepSpeed group needs. No defaults on purpose: cluster/specs.py builds each
+    """What every rank of a DeepSpeed group needs. No defaults on purpose: cluster/loop/specs.py builds each
     spec from the config sections (`spec_from`), so a value has one source of truth, the config."""
 
     model_path: str

@@ -25,7 +25,7 @@ from protocol.weight_sync import TensorMeta
 
 @dataclass
 class LearnerSpec(RankSpec):
-    """The policy rank's settings; every field comes from the config (cluster/specs.py `spec_from`)."""
+    """The policy rank's settings; every field comes from the config (cluster/loop/specs.py `spec_from`)."""
 
     clip_low: float
     clip_high: float
@@ -134,7 +134,7 @@ class LearnerWorker(DeepSpeedRank):
             kl = algos.kl_estimator(s.kl_estimator)(logprobs, pb.ref_logprobs)
         # One optimizer step per batch: the old policy is the current one, so the training forward's own
         # log-probs (detached) are the old log-probs, bit for bit what a separate pass would compute in the
-        # same micro-batches (DeepSpeedRank._score) -- that pass is skipped (cluster/update.py).
+        # same micro-batches (DeepSpeedRank._score) -- that pass is skipped (cluster/loop/update.py).
         old = logprobs.detach() if self.old_from_forward else pb.old_logprobs
         weights = capped = None
         if s.tis != "off" and pb.behaviour_logprobs is not None:
@@ -165,7 +165,7 @@ class LearnerWorker(DeepSpeedRank):
     def logprobs(self, batch: TrainBatch, temperature: float | None = None) -> list[tuple[int, list[float]]]:
         """(sample index, response log-probs) of this rank's samples under the current weights, at
         `temperature` (None: the rollout's), in the learner's micro-batches; all ranks must call it
-        (cluster/groups.py merges them)."""
+        (cluster/handles/groups.py merges them)."""
         self.engine.eval()
         t = self.temperature if temperature is None else logprob_temperature(temperature)
         return self._score(batch, None, lambda pb: forward_logprobs(self.engine, pb, t)[0])

@@ -42,10 +42,10 @@ class Sample:
 @dataclass(kw_only=True)  # after Sample's defaulted fields
 class ScoredSample(Sample):
     """A Sample with its reward, made once by the driver from the reward pool's verdict
-    (cluster.generation.scored_samples) and never changed after. The advantages are not here: they
-    live in the TrainBatch that computes them (cluster.update.PolicyUpdate.build)."""
+    (cluster.loop.generation.scored_samples) and never changed after. The advantages are not here: they
+    live in the TrainBatch that computes them (cluster.loop.update.PolicyUpdate.build)."""
 
-    reward: float  # the verdict's reward, plus the overlong shaping when configured (cluster.dynamic)
+    reward: float  # the verdict's reward, plus the overlong shaping when configured (cluster.loop.dynamic)
     correct: bool
 
     @classmethod
@@ -78,7 +78,7 @@ def overlong_loss_mask(response_lens: list[int], finish_reasons: list[str], mask
 class TrainBatch:
     """The learner's (and critic's) input for one policy step: flat lists, one entry per sample, every
     per-token list as long as the sample's response. The driver builds it once per step, before the
-    update (cluster/update.py), so the learner ranks only read it.
+    update (cluster/loop/update.py), so the learner ranks only read it.
     """
 
     prompt_ids: list[list[int]]
@@ -88,7 +88,7 @@ class TrainBatch:
     # the update is one optimizer step: the training forward's own log-probs are the old ones then.
     old_logprobs: list[list[float]]
     # One float per sample (outcome estimators: every response token gets it) or one list per sample
-    # with a float per response token (GAE); written by cluster.update.PolicyUpdate.build. Empty: zeros
+    # with a float per response token (GAE); written by cluster.loop.update.PolicyUpdate.build. Empty: zeros
     # (learner.batching.pad), as in the SFT batches that have none.
     advantages: list[float] | list[list[float]]
     loss_mask: list[list[float]] = field(default_factory=list)

@@ -6,7 +6,7 @@ resolves to 127.0.1.1 or a bridge address that other nodes cannot reach. Ports a
 interfaces, as torch's TCPStore binds them (`*:port`). Gloo sockets are bound to the node IP too:
 gloo's default device also goes through the hostname.
 
-The driver's worker-setup hook (cluster/lifeline.py) exports the node IP as REASONRL_NODE_IP in
+The driver's worker-setup hook (cluster/infra/lifeline.py) exports the node IP as REASONRL_NODE_IP in
 every Ray worker of a run, so child processes that are not Ray workers (vLLM's engine core and
 workers in multiprocess mode) use the same address.
 """

@@ -1,6 +1,6 @@
 """Save and restore a process's random number generator states (Python, NumPy, torch, CUDA).
 
-Exact resume needs every process's RNG states: the driver's (cluster/checkpoint.py) and each learner
+Exact resume needs every process's RNG states: the driver's (cluster/infra/checkpoint.py) and each learner
 rank's (learner/worker.py), so the helpers live here, where both may import them.
 """
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Code rewards (`reward.kind: code`): a response's program is run against the problem's tests in a
 sandbox (reward/sandbox.py), by a judge subprocess (reward/code_judge.py); never in the reward actor.
 
-The gold "answer" of a code problem is its test spec as JSON (cluster/data.py writes it):
+The gold "answer" of a code problem is its test spec as JSON (cluster/loop/data.py writes it):
     {"entry_point": "add", "tests": ["assert add(1, 2) == 3", ...], "setup": "import math"}
     {"io": [{"input": "1 2\\n", "output": "3\\n"}, ...]}
 
@@ -137,5 +137,5 @@ class CodeScorer:
 
 def time_budget(timeout_s: float, grace_s: float) -> float:
     """The judge's time for one batch: 5 s inside the pool's shortest deadline for a job, 2 x reward.timeout_s
-    + reward.grace_s (one answer queued; the deadline grows with the answers queued: cluster/groups.py)."""
+    + reward.grace_s (one answer queued; the deadline grows with the answers queued: cluster/handles/groups.py)."""
     return max(1.0, 2 * timeout_s + grace_s - 5.0)

@@ -1,7 +1,7 @@
 """The settings of one reward actor, passed whole from the driver to `reward.worker.RewardWorker`.
 
 No field has a default: every value is the `reward` config section's field of the same name (cluster/config.py),
-through `cluster.specs.reward_spec`; tests/test_specs.py fails when a default appears here or a field
+through `cluster.loop.specs.reward_spec`; tests/test_specs.py fails when a default appears here or a field
 names no `reward` setting.
 """
 from __future__ import annotations

@@ -25,7 +25,7 @@ from reward.spec import RewardSpec
 
 class RewardWorker:
     """Its settings come whole, as a `RewardSpec` (reward/spec.py) built from the `reward` config section by
-    `cluster.specs.reward_spec`: the config's defaults are the only ones (tests/test_specs.py)."""
+    `cluster.loop.specs.reward_spec`: the config's defaults are the only ones (tests/test_specs.py)."""
 
     def __init__(self, spec: RewardSpec) -> None:
         if spec.shaping not in STYLES:

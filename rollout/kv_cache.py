@@ -5,8 +5,8 @@ rollout/vllm_compat/extension.py for seeded sampling across a preemption) but sl
 that holds every sequence of the batch at full length, or, when memory cannot hold that, admits at
 most as many sequences at once as fit (`max_num_seqs`): the rest queue instead of preempting.
 Pure arithmetic on the model's config.json; no vLLM import. `cpu_kv_plan` is the one plan: the engine
-(rollout/worker.py) configures vLLM with it, and cluster/memory_model.py predicts with it, from the same
-EngineSpec (cluster.specs.engine_spec), so the report shows the cache the engine gets.
+(rollout/worker.py) configures vLLM with it, and cluster/planning/memory_model.py predicts with it, from the same
+EngineSpec (cluster.loop.specs.engine_spec), so the report shows the cache the engine gets.
 """
 from __future__ import annotations
 
@@ -76,7 +76,7 @@ def kv_bytes_per_token_per_rank(model: dict[str, Any], dtype: str, tensor_parall
 def cpu_kv_plan(model: dict[str, Any], spec: EngineSpec, available_bytes: int) -> KVPlan:
     """The CPU engine's KV cache and concurrency, from the batch (`spec.sequences`) and `available_bytes`
     (the node's available memory). TP > 1: the cache of one TP rank (vLLM's kv_cache_memory_bytes is per
-    worker), which holds its share of the KV heads, as cluster/memory_model.py counts it on GPUs. `model`: the
+    worker), which holds its share of the KV heads, as cluster/planning/memory_model.py counts it on GPUs. `model`: the
     checkpoint's config.json."""
     per_token = kv_bytes_per_token_per_rank(model, spec.dtype, spec.tensor_parallel_size)
     return plan_kv_cache(per_token, spec.max_model_len, spec.sequences, available_bytes,

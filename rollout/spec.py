@@ -1,8 +1,8 @@
 """The settings of one rollout engine, passed whole from the driver to the actor and on to vLLM.
 
 No field has a default: every value comes from the config (cluster/config.py), through
-`cluster.specs.engine_spec`; tests/test_specs.py fails when a default appears here. No vLLM import:
-cluster/memory_model.py plans the KV cache from the same object (rollout/kv_cache.py `cpu_kv_plan`).
+`cluster.loop.specs.engine_spec`; tests/test_specs.py fails when a default appears here. No vLLM import:
+cluster/planning/memory_model.py plans the KV cache from the same object (rollout/kv_cache.py `cpu_kv_plan`).
 """
 from __future__ import annotations
 

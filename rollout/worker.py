@@ -43,7 +43,7 @@ def _available_memory() -> int:
 def planned_engine(spec: EngineSpec, available_bytes: int) -> tuple[KVPlan | None, dict[str, Any]]:
     """The KV plan (CPU engines; None on GPU, where vLLM sizes its cache from gpu_memory_utilization) and
     the `LLM(...)` arguments an engine with `spec` gets, `available_bytes` being the node's available
-    memory. The plan is rollout/kv_cache.py's `cpu_kv_plan`, the one cluster/memory_model.py predicts with."""
+    memory. The plan is rollout/kv_cache.py's `cpu_kv_plan`, the one cluster/planning/memory_model.py predicts with."""
     from rollout import vllm_compat
 
     plan = cpu_kv_plan(read_model_config(spec.model_path), spec, available_bytes) if spec.device == "cpu" else None
@@ -152,7 +152,7 @@ class RolloutWorker(InFlightWork):
             return [self.vc.prompt_token_logprobs(o) for o in outputs]
 
     def parity_logprobs(self, token_ids: list[list[int]]) -> list[list[float]]:
-        """`sequence_logprobs` for the parity check after a sync (cluster/parity.py), leaving the prefix
+        """`sequence_logprobs` for the parity check after a sync (cluster/loop/parity.py), leaving the prefix
         cache empty as the load left it: the generation that follows is the same with the check as without."""
         try:
             return self.sequence_logprobs(token_ids)

@@ -39,7 +39,7 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 
 from cluster.config import load_config  # noqa: E402
-from cluster.specs import learner_spec  # noqa: E402  (no Ray: the driver's own spec builder)
+from cluster.loop.specs import learner_spec  # noqa: E402  (no Ray: the driver's own spec builder)
 from learner.worker import LearnerSpec, LearnerWorker  # noqa: E402
 from protocol.batch import TrainBatch  # noqa: E402
 from protocol import transports as weight_transports  # noqa: E402

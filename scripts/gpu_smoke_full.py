@@ -1,5 +1,5 @@
 """The GPU smoke test's full mode (scripts/gpu_smoke.py runs it after the reduced checks): the real
-stack — Ray, vLLM, DeepSpeed — through cluster.trainer.Trainer on a ~1B random Qwen2 with a local
+stack — Ray, vLLM, DeepSpeed — through cluster.loop.trainer.Trainer on a ~1B random Qwen2 with a local
 BPE tokenizer, on this machine's GPUs.
 
 - colocated: one vLLM engine and learner rank 0 share GPU 0 (`cluster.colocate=true`,
@@ -29,7 +29,7 @@ def tokenized_model(out: Path, shape: dict[str, int]) -> str:
     """A random bf16 Qwen2 of the 1B shape whose vocabulary is a BPE trained on the embedded task."""
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
-    from cluster.tiny_model import EOS, save_tokenizer, train_tokenizer
+    from cluster.toy.tiny_model import EOS, save_tokenizer, train_tokenizer
     from tasks import column_addition
 
     if (out / "config.json").is_file():
@@ -74,7 +74,7 @@ def gpu_used_gib() -> list[float]:
 
 def _run(name: str, overrides: list[str], steps: int, work: Path) -> dict[str, Any]:
     from cluster.config import load_config
-    from cluster.trainer import Trainer
+    from cluster.loop.trainer import Trainer
 
     out: dict[str, Any] = {"overrides": overrides}
     try:

@@ -3,7 +3,7 @@ about the GPU path in under 4 minutes. Run through `bash scripts/gpu_smoke.sh --
 itself when DeepSpeed, transformers or pydantic do not import).
 
 Imports torch, the standard library and pure modules of ours only (protocol/ transports, the learner's
-chunked log-prob head, cluster/memory_terms.py): no DeepSpeed, pydantic, hjson, vLLM or config schema.
+chunked log-prob head, cluster/planning/memory_terms.py): no DeepSpeed, pydantic, hjson, vLLM or config schema.
 Each phase runs in its own spawned process group under its own timeout (--phase-timeout-s, < the
 10-minute command limit) and <out>/report.json is rewritten after every phase, so a phase that hangs
 or kills its process still leaves the others' figures.
@@ -17,7 +17,7 @@ Phases (`--device cpu` runs the CPU fallback of each where one exists, small sha
                   written by one process, read through CUDA IPC by another on the same GPU, bit-exact; then a
                   second version through the same mapping (GPU only)
   layer_memory    one Qwen2.5-7B-shaped decoder layer (transformers' Qwen2DecoderLayer when it imports, else
-                  a torch mirror of it): bytes autograd saves per token against cluster/memory_model.py's formula
+                  a torch mirror of it): bytes autograd saves per token against cluster/planning/memory_model.py's formula
   logprob_head    learner/policy_model.py's chunked head over 2048 response positions (chunks of 1024, vocab
                   152064): transient peak of forward + backward against the formula's logits chunk (GPU)
   adamw_step      torch AdamW on a 7B/8-rank fp32 partition: the step's temporaries against 4 bytes/value (GPU)
@@ -41,7 +41,7 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-from cluster.memory_terms import layer_activation_values, logits_chunk_bytes  # noqa: E402
+from cluster.planning.memory_terms import layer_activation_values, logits_chunk_bytes  # noqa: E402
 from protocol.endpoints import free_port  # noqa: E402
 
 QWEN7B = {"hidden": 3584, "intermediate": 18944, "heads": 28, "kv_heads": 4, "vocab": 152064, "params": 7_615_616_512}
@@ -280,7 +280,7 @@ def phase_logprob_head(args: dict[str, Any]) -> dict[str, Any]:
         policy.zero_grad(set_to_none=True)
     if gpu:
         # Beside the formula's chunk, each chunk's backward materialises the head's full weight gradient
-        # (vocab x hidden, bf16) before adding it up: cluster/memory_model.py does not count that one.
+        # (vocab x hidden, bf16) before adding it up: cluster/planning/memory_model.py does not count that one.
         head_grad = vocab * hidden * 2
         for r in out["runs"].values():
             r["ratio_with_head_grad"] = r["transient_bytes"] / (r["predicted_bytes"] + head_grad)

@@ -1,6 +1,6 @@
 """Embedded tasks: problems the project generates itself (nothing can be downloaded here), with the
-supervised warm-up text that makes the tiny base model. `data.kind` names one (cluster/data.py); the
-tiny base model is always warmed up on one (cluster/base_model.py). Imported by cluster/ only.
+supervised warm-up text that makes the tiny base model. `data.kind` names one (cluster/loop/data.py); the
+tiny base model is always warmed up on one (cluster/toy/base_model.py). Imported by cluster/ only.
 
 A task module provides: `VERSION` (part of the base-model cache key), `sample_problems(n, seed,
 held_out)` -> problems with `.prompt`, `.answer`, `.rephrased` (the same question worded differently)

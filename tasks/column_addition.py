@@ -4,7 +4,7 @@ for the tiny model and answering directly is not.
 Why this task: the gain RL should show is in *how* the model answers. A 3.3M-parameter model cannot
 add two 3-digit numbers in its head (the leading digits depend on carries it never wrote down), but
 one column at a time it only adds two digits and a carry it has just written. The supervised warm-up
-(`warmup_pairs`, staged by cluster/base_model.py) leaves the base model answering mostly directly,
+(`warmup_pairs`, staged by cluster/toy/base_model.py) leaves the base model answering mostly directly,
 sometimes column by column, and rarely with a self-check that catches a slip; every warm-up answer is
 boxed, so format is not what RL teaches. Rewarded on the answer alone, RL has to find out that working
 the columns pays.
@@ -13,7 +13,7 @@ A response is **worked** (`is_worked`, the one definition every metric uses) whe
 one correct column sum: single digits (a column's digits and its carry) joined by `+`, then `=` and
 their sum, e.g. `7+5+1=13`. Restating the whole sum (`457+385=842`) or a wrong column (`1+1=3`) is not
 working it out. Self-checks ("Wait, let
-me check: ...") are counted by `cluster.metrics.REFLECTION`. Train and held-out problems are disjoint:
+me check: ...") are counted by `cluster.infra.metrics.REFLECTION`. Train and held-out problems are disjoint:
 the split is a fixed function of the operands.
 """
 from __future__ import annotations

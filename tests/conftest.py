@@ -31,7 +31,7 @@ def ray_session():
     actors AND a test's own trainers (tests/test_resume.py): otherwise the later actors never schedule."""
     import ray
 
-    from cluster.placement_group import REPO_ROOT, quiet_env
+    from cluster.infra.placement_group import REPO_ROOT, quiet_env
 
     if not ray.is_initialized():
         ray.init(address="local", num_cpus=8, include_dashboard=False, log_to_driver=True,
@@ -43,7 +43,7 @@ def ray_session():
 @pytest.fixture(scope="session")
 def session_trainer(tmp_path_factory: pytest.TempPathFactory, ray_session):
     from cluster.config import load_config
-    from cluster.trainer import Trainer
+    from cluster.loop.trainer import Trainer
 
     tmp = tmp_path_factory.mktemp("run")
     # Fault tests kill or fail the session's rollout[0] several times (tests/test_fault_recovery.py):

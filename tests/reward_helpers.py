@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from cluster.config import CodeRewardConfig, load_config
-from cluster.specs import reward_spec
+from cluster.loop.specs import reward_spec
 from reward import judge
 from reward.code import CodeScorer
 from reward.equivalence import answers_equal
@@ -15,7 +15,7 @@ from reward.worker import RewardWorker
 
 def reward_worker(*overrides: str) -> RewardWorker:
     """A RewardWorker in this process with the `reward` section of the default config plus `overrides`
-    ("reward.timeout_s=0.5", ...), its RewardSpec built as cluster.groups.RewardPool builds it."""
+    ("reward.timeout_s=0.5", ...), its RewardSpec built as cluster.handles.groups.RewardPool builds it."""
     return RewardWorker(reward_spec(load_config(None, list(overrides))))
 
 

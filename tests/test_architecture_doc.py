@@ -1,5 +1,5 @@
-"""docs/architecture.md cites code by file path (`cluster/trainer.py`) and by dotted name
-(`cluster.trainer.Trainer.step`): every one must exist, so the map cannot drift from the code."""
+"""docs/architecture.md cites code by file path (`cluster/loop/trainer.py`) and by dotted name
+(`cluster.loop.trainer.Trainer.step`): every one must exist, so the map cannot drift from the code."""
 from __future__ import annotations
 
 import importlib
@@ -40,3 +40,12 @@ def test_every_cited_name_exists():
         except (ModuleNotFoundError, AttributeError):
             missing.append(name)
     assert missing == []
+
+
+def test_the_folder_map_names_every_wing_of_cluster():
+    """Every sub-package of cluster/ is named in the map (as `cluster/<wing>/`), and every folder the map
+    names exists."""
+    wings = {p.name for p in (ROOT / "cluster").iterdir() if (p / "__init__.py").is_file()}
+    assert len(wings) >= 5
+    cited = set(re.findall(r"`cluster/(\w+)/`", DOC))
+    assert cited == wings

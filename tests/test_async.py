@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from cluster.pipeline import RolloutPipeline, split_stale, staleness_metrics
+from cluster.loop.pipeline import RolloutPipeline, split_stale, staleness_metrics
 from learner.core_algos import policy_loss, truncated_importance_weights
 from protocol.batch import Sample
 

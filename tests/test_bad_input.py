@@ -31,7 +31,7 @@ def _cli(tmp: Path, *overrides: str) -> subprocess.CompletedProcess:
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory) -> Path:
     """A random tiny model with its tokenizer (no warm-up): enough for model.path and prompt lengths."""
-    from cluster.tiny_model import build_random_model
+    from cluster.toy.tiny_model import build_random_model
     from tasks import column_addition
 
     tiny = load_config(None, TINY).model.tiny
@@ -39,7 +39,7 @@ def model_dir(tmp_path_factory) -> Path:
 
 
 def test_rows_without_problem_or_answer_are_listed_by_line(tmp_path):
-    from cluster.data import DataError, load_problems
+    from cluster.loop.data import DataError, load_problems
 
     good = {"problem": "1+1", "answer": "2"}
     rows = [good, {"problem": "2+2"}, good, {"problem": "", "answer": "3"}, "not json", good,
@@ -73,7 +73,7 @@ def test_cli_refuses_prompts_longer_than_the_context(tmp_path, model_dir):
 def test_drop_long_prompts_drops_them_and_says_how_many(model_dir, capsys):
     from transformers import AutoTokenizer
 
-    from cluster.data import DataError, Problem, PromptSource
+    from cluster.loop.data import DataError, Problem, PromptSource
 
     tok = AutoTokenizer.from_pretrained(model_dir)
     problems = [Problem("1+1=", "2"), Problem("1+2+3 " * 50, "6", line=2), Problem("2+2=", "4")]

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import ray
 
-from cluster import groups
+from cluster.handles import groups
 from protocol.batch import TrainBatch
 
 

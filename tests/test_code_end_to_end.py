@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 from cluster.config import CodeRewardConfig, load_config
-from cluster.data import PromptSource, read_code_jsonl
-from cluster.groups import RewardPool
-from cluster.pipeline import RolloutPipeline
+from cluster.loop.data import PromptSource, read_code_jsonl
+from cluster.handles.groups import RewardPool
+from cluster.loop.pipeline import RolloutPipeline
 from protocol.batch import Sample
 from reward.sandbox import probe
 
@@ -64,7 +64,7 @@ def test_code_rl_step_and_reference_solutions_through_the_pool(trainer):
 
 
 def test_bad_code_rows_are_named(tmp_path):
-    from cluster.data import DataError
+    from cluster.loop.data import DataError
 
     good = SAMPLE.read_text().splitlines()[0]
     bad = [json.dumps({"prompt": "p", "entry_point": "not an identifier", "tests": ["assert 1"]}),

@@ -118,7 +118,7 @@ UNCITED_OK = {"name", "output_dir", "device", "kind", "eval_path", "eval_size", 
 
 
 def test_resume_config_check_allows_only_fields_that_do_not_change_training():
-    from cluster.checkpoint import config_changes
+    from cluster.infra.checkpoint import config_changes
 
     saved = load_config(str(ROOT / "configs/tiny.yaml")).model_dump(mode="json")
     same = load_config(str(ROOT / "configs/tiny.yaml"), ["train.steps=80", "train.eval_every=5", "train.save_every=3"])
@@ -128,7 +128,7 @@ def test_resume_config_check_allows_only_fields_that_do_not_change_training():
 
 
 def test_train_size_limits_the_training_problems():
-    from cluster.data import load_problems
+    from cluster.loop.data import load_problems
 
     train, held = load_problems(load_config(None, ["data.train_size=6", "data.eval_size=3"]))
     assert len(train) == 6 and len(held) == 3

@@ -6,14 +6,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from cluster.generation import scored_samples
+from cluster.loop.generation import scored_samples
 from tests.test_weight_sync import Unplaced, _with
 
 
 @pytest.fixture(scope="module")
 def ppo(session_trainer):
-    from cluster.groups import CriticGroup
-    from cluster.update import PolicyUpdate
+    from cluster.handles.groups import CriticGroup
+    from cluster.loop.update import PolicyUpdate
 
     trainer = session_trainer
     cfg = _with(trainer.cfg, algorithm={"advantage": "gae", "ppo_mini_batches": 2},
@@ -33,7 +33,7 @@ def _scored_samples(trainer, seed: int):
 
 
 def test_gae_batch_and_one_real_step_with_the_critic(trainer, ppo):
-    from cluster.metrics import PhaseTimer
+    from cluster.infra.metrics import PhaseTimer
 
     cfg, critic, update = ppo
     samples = _scored_samples(trainer, 41)

@@ -7,7 +7,7 @@ Two kinds of checks, each a table:
   learning.py, docs/compare/compare.md and docs/sweep/sweep.md);
 - FIGURES: a figure quoted in prose (README.md, docs/cluster.md, docs/reliability.md, docs/benchmarks.md),
   found by the words around it, must be the value its result file gives, formatted as the doc prints it
-  (the 7B memory figures are predictions: what `cluster.memory_model.predict` computes from the config today).
+  (the 7B memory figures are predictions: what `cluster.planning.memory_model.predict` computes from the config today).
 Every docs/benchmarks.md section is either rendered (SECTIONS) or named in UNBACKED with the command whose
 rerun would back it (weight sync and cpu_scale are rendered from docs/weight_sync/results.json and
 docs/scale/results.json while those files are committed, and fall back to UNBACKED without them).
@@ -155,9 +155,9 @@ def _main_run_rows(key: str) -> list[float]:
 
 
 def _memory(config: str, *overrides: str) -> dict[str, object]:
-    """cluster.memory_model's prediction for configs/<config>.yaml: role name -> RoleMemory (a computation, no run)."""
+    """cluster.planning.memory_model's prediction for configs/<config>.yaml: role name -> RoleMemory (a computation, no run)."""
     from cluster.config import load_config
-    from cluster.memory_model import predict
+    from cluster.planning.memory_model import predict
 
     return {role.role.split(" (")[0]: role for role in predict(load_config(str(ROOT / "configs" / f"{config}.yaml"),
                                                                             list(overrides)))}

@@ -8,11 +8,11 @@ from dataclasses import fields
 import pytest
 
 from cluster.config import ConfigError, load_config
-from cluster.data import Problem
-from cluster.dynamic import fill_batch, informative, overlong_metrics, overlong_shaping
-from cluster.generation import ScoredBatch, scored_samples
-from cluster.parity import max_gaps
-from cluster.pipeline import StalenessError, check_staleness
+from cluster.loop.data import Problem
+from cluster.loop.dynamic import fill_batch, informative, overlong_metrics, overlong_shaping
+from cluster.loop.generation import ScoredBatch, scored_samples
+from cluster.loop.parity import max_gaps
+from cluster.loop.pipeline import StalenessError, check_staleness
 from protocol.batch import Prompt, Sample, ScoredSample
 from reward.scoring import Verdict
 from reward.shaping import overlong_penalty

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from cluster.groups import RewardPool
-from cluster.pipeline import RolloutPipeline
+from cluster.handles.groups import RewardPool
+from cluster.loop.pipeline import RolloutPipeline
 from reward.shaping import overlong_penalty
 from tests.rewards_fixture import even_length_for_even_answers
 

@@ -10,7 +10,7 @@ import pytest
 import ray
 import torch
 
-from cluster.metrics import run_figure
+from cluster.infra.metrics import run_figure
 from protocol.batch import Prompt, TrainBatch
 
 
@@ -92,7 +92,7 @@ def test_kl_loss_metric_is_k3_of_the_policy_against_the_reference(trainer):
     """`train/kl` of an update (algorithm.kl_coef > 0, KL as a loss term) equals k3 computed here from the
     step batch's old and reference log-probs: with one mini-batch the training forward is the old
     policy's. After one real step, so that the policy differs from the reference."""
-    from cluster.metrics import PhaseTimer
+    from cluster.infra.metrics import PhaseTimer
     from protocol.batch import ScoredSample
 
     trainer.step(0)
@@ -112,7 +112,7 @@ def test_kl_loss_metric_is_k3_of_the_policy_against_the_reference(trainer):
 
 
 def test_reward_pool_scores_in_ray_actors(trainer):
-    from cluster.groups import RewardPool
+    from cluster.handles.groups import RewardPool
     from protocol.batch import Sample
 
     pool = RewardPool(trainer.cfg.model_copy(update={"reward": trainer.cfg.reward.model_copy(update={"custom_fn": None})}))
@@ -173,7 +173,7 @@ def test_tokenizer_ids_identical_across_stacks(trainer, text):
 
 def test_broadcast_transport_delivers_learner_weights(trainer):
     """The collective path (gloo here, NCCL on GPUs): rank 0 broadcasts small buckets to the engine."""
-    from cluster.sync import WeightSync
+    from cluster.loop.sync import WeightSync
 
     cfg = trainer.cfg.model_copy(update={"sync": trainer.cfg.sync.model_copy(update={"transport": "broadcast",
                                                                                         "bucket_mb": 0.05})})
@@ -201,7 +201,7 @@ def test_kl_in_reward_penalises_rewards_with_reference_logprobs(trainer):
     """The KL-in-reward path of the step's batch: the learner's old log-probs against the reference model's,
     k1 summed per response, subtracted x kl_coef from equal rewards, then GRPO: checked against the same
     quantities recomputed here from the learner ranks (after one real step, so the policy has moved)."""
-    from cluster.metrics import PhaseTimer
+    from cluster.infra.metrics import PhaseTimer
     from learner.core_algos import grpo_advantages
     from protocol.batch import ScoredSample
 

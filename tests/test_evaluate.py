@@ -1,4 +1,4 @@
-"""Benchmark evaluation (cluster/benchmark_suite.py; the CLI python -m cluster.evaluate) and emergence metrics (cluster/metrics.py)."""
+"""Benchmark evaluation (cluster/loop/benchmark_suite.py; the CLI python -m cluster.evaluate) and emergence metrics (cluster/infra/metrics.py)."""
 from __future__ import annotations
 
 import json
@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from cluster.benchmark_suite import BenchmarkResult, benchmark_file, markdown_table, pass_at_k
-from cluster.metrics import plot_emergence, reflects
+from cluster.loop.benchmark_suite import BenchmarkResult, benchmark_file, markdown_table, pass_at_k
+from cluster.infra.metrics import plot_emergence, reflects
 from tests.conftest import ROOT
 
 
@@ -56,7 +56,7 @@ def test_reflection_regex(text, expected):
 def test_emergence_plot_draws_each_eval_series(tmp_path):
     """emergence.png: per evaluation, accuracy, response length and the worked / self-check shares, each
     drawn from its metrics.jsonl column (the per-batch train/ series beside them, fainter)."""
-    from cluster.metrics import EMERGENCE_PANELS, emergence_figure
+    from cluster.infra.metrics import EMERGENCE_PANELS, emergence_figure
 
     rows = [{"step": s, "reward/mean": s / 4, "train/accuracy": s / 4, "train/response_len": 10 + s,
              "train/worked_frac": s / 5, "train/reflection_frac": s / 8} for s in range(1, 5)]
@@ -88,8 +88,8 @@ def arith_dir(tmp_path: Path) -> Path:
 def test_cli_on_a_checkpoint_matches_the_live_engines(trainer, arith_dir, tmp_path):
     """`cluster.evaluate --model <checkpoint>` exports it, serves it with vLLM and scores it: its greedy
     completions equal those of the live engines that hold the same weights."""
-    from cluster.benchmark_suite import run_benchmarks
-    from cluster.groups import RewardPool
+    from cluster.loop.benchmark_suite import run_benchmarks
+    from cluster.handles.groups import RewardPool
 
     trainer.sync.sync()  # the engines serve the learner's current weights
     ckpt = trainer.save_checkpoint(99)

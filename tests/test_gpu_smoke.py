@@ -67,7 +67,7 @@ def _torch_mode(tmp_path, *args, env=None):
 def test_torch_mode_runs_its_cpu_fallback_without_deepspeed_pydantic_vllm_or_transformers(tmp_path):
     """Every phase in its own process, with DeepSpeed, pydantic, hjson, vLLM, transformers, Ray, PyYAML
     and the config schema unimportable: the CPU fallbacks run (accumulation, gloo broadcast, the layer
-    mirror's saved bytes against cluster/memory_model.py's formula, the chunked head), the GPU-only phases say
+    mirror's saved bytes against cluster/planning/memory_model.py's formula, the chunked head), the GPU-only phases say
     why they skipped, and report.json holds every phase."""
     proc = _torch_mode(tmp_path)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]

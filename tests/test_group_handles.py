@@ -3,7 +3,7 @@ modules no code reaches a group's actor handles (`.actors`) or calls a group's g
 (`._call`, `._each`, `._scoring_call`); and no module, the group modules included, formats an actor's name
 by hand (`f"rollout[{i}]"`, `"learner[0]"`, `f"{role}[{i}]"`, a `f"{role}["` prefix): each remote call is a
 named method of its group's class and every name comes from the one formatter, `actor_name` in
-cluster/actor_group.py (the only code exempt). Docstrings may still speak of `rollout[i]`."""
+cluster/handles/actor_group.py (the only code exempt). Docstrings may still speak of `rollout[i]`."""
 from __future__ import annotations
 
 import ast
@@ -48,12 +48,12 @@ def violations_in(source: str, name: str) -> list[str]:
 
 
 def violations(cluster_dir: Path) -> list[str]:
-    return [v for path in sorted(cluster_dir.glob("*.py")) for v in violations_in(path.read_text(), path.name)]
+    return [v for path in sorted(cluster_dir.rglob("*.py")) for v in violations_in(path.read_text(), path.name)]
 
 
 def test_only_the_group_modules_touch_actors_and_only_the_formatter_formats_their_names():
-    assert (ROOT / "cluster" / "sync.py").is_file() and (ROOT / "cluster" / "generation.py").is_file()
-    assert all((ROOT / "cluster" / module).is_file() for module in GROUP_MODULES)
+    assert (ROOT / "cluster" / "loop" / "sync.py").is_file() and (ROOT / "cluster" / "loop" / "generation.py").is_file()
+    assert all((ROOT / "cluster" / "handles" / module).is_file() for module in GROUP_MODULES)
     assert violations(ROOT / "cluster") == []
 
 

@@ -12,7 +12,7 @@ import time
 import pytest
 import ray
 
-from cluster.generation import StreamedBatch, generate_and_score
+from cluster.loop.generation import StreamedBatch, generate_and_score
 from protocol.batch import TrainBatch
 from tests.test_weight_sync import _engine_logprobs, _learner_logprobs, _sequence, _with
 from tests.test_weight_sync import two_engines  # noqa: F401  (fixture: two engines outside the session's placement)
@@ -34,7 +34,7 @@ def engines(two_engines):
 
 @pytest.fixture
 def broadcast(trainer, engines):
-    from cluster.sync import WeightSync
+    from cluster.loop.sync import WeightSync
 
     sync = WeightSync(_with(trainer.cfg, sync={"transport": "broadcast", "timeout_s": TIMEOUT_S}), trainer.learners,
                       engines)

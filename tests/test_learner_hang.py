@@ -14,7 +14,7 @@ def test_a_rank_that_hangs_while_the_others_wait_in_a_collective_is_named(traine
     gradient all-reduce, waits 3 s for rank 1 and fails; the driver names learner[1], which is still
     running, instead of passing on rank 0's bare gloo error, before its own deadline for the call
     (learner.call_timeout_s=30)."""
-    from cluster.groups import ActorFailure, LearnerGroup
+    from cluster.handles.groups import ActorFailure, LearnerGroup
     from protocol.batch import TrainBatch
 
     learners = LearnerGroup(_with(trainer.cfg, learner={"collective_timeout_s": 3, "call_timeout_s": 30},

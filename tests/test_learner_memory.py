@@ -126,7 +126,7 @@ def _plain_torch(model_path: str, batch: TrainBatch) -> tuple[float, list[torch.
 
 @pytest.fixture(scope="module")
 def policy(session_trainer):
-    from cluster.groups import LearnerGroup
+    from cluster.handles.groups import LearnerGroup
 
     cfg = _with(session_trainer.cfg, learner={"zero_stage": 3, "micro_batch_size": 2, "lr": 1e-12,
                                               "gradient_checkpointing": True, "logprob_chunk_tokens": 4,
@@ -172,7 +172,7 @@ def test_memory_features_leave_the_policy_loss_and_gradient_unchanged(session_tr
 def test_memory_features_leave_the_critic_loss_and_gradient_unchanged(session_trainer):
     from transformers import AutoConfig
 
-    from cluster.groups import CriticGroup
+    from cluster.handles.groups import CriticGroup
 
     cfg = _with(session_trainer.cfg, algorithm={"advantage": "gae", "ppo_mini_batches": 1},
                 critic={"zero_stage": 3, "micro_batch_size": 2, "lr": 1e-12, "gradient_checkpointing": True,

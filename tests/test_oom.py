@@ -1,18 +1,18 @@
 """A worker killed by Ray's memory monitor is reported as such: a real kill (a private Ray in a child
 process with RAY_memory_usage_threshold far below this machine's usage, an actor that allocates), and the
-text the driver prints for it (cluster.actor_group.actor_error_text) names the OOM kill and the memory figures."""
+text the driver prints for it (cluster.handles.actor_group.actor_error_text) names the OOM kill and the memory figures."""
 from __future__ import annotations
 
 import os
 import subprocess
 import sys
 
-from cluster.actor_group import oom_text
+from cluster.handles.actor_group import oom_text
 from tests.conftest import ROOT
 
 SCRIPT = """
 import time, ray
-from cluster.actor_group import actor_error_text
+from cluster.handles.actor_group import actor_error_text
 ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)
 
 @ray.remote

@@ -67,7 +67,7 @@ def test_one_optimizer_step_per_mini_batch_whatever_the_batch_sizes(trainer, tmp
     with ppo_epochs=2 the second pass over the batch matches the reference too."""
     from transformers import AutoModelForCausalLM
 
-    from cluster.groups import LearnerGroup
+    from cluster.handles.groups import LearnerGroup
 
     cfg = _with(trainer.cfg, learner={"zero_stage": stage, "micro_batch_size": 2, "lr": LR},
                 algorithm={"ppo_mini_batches": 2, "ppo_epochs": epochs, "kl_coef": 0.0, "tis": "off",

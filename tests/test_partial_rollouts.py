@@ -14,8 +14,8 @@ import pytest
 import ray
 import torch
 
-from cluster.rollout_group import SYNC_THREAD
-from cluster.pipeline import RolloutPipeline
+from cluster.handles.rollout_group import SYNC_THREAD
+from cluster.loop.pipeline import RolloutPipeline
 from protocol.batch import Prompt, Sample, TrainBatch
 # two_engines: a module-scoped fixture, so this module gets two fresh engines with the base model's weights.
 from tests.test_weight_sync import _with, two_engines  # noqa: F401
@@ -35,7 +35,7 @@ def test_partial_rollouts_need_staleness_and_the_cpu_in_process_engine():
 def test_staleness_is_judged_per_token():
     """Pure functions: a sample whose tokens span versions 3 and 4 counts each token at its own version in
     the lag histogram, and is judged (check_staleness) by its oldest token."""
-    from cluster.pipeline import StalenessError, check_staleness, staleness_metrics
+    from cluster.loop.pipeline import StalenessError, check_staleness, staleness_metrics
 
     spanning = Sample(prompt_index=0, prompt_ids=[1], response_ids=[5, 6, 7, 8], response_logprobs=[0.0] * 4,
                       text="", finish_reason="stop", policy_version=3, token_versions=[3, 3, 4, 4])
@@ -78,7 +78,7 @@ def test_a_request_that_spans_a_sync_has_tokens_of_both_versions_each_scored_by_
     The parity check's scoring, asked right after the sync, is done between engine steps too: it returns
     while the generation still runs, with the learner's log-probs (v1); asked again once the engine is
     idle, the sync thread scores on the engine itself, with the same result."""
-    from cluster.sync import WeightSync
+    from cluster.loop.sync import WeightSync
 
     if trainer.sync.version == 0:
         trainer.step(0)

@@ -1,4 +1,4 @@
-"""Where a run's files go (cluster/paths.py) and the checkpoint visibility check, without Ray: the
+"""Where a run's files go (cluster/infra/paths.py) and the checkpoint visibility check, without Ray: the
 rule for local runs, one-node and multi-node clusters, and the refusal that names the fields. The
 same rule against real Ray clusters: tests/test_multinode.py and tests/test_ray_jobs.py."""
 from __future__ import annotations
@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from cluster.checkpoint import CheckpointError, check_visible
+from cluster.infra.checkpoint import CheckpointError, check_visible
 from cluster.config import ConfigError, load_config
-from cluster.paths import Resolver, SharedPathError
+from cluster.infra.paths import Resolver, SharedPathError
 
 RELATIVE = ["model.cache_dir=.cache/m", "run.output_dir=out"]
 
@@ -77,7 +77,7 @@ def test_checkpoint_files_the_driver_cannot_see_are_named(tmp_path):
 def test_resume_compares_model_paths_as_absolute_paths(tmp_path, monkeypatch):
     """A run saved with a relative model.cache_dir (before the driver resolved paths) still resumes
     from the same directory; another directory is still a change."""
-    from cluster.checkpoint import config_changes
+    from cluster.infra.checkpoint import config_changes
 
     monkeypatch.chdir(tmp_path)
     saved = load_config(None, ["model.cache_dir=.cache/m"]).model_dump(mode="json")

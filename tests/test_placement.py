@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from cluster.config import load_config
-from cluster.placement_group import PlacementError, check_resources, required_resources
+from cluster.infra.placement_group import PlacementError, check_resources, required_resources
 
 ROOT = Path(__file__).resolve().parent.parent
 GPU_SPLIT = ["cluster.device=gpu", "rollout.num_workers=2", "rollout.resources={rollout_node: 1}",
@@ -22,7 +22,7 @@ def probe() -> None:
     import ray
     from ray.cluster_utils import Cluster
 
-    from cluster.placement_group import place
+    from cluster.infra.placement_group import place
 
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 4, "num_gpus": 2, "resources": {"rollout_node": 4}})
     learner_node = cluster.add_node(num_cpus=4, num_gpus=2, resources={"learner_node": 4})

@@ -11,7 +11,7 @@ import pytest
 import ray
 
 from cluster.config import load_config
-from cluster.trainer import Trainer
+from cluster.loop.trainer import Trainer
 from protocol.batch import TrainBatch
 from tests.conftest import ROOT, small_overrides
 

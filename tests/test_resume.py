@@ -50,7 +50,7 @@ def _crash_and_resume(tmp: Path, setup: str, extra: tuple[str, ...] = ()) -> tup
 
 
 def _train(cfg, run_dir: Path, resume: bool = False):
-    from cluster.trainer import Trainer
+    from cluster.loop.trainer import Trainer
 
     trainer = Trainer(cfg, run_dir, resume=resume)
     try:
@@ -97,7 +97,7 @@ def test_resumed_run_logs_the_same_metrics(runs):
 def test_resumed_weights_equal_uninterrupted_and_export_matches(runs, tmp_path):
     from transformers import AutoModelForCausalLM
 
-    from cluster.hf_export import export
+    from cluster.infra.hf_export import export
 
     full, cut, _ = runs
     a = export(full / "checkpoints" / "step_4", tmp_path / "a")

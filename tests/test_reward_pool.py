@@ -8,8 +8,8 @@ import time
 import pytest
 import ray
 
-from cluster.generation import StreamedBatch
-from cluster.groups import ActorFailure, RewardPool
+from cluster.loop.generation import StreamedBatch
+from cluster.handles.groups import ActorFailure, RewardPool
 from protocol.batch import Sample
 
 

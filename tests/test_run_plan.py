@@ -1,4 +1,4 @@
-"""The one training loop (`cluster.trainer.Trainer.run`) runs a `RunPlan`'s pieces: its step, its extra
+"""The one training loop (`cluster.loop.trainer.Trainer.run`) runs a `RunPlan`'s pieces: its step, its extra
 evaluations at step 0 and after the last step, its finish, and no checkpoint, benchmark or step-0 line when the
 plan does not checkpoint (as `cluster.compare` runs each method). No Ray: the trainer is built without
 `setup()`, and its held-out evaluation is replaced by one that logs a fixed row (this tests the loop's order
@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from cluster.config import load_config
-from cluster.trainer import RunPlan, Trainer
+from cluster.loop.trainer import RunPlan, Trainer
 from tests.conftest import ROOT, small_overrides
 
 

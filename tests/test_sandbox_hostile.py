@@ -243,7 +243,7 @@ def test_tests_and_other_samples_are_out_of_reach(scorer):
 
 
 def test_canonical_solutions_pass_and_mutants_fail(scorer):
-    from cluster.data import read_code_jsonl
+    from cluster.loop.data import read_code_jsonl
 
     rows = [json.loads(line) for line in (ROOT / "data" / "code_sample.jsonl").read_text().splitlines()]
     specs = [p.answer for p in read_code_jsonl(str(ROOT / "data" / "code_sample.jsonl"), "plain")]
@@ -261,7 +261,7 @@ def test_public_mbpp_sample_converts_and_its_solutions_pass(scorer, tmp_path):
     mbpp/mbpp.jsonl, tasks 2-4, 7-12, 17; CC-BY-4.0): the converter reproduces data/mbpp_sample.jsonl and
     the authors' solutions pass their tests in the sandbox."""
     from cluster.code_sets import main
-    from cluster.data import read_code_jsonl
+    from cluster.loop.data import read_code_jsonl
 
     out = tmp_path / "mbpp.jsonl"
     main(["mbpp", str(ROOT / "tests" / "data" / "mbpp_raw_sample.jsonl"), str(out),

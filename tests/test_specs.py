@@ -1,6 +1,6 @@
 """One source of truth for every config field that travels to an actor (pure Python, no Ray).
 
-The actor specs (LearnerSpec, CriticSpec, EngineSpec, RewardSpec) are built by `cluster.specs.spec_from`:
+The actor specs (LearnerSpec, CriticSpec, EngineSpec, RewardSpec) are built by `cluster.loop.specs.spec_from`:
 each field is the same-named field of one config section, or an explicitly derived value; the reward actor
 takes its RewardSpec whole. These tests fail when a spec, the reward actor or a function
 on the engine's path to vLLM grows a default of its own, when a spec field and a config field drift apart, or
@@ -16,7 +16,7 @@ from types import ModuleType
 import pytest
 
 from cluster.config import CodeRewardConfig, RewardConfig, RolloutConfig, load_config
-from cluster.specs import critic_spec, engine_spec, learner_spec, reward_spec, spec_from
+from cluster.loop.specs import critic_spec, engine_spec, learner_spec, reward_spec, spec_from
 from learner.critic import CriticSpec
 from learner.worker import LearnerSpec
 from reward.spec import RewardSpec

@@ -1,4 +1,4 @@
-"""The embedded task (tasks/column_addition.py) and the warm-up built from it (cluster/base_model.py):
+"""The embedded task (tasks/column_addition.py) and the warm-up built from it (cluster/toy/base_model.py):
 pure Python, no Ray. The grader checks the teacher's answers, so a wrong generator cannot pass."""
 from __future__ import annotations
 
@@ -58,7 +58,7 @@ def test_rephrased_questions_keep_the_numbers_but_not_the_wording():
 
 def test_warmup_stages_box_every_answer_and_end_mostly_direct():
     """The skill stage is mostly worked, the habit stage (the last habit_steps) mostly direct; all boxed."""
-    from cluster.base_model import warmup_pairs
+    from cluster.toy.base_model import warmup_pairs
 
     cfg = load_config(None, ["model.warmup.steps=100", "model.warmup.habit_steps=40", "model.warmup.batch_size=50"])
     pairs = warmup_pairs(cfg)
@@ -72,7 +72,7 @@ def test_warmup_stages_box_every_answer_and_end_mostly_direct():
 
 
 def test_the_base_model_cache_key_follows_the_task(monkeypatch):
-    from cluster.base_model import cache_key
+    from cluster.toy.base_model import cache_key
 
     cfg = load_config(None, [])
     key = cache_key(cfg)

@@ -50,7 +50,7 @@ def test_auto_takes_vllms_engine_on_gpus_and_the_engines_are_built_for_it():
     from vllm.engine.arg_utils import EngineArgs
 
     from cluster.config import load_config
-    from cluster.specs import engine_spec
+    from cluster.loop.specs import engine_spec
     from cluster.config import chosen_transport
     from rollout.vllm_compat import engine_kwargs
 
@@ -235,11 +235,11 @@ def test_a_cpu_engine_built_for_vllms_engine_takes_our_init_request_up_to_its_de
     goes through vLLM's `init_weight_transfer_engine` and its parser, and stops only where vLLM asks for an
     accelerator to open the NCCL communicator. The engine still generates afterwards."""
     from cluster.config import TinyModelConfig
-    from cluster.tiny_model import build_random_model
+    from cluster.toy.tiny_model import build_random_model
     from protocol.batch import Prompt
     from rollout.vllm_compat import checkpoint_shapes
     from cluster.config import load_config
-    from cluster.specs import engine_spec
+    from cluster.loop.specs import engine_spec
     from rollout.worker import RolloutWorker
 
     tiny = TinyModelConfig(hidden_size=64, intermediate_size=128, num_layers=2, num_heads=2, num_kv_heads=1)

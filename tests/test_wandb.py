@@ -76,7 +76,7 @@ def offline_cfg(tmp_path: Path):
 
 
 def test_trainer_rows_reach_wandb_with_the_same_names(offline_cfg, tmp_path: Path):
-    from cluster.trainer import Trainer
+    from cluster.loop.trainer import Trainer
 
     run_dir = tmp_path / "run-a"
     trainer = Trainer(offline_cfg, run_dir)  # builds the metrics log (no Ray until setup())

@@ -14,7 +14,7 @@ import pytest
 import ray
 import torch
 
-from cluster.actor_group import wait_named
+from cluster.handles.actor_group import wait_named
 from protocol.batch import Prompt, TrainBatch
 from protocol.shm_stream import StreamError, StreamSegment
 from protocol.transports import SyncSetup
@@ -24,7 +24,7 @@ SMALL_BUCKET_MB = 0.02  # ~20 KB: the tiny test model spans dozens of buckets
 
 
 class Unplaced:
-    """Stands in for cluster.placement_group.Placement: actors outside any placement group."""
+    """Stands in for cluster.infra.placement_group.Placement: actors outside any placement group."""
 
     def __init__(self, gpus: float = 0.0) -> None:
         self.gpus = gpus
@@ -58,7 +58,7 @@ def _learner_logprobs(learners, prompt, response) -> torch.Tensor:
 
 @pytest.fixture(scope="module")
 def two_engines(session_trainer):
-    from cluster.groups import RolloutGroup
+    from cluster.handles.groups import RolloutGroup
 
     cfg = _with(session_trainer.cfg, rollout={"num_workers": 2, "kv_cache_gib": 0.05})
     group = RolloutGroup(cfg, session_trainer.model_path, Unplaced())
@@ -69,8 +69,8 @@ def two_engines(session_trainer):
 def test_zero2_sync_leaves_two_engines_identical_to_the_learner(trainer, two_engines):
     """ZeRO-3 is the session trainer's layout (test_end_to_end); here a ZeRO-2 group of 2 ranks
     trains one step and syncs into two engines, which must both serve its weights (fp32, 1e-4)."""
-    from cluster.groups import LearnerGroup
-    from cluster.sync import WeightSync
+    from cluster.handles.groups import LearnerGroup
+    from cluster.loop.sync import WeightSync
 
     learners = LearnerGroup(trainer.cfg, trainer.model_path, Unplaced(), zero_stage=2)
     try:
@@ -94,7 +94,7 @@ def test_zero2_sync_leaves_two_engines_identical_to_the_learner(trainer, two_eng
 
 @pytest.mark.parametrize("broken", ["unknown name", "wrong shape"])
 def test_bad_manifest_is_refused_before_loading(trainer, broken):
-    from cluster.sync import WeightSyncError
+    from cluster.loop.sync import WeightSyncError
 
     layout = list(trainer.sync.layout)
     if broken == "unknown name":
@@ -112,7 +112,7 @@ def test_bad_manifest_is_refused_before_loading(trainer, broken):
 def test_receiver_that_never_joins_is_named_within_the_timeout(trainer, two_engines):
     """The broadcast group forms; then rollout[1] is busy and never joins a new one: opening fails fast
     and names it."""
-    from cluster.sync import WeightSync, WeightSyncError
+    from cluster.loop.sync import WeightSync, WeightSyncError
 
     sync = WeightSync(_with(trainer.cfg, sync={"transport": "broadcast", "timeout_s": 3.0}), trainer.learners,
                       two_engines)
@@ -200,7 +200,7 @@ def test_shm_stream_loads_bucket_by_bucket_while_the_learner_writes(trainer, two
 
 def test_driver_sync_streams_many_buckets_from_zero3(trainer, two_engines, writer):
     """WeightSync submits the ZeRO-3 export (every rank gathers, rank 0 writes) and the loads together."""
-    from cluster.sync import WeightSync
+    from cluster.loop.sync import WeightSync
 
     prompt, response = _sequence(trainer)
     writer.publish_all(1, scale=0.5)
@@ -224,7 +224,7 @@ def test_driver_sync_streams_many_buckets_from_zero3(trainer, two_engines, write
 def test_bucket_never_stamped_fails_naming_worker_bucket_and_version(trainer, two_engines, writer):
     """Bucket 0 of version 7 is never stamped: the load fails within the timeout, names the worker,
     the bucket and the version, and the engine, untouched, still serves its weights."""
-    from cluster.sync import WeightSyncError, wait_named
+    from cluster.loop.sync import WeightSyncError, wait_named
 
     prompt, response = _sequence(trainer)
     before = _engine_logprobs(two_engines, prompt, response)[0]
@@ -266,7 +266,7 @@ def test_sync_deadline_counts_the_load_not_the_generation_queued_ahead(trainer, 
     busy for 8 s (a call ahead of the load in its queue, standing in for a long generation) while
     sync.timeout_s=2 gives each load 4.5 s: the sync waits for the queue, then the load meets its deadline.
     The loads started from the session weights, so both engines then serve the learner's weights."""
-    from cluster.sync import WeightSync
+    from cluster.loop.sync import WeightSync
 
     sync = WeightSync(_with(trainer.cfg, sync={"transport": "shm", "timeout_s": 2.0}), trainer.learners, two_engines)
     try:
@@ -287,7 +287,7 @@ def test_sync_deadline_counts_the_load_not_the_generation_queued_ahead(trainer, 
 def test_a_queue_that_makes_no_progress_is_named_by_the_generation_rule(trainer, two_engines):
     """The wait for the queue is not unbounded: an engine that finishes no prompt for rollout.timeout_s
     (here 2 s; rollout[1] is stuck for 8 s) is named, and the sync gives up long before the stuck call ends."""
-    from cluster.sync import WeightSync, WeightSyncError
+    from cluster.loop.sync import WeightSync, WeightSyncError
 
     cfg = _with(trainer.cfg, sync={"transport": "shm", "timeout_s": 30.0}, rollout={"timeout_s": 2.0})
     sync = WeightSync(cfg, trainer.learners, two_engines)
@@ -310,7 +310,7 @@ def test_a_receiver_that_dies_during_a_sync_is_restarted_and_reloaded(trainer, t
     learner, and says so in sync/recovered; both engines then serve the learner's weights."""
     import threading
 
-    from cluster.sync import WeightSync
+    from cluster.loop.sync import WeightSync
 
     prompt, response = _sequence(trainer)
     writer.publish_all(1, scale=0.5)
@@ -337,9 +337,9 @@ def test_a_receiver_that_dies_during_a_sync_is_restarted_and_reloaded(trainer, t
 def _gpu_roundtrip(tmp_path, transport: str, gpus_each: float) -> None:
     """A 1-rank learner and a 1-engine rollout group on GPUs: train one step, sync, compare logprobs."""
     from cluster.config import TinyModelConfig, load_config
-    from cluster.groups import LearnerGroup, RolloutGroup
-    from cluster.sync import WeightSync
-    from cluster.tiny_model import build_random_model
+    from cluster.handles.groups import LearnerGroup, RolloutGroup
+    from cluster.loop.sync import WeightSync
+    from cluster.toy.tiny_model import build_random_model
 
     if not ray.is_initialized():
         ray.init(address="local", include_dashboard=False)
@@ -384,7 +384,7 @@ def test_parity_check_fires_when_one_bucket_is_corrupted(trainer, two_engines, w
     """Both engines load the learner's weights through the shm stream: the parity check passes (fp32 gap
     below 1e-4). Then rollout[1] loads a version whose one bucket (of dozens) is corrupted: the check
     stops the run naming rollout[1], or with parity_action=warn reports the gap as a metric and goes on."""
-    from cluster.parity import ParityCheck, ParityError
+    from cluster.loop.parity import ParityCheck, ParityError
 
     writer.publish_all(1)
     ray.get(writer.load(two_engines, 1))

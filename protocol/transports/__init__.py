@@ -6,7 +6,7 @@ its transport in one `Transport` subclass: the learner side (`open_sender`, `sen
 learner's ranks, the engine side (`open_receiver`, `receive`, `finish`) inside every vLLM worker
 process, and class attributes tell the driver how to schedule it (base.py). A module registers its
 class with `@register`; every module of this package is imported on first lookup, so adding a
-transport is one new file here (plus its test): cluster/sync.py, learner/worker.py and
+transport is one new file here (plus its test): cluster/loop/sync.py, learner/worker.py and
 rollout/vllm_compat/extension.py only call `get(name)`.
 """
 from __future__ import annotations

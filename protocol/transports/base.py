@@ -48,7 +48,7 @@ class Transport:
     themselves; an instance serves one side: a learner rank (`open_sender` / `send`) or one vLLM worker
     (`open_receiver` / `receive` / `finish`).
 
-    The driver (cluster/sync.py) schedules every transport by the class attributes below alone.
+    The driver (cluster/loop/sync.py) schedules every transport by the class attributes below alone.
     """
 
     name: ClassVar[str]

@@ -4,7 +4,7 @@ GPUs, gloo on CPU); rank 0 broadcasts each bucket as one flat tensor.
 Any placement where every rank has its own device (NCCL refuses two ranks on one GPU, so not with
 cluster.colocate). A collective: every engine worker must be inside its load before rank 0 starts.
 Nothing is kept to reload from: the driver takes a restarted engine back by rebuilding the group
-(cluster/sync.py). On GPUs vLLM's own engine (``nccl``, vllm_nccl.py) is the default; this one stays for
+(cluster/loop/sync.py). On GPUs vLLM's own engine (``nccl``, vllm_nccl.py) is the default; this one stays for
 CPU (gloo) and as the fallback that needs no `weight_transfer_config` in the engines.
 """
 from __future__ import annotations

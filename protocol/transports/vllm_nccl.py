@@ -5,7 +5,7 @@ vLLM ships both halves: a trainer engine (the learner's rank 0 opens the group a
 a worker engine inside every vLLM worker (`LLM(weight_transfer_config=...)`, then the worker's
 `init_weight_transfer_engine` / `start_weight_update` / `update_weights` / `finish_weight_update`).
 vLLM's trainer engine expects to drive the worker side itself through a client; here the driver
-(cluster/sync.py) schedules both sides, as for every transport, so the trainer engine gets a client
+(cluster/loop/sync.py) schedules both sides, as for every transport, so the trainer engine gets a client
 whose calls do nothing (`DriverScheduled`) and the engine side builds the same requests from the
 shared SyncSetup (rollout/vllm_compat/extension.py makes the worker calls). Both sides take their wire
 parameters (packed, buffer size) from one function here, so they cannot disagree.
@@ -19,7 +19,7 @@ parameters (packed, buffer size) from one function here, so they cannot disagree
   each tensor's entry count before the receive: rank 0 broadcasts the counts first (one int64 per
   tensor, our own small step over vLLM's communicator).
 
-Neither keeps an export: a restarted engine is taken back by rebuilding the group (cluster/sync.py).
+Neither keeps an export: a restarted engine is taken back by rebuilding the group (cluster/loop/sync.py).
 """
 from __future__ import annotations
 
@@ -36,7 +36,7 @@ PACKED_NUM_BUFFERS = 2  # vLLM's default double buffering
 
 class DriverScheduled:
     """vLLM's `VLLMWeightSyncClient` for a trainer engine whose engine side the driver runs: the driver
-    opens, loads and closes the engines itself (cluster/sync.py), so none of these calls do anything."""
+    opens, loads and closes the engines itself (cluster/loop/sync.py), so none of these calls do anything."""
 
     def init_weight_transfer_engine(self, init_info: dict[str, Any]) -> None:
         pass

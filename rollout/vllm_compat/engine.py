@@ -85,7 +85,7 @@ def engine_kwargs(spec: EngineSpec, kv_plan: KVPlan | None) -> dict[str, Any]:
 def make_engine(spec: EngineSpec, options: dict[str, Any]) -> Any:
     """An `LLM` built from `options` (`engine_kwargs(spec, ...)`), with seeded sampling made safe on CPU.
     GPU, TP > 1: the Ray executor puts TP rank i into bundle `spec.ray_bundles[i]` of this actor's placement
-    group (cluster/placement_group.py), taking `spec.gpus_per_rank` of its GPU."""
+    group (cluster/infra/placement_group.py), taking `spec.gpus_per_rank` of its GPU."""
     from vllm import LLM
 
     if options.get("distributed_executor_backend") == "ray" and spec.ray_bundles:

@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cluster.config import Config, DeepSpeedGroupConfig
-from cluster.memory_terms import layer_activation_values, logits_chunk_bytes
+from cluster.planning.memory_terms import layer_activation_values, logits_chunk_bytes
 from rollout.kv_cache import DTYPE_BYTES, GIB, blocks_per_sequence, cpu_kv_plan, kv_bytes_per_token
 
 # Published architectures, for a model.path that is not on this machine (values of their config.json).
@@ -240,7 +240,7 @@ def rollout_memory(cfg: Config, arch: Architecture, available_bytes: int | None 
     if cfg.cluster.device == "cpu":
         import psutil
 
-        from cluster.specs import engine_spec  # the engine's own settings (cluster.specs imports this module)
+        from cluster.loop.specs import engine_spec  # the engine's own settings (cluster.loop.specs imports this module)
 
         available = psutil.virtual_memory().available if available_bytes is None else available_bytes
         # The engine's own plan from the engine's own settings (rollout/worker.py planned_engine): per TP rank.

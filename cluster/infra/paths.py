@@ -11,7 +11,7 @@ One rule for every way a run starts (README "Where files go", docs/cluster.md):
   shared directory given, a relative path is refused before anything starts, naming the fields.
 - Before training, every node of the placement reads the driver's token in the run directory (and
   in the base-model cache), and every learner rank does so itself; a node or rank that does not is
-  named. Checkpoints are checked file by file (cluster/checkpoint.py: check_visible).
+  named. Checkpoints are checked file by file (cluster/infra/checkpoint.py: check_visible).
 """
 from __future__ import annotations
 

@@ -8,8 +8,8 @@ from math import comb
 from pathlib import Path
 from typing import Any
 
-from cluster.heldout import score_prompts
-from cluster.placement_group import REPO_ROOT
+from cluster.loop.heldout import score_prompts
+from cluster.infra.placement_group import REPO_ROOT
 from protocol.batch import Prompt
 from protocol.markdown import table_lines
 
@@ -55,7 +55,7 @@ class BenchmarkResult:
 def load_prompts(path: Path, template: str, tokenizer: Any, max_prompt_tokens: int,
                  limit: int | None) -> tuple[list[Prompt], int]:
     """Tokenised prompts of a benchmark file, and how many were too long for the context."""
-    from cluster.data import read_jsonl
+    from cluster.loop.data import read_jsonl
 
     prompts, skipped = [], 0
     for problem in read_jsonl(str(path), template)[:limit]:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from cluster.checkpoint import Checkpoints, read_state
+from cluster.infra.checkpoint import Checkpoints, read_state
 from cluster.config import load_config
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt", "chat_template.jinja",

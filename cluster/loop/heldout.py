@@ -3,10 +3,10 @@ from __future__ import annotations
 
 from typing import Callable
 
-from cluster.generation import generate_and_score
-from cluster.groups import RewardPool
-from cluster.rollout_group import RolloutGroup
-from cluster.metrics import boxed_rate, mean, reflects
+from cluster.loop.generation import generate_and_score
+from cluster.handles.groups import RewardPool
+from cluster.handles.rollout_group import RolloutGroup
+from cluster.infra.metrics import boxed_rate, mean, reflects
 from protocol.batch import Prompt, ScoredSample
 
 
@@ -15,7 +15,7 @@ EVAL_SEED = 777  # every held-out evaluation samples with this seed: evaluations
 
 def score_prompts(rollouts: RolloutGroup, pool: RewardPool, prompts: list[Prompt], n: int, temperature: float,
                   seed: int, resync: Callable[[int], None] | None = None) -> tuple[list[ScoredSample], dict[str, float]]:
-    """Generate n completions per prompt and score them as they finish (see cluster/generation.py)."""
+    """Generate n completions per prompt and score them as they finish (see cluster/loop/generation.py)."""
     rollout = generate_and_score(rollouts, pool, prompts, n, temperature, seed, resync)
     return rollout.samples, rollout.counts
 
@@ -24,7 +24,7 @@ def held_out_metrics(rollouts: RolloutGroup, pool: RewardPool, prompts: list[Pro
                      temperature: float, seed: int, resync: Callable[[int], None] | None = None,
                      worked: Callable[[str], bool] | None = None, prefix: str = "eval") -> dict[str, float]:
     """Sampled accuracy (mean over samples_per_prompt draws at `temperature`) and greedy accuracy; of the
-    sampled responses: boxed rate, mean length in tokens, share with reflection (cluster.metrics.REFLECTION)
+    sampled responses: boxed rate, mean length in tokens, share with reflection (cluster.infra.metrics.REFLECTION)
     and, with the embedded task's `worked` predicate, the share that work the problem out."""
     sampled, counts = score_prompts(rollouts, pool, prompts, samples_per_prompt, temperature, seed, resync)
     greedy, _ = score_prompts(rollouts, pool, prompts, 1, 0.0, seed, resync)

@@ -1,5 +1,5 @@
 """Driver-side handles for the learner and critic ranks and the reward pool; the rollout workers' handle is
-cluster/rollout_group.py, their shared base and waiting cluster/actor_group.py (re-exported here). Every
+cluster/handles/rollout_group.py, their shared base and waiting cluster/handles/actor_group.py (re-exported here). Every
 call here is one RPC per actor."""
 from __future__ import annotations
 
@@ -12,12 +12,12 @@ from typing import Any
 
 import ray
 
-from cluster.actor_group import (ActorFailure, ActorGroup, Named, _last_line, actor_error_text, actor_name,
+from cluster.handles.actor_group import (ActorFailure, ActorGroup, Named, _last_line, actor_error_text, actor_name,
                                  merge_indexed, oom_text, shared_batches, wait_named)
 from cluster.config import Config
-from cluster.placement_group import Placement
-from cluster.rollout_group import RolloutGroup
-from cluster.specs import critic_spec, learner_spec, reward_spec
+from cluster.infra.placement_group import Placement
+from cluster.handles.rollout_group import RolloutGroup
+from cluster.loop.specs import critic_spec, learner_spec, reward_spec
 from learner.critic import CriticWorker
 from learner.worker import LearnerWorker
 from protocol.batch import Sample, TrainBatch
@@ -76,7 +76,7 @@ class RankGroup(ActorGroup):
 
     def save_checkpoint(self, path: str) -> list[tuple[str, dict[str, Any]]]:
         """Every rank writes its DeepSpeed partitions under `path`; returns each rank's name and what it
-        wrote, {"node", "files"} (cluster.checkpoint.check_visible)."""
+        wrote, {"node", "files"} (cluster.infra.checkpoint.check_visible)."""
         return [(self.actor_name(i), view) for i, view in enumerate(self._call("save_checkpoint", path))]
 
     def load_checkpoint(self, path: str) -> None:
@@ -92,7 +92,7 @@ class LearnerGroup(RankGroup):
 
     def train(self, batch: TrainBatch, seed: int | None = None, loss: str = "policy") -> dict[str, float]:
         """The policy update (`loss="sft"`: one supervised step, the base-model warm-up). The step's batch
-        (cluster/update.py) carries its reference log-probs, and its old log-probs when the update takes
+        (cluster/loop/update.py) carries its reference log-probs, and its old log-probs when the update takes
         more than one optimizer step; a bare batch gets them here first (with one optimizer step, the
         ranks take the old log-probs from their training forward)."""
         single = self.spec.ppo_epochs * self.spec.ppo_mini_batches == 1
@@ -124,7 +124,7 @@ class LearnerGroup(RankGroup):
         """Each rank's problem with the run directory (does it see the driver's token file?), None where none."""
         return self._call("check_run_dir", token_file, token)
 
-    # ---- weight sync (cluster/sync.py): submitted calls are returned named, for its own waiting ----
+    # ---- weight sync (cluster/loop/sync.py): submitted calls are returned named, for its own waiting ----
     def weight_layout(self) -> list[tuple[str, tuple[int, ...]]]:
         """Rank 0's weight layout (names, shapes, dtypes) that every sync's manifest is built from."""
         return self._call("weight_layout")[0]
@@ -224,7 +224,7 @@ class RewardPool(ActorGroup):
 
     def collect(self, jobs: list[ScoreJob]) -> tuple[list[Verdict], dict[str, float]]:
         """The verdicts of the jobs' samples, in the order they were submitted (the caller makes the
-        scored samples: cluster.generation.scored_samples), and counts of timeouts, errors, unboxed
+        scored samples: cluster.loop.generation.scored_samples), and counts of timeouts, errors, unboxed
         answers and replaced actors.
 
         A reward actor that hangs past the deadline is killed and replaced, and its items count as

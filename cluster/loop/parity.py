@@ -25,9 +25,9 @@ from typing import Any, Callable
 import ray
 
 from cluster.config import Config
-from cluster.actor_group import ActorFailure, wait_named
-from cluster.groups import LearnerGroup
-from cluster.rollout_group import RolloutGroup
+from cluster.handles.actor_group import ActorFailure, wait_named
+from cluster.handles.groups import LearnerGroup
+from cluster.handles.rollout_group import RolloutGroup
 from protocol.batch import Prompt, TrainBatch
 from rollout.worker import EngineRestarted
 

@@ -18,8 +18,8 @@ from __future__ import annotations
 import torch
 
 from cluster.config import Config
-from cluster.groups import CriticGroup, LearnerGroup
-from cluster.metrics import PhaseTimer
+from cluster.handles.groups import CriticGroup, LearnerGroup
+from cluster.infra.metrics import PhaseTimer
 from learner.core_algos import (compute_advantages, gae_advantages, kl_estimator, kl_penalised_rewards,
                                 outcome_token_rewards, whiten)
 from protocol.batch import ScoredSample, TrainBatch

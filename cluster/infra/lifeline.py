@@ -5,7 +5,7 @@ down: a private Ray's gcs_server and raylet die with the driver, and a cluster's
 Measured here, some actors still ran more than 20 s later (docs/reliability.md). Two guards:
 
 - Each Ray worker of a run starts a watchdog thread (Ray's `worker_process_setup_hook`, set by
-  `cluster.placement_group.connect`): when the driver's process is gone it kills the worker's own child
+  `cluster.infra.placement_group.connect`): when the driver's process is gone it kills the worker's own child
   processes (vLLM's engine core and workers) and exits at once. The driver is named by its pid and
   process start time (a reused pid is not the driver), and only watched from a process on the same
   kernel and in the same pid namespace (a container elsewhere could not see it: there the guard
@@ -27,7 +27,7 @@ from pathlib import Path
 from protocol.endpoints import NODE_IP_ENV
 
 DRIVER_ENV = "REASONRL_DRIVER"  # "<boot id>:<pid namespace>:<pid>:<start time>" of the run's driver
-HOOK = "cluster.lifeline.worker_setup"
+HOOK = "cluster.infra.lifeline.worker_setup"
 POLL_S = 1.0
 
 

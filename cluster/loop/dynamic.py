@@ -2,7 +2,7 @@
 sampling (algorithm.overlong_buffer, algorithm.dynamic_sampling).
 
 Overlong shaping adds `reward.shaping.overlong_penalty` of each response's length to its reward as the
-sample is scored (`overlong_shaping`, applied by cluster.generation.scored_samples), so the advantages
+sample is scored (`overlong_shaping`, applied by cluster.loop.generation.scored_samples), so the advantages
 and the dynamic-sampling filter both see it.
 
 Dynamic sampling: a prompt group whose rewards are all equal has zero advantage under every group
@@ -26,8 +26,8 @@ import random
 from typing import Callable
 
 from cluster.config import Config
-from cluster.data import PromptSource
-from cluster.generation import ScoredBatch, Shaping
+from cluster.loop.data import PromptSource
+from cluster.loop.generation import ScoredBatch, Shaping
 from protocol.batch import Prompt, Sample, ScoredSample
 from reward.shaping import overlong_penalty
 

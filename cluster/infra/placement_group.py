@@ -20,11 +20,11 @@ import ray
 from ray.util.placement_group import PlacementGroup, placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-from cluster import lifeline
-from cluster.actor_group import actor_name
+from cluster.infra import lifeline
+from cluster.handles.actor_group import actor_name
 from cluster.config import Config
 
-REPO_ROOT = str(Path(__file__).resolve().parent.parent)
+REPO_ROOT = str(Path(__file__).resolve().parents[2])
 ROLES = ("rollout", "learner", "reward", "critic")
 
 
@@ -42,7 +42,7 @@ def quiet_env() -> dict[str, str]:
 def connect(cfg: Config) -> str:
     """Attach to cluster.address or RAY_ADDRESS when given, else start a private local Ray.
 
-    Every worker of the run gets the driver's lifeline (cluster/lifeline.py: it exits when this
+    Every worker of the run gets the driver's lifeline (cluster/infra/lifeline.py: it exits when this
     process is gone); workers that dead drivers left on this node are killed first."""
     if ray.is_initialized():
         return "existing"

@@ -8,10 +8,10 @@ from typing import Any
 
 import ray
 
-from cluster.actor_group import ActorFailure, ActorGroup, Named, actor_error_text, get_within, wait_named
+from cluster.handles.actor_group import ActorFailure, ActorGroup, Named, actor_error_text, get_within, wait_named
 from cluster.config import Config
-from cluster.placement_group import Placement
-from cluster.specs import engine_spec
+from cluster.infra.placement_group import Placement
+from cluster.loop.specs import engine_spec
 from protocol.batch import Prompt, Sample
 from protocol.weight_sync import WeightManifest
 from rollout.worker import RolloutWorker
@@ -26,7 +26,7 @@ class RolloutGroup(ActorGroup):
         r = cfg.rollout
         spec = dataclasses.replace(engine_spec(cfg, model_path), **overrides)
         # Ray restarts a dead worker (same bundle, fresh engine from the base model); the driver then
-        # re-syncs its weights and re-issues its prompts (cluster/generation.py). Tasks are not retried
+        # re-syncs its weights and re-issues its prompts (cluster/loop/generation.py). Tasks are not retried
         # by Ray: a re-issue must carry the current policy version, which only the driver knows.
         # SYNC_THREAD: a second thread for weight loads that must not wait behind generation (partial rollouts).
         remote = ray.remote(max_restarts=r.max_restarts, max_task_retries=0,
@@ -41,7 +41,7 @@ class RolloutGroup(ActorGroup):
             self.actors.append(remote.options(**placement.options("rollout", i)).remote(
                 dataclasses.replace(spec, ray_bundles=bundles, gpus_per_rank=share)))
         # When each worker last showed progress (started, or finished a prompt): a call queued behind its
-        # generation (a weight load) is judged by the same rule as generation itself (cluster/sync.py).
+        # generation (a weight load) is judged by the same rule as generation itself (cluster/loop/sync.py).
         self.progress = [time.monotonic()] * r.num_workers
         get_within([a.__ray_ready__.remote() for a in self.actors], self.timeout_s, "rollout engine start")
 
@@ -96,7 +96,7 @@ class RolloutGroup(ActorGroup):
         return get_within([a.sequence_logprobs.remote(sequences) for a in self.actors], self.timeout_s,
                           "rollout.sequence_logprobs")
 
-    # ---- generation (cluster/generation.py) and the parity check (cluster/parity.py) ----
+    # ---- generation (cluster/loop/generation.py) and the parity check (cluster/loop/parity.py) ----
     def submit_generate_stream(self, index: int, prompts: list[Prompt], n: int, temperature: float, top_p: float,
                                max_tokens: int, seed: int) -> ray.ObjectRefGenerator:
         """rollout[index] streams every prompt's completions as it finishes them (RolloutWorker.generate_stream)."""
@@ -117,7 +117,7 @@ class RolloutGroup(ActorGroup):
         """Fault injection: rollout[index]'s engine raises `message` at its next model step."""
         ray.get(self.actors[index].arm_engine_error.remote(message))
 
-    # ---- weight sync (cluster/sync.py): submitted calls are returned for its own waiting ----
+    # ---- weight sync (cluster/loop/sync.py): submitted calls are returned for its own waiting ----
     def submit_check_weight_names(self, manifest: WeightManifest) -> list[Named]:
         return self._each(lambda a: a.check_weight_names.remote(manifest))
 

@@ -1,4 +1,4 @@
-"""Host memory planned before a local CPU run starts: every process the run will start, as cluster.memory_model
+"""Host memory planned before a local CPU run starts: every process the run will start, as cluster.planning.memory_model
 predicts it, against what Ray's memory monitor lets the node use.
 
 Ray kills a worker once the node's used memory passes RAY_memory_usage_threshold (0.95 of the total by
@@ -15,7 +15,7 @@ import os
 from dataclasses import dataclass
 
 from cluster.config import Config, chosen_transport
-from cluster.memory_model import DTYPE_BYTES, GIB, architecture, predict
+from cluster.planning.memory_model import DTYPE_BYTES, GIB, architecture, predict
 
 # Measured roughly here (RSS of each process in a running default job): a reward actor with the grader
 # imported, the driver (tokenizer, data, Ray client), and Ray's own processes (GCS, raylet, agents).

@@ -27,7 +27,7 @@ def mean(xs: list[float]) -> float:
 
 def boxed_rate(counts: dict[str, float], responses: int) -> float:
     """The share of `responses` in which the grader's own extraction found a brace-matched \\boxed{} or
-    \\fbox{} (`counts`: the reward pool's, cluster.groups.RewardPool.collect)."""
+    \\fbox{} (`counts`: the reward pool's, cluster.handles.groups.RewardPool.collect)."""
     return 1.0 - counts["unboxed"] / max(responses, 1)
 
 

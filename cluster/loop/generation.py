@@ -23,15 +23,15 @@ from typing import Callable
 
 import ray
 
-from cluster import faults
-from cluster.actor_group import ActorFailure, actor_error_text
-from cluster.groups import RewardPool
-from cluster.rollout_group import RolloutGroup
+from cluster.infra import faults
+from cluster.handles.actor_group import ActorFailure, actor_error_text
+from cluster.handles.groups import RewardPool
+from cluster.handles.rollout_group import RolloutGroup
 from protocol.batch import GeneratedChunk, Prompt, Sample, ScoredSample
 from reward.scoring import Verdict
 from rollout.worker import EngineRestarted
 
-Shaping = Callable[[Sample], float]  # an addition to a sample's reward (cluster.dynamic.overlong_shaping)
+Shaping = Callable[[Sample], float]  # an addition to a sample's reward (cluster.loop.dynamic.overlong_shaping)
 
 # What a stream raises when its actor died or lost its connection (the actor may be restarting).
 # A worker killed by Ray's memory monitor raises OutOfMemoryError to its caller; Ray restarts the actor.
@@ -65,7 +65,7 @@ class ScoredBatch:
     restarts: int = 0  # rollout workers that died or failed and were restarted during the batch
     reissued: int = 0  # prompts given again to restarted workers (unfinished when their worker died)
     restart_causes: list[str] = field(default_factory=list)  # "rollout[i] <what happened>: <error>" each
-    metrics: dict[str, float] = field(default_factory=dict)  # what the pipeline did to it (cluster/dynamic.py)
+    metrics: dict[str, float] = field(default_factory=dict)  # what the pipeline did to it (cluster/loop/dynamic.py)
 
 
 class StreamedBatch:
@@ -166,7 +166,7 @@ class StreamedBatch:
 def scored_samples(samples: list[Sample], verdicts: list[Verdict],
                    shaping: Shaping | None = None) -> list[ScoredSample]:
     """The one place a sample's reward and correctness are set: its verdict's (from
-    `cluster.groups.RewardPool.collect`), with `shaping(sample)` added to the reward when given."""
+    `cluster.handles.groups.RewardPool.collect`), with `shaping(sample)` added to the reward when given."""
     return [ScoredSample.of(s, v.reward + shaping(s) if shaping is not None else v.reward, v.correct)
             for s, v in zip(samples, verdicts, strict=True)]
 

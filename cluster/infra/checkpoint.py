@@ -27,9 +27,9 @@ from typing import Any
 
 import yaml
 
-from cluster import faults
+from cluster.infra import faults
 from cluster.config import Config, dump_config
-from cluster.metrics import MetricsLog
+from cluster.infra.metrics import MetricsLog
 from protocol.rng import rng_state, set_rng_state
 
 CHECKPOINTS = "checkpoints"
@@ -73,7 +73,7 @@ def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 def config_changes(saved: dict[str, Any], cfg: Config) -> list[str]:
     """Fields (dotted) whose value differs from the saved config and that change training. Model paths
-    are compared as absolute paths: runs saved before the driver made them absolute (cluster/paths.py)
+    are compared as absolute paths: runs saved before the driver made them absolute (cluster/infra/paths.py)
     hold them relative to the directory the run started in, taken to be the current one."""
     old, new = _flatten(saved), _flatten(cfg.model_dump(mode="json"))
     for key in ("model.path", "model.cache_dir"):

@@ -1,5 +1,5 @@
 """The RL loop: sample -> generate -> score -> the step's TrainBatch (old log-probs, advantages) -> update
--> weight sync, synchronous or with asynchronous rollouts (train.max_staleness > 0: cluster/pipeline.py
+-> weight sync, synchronous or with asynchronous rollouts (train.max_staleness > 0: cluster/loop/pipeline.py
 generates ahead while the learner trains)."""
 from __future__ import annotations
 
@@ -12,25 +12,25 @@ from typing import Any, Callable, Iterator
 
 from tqdm import tqdm
 
-from cluster import checkpoint, faults, paths
-from cluster.base_model import resolve_model
+from cluster.infra import checkpoint, faults, paths
+from cluster.toy.base_model import resolve_model
 from cluster.config import Config, dump_config
-from cluster.data import PromptSource, load_problems, worked_predicate
-from cluster.hf_export import copy_tokenizer
-from cluster.heldout import EVAL_SEED, held_out_metrics
-from cluster.generation import GenerationError, ScoredBatch
-from cluster.actor_group import ActorFailure
-from cluster.groups import CriticGroup, LearnerGroup, RewardPool
-from cluster.metrics import (MetricsLog, PhaseTimer, boxed_rate, mean, plot_emergence, plot_run, read_metrics,
+from cluster.loop.data import PromptSource, load_problems, worked_predicate
+from cluster.infra.hf_export import copy_tokenizer
+from cluster.loop.heldout import EVAL_SEED, held_out_metrics
+from cluster.loop.generation import GenerationError, ScoredBatch
+from cluster.handles.actor_group import ActorFailure
+from cluster.handles.groups import CriticGroup, LearnerGroup, RewardPool
+from cluster.infra.metrics import (MetricsLog, PhaseTimer, boxed_rate, mean, plot_emergence, plot_run, read_metrics,
                              reflects)
-from cluster.dynamic import overlong_metrics
-from cluster.parity import ParityCheck
-from cluster.rollout_group import RolloutGroup
-from cluster.pipeline import RolloutPipeline, check_staleness, split_stale, staleness_metrics, step_seed
-from cluster.placement_group import connect, place
-from cluster.sync import WeightSync
-from cluster.wandb_log import WandbSink
-from cluster.update import PolicyUpdate
+from cluster.loop.dynamic import overlong_metrics
+from cluster.loop.parity import ParityCheck
+from cluster.handles.rollout_group import RolloutGroup
+from cluster.loop.pipeline import RolloutPipeline, check_staleness, split_stale, staleness_metrics, step_seed
+from cluster.infra.placement_group import connect, place
+from cluster.loop.sync import WeightSync
+from cluster.infra.wandb_log import WandbSink
+from cluster.loop.update import PolicyUpdate
 from protocol.batch import ScoredSample
 
 
@@ -131,7 +131,7 @@ class Trainer:
             train_metrics = self.update.train(batch, seed, step)
         with timer("sync"):
             sync_metrics = self.sync.sync()
-        with timer("parity"):  # time/parity_s: the check after the sync (cluster/parity.py)
+        with timer("parity"):  # time/parity_s: the check after the sync (cluster/loop/parity.py)
             sync_metrics.update(self.parity.check(self.sync.version))
         self.log.samples(step, samples, {p.index: p.answer for p in prompts}, cfg.train.samples_to_save, self.worked)
         return {**self._sample_metrics(samples, rollout), **batch_metrics, **train_metrics, **sync_metrics,
@@ -198,8 +198,8 @@ class Trainer:
         return metrics
 
     def benchmark(self, step: int) -> dict[str, float]:
-        """train.benchmarks (cluster/benchmark_suite.py) on the live engines, scored by the grader alone."""
-        from cluster import benchmark_suite as bench
+        """train.benchmarks (cluster/loop/benchmark_suite.py) on the live engines, scored by the grader alone."""
+        from cluster.loop import benchmark_suite as bench
 
         t, r = self.cfg.train, self.cfg.rollout
         if self.grader is None:

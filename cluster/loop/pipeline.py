@@ -13,7 +13,7 @@ workers stop only for the load itself; the driver waits for it before the next s
 is submitted (the shared-memory buffer is rewritten by the next export).
 
 With train.partial_rollouts the sync does not wait for that generation to drain: each engine loads the
-new weights between two engine steps and the requests in flight continue under them (cluster/sync.py,
+new weights between two engine steps and the requests in flight continue under them (cluster/loop/sync.py,
 RolloutWorker.load_weights_in_flight), so one sample's tokens may come from two or more versions
 (`Sample.token_versions`). Loads only come earlier than without it, so every token is at least as new as
 the bound above allows; a sample's `policy_version` is its oldest token's, and the checks below judge it.
@@ -23,12 +23,12 @@ from __future__ import annotations
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Callable
 
-from cluster import dynamic
+from cluster.loop import dynamic
 from cluster.config import Config
-from cluster.data import PromptSource
-from cluster.generation import ScoredBatch, StreamedBatch
-from cluster.groups import RewardPool
-from cluster.rollout_group import RolloutGroup
+from cluster.loop.data import PromptSource
+from cluster.loop.generation import ScoredBatch, StreamedBatch
+from cluster.handles.groups import RewardPool
+from cluster.handles.rollout_group import RolloutGroup
 from protocol.batch import Prompt, Sample, ScoredSample
 
 

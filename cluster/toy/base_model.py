@@ -14,9 +14,9 @@ from typing import Any
 from tqdm import tqdm
 
 from cluster.config import Config
-from cluster.groups import LearnerGroup
-from cluster.placement_group import Placement
-from cluster.tiny_model import EOS, build_random_model
+from cluster.handles.groups import LearnerGroup
+from cluster.infra.placement_group import Placement
+from cluster.toy.tiny_model import EOS, build_random_model
 from protocol.batch import TrainBatch
 from tasks import task_for
 

@@ -1,4 +1,4 @@
-"""The base of the driver-side actor group handles (cluster/groups.py, cluster/rollout_group.py), and the
+"""The base of the driver-side actor group handles (cluster/handles/groups.py, cluster/handles/rollout_group.py), and the
 waiting they share: a failure names the actor (`learner[1]`), formatted in one place (`actor_name`).
 
 Outside the group modules nothing reaches an actor handle: every remote call is a named method of its

@@ -1,7 +1,7 @@
 """Actor specs from the config: every value an actor gets has one source, the config (cluster/config.py).
 
 No Ray here: scripts that run the learner without Ray (scripts/gpu_smoke.py's reduced mode) build their
-specs the same way as the driver (cluster/groups.py, cluster/rollout_group.py).
+specs the same way as the driver (cluster/handles/groups.py, cluster/handles/rollout_group.py).
 """
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 from pydantic import BaseModel
 
 from cluster.config import Config, chosen_transport
-from cluster.memory_model import engine_sequences
+from cluster.planning.memory_model import engine_sequences
 from learner.critic import CriticSpec
 from learner.worker import LearnerSpec
 from reward.spec import RewardSpec

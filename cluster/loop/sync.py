@@ -46,11 +46,11 @@ from typing import Any
 
 import ray
 
-from cluster import actor_group
-from cluster.actor_group import ActorFailure, Named
+from cluster.handles import actor_group
+from cluster.handles.actor_group import ActorFailure, Named
 from cluster.config import Config, chosen_transport
-from cluster.groups import LearnerGroup
-from cluster.rollout_group import RolloutGroup
+from cluster.handles.groups import LearnerGroup
+from cluster.handles.rollout_group import RolloutGroup
 from protocol import transports
 from protocol.weight_sync import DTYPES, WeightManifest, build_manifest
 from rollout.worker import EngineRestarted

@@ -1,4 +1,4 @@
-"""The per-token formulas of cluster/memory_model.py that a GPU check measures, in plain Python (no imports):
+"""The per-token formulas of cluster/planning/memory_model.py that a GPU check measures, in plain Python (no imports):
 scripts/gpu_smoke_torch.py compares them with what one 7B-shaped layer and the chunked log-prob head
 really allocate, on machines with nothing but torch installed."""
 from __future__ import annotations
@@ -6,7 +6,7 @@ from __future__ import annotations
 
 def layer_activation_values(hidden: int, kv_width: int, intermediate: int) -> int:
     """Values autograd keeps per token for one decoder layer of HF Qwen2 with SDPA (hidden h, K/V width kv,
-    MLP width i), as cluster/memory_model.py counts them; the torch-only smoke test measures the real figure
+    MLP width i), as cluster/planning/memory_model.py counts them; the torch-only smoke test measures the real figure
     with saved-tensor hooks on a layer built the same way."""
     return 11 * hidden + 4 * kv_width + 4 * intermediate
 

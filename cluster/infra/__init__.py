@@ -1,0 +1,1 @@
+"""What a run stands on: paths, placement, the lifeline, checkpoints, outputs and fault injection."""

@@ -1,0 +1,1 @@
+"""Predictions made before a run starts: memory per process and per node."""

@@ -62,6 +62,8 @@ class WarmupConfig(Strict):
     skill_worked_fraction: float = Field(0.8, ge=0, le=1)
     worked_fraction: float = Field(0.2, ge=0, le=1)
     self_check_fraction: float = Field(0.1, ge=0, le=1)  # of the worked answers: a slip, caught and corrected
+    recheck_fraction: float = Field(0.0, ge=0, le=1)  # of the direct answers: then "Wait, let me check:" + worked
+    rephrased_fraction: float = Field(0.0, ge=0, le=1)  # of all pairs: the prompt in the rephrased wording
 
 
 class ModelConfig(Strict):

@@ -87,6 +87,16 @@ class Problem:
     def direct(self) -> str:
         return f" \\boxed{{{self.answer}}}."
 
+    def rechecked(self, rng: random.Random) -> str:
+        """A direct answer that then checks itself: the boxed guess (wrong half the time, one digit off),
+        "Wait, let me check:", the columns worked out, and the answer boxed again (the last box counts)."""
+        guess = self.answer
+        if rng.random() < 0.5:
+            i = rng.randrange(len(guess))
+            digit = rng.choice([d for d in "0123456789" if d != guess[i] and (i or d != "0" or len(guess) == 1)])
+            guess = guess[:i] + digit + guess[i + 1:]
+        return f" \\boxed{{{guess}}}. Wait, let me check:" + self.worked()
+
 
 def is_held_out(p: Problem) -> bool:
     return sum(t * m for t, m in zip(p.terms, (31, 17, 13, 7))) % 5 == 0
@@ -103,17 +113,24 @@ def sample_problems(n: int, seed: int, held_out: bool) -> list[Problem]:
     return out
 
 
-def warmup_pairs(n: int, seed: int, worked_fraction: float, self_check_fraction: float) -> list[tuple[str, str]]:
+def warmup_pairs(n: int, seed: int, *, worked_fraction: float, self_check_fraction: float, recheck_fraction: float,
+                 rephrased_fraction: float) -> list[tuple[str, str]]:
     """`n` (prompt, response) pairs for the supervised warm-up, from the training split: a direct boxed
     answer, or (with probability `worked_fraction`) a worked one, of which `self_check_fraction` contain
-    a slip that the response catches ("Wait, let me check: ...") and corrects."""
+    a slip that the response catches ("Wait, let me check: ...") and corrects; of the direct answers,
+    `recheck_fraction` go on to check themselves by working the columns (`Problem.rechecked`). With
+    probability `rephrased_fraction` a pair's prompt uses the rephrased wording. A fraction of 0 draws
+    nothing from the random stream, so adding a kind leaves the other pairs as they were."""
     rng = random.Random(seed)
     out = []
     for p in sample_problems(n, seed, held_out=False):
         if rng.random() < worked_fraction:
-            out.append((p.prompt, p.worked(rng if rng.random() < self_check_fraction else None)))
+            response = p.worked(rng if rng.random() < self_check_fraction else None)
+        elif recheck_fraction and rng.random() < recheck_fraction:
+            response = p.rechecked(rng)
         else:
-            out.append((p.prompt, p.direct()))
+            response = p.direct()
+        out.append((p.rephrased if rephrased_fraction and rng.random() < rephrased_fraction else p.prompt, response))
     return out
 
 

@@ -80,3 +80,37 @@ def test_the_base_model_cache_key_follows_the_task(monkeypatch):
     monkeypatch.setattr(TASKS["column_addition"], "VERSION", task.VERSION + 1)
     assert cache_key(cfg) != key
 
+
+
+def test_a_recheck_answers_directly_then_works_the_sum_out_and_the_last_box_counts():
+    """`Problem.rechecked`: a boxed guess (wrong about half the time, one digit off), "Wait, let me check:",
+    the teacher's worked columns and the right answer boxed last: the grader scores it correct, the
+    reflection pattern sees the check, and it counts as worked."""
+    from cluster.infra.metrics import reflects
+
+    rng, wrong_guesses = random.Random(5), 0
+    problems = task.sample_problems(400, seed=4, held_out=False)
+    for p in problems:
+        text = p.rechecked(rng)
+        guess = re.match(r" \\boxed\{(\d+)\}\. Wait, let me check: ", text).group(1)
+        assert len(guess) == len(p.answer) and not guess.startswith("0")
+        assert sum(a != b for a, b in zip(guess, p.answer)) <= 1
+        wrong_guesses += guess != p.answer
+        assert judge(text, p.answer).correct and reflects(text) and task.is_worked(text)
+        assert text.endswith(p.worked())
+    assert 0.4 < wrong_guesses / len(problems) < 0.6
+
+
+def test_warmup_rechecks_and_rephrased_prompts_come_in_their_shares():
+    """recheck_fraction is a share of the direct answers, rephrased_fraction of all prompts; a habit stage
+    with worked_fraction 0 starts no answer worked (configs/tiny_reflect.yaml's base model)."""
+    pairs = task.warmup_pairs(4000, 2000, worked_fraction=0.0, self_check_fraction=0.1, recheck_fraction=0.05,
+                              rephrased_fraction=0.2)
+    rechecks = [r for _, r in pairs if "Wait, let me check:" in r]
+    assert len(rechecks) / len(pairs) == pytest.approx(0.05, abs=0.012)
+    assert all(r.startswith(" \\boxed{") for _, r in pairs)  # nothing starts worked
+    rephrased = [p for p, _ in pairs if p.startswith("Question: Add")]
+    assert len(rephrased) / len(pairs) == pytest.approx(0.2, abs=0.025)
+    plain = task.warmup_pairs(4000, 2000, worked_fraction=0.0, self_check_fraction=0.1, recheck_fraction=0.0,
+                              rephrased_fraction=0.0)
+    assert not any("Wait" in r or p.startswith("Question: Add") for p, r in plain)

@@ -150,12 +150,15 @@ EMERGENCE_PANELS = (
     ("response length (tokens)", (("eval/response_len", "held-out mean"),)),
     ("how it answers (share of responses)", (("eval/worked_frac", "worked out"),
                                              ("eval/reflection_frac", "self-check / reflection"))),
+    ("held-out accuracy by self-check", (("eval/accuracy_self_checked", "responses that check themselves"),
+                                         ("eval/accuracy_not_self_checked", "responses that do not"))),
 )
 
 
 def emergence_figure(rows: list[dict[str, float]]) -> Any:
-    """Per held-out evaluation: accuracy, response length, and the shares of worked and self-checking
-    responses (thin lines: the same per training batch, `train/...`)."""
+    """Per held-out evaluation: accuracy, response length, the shares of worked and self-checking
+    responses, and accuracy split by whether a response checks itself (thin lines: the same per training
+    batch, `train/...`, where logged)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -163,7 +166,7 @@ def emergence_figure(rows: list[dict[str, float]]) -> Any:
 
     evals = [r for r in rows if "eval/accuracy" in r]
     train = [r for r in rows if "reward/mean" in r]
-    fig, axes = plt.subplots(1, len(EMERGENCE_PANELS), figsize=(16, 4))
+    fig, axes = plt.subplots(1, len(EMERGENCE_PANELS), figsize=(21, 4))
     for ax, (title, series) in zip(axes, EMERGENCE_PANELS):
         for key, label in series:
             if any(key in r for r in evals):
@@ -175,7 +178,8 @@ def emergence_figure(rows: list[dict[str, float]]) -> Any:
                             color=line.get_color(), alpha=0.3, linewidth=1)
         ax.set_xlabel("step")
         ax.set_title(title)
-        ax.legend()
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend()
         if "length" not in title:
             ax.set_ylim(-0.02, 1.02)
     fig.tight_layout()

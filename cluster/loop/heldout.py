@@ -24,8 +24,8 @@ def held_out_metrics(rollouts: RolloutGroup, pool: RewardPool, prompts: list[Pro
                      temperature: float, seed: int, resync: Callable[[int], None] | None = None,
                      worked: Callable[[str], bool] | None = None, prefix: str = "eval") -> dict[str, float]:
     """Sampled accuracy (mean over samples_per_prompt draws at `temperature`) and greedy accuracy; of the
-    sampled responses: boxed rate, mean length in tokens, share with reflection (cluster.infra.metrics.REFLECTION)
-    and, with the embedded task's `worked` predicate, the share that work the problem out."""
+    sampled responses: boxed rate, mean length in tokens, share with reflection (cluster.infra.metrics.REFLECTION),
+    accuracy among the responses that check themselves and among those that do not, and, with the embedded task's `worked` predicate, the share that work the problem out."""
     sampled, counts = score_prompts(rollouts, pool, prompts, samples_per_prompt, temperature, seed, resync)
     greedy, _ = score_prompts(rollouts, pool, prompts, 1, 0.0, seed, resync)
     out = {
@@ -35,6 +35,10 @@ def held_out_metrics(rollouts: RolloutGroup, pool: RewardPool, prompts: list[Pro
         f"{prefix}/response_len": mean([len(s.response_ids) for s in sampled]),
         f"{prefix}/reflection_frac": mean([reflects(s.text) for s in sampled]),
     }
+    for name, checked in (("self_checked", True), ("not_self_checked", False)):
+        group = [s.correct for s in sampled if reflects(s.text) is checked]
+        if group:  # accuracy split by whether the response checks itself (absent when no response falls there)
+            out[f"{prefix}/accuracy_{name}"] = mean(group)
     if worked is not None:
         out[f"{prefix}/worked_frac"] = mean([worked(s.text) for s in sampled])
     return out

@@ -13,6 +13,7 @@ copied to docs/compare/.
     .venv/bin/python benchmarks/learning.py --seeds 0,1,2 --staleness 0,1 --write-docs
     .venv/bin/python benchmarks/learning.py --write-docs                   # the table from recorded runs
     .venv/bin/python benchmarks/learning.py --compare --write-docs
+    .venv/bin/python benchmarks/learning.py --config configs/tiny_reflect.yaml --seeds 0,1,2 --write-docs
 """
 from __future__ import annotations
 
@@ -27,12 +28,18 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 RUNS = ROOT / "docs" / "learning" / "runs.jsonl"
+DEFAULT_CONFIG = ROOT / "configs" / "tiny.yaml"
+# The comparison's base model reads the rephrased wording too: 10% of its warm-up prompts use it (never in
+# RL, SFT or RFT), so accuracy on rephrased held-out questions measures what each method carries over to a
+# wording it was not tuned on, instead of sitting at the floor of a wording the model cannot read.
+COMPARE_OVERRIDES = ["model.warmup.rephrased_fraction=0.1"]
 COMPARE = ROOT / "docs" / "compare"  # what the docs show: compare.png, compare.md, results.json
 COMPARE_RUNS = ROOT / "runs" / "compare"  # the method runs themselves
 EMERGENCE_RUN = ROOT / "runs" / "learning" / "seed0-k0"
 EMERGENCE_PNG = ROOT / "docs" / "learning" / "emergence.png"
 
 from benchmarks.doc_sections import replace_section  # noqa: E402
+from benchmarks.reflect_section import REFLECT_CONFIG, REFLECT_PNG, REFLECT_RUN, reflect_section  # noqa: E402
 
 # (summary.json key, label, scale for display)
 FIGURES = [("eval_accuracy_start", "held-out accuracy, step 0", 100), ("eval_accuracy_end", "held-out accuracy, end", 100),
@@ -50,15 +57,21 @@ FIGURES = [("eval_accuracy_start", "held-out accuracy, step 0", 100), ("eval_acc
            ("cached_wall_seconds", "run wall seconds (Ray start + RL + evals; runs with a cached base model)", 1)]
 
 
-def run_default(seed: int, staleness: int, overrides: list[str]) -> dict[str, Any]:
+def runs_file(config: Path) -> Path:
+    """Where a config's runs are recorded: docs/learning/runs.jsonl for the default (configs/tiny.yaml),
+    docs/learning/<config name>_runs.jsonl for a preset."""
+    return RUNS if config.name == "tiny.yaml" else RUNS.with_name(f"{config.stem}_runs.jsonl")
+
+
+def run_default(seed: int, staleness: int, overrides: list[str], config: Path = DEFAULT_CONFIG) -> dict[str, Any]:
     from cluster.toy.base_model import tiny_model_dir
     from cluster.config import load_config
     from cluster.loop.trainer import Trainer
 
-    cfg = load_config(str(ROOT / "configs" / "tiny.yaml"),
-                      [f"train.seed={seed}", f"train.max_staleness={staleness}", *overrides])
+    cfg = load_config(str(config), [f"train.seed={seed}", f"train.max_staleness={staleness}", *overrides])
     cached = (tiny_model_dir(cfg) / "config.json").is_file()
-    run_dir = ROOT / "runs" / "learning" / f"seed{seed}-k{staleness}"
+    preset = "" if config == DEFAULT_CONFIG else f"{config.stem}-"
+    run_dir = ROOT / "runs" / "learning" / f"{preset}seed{seed}-k{staleness}"
     trainer = Trainer(cfg, run_dir)
     try:
         summary = trainer.run()
@@ -68,7 +81,7 @@ def run_default(seed: int, staleness: int, overrides: list[str]) -> dict[str, An
            **{k: v for k, v in summary.items() if isinstance(v, (int, float)) or v is None},
            "train_truncated_frac_end": last_truncated_frac(run_dir)}
     RUNS.parent.mkdir(parents=True, exist_ok=True)
-    with RUNS.open("a") as f:
+    with runs_file(config).open("a") as f:
         f.write(json.dumps(row) + "\n")
     return row
 
@@ -88,10 +101,10 @@ def derived(row: dict[str, Any]) -> dict[str, Any]:
             "cached_wall_seconds": row["wall_seconds"] if row.get("base_model_cached", True) else None}
 
 
-def recorded() -> list[dict[str, Any]]:
-    """The newest recorded run of each (seed, max_staleness) with the default config (no overrides)."""
+def recorded(path: Path = RUNS) -> list[dict[str, Any]]:
+    """The newest recorded run of each (seed, max_staleness) of a config's runs file (no overrides)."""
     rows: dict[tuple[int, int], dict[str, Any]] = {}
-    for line in RUNS.read_text().splitlines() if RUNS.exists() else []:
+    for line in path.read_text().splitlines() if path.exists() else []:
         row = json.loads(line)
         if not row["overrides"]:
             rows[(row["seed"], row["max_staleness"])] = derived(row)
@@ -160,6 +173,9 @@ def compare_section() -> str:
     results = json.loads((COMPARE / "results.json").read_text())
     cfg, rows = results["config"], results["results"]
     wall = f" The whole comparison took {results['wall_seconds']:.0f} s." if "wall_seconds" in results else ""
+    share = cfg["model"]["warmup"].get("rephrased_fraction", 0.0)
+    exposure = (f"its warm-up asked {share:.0%} of its questions in the rephrased wording, the rest as training "
+                "does" if share else "its warm-up never used the rephrased wording")
     floor = ("\n\nThe base model answers the rephrased questions at "
              f"{max(r['rephrased_accuracy_start'] for r in rows):.3f}: the wording is outside what the warm-up "
              "taught it to read, so that column is at its floor for every method and tells them apart by nothing."
@@ -167,13 +183,13 @@ def compare_section() -> str:
     return f"""## RL vs SFT distillation vs rejection-sampling fine-tuning
 
 `benchmarks/learning.py --compare --write-docs` (`python -m cluster.compare --config configs/tiny.yaml
---out runs/compare`, then the plot, table and results.json copied to docs/compare/): from the same base
-model and through the same learner code path, {cfg['train']['steps']} optimizer steps each with the
+--out runs/compare{f" model.warmup.rephrased_fraction={share}" if share else ""}`, then the plot, table and results.json copied to
+docs/compare/): from the same base model ({exposure}) and through the same learner code path, {cfg['train']['steps']} optimizer steps each with the
 learner's settings (lr {cfg['learner']['lr']}), a budget of {cfg['train']['prompts_per_step']} x
 {cfg['rollout']['samples_per_prompt']} sequences per step: RL (GRPO on the answer reward), SFT on the task
 generator's worked solutions (a perfect teacher), and rejection-sampling fine-tuning on the model's own
 distinct correct samples (STaR / RFT). "Rephrased" asks the same held-out questions as "Add 457 and 385.
-What is the total?" instead of "What is 457 + 385?" (never trained on). Plot: held-out accuracy against
+What is the total?" instead of "What is 457 + 385?" (no method trains on it). Plot: held-out accuracy against
 response tokens trained on and against training wall seconds (`docs/compare/compare.png`).{wall}
 
 {(COMPARE / "compare.md").read_text().strip()}{floor}
@@ -184,6 +200,8 @@ response tokens trained on and against training wall seconds (`docs/compare/comp
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG,
+                        help="the config the seeds run (configs/tiny_reflect.yaml: the self-correction section)")
     parser.add_argument("--seeds", default="", help="comma-separated train.seed values to run (none: run nothing)")
     parser.add_argument("--staleness", default="0", help="comma-separated train.max_staleness values")
     parser.add_argument("--compare", action="store_true", help="run cluster.compare into runs/compare/ (plot, table, results to docs/compare/)")
@@ -192,11 +210,12 @@ def main() -> int:
     args = parser.parse_args()
     for seed in [int(s) for s in args.seeds.split(",") if s.strip()]:
         for k in [int(s) for s in args.staleness.split(",") if s.strip()]:
-            print(json.dumps(run_default(seed, k, args.overrides)), flush=True)
+            print(json.dumps(run_default(seed, k, args.overrides, args.config.resolve())), flush=True)
     if args.compare:
         from cluster.compare import main as compare_main
 
-        code = compare_main(["--config", str(ROOT / "configs" / "tiny.yaml"), "--out", str(COMPARE_RUNS), *args.overrides])
+        code = compare_main(["--config", str(DEFAULT_CONFIG), "--out", str(COMPARE_RUNS), *COMPARE_OVERRIDES,
+                             *args.overrides])
         if code:
             return code
         COMPARE.mkdir(parents=True, exist_ok=True)
@@ -212,6 +231,11 @@ def main() -> int:
             replace_section(seeds_section(rows))
         if (COMPARE / "results.json").exists():
             replace_section(compare_section())
+        reflect_rows = recorded(runs_file(REFLECT_CONFIG))
+        if reflect_rows:
+            if (REFLECT_RUN / "emergence.png").exists():
+                shutil.copy(REFLECT_RUN / "emergence.png", REFLECT_PNG)
+            replace_section(reflect_section(reflect_rows, rows))
     return 0
 
 

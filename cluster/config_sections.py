@@ -53,7 +53,9 @@ class WarmupConfig(Strict):
     """Supervised warm-up that turns the random tiny model into a weak 'base model' on the embedded task
     (tasks/): a skill stage where `skill_worked_fraction` of the answers are worked column by column, then
     the last `habit_steps` steps where only `worked_fraction` are, the rest boxed direct answers. The
-    base model can work the sums out but mostly answers directly. Every warm-up answer is boxed."""
+    base model can work the sums out but mostly answers directly. Every warm-up answer is boxed. Of the
+    direct answers, `skill_recheck_fraction` (skill stage) and `recheck_fraction` (habit stage) go on to
+    check themselves ("Wait, let me check:" and the columns worked out; configs/tiny_reflect.yaml)."""
 
     steps: int = Field(900, ge=0)
     batch_size: int = Field(32, ge=1)
@@ -62,6 +64,7 @@ class WarmupConfig(Strict):
     skill_worked_fraction: float = Field(0.8, ge=0, le=1)
     worked_fraction: float = Field(0.2, ge=0, le=1)
     self_check_fraction: float = Field(0.1, ge=0, le=1)  # of the worked answers: a slip, caught and corrected
+    skill_recheck_fraction: float = Field(0.0, ge=0, le=1)  # recheck_fraction of the skill stage
     recheck_fraction: float = Field(0.0, ge=0, le=1)  # of the direct answers: then "Wait, let me check:" + worked
     rephrased_fraction: float = Field(0.0, ge=0, le=1)  # of all pairs: the prompt in the rephrased wording
 

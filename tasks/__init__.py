@@ -4,8 +4,8 @@ tiny base model is always warmed up on one (cluster/toy/base_model.py). Imported
 
 A task module provides: `VERSION` (part of the base-model cache key), `sample_problems(n, seed,
 held_out)` -> problems with `.prompt`, `.answer`, `.rephrased` (the same question worded differently)
-and `.worked()` (the teacher's worked solution), `warmup_pairs(n, seed, worked_fraction,
-self_check_fraction)`, `tokenizer_corpus()` and `is_worked(response)`.
+and `.worked()` (the teacher's worked solution), `warmup_pairs(n, seed, *,
+worked_fraction, self_check_fraction, recheck_fraction, rephrased_fraction)`, `tokenizer_corpus()` and `is_worked(response)`.
 """
 from __future__ import annotations
 

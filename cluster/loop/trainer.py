@@ -37,7 +37,8 @@ from protocol.batch import ScoredSample
 Guard = AbstractContextManager[None]  # a context a failure of the step passes through
 # summary.json's emergence figures, as eval_<name>_start / eval_<name>_end (None where a run lacks them)
 EMERGENCE_SUMMARY = (("boxed_rate", "boxed_rate"), ("response_tokens", "response_len"), ("worked_frac", "worked_frac"),
-                     ("reflection_frac", "reflection_frac"))
+                     ("reflection_frac", "reflection_frac"), ("accuracy_self_checked", "accuracy_self_checked"),
+                     ("accuracy_not_self_checked", "accuracy_not_self_checked"))
 
 
 @dataclass(frozen=True)

@@ -54,12 +54,11 @@ def warmup_pairs(cfg: Config) -> list[tuple[str, str]]:
     (the last `habit_steps` steps, which set how often the base model works a sum out)."""
     w, task = cfg.model.warmup, task_for(cfg.data.kind)
     habit = min(w.habit_steps, w.steps)
-    kinds = {"self_check_fraction": w.self_check_fraction, "recheck_fraction": w.recheck_fraction,
-             "rephrased_fraction": w.rephrased_fraction}
+    kinds = {"self_check_fraction": w.self_check_fraction, "rephrased_fraction": w.rephrased_fraction}
     skill = task.warmup_pairs((w.steps - habit) * w.batch_size, 1000 + cfg.train.seed,
-                              worked_fraction=w.skill_worked_fraction, **kinds)
+                              worked_fraction=w.skill_worked_fraction, recheck_fraction=w.skill_recheck_fraction, **kinds)
     return skill + task.warmup_pairs(habit * w.batch_size, 2000 + cfg.train.seed, worked_fraction=w.worked_fraction,
-                                     **kinds)
+                                     recheck_fraction=w.recheck_fraction, **kinds)
 
 
 def sft_batch(pairs: list[tuple[str, str]], tokenizer: Any, eos_id: int) -> TrainBatch:

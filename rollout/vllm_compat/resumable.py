@@ -5,9 +5,11 @@ The in-process path (streaming.py) loads weights between two engine steps and re
 count from the scheduler. Neither holds here: the engine core steps on its own in another process, so there
 is no "between two steps" on the client side, and its scheduler cannot be read. vLLM's own answer,
 `AsyncLLM.pause_generation(mode="keep")` / `resume_generation`, exists only on the asyncio engine (the sync
-`LLM` that RolloutWorker drives has no pause), and which outputs reached the client before the pause is
-left to timing there (vllm/v1/engine/async_llm.py `pause_generation`: "Small sleep to help ensure that final
-outputs ... are returned"). So at a sync, through `LLM`'s public API only:
+`LLM` that RolloutWorker drives, and every other call on it, has no pause), and which outputs reached the
+client before the pause is left to timing there (vllm/v1/engine/async_llm.py `pause_generation`: "Small
+sleep to help ensure that final outputs ... are returned"), so a token's version would be a guess. So the
+requests go in through `LLMEngine.add_request` streaming deltas (each step's tokens reach the client), and
+at a sync, with `LLMEngine`'s public calls only:
 
 1. every unfinished generation request is aborted (`LLMEngine.abort_request`): the tokens and log-probs the
    client has received are kept, whatever the core made after them is dropped (vLLM's output processor
@@ -22,7 +24,10 @@ A new-version token is then drawn from the new policy given the whole context, e
 path. What differs: the random stream of a continuation (its seed is derived from the completion's seed and
 its token count, so a run repeats given where the syncs land) and the tokens the core made after the
 client's last output (discarded). Without a sync this is plain streaming generation: the requests
-(n > 1 kept as one request, vLLM's children and seeds) and their outputs are those of `LLM.generate`.
+(n > 1 kept as one request, vLLM's children and seeds) and their tokens, log-probs and texts are those of
+`LLM.generate`. The interrupted requests' continuations go to the back of vLLM's queue (first come, first
+served), behind requests that never ran; a sync aborts and resubmits those too, in their order, so that
+the queue keeps its order.
 """
 from __future__ import annotations
 

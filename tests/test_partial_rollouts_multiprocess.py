@@ -12,9 +12,8 @@ import pytest
 import ray
 import torch
 
-from cluster.handles.rollout_group import SYNC_THREAD
 from protocol.batch import Prompt, TrainBatch
-from tests.test_partial_rollouts import _only, _response_logprobs
+from tests.test_partial_rollouts import _gaps_to_each_version, _only, _score_in_flight
 from tests.test_weight_sync import Unplaced, _with
 
 
@@ -97,10 +96,7 @@ def test_on_the_multiprocess_engine_a_request_that_spans_two_syncs_has_each_toke
         first = sync.sync()
         parity_ids = [p.token_ids for p in prompts[:3]]
         # Scored beside the continuations, queued behind them: they have made tokens of v1 when it returns.
-        in_flight = ray.get(engines.actors[0].parity_logprobs_in_flight.options(concurrency_group=SYNC_THREAD)
-                            .remote(parity_ids))
-        still_generating = ray.get(engines.actors[0].__ray_call__.options(concurrency_group=SYNC_THREAD)
-                                   .remote(lambda self: self.generating))
+        in_flight, still_generating = _score_in_flight(engines.actors[0], parity_ids)
         second = sync.sync()
         samples += [s for ref in stream for s in ray.get(ref).samples]
     finally:
@@ -120,18 +116,7 @@ def test_on_the_multiprocess_engine_a_request_that_spans_two_syncs_has_each_toke
         assert len(s.token_versions) in (0, len(s.response_ids)) and len(s.response_ids) == len(s.response_logprobs)
         assert s.token_versions == sorted(s.token_versions) and s.policy_version == min(s.token_versions, default=0)
         assert len(s.response_ids) <= max_tokens
-    ids = [s.prompt_ids + s.response_ids for s in spanning]
-    synced = _response_logprobs(ray.get(engines.actors[0].sequence_logprobs.remote(ids)), spanning)
-    base = _response_logprobs(ray.get(engines.actors[1].sequence_logprobs.remote(ids)), spanning)
-    batch = TrainBatch([s.prompt_ids for s in spanning], [s.response_ids for s in spanning], [], [0.0] * len(spanning), [])
-    learner = [torch.tensor(lp) for lp in trainer.learners.logprobs(batch, 1.0)]
-    old_gap = new_gap = learner_gap = versions_apart = 0.0
-    for s, later, v0, lv in zip(spanning, synced, base, learner):
-        recorded, cut = torch.tensor(s.response_logprobs), s.token_versions.index(min(v for v in s.token_versions if v))
-        old_gap = max(old_gap, float((recorded[:cut] - v0[:cut]).abs().max()))
-        new_gap = max(new_gap, float((recorded[cut:] - later[cut:]).abs().max()))
-        learner_gap = max(learner_gap, float((recorded[cut:] - lv[cut:]).abs().max()))
-        versions_apart = max(versions_apart, float((v0[:cut] - later[:cut]).abs().max()))
+    old_gap, new_gap, learner_gap, versions_apart = _gaps_to_each_version(trainer, engines, spanning)
     print(f"{len(spanning)} of {len(samples)} samples span the first sync, {len(twice)} both; max |recorded - "
           f"scored|: v0 tokens {old_gap:.2e} (base engine), later tokens {new_gap:.2e} (synced engine), "
           f"{learner_gap:.2e} (learner); v0 and v1 weights differ by up to {versions_apart:.2e} on the v0 tokens")

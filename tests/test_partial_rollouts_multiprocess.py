@@ -122,3 +122,40 @@ def test_on_the_multiprocess_engine_a_request_that_spans_two_syncs_has_each_toke
           f"{learner_gap:.2e} (learner); v0 and v1 weights differ by up to {versions_apart:.2e} on the v0 tokens")
     assert versions_apart > 1e-2, "v0 and v1 score the tokens alike: the test cannot tell the versions apart"
     assert old_gap < 1e-4 and new_gap < 1e-4 and learner_gap < 1e-4
+
+
+def test_async_run_with_partial_rollouts_on_multiprocess_engines_trains_no_token_older_than_k(
+        trainer, multiprocess_engines):
+    """Real steps at max_staleness=1 with partial rollouts on both multiprocess engines (the session trainer's
+    learner, rewards and data; its own in-process engine is set aside): each sync is loaded through the
+    generating thread (abort and continue when a generation runs), the parity check after it scores on
+    every engine and must pass, check_staleness raises before training if any token is more than 1 version
+    behind, and every trained token's lag is at most 1. The engines first take the learner's weights."""
+    from cluster.loop.parity import ParityCheck
+    from cluster.loop.pipeline import RolloutPipeline
+    from cluster.loop.sync import WeightSync
+
+    cfg = _with(trainer.cfg, train={"max_staleness": 1, "partial_rollouts": True, "steps": 1000},
+                sync={"transport": "shm"})
+    engines, own_engines = multiprocess_engines, trainer.rollouts
+    sync = WeightSync(cfg, trainer.learners, engines)
+    sync.version = trainer.sync.version  # the learner's weights: the first sync labels them + 1
+    try:
+        sync.sync()
+        start = sync.version
+        trainer.cfg, trainer.sync, trainer.rollouts = cfg, sync, engines
+        trainer.parity = ParityCheck(cfg, trainer.learners, engines, trainer.eval_prompts, sync.resync)
+        trainer.pipeline = RolloutPipeline(cfg, engines, trainer.rewards, trainer.train_data, sync.resync)
+        try:
+            rows = [trainer.step(step) for step in range(60, 64)]
+        finally:
+            trainer.pipeline.close()
+    finally:
+        trainer.rollouts = own_engines
+        sync.close()
+    assert sync.version == start + 4
+    for r in rows:
+        assert r["async/token_lag_max"] <= 1 and r["async/staleness_max"] <= 1 and r["async/dropped_stale"] == 0
+        assert abs(r["async/token_lag_0_frac"] + r["async/token_lag_1_frac"] - 1) < 1e-9
+    print("partial samples per step:", [r["rollout/partial_samples"] for r in rows],
+          "parity max |engine - learner|:", [r.get("sync/parity_max_abs") for r in rows])

@@ -85,14 +85,13 @@ def _check_colocation(cfg: "Config") -> None:
 
 def _check_partial_rollouts(cfg: "Config") -> None:
     """train.partial_rollouts: a sync lands inside a generation, so generation must run ahead of the learner
-    (max_staleness >= 1); written for the CPU in-process engine only (it reads the scheduler between steps)."""
+    (max_staleness >= 1). Every engine mode takes it: the in-process engine loads between two engine steps
+    (rollout/vllm_compat/streaming.py), an engine core in its own process (rollout.multiprocess_engine, and
+    every GPU engine) aborts the requests in flight and continues them (rollout/vllm_compat/resumable.py).
+    Colocated engines are refused by cluster.colocate's own check (they need max_staleness=0)."""
     if cfg.train.max_staleness < 1:
         raise ValueError("train.partial_rollouts needs train.max_staleness >= 1: with 0 every batch is generated "
                          "after the sync, so no request is ever in flight at one")
-    if cfg.cluster.device != "cpu" or cfg.rollout.multiprocess_engine:
-        raise ValueError("train.partial_rollouts is implemented for the CPU in-process engine only "
-                         "(cluster.device=cpu, rollout.multiprocess_engine=false); the GPU path (vLLM's "
-                         "AsyncLLM pause_generation/resume_generation) is not written yet")
 
 
 def _check_transport(cfg: "Config") -> None:

@@ -289,8 +289,9 @@ class TrainConfig(Strict):
     # and no sample more than k policy versions old is trained on. 0: synchronous (on-policy).
     max_staleness: int = Field(0, ge=0, le=8)
     # Interruptible generation (needs max_staleness >= 1): a weight sync does not wait for the engines to
-    # drain; they load it between two engine steps and the requests in flight continue under the new
-    # weights, each token recording its policy version (rollout/worker.py, docs/architecture.md).
+    # drain; the requests in flight continue under the new weights, each token recording its policy version
+    # (in-process engine: loaded between two engine steps; multiprocess/GPU engine core: the requests are
+    # aborted and resubmitted with their tokens so far; rollout/worker.py, docs/architecture.md).
     partial_rollouts: bool = False
     seed: int = 0
     eval_every: int = Field(10, ge=0)  # 0: only at start and end

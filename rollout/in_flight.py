@@ -1,7 +1,10 @@
 """Interruptible generation (train.partial_rollouts) on the rollout worker: a weight load or a parity
 scoring that arrives on the actor's second ("sync") thread while a generation runs is handed to the
 generating thread, which does it between two engine steps; the requests in flight then continue under the
-new weights, and their samples record each token's policy version (RolloutWorker._samples).
+new weights, and their samples record each token's policy version (RolloutWorker._samples). On an engine
+core in its own process (multiprocess, every GPU engine) "between two engine steps" is between two of the
+client's steps: the requests in flight are aborted before the load and continued after it
+(rollout/vllm_compat/resumable.py).
 
 The engine is only ever driven by one thread at a time: `turn` (a condition) is held by `generate`,
 `sequence_logprobs` and a load, and a generation in progress marks itself `generating` so that the sync
@@ -11,7 +14,7 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 
 @dataclass
@@ -53,14 +56,17 @@ class InFlightWork:
     def parity_logprobs(self, token_ids: list[list[int]]) -> list[list[float]]:
         raise NotImplementedError
 
-    def _load_pending(self) -> int | None:
+    def _load_pending(self, before: Callable[[], None] | None = None) -> int | None:
         """On the generating thread, between engine steps: the load waiting in `pending`, if any (its
-        version; None: nothing waited)."""
+        version; None: nothing waited). `before`: called first when there is a load (the multiprocess
+        engine's loop aborts the requests in flight there, rollout/vllm_compat/resumable.py)."""
         with self.turn:
             ticket, self.pending = self.pending, None
             if ticket is None:
                 return None
             try:
+                if before is not None:
+                    before()
                 ticket.seconds = self._load(ticket.key, ticket.version, ticket.payload, in_flight=True)
             except BaseException as error:  # the waiting sync reports it; the generation stops with it too
                 ticket.error = error

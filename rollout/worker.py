@@ -122,7 +122,8 @@ class RolloutWorker(InFlightWork):
         so the driver can score them while the rest are still generating, and knows which prompts
         are unfinished if this worker dies. A weight load that arrives meanwhile through
         `load_weights_in_flight` (partial rollouts) is done between two engine steps; the requests in
-        flight continue under the new weights and their samples record each token's version."""
+        flight continue under the new weights (a multiprocess engine: aborted and resubmitted with their
+        tokens so far) and their samples record each token's version."""
         with self.turn:
             self._check_awake()
             self.generating = True

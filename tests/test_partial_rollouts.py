@@ -21,14 +21,13 @@ from protocol.batch import Prompt, Sample, TrainBatch
 from tests.test_weight_sync import _with, two_engines  # noqa: F401
 
 
-def test_partial_rollouts_need_staleness_and_the_cpu_in_process_engine():
+def test_partial_rollouts_need_staleness():
+    """Every engine mode takes partial rollouts (tests/test_partial_rollouts_multiprocess.py: the multiprocess
+    engine); generation must be allowed to run ahead of the learner."""
     from cluster.config import Config
 
     with pytest.raises(ValueError, match=r"train.partial_rollouts needs train.max_staleness >= 1"):
         Config.model_validate({"train": {"partial_rollouts": True}})
-    with pytest.raises(ValueError, match=r"CPU in-process engine only"):
-        Config.model_validate({"train": {"partial_rollouts": True, "max_staleness": 1},
-                               "rollout": {"multiprocess_engine": True}})
     assert Config.model_validate({"train": {"partial_rollouts": True, "max_staleness": 1}}).train.partial_rollouts
 
 
@@ -68,6 +67,33 @@ def _response_logprobs(per_sequence: list[list[float]], samples: list[Sample]) -
     return [torch.tensor(lp[len(s.prompt_ids) - 1:]) for lp, s in zip(per_sequence, samples)]
 
 
+def _score_in_flight(actor, token_ids: list[list[int]]) -> tuple[list[list[float]], bool]:
+    """The parity check's scoring asked on the actor's sync thread, and whether its generation still ran
+    once the scoring returned."""
+    scored = ray.get(actor.parity_logprobs_in_flight.options(concurrency_group=SYNC_THREAD).remote(token_ids))
+    return scored, ray.get(actor.__ray_call__.options(concurrency_group=SYNC_THREAD).remote(lambda self: self.generating))
+
+
+def _gaps_to_each_version(trainer, engines, spanning: list[Sample]) -> tuple[float, float, float, float]:
+    """For samples whose tokens start at v0 and move to later versions (the weights of the synced
+    rollout[0] and of the learner): the largest |recorded - scored| of the v0 tokens against rollout[1]
+    (never synced), of the later tokens against rollout[0] and against the learner, and how far v0 and the
+    later weights score the v0 tokens apart."""
+    ids = [s.prompt_ids + s.response_ids for s in spanning]
+    synced = _response_logprobs(ray.get(engines.actors[0].sequence_logprobs.remote(ids)), spanning)
+    base = _response_logprobs(ray.get(engines.actors[1].sequence_logprobs.remote(ids)), spanning)
+    batch = TrainBatch([s.prompt_ids for s in spanning], [s.response_ids for s in spanning], [], [0.0] * len(spanning), [])
+    learner = [torch.tensor(lp) for lp in trainer.learners.logprobs(batch, 1.0)]
+    old_gap = new_gap = learner_gap = versions_apart = 0.0
+    for s, later, v0, learned in zip(spanning, synced, base, learner):
+        recorded, cut = torch.tensor(s.response_logprobs), next(k for k, v in enumerate(s.token_versions) if v)
+        old_gap = max(old_gap, float((recorded[:cut] - v0[:cut]).abs().max()))
+        new_gap = max(new_gap, float((recorded[cut:] - later[cut:]).abs().max()))
+        learner_gap = max(learner_gap, float((recorded[cut:] - learned[cut:]).abs().max()))
+        versions_apart = max(versions_apart, float((v0[:cut] - later[:cut]).abs().max()))
+    return old_gap, new_gap, learner_gap, versions_apart
+
+
 def test_a_request_that_spans_a_sync_has_tokens_of_both_versions_each_scored_by_its_weights(trainer, two_engines):
     """rollout[0] generates 8 prompts x 24 long samples (temperature 1, up to 100 tokens) with the base
     weights (v0); 0.3 s after it starts, a partial-rollouts sync loads the learner's weights (v1) into it. The
@@ -94,10 +120,7 @@ def test_a_request_that_spans_a_sync_has_tokens_of_both_versions_each_scored_by_
         metrics = sync.sync()
         # The parity check's scoring after the sync, on the sync thread: done beside the generation.
         parity_ids = [p.token_ids for p in prompts[:3]]
-        in_flight = ray.get(engines.actors[0].parity_logprobs_in_flight.options(concurrency_group=SYNC_THREAD)
-                            .remote(parity_ids))
-        still_generating = ray.get(engines.actors[0].__ray_call__.options(concurrency_group=SYNC_THREAD)
-                                   .remote(lambda self: self.generating))
+        in_flight, still_generating = _score_in_flight(engines.actors[0], parity_ids)
         samples = [s for ref in stream for s in ray.get(ref).samples]
     finally:
         sync.close()
@@ -115,18 +138,7 @@ def test_a_request_that_spans_a_sync_has_tokens_of_both_versions_each_scored_by_
     for s in spanning:  # versions only move forward, and the sample carries its oldest token's
         assert s.token_versions == sorted(s.token_versions) and s.policy_version == 0
         assert len(s.token_versions) == len(s.response_ids) == len(s.response_logprobs)
-    ids = [s.prompt_ids + s.response_ids for s in spanning]
-    synced = _response_logprobs(ray.get(engines.actors[0].sequence_logprobs.remote(ids)), spanning)
-    base = _response_logprobs(ray.get(engines.actors[1].sequence_logprobs.remote(ids)), spanning)
-    batch = TrainBatch([s.prompt_ids for s in spanning], [s.response_ids for s in spanning], [], [0.0] * len(spanning), [])
-    learner = [torch.tensor(lp) for lp in trainer.learners.logprobs(batch, 1.0)]
-    old_gap = new_gap = learner_gap = versions_apart = 0.0
-    for s, v1, v0, lv1 in zip(spanning, synced, base, learner):
-        recorded, first = torch.tensor(s.response_logprobs), s.token_versions.index(1)
-        old_gap = max(old_gap, float((recorded[:first] - v0[:first]).abs().max()))
-        new_gap = max(new_gap, float((recorded[first:] - v1[first:]).abs().max()))
-        learner_gap = max(learner_gap, float((recorded[first:] - lv1[first:]).abs().max()))
-        versions_apart = max(versions_apart, float((v0[:first] - v1[:first]).abs().max()))
+    old_gap, new_gap, learner_gap, versions_apart = _gaps_to_each_version(trainer, engines, spanning)
     print(f"{len(spanning)} of {len(samples)} samples span the sync; max |recorded - scored|: v0 tokens "
           f"{old_gap:.2e} (base engine), v1 tokens {new_gap:.2e} (synced engine), {learner_gap:.2e} (learner); "
           f"v0 and v1 weights differ by up to {versions_apart:.2e} on the v0 tokens")

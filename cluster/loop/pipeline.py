@@ -13,7 +13,8 @@ workers stop only for the load itself; the driver waits for it before the next s
 is submitted (the shared-memory buffer is rewritten by the next export).
 
 With train.partial_rollouts the sync does not wait for that generation to drain: each engine loads the
-new weights between two engine steps and the requests in flight continue under them (cluster/loop/sync.py,
+new weights between two engine steps and the requests in flight continue under them (on a multiprocess
+engine: aborted, then resubmitted with their tokens so far; cluster/loop/sync.py,
 RolloutWorker.load_weights_in_flight), so one sample's tokens may come from two or more versions
 (`Sample.token_versions`). Loads only come earlier than without it, so every token is at least as new as
 the bound above allows; a sample's `policy_version` is its oldest token's, and the checks below judge it.

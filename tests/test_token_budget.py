@@ -22,11 +22,11 @@ from typing import Any
 import pytest
 import torch
 
-from cluster.config import load_config
+from cluster.config import Config, load_config
 from cluster.planning.dtype import auto_dtype, cpu_flags
 from cluster.planning.host_memory import demand, host_budget, with_token_budget
 from cluster.planning.memory_model import GIB, predict
-from cluster.planning.token_budget import resolve_token_budget, step_share_tokens
+from cluster.planning.token_budget import CPU_MICRO_BATCH_TOKENS, resolve_token_budget, step_share_tokens
 from tests.conftest import ROOT
 
 TINY = str(ROOT / "configs" / "tiny.yaml")
@@ -72,25 +72,40 @@ def test_auto_dtype_resolves_when_the_config_loads(tmp_path: Path):
 
 
 # ---- max_tokens_per_micro_batch: auto ------------------------------------------------------------------
-def test_auto_budget_is_the_step_share_when_memory_allows():
-    cfg = load_config(TINY, ["learner.max_tokens_per_micro_batch=auto"])
-    planned, note = resolve_token_budget(cfg, 64 * GIB, 60 * GIB)
+def _auto(*overrides: str) -> Config:
+    return load_config(TINY, ["learner.max_tokens_per_micro_batch=auto", *overrides])
+
+
+def test_auto_budget_with_memory_to_spare_is_the_step_share_capped_on_cpu():
+    big_host = (64 * GIB, 60 * GIB)
+    cfg = _auto()
     share = 32 * 8 // 2 * 256  # 32 prompts x 8 samples over 2 ranks, at max_model_len
     assert step_share_tokens(cfg, cfg.learner) == share
-    assert planned.learner.max_tokens_per_micro_batch == share and f"auto -> {share}" in note
+    planned, note = resolve_token_budget(cfg, *big_host)
+    assert planned.learner.max_tokens_per_micro_batch == CPU_MICRO_BATCH_TOKENS < share
+    assert f"auto -> {CPU_MICRO_BATCH_TOKENS} (on CPU at most" in note
     assert cfg.learner.max_tokens_per_micro_batch == "auto"  # the given config is left as it was
-    assert load_config(TINY, ["learner.max_tokens_per_micro_batch=auto", "algorithm.ppo_mini_batches=4"]) \
-        .learner.max_tokens_per_micro_batch == "auto"
-    four = load_config(TINY, ["learner.max_tokens_per_micro_batch=auto", "algorithm.ppo_mini_batches=4"])
-    assert resolve_token_budget(four, 64 * GIB, 60 * GIB)[0].learner.max_tokens_per_micro_batch == share // 4
+    # a full-length sequence longer than the CPU ceiling still fits one micro-batch
+    assert resolve_token_budget(_auto("rollout.max_model_len=3000"), *big_host)[0].learner.max_tokens_per_micro_batch == 3000
+    # a step smaller than the ceiling: its share
+    small = _auto("train.prompts_per_step=2", "rollout.samples_per_prompt=4")
+    assert resolve_token_budget(small, *big_host)[0].learner.max_tokens_per_micro_batch == 2 * 4 // 2 * 256
+    # GPU: no speed ceiling, the share (of a mini-batch)
+    for minis, want in ((1, share), (4, share // 4)):
+        gpu = _auto("cluster.device=gpu", "cluster.gpu_memory_gib=80", f"algorithm.ppo_mini_batches={minis}")
+        assert resolve_token_budget(gpu)[0].learner.max_tokens_per_micro_batch == want
+    # the critic shares the schema and the planning
+    gae = _auto("algorithm.advantage=gae", "critic.max_tokens_per_micro_batch=auto")
+    planned = resolve_token_budget(gae, *big_host)[0]
+    assert planned.critic.max_tokens_per_micro_batch == planned.learner.max_tokens_per_micro_batch == CPU_MICRO_BATCH_TOKENS
 
 
 def test_auto_budget_on_a_small_host_is_the_largest_that_fits():
-    cfg = load_config(TINY, ["learner.max_tokens_per_micro_batch=auto", "model.tiny.preset=qwen2-100m"])
-    total, available = 24 * GIB, 22 * GIB
+    cfg = _auto("model.tiny.preset=qwen2-100m")
+    total, available = 16 * GIB, 14 * GIB
     planned, note = resolve_token_budget(cfg, total, available)
     tokens, budget = planned.learner.max_tokens_per_micro_batch, host_budget(total, available)
-    assert cfg.rollout.max_model_len <= tokens < step_share_tokens(cfg, cfg.learner)
+    assert cfg.rollout.max_model_len < tokens < CPU_MICRO_BATCH_TOKENS
     assert demand(planned, available)[0] <= budget
     assert demand(with_token_budget(cfg, {"learner": tokens + 128, "critic": tokens + 128}), available)[0] > budget
     assert "the largest that this host's memory plan" in note

@@ -1,8 +1,13 @@
-"""`<group>.max_tokens_per_micro_batch: auto` (learner, critic): the largest token budget per micro-batch
-that the memory plan allows, resolved to a number before the ranks start.
+"""`<group>.max_tokens_per_micro_batch: auto` (learner, critic): a token budget per micro-batch planned from
+the memory prediction, resolved to a number before the ranks start.
 
 - The ceiling: a rank's share of one mini-batch at full length, ceil(prompts_per_step x samples_per_prompt
-  / ppo_mini_batches / num_ranks) x rollout.max_model_len tokens. A larger budget holds nothing more.
+  / ppo_mini_batches / num_ranks) x rollout.max_model_len tokens (a larger budget holds nothing more); on
+  CPU also CPU_MICRO_BATCH_TOKENS (or max_model_len when that is larger). On CPU the largest micro-batch is
+  not the fastest: the default shape's learner step ran 0.75-0.81x the speed of micro_batch_size=64 with
+  its whole share in one micro-batch, and faster than it with sorted budgets of 512-4096 tokens
+  (docs/benchmarks.md, "Learner micro-batching and dtype"); configs/cpu_scale.yaml's hand-tuned 2560 and
+  its plain-torch profile (micro-batch 16 slower than 8 and 4) agree.
 - The floor: rollout.max_model_len (a sequence is never split).
 - Between them, the largest budget (to 64 tokens) whose predicted memory fits: on CPU the whole run's
   processes on this host against what Ray's memory monitor allows (cluster/planning/host_memory.py, the
@@ -11,9 +16,9 @@ that the memory plan allows, resolved to a number before the ranks start.
   usual checks refuse the run, naming what to change.
 
 A budget packs each rank's share of a mini-batch, sorted longest first, into micro-batches whose padded
-size stays within it (learner/batching.py rank_micro_batches): fewer, larger forwards, with similar lengths
-together. The update is the same as with micro_batch_size (the loss weights come from the mini-batch's
-global counts, learner/aggregation.py), up to float rounding.
+size stays within it (learner/batching.py rank_micro_batches): similar lengths together, little padding.
+The update is the same as with micro_batch_size (the loss weights come from the mini-batch's global
+counts, learner/aggregation.py), up to float rounding.
 """
 from __future__ import annotations
 
@@ -25,6 +30,8 @@ from cluster.planning.host_memory import demand, host_budget, largest_fitting, w
 from cluster.planning.memory_model import GIB, predict
 
 GROUPS = ("learner", "critic")
+# CPU: the most padded tokens per micro-batch `auto` plans (see the module docstring for the measurements).
+CPU_MICRO_BATCH_TOKENS = 2048
 
 
 def auto_groups(cfg: Config) -> list[str]:
@@ -39,13 +46,24 @@ def step_share_tokens(cfg: Config, group: DeepSpeedGroupConfig) -> int:
     return per_rank * cfg.rollout.max_model_len
 
 
+def ceiling(cfg: Config, group: DeepSpeedGroupConfig) -> tuple[int, str]:
+    """The most tokens `auto` gives one micro-batch of `group` whatever the memory, and why."""
+    share = step_share_tokens(cfg, group)
+    speed = max(cfg.rollout.max_model_len, CPU_MICRO_BATCH_TOKENS)
+    if cfg.cluster.device == "cpu" and speed < share:
+        return speed, (f"on CPU at most {speed} tokens, where smaller sorted micro-batches train faster "
+                       f"(cluster/planning/token_budget.py CPU_MICRO_BATCH_TOKENS)")
+    return share, f"a rank's whole share of a mini-batch at full length, {share} tokens"
+
+
 def resolve_with(cfg: Config, fits: Callable[[Config], bool], plan: str) -> tuple[Config, str | None]:
     """`cfg` with every `auto` budget replaced by the largest one that `fits` (one token count for all auto
-    groups, each capped at its own step share), and a line saying what was chosen; (cfg, None) without auto."""
+    groups, each capped at its own `ceiling`), and a line saying what was chosen; (cfg, None) without auto."""
     names = auto_groups(cfg)
     if not names:
         return cfg, None
-    caps = {name: step_share_tokens(cfg, getattr(cfg, name)) for name in names}
+    limits = {name: ceiling(cfg, getattr(cfg, name)) for name in names}
+    caps = {name: cap for name, (cap, _) in limits.items()}
 
     def budgets(tokens: int) -> dict[str, int]:
         return {name: min(tokens, cap) for name, cap in caps.items()}
@@ -54,9 +72,8 @@ def resolve_with(cfg: Config, fits: Callable[[Config], bool], plan: str) -> tupl
     chosen = budgets(tokens)
     lines = []
     for name, budget in chosen.items():
-        why = ("a rank's whole share of a mini-batch at full length, which the memory plan allows"
-               if budget == caps[name] else f"the largest that {plan} allows; a rank's share of a mini-batch "
-               f"at full length is {caps[name]}")
+        why = (f"{limits[name][1]}; {plan} allows it" if budget == caps[name] else
+               f"the largest that {plan} allows, below the ceiling: {limits[name][1]}")
         lines.append(f"{name}.max_tokens_per_micro_batch=auto -> {budget} ({why})")
     return with_token_budget(cfg, chosen), "; ".join(lines)
 

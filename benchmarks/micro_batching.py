@@ -146,17 +146,26 @@ def _cpu_model() -> str:
     return platform.processor()
 
 
+def ratios(result: dict[str, Any], base: str, name: str) -> list[float]:
+    """Per counted round: the time of `base` over the time of `name` (above 1: `name` is faster)."""
+    return [b / t for b, t in zip(result["seconds"][base][1:], result["seconds"][name][1:])]
+
+
 def section(result: dict[str, Any]) -> str:
     """The docs/benchmarks.md section, from the result file alone."""
     base = next(iter(result["variants"]))
     load = result["load_average"]
     rows = ["| variant | micro-batches per rank | padded tokens (both ranks) | train step (median s) | speed vs "
-            f"{base} |", "|---|---|---|---|---|"]
+            f"{base} (median, range over rounds) |", "|---|---|---|---|---|"]
     for name, layout in result["layout"].items():
-        budget = layout["max_tokens_per_micro_batch"]
+        budget, spread = layout["max_tokens_per_micro_batch"], ratios(result, base, name)
         rows.append(f"| {name} ({layout['dtype']}" + (f", budget {budget}" if budget else "") + f") | "
                     f"{layout['micro_batches_per_rank']} | {layout['padded_tokens']} | {result['median_s'][name]:.2f} | "
-                    f"{result['ratio_to_baseline'][name]:.2f}x |")
+                    f"{statistics.median(spread):.2f}x ({min(spread):.2f}-{max(spread):.2f}) |")
+    pairs = [(fp32, fp32.replace("fp32", "auto dtype")) for fp32 in result["layout"]
+             if fp32.endswith("fp32") and fp32.replace("fp32", "auto dtype") in result["layout"]]
+    dtype_line = "; ".join(f"{fp32.removesuffix(', fp32')}: {statistics.median(ratios(result, fp32, bf16)):.2f}x"
+                           for fp32, bf16 in pairs)
     notes = sorted({n for ns in result["notes"].values() for n in ns})
     return "\n".join([
         TITLE, "",
@@ -169,6 +178,7 @@ def section(result: dict[str, Any]) -> str:
         f"other work: load average {load['before'][0]:.1f} before, {load['after'][0]:.1f} after (1 min), so the "
         f"seconds are noisy and only the ratios side by side mean much.", "",
         *rows, "",
+        f"bf16 (`model.dtype: auto` here) against fp32, same micro-batching, per-round ratios: {dtype_line}.", "",
         "What `auto` chose here: " + "; ".join(notes) + ".",
     ])
 
@@ -177,7 +187,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=8)
     parser.add_argument("--write-docs", action="store_true")
+    parser.add_argument("--render", action="store_true", help="only re-render the section from the result file")
     args = parser.parse_args(argv)
+    if args.render:
+        replace_section(section(json.loads(RESULTS.read_text())))
+        return 0
     result = measure(args.rounds)
     text = section(result)
     print(json.dumps({k: result[k] for k in ("median_s", "ratio_to_baseline", "layout", "load_average")}, indent=1))

@@ -4,10 +4,11 @@ the memory prediction, resolved to a number before the ranks start.
 - The ceiling: a rank's share of one mini-batch at full length, ceil(prompts_per_step x samples_per_prompt
   / ppo_mini_batches / num_ranks) x rollout.max_model_len tokens (a larger budget holds nothing more); on
   CPU also CPU_MICRO_BATCH_TOKENS (or max_model_len when that is larger). On CPU the largest micro-batch is
-  not the fastest: the default shape's learner step ran 0.75-0.81x the speed of micro_batch_size=64 with
-  its whole share in one micro-batch, and faster than it with sorted budgets of 512-4096 tokens
-  (docs/benchmarks.md, "Learner micro-batching and dtype"); configs/cpu_scale.yaml's hand-tuned 2560 and
-  its plain-torch profile (micro-batch 16 slower than 8 and 4) agree.
+  not the fastest: on the default shape the learner step with each rank's whole share in one micro-batch
+  was no faster than with micro_batch_size=64 (0.97x; 0.75x and 0.81x in two shorter runs), while sorted
+  budgets of 512 and 2048 tokens ran about 2x (docs/benchmarks.md, "Learner micro-batching and dtype");
+  configs/cpu_scale.yaml's hand-tuned 2560 and its plain-torch profile (micro-batch 16 slower than 8 and
+  4) agree.
 - The floor: rollout.max_model_len (a sequence is never split).
 - Between them, the largest budget (to 64 tokens) whose predicted memory fits: on CPU the whole run's
   processes on this host against what Ray's memory monitor allows (cluster/planning/host_memory.py, the

@@ -36,7 +36,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.doc_sections import replace_section  # noqa: E402
+from benchmarks.doc_sections import publish, replace_section  # noqa: E402
 
 RESULTS = ROOT / "docs" / "micro_batching" / "results.json"
 CONFIG = "configs/tiny.yaml"
@@ -197,9 +197,7 @@ def main(argv: list[str] | None = None) -> int:
     print(json.dumps({k: result[k] for k in ("median_s", "ratio_to_baseline", "layout", "load_average")}, indent=1))
     print(text)
     if args.write_docs:
-        RESULTS.parent.mkdir(parents=True, exist_ok=True)
-        RESULTS.write_text(json.dumps(result, indent=1) + "\n")
-        replace_section(text)
+        publish(RESULTS, result, text)
     return 0
 
 

@@ -134,6 +134,15 @@ def test_memory_cli_prints_the_planned_budget(capsys):
     assert f"{tokens} tokens/micro-batch" in out and "model.dtype=auto -> " in out
 
 
+def test_the_train_command_plans_auto_and_says_what_it_chose(capsys):
+    from cluster.train import planned
+
+    cfg = planned(_auto("model.dtype=auto"))
+    tokens, out = cfg.learner.max_tokens_per_micro_batch, capsys.readouterr().out
+    assert isinstance(tokens, int) and f"learner.max_tokens_per_micro_batch=auto -> {tokens}" in out
+    assert f"model.dtype=auto -> {cfg.model.dtype}" in out
+
+
 def test_an_unplanned_auto_budget_never_reaches_the_ranks():
     from cluster.loop.specs import learner_spec
 

@@ -95,8 +95,13 @@ def planned(cfg: Config) -> Config:
     CPU this machine's memory, which for a run against a cluster stands in for every node's), printing what
     `auto` chose there and for model.dtype."""
     from cluster.planning.token_budget import resolve_token_budget
+    from rollout.kv_cache import KVCacheError
 
-    cfg, chosen = resolve_token_budget(cfg)
+    try:
+        cfg, chosen = resolve_token_budget(cfg)
+    except (FileNotFoundError, KVCacheError) as err:  # no architecture, or no KV cache, to plan with here
+        raise ConfigError(f"max_tokens_per_micro_batch=auto cannot be planned on this machine ({err}): "
+                          "set a number of tokens instead") from None
     for note in (cfg.model.dtype_note, chosen):
         if note:
             print(note, flush=True)

@@ -143,6 +143,14 @@ def test_the_train_command_plans_auto_and_says_what_it_chose(capsys):
     assert f"model.dtype=auto -> {cfg.model.dtype}" in out
 
 
+def test_an_auto_budget_that_cannot_be_planned_here_is_a_config_error(tmp_path: Path):
+    from cluster.config import ConfigError
+    from cluster.train import planned
+
+    with pytest.raises(ConfigError, match="cannot be planned on this machine"):
+        planned(_auto(f"model.path={tmp_path / 'elsewhere'}"))  # no config.json here: no architecture to plan with
+
+
 def test_an_unplanned_auto_budget_never_reaches_the_ranks():
     from cluster.loop.specs import learner_spec
 

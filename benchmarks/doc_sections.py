@@ -1,7 +1,9 @@
 """docs/benchmarks.md is shared by every benchmark script: each one rewrites only its own section."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import Any
 
 BENCHMARKS_MD = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
 
@@ -27,3 +29,10 @@ def section_of(doc: str, title: str) -> str:
     start = doc.index(title + "\n")
     end = doc.find("\n## ", start + 1)
     return doc[start: end if end >= 0 else len(doc)].rstrip("\n")
+
+
+def publish(results: Path, document: dict[str, Any], text: str) -> None:
+    """--write-docs: the result file (JSON) and its rendered docs/benchmarks.md section."""
+    results.parent.mkdir(parents=True, exist_ok=True)
+    results.write_text(json.dumps(document, indent=1) + "\n")
+    replace_section(text)

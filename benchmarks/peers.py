@@ -303,11 +303,12 @@ def run_trl(shape: str, cfg: Any, model_path: str, skip: int, threads: int | Non
 def run_shape(shape: str, steps: int, skip: int, prompts: int | None, trl_threads: int | None = None) -> dict[str, Any]:
     from cluster.toy.base_model import tiny_model_dir
     from cluster.config import load_config
+    from cluster.planning.token_budget import resolve_token_budget
 
     overrides = [f"train.steps={steps}", "train.eval_every=0", "train.benchmark_every=0"]
     if prompts:
         overrides.append(f"train.prompts_per_step={prompts}")
-    cfg = load_config(SHAPES[shape], overrides)
+    cfg, _ = resolve_token_budget(load_config(SHAPES[shape], overrides))  # TRL's micro-batches from an `auto` budget
     print(f"[{shape}] ours: {steps} steps", flush=True)
     ours = run_ours(shape, cfg, overrides, skip)
     model_path = cfg.model.path or str(ROOT / tiny_model_dir(cfg))  # built by our run on first use

@@ -35,7 +35,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.doc_sections import replace_section  # noqa: E402
+from benchmarks.doc_sections import publish, replace_section  # noqa: E402
 from benchmarks.scale_baselines import (WORK, our_micro_batches, padded_tokens, peak_rss, run_child,  # noqa: E402
                                         run_children, sorted_by_length)
 
@@ -357,9 +357,7 @@ def main(argv: list[str] | None = None) -> int:
     text = section(document)
     print(text)
     if args.write_docs:
-        RESULTS.parent.mkdir(parents=True, exist_ok=True)
-        RESULTS.write_text(json.dumps(document, indent=1) + "\n")
-        replace_section(text)
+        publish(RESULTS, document, text)
     return 0
 
 

@@ -17,6 +17,7 @@ from cluster.config_sections import (MODEL_PRESETS, AlgorithmConfig, ClusterConf
                                      DataConfig, DeepSpeedGroupConfig, LearnerConfig, LoggingConfig, ModelConfig,
                                      RewardConfig, RolloutConfig, RunConfig, Strict, SyncConfig, TinyModelConfig,
                                      TrainConfig, WarmupConfig)
+from cluster.planning.dtype import auto_dtype
 
 __all__ = ["AlgorithmConfig", "auto_transport", "chosen_transport", "ClusterConfig", "CodeRewardConfig", "Config", "ConfigError",
            "CriticConfig", "DataConfig", "DeepSpeedGroupConfig", "dump_config", "LearnerConfig", "load_config",
@@ -40,6 +41,9 @@ class Config(Strict):
 
     @model_validator(mode="after")
     def _fits(self) -> "Config":
+        if self.model.dtype == "auto":
+            self.model.dtype, why = auto_dtype(self.cluster.device)
+            self.model._dtype_note = f"model.dtype=auto -> {self.model.dtype}: {why}"
         if self.rollout.max_new_tokens >= self.rollout.max_model_len:
             raise ValueError("rollout.max_new_tokens must be smaller than rollout.max_model_len")
         if (self.data.kind == "code") != (self.reward.kind == "code"):
@@ -51,7 +55,7 @@ class Config(Strict):
             raise ValueError("algorithm.advantage=rloo needs rollout.samples_per_prompt >= 2")
         for name in ("learner", "critic"):
             budget = getattr(self, name).max_tokens_per_micro_batch
-            if budget is not None and budget < self.rollout.max_model_len:
+            if isinstance(budget, int) and budget < self.rollout.max_model_len:
                 raise ValueError(f"{name}.max_tokens_per_micro_batch={budget} is below rollout.max_model_len="
                                  f"{self.rollout.max_model_len}: a full-length sequence would not fit one micro-batch")
         for name in ("learner", "critic"):

@@ -4,9 +4,9 @@ with its default and its bounds. Import them from cluster.config."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 
 
 class Strict(BaseModel):
@@ -74,7 +74,16 @@ class ModelConfig(Strict):
     cache_dir: str = ".cache/base_models"
     tiny: TinyModelConfig = TinyModelConfig()
     warmup: WarmupConfig = WarmupConfig()
-    dtype: Literal["float32", "bfloat16"] = "float32"
+    # bfloat16: bf16 weights and activations, fp32 master weights and Adam state (DeepSpeed), vLLM in bf16.
+    # auto: bfloat16 on GPUs and on CPUs with bf16 units, float32 elsewhere (cluster/planning/dtype.py says
+    # how it is detected); resolved when the config is loaded, so the run's config.yaml holds the choice.
+    dtype: Literal["float32", "bfloat16", "auto"] = "float32"
+    _dtype_note: str | None = PrivateAttr(None)  # how `auto` was resolved (set by cluster/config.py)
+
+    @property
+    def dtype_note(self) -> str | None:
+        """'model.dtype=auto -> <dtype>: <why>' when the config said auto, else None."""
+        return self._dtype_note
 
 
 class DataConfig(Strict):
@@ -136,7 +145,9 @@ class DeepSpeedGroupConfig(Strict):
     # Token-budget micro-batches: each mini-batch sorted by length, dealt to the ranks and packed so that a
     # micro-batch's padded tokens (samples x its longest) stay within this; replaces micro_batch_size.
     # At least rollout.max_model_len (a sequence is never split). None: micro_batch_size samples each.
-    max_tokens_per_micro_batch: int | None = Field(None, ge=1)
+    # auto: the largest budget the memory plan allows (cluster/planning/token_budget.py), at most a rank's
+    # share of one mini-batch at full length; resolved before the ranks start (cluster.train, cluster.memory).
+    max_tokens_per_micro_batch: Annotated[int, Field(ge=1)] | Literal["auto"] | None = None
     gradient_checkpointing: bool = False  # each layer keeps its input only and recomputes during backward
     # Dtype the micro-batch gradients are summed in until the optimizer step (DeepSpeed's
     # data_types.grad_accum_dtype): "float32" whatever the model dtype; "model": the model dtype, DeepSpeed's

@@ -34,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     from cluster.infra.paths import Resolver, SharedPathError
 
     try:
-        cfg = load_config(args.config, args.overrides)
+        cfg = planned(load_config(args.config, args.overrides))
         if cfg.cluster.device == "gpu" and (problem := preflight(cfg) or memory_problem(cfg, remote=True)):
             print(f"error: {problem}", file=sys.stderr)  # GPU count (local run), then memory: before connecting
             return 3
@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
         run_dir = resolver.run_dir(args.run_dir)
         resume = args.resume or bool(run_dir and Checkpoints(run_dir, 1).latest())
         if not args.config and resume and (run_dir / "config.yaml").is_file():
-            cfg = load_config(str(run_dir / "config.yaml"), args.overrides)
+            cfg = planned(load_config(str(run_dir / "config.yaml"), args.overrides))
         cfg, run_dir = resolver.config(cfg, run_dir)
     except (ConfigError, SharedPathError) as err:
         print(f"error: {err}", file=sys.stderr)
@@ -88,6 +88,24 @@ def main(argv: list[str] | None = None) -> int:
     print(json.dumps(summary, indent=2))
     print(f"run directory: {run_dir}")
     return 0
+
+
+def planned(cfg: Config) -> Config:
+    """`cfg` with its `auto` token budgets resolved by the memory plan (cluster/planning/token_budget.py; on
+    CPU this machine's memory, which for a run against a cluster stands in for every node's), printing what
+    `auto` chose there and for model.dtype."""
+    from cluster.planning.token_budget import resolve_token_budget
+    from rollout.kv_cache import KVCacheError
+
+    try:
+        cfg, chosen = resolve_token_budget(cfg)
+    except (FileNotFoundError, KVCacheError) as err:  # no architecture, or no KV cache, to plan with here
+        raise ConfigError(f"max_tokens_per_micro_batch=auto cannot be planned on this machine ({err}): "
+                          "set a number of tokens instead") from None
+    for note in (cfg.model.dtype_note, chosen):
+        if note:
+            print(note, flush=True)
+    return cfg
 
 
 def attach(cfg: Config) -> int | None:

@@ -26,7 +26,7 @@ from typing import Callable
 
 import pytest
 
-from benchmarks import learning, pipeline, reward, sandbox, scale, weight_sync
+from benchmarks import learning, micro_batching, pipeline, reward, sandbox, scale, weight_sync
 from benchmarks.doc_sections import section_of
 from benchmarks.main_run import README, load, readme_block, render
 from benchmarks.peers_report import section as peers_section
@@ -82,6 +82,9 @@ SECTIONS: dict[str, tuple[Path, Callable[[str], str], Callable[[], str]]] = {
     "Against a peer <- docs/peers/results.json": (
         BENCHMARKS, _benchmarks_section("## Against a peer: TRL's GRPOTrainer"),
         lambda: peers_section(_json(DOCS / "peers" / "results.json"))),
+    "Learner micro-batching and dtype <- docs/micro_batching/results.json": (
+        BENCHMARKS, _benchmarks_section(micro_batching.TITLE),
+        lambda: micro_batching.section(_json(micro_batching.RESULTS))),
     "docs/compare/compare.md <- docs/compare/results.json": (DOCS / "compare" / "compare.md", _whole, _compare_table),
     "docs/sweep/sweep.md <- docs/sweep/sweep.csv": (DOCS / "sweep" / "sweep.md", _whole, _sweep_table),
 }
@@ -179,8 +182,23 @@ def _span(values: list[float], fmt: str) -> str:
     return f"{format(min(values), fmt)}-{format(max(values), fmt)}"
 
 
+def _micro(key: str, variant: str, fmt: str = ".2f") -> str:
+    """A figure of docs/micro_batching/results.json: a per-variant ratio or layout value."""
+    result = _json(micro_batching.RESULTS)
+    if key == "ratio":
+        return format(statistics.median(micro_batching.ratios(result, next(iter(result["variants"])), variant)), fmt)
+    return format(result["layout"][variant][key] if variant else result[key], fmt)
+
+
 # (doc, regex whose one group is the figure, the figure as the result file gives it)
 FIGURES: list[tuple[Path, str, Callable[[], str]]] = [
+    # README: the learner's step with `auto` micro-batching and dtype (docs/micro_batching/results.json)
+    (README, r"learner's step ran (\S+)x as fast with it", lambda: _micro("ratio", "auto tokens, fp32")),
+    (README, r"\(padded tokens ([\d,]+) instead of", lambda: _micro("padded_tokens", "auto tokens, fp32", ",")),
+    (README, r"instead of ([\d,]+) for\s", lambda: _micro("padded_tokens", "64 samples, fp32", ",")),
+    (README, r"for\s+([\d,]+) real ones\)", lambda: _micro("tokens", "", ",")),
+    (README, r"real ones\), (\S+)x in bf16", lambda: _micro("ratio", "64 samples, auto dtype")),
+    (README, r"in bf16 and (\S+)x with both", lambda: _micro("ratio", "auto tokens, auto dtype")),
     # README, "What the main command does": learning over seeds (docs/learning/runs.jsonl)
     (README, r"synchronous: accuracy gain (\S+ ± \S+) points", lambda: _mean_sd([100 * r["gain"] for r in _seeds(0)])),
     (README, r"seed 2 reaches (\d\.\d+),", lambda: f"{_run(2, 0)['eval_accuracy_end']:.3f}"),

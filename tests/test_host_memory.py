@@ -32,7 +32,7 @@ def test_sequence_counted_micro_batches_that_do_not_fit_get_the_largest_token_bu
     assert plan.problem is None and tokens is not None and "learner.max_tokens_per_micro_batch=" in plan.note
     assert cfg.rollout.max_model_len <= tokens < cfg.learner.micro_batch_size * cfg.rollout.max_model_len
     assert plan.demand <= plan.budget
-    assert demand(with_token_budget(cfg, tokens + 128), available)[0] > plan.budget  # the largest, to 64 tokens
+    assert demand(with_token_budget(cfg, {"learner": tokens + 128, "critic": tokens + 128}), available)[0] > plan.budget  # the largest, to 64 tokens
     assert cfg.learner.max_tokens_per_micro_batch is None  # the given config is left as it was
 
 

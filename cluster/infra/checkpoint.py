@@ -42,6 +42,8 @@ RESUME_MAY_CHANGE = ("train.steps", "train.save_every", "train.keep_checkpoints"
                      "train.eval_every", "train.samples_to_save", "train.benchmark_every", "train.benchmarks", "train.benchmark_dir",
                      "train.benchmark_limit", "run.name", "run.output_dir", "cluster.address", "cluster.shared_dir", "sync.timeout_s",
                      "learner.collective_timeout_s", "learner.call_timeout_s", "critic.collective_timeout_s",
+                     # how a mini-batch is cut changes the update by float rounding only (`auto` plans from memory)
+                     "learner.max_tokens_per_micro_batch", "critic.max_tokens_per_micro_batch",
                      "critic.call_timeout_s", "sync.parity_samples",
                        "sync.parity_max_abs", "sync.parity_action")
 

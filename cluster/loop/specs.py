@@ -38,7 +38,16 @@ def spec_from(spec_cls: type[T], *sections: BaseModel, **derived: Any) -> T:
     return spec_cls(**values)
 
 
+def planned_budgets(cfg: Config) -> None:
+    """Refuses a config whose `auto` token budgets were not planned yet (cluster/planning/token_budget.py)."""
+    for name in ("learner", "critic"):
+        if getattr(cfg, name).max_tokens_per_micro_batch == "auto":
+            raise ValueError(f"{name}.max_tokens_per_micro_batch=auto reached the ranks unplanned: resolve it with "
+                             "cluster.planning.token_budget.resolve_token_budget (cluster.train and Trainer do)")
+
+
 def learner_spec(cfg: Config, model_path: str) -> LearnerSpec:
+    planned_budgets(cfg)
     return spec_from(LearnerSpec, cfg.learner, cfg.algorithm, model_path=model_path, device=cfg.cluster.device,
                      dtype=cfg.model.dtype, max_response_len=cfg.rollout.max_new_tokens, seed=cfg.train.seed,
                      temperature=cfg.rollout.temperature)
@@ -46,6 +55,7 @@ def learner_spec(cfg: Config, model_path: str) -> LearnerSpec:
 
 def critic_spec(cfg: Config, model_path: str) -> CriticSpec:
     a = cfg.algorithm
+    planned_budgets(cfg)
     return spec_from(CriticSpec, cfg.critic, model_path=model_path, device=cfg.cluster.device, dtype=cfg.model.dtype,
                      ppo_epochs=a.ppo_epochs, ppo_mini_batches=a.ppo_mini_batches, seed=cfg.train.seed)
 

@@ -28,6 +28,7 @@ from cluster.loop.parity import ParityCheck
 from cluster.handles.rollout_group import RolloutGroup
 from cluster.loop.pipeline import RolloutPipeline, check_staleness, split_stale, staleness_metrics, step_seed
 from cluster.infra.placement_group import connect, place
+from cluster.planning.token_budget import resolve_token_budget
 from cluster.loop.sync import WeightSync
 from cluster.infra.wandb_log import WandbSink
 from cluster.loop.update import PolicyUpdate
@@ -61,7 +62,11 @@ class RunPlan:
 class Trainer:
     def __init__(self, cfg: Config, run_dir: Path, resume: bool = False) -> None:
         """`resume`: continue from the newest checkpoint in `run_dir` (ResumeError if there is none,
-        or if the config differs from the checkpoint's in a field that changes training)."""
+        or if the config differs from the checkpoint's in a field that changes training). An `auto` token
+        budget still in `cfg` (a config that did not come through cluster.train) is planned here."""
+        cfg, chosen = resolve_token_budget(cfg)
+        if chosen:
+            print(chosen, flush=True)
         self.cfg, self.run_dir = cfg, run_dir
         self.checkpoints = checkpoint.Checkpoints(run_dir, cfg.train.keep_checkpoints, cfg.train.max_checkpoint_failures)
         self.resume_from, self.resume_state = None, None

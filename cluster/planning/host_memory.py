@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import Callable
 
 from cluster.config import Config, chosen_transport
 from cluster.planning.memory_model import DTYPE_BYTES, GIB, architecture, predict
@@ -66,19 +67,36 @@ def demand(cfg: Config, available: int) -> tuple[float, list[str]]:
     return sum(b for _, b in parts), [f"{name}: {b / GIB:.1f} GiB" for name, b in parts]
 
 
-def with_token_budget(cfg: Config, tokens: int) -> Config:
-    update = {"learner": cfg.learner.model_copy(update={"max_tokens_per_micro_batch": tokens}),
-              "critic": cfg.critic.model_copy(update={"max_tokens_per_micro_batch": tokens})}
-    return cfg.model_copy(update=update)
+def with_token_budget(cfg: Config, tokens: dict[str, int]) -> Config:
+    """`cfg` with these groups' (learner, critic) max_tokens_per_micro_batch set."""
+    return cfg.model_copy(update={name: getattr(cfg, name).model_copy(update={"max_tokens_per_micro_batch": budget})
+                                  for name, budget in tokens.items()})
+
+
+def largest_fitting(lo: int, hi: int, fits: Callable[[int], bool], resolution: int = 64) -> int:
+    """The largest token budget in [lo, hi] that `fits` (memory grows with the budget), to `resolution`
+    tokens; `hi` itself when it fits, `lo` when nothing does (the caller's checks refuse it then)."""
+    if fits(hi):
+        return hi
+    if not fits(lo):
+        return lo
+    while hi - lo > resolution:
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if fits(mid) else (lo, mid)
+    return lo
 
 
 def plan_host_memory(cfg: Config, total: int, available: int) -> HostPlan:
-    """The run as configured when it fits; else, with count-based micro-batches, the largest token budget
-    per micro-batch (at least one sequence of rollout.max_model_len) that fits; else a refusal."""
+    """The run as configured when it fits (an `auto` token budget resolved first: cluster/planning/token_budget.py);
+    else, with count-based micro-batches, the largest token budget per micro-batch (at least one sequence of
+    rollout.max_model_len) that fits; else a refusal."""
+    from cluster.planning.token_budget import resolve_token_budget  # it plans with this module's demand
+
+    cfg, chosen = resolve_token_budget(cfg, total, available)  # `auto` budgets: the largest that fits
     budget = host_budget(total, available)
     need, lines = demand(cfg, available)
     if need <= budget:
-        return HostPlan(cfg, need, budget)
+        return HostPlan(cfg, need, budget, note=chosen and f"memory: {chosen} (predicted {need / GIB:.1f} GiB)")
     head = (f"predicted host memory {need / GIB:.1f} GiB ({'; '.join(lines)}) exceeds the {budget / GIB:.1f} GiB "
             f"this run plans for ({PLAN_SHARE:g} of what it may add before Ray's memory monitor kills a worker: "
             f"RAY_memory_usage_threshold={ray_threshold():g} of {total / GIB:.1f} GiB, "
@@ -86,11 +104,13 @@ def plan_host_memory(cfg: Config, total: int, available: int) -> HostPlan:
     counted = cfg.learner.max_tokens_per_micro_batch is None and (
         cfg.algorithm.advantage != "gae" or cfg.critic.max_tokens_per_micro_batch is None)
     lo, hi = cfg.rollout.max_model_len, cfg.learner.micro_batch_size * cfg.rollout.max_model_len
-    if counted and demand(with_token_budget(cfg, lo), available)[0] <= budget:
-        while hi - lo > 64:  # the largest budget that fits (demand grows with it)
-            mid = (lo + hi) // 2
-            lo, hi = (mid, hi) if demand(with_token_budget(cfg, mid), available)[0] <= budget else (lo, mid)
-        planned = with_token_budget(cfg, lo)
+
+    def fits(tokens: int) -> bool:
+        return demand(with_token_budget(cfg, {"learner": tokens, "critic": tokens}), available)[0] <= budget
+
+    if counted and fits(lo):
+        lo = largest_fitting(lo, hi, fits)
+        planned = with_token_budget(cfg, {"learner": lo, "critic": lo})
         need = demand(planned, available)[0]
         return HostPlan(planned, need, budget, note=(
             f"memory: {head}; micro-batches are cut by tokens instead: learner.max_tokens_per_micro_batch={lo} "

@@ -26,7 +26,8 @@ along, plus the larger of what backward and the optimizer step hold for a while 
                     policy), a full copy P*b at stages 0-2
   runtime           CPU: the process with torch, transformers, DeepSpeed and Ray imported (measured
                     here); GPU: CUDA context and NCCL buffers (assumed)
-Micro-batch tokens: learner.max_tokens_per_micro_batch when set, else micro_batch_size x max_model_len.
+Micro-batch tokens: learner.max_tokens_per_micro_batch when set, else micro_batch_size x max_model_len;
+`auto` is first resolved to the largest budget that fits (cluster/planning/token_budget.py; printed above).
 Critic rank (algorithm.advantage=gae): the same terms for the value model (the body plus a scalar head,
 no logits, no reference) with the critic section's ZeRO stage, ranks, checkpointing and micro-batches.
 
@@ -142,6 +143,9 @@ class RoleMemory:
 
 def micro_batch_tokens(cfg: Config, group: DeepSpeedGroupConfig) -> int:
     budget = group.max_tokens_per_micro_batch
+    if budget == "auto":
+        raise ValueError(f"{group_name(group)}.max_tokens_per_micro_batch=auto is planned from this prediction: "
+                         "resolve it first (cluster/planning/token_budget.py resolve_token_budget)")
     return budget if budget else group.micro_batch_size * cfg.rollout.max_model_len
 
 

@@ -39,7 +39,7 @@ EMERGENCE_RUN = ROOT / "runs" / "learning" / "seed0-k0"
 EMERGENCE_PNG = ROOT / "docs" / "learning" / "emergence.png"
 
 from benchmarks.doc_sections import replace_section  # noqa: E402
-from benchmarks.reflect_section import REFLECT_CONFIG, REFLECT_PNG, REFLECT_RUN, reflect_section  # noqa: E402
+from benchmarks.reflect_section import DESIGNS, REFLECT_CONFIG, REFLECT_PNG, REFLECT_RUN, reflect_section  # noqa: E402
 
 # (summary.json key, label, scale for display)
 FIGURES = [("eval_accuracy_start", "held-out accuracy, step 0", 100), ("eval_accuracy_end", "held-out accuracy, end", 100),
@@ -179,7 +179,7 @@ def compare_section() -> str:
     floor = ("\n\nThe base model answers the rephrased questions at "
              f"{max(r['rephrased_accuracy_start'] for r in rows):.3f}: the wording is outside what the warm-up "
              "taught it to read, so that column is at its floor for every method and tells them apart by nothing."
-             if all(r["rephrased_accuracy_start"] < 0.05 for r in rows) else "")
+             if all(r["rephrased_accuracy_start"] < 0.05 and r["rephrased_accuracy_end"] < 0.05 for r in rows) else "")
     return f"""## RL vs SFT distillation vs rejection-sampling fine-tuning
 
 `benchmarks/learning.py --compare --write-docs` (`python -m cluster.compare --config configs/tiny.yaml
@@ -232,9 +232,9 @@ def main() -> int:
         if (COMPARE / "results.json").exists():
             replace_section(compare_section())
         reflect_rows = recorded(runs_file(REFLECT_CONFIG))
-        if reflect_rows:
-            if (REFLECT_RUN / "emergence.png").exists():
-                shutil.copy(REFLECT_RUN / "emergence.png", REFLECT_PNG)
+        if reflect_rows and (REFLECT_RUN / "emergence.png").exists():
+            shutil.copy(REFLECT_RUN / "emergence.png", REFLECT_PNG)
+        if reflect_rows or DESIGNS.exists():
             replace_section(reflect_section(reflect_rows, rows))
     return 0
 

@@ -61,7 +61,8 @@ class Config(Strict):
         for name in ("learner", "critic"):
             group = getattr(self, name)
             if self.model.dtype == "bfloat16" and group.zero_stage == 0 and group.grad_accum_dtype == "float32":
-                raise ValueError(f"{name}.zero_stage=0 with model.dtype=bfloat16 cannot accumulate gradients in fp32 "
+                chosen = f" ({self.model._dtype_note})" if getattr(self.model, "_dtype_note", None) else ""
+                raise ValueError(f"{name}.zero_stage=0 with model.dtype=bfloat16{chosen} cannot accumulate gradients in fp32 "
                                  f"(DeepSpeed 0.19.8 refuses that mix without ZeRO): use {name}.zero_stage>=1, or "
                                  f"{name}.grad_accum_dtype=model to accept bf16 sums")
         if self.cluster.colocate:
@@ -92,7 +93,13 @@ def _check_partial_rollouts(cfg: "Config") -> None:
     (max_staleness >= 1). Every engine mode takes it: the in-process engine loads between two engine steps
     (rollout/vllm_compat/streaming.py), an engine core in its own process (rollout.multiprocess_engine, and
     every GPU engine) aborts the requests in flight and continues them (rollout/vllm_compat/resumable.py).
-    Colocated engines are refused by cluster.colocate's own check (they need max_staleness=0)."""
+    Colocated engines are refused by cluster.colocate's own check (they need max_staleness=0). On a GPU the
+    path is written but refused until it has run there: vLLM's GPU defaults (the V2 model runner, async
+    scheduling, TP over the Ray executor) may still hold a forward in flight when the load arrives, and the
+    parity scoring beside the generation is not aborted across a load (docs/cluster.md, GPU table)."""
+    if cfg.cluster.device == "gpu":
+        raise ValueError("train.partial_rollouts has not run on a GPU yet and is refused there: vLLM's GPU engine may "
+                         "still run a forward when the weights load (docs/cluster.md lists what has run on a GPU)")
     if cfg.train.max_staleness < 1:
         raise ValueError("train.partial_rollouts needs train.max_staleness >= 1: with 0 every batch is generated "
                          "after the sync, so no request is ever in flight at one")

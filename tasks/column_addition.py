@@ -95,7 +95,7 @@ class Problem:
             i = rng.randrange(len(guess))
             digit = rng.choice([d for d in "0123456789" if d != guess[i] and (i or d != "0" or len(guess) == 1)])
             guess = guess[:i] + digit + guess[i + 1:]
-        return f" \\boxed{{{guess}}}. Wait, let me check:" + self.worked()
+        return f" \\boxed{{{guess}}}. Wait, let me check: {' + '.join(map(str, self.terms))}." + self.worked()
 
 
 def is_held_out(p: Problem) -> bool:

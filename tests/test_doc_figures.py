@@ -27,6 +27,7 @@ from typing import Callable
 import pytest
 
 from benchmarks import learning, micro_batching, pipeline, reward, sandbox, scale, weight_sync
+from benchmarks.reflect_section import REFLECT_CONFIG, reflect_section
 from benchmarks.doc_sections import section_of
 from benchmarks.main_run import README, load, readme_block, render
 from benchmarks.peers_report import section as peers_section
@@ -85,6 +86,9 @@ SECTIONS: dict[str, tuple[Path, Callable[[str], str], Callable[[], str]]] = {
     "Learner micro-batching and dtype <- docs/micro_batching/results.json": (
         BENCHMARKS, _benchmarks_section(micro_batching.TITLE),
         lambda: micro_batching.section(_json(micro_batching.RESULTS))),
+    "Self-correction <- docs/learning/reflect_designs.jsonl, base_probe.jsonl": (
+        BENCHMARKS, _benchmarks_section("## Self-correction (configs/tiny_reflect.yaml)"),
+        lambda: reflect_section(learning.recorded(learning.runs_file(REFLECT_CONFIG)), learning.recorded())),
     "docs/compare/compare.md <- docs/compare/results.json": (DOCS / "compare" / "compare.md", _whole, _compare_table),
     "docs/sweep/sweep.md <- docs/sweep/sweep.csv": (DOCS / "sweep" / "sweep.md", _whole, _sweep_table),
 }
@@ -225,8 +229,11 @@ FIGURES: list[tuple[Path, str, Callable[[], str]]] = [
     (README, r"against RL's ([\d,]+): only its own", lambda: f"{_method('rl')['train_tokens']:,.0f}"),
     (README, r"but ends at (\d\.\d+) \(greedy", lambda: f"{_method('rft')['accuracy_end']:.3f}"),
     (README, r"but ends at \d\.\d+ \(greedy (\d\.\d+)\)", lambda: f"{_method('rft')['greedy_accuracy_end']:.3f}"),
-    (README, r"every sum out \((\d+) tokens", lambda: _one({f"{r['response_len_end']:.0f}" for r in _methods()})),
-    (README, r"for every method \((\d\.\d+ -> \d\.\d+-\d\.\d+)\)", lambda: _one(
+    (README, r"working every sum out \((\d+) tokens", lambda: _one({f"{r['response_len_end']:.0f}" for r in _methods()})),
+    (README, r"RL (\d\.\d+), SFT \d", lambda: f"{_method('rl')['rephrased_accuracy_end']:.3f}"),
+    (README, r"SFT (\d\.\d+), RFT", lambda: f"{_method('sft')['rephrased_accuracy_end']:.3f}"),
+    (README, r"RFT (\d\.\d+)\), far below", lambda: f"{_method('rft')['rephrased_accuracy_end']:.3f}"),
+    (README, r"every method carries its gain over in part \((\d\.\d+ -> \d\.\d+-\d\.\d+);", lambda: _one(
         {f"{r['rephrased_accuracy_start']:.3f}" for r in _methods()})
      + " -> " + _span([r["rephrased_accuracy_end"] for r in _methods()], ".3f")),
     # README: the parity check's cost and gaps in the main run (docs/main_run/metrics.jsonl)
@@ -281,7 +288,7 @@ FIGURES: list[tuple[Path, str, Callable[[], str]]] = [
 def figure_mismatch(row: int, doc: str) -> str | None:
     """None when the figure of FIGURES[row] in `doc` equals its result file, else what differs."""
     _, pattern, expected = FIGURES[row]
-    found = re.findall(pattern, doc)
+    found = re.findall(pattern, re.sub(r"\s+", " ", doc))  # a figure may wrap across lines
     if len(found) != 1:
         return f"{pattern!r} matches {len(found)} places, not one"
     quoted, want = re.sub(r"\s+", " ", found[0]), expected()
@@ -343,7 +350,7 @@ def test_a_section_figure_edited_by_hand_is_reported(name):
 @pytest.mark.parametrize("row", range(len(FIGURES)), ids=_figure_id)
 def test_a_prose_figure_edited_by_hand_is_reported(row):
     doc_path, pattern, _ = FIGURES[row]
-    doc = doc_path.read_text()
+    doc = re.sub(r"\s+", " ", doc_path.read_text())  # as figure_mismatch reads it: a figure may wrap
     match = re.search(pattern, doc)
     assert match is not None
     last_digit = max(i for i in range(match.start(1), match.end(1)) if doc[i].isdigit())

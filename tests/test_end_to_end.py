@@ -152,6 +152,11 @@ def test_run_outputs_and_hf_export(trainer):
     # the emergence figures of issue 15, read from the evaluations (here the same one at start and end)
     for name, key in (("boxed_rate", "boxed_rate"), ("response_tokens", "response_len"), ("worked_frac", "worked_frac")):
         assert saved[f"eval_{name}_start"] == saved[f"eval_{name}_end"] == first[f"eval/{key}"], name
+    # accuracy split by self-check: the two parts, weighted by the self-check share, make the accuracy
+    checked, rest = first.get("eval/accuracy_self_checked", 0.0), first.get("eval/accuracy_not_self_checked", 0.0)
+    share = first["eval/reflection_frac"]
+    assert share * checked + (1 - share) * rest == pytest.approx(first["eval/accuracy"])
+    assert saved["eval_accuracy_not_self_checked_end"] == first.get("eval/accuracy_not_self_checked")
     model = AutoModelForCausalLM.from_pretrained(summary["final_model"], dtype=torch.float32)
     prompt, response = trainer.eval_prompts[1].token_ids, [5, 6, 7]
     with torch.no_grad():

@@ -54,14 +54,15 @@ def test_reflection_regex(text, expected):
 
 
 def test_emergence_plot_draws_each_eval_series(tmp_path):
-    """emergence.png: per evaluation, accuracy, response length and the worked / self-check shares, each
-    drawn from its metrics.jsonl column (the per-batch train/ series beside them, fainter)."""
+    """emergence.png: per evaluation, accuracy, response length, the worked / self-check shares and the
+    accuracy split by self-check, each drawn from its metrics.jsonl column (the per-batch train/ series beside them, fainter)."""
     from cluster.infra.metrics import EMERGENCE_PANELS, emergence_figure
 
     rows = [{"step": s, "reward/mean": s / 4, "train/accuracy": s / 4, "train/response_len": 10 + s,
              "train/worked_frac": s / 5, "train/reflection_frac": s / 8} for s in range(1, 5)]
     rows += [{"step": s, "eval/accuracy": 0.1 + s / 10, "eval/greedy_accuracy": s / 20, "eval/boxed_rate": 0.95,
-              "eval/response_len": 8 + 6 * s, "eval/worked_frac": 0.2 * (1 + s), "eval/reflection_frac": 0.01 * s}
+              "eval/response_len": 8 + 6 * s, "eval/worked_frac": 0.2 * (1 + s), "eval/reflection_frac": 0.01 * s,
+              "eval/accuracy_self_checked": 0.3 + s / 10, "eval/accuracy_not_self_checked": 0.1 + s / 20}
              for s in (0, 2, 4)]
     fig = emergence_figure(rows)
     for ax, (_, series) in zip(fig.axes, EMERGENCE_PANELS):

@@ -35,12 +35,14 @@ def _in_process(actor) -> bool:
     return ray.get(actor.__ray_call__.remote(lambda self: self.vc.in_process(self.engine)))
 
 
-def test_the_config_takes_partial_rollouts_on_the_multiprocess_engine_and_on_gpu():
+def test_the_config_takes_partial_rollouts_on_the_multiprocess_engine_and_refuses_them_on_gpu():
     from cluster.config import Config
 
-    for sections in ({"rollout": {"multiprocess_engine": True}}, {"cluster": {"device": "gpu"}}):
-        cfg = Config.model_validate({"train": {"partial_rollouts": True, "max_staleness": 1}, **sections})
-        assert cfg.train.partial_rollouts
+    cfg = Config.model_validate({"train": {"partial_rollouts": True, "max_staleness": 1},
+                                 "rollout": {"multiprocess_engine": True}})
+    assert cfg.train.partial_rollouts
+    with pytest.raises(ValueError, match=r"has not run on a GPU yet"):
+        Config.model_validate({"train": {"partial_rollouts": True, "max_staleness": 1}, "cluster": {"device": "gpu"}})
     with pytest.raises(ValueError, match=r"needs train.max_staleness >= 1"):
         Config.model_validate({"train": {"partial_rollouts": True}, "rollout": {"multiprocess_engine": True}})
 
@@ -102,6 +104,11 @@ def test_on_the_multiprocess_engine_a_request_that_spans_two_syncs_has_each_toke
     finally:
         sync.close()
     assert (first["policy_version"], second["policy_version"]) == (1, 2) and len(samples) == 128 * 2
+    # Every aborted request left nothing behind in the engine's client (n = 2: a parent and its children each)
+    left = ray.get(engines.actors[0].__ray_call__.remote(lambda self: (
+        len(self.engine.llm_engine.output_processor.parent_requests),
+        len(self.engine.llm_engine.output_processor.request_states))))
+    assert left == (0, 0), f"requests left in the engine after the generation: (parents, states) = {left}"
     assert still_generating, "a sync or the parity scoring waited for the generation to drain"
     parity_batch = TrainBatch([ids[:1] for ids in parity_ids], [ids[1:] for ids in parity_ids], [], [0.0] * 3, [])
     learner_parity = trainer.learners.logprobs(parity_batch, 1.0)

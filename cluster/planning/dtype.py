@@ -46,8 +46,8 @@ def torch_cpu_flags() -> frozenset[str]:
 
 def auto_dtype(device: str, flags: frozenset[str] | None = None) -> tuple[str, str]:
     """(dtype, why) for `model.dtype: auto` on `device`; `flags`: the CPU's flags (None: this machine's)."""
-    if device == "gpu":
-        return "bfloat16", "cluster.device=gpu"
+    if device == "gpu":  # assumes bf16-capable GPUs (compute capability >= 8.0: A100, H100); vLLM refuses bf16 on
+        return "bfloat16", "cluster.device=gpu"  # older ones at engine start, so a V100/T4 cluster sets float16/32
     source = "/proc/cpuinfo"
     if flags is None:
         flags = cpu_flags()

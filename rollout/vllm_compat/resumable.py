@@ -115,12 +115,13 @@ def resumable_stream(engine: Any, prompt_ids: list[list[int]], params: list[Any]
     flight), and returns their version (None: nothing waited). `side_requests`: streaming.SideRequests."""
     from vllm.sampling_params import RequestOutputKind
 
-    from rollout.vllm_compat.engine import sampled_logprobs, sampling_params, token_prompts
+    from rollout.vllm_compat.engine import token_prompts
 
     core = engine.llm_engine
     streams = [[Stream(i, j, p.temperature, p.top_p, p.max_tokens, None if p.seed is None else p.seed + j)
                 for j in range(p.n)] for i, p in enumerate(params)]
     owner: dict[str, list[Stream]] = {}  # live request (outputs' id) -> its completions, by child index
+    internal: dict[str, str] = {}  # live request (outputs' id) -> the engine's own id (a parent's when n > 1)
 
     def submit(prompts: list[list[int]], request_params: list[Any], owners: list[list[Stream]]) -> None:
         # LLMEngine.add_request, not LLM.enqueue: LLM makes every request FINAL_ONLY (vllm/entrypoints/common/
@@ -129,7 +130,7 @@ def resumable_stream(engine: Any, prompt_ids: list[list[int]], params: list[Any]
         for prompt, request_params_one, owned in zip(token_prompts(prompts), request_params, owners):
             request_id = f"resumable-{next(_REQUEST_IDS)}"  # outputs carry it; LLM's own ids are plain numbers
             request_params_one.output_kind = RequestOutputKind.DELTA
-            core.add_request(request_id, prompt, request_params_one)
+            internal[request_id] = core.add_request(request_id, prompt, request_params_one)
             owner[request_id] = owned
 
     submit(prompt_ids, params, streams)
@@ -138,8 +139,27 @@ def resumable_stream(engine: Any, prompt_ids: list[list[int]], params: list[Any]
 
     def abort_in_flight() -> None:
         live = [rid for rid, owned in owner.items() if any(s.finish_reason is None for s in owned)]
-        core.abort_request(live)  # a parent (n > 1) takes its unfinished children with it
+        # By the engine's own id: aborting a parent (n > 1) that way aborts its children and drops the parent's
+        # record too (vllm/v1/engine/output_processor.py abort_requests); by the outputs' id only the children go
+        # and the parent's record stays behind, one per n > 1 request at every sync.
+        core.abort_request([internal.pop(rid) for rid in live], internal=True)
         interrupted.extend(s for rid in live for s in owner.pop(rid) if s.finish_reason is None)
+
+    try:
+        yield from _steps(core, engine, streams, owner, internal, unfinished, interrupted, submit, abort_in_flight,
+                          prompt_ids, swap, side, side_requests)
+    finally:  # a consumer that stops early (an error, a cancelled call) leaves no request of its own running
+        if owner:
+            core.abort_request([internal[rid] for rid in owner if rid in internal], internal=True)
+
+
+def _steps(core: Any, engine: Any, streams: list[list[Stream]], owner: dict[str, list[Stream]],
+           internal: dict[str, str], unfinished: list[int], interrupted: list[Stream], submit: Callable[..., None],
+           abort_in_flight: Callable[[], None], prompt_ids: list[list[int]],
+           swap: Callable[[Callable[[], None]], int | None] | None, side: Callable[[], list[Any]] | None,
+           side_requests: Any) -> Iterator[list[tuple[int, Any, list[Segments]]]]:
+    """The engine loop of resumable_stream: step, hand back finished prompts, resubmit after a sync."""
+    from rollout.vllm_compat.engine import sampled_logprobs, sampling_params
 
     while core.has_unfinished_requests():
         version = swap(abort_in_flight) if swap is not None else None
@@ -164,6 +184,7 @@ def resumable_stream(engine: Any, prompt_ids: list[list[int]], params: list[Any]
                         finished.append(stream.prompt)
             if out.finished:
                 owner.pop(out.request_id)
+                internal.pop(out.request_id, None)
         if finished:
             decode = lambda ids: engine.get_tokenizer().decode(ids, skip_special_tokens=True)  # noqa: E731
             yield [(i, PromptOutput([s.completion(decode) for s in streams[i]]), [s.switches for s in streams[i]])

@@ -39,6 +39,8 @@ EMERGENCE_RUN = ROOT / "runs" / "learning" / "seed0-k0"
 EMERGENCE_PNG = ROOT / "docs" / "learning" / "emergence.png"
 
 from benchmarks.doc_sections import replace_section  # noqa: E402
+from benchmarks.learning_sections import all_rows, eos_section, update_rule_section  # noqa: E402
+from benchmarks.run_series import run_series, settings  # noqa: E402
 from benchmarks.reflect_section import DESIGNS, REFLECT_CONFIG, REFLECT_PNG, REFLECT_RUN, reflect_section  # noqa: E402
 
 # (summary.json key, label, scale for display)
@@ -70,8 +72,7 @@ def run_default(seed: int, staleness: int, overrides: list[str], config: Path = 
 
     cfg = load_config(str(config), [f"train.seed={seed}", f"train.max_staleness={staleness}", *overrides])
     cached = (tiny_model_dir(cfg) / "config.json").is_file()
-    preset = "" if config == DEFAULT_CONFIG else f"{config.stem}-"
-    run_dir = ROOT / "runs" / "learning" / f"{preset}seed{seed}-k{staleness}"
+    run_dir = ROOT / "runs" / "learning" / run_name(config, seed, staleness, overrides)
     trainer = Trainer(cfg, run_dir)
     try:
         summary = trainer.run()
@@ -79,11 +80,18 @@ def run_default(seed: int, staleness: int, overrides: list[str], config: Path = 
         trainer.close()
     row = {"seed": seed, "max_staleness": staleness, "overrides": overrides, "base_model_cached": cached,
            **{k: v for k, v in summary.items() if isinstance(v, (int, float)) or v is None},
-           "train_truncated_frac_end": last_truncated_frac(run_dir)}
+           "train_truncated_frac_end": last_truncated_frac(run_dir),
+           "settings": settings(trainer.cfg), **run_series(run_dir)}
     RUNS.parent.mkdir(parents=True, exist_ok=True)
     with runs_file(config).open("a") as f:
         f.write(json.dumps(row) + "\n")
     return row
+
+
+def run_name(config: Path, seed: int, staleness: int, overrides: list[str]) -> str:
+    """runs/learning/<name>: a preset's runs and runs with overrides each get their own directory."""
+    preset = "" if config.name == DEFAULT_CONFIG.name else f"{config.stem}-"
+    return f"{preset}seed{seed}-k{staleness}" + "".join(f"-{o.replace('/', '_')}" for o in overrides)
 
 
 def last_truncated_frac(run_dir: Path) -> float | None:
@@ -229,6 +237,9 @@ def main() -> int:
         if rows:
             print(seeds_section(rows))
             replace_section(seeds_section(rows))
+            everything = all_rows(RUNS)
+            replace_section(update_rule_section(everything))
+            replace_section(eos_section(everything, rows))
         if (COMPARE / "results.json").exists():
             replace_section(compare_section())
         reflect_rows = recorded(runs_file(REFLECT_CONFIG))

@@ -62,7 +62,8 @@ class NoEquivalent(ValueError):
 def trl_args(cfg: Any) -> dict[str, Any]:
     """GRPOConfig keyword arguments that reproduce `cfg`'s step as closely as TRL's options allow: one
     generation of prompts_per_step x samples_per_prompt completions and one optimizer step per step, in
-    micro-batches of our micro_batch_size (or of the full-length sequences our token budget holds)."""
+    micro-batches of our micro_batch_size (or of the full-length sequences a fixed token budget holds).
+    Overlong shaping is not an argument: the TRL side adds the same penalty in its reward (peers_trl.py)."""
     a, r, le, t = cfg.algorithm, cfg.rollout, cfg.learner, cfg.train
     if a.advantage not in SCALE_REWARDS:
         raise NoEquivalent(f"algorithm.advantage={a.advantage}: TRL's GRPO only has group advantages (grpo, dr_grpo)")
@@ -73,7 +74,9 @@ def trl_args(cfg: Any) -> dict[str, Any]:
                            "TRL GRPO equivalent")
     completions = t.prompts_per_step * r.samples_per_prompt
     micro = le.micro_batch_size
-    if le.max_tokens_per_micro_batch:  # our budget in full-length sequences: TRL's micro-batches are by count
+    # A fixed budget in full-length sequences: TRL's micro-batches are by count. `auto` is planned per run and
+    # machine, so TRL keeps micro_batch_size (configs/tiny.yaml: 64, TRL's setting before ours went by tokens).
+    if isinstance(le.max_tokens_per_micro_batch, int):
         micro = max(1, le.max_tokens_per_micro_batch // r.max_model_len)
     micro = min(micro, completions)
     while completions % micro:
@@ -282,7 +285,10 @@ def run_trl(shape: str, cfg: Any, model_path: str, skip: int, threads: int | Non
     subprocess.run(["rm", "-rf", str(work)], check=True)
     work.mkdir(parents=True)
     args = trl_args(cfg)
+    a = cfg.algorithm
     payload = {"model_path": model_path, "seed": cfg.train.seed, "bf16": cfg.model.dtype == "bfloat16",
+               "overlong": {"max_new_tokens": cfg.rollout.max_new_tokens, "buffer": a.overlong_buffer,
+                            "factor": a.overlong_penalty},
                "trl_args": args, "work_dir": str(work / "out"), "eval_samples": cfg.train.eval_samples,
                "train": [{"prompt": p.text, "answer": p.answer} for p in prompts],
                "heldout": [{"prompt": p.prompt, "answer": p.answer} for p in held]}

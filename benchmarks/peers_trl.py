@@ -75,6 +75,7 @@ def main(payload_path: str, result_path: str) -> None:
 
     import trl
     from reward import score
+    from reward.shaping import overlong_penalty
     from trl import GRPOConfig, GRPOTrainer
 
     payload = json.loads(Path(payload_path).read_text())
@@ -84,9 +85,13 @@ def main(payload_path: str, result_path: str) -> None:
     steps: list[dict[str, float]] = []
     current: dict[str, float] = {}
 
+    overlong = payload["overlong"]
+
     def reward_fn(completions: list[str], answer: list[str], completion_ids: list[list[int]], **_: Any) -> list[float]:
-        """Our grader on the last boxed answer (reward.score), as our reward actors pay it (binary shaping)."""
-        rewards = [score(c, a) for c, a in zip(completions, answer)]
+        """Our grader on the last boxed answer (reward.score), as our reward actors pay it (binary shaping),
+        plus our overlong penalty where the config sets one (reward/shaping.py, as cluster/loop/dynamic.py adds it)."""
+        rewards = [score(c, a) + overlong_penalty(len(ids), overlong["max_new_tokens"], overlong["buffer"], overlong["factor"])
+                   for c, a, ids in zip(completions, answer, completion_ids)]
         current["tokens"] = current.get("tokens", 0) + sum(len(ids) for ids in completion_ids)
         current["samples"] = current.get("samples", 0) + len(rewards)
         current["reward_sum"] = current.get("reward_sum", 0.0) + sum(rewards)

@@ -35,9 +35,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.doc_sections import publish, replace_section  # noqa: E402
-from benchmarks.scale_baselines import (WORK, our_micro_batches, padded_tokens, peak_rss, run_child,  # noqa: E402
-                                        run_children, sorted_by_length)
+from benchmarks.doc_sections import publish  # noqa: E402
+from benchmarks.scale_baselines import WORK, our_micro_batches, padded_tokens, peak_rss, run_child  # noqa: E402
 
 RESULTS = ROOT / "docs" / "scale" / "results.json"
 GOAL = 0.9
@@ -126,88 +125,6 @@ def _timed(fn: Any) -> float:
     return time.perf_counter() - start
 
 
-def learner_profile(command: str) -> str:
-    """Where the learner's time goes, from the batch of the last main run (WORK/torch.pkl): the plain
-    loop with the threads split as our ranks split them, the other dtype, other micro-batch sizes; padding waste."""
-    import pickle
-
-    base = {**pickle.loads((WORK / "torch.pkl").read_bytes()), "steps": 1}
-    base.pop("parts", None)  # the main run's last plain job was the like-for-like one: start from the plain loop
-    batch, micro = base["batch"], base["micro_batch_size"]
-    other = "float32" if base["dtype"] == "bfloat16" else "bfloat16"
-    real = sum(len(p) + len(r) for p, r in zip(batch.prompt_ids, batch.response_ids))
-    budget = base.get("budget")
-    variants = {
-        "base": (f"1 process x {base['threads']} threads, {base['dtype']}, micro-batch {micro} in batch order (the main "
-                 "table's baseline)", [base]),
-        "ranks": (f"{base['threads']} processes x 1 thread, each its shard (our ranks' layout, without DeepSpeed)",
-                  [{**base, "threads": 1, "batch": batch.select(list(range(r, len(batch), base["threads"])))}
-                   for r in range(base["threads"])]),
-        "dtype": (f"{other} weights and activations", [{**base, "dtype": other}]),
-        "half": (f"micro-batch {micro // 2}", [{**base, "micro_batch_size": max(1, micro // 2)}]),
-        "double": (f"micro-batch {micro * 2}", [{**base, "micro_batch_size": micro * 2}]),
-        "no_ref": ("no reference forward (kl_coef 0)", [{**base, "kl_coef": 0.0}]),
-        "sorted": ("sequences sorted by length before the micro-batch split (less padding)",
-                   [{**base, "batch": sorted_by_length(batch)}]),
-    }
-    if budget:
-        variants["budget"] = (f"micro-batches by our token budget ({budget} padded tokens, sorted by length)",
-                              [{**base, "max_tokens": budget}])
-    rows = ["| plain PyTorch variant (same batch, one optimizer step) | seconds | tokens/s | peak RSS GiB |",
-            "|---|---|---|---|"]
-    t: dict[str, float] = {}
-    for key, (name, payloads) in variants.items():
-        results = run_children(payloads)
-        t[key] = max(r["seconds"] for r in results)
-        rss = sum(r["rss"] for r in results) / 2**30
-        rows.append(f"| {name} | {t[key]:.1f} | {real / t[key]:,.0f} | {rss:.2f} |")
-        print(rows[-1], flush=True)
-    waste = {m: padded_tokens(batch, 1, m) / real - 1 for m in (max(1, micro // 2), micro, micro * 2)}
-    ours = padded_tokens(batch, base["threads"], micro, budget) / real - 1
-    ordered = padded_tokens(sorted_by_length(batch), 1, micro) / real - 1
-    main = json.loads((WORK / "result.json").read_text())["ours"] if (WORK / "result.json").is_file() else None
-    findings = [
-        f"- The reference model's forward (KL loss) is {1 - t['no_ref'] / t['base']:.0%} of the step.",
-        f"- {other}: {t['base'] / t['dtype']:.2f}x the speed of {base['dtype']}.",
-        f"- Threads: {base['threads']} processes x 1 thread take {t['ranks'] / t['base']:.2f}x the time of 1 process x "
-        f"{base['threads']} threads.",
-        f"- Padding: the plain loop's micro-batches of {micro} in batch order compute {waste[micro]:.0%} more tokens "
-        f"than the real ones; sorted by length first {ordered:.0%} (step {t['sorted'] / t['base']:.2f}x)"
-        + (f"; by our token budget {padded_tokens(batch, 1, micro, budget) / real - 1:.0%} "
-           f"(step {t['budget'] / t['base']:.2f}x)." if budget else "."),
-        f"- Micro-batch {micro // 2} / {micro * 2}: {t['half'] / t['base']:.2f}x / {t['double'] / t['base']:.2f}x the "
-        "time; larger micro-batches pad more and hold more activations.",
-    ]
-    if main:
-        like = ("budget", "the plain loop with our token-budget micro-batches") if budget else \
-            ("ranks", "the same layout without DeepSpeed")
-        findings.append(f"- Our learner's step in the main run took {main['train_s']:.1f} s: "
-                        f"{main['train_s'] / t[like[0]]:.2f}x {like[1]} (the rest: ZeRO's gradient reduce over gloo after "
-                        "every micro-batch, its bucket copies, the optimizer on the partition).")
-    return "\n".join([
-        "## Beyond the toy: learner profile",
-        "",
-        f"The batch of the last `benchmarks/scale.py` run ({len(batch)} sequences, {real:,} tokens), trained by the "
-        "plain PyTorch loop of the main table in variants, one at a time, each in a fresh process.",
-        "",
-        *rows,
-        "",
-        *findings,
-        "",
-        "Padding waste (padded tokens computed / real tokens - 1): "
-        + ", ".join(f"micro-batch {m}: {w:.0%}" for m, w in waste.items())
-        + f"; sorted by length, micro-batch {micro}: {ordered:.0%}; our {base['threads']} ranks ("
-        + (f"token budget {budget}, sorted by length" if budget else f"each its interleaved shard, micro-batch {micro}")
-        + f"): {ours:.0%}.",
-        "",
-        f"Machine: {os.cpu_count()} cores; load average (1 min) at the end {os.getloadavg()[0]:.1f} (shared machine).",
-        "",
-        "```",
-        command,
-        "```",
-    ]) + "\n"
-
-
 def measure(cfg: Any, reps: int) -> dict[str, Any]:
     ours = measure_training_path(cfg, reps)
     r, l = cfg.rollout, cfg.learner
@@ -216,7 +133,7 @@ def measure(cfg: Any, reps: int) -> dict[str, Any]:
         by_prompt.setdefault(index, prompt_ids)
     indices = sorted(by_prompt)
     # the seeds RolloutWorker._params gives each prompt (worker 0, the batch seed)
-    seeds = [(cfg.train.seed * 1_000_003 + i) % 2**31 for i in indices]
+    seeds = [prompt_seed(cfg.train.seed, i) for i in indices]
     env = {"TOKENIZERS_PARALLELISM": "false"}
     job = {"engine_args": ours["engine_args"]["kwargs"], "multiprocess": r.multiprocess_engine,
            "prompts": [by_prompt[i] for i in indices], "seeds": seeds, "threads": ours["engine_args"]["threads"],
@@ -333,11 +250,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args(argv)
     if args.learner_profile:
-        text = learner_profile(".venv/bin/python benchmarks/scale.py --learner-profile"
-                               + (" --write-docs" if args.write_docs else ""))
+        from benchmarks import learner_profile
+
+        document = learner_profile.measure()
+        text = learner_profile.section(document)
         print(text)
         if args.write_docs:
-            replace_section(text)
+            publish(learner_profile.RESULTS, document, text)
         return 0
     from cluster.config import load_config
 

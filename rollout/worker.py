@@ -6,6 +6,7 @@ import time
 from typing import Any, Iterator
 
 from protocol.batch import GeneratedChunk, Prompt, Sample
+from protocol.rng import prompt_seed
 from protocol.weight_sync import WeightManifest
 from rollout.in_flight import InFlightWork
 from rollout.kv_cache import KVPlan, cpu_kv_plan, read_model_config
@@ -83,7 +84,7 @@ class RolloutWorker(InFlightWork):
         # correlate their samples (measured: identical format choices across a whole batch). It also
         # makes a prompt's completions independent of which worker or batch generates it.
         return [self.vc.sampling_params(n, temperature, top_p, max_tokens,
-                                        None if seed is None else (seed * 1_000_003 + p.index) % 2**31)
+                                        None if seed is None else prompt_seed(seed, p.index))
                 for p in prompts]
 
     def _samples(self, prompt: Prompt, output: Any, switches: list[list[tuple[int, int]]] | None = None,

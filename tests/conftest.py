@@ -13,8 +13,11 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
 def small_overrides(tmp: Path) -> list[str]:
-    """A config small enough for CI: a 2-layer model, 4 prompts x 4 samples, 5 warm-up steps."""
+    """A config small enough for CI: a 2-layer model, 4 prompts x 4 samples, 5 warm-up steps. It pins what
+    configs/tiny.yaml chooses per machine or for 64-token answers: fp32 (exact learner/engine comparisons),
+    micro-batches of 4 samples (several per step), no overlong penalty (it would start at 8 of 24 tokens)."""
     return [
+        "model.dtype=float32", "learner.max_tokens_per_micro_batch=null", "algorithm.overlong_buffer=0",
         f"model.cache_dir={tmp / 'models'}", "model.tiny.hidden_size=64", "model.tiny.intermediate_size=128",
         "model.tiny.num_layers=2", "model.tiny.num_heads=2", "model.tiny.num_kv_heads=1",
         "model.warmup.steps=5", "model.warmup.batch_size=16",

@@ -9,8 +9,9 @@ Two kinds of checks, each a table:
   found by the words around it, must be the value its result file gives, formatted as the doc prints it
   (the 7B memory figures are predictions: what `cluster.planning.memory_model.predict` computes from the config today).
 Every docs/benchmarks.md section is either rendered (SECTIONS) or named in UNBACKED with the command whose
-rerun would back it (weight sync and cpu_scale are rendered from docs/weight_sync/results.json and
-docs/scale/results.json while those files are committed, and fall back to UNBACKED without them).
+rerun would back it (weight sync, cpu_scale and the learner profile are rendered from
+docs/weight_sync/results.json, docs/scale/results.json and docs/scale/learner_profile.json while those
+files are committed, and fall back to UNBACKED without them).
 A figure edited by hand, or a result file replaced without rewriting the doc, fails here; the perturbation
 cases change one figure of a doc in memory and show that the same check then reports it. Nothing here
 runs a benchmark: the renderers only read the committed files.
@@ -26,7 +27,8 @@ from typing import Callable
 
 import pytest
 
-from benchmarks import learning, micro_batching, pipeline, reward, sandbox, scale, weight_sync
+from benchmarks import (learner_profile, learning, learning_sections, micro_batching, pipeline, reward, sandbox, scale,
+                        weight_sync)
 from benchmarks.reflect_section import REFLECT_CONFIG, reflect_section
 from benchmarks.doc_sections import section_of
 from benchmarks.main_run import README, load, readme_block, render
@@ -89,6 +91,12 @@ SECTIONS: dict[str, tuple[Path, Callable[[str], str], Callable[[], str]]] = {
     "Self-correction <- docs/learning/reflect_designs.jsonl, base_probe.jsonl": (
         BENCHMARKS, _benchmarks_section("## Self-correction (configs/tiny_reflect.yaml)"),
         lambda: reflect_section(learning.recorded(learning.runs_file(REFLECT_CONFIG)), learning.recorded())),
+    "Update rule <- docs/learning/runs.jsonl": (
+        BENCHMARKS, _benchmarks_section(learning_sections.UPDATE_TITLE),
+        lambda: learning_sections.update_rule_section(learning_sections.all_rows(learning.RUNS))),
+    "The end-of-sequence token <- docs/learning/runs.jsonl": (
+        BENCHMARKS, _benchmarks_section(learning_sections.EOS_TITLE),
+        lambda: learning_sections.eos_section(learning_sections.all_rows(learning.RUNS), learning.recorded())),
     "docs/compare/compare.md <- docs/compare/results.json": (DOCS / "compare" / "compare.md", _whole, _compare_table),
     "docs/sweep/sweep.md <- docs/sweep/sweep.csv": (DOCS / "sweep" / "sweep.md", _whole, _sweep_table),
 }
@@ -98,15 +106,11 @@ SECTIONS: dict[str, tuple[Path, Callable[[str], str], Callable[[], str]]] = {
 # file or None when the script writes none). Once the file is committed the section moves to SECTIONS.
 UNBACKED: dict[str, tuple[str, Path | None]] = {
     "## Weight sync": (".venv/bin/python benchmarks/weight_sync.py --write-docs", weight_sync.RESULTS),
-    "## Update rule": ("the three cluster.train runs quoted in the section (figures hand-copied)", None),
     "## Beyond the toy (cpu_scale)": (".venv/bin/python benchmarks/scale.py --write-docs", scale.RESULTS),
-    "## Beyond the toy: learner profile": (
-        ".venv/bin/python benchmarks/scale.py --learner-profile --write-docs (writes no docs/ file)", None),
-    "## Losing the end-of-sequence token (seed 2, max_staleness=1)": (
-        "the cluster.train run quoted in the section and the seed 2 run of benchmarks/learning.py (figures "
-        "hand-copied from their metrics.jsonl)", None),
+    learner_profile.TITLE: (learner_profile.COMMAND, learner_profile.RESULTS),
 }
-for _title, _script in (("## Weight sync", weight_sync), ("## Beyond the toy (cpu_scale)", scale)):
+for _title, _script in (("## Weight sync", weight_sync), ("## Beyond the toy (cpu_scale)", scale),
+                        (learner_profile.TITLE, learner_profile)):
     if _script.RESULTS.exists():  # rendered by the script from its result file once one is committed
         SECTIONS[f"{_title[3:]} <- {_script.RESULTS.relative_to(ROOT)}"] = (
             BENCHMARKS, _benchmarks_section(_title), lambda script=_script: script.section(_json(script.RESULTS)))
@@ -214,9 +218,6 @@ FIGURES: list[tuple[Path, str, Callable[[], str]]] = [
     (README, r"`train.max_staleness=1` gain (\S+ ± \S+) points", lambda: _mean_sd([100 * r["gain"] for r in _seeds(1)])),
     (README, r"its last training batch is (\d+)% cut", lambda: f"{100 * _run(2, 1)['train_truncated_frac_end']:.0f}"),
     (README, r"its\s+length ratio \((\S+)x\)", lambda: f"{_run(2, 1)['length_ratio']:.1f}"),
-    # docs/benchmarks.md, "Losing the end-of-sequence token": the run's end figures (docs/learning/runs.jsonl)
-    (BENCHMARKS, r"accuracy keeps rising \((\S+) at the end\)", lambda: f"{_run(2, 1)['eval_accuracy_end']:.3f}"),
-    (BENCHMARKS, r"while the mean length reads (\S+)\. ", lambda: f"{_run(2, 1)['eval_response_tokens_end']:.1f}"),
     # README: RL vs SFT vs RFT (docs/compare/results.json)
     (README, r"(\d+)\s+optimizer steps each through the same learner", lambda: _one({str(r["steps"]) for r in _methods()})),
     (README, r"wins on this task, (\d\.\d+) held-out", lambda: f"{_method('sft')['accuracy_end']:.3f}"),

@@ -104,7 +104,8 @@ def test_cli_on_a_checkpoint_matches_the_live_engines(trainer, arith_dir, tmp_pa
     out = tmp_path / "out"
     proc = subprocess.run([sys.executable, "-m", "cluster.evaluate", "--model", str(ckpt), "--benchmarks", "arith",
                            "--data-dir", str(arith_dir), "--samples", "4", "--pass-k", "1,4", "--out", str(out), "--extract", "boxed",
-                           "--config", "configs/tiny.yaml", f"rollout.max_new_tokens={r.max_new_tokens}",
+                           "--config", "configs/tiny.yaml", f"model.dtype={trainer.cfg.model.dtype}",
+                           f"rollout.max_new_tokens={r.max_new_tokens}",
                            f"rollout.max_model_len={r.max_model_len}", "reward.num_workers=1", "learner.num_ranks=1"],
                           cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -21,12 +21,12 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_default_shape_maps_to_one_generation_and_one_optimizer_step() -> None:
-    args = trl_args(load_config("configs/tiny.yaml"))
+    args = trl_args(load_config("configs/tiny.yaml", ["model.dtype=float32"]))
     assert args["num_generations"] == 8
     # 32 prompts x 8 samples per optimizer step, generated at once: TRL's generation batch = micro x steps
     assert args["per_device_train_batch_size"] * args["gradient_accumulation_steps"] == 256
     assert args["steps_per_generation"] == args["gradient_accumulation_steps"] == 4
-    assert args["per_device_train_batch_size"] == 64  # our micro_batch_size
+    assert args["per_device_train_batch_size"] == 64  # our micro_batch_size (our own micro-batches: a planned token budget)
     assert (args["loss_type"], args["scale_rewards"], args["beta"]) == ("dapo", "group", 0.0)
     assert (args["max_completion_length"], args["learning_rate"], args["lr_scheduler_type"]) == (64, 2e-4, "constant")
     assert args["bf16"] is False and args["shuffle_dataset"] is False

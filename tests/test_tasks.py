@@ -11,6 +11,7 @@ from cluster.config import load_config
 from reward.extract import last_boxed
 from reward.scoring import judge
 from tasks import TASKS, column_addition as task
+from tests.conftest import ROOT
 
 
 def test_held_out_and_training_problems_are_disjoint():
@@ -79,6 +80,17 @@ def test_the_base_model_cache_key_follows_the_task(monkeypatch):
     assert cache_key(load_config(None, ["model.warmup.worked_fraction=0.3"])) != key
     monkeypatch.setattr(TASKS["column_addition"], "VERSION", task.VERSION + 1)
     assert cache_key(cfg) != key
+
+
+def test_the_base_model_is_built_the_same_whatever_dtype_and_token_budget_the_run_uses():
+    """The cache key leaves out the run's dtype and micro-batching, so the build must not depend on them:
+    configs/tiny.yaml's bf16 (auto) and token-budget run builds the fp32, counted-micro-batch model."""
+    from cluster.toy.base_model import cache_key, fixed_build
+
+    run = load_config(str(ROOT / "configs" / "tiny.yaml"), ["model.dtype=bfloat16", "learner.max_tokens_per_micro_batch=2048"])
+    plain = load_config(str(ROOT / "configs" / "tiny.yaml"), ["model.dtype=float32", "learner.max_tokens_per_micro_batch=null"])
+    assert cache_key(run) == cache_key(plain)
+    assert fixed_build(run).model_dump() == fixed_build(plain).model_dump() == plain.model_dump()
 
 
 

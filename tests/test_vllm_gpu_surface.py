@@ -100,3 +100,29 @@ def test_only_the_rotary_reload_notice_is_silenced():
     finally:
         layerwise.logger.removeHandler(handler)
     assert seen == ["QKVParallelLinear: Failed to load weights"]
+
+
+def test_only_the_fp32_to_bf16_load_notice_is_silenced():
+    """A bf16 engine loading an fp32 checkpoint (the embedded base model under `model.dtype: auto`) logs one
+    "Attempted to load weight ... with dtype" line per tensor from vLLM's model loader; that cast is what the
+    config asked for. The same line for any other pair of dtypes still shows."""
+    import inspect
+    import logging
+
+    import torch
+
+    import rollout.vllm_compat  # noqa: F401 - installs the filter
+    from vllm.model_executor.models import utils
+
+    assert '"Attempted to load weight %s with dtype %s into "' in inspect.getsource(utils)
+    seen: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: seen.append(record.getMessage())  # type: ignore[method-assign]
+    utils.logger.addHandler(handler)
+    message = "Attempted to load weight %s with dtype %s into parameter with dtype %s"
+    try:
+        utils.logger.warning(message, "lm_head.weight", torch.float32, torch.bfloat16)
+        utils.logger.warning(message, "lm_head.weight", torch.float16, torch.bfloat16)
+    finally:
+        utils.logger.removeHandler(handler)
+    assert seen == ["Attempted to load weight lm_head.weight with dtype torch.float16 into parameter with dtype torch.bfloat16"]

@@ -68,6 +68,14 @@ def sft_batch(pairs: list[tuple[str, str]], tokenizer: Any, eos_id: int) -> Trai
     return TrainBatch(prompts, responses, [], [0.0] * len(prompts), [[1.0] * len(r) for r in responses])
 
 
+def fixed_build(cfg: Config) -> Config:
+    """The base model is one artifact per cache_key (its shape, warm-up and seed): it is built in fp32 with
+    micro-batches of learner.micro_batch_size samples whatever dtype and token budget the run trains with,
+    so a bf16 run (model.dtype auto on a CPU with bf16 units) and an fp32 one start from the same model."""
+    return cfg.model_copy(update={"model": cfg.model.model_copy(update={"dtype": "float32"}),
+                                  "learner": cfg.learner.model_copy(update={"max_tokens_per_micro_batch": None})})
+
+
 def build_base_model(cfg: Config, placement: Placement, out: Path, pairs: list[tuple[str, str]] | None = None,
                      corpus: list[str] | None = None) -> Path:
     """Train the tokenizer on `corpus`, make a random tiny model, fine-tune it on the (prompt, response)
@@ -85,7 +93,7 @@ def build_base_model(cfg: Config, placement: Placement, out: Path, pairs: list[t
     tokenizer = AutoTokenizer.from_pretrained(random_dir)
     pairs = pairs if pairs is not None else warmup_pairs(cfg)
     size, eos_id = cfg.model.warmup.batch_size, tokenizer.convert_tokens_to_ids(EOS)
-    learners = LearnerGroup(cfg, str(random_dir), placement, kl_coef=0.0, lr=cfg.model.warmup.lr)
+    learners = LearnerGroup(fixed_build(cfg), str(random_dir), placement, kl_coef=0.0, lr=cfg.model.warmup.lr)
     try:
         bar = tqdm(range(0, len(pairs), size), desc="base model: supervised warm-up", unit="step")
         for lo in bar:

@@ -28,9 +28,23 @@ class RotaryReloadNotice(logging.Filter):
                     and "RotaryEmbedding" in str(record.args[0]))
 
 
+class NarrowingLoadNotice(logging.Filter):
+    """Drops vLLM's "Attempted to load weight %s with dtype torch.float32 into parameter with dtype
+    torch.bfloat16" line (vllm/model_executor/models/utils.py), one per tensor when a bf16 engine
+    (model.dtype bfloat16, or auto on a CPU with bf16 units) loads an fp32 checkpoint such as the embedded
+    base model: the cast is what model.dtype asked for, and the learner trains the same bf16 weights. Any
+    other dtype mismatch still shows."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (isinstance(record.msg, str) and record.msg.startswith("Attempted to load weight %s with dtype")
+                    and record.args and len(record.args) == 3
+                    and (str(record.args[1]), str(record.args[2])) == ("torch.float32", "torch.bfloat16"))
+
+
 # Installed wherever this module is imported: the rollout actor and vLLM's worker processes (it is the
 # worker extension's module), so multiprocess and TP engines are covered too.
 logging.getLogger("vllm.model_executor.model_loader.reload.layerwise").addFilter(RotaryReloadNotice())
+logging.getLogger("vllm.model_executor.models.utils").addFilter(NarrowingLoadNotice())
 # vLLM fuses these checkpoint projections into one parameter; reload_weights maps them back.
 STACKED = {".qkv_proj": (".q_proj", ".k_proj", ".v_proj"), ".gate_up_proj": (".gate_proj", ".up_proj")}
 

@@ -127,8 +127,10 @@ def seeds_table(rows: list[dict[str, Any]]) -> str:
         cells = []
         for k in settings:
             values = [r[key] * scale for r in rows if r["max_staleness"] == k and r.get(key) is not None]
-            sd = statistics.stdev(values) if len(values) > 1 else float("nan")
-            cells.append(f"{statistics.mean(values):.1f} ± {sd:.1f}" if values else "-")
+            if len(values) == 1:
+                cells.append(f"{values[0]:.1f} (one run)")
+            else:
+                cells.append(f"{statistics.mean(values):.1f} ± {statistics.stdev(values):.1f}" if values else "-")
         lines.append(f"| {label} | {' | '.join(cells)} |")
     return "\n".join(lines)
 

@@ -11,6 +11,7 @@ from typing import Any
 UPDATE_TITLE = "## Update rule"
 EOS_TITLE = "## The end-of-sequence token (overlong shaping)"
 MINI_BATCHES = "algorithm.ppo_mini_batches=4"
+NO_SHAPING = "algorithm.overlong_buffer=0"
 EVAL_STEPS = (10, 20, 30, 40)
 
 
@@ -49,6 +50,7 @@ def update_rule_section(rows: list[dict[str, Any]]) -> str:
                      f"{_median(row, 'time/logprobs_s')} | {_median(row, 'time/train_s')} |")
     d, m = default["medians"], more["medians"]
     start = default["evals"][0]
+    nan = float("nan")
     return f"""{UPDATE_TITLE}
 
 Learning of the embedded default (`configs/tiny.yaml`, seed 0, synchronous, one cached base model for both
@@ -59,19 +61,23 @@ steps 3-40 of each run's metrics. Base model at step 0: {start['accuracy']:.3f} 
 
 {chr(10).join(lines)}
 
-With the defaults the ratio comes from the training forward itself: median `train/ratio_max`
-{d.get('train/ratio_max', float('nan')):.3f}, `train/clip_frac` {d.get('train/clip_frac', float('nan')):.3f}; the
-learner/vLLM gap (`train/rollout_logprob_diff_max`) has median {d.get('train/rollout_logprob_diff_max', float('nan')):.2g}
-nats in {default['settings']['dtype']}. With four mini-batches: median `train/ratio_max`
-{m.get('train/ratio_max', float('nan')):.2f}, `train/clip_frac` {m.get('train/clip_frac', float('nan')):.3f},
-`train/approx_kl` {m.get('train/approx_kl', float('nan')):.3f}. Both rows ran one after the other on this 2-core
-machine; rows: docs/learning/runs.jsonl.
+- Defaults: the ratio comes from the training forward itself (median `train/ratio_max` {d.get('train/ratio_max', nan):.3f}, `train/clip_frac` {d.get('train/clip_frac', nan):.3f}); the learner/vLLM gap `train/rollout_logprob_diff_max` has median {d.get('train/rollout_logprob_diff_max', nan):.2g} nats ({default['settings']['dtype']}), which the TIS weights correct.
+- Four mini-batches: median `train/ratio_max` {m.get('train/ratio_max', nan):.2f}, `train/clip_frac` {m.get('train/clip_frac', nan):.3f}, `train/approx_kl` {m.get('train/approx_kl', nan):.3f}.
+- Both rows ran one after the other on this 2-core machine; rows: docs/learning/runs.jsonl.
 
 ```
 .venv/bin/python benchmarks/learning.py --seeds 0 --write-docs
 .venv/bin/python benchmarks/learning.py --seeds 0 --write-docs {MINI_BATCHES}
 ```
 """
+
+
+def _cut_row(r: dict[str, Any]) -> str:
+    cut = r["truncated_by_step"]
+    step, worst = max(cut, key=lambda p: (p[1], -p[0])) if cut else (0, 0.0)
+    return (f"| {r['seed']} | {r['max_staleness']} | {r['settings']['overlong_buffer']} | "
+            f"{worst:.1%}{f' (step {step})' if worst else ''} | {r['train_truncated_frac_end']:.1%} | "
+            f"{r['eval_accuracy_end']:.3f} | {r['eval_response_tokens_end']:.1f} |")
 
 
 def eos_section(rows: list[dict[str, Any]], recorded: list[dict[str, Any]]) -> str:
@@ -82,23 +88,27 @@ def eos_section(rows: list[dict[str, Any]], recorded: list[dict[str, Any]]) -> s
     history = "; ".join(f"seed {r['seed']} with max_staleness={r['max_staleness']} ended with "
                         f"{r['train_truncated_frac_end']:.0%} of its last training batch cut and held-out answers of "
                         f"{r['eval_response_tokens_end']:.1f} tokens" for r in lost) or "no run lost it"
-    lines = ["| seed | max_staleness | overlong_buffer | largest share cut in a training batch (step) | "
-             "cut in the last batch | held-out response tokens, end |", "|---|---|---|---|---|---|"]
-    for r in recorded:
-        if "truncated_by_step" not in r:
-            continue
-        step, worst = max(r["truncated_by_step"], key=lambda p: (p[1], -p[0])) if r["truncated_by_step"] else (0, 0.0)
-        lines.append(f"| {r['seed']} | {r['max_staleness']} | {r['settings']['overlong_buffer']} | {worst:.1%} ({step}) | "
-                     f"{r['train_truncated_frac_end']:.1%} | {r['eval_response_tokens_end']:.1f} |")
+    head = ["| seed | max_staleness | overlong_buffer | largest share cut in a training batch | cut in the last batch | "
+            "held-out accuracy, end | held-out response tokens, end |", "|---|---|---|---|---|---|---|"]
+    lines = head + [_cut_row(r) for r in recorded if "truncated_by_step" in r]
+    ablation = [r for s, k in {(r["seed"], r["max_staleness"]) for r in recorded}
+                if (r := newest(rows, s, k, [NO_SHAPING])) is not None]
+    without = ("" if not ablation else "\n\nThe same runs without the penalty (`" + NO_SHAPING + "`, everything else as "
+               "today's default):\n\n" + "\n".join(head + [_cut_row(r) for r in sorted(ablation, key=lambda r: (r["seed"], r["max_staleness"]))]))
     return f"""{EOS_TITLE}
 
 A policy can stop emitting its end-of-sequence token and keep writing after the boxed answer (e.g.
 `So \\boxed{{1531}}.}}.}}.}}.`): the answer reward reads only the last box, so the correct ones among those
-answers still earn 1 and their extra tokens are reinforced. Before `algorithm.overlong_buffer: 16` was in
-`configs/tiny.yaml` ({len(before)} earlier rows of docs/learning/runs.jsonl, written without overlong shaping):
-{history}. With it (DAPO's soft overlong penalty: an answer longer than 48 of its 64 tokens loses reward in
-proportion to the tokens past 48, `reward/shaping.py`), the share of each training batch cut at
-`rollout.max_new_tokens`, per run of "Learning over seeds":
+answers still earn 1 and their extra tokens are reinforced. The earlier default (fp32, micro-batches of 64
+samples, neighbouring prompts' seeds overlapping, no overlong shaping: the {len(before)} rows of
+docs/learning/runs.jsonl without `settings`) lost it once: {history}. Today's default has
+`algorithm.overlong_buffer: 16` (DAPO's soft overlong penalty: an answer longer than 48 of its 64 tokens
+loses reward in proportion to the tokens past 48, `reward/shaping.py`). The share of each training batch
+cut at `rollout.max_new_tokens`, per run of "Learning over seeds":
 
-{chr(10).join(lines)}
+{chr(10).join(lines)}{without}
+
+The drift came in one run of six, late in that run, so a run that keeps its end token with or without the
+penalty says little about the penalty alone; what the penalty guarantees is that an answer running to the cap
+earns at most 0 even when its last box is right.
 """

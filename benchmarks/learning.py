@@ -40,7 +40,7 @@ EMERGENCE_PNG = ROOT / "docs" / "learning" / "emergence.png"
 
 from benchmarks.doc_sections import replace_section  # noqa: E402
 from benchmarks.learning_sections import all_rows, eos_section, update_rule_section  # noqa: E402
-from benchmarks.run_series import run_series, settings  # noqa: E402
+from benchmarks.run_series import run_series, settings as run_settings  # noqa: E402
 from benchmarks.reflect_section import DESIGNS, REFLECT_CONFIG, REFLECT_PNG, REFLECT_RUN, reflect_section  # noqa: E402
 
 # (summary.json key, label, scale for display)
@@ -81,7 +81,7 @@ def run_default(seed: int, staleness: int, overrides: list[str], config: Path = 
     row = {"seed": seed, "max_staleness": staleness, "overrides": overrides, "base_model_cached": cached,
            **{k: v for k, v in summary.items() if isinstance(v, (int, float)) or v is None},
            "train_truncated_frac_end": last_truncated_frac(run_dir),
-           "settings": settings(trainer.cfg), **run_series(run_dir)}
+           "settings": run_settings(trainer.cfg), **run_series(run_dir)}
     RUNS.parent.mkdir(parents=True, exist_ok=True)
     with runs_file(config).open("a") as f:
         f.write(json.dumps(row) + "\n")

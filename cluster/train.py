@@ -34,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     from cluster.infra.paths import Resolver, SharedPathError
 
     try:
-        cfg = planned(load_config(args.config, args.overrides))
+        cfg = planned(load_config(args.config, args.overrides), strict=False)
         if cfg.cluster.device == "gpu" and (problem := preflight(cfg) or memory_problem(cfg, remote=True)):
             print(f"error: {problem}", file=sys.stderr)  # GPU count (local run), then memory: before connecting
             return 3
@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
         run_dir = resolver.run_dir(args.run_dir)
         resume = args.resume or bool(run_dir and Checkpoints(run_dir, 1).latest())
         if not args.config and resume and (run_dir / "config.yaml").is_file():
-            cfg = planned(load_config(str(run_dir / "config.yaml"), args.overrides))
+            cfg = planned(load_config(str(run_dir / "config.yaml"), args.overrides), strict=False)
         cfg, run_dir = resolver.config(cfg, run_dir)
     except (ConfigError, SharedPathError) as err:
         print(f"error: {err}", file=sys.stderr)
@@ -54,6 +54,13 @@ def main(argv: list[str] | None = None) -> int:
         return 3
     if (problem := bad_input(cfg)) is not None:
         print(f"error: {problem}", file=sys.stderr)
+        return 2
+    from cluster.planning.token_budget import auto_groups
+
+    try:  # an `auto` budget the first pass could not plan, now that the inputs are checked
+        cfg = planned(cfg) if auto_groups(cfg) else cfg
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
         return 2
     if resolver.nodes is None and cfg.cluster.device == "cpu":
         cfg, problem = host_memory(cfg)
@@ -90,16 +97,19 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def planned(cfg: Config) -> Config:
+def planned(cfg: Config, strict: bool = True) -> Config:
     """`cfg` with its `auto` token budgets resolved by the memory plan (cluster/planning/token_budget.py; on
     CPU this machine's memory, which for a run against a cluster stands in for every node's), printing what
-    `auto` chose there and for model.dtype."""
+    `auto` chose there and for model.dtype. Not `strict`: a plan that cannot be made yet (no model at
+    model.path, a KV cache that holds no sequence) leaves `auto` for the input checks to name the cause."""
     from cluster.planning.token_budget import resolve_token_budget
     from rollout.kv_cache import KVCacheError
 
     try:
         cfg, chosen = resolve_token_budget(cfg)
     except (FileNotFoundError, KVCacheError) as err:  # no architecture, or no KV cache, to plan with here
+        if not strict:
+            return cfg
         raise ConfigError(f"max_tokens_per_micro_batch=auto cannot be planned on this machine ({err}): "
                           "set a number of tokens instead") from None
     for note in (cfg.model.dtype_note, chosen):
@@ -227,6 +237,12 @@ def memory_problem(cfg: Config, remote: bool) -> str | None:
 
     if cfg.cluster.device == "cpu" and remote:  # the engines' nodes decide (rollout/worker.py checks there)
         return None
+    from cluster.planning.host_memory import with_token_budget
+    from cluster.planning.token_budget import auto_groups
+
+    if auto_groups(cfg):  # `auto` not plannable yet (planned): check the rest with the smallest legal budget
+        smallest = cfg.rollout.max_model_len
+        cfg = with_token_budget(cfg, {"learner": smallest, "critic": smallest})
     try:
         return memory_model.does_not_fit(cfg) if cfg.cluster.device == "gpu" else (memory_model.predict(cfg) and None)
     except KVCacheError as err:

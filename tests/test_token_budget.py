@@ -30,6 +30,8 @@ from cluster.planning.token_budget import CPU_MICRO_BATCH_TOKENS, resolve_token_
 from tests.conftest import ROOT
 
 TINY = str(ROOT / "configs" / "tiny.yaml")
+# configs/tiny.yaml chooses `auto` for both; each test here sets the one it is about on top of fixed ones.
+FIXED = ["model.dtype=float32", "learner.max_tokens_per_micro_batch=null"]
 SAMPLES, VOCAB, LR = 32, 96, 1e-3
 
 
@@ -65,15 +67,16 @@ def test_auto_dtype_resolves_when_the_config_loads(tmp_path: Path):
     """On this machine (its /proc/cpuinfo): the loaded config holds the concrete dtype, and says why."""
     flags = cpu_flags()
     want = "bfloat16" if flags and flags & {"avx512_bf16", "amx_bf16", "bf16"} else "float32"
-    cfg = load_config(TINY, ["model.dtype=auto"])
+    cfg = load_config(TINY, [*FIXED, "model.dtype=auto"])
     assert cfg.model.dtype == want and cfg.model.dtype_note.startswith(f"model.dtype=auto -> {want}")
-    assert load_config(TINY, ["model.dtype=auto", "cluster.device=gpu"]).model.dtype == "bfloat16"
-    assert load_config(TINY).model.dtype == "float32" and load_config(TINY).model.dtype_note is None  # default kept
+    assert load_config(TINY, [*FIXED, "model.dtype=auto", "cluster.device=gpu"]).model.dtype == "bfloat16"
+    assert load_config(None).model.dtype == "float32" and load_config(None).model.dtype_note is None  # schema default
+    assert load_config(TINY).model.dtype == want  # configs/tiny.yaml asks for auto
 
 
 # ---- max_tokens_per_micro_batch: auto ------------------------------------------------------------------
 def _auto(*overrides: str) -> Config:
-    return load_config(TINY, ["learner.max_tokens_per_micro_batch=auto", *overrides])
+    return load_config(TINY, [*FIXED, "learner.max_tokens_per_micro_batch=auto", *overrides])
 
 
 def test_auto_budget_with_memory_to_spare_is_the_step_share_capped_on_cpu():
@@ -112,7 +115,7 @@ def test_auto_budget_on_a_small_host_is_the_largest_that_fits():
 
 
 def test_auto_budget_on_gpu_fits_the_gpu_memory():
-    cfg = load_config(TINY, ["learner.max_tokens_per_micro_batch=auto", "model.tiny.preset=qwen2-100m",
+    cfg = load_config(TINY, [*FIXED, "learner.max_tokens_per_micro_batch=auto", "model.tiny.preset=qwen2-100m",
                              "cluster.device=gpu", "cluster.gpu_memory_gib=8"])
     planned, _ = resolve_token_budget(cfg)
     tokens = planned.learner.max_tokens_per_micro_batch
@@ -128,7 +131,7 @@ def test_memory_cli_prints_the_planned_budget(capsys):
 
     assert main(["--config", TINY, "learner.max_tokens_per_micro_batch=auto", "model.dtype=auto"]) == 0
     out = capsys.readouterr().out
-    planned = resolve_token_budget(load_config(TINY, ["learner.max_tokens_per_micro_batch=auto"]))[0]
+    planned = resolve_token_budget(load_config(TINY, [*FIXED, "learner.max_tokens_per_micro_batch=auto"]))[0]
     tokens = planned.learner.max_tokens_per_micro_batch
     assert f"learner.max_tokens_per_micro_batch=auto -> {tokens}" in out
     assert f"{tokens} tokens/micro-batch" in out and "model.dtype=auto -> " in out
@@ -155,7 +158,7 @@ def test_an_unplanned_auto_budget_never_reaches_the_ranks():
     from cluster.loop.specs import learner_spec
 
     with pytest.raises(ValueError, match="unplanned"):
-        learner_spec(load_config(TINY, ["learner.max_tokens_per_micro_batch=auto"]), "/m")
+        learner_spec(load_config(TINY, [*FIXED, "learner.max_tokens_per_micro_batch=auto"]), "/m")
 
 
 # ---- one real DeepSpeed step -------------------------------------------------------------------------------
@@ -186,10 +189,10 @@ def _specs(model_path: str) -> dict[str, Any]:
 
     base = ["train.prompts_per_step=4", "rollout.samples_per_prompt=8", f"learner.lr={LR}", "learner.grad_clip=1e6",
             "learner.micro_batch_size=4"]
-    fixed = learner_spec(load_config(TINY, base), model_path)
-    auto = learner_spec(resolve_token_budget(load_config(TINY, [*base, "learner.max_tokens_per_micro_batch=auto"]),
+    fixed = learner_spec(load_config(TINY, [*FIXED, *base]), model_path)
+    auto = learner_spec(resolve_token_budget(load_config(TINY, [*FIXED, *base, "learner.max_tokens_per_micro_batch=auto"]),
                                              64 * GIB, 60 * GIB)[0], model_path)
-    bf16 = learner_spec(load_config(TINY, [*base, "model.dtype=auto"]), model_path)
+    bf16 = learner_spec(load_config(TINY, [*FIXED, *base, "model.dtype=auto"]), model_path)
     return {"fixed": fixed, "auto": auto, "dtype_auto": bf16}
 
 

@@ -164,8 +164,9 @@ warm-up data and initialisation follow the seed), synchronous and with `train.ma
 {verdict or ''}.
 "Cut at max_new_tokens" is the share of the last training batch that hit `rollout.max_new_tokens`: a
 run near 100% has lost its end-of-sequence token and keeps writing after the boxed answer (e.g.
-`So \\boxed{{1531}}.}}.}}.}}.`), which the answer reward neither sees nor penalises; its response length
-then measures the cap, not the worked steps (its worked share and accuracy are still read as usual).
+`So \\boxed{{1531}}.}}.}}.}}.`), which the answer reward alone neither sees nor penalises (the default's
+overlong penalty does: "The end-of-sequence token (overlong shaping)"); its response length then measures
+the cap, not the worked steps (its worked share and accuracy are still read as usual).
 
 {seeds_table(rows)}
 

@@ -93,8 +93,8 @@ def eos_section(rows: list[dict[str, Any]], recorded: list[dict[str, Any]]) -> s
     lines = head + [_cut_row(r) for r in recorded if "truncated_by_step" in r]
     ablation = [r for s, k in {(r["seed"], r["max_staleness"]) for r in recorded}
                 if (r := newest(rows, s, k, [NO_SHAPING])) is not None]
-    without = ("" if not ablation else "\n\nThe same runs without the penalty (`" + NO_SHAPING + "`, everything else as "
-               "today's default):\n\n" + "\n".join(head + [_cut_row(r) for r in sorted(ablation, key=lambda r: (r["seed"], r["max_staleness"]))]))
+    without = ("" if not ablation else "\n\nWithout the penalty (`" + NO_SHAPING + "`, everything else as today's "
+               "default; seed 2 with max_staleness=1 is the run that drifted before):\n\n" + "\n".join(head + [_cut_row(r) for r in sorted(ablation, key=lambda r: (r["seed"], r["max_staleness"]))]))
     return f"""{EOS_TITLE}
 
 A policy can stop emitting its end-of-sequence token and keep writing after the boxed answer (e.g.

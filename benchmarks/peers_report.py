@@ -16,7 +16,8 @@ DIFFERENCES = [
     "single-threaded processes, TRL one 2-thread process whose threads also wait for each other at every "
     "parallel region); CPU per step is the figure that load distorts least. TRL's vLLM mode was not used: TRL 1.16.0 supports vLLM 0.22-0.31 (warns "
     "on our 0.32), and its colocate mode is written for accelerator devices (NCCL barriers, device memory).",
-    "Reward: the same function (reward.score, binary, last boxed answer); ours runs it in reward actors "
+    "Reward: the same function (reward.score, binary, last boxed answer), plus the same overlong penalty where "
+    "the config sets one (reward/shaping.py; configs/tiny.yaml: 16 of 64 tokens); ours runs it in reward actors "
     "overlapped with generation, TRL in-process after the whole batch is generated.",
     "Advantages: both GRPO group-normalised with the unbiased group std; the epsilon differs (ours 1e-6, TRL 1e-4).",
     "Loss: ours token_mean over the whole batch = TRL loss_type 'dapo' (tokens of the global accumulated batch); "
@@ -24,12 +25,14 @@ DIFFERENCES = [
     "(no separate old-log-prob pass).",
     "Importance correction: ours weights the PPO term by min(pi_learner / pi_vLLM, 2) per token (algorithm.tis), "
     "which corrects vLLM-vs-learner numerics; TRL samples with the training model, so it has nothing to correct.",
-    "Micro-batches: ours 64 sequences per rank x 2 ranks by count (default), or packed by a 2,560-token budget, "
-    "sorted by length (cpu_scale); TRL by count in batch order (default: 64 x 4 accumulation steps; cpu_scale: 8 "
-    "per micro-batch, our budget counted in full-length sequences), padded to the longest of each micro-batch.",
+    "Micro-batches: ours packed by a token budget, sorted by length (default: `auto`, 2,048 tokens on this CPU; "
+    "cpu_scale: 2,560), or 64 sequences per rank by count in the rows measured before configs/tiny.yaml moved to "
+    "token budgets (each shape's dtype and date are given above); TRL by count in batch order (default: 64 x 4 "
+    "accumulation steps; cpu_scale: 8 per micro-batch, our budget counted in full-length sequences), padded to "
+    "the longest of each micro-batch.",
     "Log-probs: ours computes them at response positions only, 1,024 tokens at a time through the head; TRL "
     "over the completion positions of each micro-batch (logits_to_keep).",
-    "bf16 (cpu_scale): ours generates in bf16 (vLLM) and trains bf16 forward/backward with fp32 master weights "
+    "bf16 (cpu_scale, and the default on a CPU with bf16 units): ours generates in bf16 (vLLM) and trains bf16 forward/backward with fp32 master weights "
     "(DeepSpeed bf16); TRL keeps fp32 weights and runs its training forward under CPU bf16 autocast "
     "(bf16=True), and the benchmark wraps its `generate` in the same autocast; the KL reference model is fp32 "
     "under autocast in TRL, bf16 in ours.",

@@ -37,6 +37,7 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.doc_sections import publish  # noqa: E402
 from benchmarks.scale_baselines import WORK, our_micro_batches, padded_tokens, peak_rss, run_child  # noqa: E402
+from protocol.rng import prompt_seed  # noqa: E402
 
 RESULTS = ROOT / "docs" / "scale" / "results.json"
 GOAL = 0.9

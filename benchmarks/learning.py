@@ -78,10 +78,14 @@ def run_default(seed: int, staleness: int, overrides: list[str], config: Path = 
         summary = trainer.run()
     finally:
         trainer.close()
+    series = run_series(run_dir)
+    # The share of the last training batch cut at rollout.max_new_tokens: a policy that lost its EOS (it keeps
+    # writing after the boxed answer) makes responses long without reasoning more.
+    cut = series["truncated_by_step"]
     row = {"seed": seed, "max_staleness": staleness, "overrides": overrides, "base_model_cached": cached,
            **{k: v for k, v in summary.items() if isinstance(v, (int, float)) or v is None},
-           "train_truncated_frac_end": last_truncated_frac(run_dir),
-           "settings": run_settings(trainer.cfg), **run_series(run_dir)}
+           "train_truncated_frac_end": cut[-1][1] if cut else None,
+           "settings": run_settings(trainer.cfg), **series}
     RUNS.parent.mkdir(parents=True, exist_ok=True)
     with runs_file(config).open("a") as f:
         f.write(json.dumps(row) + "\n")
@@ -94,15 +98,6 @@ def run_name(config: Path, seed: int, staleness: int, overrides: list[str]) -> s
     return f"{preset}seed{seed}-k{staleness}" + "".join(f"-{o.replace('/', '_')}" for o in overrides)
 
 
-def last_truncated_frac(run_dir: Path) -> float | None:
-    """The share of the last training batch cut at rollout.max_new_tokens: a policy that lost its EOS
-    (it keeps writing after the boxed answer) makes responses long without reasoning more."""
-    from cluster.infra.metrics import read_metrics
-
-    rows = [r for r in read_metrics(run_dir) if "train/truncated_frac" in r]
-    return rows[-1]["train/truncated_frac"] if rows else None
-
-
 def derived(row: dict[str, Any]) -> dict[str, Any]:
     return {**row, "gain": row["eval_accuracy_end"] - row["eval_accuracy_start"],
             "length_ratio": row["eval_response_tokens_end"] / row["eval_response_tokens_start"],
@@ -112,8 +107,7 @@ def derived(row: dict[str, Any]) -> dict[str, Any]:
 def recorded(path: Path = RUNS) -> list[dict[str, Any]]:
     """The newest recorded run of each (seed, max_staleness) of a config's runs file (no overrides)."""
     rows: dict[tuple[int, int], dict[str, Any]] = {}
-    for line in path.read_text().splitlines() if path.exists() else []:
-        row = json.loads(line)
+    for row in all_rows(path):
         if not row["overrides"]:
             rows[(row["seed"], row["max_staleness"])] = derived(row)
     return [rows[k] for k in sorted(rows)]

@@ -88,3 +88,31 @@ def test_next_driver_sweeps_processes_of_dead_drivers_only():
         for p in (live_driver, orphan, kept):
             p.kill()
             p.wait()
+
+
+def test_sweep_finds_a_retitled_process_by_the_session_directory_it_logs_to(tmp_path):
+    """Ray's agents overwrite parts of their /proc environment when they retitle themselves: a process
+    with no driver key in its environment, holding a log open in a session directory that names a dead
+    driver, is swept; one whose session directory names a live driver stays."""
+    dead = subprocess.Popen(["sleep", "600"])
+    dead_key = lifeline.driver_key(dead.pid)
+    dead.kill()
+    dead.wait()
+    live_driver = subprocess.Popen(["sleep", "600"])
+    env = {k: v for k, v in os.environ.items() if k != lifeline.DRIVER_ENV}
+    procs = [live_driver]
+    try:
+        for name, key in (("session_dead", dead_key), ("session_live", lifeline.driver_key(live_driver.pid))):
+            (tmp_path / name / "logs").mkdir(parents=True)
+            (tmp_path / name / lifeline.SESSION_FILE).write_text(key)
+            with open(tmp_path / name / "logs" / "agent.log", "w") as log:
+                procs.append(subprocess.Popen(["sleep", "600"], env=env, stdout=log))
+        orphan, kept = procs[1:]
+        swept = lifeline.sweep_orphans()
+        assert orphan.pid in swept and kept.pid not in swept
+        assert orphan.wait(timeout=5) == -9
+        assert kept.poll() is None and live_driver.poll() is None
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()

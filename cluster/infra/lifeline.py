@@ -12,6 +12,10 @@ Measured here, some actors still ran more than 20 s later (docs/reliability.md).
   stays off and Ray's own job cleanup applies).
 - The next driver started on the node kills what the guard could not reach (a worker stuck with
   the GIL held): processes of the same user whose environment names a dead driver (`sweep_orphans`).
+  Ray's per-node agents retitle themselves (setproctitle), which can overwrite any part of the
+  environment block /proc shows, in an order that changes from run to run: a private Ray's session
+  directory therefore names its driver too (`mark_session`), and a process holding a file open in a
+  session directory of a dead driver is swept as well.
 
 The same hook exports the node IP (protocol.endpoints) for processes the workers start.
 """
@@ -27,6 +31,7 @@ from pathlib import Path
 from protocol.endpoints import NODE_IP_ENV
 
 DRIVER_ENV = "REASONRL_DRIVER"  # "<boot id>:<pid namespace>:<pid>:<start time>" of the run's driver
+SESSION_FILE = "reasonrl_driver"  # in a private Ray's session directory: the same key
 HOOK = "cluster.infra.lifeline.worker_setup"
 POLL_S = 1.0
 
@@ -111,21 +116,49 @@ def exit_with_children() -> None:
     os._exit(1)
 
 
-def sweep_orphans(proc: str = "/proc") -> list[int]:
-    """SIGKILL this user's processes whose environment names a driver on this host that is gone.
-    Returns their pids. Processes of other users, and of drivers this process cannot judge, stay."""
-    killed = []
+def mark_session(session_dir: str | Path) -> None:
+    """Name this process as the driver of the private Ray whose session directory this is."""
+    if key := driver_key():
+        (Path(session_dir) / SESSION_FILE).write_text(key)
+
+
+def _session_key(fd_dir: Path) -> str | None:
+    """The driver key of a marked Ray session directory the process holds a file open in (its logs)."""
+    for fd in fd_dir.iterdir():
+        try:
+            target = os.readlink(fd)
+        except OSError:
+            continue
+        session, sep, _ = target.partition("/logs/")
+        if sep and Path(session).name.startswith("session_"):
+            try:
+                return (Path(session) / SESSION_FILE).read_text().strip()
+            except OSError:
+                continue
+    return None
+
+
+def _process_key(entry: Path) -> str | None:
     needle = f"{DRIVER_ENV}=".encode()
+    env = (entry / "environ").read_bytes().split(b"\0")
+    key = next((v[len(needle):].decode(errors="replace") for v in env if v.startswith(needle)), None)
+    return key or _session_key(entry / "fd")
+
+
+def sweep_orphans(proc: str = "/proc") -> list[int]:
+    """SIGKILL this user's processes that belong to a driver on this host that is gone (their
+    environment or their private Ray's session directory names it). Returns their pids. Processes
+    of other users, and of drivers this process cannot judge, stay."""
+    killed = []
     for entry in Path(proc).iterdir():
         if not entry.name.isdigit() or int(entry.name) == os.getpid():
             continue
         try:
             if entry.stat().st_uid != os.getuid():
                 continue
-            env = (entry / "environ").read_bytes().split(b"\0")
+            key = _process_key(entry)
         except OSError:  # exited meanwhile, or not readable
             continue
-        key = next((v[len(needle):].decode(errors="replace") for v in env if v.startswith(needle)), None)
         if key and driver_alive(key) is False:
             try:
                 os.kill(int(entry.name), signal.SIGKILL)

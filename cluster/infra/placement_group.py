@@ -59,8 +59,9 @@ def connect(cfg: Config) -> str:
     # A private Ray's own processes (gcs, raylet, per-node agents) inherit the driver's environment:
     # named as this driver's too, the next driver's sweep removes any that outlive it.
     os.environ.update(guard["env_vars"])
-    ray.init(address="local", num_cpus=max(int(need + 0.999), os.cpu_count() or 1), include_dashboard=False,
-             runtime_env=env, log_to_driver=True)
+    started = ray.init(address="local", num_cpus=max(int(need + 0.999), os.cpu_count() or 1),
+                       include_dashboard=False, runtime_env=env, log_to_driver=True)
+    lifeline.mark_session(started.address_info["session_dir"])
     return "local"
 
 

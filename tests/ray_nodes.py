@@ -60,19 +60,24 @@ def alive_nodes(env: dict[str, str], address: str) -> int:
     return int(proc.stdout.strip().splitlines()[-1]) if proc.returncode == 0 and proc.stdout.strip() else 0
 
 
-def stop(*nodes: subprocess.Popen) -> None:
-    """SIGTERM each node's process group, SIGKILL what is left after 20 s (worker nodes first)."""
+def stop(*nodes: subprocess.Popen, grace_s: float = 3.0) -> None:
+    """SIGTERM each node's process group, SIGKILL what is left after `grace_s` (worker nodes first).
+    The `ray start --block` process and everything it starts share its process group, so the SIGKILL
+    leaves nothing behind; a graceful stop would take ~33 s per node here (measured), only to tidy up
+    a cluster the test throws away."""
     for node in reversed(nodes):
         try:
             os.killpg(node.pid, signal.SIGTERM)
         except ProcessLookupError:
             continue
+    deadline = time.monotonic() + grace_s
     for node in reversed(nodes):
         try:
-            node.wait(timeout=20)
+            node.wait(timeout=max(0.0, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
             pass
         try:
             os.killpg(node.pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
+        node.wait()

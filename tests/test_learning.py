@@ -68,9 +68,11 @@ def test_grpo_with_the_grader_raises_reward_and_boxed_rate(tmp_path, ray_session
     assert sum(rewards[-3:]) / 3 > rewards[0] + 0.1, rewards  # rewards[0]: the base policy's batch
 
 
-def test_grpo_with_the_grader_makes_the_embedded_default_work_sums_out(tmp_path, ray_session):
+def test_grpo_with_the_grader_makes_the_embedded_default_work_sums_out(tmp_path, ray_session,
+                                                                       embedded_default_base_model):
     """The embedded default itself (configs/tiny.yaml: its base model, cached in .cache/base_models and
-    built on first use, ~4 min), the real grader, 8 RL steps: on held-out problems the share of worked
+    built on first use, ~6.5 min here; in a whole test session it is built in the background while the
+    other tests run: tests/conftest.py), the real grader, 8 RL steps: on held-out problems the share of worked
     answers (tasks.column_addition.is_worked: a correct column sum) and the accuracy both rise. The README's
     40-step figures are the long version of this run."""
     from cluster.config import load_config

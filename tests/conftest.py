@@ -18,8 +18,12 @@ _prebuild: dict[str, object] = {}
 
 
 def _idle_priority() -> None:
-    """SCHED_IDLE: this process and all it starts run only on CPU that nothing else of the machine wants."""
-    os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+    """SCHED_IDLE: this process and all it starts run only on CPU that nothing else of the machine wants
+    (the lowest niceness where a kernel refuses it)."""
+    try:
+        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+    except (AttributeError, OSError):
+        os.nice(19)
 
 
 def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -27,6 +27,7 @@ sys.path.insert(0, str(ROOT))
 RESULTS = ROOT / "docs" / "pipeline"
 
 from benchmarks.doc_sections import replace_section  # noqa: E402
+from benchmarks.role_cpu import ORDER, RoleCPU, idle_share, step_deltas  # noqa: E402
 from cluster.config import load_config  # noqa: E402
 from cluster.loop.trainer import Trainer  # noqa: E402
 
@@ -41,18 +42,26 @@ def time_steps(staleness: int, steps: int, skip: int, overrides: list[str]) -> d
     cfg = load_config(str(ROOT / "configs" / "tiny.yaml"),
                       [f"train.max_staleness={staleness}", f"train.steps={steps}", *overrides])
     trainer = Trainer(cfg, Path(tempfile.mkdtemp(prefix=f"pipeline-k{staleness}-")))
+    roles, cores = RoleCPU(), len(os.sched_getaffinity(0))
     try:
         trainer.setup()
-        rows = []
+        rows, cpu = [], []
         for step in range(steps):
+            before, start = roles.snapshot(), time.perf_counter()
             rows.append(trainer.step(step))
-            print(f"k={staleness} step {step}: {rows[-1]['time/step_s']:.2f}s", flush=True)
+            wall = time.perf_counter() - start
+            cpu.append({**step_deltas(before, roles.snapshot()), "wall_s": wall})
+            print(f"k={staleness} step {step}: {rows[-1]['time/step_s']:.2f}s, CPU by role "
+                  + ", ".join(f"{k} {v:.2f}" for k, v in cpu[-1].items()), flush=True)
     finally:
         trainer.close()
     kept = rows[skip:]
     out: dict[str, Any] = {name: statistics.median(r.get(key, 0.0) for r in kept) for name, key in KEYS.items()}
     out["learner_s"] = out["train_s"] + out["sync_s"]
     out["max_staleness"] = staleness
+    out["cores"] = cores
+    out["cpu_s"] = {role: statistics.median(c[role] for c in cpu[skip:]) for role in ORDER}
+    out["idle_share"] = statistics.median(idle_share({r: c[r] for r in ORDER}, c["wall_s"], cores) for c in cpu[skip:])
     return out
 
 
@@ -77,6 +86,35 @@ def timing_table(rows: list[dict[str, Any]]) -> str:
                      f"{sync['step_s'] / r['step_s']:.2f}x | {r['rollout_busy_s']:.2f} | {r['rollout_idle_s']:.2f} | "
                      f"{r['learner_busy_s']:.2f} | {r['learner_idle_s']:.2f} | {r['staleness']:.2f} |")
     return "\n".join(lines)
+
+
+def cpu_table(rows: list[dict[str, Any]]) -> str | None:
+    """CPU seconds per step of each role and the share of the machine the run left idle (rows that have them)."""
+    rows = [r for r in rows if "cpu_s" in r]
+    if not rows:
+        return None
+    roles = [role for role in ORDER if any(r["cpu_s"][role] > 0.005 for r in rows)]
+    lines = ["| max_staleness | step s | " + " | ".join(f"{role} CPU s" for role in roles)
+             + " | run's CPU s | cores idle |", "|" + "---|" * (len(roles) + 4)]
+    for r in rows:
+        lines.append(f"| {r['max_staleness']} | {r['step_s']:.2f} | " + " | ".join(f"{r['cpu_s'][role]:.2f}" for role in roles)
+                     + f" | {sum(r['cpu_s'].values()):.2f} | {r['idle_share']:.0%} of {r['cores']} |")
+    return "\n".join(lines)
+
+
+def idle_reading(rows: list[dict[str, Any]]) -> list[str]:
+    """What the CPU table says about the synchronous run's idle cores and how overlapping roles use them."""
+    sync = next((r for r in rows if r["max_staleness"] == 0 and "cpu_s" in r), None)
+    if sync is None:
+        return []
+    out = [f"Synchronous: the engine generates ({sync['rollout_busy_s']:.2f} s, {sync['cpu_s']['rollout']:.2f} CPU s) "
+           f"while the learner ranks wait, then the ranks train ({sync['learner_busy_s']:.2f} s, "
+           f"{sync['cpu_s']['learner']:.2f} CPU s) while the engine waits: {sync['idle_share']:.0%} of the cores idle."]
+    for r in rows:
+        if r["max_staleness"] and "cpu_s" in r:
+            out.append(f"- max_staleness {r['max_staleness']}: the roles overlap, {r['idle_share']:.0%} idle, "
+                       f"step {sync['step_s'] / r['step_s']:.2f}x faster")
+    return out
 
 
 def timing_goal(rows: list[dict[str, Any]]) -> list[str]:
@@ -112,6 +150,12 @@ TIMINGS = {
 }
 
 
+CPU_CAPTION = ("The same steps by CPU (benchmarks/role_cpu.py: user + system seconds of each role's processes "
+               "between the step's start and end, read from /proc; medians): where a role's CPU seconds fall "
+               "short of the step time, its cores wait. Cores idle: the share of the machine's core-seconds in "
+               "the step that the run did not use.")
+
+
 # Result files written before they recorded their date (they carry no "measured") are of the task of that time.
 LEGACY = ("Measured 2026-11-27 on the embedded task of that time (two-digit additions, before issue 15 replaced it "
           "by `tasks/column_addition.py`, whose worked answers are longer).")
@@ -132,8 +176,10 @@ def section() -> str:
     for name, caption in TIMINGS.items():
         if name in files:
             data = files[name]
-            parts += ["", caption, "", timing_table(data["rows"]), "", *timing_goal(data["rows"]), "",
-                      f"Machine: {data['machine']}{measured(data, legacy)}", "", "```", data["command"], "```"]
+            parts += ["", caption, "", timing_table(data["rows"]), "", *timing_goal(data["rows"])]
+            if table := cpu_table(data["rows"]):
+                parts += ["", CPU_CAPTION, "", table, "", *idle_reading(data["rows"])]
+            parts += ["", f"Machine: {data['machine']}{measured(data, legacy)}", "", "```", data["command"], "```"]
     if "learning" in files:
         data = files["learning"]
         rows = data["rows"]

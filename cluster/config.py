@@ -13,9 +13,9 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError, model_validator
 
-from cluster.config_sections import (MODEL_PRESETS, AlgorithmConfig, ClusterConfig, CodeRewardConfig, CriticConfig,
-                                     DataConfig, DeepSpeedGroupConfig, LearnerConfig, LoggingConfig, ModelConfig,
-                                     RewardConfig, RolloutConfig, RunConfig, Strict, SyncConfig, TinyModelConfig,
+from cluster.config_sections import (DEEPSPEED_GROUPS, MODEL_PRESETS, AlgorithmConfig, ClusterConfig,
+                                     CodeRewardConfig, CriticConfig, DataConfig, DeepSpeedGroupConfig, LearnerConfig,
+                                     LoggingConfig, ModelConfig, RewardConfig, RolloutConfig, RunConfig, Strict, SyncConfig, TinyModelConfig,
                                      TrainConfig, WarmupConfig)
 from cluster.planning.dtype import auto_dtype
 
@@ -53,12 +53,12 @@ class Config(Strict):
                              f"rollout.max_new_tokens={self.rollout.max_new_tokens}")
         if self.algorithm.advantage == "rloo" and self.rollout.samples_per_prompt < 2:
             raise ValueError("algorithm.advantage=rloo needs rollout.samples_per_prompt >= 2")
-        for name in ("learner", "critic"):
+        for name in DEEPSPEED_GROUPS:
             budget = getattr(self, name).max_tokens_per_micro_batch
             if isinstance(budget, int) and budget < self.rollout.max_model_len:
                 raise ValueError(f"{name}.max_tokens_per_micro_batch={budget} is below rollout.max_model_len="
                                  f"{self.rollout.max_model_len}: a full-length sequence would not fit one micro-batch")
-        for name in ("learner", "critic"):
+        for name in DEEPSPEED_GROUPS:
             group = getattr(self, name)
             if self.model.dtype == "bfloat16" and group.zero_stage == 0 and group.grad_accum_dtype == "float32":
                 chosen = f" ({self.model._dtype_note})" if getattr(self.model, "_dtype_note", None) else ""

@@ -133,6 +133,10 @@ class RolloutConfig(Strict):
     timeout_s: float = Field(600, gt=0)  # longest a worker may go without finishing a prompt (also engine start)
 
 
+# The config sections that are DeepSpeedGroupConfig (Config.learner, Config.critic).
+DEEPSPEED_GROUPS = ("learner", "critic")
+
+
 class DeepSpeedGroupConfig(Strict):
     """A group of DeepSpeed ZeRO ranks (Ray actors): the policy's `learner`, the value model's `critic`."""
 

@@ -11,6 +11,7 @@ from typing import Any, TypeVar
 from pydantic import BaseModel
 
 from cluster.config import Config, chosen_transport
+from cluster.config_sections import DEEPSPEED_GROUPS
 from cluster.planning.memory_model import engine_sequences
 from learner.critic import CriticSpec
 from learner.worker import LearnerSpec
@@ -40,7 +41,7 @@ def spec_from(spec_cls: type[T], *sections: BaseModel, **derived: Any) -> T:
 
 def planned_budgets(cfg: Config) -> None:
     """Refuses a config whose `auto` token budgets were not planned yet (cluster/planning/token_budget.py)."""
-    for name in ("learner", "critic"):
+    for name in DEEPSPEED_GROUPS:
         if getattr(cfg, name).max_tokens_per_micro_batch == "auto":
             raise ValueError(f"{name}.max_tokens_per_micro_batch=auto reached the ranks unplanned: resolve it with "
                              "cluster.planning.token_budget.resolve_token_budget (cluster.train and Trainer do)")

@@ -27,10 +27,11 @@ import math
 from typing import Callable
 
 from cluster.config import Config, DeepSpeedGroupConfig
+from cluster.config_sections import DEEPSPEED_GROUPS
 from cluster.planning.host_memory import demand, host_budget, largest_fitting, with_token_budget
 from cluster.planning.memory_model import GIB, predict
 
-GROUPS = ("learner", "critic")
+GROUPS = DEEPSPEED_GROUPS
 # CPU: the most padded tokens per micro-batch `auto` plans (see the module docstring for the measurements).
 CPU_MICRO_BATCH_TOKENS = 2048
 

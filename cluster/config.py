@@ -14,9 +14,10 @@ import yaml
 from pydantic import BaseModel, ValidationError, model_validator
 
 from cluster.config_sections import (DEEPSPEED_GROUPS, MODEL_PRESETS, AlgorithmConfig, ClusterConfig,
-                                     CodeRewardConfig, CriticConfig, DataConfig, DeepSpeedGroupConfig, LearnerConfig,
-                                     LoggingConfig, ModelConfig, RewardConfig, RolloutConfig, RunConfig, Strict, SyncConfig, TinyModelConfig,
-                                     TrainConfig, WarmupConfig)
+                                     CodeRewardConfig, CriticConfig, DataConfig, DeepSpeedGroupConfig,
+                                     LearnerConfig, LoggingConfig, ModelConfig, RewardConfig, RolloutConfig,
+                                     RunConfig, Strict, SyncConfig, TinyModelConfig, TrainConfig,
+                                     WarmupConfig)
 from cluster.planning.dtype import auto_dtype
 
 __all__ = ["AlgorithmConfig", "auto_transport", "chosen_transport", "ClusterConfig", "CodeRewardConfig", "Config", "ConfigError",

@@ -44,6 +44,11 @@ def _json(path: Path) -> dict:
     return json.loads(path.read_text())
 
 
+def _pipe(staleness: int) -> dict:
+    rows = _json(DOCS / "pipeline" / "timing-shared-cores.json")["rows"]
+    return next(r for r in rows if r["max_staleness"] == staleness)
+
+
 def _compare_table() -> str:
     from cluster.compare import table
 
@@ -218,6 +223,10 @@ FIGURES: list[tuple[Path, str, Callable[[], str]]] = [
     (README, r"`train.max_staleness=1` gain (\S+ ± \S+) points", lambda: _mean_sd([100 * r["gain"] for r in _seeds(1)])),
     (README, r"at most (\S+)% of any training batch was cut", lambda: format(
         100 * max(cut for r in learning.recorded() for _, cut in r["truncated_by_step"]), ".1f")),
+    # README: idle cores, synchronous and overlapped (docs/pipeline/timing-shared-cores.json)
+    (README, r"synchronous default leaves (\d+)% of the cores idle", lambda: f"{100 * _pipe(0)['idle_share']:.0f}"),
+    (README, r"overlaps\s+the roles: (\d+)% idle", lambda: f"{100 * _pipe(1)['idle_share']:.0f}"),
+    (README, r"% idle and a (\S+)x faster step", lambda: f"{_pipe(0)['step_s'] / _pipe(1)['step_s']:.2f}"),
     # README: RL vs SFT vs RFT (docs/compare/results.json)
     (README, r"(\d+)\s+optimizer steps each through the same learner", lambda: _one({str(r["steps"]) for r in _methods()})),
     (README, r"wins on this task, (\d\.\d+) held-out", lambda: f"{_method('sft')['accuracy_end']:.3f}"),

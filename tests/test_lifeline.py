@@ -91,28 +91,32 @@ def test_next_driver_sweeps_processes_of_dead_drivers_only():
 
 
 def test_sweep_finds_a_retitled_process_by_the_session_directory_it_logs_to(tmp_path):
-    """Ray's agents overwrite parts of their /proc environment when they retitle themselves: a process
-    with no driver key in its environment, holding a log open in a session directory that names a dead
-    driver, is swept; one whose session directory names a live driver stays."""
+    """Ray's agents overwrite parts of their /proc environment when they retitle themselves: a Ray process
+    (titled "ray::...") with no driver key in its environment, holding a log open in a session directory
+    that names a dead driver, is swept; one whose session directory names a live driver stays, and so does
+    a process that is not Ray's (a `tail -f` of the dead run's log)."""
     dead = subprocess.Popen(["sleep", "600"])
     dead_key = lifeline.driver_key(dead.pid)
     dead.kill()
     dead.wait()
     live_driver = subprocess.Popen(["sleep", "600"])
     env = {k: v for k, v in os.environ.items() if k != lifeline.DRIVER_ENV}
-    procs = [live_driver]
+    procs = {"live_driver": live_driver}
     try:
         for name, key in (("session_dead", dead_key), ("session_live", lifeline.driver_key(live_driver.pid))):
             (tmp_path / name / "logs").mkdir(parents=True)
             (tmp_path / name / lifeline.SESSION_FILE).write_text(key)
             with open(tmp_path / name / "logs" / "agent.log", "w") as log:
-                procs.append(subprocess.Popen(["sleep", "600"], env=env, stdout=log))
-        orphan, kept = procs[1:]
+                procs[name] = subprocess.Popen(["bash", "-c", "exec -a ray::DashboardAgent sleep 600"], env=env, stdout=log)
+                if name == "session_dead":
+                    procs["tail"] = subprocess.Popen(["sleep", "600"], env=env, stdout=log)
+        time.sleep(0.5)  # the exec has happened
         swept = lifeline.sweep_orphans()
-        assert orphan.pid in swept and kept.pid not in swept
-        assert orphan.wait(timeout=5) == -9
-        assert kept.poll() is None and live_driver.poll() is None
+        assert procs["session_dead"].pid in swept, swept
+        assert not {procs[n].pid for n in ("session_live", "tail", "live_driver")} & set(swept)
+        assert procs["session_dead"].wait(timeout=5) == -9
+        assert all(procs[n].poll() is None for n in ("session_live", "tail", "live_driver"))
     finally:
-        for p in procs:
+        for p in procs.values():
             p.kill()
             p.wait()

@@ -138,11 +138,18 @@ def _session_key(fd_dir: Path) -> str | None:
     return None
 
 
+def _is_ray_process(entry: Path) -> bool:
+    """Ray's own processes and its workers: titled "ray::..." or run from Ray's package (raylet, gcs_server,
+    its Python services), not a program that merely names a session path (a `tail -f` of its logs)."""
+    argv0 = (entry / "cmdline").read_bytes().split(b"\0")[0].split(b" ")[0]
+    return argv0.startswith(b"ray::") or b"/ray/" in argv0 or (entry / "cmdline").read_bytes().find(b"/ray/_private/") >= 0
+
+
 def _process_key(entry: Path) -> str | None:
     needle = f"{DRIVER_ENV}=".encode()
     env = (entry / "environ").read_bytes().split(b"\0")
     key = next((v[len(needle):].decode(errors="replace") for v in env if v.startswith(needle)), None)
-    return key or _session_key(entry / "fd")
+    return key or (_session_key(entry / "fd") if _is_ray_process(entry) else None)
 
 
 def sweep_orphans(proc: str = "/proc") -> list[int]:

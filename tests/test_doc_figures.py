@@ -246,6 +246,8 @@ FIGURES: list[tuple[Path, str, Callable[[], str]]] = [
     (README, r"every method carries its gain over in part \((\d\.\d+ -> \d\.\d+-\d\.\d+);", lambda: _one(
         {f"{r['rephrased_accuracy_start']:.3f}" for r in _methods()})
      + " -> " + _span([r["rephrased_accuracy_end"] for r in _methods()], ".3f")),
+    (README, r"far below the (\d\.\d+-\d\.\d+) of the trained wording",
+     lambda: _span([r["accuracy_end"] for r in _methods()], ".2f")),
     # README: the parity check's cost and gaps in the main run (docs/main_run/metrics.jsonl)
     (README, r"cost: (\S+) s per step in the main run above", lambda: _span(_main_run_rows("time/parity_s"), ".2f")),
     (README, r"whose gaps stayed within (\S+) nats", lambda: f"{max(_main_run_rows('sync/parity_max_abs')):.1e}"),

@@ -14,8 +14,8 @@ Measured here, some actors still ran more than 20 s later (docs/reliability.md).
   the GIL held): processes of the same user whose environment names a dead driver (`sweep_orphans`).
   Ray's per-node agents retitle themselves (setproctitle), which can overwrite any part of the
   environment block /proc shows, in an order that changes from run to run: a private Ray's session
-  directory therefore names its driver too (`mark_session`), and a process holding a file open in a
-  session directory of a dead driver is swept as well.
+  directory therefore names its driver too (`mark_session`), and a Ray process holding a file open
+  in a session directory of a dead driver is swept as well.
 
 The same hook exports the node IP (protocol.endpoints) for processes the workers start.
 """
@@ -141,8 +141,9 @@ def _session_key(fd_dir: Path) -> str | None:
 def _is_ray_process(entry: Path) -> bool:
     """Ray's own processes and its workers: titled "ray::..." or run from Ray's package (raylet, gcs_server,
     its Python services), not a program that merely names a session path (a `tail -f` of its logs)."""
-    argv0 = (entry / "cmdline").read_bytes().split(b"\0")[0].split(b" ")[0]
-    return argv0.startswith(b"ray::") or b"/ray/" in argv0 or (entry / "cmdline").read_bytes().find(b"/ray/_private/") >= 0
+    cmdline = (entry / "cmdline").read_bytes()
+    argv0 = cmdline.split(b"\0")[0]
+    return argv0.startswith(b"ray::") or b"/ray/" in argv0 or b"/ray/_private/" in cmdline
 
 
 def _process_key(entry: Path) -> str | None:

@@ -38,6 +38,7 @@ COMPARE_RUNS = ROOT / "runs" / "compare"  # the method runs themselves
 EMERGENCE_RUN = ROOT / "runs" / "learning" / "seed0-k0"
 EMERGENCE_PNG = ROOT / "docs" / "learning" / "emergence.png"
 
+from benchmarks import dynamic_section  # noqa: E402
 from benchmarks.doc_sections import replace_section  # noqa: E402
 from benchmarks.learning_sections import all_rows, eos_section, update_rule_section  # noqa: E402
 from benchmarks.run_series import run_series, settings as run_settings  # noqa: E402
@@ -96,6 +97,23 @@ def run_name(config: Path, seed: int, staleness: int, overrides: list[str]) -> s
     """runs/learning/<name>: a preset's runs and runs with overrides each get their own directory."""
     preset = "" if config.name == DEFAULT_CONFIG.name else f"{config.stem}-"
     return f"{preset}seed{seed}-k{staleness}" + "".join(f"-{o.replace('/', '_')}" for o in overrides)
+
+
+def reseries(config: Path = DEFAULT_CONFIG) -> int:
+    """Recompute the series (benchmarks/run_series.py) of every recorded row whose run directory is still in
+    runs/learning and is that row's run (its last held-out accuracy is the row's); returns how many."""
+    path, updated = runs_file(config), 0
+    rows = all_rows(path)
+    for row in rows:
+        run_dir = ROOT / "runs" / "learning" / run_name(config, row["seed"], row["max_staleness"], row["overrides"])
+        if "evals" not in row or not (run_dir / "metrics.jsonl").exists():
+            continue
+        series = run_series(run_dir)
+        if series["evals"] and series["evals"][-1]["accuracy"] == row["eval_accuracy_end"]:
+            row.update(series)
+            updated += 1
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return updated
 
 
 def derived(row: dict[str, Any]) -> dict[str, Any]:
@@ -211,8 +229,12 @@ def main() -> int:
     parser.add_argument("--staleness", default="0", help="comma-separated train.max_staleness values")
     parser.add_argument("--compare", action="store_true", help="run cluster.compare into runs/compare/ (plot, table, results to docs/compare/)")
     parser.add_argument("--write-docs", action="store_true")
+    parser.add_argument("--reseries", action="store_true",
+                        help="recompute the recorded rows' series from their run directories (runs/learning)")
     parser.add_argument("overrides", nargs="*", help="config overrides (runs with overrides are not tabled)")
     args = parser.parse_args()
+    if args.reseries:
+        print(f"series recomputed for {reseries(args.config.resolve())} recorded rows", flush=True)
     for seed in [int(s) for s in args.seeds.split(",") if s.strip()]:
         for k in [int(s) for s in args.staleness.split(",") if s.strip()]:
             print(json.dumps(run_default(seed, k, args.overrides, args.config.resolve())), flush=True)
@@ -237,6 +259,8 @@ def main() -> int:
             everything = all_rows(RUNS)
             replace_section(update_rule_section(everything))
             replace_section(eos_section(everything, rows))
+            replace_section(dynamic_section.section(everything))
+            dynamic_section.plot(everything, ROOT / "docs" / dynamic_section.PNG)
         if (COMPARE / "results.json").exists():
             replace_section(compare_section())
         reflect_rows = recorded(runs_file(REFLECT_CONFIG))

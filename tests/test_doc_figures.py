@@ -27,7 +27,7 @@ from typing import Callable
 
 import pytest
 
-from benchmarks import (learner_profile, learning, learning_sections, micro_batching, pipeline, reward, sandbox, scale,
+from benchmarks import (dynamic_section, learner_profile, learning, learning_sections, micro_batching, pipeline, reward, sandbox, scale,
                         weight_sync)
 from benchmarks.reflect_section import REFLECT_CONFIG, reflect_section
 from benchmarks.doc_sections import section_of
@@ -102,6 +102,9 @@ SECTIONS: dict[str, tuple[Path, Callable[[str], str], Callable[[], str]]] = {
     "The end-of-sequence token <- docs/learning/runs.jsonl": (
         BENCHMARKS, _benchmarks_section(learning_sections.EOS_TITLE),
         lambda: learning_sections.eos_section(learning_sections.all_rows(learning.RUNS), learning.recorded())),
+    "Dynamic sampling <- docs/learning/runs.jsonl": (
+        BENCHMARKS, _benchmarks_section(dynamic_section.TITLE),
+        lambda: dynamic_section.section(learning_sections.all_rows(learning.RUNS))),
     "docs/compare/compare.md <- docs/compare/results.json": (DOCS / "compare" / "compare.md", _whole, _compare_table),
     "docs/sweep/sweep.md <- docs/sweep/sweep.csv": (DOCS / "sweep" / "sweep.md", _whole, _sweep_table),
 }

@@ -44,6 +44,16 @@ def _json(path: Path) -> dict:
     return json.loads(path.read_text())
 
 
+def _dynamic(what: str, dynamic: int) -> str:
+    """A mean over the seeds of docs/benchmarks.md's dynamic-sampling table (benchmarks/dynamic_section.py)."""
+    found = dynamic_section.pairs(learning_sections.all_rows(learning.RUNS))
+    if what == "end":
+        return f"{statistics.mean(pair[dynamic]['eval_accuracy_end'] for pair in found):.3f}"
+    if what == "tokens":
+        return f"{statistics.mean(d['evals'][-1]['generated_tokens'] / p['evals'][-1]['generated_tokens'] for p, d in found):.2f}"
+    return f"{statistics.mean(dynamic_section.accuracy_at(d, p['evals'][-1]['generated_tokens']) for p, d in found):.3f}"
+
+
 def _pipe(staleness: int) -> dict:
     rows = _json(DOCS / "pipeline" / "timing-shared-cores.json")["rows"]
     return next(r for r in rows if r["max_staleness"] == staleness)
@@ -226,6 +236,11 @@ FIGURES: list[tuple[Path, str, Callable[[], str]]] = [
     (README, r"`train.max_staleness=1` gain (\S+ ± \S+) points", lambda: _mean_sd([100 * r["gain"] for r in _seeds(1)])),
     (README, r"at most (\S+)% of any training batch was cut", lambda: format(
         100 * max(cut for r in learning.recorded() for _, cut in r["truncated_by_step"]), ".1f")),
+    # README: dynamic sampling over 3 seeds (docs/learning/runs.jsonl)
+    (README, r"it ends at (\d\.\d+) held-out against the default's", lambda: _dynamic("end", 1)),
+    (README, r"against the default's (\d\.\d+), for", lambda: _dynamic("end", 0)),
+    (README, r", for (\S+)x the generated tokens; at", lambda: _dynamic("tokens", 0)),
+    (README, r"token total it stands at (\d\.\d+),", lambda: _dynamic("budget", 0)),
     # README: idle cores, synchronous and overlapped (docs/pipeline/timing-shared-cores.json)
     (README, r"synchronous default leaves (\d+)% of the cores idle", lambda: f"{100 * _pipe(0)['idle_share']:.0f}"),
     (README, r"overlaps\s+the roles: (\d+)% idle", lambda: f"{100 * _pipe(1)['idle_share']:.0f}"),
